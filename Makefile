@@ -1,0 +1,52 @@
+# The one entry point: make install | generate | run | demo | test | lint | bench
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BUF := npx --yes @bufbuild/buf@1.75.0
+PROTOS := $(wildcard protos/longread/v1/*.proto)
+PYGEN := client/python
+
+.PHONY: install generate check-generated run demo sandbox test lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+generate: install
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m grpc_tools.protoc -Iprotos \
+	  --python_out=$(PYGEN) --grpc_python_out=$(PYGEN) --mypy_out=$(PYGEN) --mypy_grpc_out=$(PYGEN) \
+	  $(PROTOS)
+
+# Fails when the committed stubs differ from what `make generate` writes.
+check-generated: generate
+	git diff --exit-code -- client/python/longread/v1
+
+run: install
+	$(VENV)/bin/longread serve
+
+demo: install
+	$(PY) -m longread_server.demo
+
+sandbox: install
+	$(VENV)/bin/longread sandbox
+
+test: install
+	bash scripts/test.sh
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(BUF) lint
+	$(BUF) format -d --exit-code
+
+bench: install
+	for b in $$(ls bench/*.py | grep -v __init__ | xargs -n1 basename | sed 's/\.py$$//'); do \
+	  $(PY) -m bench.$$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

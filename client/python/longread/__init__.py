@@ -1,0 +1,1 @@
+"""Python client for the longread gRPC service (generated stubs in ``longread.v1``)."""

@@ -1,0 +1,189 @@
+"""Domain types shared by every part of the gateway.
+
+Plain dataclasses: protobuf types never leave ``api/``, vendor wire formats never leave
+``vendors/``. A model call is an ``LlmRequest`` in and an async iterator of ``LlmEvent`` out,
+so streaming and non-streaming calls share one path.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Literal
+
+Role = Literal["user", "assistant"]
+
+
+class VendorKind(enum.StrEnum):
+    """The wire protocol an upstream speaks."""
+
+    OPENAI = "openai"
+    ANTHROPIC = "anthropic"
+    OPENAI_COMPATIBLE = "openai_compatible"
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One chat turn sent to a model. The system prompt travels separately."""
+
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class LlmRequest:
+    """A vendor-neutral chat request: what the gateway asks one model to do."""
+
+    model: str
+    messages: tuple[Message, ...]
+    max_output_tokens: int
+    system: str = ""
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    stream: bool = True
+    # Number of leading messages (after the system prompt) that form a prefix shared by many
+    # calls; adapters mark it for vendor prompt caching (Anthropic cache_control).
+    cache_prefix_messages: int = 0
+    # Groups vendor prompt caching (OpenAI prompt_cache_key), e.g. per document.
+    prompt_cache_key: str = ""
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token usage normalized across vendors. ``input_tokens`` includes cached tokens."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    calls: int = 0
+
+    def add(self, other: Usage) -> None:
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.cached_input_tokens += other.cached_input_tokens
+        self.cache_write_tokens += other.cache_write_tokens
+        self.calls += other.calls
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """A piece of answer text, in order."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """The last event of a successful call."""
+
+    finish_reason: str  # normalized: "stop", "length", "tool_calls", "content_filter", ...
+    usage: Usage
+    model: str = ""  # the model the vendor reports
+    response_id: str = ""
+
+
+LlmEvent = TextDelta | Finish
+
+
+class ErrorKind(enum.StrEnum):
+    """What went wrong upstream; decides retries and whether a circuit breaker counts it."""
+
+    RATE_LIMITED = "rate_limited"  # 429
+    OVERLOADED = "overloaded"  # 529, 503, Anthropic overloaded_error
+    SERVER = "server"  # other 5xx, mid-stream server error
+    TIMEOUT = "timeout"  # connect/read timeout
+    CONNECTION = "connection"  # reset, refused, protocol error, malformed stream
+    BAD_REQUEST = "bad_request"  # 400, 413, 422
+    AUTH = "auth"  # 401, 403
+    NOT_FOUND = "not_found"  # 404 (unknown model)
+    BILLING = "billing"  # 402, insufficient quota
+    OTHER = "other"
+
+    @property
+    def retryable(self) -> bool:
+        return self in _RETRYABLE
+
+    @property
+    def upstream_fault(self) -> bool:
+        """True when the fault is the upstream's (counts toward opening a breaker)."""
+        return self in _UPSTREAM_FAULTS
+
+
+_RETRYABLE = frozenset(
+    {
+        ErrorKind.RATE_LIMITED,
+        ErrorKind.OVERLOADED,
+        ErrorKind.SERVER,
+        ErrorKind.TIMEOUT,
+        ErrorKind.CONNECTION,
+    }
+)
+_UPSTREAM_FAULTS = frozenset(
+    {ErrorKind.OVERLOADED, ErrorKind.SERVER, ErrorKind.TIMEOUT, ErrorKind.CONNECTION}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitInfo:
+    """What a vendor's rate-limit headers said (None where a header was absent)."""
+
+    limit_requests: int | None = None
+    remaining_requests: int | None = None
+    reset_requests_s: float | None = None
+    limit_tokens: int | None = None
+    remaining_tokens: int | None = None
+    reset_tokens_s: float | None = None
+
+
+class UpstreamError(Exception):
+    """A failed model call, normalized across vendors."""
+
+    def __init__(
+        self,
+        kind: ErrorKind,
+        message: str,
+        *,
+        status: int | None = None,
+        vendor_type: str = "",
+        vendor_code: str = "",
+        retry_after_s: float | None = None,
+        rate_limits: RateLimitInfo | None = None,
+        request_id: str = "",
+        streamed: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.status = status
+        self.vendor_type = vendor_type
+        self.vendor_code = vendor_code
+        self.retry_after_s = retry_after_s
+        self.rate_limits = rate_limits
+        self.request_id = request_id
+        # True when answer text had already been received when the call failed.
+        self.streamed = streamed
+
+    def __repr__(self) -> str:
+        return (
+            f"UpstreamError(kind={self.kind.value!r}, status={self.status!r}, "
+            f"message={self.message!r})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """A catalog entry: limits and prices (USD per million tokens)."""
+
+    vendor: str  # upstream name, e.g. "openai", "anthropic", "deepseek"
+    model: str
+    context_window: int
+    max_output_tokens: int
+    input_per_mtok: float
+    output_per_mtok: float
+    cached_input_per_mtok: float
+    tokenizer: str = "cl100k_base"  # "cl100k_base" is exact for this model; else an estimate
+    tokens_exact: bool = False
+    aliases: tuple[str, ...] = field(default=())
