@@ -6,7 +6,10 @@ BUF := npx --yes @bufbuild/buf@1.75.0
 PROTOS := $(wildcard protos/longread/v1/*.proto)
 PYGEN := client/python
 
-.PHONY: install generate check-generated run demo sandbox test lint bench clean
+TOOLS := $(abspath .tools)
+GRPCURL_VERSION := v1.9.4
+
+.PHONY: install tools generate check-generated run demo sandbox test pytest lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -15,6 +18,12 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+# Third-party gRPC tools the tests use against the running server.
+$(TOOLS)/grpcurl:
+	GOBIN=$(TOOLS) go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
+
+tools: $(TOOLS)/grpcurl
 
 generate: install
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m grpc_tools.protoc -Iprotos \
@@ -34,8 +43,11 @@ demo: install
 sandbox: install
 	$(VENV)/bin/longread sandbox
 
-test: install
-	bash scripts/test.sh
+# Everything CI checks: generated code is current, lint is clean, every test passes.
+test: install tools check-generated lint pytest
+
+pytest: install tools
+	PATH=$(TOOLS):$$PATH $(VENV)/bin/pytest -q
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -83,6 +83,7 @@ class Finish:
     usage: Usage
     model: str = ""  # the model the vendor reports
     response_id: str = ""
+    cached: bool = False  # answered from the gateway's response cache, not upstream
 
 
 LlmEvent = TextDelta | Finish

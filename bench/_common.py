@@ -1,0 +1,164 @@
+"""Helpers shared by benchmarks: deterministic corpora and timing.
+
+The corpora are generated here from a seeded generator over small hand-written vocabularies,
+so every run measures the same bytes and nothing is copied from elsewhere.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+S = TypeVar("S")
+T = TypeVar("T")
+
+_EN_WORDS = """
+the of and to in a is that for it as was with be by on not he i this are or his from at which
+but have an they you were her she there been one all we their has would when if so no will can
+more other its into time only some could them these may than then new about also two any very
+what first people over after most made such where through back years much before your should
+way well down because each just those how too own good while both being under long same again
+never here world last still great might since day life system between part house without place
+around however work number small many every case left public given high end point water city
+group report market river country night question often along order light change early young
+state field power level table model change method result early history plan form story series
+study letter member center course family voice answer road reason figure paper office moment
+window garden village engine bridge silver valley winter summer morning evening station doctor
+teacher student council program project process season record energy market network signal
+careful quiet bright simple common recent certain strong heavy narrow ancient modern local
+measure carry follow provide consider remain become include continue allow appear suggest
+believe explain describe require produce return reach decide support develop improve report
+slowly quickly finally rarely nearly almost perhaps clearly simply easily directly together
+""".split()
+
+_EN_NAMES = "Ada Brook Carter Dana Ellis Flynn Grace Harper Iris Jonah Kira Lowell Mara".split()
+
+_ZH_WORDS = """
+我们 他们 今天 明天 时间 问题 发展 经济 社会 国家 城市 人民 工作 生活 学习 研究 历史 文化
+世界 方法 技术 系统 数据 分析 结果 过程 环境 能力 关系 教育 学生 老师 学校 朋友 家庭 孩子
+市场 企业 公司 产品 服务 管理 政策 计划 项目 资源 信息 网络 科学 知识 语言 文字 文章 故事
+重要 主要 必要 一般 特别 非常 已经 正在 可能 应该 需要 认为 觉得 希望 开始 继续 完成
+提高 增加 减少 保持 改变 影响 提供 支持 参加 组织 建立 形成 表示 说明 发现 解决 进行 利用
+山上 河边 天空 春天 夏天 秋天 冬天 早上 晚上 中午 雨水 风景 道路 桥梁 村庄 工厂 医院 车站
+清楚 简单 复杂 安静 热闹 美丽 古老 现代 传统 普通 明显 长期 短期 全面 基本 具体 实际 共同
+而且 但是 因为 所以 虽然 如果 然后 同时 还是 或者 不过 于是 甚至 尤其 总之 其实 当然 另外
+一个 这些 那些 每个 许多 几个 各种 一些 所有 任何 自己 大家 别人 这里 那里 哪里 什么 怎么
+""".split()
+
+_ZH_OPEN_CLOSE = [("\u300c", "\u300d"), ("\u201c", "\u201d"), ("\u300e", "\u300f")]
+_ZH_ENDS = ["\u3002"] * 15 + ["\uff01"] * 2 + ["\uff1f"] * 2 + ["\uff1b"] * 2
+
+
+def _zipf_weights(n: int) -> list[float]:
+    return [1.0 / (i + 1) ** 0.9 for i in range(n)]
+
+
+def english_corpus(size: int = 1_000_000, seed: int = 7) -> str:
+    """~``size`` characters of English-like markdown: chapters, sections, paragraphs of
+    sentences (some quoted, some questions), a few lists, a quarter of sections hard-wrapped."""
+    rng = random.Random(seed)
+    words, weights = _EN_WORDS, _zipf_weights(len(_EN_WORDS))
+
+    def sentence() -> str:
+        n = max(4, int(rng.gammavariate(4.0, 4.5)))
+        ws = rng.choices(words, weights, k=n)
+        if rng.random() < 0.15:
+            ws[rng.randrange(n)] = rng.choice(_EN_NAMES)
+        if rng.random() < 0.1:
+            ws.insert(rng.randrange(n), f"{rng.randint(2, 2030)}")
+        if rng.random() < 0.05:
+            ws.insert(rng.randrange(n), f"{rng.randint(1, 99)}.{rng.randint(0, 9)}")
+        out = []
+        for i, w in enumerate(ws):
+            out.append(w)
+            if 2 < i < n - 2 and rng.random() < 0.07:
+                out[-1] += rng.choice([",", ",", ",", ";", ":"])
+        text = " ".join(out)
+        text = text[0].upper() + text[1:]
+        r = rng.random()
+        if r < 0.08:
+            return text + "?"
+        if r < 0.12:
+            return text + "!"
+        if r < 0.17:
+            return f'"{text}."'
+        if r < 0.19:
+            return f"({text}.)"
+        return text + "."
+
+    def paragraph(wrap: bool) -> str:
+        text = " ".join(sentence() for _ in range(rng.randint(2, 9)))
+        if not wrap:
+            return text
+        lines, line = [], ""
+        for w in text.split(" "):
+            if line and len(line) + 1 + len(w) > 72:
+                lines.append(line)
+                line = w
+            else:
+                line = f"{line} {w}" if line else w
+        lines.append(line)
+        return "\n".join(lines)
+
+    def title(k: int) -> str:
+        return " ".join(w.capitalize() for w in rng.choices(words, weights, k=k))
+
+    blocks: list[str] = []
+    total, chapter = 0, 0
+    while total < size:
+        if not blocks or rng.random() < 0.1:
+            chapter += 1
+            blocks.append(f"# Chapter {chapter}: {title(3)}")
+        blocks.append(f"## {title(rng.randint(2, 5))}")
+        wrap = rng.random() < 0.25
+        for _ in range(rng.randint(3, 14)):
+            if rng.random() < 0.04:
+                blocks.append("\n".join(f"- {title(rng.randint(2, 6)).lower()}" for _ in range(4)))
+            blocks.append(paragraph(wrap))
+        total = sum(len(b) + 2 for b in blocks)
+    return "\n\n".join(blocks)[:size].rstrip() + "\n"
+
+
+def chinese_corpus(size_bytes: int = 300_000, seed: int = 11) -> str:
+    """~``size_bytes`` UTF-8 bytes of Chinese-like text with no newlines: sentences of clauses
+    ending in the CJK full stop, exclamation/question marks or semicolon, some quoted."""
+    rng = random.Random(seed)
+    words, weights = _ZH_WORDS, _zipf_weights(len(_ZH_WORDS))
+    clause_marks = ["\uff0c"] * 8 + ["\u3001", "\uff1a"]
+    parts: list[str] = []
+    total = 0
+    while total < size_bytes:
+        clauses = [
+            "".join(rng.choices(words, weights, k=rng.randint(2, 7)))
+            for _ in range(rng.randint(1, 4))
+        ]
+        body = "".join(c + rng.choice(clause_marks) for c in clauses[:-1]) + clauses[-1]
+        end = rng.choice(_ZH_ENDS)
+        if rng.random() < 0.12:
+            opening, closing = rng.choice(_ZH_OPEN_CLOSE)
+            sentence = f"{opening}{body}{end}{closing}"
+        else:
+            sentence = body + end
+        parts.append(sentence)
+        total += len(sentence.encode())
+    return "".join(parts)
+
+
+def best_of(runs: int, run: Callable[[S], T], setup: Callable[[], S]) -> tuple[float, float, T]:
+    """Best and median wall time of ``run(setup())`` over ``runs`` runs, and the last result.
+
+    ``setup`` runs outside the timer before every run, so a chunker's memo caches are fresh
+    each time (as the peers were measured in reference/chunking-anchors.md).
+    """
+    times: list[float] = []
+    result: T | None = None
+    for _ in range(runs):
+        state = setup()
+        t0 = time.perf_counter()
+        result = run(state)
+        times.append(time.perf_counter() - t0)
+    assert result is not None
+    return min(times), statistics.median(times), result

@@ -1,0 +1,323 @@
+"""Proto <-> domain conversion, with validation. Protobuf types stop here."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from google.protobuf import duration_pb2
+from longread.v1 import analysis_service_pb2 as svc
+from longread.v1 import types_pb2 as pb
+
+from longread_server.api.errors import Violations
+from longread_server.config import LimitsConfig
+from longread_server.domain import Message, ModelInfo, Usage
+from longread_server.plan.catalog import Price
+from longread_server.plan.chunker import TextChunk
+from longread_server.plan.planner import JobPlan, JobSpec, ModelFit, Strategy
+from longread_server.run.events import (
+    AnswerDelta,
+    CacheStatus,
+    CallDone,
+    CallOutput,
+    CallStarted,
+    JobResult,
+    JobWarning,
+    PlanReady,
+    RunEvent,
+    Stage,
+)
+from longread_server.run.runner import Sampling
+
+AnyRequest = svc.EstimateRequest | svc.AnalyzeRequest | svc.StreamRequest
+
+_STRATEGY_IN = {
+    pb.STRATEGY_UNSPECIFIED: Strategy.AUTO,
+    pb.STRATEGY_SINGLE_PASS: Strategy.SINGLE_PASS,
+    pb.STRATEGY_MAP_REDUCE: Strategy.MAP_REDUCE,
+    pb.STRATEGY_REFINE: Strategy.REFINE,
+    pb.STRATEGY_SELECT: Strategy.SELECT,
+}
+_STRATEGY_OUT: dict[Strategy, pb.Strategy.ValueType] = {
+    v: k for k, v in _STRATEGY_IN.items() if v is not Strategy.AUTO
+}
+_CACHE_MODES = {
+    pb.CACHE_MODE_UNSPECIFIED: "default",
+    pb.CACHE_MODE_BYPASS: "bypass",
+    pb.CACHE_MODE_NO_STORE: "no_store",
+    pb.CACHE_MODE_ONLY_IF_CACHED: "only_if_cached",
+}
+_CACHE_STATUS = {
+    CacheStatus.MISS: pb.CACHE_STATUS_MISS,
+    CacheStatus.HIT: pb.CACHE_STATUS_HIT,
+    CacheStatus.PARTIAL: pb.CACHE_STATUS_PARTIAL,
+    CacheStatus.BYPASS: pb.CACHE_STATUS_BYPASS,
+}
+_STAGES = {
+    Stage.SINGLE: pb.STAGE_SINGLE,
+    Stage.MAP: pb.STAGE_MAP,
+    Stage.COLLAPSE: pb.STAGE_COLLAPSE,
+    Stage.REDUCE: pb.STAGE_REDUCE,
+    Stage.REFINE: pb.STAGE_REFINE,
+}
+_ROLES = {pb.ROLE_USER: "user", pb.ROLE_ASSISTANT: "assistant"}
+MAX_STOP = 4
+
+
+@dataclass(slots=True)
+class ParsedRequest:
+    """A validated request in domain terms."""
+
+    spec: JobSpec
+    vendor: str
+    model: str
+    preference: int
+    sampling: Sampling
+    cache_mode: str = "default"
+    cache_ttl_s: float | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    exact_token_count: bool = False
+
+
+class _HasCache(Protocol):
+    @property
+    def cache(self) -> pb.CachePolicy: ...
+
+
+def parse_request(req: AnyRequest, limits: LimitsConfig) -> ParsedRequest:
+    """Validates the fields that need no catalog lookup; reports every violation at once."""
+    v = Violations()
+    text = req.document.text
+    if not text.strip():
+        v.add("document.text", "must not be empty")
+    elif len(text) > limits.max_document_chars:
+        v.reason = "DOCUMENT_TOO_LARGE"
+        v.add(
+            "document.text",
+            f"is {len(text)} characters; the limit is {limits.max_document_chars}",
+            "DOCUMENT_TOO_LARGE",
+        )
+    instruction = req.instruction.strip()
+    if not instruction:
+        v.add("instruction", "must not be empty")
+    elif len(instruction) > limits.max_instruction_chars:
+        v.add("instruction", f"is longer than {limits.max_instruction_chars} characters")
+
+    g = req.generation
+    temperature = g.temperature if g.HasField("temperature") else None
+    if temperature is not None and not (0.0 <= temperature <= 2.0):
+        v.add("generation.temperature", f"must be in [0, 2], got {temperature}")
+    top_p = g.top_p if g.HasField("top_p") else None
+    if top_p is not None and not (0.0 < top_p <= 1.0):
+        v.add("generation.top_p", f"must be in (0, 1], got {top_p}")
+    max_out = g.max_output_tokens if g.HasField("max_output_tokens") else None
+    if max_out is not None and max_out <= 0:
+        v.add("generation.max_output_tokens", f"must be positive, got {max_out}")
+    if len(g.stop) > MAX_STOP:
+        v.add("generation.stop", f"at most {MAX_STOP} stop sequences, got {len(g.stop)}")
+    for i, s in enumerate(g.stop):
+        if not s:
+            v.add(f"generation.stop[{i}]", "must not be empty")
+    seed = g.seed if g.HasField("seed") else None
+
+    c = req.chunking
+    if c.max_chunk_tokens < 0:
+        v.add("chunking.max_chunk_tokens", f"must not be negative, got {c.max_chunk_tokens}")
+    if c.overlap_tokens < 0:
+        v.add("chunking.overlap_tokens", f"must not be negative, got {c.overlap_tokens}")
+    elif c.max_chunk_tokens > 0 and c.overlap_tokens >= c.max_chunk_tokens:
+        v.add(
+            "chunking.overlap_tokens",
+            f"must be smaller than max_chunk_tokens ({c.overlap_tokens} >= {c.max_chunk_tokens})",
+        )
+    if c.strategy not in _STRATEGY_IN:
+        v.add("chunking.strategy", f"unknown strategy {c.strategy}")
+    if req.model.preference not in pb.ModelPreference.values():
+        v.add("model.preference", f"unknown preference {req.model.preference}")
+
+    budget = req.budget.max_cost_usd
+    if budget < 0 or math.isnan(budget):
+        v.add("budget.max_cost_usd", f"must not be negative, got {budget}")
+
+    history: list[Message] = []
+    for i, turn in enumerate(req.history):
+        role = _ROLES.get(turn.role)
+        if role is None:
+            v.add(f"history[{i}].role", "must be ROLE_USER or ROLE_ASSISTANT")
+        elif not turn.text.strip():
+            v.add(f"history[{i}].text", "must not be empty")
+        else:
+            history.append(Message(role, turn.text))  # type: ignore[arg-type]
+
+    cache_mode = "default"
+    ttl: float | None = None
+    labels: dict[str, str] = {}
+    if not isinstance(req, svc.EstimateRequest):
+        if req.cache.mode not in _CACHE_MODES:
+            v.add("cache.mode", f"unknown cache mode {req.cache.mode}")
+        else:
+            cache_mode = _CACHE_MODES[req.cache.mode]
+        if req.cache.HasField("ttl"):
+            ttl = req.cache.ttl.seconds + req.cache.ttl.nanos / 1e9
+            if ttl <= 0:
+                v.add("cache.ttl", "must be positive")
+        labels = dict(req.labels)
+    v.raise_if_any()
+
+    spec = JobSpec(
+        text=text,
+        instruction=instruction,
+        system=g.system_prompt,
+        history=tuple(history),
+        max_output_tokens=max_out,
+        max_chunk_tokens=c.max_chunk_tokens,
+        overlap_tokens=c.overlap_tokens,
+        strategy=_STRATEGY_IN.get(c.strategy, Strategy.AUTO),
+        max_cost_usd=budget,
+    )
+    return ParsedRequest(
+        spec=spec,
+        vendor=req.model.vendor.strip(),
+        model=req.model.model.strip(),
+        preference=req.model.preference,
+        sampling=Sampling(temperature=temperature, top_p=top_p, stop=tuple(g.stop), seed=seed),
+        cache_mode=cache_mode,
+        cache_ttl_s=ttl,
+        labels=labels,
+        exact_token_count=isinstance(req, svc.EstimateRequest) and req.exact_token_count,
+    )
+
+
+# ---- domain -> proto ----
+
+
+def resolved_model(m: ModelInfo) -> pb.ResolvedModel:
+    return pb.ResolvedModel(
+        vendor=m.vendor,
+        model=m.model,
+        context_window=m.context_window,
+        max_output_tokens=m.max_output_tokens,
+    )
+
+
+def cost(p: Price) -> pb.Cost:
+    return pb.Cost(
+        input_usd=p.input_usd,
+        output_usd=p.output_usd,
+        cached_input_usd=p.cached_input_usd,
+        total_usd=p.total_usd,
+    )
+
+
+def usage(u: Usage) -> pb.Usage:
+    return pb.Usage(
+        input_tokens=u.input_tokens,
+        output_tokens=u.output_tokens,
+        cached_input_tokens=u.cached_input_tokens,
+        cache_write_tokens=u.cache_write_tokens,
+        calls=u.calls,
+    )
+
+
+def chunk(c: TextChunk) -> pb.Chunk:
+    return pb.Chunk(
+        index=c.index,
+        start=c.start,
+        end=c.end,
+        tokens=c.tokens,
+        overlap_start=c.overlap_start,
+        content_hash=c.content_hash,
+    )
+
+
+def plan(p: JobPlan) -> pb.Plan:
+    return pb.Plan(
+        strategy=_STRATEGY_OUT[p.strategy],
+        model=resolved_model(p.model),
+        document_tokens=p.document_tokens,
+        tokens_exact=p.tokens_exact,
+        token_error=p.token_error,
+        effective_input_limit=p.effective_input_limit,
+        fits_single_pass=p.fits_single_pass,
+        chunks=[chunk(c) for c in p.chunks],
+        map_calls=p.map_calls,
+        collapse_calls=p.collapse_calls,
+        reduce_calls=p.reduce_calls,
+        estimated_input_tokens=p.estimated_input_tokens,
+        estimated_output_tokens=p.estimated_output_tokens,
+        estimated_cost=cost(p.estimated_cost),
+        within_budget=p.within_budget,
+    )
+
+
+def model_fit(f: ModelFit) -> pb.ModelFit:
+    return pb.ModelFit(
+        model=resolved_model(f.model),
+        fits_single_pass=f.fits_single_pass,
+        effective_input_limit=f.effective_input_limit,
+        calls=f.calls,
+        estimated_cost=cost(f.estimated_cost),
+        reason=f.reason,
+    )
+
+
+def warning(w: JobWarning) -> pb.Warning:
+    return pb.Warning(code=w.code, message=w.message)
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(max(0, round(seconds * 1e9)))
+    return d
+
+
+def chunk_result(o: CallOutput) -> pb.ChunkResult:
+    return pb.ChunkResult(
+        index=o.index,
+        start=o.start,
+        end=o.end,
+        text=o.text,
+        usage=usage(o.usage),
+        cache_status=pb.CACHE_STATUS_HIT if o.cached else pb.CACHE_STATUS_MISS,
+        finish_reason=o.finish_reason,
+    )
+
+
+def result(r: JobResult, plan_pb: pb.Plan | None = None) -> svc.AnalyzeResponse:
+    return svc.AnalyzeResponse(
+        text=r.text,
+        plan=plan_pb if plan_pb is not None else plan(r.plan),
+        chunk_results=[chunk_result(o) for o in r.chunk_outputs],
+        usage=usage(r.usage),
+        cost=cost(r.cost),
+        cache_status=_CACHE_STATUS[r.cache_status],
+        model=resolved_model(r.model),
+        timings=pb.Timings(
+            total=_duration(r.timings.total_s),
+            planning=_duration(r.timings.planning_s),
+            first_token=_duration(r.timings.first_token_s),
+        ),
+        warnings=[warning(w) for w in r.warnings],
+        finish_reason=r.finish_reason,
+    )
+
+
+def stream_event(ev: RunEvent, plan_pb: pb.Plan | None = None) -> svc.StreamResponse:
+    if isinstance(ev, AnswerDelta):
+        return svc.StreamResponse(
+            delta=svc.Delta(stage=_STAGES[ev.stage], index=ev.index, text=ev.text)
+        )
+    if isinstance(ev, CallStarted):
+        return svc.StreamResponse(
+            chunk_started=svc.ChunkStarted(stage=_STAGES[ev.stage], index=ev.index, of=ev.of)
+        )
+    if isinstance(ev, CallDone):
+        return svc.StreamResponse(
+            chunk_done=svc.ChunkDone(stage=_STAGES[ev.output.stage], result=chunk_result(ev.output))
+        )
+    if isinstance(ev, PlanReady):
+        return svc.StreamResponse(plan=plan_pb if plan_pb is not None else plan(ev.plan))
+    if isinstance(ev, JobWarning):
+        return svc.StreamResponse(warning=warning(ev))
+    return svc.StreamResponse(result=result(ev, plan_pb))

@@ -1,0 +1,162 @@
+"""The one place where failures become gRPC statuses with google.rpc details.
+
+Every error carries an ErrorInfo (domain ``longread.dev``, a reason from the proto's
+ErrorReason enum); bad input adds BadRequest field violations, limits add RetryInfo and
+QuotaFailure.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from longread_server.domain import ErrorKind, UpstreamError
+
+DOMAIN = "longread.dev"
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    field: str
+    description: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaViolation:
+    subject: str
+    description: str
+
+
+class ServiceError(Exception):
+    """A failure with everything the client needs to act on it."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        reason: str,
+        message: str,
+        *,
+        violations: Sequence[FieldViolation] = (),
+        retry_after_s: float | None = None,
+        quota: Sequence[QuotaViolation] = (),
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.violations = tuple(violations)
+        self.retry_after_s = retry_after_s
+        self.quota = tuple(quota)
+        self.metadata = dict(metadata or {})
+
+    def to_status(self) -> grpc.Status:
+        details: list[any_pb2.Any] = []
+        info = error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN)
+        info.metadata.update(self.metadata)
+        details.append(_pack(info))
+        if self.violations:
+            br = error_details_pb2.BadRequest()
+            for v in self.violations:
+                fv = br.field_violations.add(field=v.field, description=v.description)
+                if v.reason:
+                    fv.reason = v.reason
+            details.append(_pack(br))
+        if self.retry_after_s is not None:
+            secs = max(0.0, self.retry_after_s)
+            nanos = round((secs - math.floor(secs)) * 1e9)
+            delay = duration_pb2.Duration(seconds=math.floor(secs), nanos=min(nanos, 999_999_999))
+            details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
+        if self.quota:
+            qf = error_details_pb2.QuotaFailure()
+            for q in self.quota:
+                qf.violations.add(subject=q.subject, description=q.description)
+            details.append(_pack(qf))
+        status = status_pb2.Status(code=self.code.value[0], message=self.message, details=details)
+        return rpc_status.to_status(status)
+
+
+def _pack(msg: object) -> any_pb2.Any:
+    a = any_pb2.Any()
+    a.Pack(msg)  # type: ignore[arg-type]
+    return a
+
+
+def invalid(violations: Sequence[FieldViolation], reason: str = "INVALID_FIELD") -> ServiceError:
+    """INVALID_ARGUMENT listing every bad field at once."""
+    text = "; ".join(f"{v.field}: {v.description}" for v in violations)
+    return ServiceError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        reason,
+        f"invalid request: {text}",
+        violations=violations,
+        metadata={"fields": ",".join(v.field for v in violations)},
+    )
+
+
+@dataclass(slots=True)
+class Violations:
+    """Collects field violations so one response reports all of them."""
+
+    items: list[FieldViolation] = field(default_factory=list)
+    reason: str = "INVALID_FIELD"
+
+    def add(self, field_path: str, description: str, reason: str = "") -> None:
+        self.items.append(FieldViolation(field_path, description, reason))
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise invalid(self.items, self.reason)
+
+
+_UPSTREAM_CODES: dict[ErrorKind, tuple[grpc.StatusCode, str]] = {
+    ErrorKind.RATE_LIMITED: (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE"),
+    ErrorKind.OVERLOADED: (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE"),
+    ErrorKind.SERVER: (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE"),
+    ErrorKind.CONNECTION: (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE"),
+    ErrorKind.TIMEOUT: (grpc.StatusCode.DEADLINE_EXCEEDED, "UPSTREAM_UNAVAILABLE"),
+    ErrorKind.BAD_REQUEST: (grpc.StatusCode.INVALID_ARGUMENT, "UPSTREAM_REJECTED"),
+    ErrorKind.NOT_FOUND: (grpc.StatusCode.NOT_FOUND, "UNKNOWN_MODEL"),
+    # The gateway's own vendor credentials or account are at fault, not the caller.
+    ErrorKind.AUTH: (grpc.StatusCode.INTERNAL, "UPSTREAM_REJECTED"),
+    ErrorKind.BILLING: (grpc.StatusCode.RESOURCE_EXHAUSTED, "UPSTREAM_REJECTED"),
+    ErrorKind.OTHER: (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE"),
+}
+
+
+def from_upstream(err: UpstreamError, vendor: str, model: str) -> ServiceError:
+    code, reason = _UPSTREAM_CODES[err.kind]
+    meta = {"vendor": vendor, "model": model, "upstream_error": err.kind.value}
+    if err.status is not None:
+        meta["upstream_status"] = str(err.status)
+    if err.request_id:
+        meta["upstream_request_id"] = err.request_id
+    retry = err.retry_after_s if err.kind.retryable else None
+    if retry is None and err.kind.retryable:
+        retry = 1.0
+    return ServiceError(
+        code,
+        reason,
+        f"upstream {vendor} ({model}) failed: {err.message}",
+        retry_after_s=retry,
+        metadata=meta,
+    )
+
+
+def internal(err: BaseException) -> ServiceError:
+    return ServiceError(
+        grpc.StatusCode.INTERNAL,
+        "INTERNAL",
+        f"internal error ({type(err).__name__}); the server log has details",
+    )
+
+
+def code_name(code: grpc.StatusCode) -> str:
+    return str(code_pb2.Code.Name(code.value[0]))

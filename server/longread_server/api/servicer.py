@@ -1,0 +1,322 @@
+"""The AnalysisService servicer: authenticate, validate, plan, run, convert.
+
+Estimate, Analyze and Stream share one path; Analyze collects the events Stream forwards, so
+a Stream's final result equals what Analyze returns for the same request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+from longread.v1 import analysis_service_pb2 as svc
+from longread.v1 import analysis_service_pb2_grpc as svc_grpc
+from longread.v1 import types_pb2 as pb
+
+from longread_server.api import convert
+from longread_server.api.auth import Authenticator
+from longread_server.api.errors import (
+    FieldViolation,
+    ServiceError,
+    from_upstream,
+    internal,
+    invalid,
+)
+from longread_server.calls.pipeline import CallContext
+from longread_server.config import Config, UpstreamConfig
+from longread_server.domain import ModelInfo, UpstreamError
+from longread_server.plan.catalog import Catalog
+from longread_server.plan.planner import (
+    JobPlan,
+    ModelFit,
+    PlanDefaults,
+    PlanError,
+    overhead_tokens,
+    plan_job,
+    quick_fit,
+)
+from longread_server.plan.tokenizers import get_tokenizer
+from longread_server.run.events import JobResult, RunEvent
+from longread_server.run.runner import Job, JobRunner
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Documents longer than this are tokenized and planned in a worker thread, so one large
+# request does not stall every other RPC on the event loop (tiktoken releases the GIL).
+_OFFLOAD_CHARS = 200_000
+
+
+@dataclass(slots=True)
+class _Prepared:
+    parsed: convert.ParsedRequest
+    tenant: str
+    plan: JobPlan
+    fits: list[ModelFit]
+    deadline: float | None
+    started: float
+    planning_s: float
+
+
+class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
+    def __init__(
+        self,
+        cfg: Config,
+        catalog: Catalog,
+        runner: JobRunner,
+        auth: Authenticator,
+    ) -> None:
+        self._cfg = cfg
+        self._catalog = catalog
+        self._runner = runner
+        self._auth = auth
+        self._upstreams: dict[str, UpstreamConfig] = {u.name: u for u in cfg.upstreams}
+        self._models = [m for m in catalog.models() if self._serves(m)]
+        self._defaults = PlanDefaults(
+            output_tokens=cfg.limits.default_output_tokens,
+            map_output_tokens=cfg.limits.map_output_tokens,
+            chunk_tokens=cfg.limits.default_chunk_tokens,
+            max_chunks=cfg.limits.max_chunks,
+        )
+
+    def _serves(self, m: ModelInfo) -> bool:
+        up = self._upstreams.get(m.vendor)
+        return up is not None and (not up.models or m.model in up.models)
+
+    # ---- RPCs ----
+
+    async def Estimate(
+        self, request: svc.EstimateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> svc.EstimateResponse:
+        return await _guarded(context, self._estimate(request, context))
+
+    async def Analyze(
+        self, request: svc.AnalyzeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> svc.AnalyzeResponse:
+        return await _guarded(context, self._analyze(request, context))
+
+    async def Stream(
+        self, request: svc.StreamRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[svc.StreamResponse]:
+        try:
+            prep = await self._prepare(request, context, with_fits=False)
+            plan_pb = convert.plan(prep.plan)
+            async for ev in self._run(prep):
+                yield convert.stream_event(ev, plan_pb)
+        except Exception as e:
+            await _abort(context, e)
+
+    # ---- implementation ----
+
+    async def _estimate(
+        self, request: svc.EstimateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> svc.EstimateResponse:
+        prep = await self._prepare(request, context, with_fits=True)
+        warnings = []
+        if not prep.plan.tokens_exact:
+            warnings.append(
+                pb.Warning(
+                    code="TOKENS_ESTIMATED",
+                    message=(
+                        f"{prep.plan.model.model} has no offline tokenizer here: counts use "
+                        f"cl100k_base and may be off by up to {prep.plan.token_error:.0%}"
+                    ),
+                )
+            )
+        return svc.EstimateResponse(
+            plan=convert.plan(prep.plan),
+            candidates=[convert.model_fit(f) for f in prep.fits],
+            warnings=warnings,
+        )
+
+    async def _analyze(
+        self, request: svc.AnalyzeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> svc.AnalyzeResponse:
+        prep = await self._prepare(request, context, with_fits=False)
+        result: JobResult | None = None
+        async for ev in self._run(prep):
+            if isinstance(ev, JobResult):
+                result = ev
+        assert result is not None
+        return convert.result(result)
+
+    async def _run(self, prep: _Prepared) -> AsyncIterator[RunEvent]:
+        """Runs the job, naming the upstream in any upstream failure."""
+        try:
+            async for ev in self._runner.run(self._job(prep)):
+                yield ev
+        except UpstreamError as e:
+            raise from_upstream(e, prep.plan.model.vendor, prep.plan.model.model) from e
+
+    def _job(self, prep: _Prepared) -> Job:
+        upstream = self._upstreams[prep.plan.model.vendor]
+        ctx = CallContext(
+            tenant=prep.tenant,
+            deadline=prep.deadline,
+            cache_mode=prep.parsed.cache_mode,
+            cache_ttl_s=prep.parsed.cache_ttl_s,
+            labels=prep.parsed.labels,
+        )
+        return Job(
+            spec=prep.parsed.spec,
+            plan=prep.plan,
+            vendor=upstream.name,
+            ctx=ctx,
+            sampling=prep.parsed.sampling,
+            concurrency=upstream.max_concurrency,
+            started=prep.started,
+            planning_s=prep.planning_s,
+        )
+
+    async def _prepare(
+        self,
+        request: convert.AnyRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+        *,
+        with_fits: bool,
+    ) -> _Prepared:
+        started = time.monotonic()
+        tenant = self._auth.tenant(context.invocation_metadata())
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else started + remaining
+        parsed = convert.parse_request(request, self._cfg.limits)
+        if len(parsed.spec.text) > _OFFLOAD_CHARS:
+            plan, fits = await asyncio.to_thread(self._plan, parsed, with_fits)
+        else:
+            plan, fits = self._plan(parsed, with_fits)
+        if not isinstance(request, svc.EstimateRequest) and not plan.within_budget:
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "BUDGET_EXCEEDED",
+                f"estimated cost ${plan.estimated_cost.total_usd:.6f} exceeds the request's "
+                f"budget of ${parsed.spec.max_cost_usd:.6f}",
+                metadata={
+                    "estimated_cost_usd": f"{plan.estimated_cost.total_usd:.6f}",
+                    "max_cost_usd": f"{parsed.spec.max_cost_usd:.6f}",
+                },
+            )
+        return _Prepared(
+            parsed=parsed,
+            tenant=tenant,
+            plan=plan,
+            fits=fits,
+            deadline=deadline,
+            started=started,
+            planning_s=time.monotonic() - started,
+        )
+
+    def _plan(
+        self, parsed: convert.ParsedRequest, with_fits: bool
+    ) -> tuple[JobPlan, list[ModelFit]]:
+        """Counts tokens once, resolves the model, plans the job (may run in a thread)."""
+        tokenizer = get_tokenizer("cl100k_base")
+        doc_tokens = tokenizer.count(parsed.spec.text)
+        limit = self._cfg.limits.max_document_tokens
+        if doc_tokens > limit:
+            raise ServiceError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "DOCUMENT_TOO_LARGE",
+                f"the document has {doc_tokens} tokens; the limit is {limit}",
+                violations=[
+                    FieldViolation(
+                        "document.text",
+                        f"has {doc_tokens} tokens; the limit is {limit}",
+                        "DOCUMENT_TOO_LARGE",
+                    )
+                ],
+                metadata={"document_tokens": str(doc_tokens), "limit": str(limit)},
+            )
+        overhead = overhead_tokens(parsed.spec, tokenizer)
+        fits: list[ModelFit] = []
+        if with_fits or (not parsed.model and parsed.preference != pb.MODEL_PREFERENCE_UNSPECIFIED):
+            fits = sorted(
+                (
+                    quick_fit(parsed.spec, m, doc_tokens, overhead, self._defaults)
+                    for m in self._models
+                ),
+                key=lambda f: (f.calls == 0, f.estimated_cost.total_usd, f.model.model),
+            )
+        model = self._resolve(parsed, fits)
+        try:
+            plan = plan_job(parsed.spec, model, tokenizer, self._defaults, doc_tokens)
+        except PlanError as e:
+            raise invalid([FieldViolation(e.field, str(e), e.reason)], e.reason) from e
+        return plan, fits
+
+    def _resolve(self, parsed: convert.ParsedRequest, fits: list[ModelFit]) -> ModelInfo:
+        vendor, model = parsed.vendor, parsed.model
+        if vendor and vendor not in self._upstreams:
+            known = ", ".join(sorted(self._upstreams)) or "none"
+            raise invalid(
+                [FieldViolation("model.vendor", f"unknown vendor {vendor!r}; configured: {known}")],
+                "UNKNOWN_MODEL",
+            )
+        if not model:
+            if parsed.preference == pb.MODEL_PREFERENCE_CHEAPEST:
+                for f in fits:
+                    if f.fits_single_pass and (not vendor or f.model.vendor == vendor):
+                        return f.model
+                largest = max((m.context_window for m in self._models), default=0)
+                raise invalid(
+                    [
+                        FieldViolation(
+                            "model.preference",
+                            "no configured model fits the whole document in one call "
+                            f"(largest context: {largest} tokens); name a model to use "
+                            "map-reduce",
+                            "DOES_NOT_FIT",
+                        )
+                    ],
+                    "DOES_NOT_FIT",
+                )
+            if parsed.preference == pb.MODEL_PREFERENCE_LARGEST_CONTEXT:
+                pool = [m for m in self._models if not vendor or m.vendor == vendor]
+                if pool:
+                    return max(pool, key=lambda m: (m.context_window, -m.input_per_mtok))
+            model = self._cfg.default_model
+            vendor = vendor or self._cfg.default_vendor
+        vendors = [vendor] if vendor else [v for v in self._catalog.vendors_of(model)]
+        served = [
+            m for v in vendors if (m := self._catalog.get(v, model)) is not None and self._serves(m)
+        ]
+        if len(served) == 1:
+            return served[0]
+        if not served:
+            known = ", ".join(sorted({m.model for m in self._models})) or "none"
+            where = f" from vendor {vendor!r}" if vendor else ""
+            raise invalid(
+                [FieldViolation("model.model", f"unknown model {model!r}{where}; known: {known}")],
+                "UNKNOWN_MODEL",
+            )
+        names = ", ".join(m.vendor for m in served)
+        raise invalid(
+            [FieldViolation("model.vendor", f"{model!r} is served by {names}: name one")],
+            "UNKNOWN_MODEL",
+        )
+
+
+async def _guarded(context: grpc.aio.ServicerContext[Any, Any], work: Awaitable[T]) -> T:
+    try:
+        return await work
+    except Exception as e:
+        await _abort(context, e)
+        raise AssertionError("unreachable") from None
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], e: Exception) -> None:
+    """Ends the RPC with the status for ``e``. Re-raises grpc's own abort exception."""
+    if isinstance(e, ServiceError):
+        err = e
+    elif isinstance(e, UpstreamError):
+        err = from_upstream(e, "upstream", "")
+    elif isinstance(e, grpc.aio.AbortError):
+        raise e
+    else:
+        log.exception("unexpected error")
+        err = internal(e)
+    await context.abort_with_status(err.to_status())

@@ -1,0 +1,191 @@
+"""Wiring and serving: config -> adapters -> pipeline -> runner -> servicer -> grpc.aio server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import grpc
+import httpx
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from longread.v1 import analysis_service_pb2 as svc
+from longread.v1 import analysis_service_pb2_grpc as svc_grpc
+
+from longread_server.api.auth import Authenticator
+from longread_server.api.servicer import AnalysisServicer
+from longread_server.calls.pipeline import Pipeline
+from longread_server.config import Config, UpstreamConfig, load_config
+from longread_server.domain import ModelInfo, VendorKind
+from longread_server.plan.catalog import Catalog
+from longread_server.run.runner import JobRunner
+from longread_server.vendors import make_adapter
+
+log = logging.getLogger("longread")
+SERVICE_NAME = svc.DESCRIPTOR.services_by_name["AnalysisService"].full_name
+
+# The upstream names the built-in sandbox stands in for, with the protocol each speaks.
+_SANDBOX_UPSTREAMS = (
+    ("openai", VendorKind.OPENAI),
+    ("anthropic", VendorKind.ANTHROPIC),
+    ("deepseek", VendorKind.OPENAI_COMPATIBLE),
+    ("moonshot", VendorKind.OPENAI_COMPATIBLE),
+    ("gemini", VendorKind.OPENAI_COMPATIBLE),
+)
+
+
+def sandbox_upstreams(base_url: str) -> list[UpstreamConfig]:
+    """Upstreams that send every vendor's traffic to a sandbox at ``base_url``."""
+    return [
+        UpstreamConfig(
+            name=name,
+            kind=kind,
+            base_url=base_url if kind is VendorKind.ANTHROPIC else base_url + "/v1",
+            api_key="sandbox",
+        )
+        for name, kind in _SANDBOX_UPSTREAMS
+    ]
+
+
+def build_catalog(cfg: Config) -> Catalog:
+    overrides = [
+        ModelInfo(
+            vendor=m.vendor,
+            model=m.model,
+            context_window=m.context_window,
+            max_output_tokens=m.max_output_tokens,
+            input_per_mtok=m.input_per_mtok,
+            output_per_mtok=m.output_per_mtok,
+            cached_input_per_mtok=m.cached_input_per_mtok,
+            tokenizer=m.tokenizer,
+            tokens_exact=m.tokens_exact,
+        )
+        for m in cfg.models
+    ]
+    return Catalog.builtin(overrides)
+
+
+@dataclass
+class Gateway:
+    """A running gateway: its gRPC server and what it owns."""
+
+    cfg: Config
+    server: grpc.aio.Server
+    port: int
+    http: httpx.AsyncClient
+    health: health.aio.HealthServicer
+    sandbox: object | None = None
+    _closers: list[object] = field(default_factory=list)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drains: health says NOT_SERVING, in-flight RPCs finish (up to ``grace``)."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.cfg.server.grace_s if grace is None else grace)
+        await self.http.aclose()
+        if self.sandbox is not None:
+            await self.sandbox.stop()  # type: ignore[attr-defined]
+
+    async def wait(self) -> None:
+        await self.server.wait_for_termination()
+
+
+def _server_credentials(cfg: Config) -> grpc.ServerCredentials | None:
+    if not cfg.tls.enabled:
+        return None
+    key = Path(cfg.tls.key_file).read_bytes()
+    cert = Path(cfg.tls.cert_file).read_bytes()
+    ca = Path(cfg.tls.client_ca_file).read_bytes() if cfg.tls.client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+    )
+
+
+async def start(cfg: Config) -> Gateway:
+    """Builds and starts the gateway described by ``cfg``."""
+    sandbox = None
+    if cfg.use_sandbox:
+        from longread_server.sandbox import Sandbox
+        from longread_server.sandbox import SandboxConfig as SbConfig
+
+        sandbox = Sandbox(
+            SbConfig(host="127.0.0.1", port=cfg.sandbox.port, latency_ms=cfg.sandbox.latency_ms)
+        )
+        await sandbox.start()
+        cfg = replace(cfg, upstreams=[*cfg.upstreams, *sandbox_upstreams(sandbox.base_url)])
+        log.warning(
+            "no vendor configured: serving from the built-in sandbox at %s", sandbox.base_url
+        )
+
+    http = httpx.AsyncClient(
+        limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+        timeout=httpx.Timeout(600.0, connect=10.0),
+    )
+    adapters = {
+        up.name: make_adapter(up.kind, http, name=up.name, base_url=up.base_url, api_key=up.api_key)
+        for up in cfg.upstreams
+    }
+    catalog = build_catalog(cfg)
+    servicer = AnalysisServicer(
+        cfg, catalog, JobRunner(Pipeline(adapters)), Authenticator(cfg.tenants)
+    )
+
+    opts = [
+        ("grpc.max_receive_message_length", cfg.server.max_message_bytes),
+        ("grpc.max_send_message_length", cfg.server.max_message_bytes),
+        ("grpc.keepalive_time_ms", cfg.server.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", cfg.server.keepalive_timeout_ms),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.so_reuseport", 0),
+    ]
+    if cfg.server.max_connection_age_ms:
+        opts.append(("grpc.max_connection_age_ms", cfg.server.max_connection_age_ms))
+    server = grpc.aio.server(
+        options=opts,
+        maximum_concurrent_rpcs=cfg.server.max_concurrent_rpcs or None,
+    )
+    svc_grpc.add_AnalysisServiceServicer_to_server(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if cfg.server.reflection:
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+    creds = _server_credentials(cfg)
+    if creds is None:
+        port = server.add_insecure_port(cfg.listen)
+    else:
+        port = server.add_secure_port(cfg.listen, creds)
+    if port == 0:
+        raise OSError(f"cannot listen on {cfg.listen}")
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("longread listening on port %d (%s)", port, "tls" if creds else "plaintext")
+    return Gateway(cfg, server, port, http, health_servicer, sandbox)
+
+
+async def serve(cfg: Config) -> None:
+    """Runs until SIGTERM or SIGINT, then drains gracefully."""
+    gw = await start(cfg)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    print(f"longread serving on {cfg.listen.rsplit(':', 1)[0]}:{gw.port}", flush=True)
+    await stop.wait()
+    log.info("draining (grace %.1fs)", cfg.server.grace_s)
+    await gw.stop()
+
+
+def main(config_path: str | None = None, listen: str | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    cfg = load_config(config_path)
+    if listen:
+        cfg.listen = listen
+    asyncio.run(serve(cfg))
+    return 0

@@ -1,0 +1,310 @@
+"""Typed configuration: defaults, then a TOML file, then ``LONGREAD_*`` environment variables.
+
+Environment variables name a field by its path with ``__`` between levels, e.g.
+``LONGREAD_LISTEN=0.0.0.0:50051`` or ``LONGREAD_SERVER__GRACE_S=10``. Values are parsed by the
+field's type (lists as comma-separated text). Upstreams, tenants and catalog overrides are
+lists of tables and come from the file only; API keys are read from the environment variable
+each upstream or tenant names, never stored in the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from longread_server.domain import VendorKind
+
+ENV_PREFIX = "LONGREAD_"
+# Read by the client and CLI, not by the server.
+_CLIENT_ENV = frozenset({"LONGREAD_CONFIG", "LONGREAD_TARGET", "LONGREAD_API_KEY"})
+log = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the field."""
+
+
+@dataclass
+class ServerConfig:
+    """gRPC server options."""
+
+    max_message_bytes: int = 16 * 1024 * 1024  # a 1M-token document is ~4-8 MB of text
+    grace_s: float = 15.0  # graceful drain on SIGTERM
+    keepalive_time_ms: int = 20_000
+    keepalive_timeout_ms: int = 10_000
+    max_connection_age_ms: int = 0  # 0: unlimited
+    max_concurrent_rpcs: int = 0  # 0: unlimited
+    reflection: bool = True
+
+
+@dataclass
+class TlsConfig:
+    """TLS for the gRPC listener; mTLS when a client CA is given."""
+
+    cert_file: str = ""
+    key_file: str = ""
+    client_ca_file: str = ""  # set: clients must present a certificate signed by this CA
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file and self.key_file)
+
+
+@dataclass
+class UpstreamConfig:
+    """One LLM endpoint the gateway may call."""
+
+    name: str
+    kind: VendorKind
+    base_url: str
+    api_key_env: str = ""
+    models: list[str] = field(default_factory=list)  # empty: every catalog model of `name`
+    timeout_s: float = 600.0
+    max_concurrency: int = 8  # concurrent map calls of one job
+    api_key: str = ""  # resolved from api_key_env at load time, never from the file
+
+
+@dataclass
+class TenantConfig:
+    """A caller. API keys come from environment variables, as a comma-separated list."""
+
+    name: str
+    api_keys_env: str = ""
+    monthly_budget_usd: float = 0.0  # 0: unlimited
+    api_keys: list[str] = field(default_factory=list)  # resolved at load time
+
+
+@dataclass
+class LimitsConfig:
+    """Request limits."""
+
+    max_document_chars: int = 8_000_000
+    max_document_tokens: int = 2_000_000
+    max_instruction_chars: int = 100_000
+    default_output_tokens: int = 2048  # single pass and reduce calls
+    map_output_tokens: int = 1024  # each map call
+    default_chunk_tokens: int = 16_000  # chunk size when the document does not fit one call
+    max_chunks: int = 2048
+
+
+@dataclass
+class CacheConfig:
+    """Response cache."""
+
+    enabled: bool = True
+    max_bytes: int = 256 * 1024 * 1024
+    ttl_s: float = 24 * 3600.0
+
+
+@dataclass
+class TelemetryConfig:
+    """OpenTelemetry."""
+
+    traces: bool = False
+    metrics: bool = False
+    otlp_endpoint: str = ""
+    sampling_ratio: float = 1.0
+    record_content: bool = False
+
+
+@dataclass
+class SandboxConfig:
+    """The built-in vendor emulator, started in-process when no vendor is configured."""
+
+    enabled: bool | None = None  # None: only when no upstream is configured
+    port: int = 0
+    latency_ms: float = 0.0
+
+
+@dataclass
+class CatalogOverride:
+    """Adds or replaces one catalog entry."""
+
+    vendor: str
+    model: str
+    context_window: int
+    max_output_tokens: int
+    input_per_mtok: float
+    output_per_mtok: float
+    cached_input_per_mtok: float = 0.0
+    tokenizer: str = "cl100k_base"
+    tokens_exact: bool = False
+
+
+@dataclass
+class Config:
+    """Everything the gateway reads at start-up."""
+
+    listen: str = "127.0.0.1:50051"
+    default_model: str = "gpt-4.1-mini"
+    default_vendor: str = ""
+    redis_url: str = ""
+    server: ServerConfig = field(default_factory=ServerConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    upstreams: list[UpstreamConfig] = field(default_factory=list)
+    tenants: list[TenantConfig] = field(default_factory=list)
+    models: list[CatalogOverride] = field(default_factory=list)
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Auth is on exactly when tenants are configured (off for local use)."""
+        return bool(self.tenants)
+
+    @property
+    def use_sandbox(self) -> bool:
+        if self.sandbox.enabled is None:
+            return not self.upstreams
+        return self.sandbox.enabled
+
+
+# Upstreams configured from the usual vendor environment variables when the file names none.
+_WELL_KNOWN = (
+    ("openai", VendorKind.OPENAI, "https://api.openai.com/v1", "OPENAI_API_KEY"),
+    ("anthropic", VendorKind.ANTHROPIC, "https://api.anthropic.com", "ANTHROPIC_API_KEY"),
+    ("deepseek", VendorKind.OPENAI_COMPATIBLE, "https://api.deepseek.com/v1", "DEEPSEEK_API_KEY"),
+    ("moonshot", VendorKind.OPENAI_COMPATIBLE, "https://api.moonshot.ai/v1", "MOONSHOT_API_KEY"),
+    (
+        "gemini",
+        VendorKind.OPENAI_COMPATIBLE,
+        "https://generativelanguage.googleapis.com/v1beta/openai",
+        "GEMINI_API_KEY",
+    ),
+)
+
+
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Builds the config from defaults, the TOML file (if any) and the environment."""
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    path = path or env.get(ENV_PREFIX + "CONFIG") or None
+    if path:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"cannot read config file {path}: {e}") from e
+    cfg: Config = _build(Config, data, "")
+    _apply_env(cfg, env)
+    if not cfg.upstreams:
+        cfg.upstreams = [
+            UpstreamConfig(name=n, kind=k, base_url=u, api_key_env=e)
+            for n, k, u, e in _WELL_KNOWN
+            if env.get(e)
+        ]
+    for up in cfg.upstreams:
+        if up.api_key_env:
+            up.api_key = env.get(up.api_key_env, "")
+    for t in cfg.tenants:
+        if t.api_keys_env:
+            t.api_keys = [k.strip() for k in env.get(t.api_keys_env, "").split(",") if k.strip()]
+        if not t.api_keys:
+            raise ConfigError(f"tenant {t.name!r}: no API keys (set {t.api_keys_env or '?'})")
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: Config) -> None:
+    names = [u.name for u in cfg.upstreams]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"upstream names must be unique: {names}")
+    if cfg.tls.client_ca_file and not cfg.tls.enabled:
+        raise ConfigError("tls.client_ca_file needs tls.cert_file and tls.key_file")
+    if not 0 < cfg.telemetry.sampling_ratio <= 1:
+        raise ConfigError("telemetry.sampling_ratio must be in (0, 1]")
+    for name in ("max_document_chars", "max_document_tokens", "default_chunk_tokens"):
+        if getattr(cfg.limits, name) <= 0:
+            raise ConfigError(f"limits.{name} must be positive")
+
+
+def _build(cls: type[Any], data: Mapping[str, Any], where: str) -> Any:
+    """Builds dataclass ``cls`` from a TOML table, rejecting unknown keys."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where or 'config'}: expected a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ConfigError(f"{where or 'config'}: unknown keys {sorted(unknown)}")
+    kwargs = {k: _convert(hints[k], v, f"{where}{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{where or 'config'}: {e}") from e
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return None if value is None else _convert(args[0], value, where)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list")
+        return [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return _build(tp, value, where + ".")
+    if isinstance(tp, type) and issubclass(tp, VendorKind):
+        try:
+            return VendorKind(value)
+        except ValueError:
+            kinds = [k.value for k in VendorKind]
+            raise ConfigError(f"{where}: {value!r} is not one of {kinds}") from None
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and not (
+        isinstance(value, tp) and not (tp is int and isinstance(value, bool))
+    ):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def _parse_env(tp: Any, text: str, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return None if text.lower() in ("", "none", "auto") else _parse_env(args[0], text, where)
+    if origin is list:
+        return [s.strip() for s in text.split(",") if s.strip()]
+    try:
+        if tp is bool:
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if tp in (int, float, str):
+            return tp(text)
+    except ValueError:
+        raise ConfigError(f"{where}: cannot parse {text!r} as {tp.__name__}") from None
+    raise ConfigError(f"{where}: cannot be set from the environment")
+
+
+def _apply_env(cfg: Config, env: Mapping[str, str]) -> None:
+    for key, text in env.items():
+        if not key.startswith(ENV_PREFIX) or key in _CLIENT_ENV:
+            continue
+        path = key[len(ENV_PREFIX) :].lower().split("__")
+        target: Any = cfg
+        for part in path[:-1]:
+            target = getattr(target, part, None)
+        name = path[-1]
+        if not dataclasses.is_dataclass(target) or name not in {
+            f.name for f in dataclasses.fields(target)
+        }:
+            log.warning("ignoring unknown setting %s", key)
+            continue
+        tp = typing.get_type_hints(type(target))[name]
+        setattr(target, name, _parse_env(tp, text, key))

@@ -1,0 +1,286 @@
+"""The planner: how a job will run, what it will cost, and whether it fits. Pure, no I/O.
+
+Every limit is an *effective* one: the model's context minus what each call must reserve
+(system prompt, instruction, prompt template, conversation history, overlap, output tokens),
+shrunk by the token-count error when counts are estimates. It is never the advertised size.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import math
+from dataclasses import dataclass, field
+
+from longread_server.domain import Message, ModelInfo, Usage
+from longread_server.plan import prompts
+from longread_server.plan.catalog import Price, price, token_error
+from longread_server.plan.chunker import TextChunk, chunk_text
+from longread_server.plan.tokenizers import Tokenizer
+
+MAX_COLLAPSE_DEPTH = 4
+NOTE_OVERHEAD = 16  # tokens of the markup around one note in a reduce prompt
+
+
+class Strategy(enum.StrEnum):
+    AUTO = "auto"
+    SINGLE_PASS = "single_pass"
+    MAP_REDUCE = "map_reduce"
+    REFINE = "refine"
+    SELECT = "select"
+
+
+class PlanError(ValueError):
+    """The job cannot run as asked; ``field`` names the request field to change."""
+
+    def __init__(self, message: str, *, field: str = "", reason: str = "DOES_NOT_FIT") -> None:
+        super().__init__(message)
+        self.field = field
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """What to plan: the parts of a request that decide the work."""
+
+    text: str
+    instruction: str
+    system: str = ""
+    history: tuple[Message, ...] = ()
+    max_output_tokens: int | None = None  # per call; None: the configured defaults
+    max_chunk_tokens: int = 0  # 0: sized from the model
+    overlap_tokens: int = 0
+    strategy: Strategy = Strategy.AUTO
+    max_cost_usd: float = 0.0  # 0: no cap
+
+
+@dataclass(frozen=True, slots=True)
+class PlanDefaults:
+    """Configured defaults the planner fills in."""
+
+    output_tokens: int = 2048
+    map_output_tokens: int = 1024
+    chunk_tokens: int = 16_000
+    max_chunks: int = 2048
+
+
+@dataclass(slots=True)
+class JobPlan:
+    """The work a job will do, with its estimated tokens and cost."""
+
+    strategy: Strategy
+    model: ModelInfo
+    document_tokens: int
+    tokens_exact: bool
+    token_error: float
+    effective_input_limit: int
+    fits_single_pass: bool
+    output_tokens: int  # limit of the final (single or reduce) call
+    map_output_tokens: int
+    overhead_tokens: int  # prompt tokens every call carries besides the document or notes
+    chunks: list[TextChunk] = field(default_factory=list)
+    map_calls: int = 0
+    collapse_calls: int = 0
+    reduce_calls: int = 0
+    estimated_input_tokens: int = 0
+    estimated_output_tokens: int = 0
+    estimated_cost: Price = field(default_factory=Price)
+    within_budget: bool = True
+
+    @property
+    def calls(self) -> int:
+        return max(1, self.map_calls + self.collapse_calls + self.reduce_calls)
+
+    @property
+    def notes_per_call(self) -> int:
+        """How many map (or collapse) outputs one reduce or collapse call can read."""
+        limit = _shrink(self.model.context_window - self.output_tokens, self.token_error)
+        return max(2, (limit - self.overhead_tokens) // (self.map_output_tokens + NOTE_OVERHEAD))
+
+
+def _shrink(limit: int, error: float) -> int:
+    """A limit in counted tokens that stays under ``limit`` real tokens despite ``error``."""
+    return max(0, math.floor(limit / (1.0 + error)))
+
+
+def plan_job(
+    spec: JobSpec,
+    model: ModelInfo,
+    tokenizer: Tokenizer,
+    defaults: PlanDefaults = PlanDefaults(),
+    document_tokens: int | None = None,
+) -> JobPlan:
+    """Plans ``spec`` on ``model``. Raises PlanError when it cannot run as asked."""
+    error = token_error(model)
+    doc_tokens = tokenizer.count(spec.text) if document_tokens is None else document_tokens
+    overhead = overhead_tokens(spec, tokenizer)
+    output_tokens = min(spec.max_output_tokens or defaults.output_tokens, model.max_output_tokens)
+    map_output = min(spec.max_output_tokens or defaults.map_output_tokens, model.max_output_tokens)
+    single_limit = _shrink(model.context_window - output_tokens, error) - overhead
+    map_limit = (
+        _shrink(model.context_window - map_output, error) - overhead - max(0, spec.overlap_tokens)
+    )
+    if single_limit <= 0 or map_limit <= 0:
+        raise PlanError(
+            f"{model.model} has a {model.context_window}-token context: too small for the "
+            f"instruction, system prompt and history ({overhead} tokens) plus "
+            f"{output_tokens} output tokens",
+            field="instruction",
+        )
+    fits = doc_tokens <= single_limit
+    strategy = spec.strategy
+    if strategy is Strategy.AUTO:
+        strategy = Strategy.SINGLE_PASS if fits else Strategy.MAP_REDUCE
+    plan = JobPlan(
+        strategy=strategy,
+        model=model,
+        document_tokens=doc_tokens,
+        tokens_exact=error == 0.0,
+        token_error=error,
+        effective_input_limit=single_limit if strategy is Strategy.SINGLE_PASS else map_limit,
+        fits_single_pass=fits,
+        output_tokens=output_tokens,
+        map_output_tokens=map_output,
+        overhead_tokens=overhead,
+    )
+    if strategy is Strategy.SINGLE_PASS:
+        if not fits:
+            raise PlanError(
+                f"the document has {doc_tokens} tokens; {model.model} takes at most "
+                f"{single_limit} in one call after reserving prompt and output tokens. "
+                "Use STRATEGY_MAP_REDUCE or a model with a larger context.",
+                field="chunking.strategy",
+            )
+        plan.chunks = [_whole(spec.text, doc_tokens)]
+        plan.reduce_calls = 0
+        usage = Usage(input_tokens=doc_tokens + overhead, output_tokens=output_tokens, calls=1)
+    else:
+        if strategy is not Strategy.MAP_REDUCE:
+            raise PlanError(
+                f"strategy {strategy.value} is not available yet", field="chunking.strategy"
+            )
+        usage = _plan_map_reduce(plan, spec, tokenizer, defaults, map_limit, overhead)
+    plan.estimated_input_tokens = usage.input_tokens
+    plan.estimated_output_tokens = usage.output_tokens
+    plan.estimated_cost = price(model, usage)
+    plan.within_budget = (
+        spec.max_cost_usd <= 0 or plan.estimated_cost.total_usd <= spec.max_cost_usd
+    )
+    return plan
+
+
+def _whole(text: str, tokens: int) -> TextChunk:
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return TextChunk(
+        index=0, start=0, end=len(text), overlap_start=0, tokens=tokens, content_hash=digest
+    )
+
+
+def _plan_map_reduce(
+    plan: JobPlan,
+    spec: JobSpec,
+    tokenizer: Tokenizer,
+    defaults: PlanDefaults,
+    map_limit: int,
+    overhead: int,
+) -> Usage:
+    chunk_tokens = spec.max_chunk_tokens or min(map_limit, defaults.chunk_tokens)
+    if chunk_tokens > map_limit:
+        raise PlanError(
+            f"max_chunk_tokens {chunk_tokens} exceeds what {plan.model.model} takes in one call "
+            f"({map_limit} tokens after reserving prompt, overlap and output)",
+            field="chunking.max_chunk_tokens",
+            reason="INVALID_FIELD",
+        )
+    if spec.overlap_tokens >= chunk_tokens:
+        raise PlanError(
+            "overlap_tokens must be smaller than max_chunk_tokens",
+            field="chunking.overlap_tokens",
+            reason="INVALID_FIELD",
+        )
+    estimated_chunks = math.ceil(plan.document_tokens / max(1, chunk_tokens - spec.overlap_tokens))
+    if estimated_chunks > defaults.max_chunks:
+        raise PlanError(
+            f"the document would need about {estimated_chunks} chunks of {chunk_tokens} tokens; "
+            f"the limit is {defaults.max_chunks}. Raise max_chunk_tokens.",
+            field="chunking.max_chunk_tokens",
+        )
+    plan.chunks = chunk_text(spec.text, tokenizer, chunk_tokens, spec.overlap_tokens)
+    plan.map_calls = len(plan.chunks)
+    usage = Usage(
+        input_tokens=sum(c.tokens for c in plan.chunks) + overhead * plan.map_calls,
+        output_tokens=plan.map_output_tokens * plan.map_calls,
+    )
+    # Collapse map outputs in groups until they fit one reduce call.
+    per_group = plan.notes_per_call
+    note_tokens = plan.map_output_tokens + NOTE_OVERHEAD
+    notes = plan.map_calls
+    depth = 0
+    while notes > per_group:
+        depth += 1
+        if depth > MAX_COLLAPSE_DEPTH:
+            raise PlanError(
+                "the map outputs cannot be combined within the collapse depth limit; "
+                "raise max_chunk_tokens or lower max_output_tokens",
+                field="chunking.max_chunk_tokens",
+            )
+        groups = math.ceil(notes / per_group)
+        plan.collapse_calls += groups
+        usage.input_tokens += notes * note_tokens + overhead * groups
+        usage.output_tokens += groups * plan.map_output_tokens
+        notes = groups
+    plan.reduce_calls = 1
+    usage.input_tokens += notes * note_tokens + overhead
+    usage.output_tokens += plan.output_tokens
+    usage.calls = plan.calls
+    return usage
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFit:
+    """How one model would handle a document, without chunking it (cheap, for Estimate)."""
+
+    model: ModelInfo
+    fits_single_pass: bool
+    effective_input_limit: int
+    calls: int
+    estimated_cost: Price
+    reason: str = ""
+
+
+def overhead_tokens(spec: JobSpec, tokenizer: Tokenizer) -> int:
+    """Prompt tokens every call of ``spec`` carries besides the document."""
+    system = prompts.system_prompt(spec.system)
+    return tokenizer.count(prompts.overhead(spec.instruction, system, spec.history)) + 16
+
+
+def quick_fit(
+    spec: JobSpec, model: ModelInfo, doc_tokens: int, overhead: int, defaults: PlanDefaults
+) -> ModelFit:
+    """Fit and cost of ``model`` from token counts alone (map calls from the chunk size)."""
+    error = token_error(model)
+    output_tokens = min(spec.max_output_tokens or defaults.output_tokens, model.max_output_tokens)
+    map_output = min(spec.max_output_tokens or defaults.map_output_tokens, model.max_output_tokens)
+    single_limit = _shrink(model.context_window - output_tokens, error) - overhead
+    if single_limit <= 0:
+        return ModelFit(model, False, 0, 0, Price(), "context too small for the prompt")
+    if doc_tokens <= single_limit:
+        usage = Usage(input_tokens=doc_tokens + overhead, output_tokens=output_tokens)
+        return ModelFit(model, True, single_limit, 1, price(model, usage))
+    map_limit = _shrink(model.context_window - map_output, error) - overhead - spec.overlap_tokens
+    chunk = min(spec.max_chunk_tokens or defaults.chunk_tokens, map_limit)
+    if chunk <= spec.overlap_tokens:
+        return ModelFit(model, False, single_limit, 0, Price(), "context too small to chunk")
+    maps = math.ceil(doc_tokens / (chunk - spec.overlap_tokens))
+    usage = Usage(
+        input_tokens=doc_tokens
+        + maps * (overhead + spec.overlap_tokens)
+        + maps * (map_output + NOTE_OVERHEAD)
+        + overhead,
+        output_tokens=maps * map_output + output_tokens,
+    )
+    reason = (
+        f"{doc_tokens} document tokens exceed the {single_limit}-token single-call limit; "
+        f"needs map-reduce over about {maps} chunks"
+    )
+    return ModelFit(model, False, single_limit, maps + 1, price(model, usage), reason)

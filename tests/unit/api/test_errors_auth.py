@@ -1,0 +1,106 @@
+"""The error mapping and the authenticator, without a server."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+from longread_server.api.auth import LOCAL_TENANT, Authenticator
+from longread_server.api.errors import (
+    DOMAIN,
+    FieldViolation,
+    QuotaViolation,
+    ServiceError,
+    from_upstream,
+    invalid,
+)
+from longread_server.config import TenantConfig
+from longread_server.domain import ErrorKind, UpstreamError
+
+
+def details(err: ServiceError) -> dict[str, object]:
+    status = err.to_status()
+    trailers = dict(status.trailing_metadata)
+    proto = status_pb2.Status.FromString(trailers["grpc-status-details-bin"])
+    assert proto.code == status.code.value[0] and proto.message == status.details
+    out: dict[str, object] = {}
+    for cls in (
+        error_details_pb2.ErrorInfo,
+        error_details_pb2.BadRequest,
+        error_details_pb2.RetryInfo,
+        error_details_pb2.QuotaFailure,
+    ):
+        for a in proto.details:
+            if a.Is(cls.DESCRIPTOR):
+                msg = cls()
+                a.Unpack(msg)
+                out[cls.__name__] = msg
+    return out
+
+
+def test_invalid_lists_every_violation_with_error_info() -> None:
+    err = invalid([FieldViolation("a", "bad"), FieldViolation("b.c", "worse")])
+    d = details(err)
+    info = d["ErrorInfo"]
+    assert isinstance(info, error_details_pb2.ErrorInfo)
+    assert info.domain == DOMAIN and info.reason == "INVALID_FIELD"
+    br = d["BadRequest"]
+    assert isinstance(br, error_details_pb2.BadRequest)
+    assert [(v.field, v.description) for v in br.field_violations] == [
+        ("a", "bad"),
+        ("b.c", "worse"),
+    ]
+    assert err.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_retry_info_and_quota_failure() -> None:
+    err = ServiceError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "RATE_LIMITED",
+        "slow down",
+        retry_after_s=1.25,
+        quota=[QuotaViolation("tenant:acme", "tokens per minute")],
+    )
+    d = details(err)
+    ri = d["RetryInfo"]
+    assert isinstance(ri, error_details_pb2.RetryInfo)
+    assert (ri.retry_delay.seconds, ri.retry_delay.nanos) == (1, 250_000_000)
+    qf = d["QuotaFailure"]
+    assert isinstance(qf, error_details_pb2.QuotaFailure)
+    assert qf.violations[0].subject == "tenant:acme"
+
+
+@pytest.mark.parametrize(
+    ("kind", "code", "retry"),
+    [
+        (ErrorKind.RATE_LIMITED, grpc.StatusCode.UNAVAILABLE, True),
+        (ErrorKind.OVERLOADED, grpc.StatusCode.UNAVAILABLE, True),
+        (ErrorKind.BAD_REQUEST, grpc.StatusCode.INVALID_ARGUMENT, False),
+        (ErrorKind.NOT_FOUND, grpc.StatusCode.NOT_FOUND, False),
+        (ErrorKind.AUTH, grpc.StatusCode.INTERNAL, False),
+        (ErrorKind.TIMEOUT, grpc.StatusCode.DEADLINE_EXCEEDED, True),
+    ],
+)
+def test_upstream_errors(kind: ErrorKind, code: grpc.StatusCode, retry: bool) -> None:
+    err = from_upstream(
+        UpstreamError(kind, "boom", status=503, retry_after_s=2.0, request_id="req_1"),
+        "openai",
+        "gpt-4o",
+    )
+    assert err.code == code
+    assert (err.retry_after_s is not None) == retry
+    assert err.metadata["upstream_request_id"] == "req_1" and err.metadata["vendor"] == "openai"
+
+
+def test_authenticator() -> None:
+    open_auth = Authenticator([])
+    assert not open_auth.enabled and open_auth.tenant(None) == LOCAL_TENANT
+    auth = Authenticator(
+        [TenantConfig("acme", api_keys=["k1", "k2"]), TenantConfig("b", api_keys=["k3"])]
+    )
+    assert auth.tenant([("authorization", "Bearer k2")]) == "acme"
+    assert auth.tenant([("x", "y"), ("authorization", "bearer k3")]) == "b"
+    for md in ([], [("authorization", "Bearer nope")], [("authorization", "Basic k1")]):
+        with pytest.raises(ServiceError) as info:
+            auth.tenant(md)
+        assert info.value.code == grpc.StatusCode.UNAUTHENTICATED

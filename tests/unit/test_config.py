@@ -1,0 +1,84 @@
+"""Config: defaults, TOML, environment overrides, validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from longread_server.config import ConfigError, load_config
+from longread_server.domain import VendorKind
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "longread.toml"
+    p.write_text(text)
+    return p
+
+
+def test_defaults_use_sandbox_without_keys() -> None:
+    cfg = load_config(env={})
+    assert cfg.listen == "127.0.0.1:50051"
+    assert not cfg.upstreams and cfg.use_sandbox and not cfg.auth_enabled
+    assert cfg.server.max_message_bytes >= 8 * 1024 * 1024
+
+
+def test_vendor_keys_from_environment_configure_upstreams() -> None:
+    cfg = load_config(env={"OPENAI_API_KEY": "sk-1", "ANTHROPIC_API_KEY": "ak-1"})
+    assert {u.name: u.api_key for u in cfg.upstreams} == {"openai": "sk-1", "anthropic": "ak-1"}
+    assert not cfg.use_sandbox
+
+
+def test_file_then_env_overrides(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+listen = "0.0.0.0:6000"
+[limits]
+max_document_tokens = 1000
+[[upstreams]]
+name = "local"
+kind = "openai_compatible"
+base_url = "http://127.0.0.1:8000/v1"
+api_key_env = "LOCAL_KEY"
+models = ["m1"]
+[[tenants]]
+name = "acme"
+api_keys_env = "ACME_KEYS"
+""",
+    )
+    env = {
+        "LONGREAD_LIMITS__MAX_DOCUMENT_TOKENS": "2000",
+        "LONGREAD_SERVER__REFLECTION": "false",
+        "LOCAL_KEY": "k",
+        "ACME_KEYS": "a1, a2",
+    }
+    cfg = load_config(path, env)
+    assert cfg.listen == "0.0.0.0:6000"
+    assert cfg.limits.max_document_tokens == 2000 and cfg.server.reflection is False
+    (up,) = cfg.upstreams
+    assert up.kind is VendorKind.OPENAI_COMPATIBLE and up.api_key == "k" and up.models == ["m1"]
+    assert cfg.tenants[0].api_keys == ["a1", "a2"] and cfg.auth_enabled
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "message"),
+    [
+        ("nonsense = 1", {}, "unknown keys"),
+        ("[limits]\nmax_document_tokens = 'many'", {}, "limits.max_document_tokens"),
+        ('[[upstreams]]\nname="x"\nkind="grpc"\nbase_url="u"', {}, "upstreams[0].kind"),
+        ('[[tenants]]\nname="t"\napi_keys_env="NOPE"', {}, "no API keys"),
+        ("", {"LONGREAD_LIMITS__MAX_CHUNKS": "lots"}, "LONGREAD_LIMITS__MAX_CHUNKS"),
+        ('[tls]\nclient_ca_file="ca.pem"', {}, "tls.client_ca_file"),
+        ("listen = ", {}, "cannot read config file"),
+    ],
+)
+def test_invalid_config_names_the_field(
+    tmp_path: Path, text: str, env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_config(write(tmp_path, text), env)
+
+
+def test_client_variables_are_not_server_settings() -> None:
+    cfg = load_config(env={"LONGREAD_API_KEY": "x", "LONGREAD_TARGET": "h:1"})
+    assert cfg.listen == "127.0.0.1:50051"

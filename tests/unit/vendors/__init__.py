@@ -1,0 +1,1 @@
+"""Tests for longread_server.vendors."""

@@ -1,0 +1,122 @@
+"""Error classification and error-body reading, independent of a vendor."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from longread_server.domain import ErrorKind
+from longread_server.vendors.errors import (
+    classify,
+    details_from_body,
+    kind_for_status,
+    kind_for_vendor_error,
+    status_error,
+    stream_error,
+    transport_error,
+)
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        (400, ErrorKind.BAD_REQUEST),
+        (401, ErrorKind.AUTH),
+        (402, ErrorKind.BILLING),
+        (403, ErrorKind.AUTH),
+        (404, ErrorKind.NOT_FOUND),
+        (408, ErrorKind.TIMEOUT),
+        (409, ErrorKind.SERVER),
+        (413, ErrorKind.BAD_REQUEST),
+        (422, ErrorKind.BAD_REQUEST),
+        (429, ErrorKind.RATE_LIMITED),
+        (500, ErrorKind.SERVER),
+        (502, ErrorKind.SERVER),
+        (503, ErrorKind.OVERLOADED),
+        (504, ErrorKind.SERVER),
+        (529, ErrorKind.OVERLOADED),
+        (418, ErrorKind.OTHER),
+        (302, ErrorKind.OTHER),
+    ],
+)
+def test_kind_for_status(status: int, kind: ErrorKind) -> None:
+    assert kind_for_status(status) is kind
+
+
+def test_vendor_error_names() -> None:
+    assert kind_for_vendor_error("invalid_request_error", "model_not_found") is ErrorKind.NOT_FOUND
+    assert kind_for_vendor_error("tokens", "rate_limit_exceeded") is ErrorKind.RATE_LIMITED
+    assert kind_for_vendor_error("BadRequestError", "400") is ErrorKind.BAD_REQUEST
+    assert kind_for_vendor_error("", "503") is ErrorKind.OVERLOADED
+    assert kind_for_vendor_error("something_new", "") is None
+
+
+def test_classify_prefers_status_except_billing_and_overload() -> None:
+    assert classify(429, "insufficient_quota", "insufficient_quota") is ErrorKind.BILLING
+    assert classify(429, "tokens", "rate_limit_exceeded") is ErrorKind.RATE_LIMITED
+    assert classify(500, "overloaded_error", "") is ErrorKind.OVERLOADED
+    assert classify(404, "api_error", "") is ErrorKind.NOT_FOUND  # Ollama's unknown model
+    assert classify(418, "rate_limit_error", "") is ErrorKind.RATE_LIMITED
+    assert classify(418, "", "") is ErrorKind.OTHER
+
+
+def test_bodies_nested_flat_and_plain() -> None:
+    nested = details_from_body(
+        b'{"error":{"message":"bad key","type":"invalid_request_error","param":null,'
+        b'"code":"invalid_api_key"}}'
+    )
+    assert (nested.message, nested.vendor_type, nested.vendor_code) == (
+        "bad key",
+        "invalid_request_error",
+        "invalid_api_key",
+    )
+    flat = details_from_body(
+        b'{"object":"error","message":"too long","type":"BadRequestError","param":null,"code":400}'
+    )
+    assert (flat.message, flat.vendor_type, flat.vendor_code) == (
+        "too long",
+        "BadRequestError",
+        "400",
+    )
+    anthropic = details_from_body(
+        b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"},'
+        b'"request_id":"req_1"}'
+    )
+    assert (anthropic.vendor_type, anthropic.request_id) == ("overloaded_error", "req_1")
+    assert details_from_body(b'{"error":"model not found"}').message == "model not found"
+    assert details_from_body(b"<html>Bad Gateway</html>\n").message == "<html>Bad Gateway</html>"
+    assert details_from_body(b"{not json").message == "{not json"
+    assert details_from_body(b"").message == ""
+    assert details_from_body(b"[1, 2]").message == "[1, 2]"
+    assert len(details_from_body(b"x" * 100_000).message) == 1000
+
+
+def test_status_error_with_empty_body_uses_reason() -> None:
+    error = status_error(
+        "up", 502, httpx.Headers(), b"", request_id="", rate_limits=None, reason="Bad Gateway"
+    )
+    assert error.kind is ErrorKind.SERVER
+    assert error.message == "up: HTTP 502: Bad Gateway"
+
+
+def test_stream_errors_default_to_server() -> None:
+    assert stream_error("up", {"error": {"message": "?"}}).kind is ErrorKind.SERVER
+    assert stream_error("up", "boom").kind is ErrorKind.SERVER
+    error = stream_error("up", {"error": {"type": "server_error", "message": "oops"}})
+    assert (error.kind, error.status, error.vendor_type) == (ErrorKind.SERVER, None, "server_error")
+    assert "oops" in error.message
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind"),
+    [
+        (httpx.ConnectTimeout("slow"), ErrorKind.TIMEOUT),
+        (httpx.ReadTimeout("slow"), ErrorKind.TIMEOUT),
+        (httpx.PoolTimeout("slow"), ErrorKind.TIMEOUT),
+        (httpx.ConnectError("refused"), ErrorKind.CONNECTION),
+        (httpx.RemoteProtocolError("peer closed"), ErrorKind.CONNECTION),
+        (httpx.ReadError("reset"), ErrorKind.CONNECTION),
+        (httpx.InvalidURL("bad"), ErrorKind.OTHER),
+    ],
+)
+def test_transport_errors(exc: Exception, kind: ErrorKind) -> None:
+    assert transport_error("up", exc).kind is kind
