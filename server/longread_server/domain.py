@@ -174,6 +174,27 @@ class UpstreamError(Exception):
         )
 
 
+class CallRejected(Exception):
+    """The gateway itself would not or could not make a call: a rate limit, an open circuit,
+    a budget, or a cache policy. ``reason`` is an ErrorReason name (without the prefix)."""
+
+    def __init__(
+        self,
+        reason: str,
+        message: str,
+        *,
+        retry_after_s: float | None = None,
+        quota_subject: str = "",
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.retry_after_s = retry_after_s
+        self.quota_subject = quota_subject  # e.g. "tenant:acme/tokens_per_minute"
+        self.metadata = dict(metadata or {})
+
+
 @dataclass(frozen=True, slots=True)
 class ModelInfo:
     """A catalog entry: limits and prices (USD per million tokens)."""

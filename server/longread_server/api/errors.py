@@ -16,7 +16,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from longread_server.domain import ErrorKind, UpstreamError
+from longread_server.domain import CallRejected, ErrorKind, UpstreamError
 
 DOMAIN = "longread.dev"
 
@@ -147,6 +147,28 @@ def from_upstream(err: UpstreamError, vendor: str, model: str) -> ServiceError:
         f"upstream {vendor} ({model}) failed: {err.message}",
         retry_after_s=retry,
         metadata=meta,
+    )
+
+
+_REJECTION_CODES = {
+    "RATE_LIMITED": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "BUDGET_EXCEEDED": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "UPSTREAM_UNAVAILABLE": grpc.StatusCode.UNAVAILABLE,
+    "NOT_CACHED": grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+def from_rejection(err: CallRejected) -> ServiceError:
+    """A call the gateway refused: limits and budgets, open circuits, cache policy."""
+    code = _REJECTION_CODES.get(err.reason, grpc.StatusCode.UNAVAILABLE)
+    quota = [QuotaViolation(err.quota_subject, err.message)] if err.quota_subject else []
+    return ServiceError(
+        code,
+        err.reason,
+        err.message,
+        retry_after_s=err.retry_after_s,
+        quota=quota,
+        metadata=err.metadata,
     )
 
 

@@ -23,13 +23,14 @@ from longread_server.api.auth import Authenticator
 from longread_server.api.errors import (
     FieldViolation,
     ServiceError,
+    from_rejection,
     from_upstream,
     internal,
     invalid,
 )
 from longread_server.calls.pipeline import CallContext
 from longread_server.config import Config, UpstreamConfig
-from longread_server.domain import ModelInfo, UpstreamError
+from longread_server.domain import CallRejected, ModelInfo, UpstreamError
 from longread_server.plan.catalog import Catalog
 from longread_server.plan.planner import (
     JobPlan,
@@ -314,6 +315,8 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], e: Exception) -> N
         err = e
     elif isinstance(e, UpstreamError):
         err = from_upstream(e, "upstream", "")
+    elif isinstance(e, CallRejected):
+        err = from_rejection(e)
     elif isinstance(e, grpc.aio.AbortError):
         raise e
     else:

