@@ -6,13 +6,15 @@ Everything runs on the session's event loop: the sandbox and the gateway are rea
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from longread.client import AsyncClient
 from longread_server.app import Gateway, sandbox_upstreams, start
 from longread_server.config import Config, TenantConfig
 from longread_server.sandbox import Sandbox, SandboxConfig
+
+from tests.redis_server import RedisServer
 
 TENANT_KEYS = {"acme": "test-key-acme", "globex": "test-key-globex"}
 
@@ -53,3 +55,12 @@ async def auth_gateway(sandbox: Sandbox) -> AsyncIterator[Gateway]:
 async def client(gateway: Gateway) -> AsyncIterator[AsyncClient]:
     async with AsyncClient(f"127.0.0.1:{gateway.port}", timeout=60) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port for the whole session."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.close()

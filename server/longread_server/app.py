@@ -18,7 +18,7 @@ from longread.v1 import analysis_service_pb2_grpc as svc_grpc
 
 from longread_server.api.auth import Authenticator
 from longread_server.api.servicer import AnalysisServicer
-from longread_server.calls.pipeline import Pipeline
+from longread_server.calls.pipeline import Pipeline, Stage
 from longread_server.config import Config, UpstreamConfig, load_config
 from longread_server.domain import ModelInfo, VendorKind
 from longread_server.plan.catalog import Catalog
@@ -129,8 +129,10 @@ async def start(cfg: Config) -> Gateway:
         for up in cfg.upstreams
     }
     catalog = build_catalog(cfg)
+    # Pipeline stages, outermost first (see calls/pipeline.py for the order and why).
+    stages: list[Stage] = []
     servicer = AnalysisServicer(
-        cfg, catalog, JobRunner(Pipeline(adapters)), Authenticator(cfg.tenants)
+        cfg, catalog, JobRunner(Pipeline(adapters, stages)), Authenticator(cfg.tenants)
     )
 
     opts = [

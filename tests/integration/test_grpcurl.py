@@ -10,7 +10,6 @@ from pathlib import Path
 
 from longread_server.app import Gateway
 
-
 TOOLS = Path(__file__).resolve().parents[2] / ".tools"
 
 

@@ -264,7 +264,7 @@ class AnthropicAdapter:
         self,
         req: LlmRequest,
         *,
-        timeout: float | None = None,  # noqa: ASYNC109 - seconds left, mapped like call()'s
+        timeout: float | None = None,
     ) -> int:
         """Input tokens ``req`` would use (``POST /v1/messages/count_tokens``)."""
         obj = await post_json(
