@@ -9,6 +9,12 @@ PYGEN := client/python
 TOOLS := $(abspath .tools)
 GRPCURL_VERSION := v1.9.4
 
+# Parts of the build kept in their own files (e.g. mk/clients.mk for the Go/TS/Java clients);
+# each may add targets to TEST_EXTRA (run by `make test`) and GENERATE_EXTRA (`make generate`).
+TEST_EXTRA :=
+GENERATE_EXTRA :=
+-include mk/*.mk
+
 .PHONY: install tools generate check-generated run demo sandbox test pytest lint bench clean
 
 $(VENV)/.installed: pyproject.toml
@@ -29,6 +35,7 @@ generate: install
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m grpc_tools.protoc -Iprotos \
 	  --python_out=$(PYGEN) --grpc_python_out=$(PYGEN) --mypy_out=$(PYGEN) --mypy_grpc_out=$(PYGEN) \
 	  $(PROTOS)
+	$(if $(GENERATE_EXTRA),$(MAKE) $(GENERATE_EXTRA))
 
 # Fails when the committed stubs differ from what `make generate` writes.
 check-generated: generate
@@ -44,7 +51,7 @@ sandbox: install
 	$(VENV)/bin/longread sandbox
 
 # Everything CI checks: generated code is current, lint is clean, every test passes.
-test: install tools check-generated lint pytest
+test: install tools check-generated lint pytest $(TEST_EXTRA)
 
 pytest: install tools
 	PATH=$(TOOLS):$$PATH $(VENV)/bin/pytest -q

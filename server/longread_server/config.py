@@ -69,6 +69,12 @@ class UpstreamConfig:
     models: list[str] = field(default_factory=list)  # empty: every catalog model of `name`
     timeout_s: float = 600.0
     max_concurrency: int = 8  # concurrent map calls of one job
+    # Token buckets for this upstream across all tenants (0: unlimited).
+    requests_per_minute: float = 0.0
+    tokens_per_minute: float = 0.0
+    burst_requests: float = 0.0
+    burst_tokens: float = 0.0
+    fallback: str = ""  # another upstream to use while this one's circuit is open
     api_key: str = ""  # resolved from api_key_env at load time, never from the file
 
 
@@ -79,6 +85,11 @@ class TenantConfig:
     name: str
     api_keys_env: str = ""
     monthly_budget_usd: float = 0.0  # 0: unlimited
+    # Token buckets per tenant (0: unlimited). Burst 0 means "one minute's worth".
+    requests_per_minute: float = 0.0
+    tokens_per_minute: float = 0.0
+    burst_requests: float = 0.0
+    burst_tokens: float = 0.0
     api_keys: list[str] = field(default_factory=list)  # resolved at load time
 
 
