@@ -6,11 +6,12 @@ import asyncio
 import contextlib
 import logging
 import signal
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
 import httpx
+from redis.asyncio import Redis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from longread.v1 import analysis_service_pb2 as svc
@@ -18,11 +19,13 @@ from longread.v1 import analysis_service_pb2_grpc as svc_grpc
 
 from longread_server.api.auth import Authenticator
 from longread_server.api.servicer import AnalysisServicer
+from longread_server.calls.budget import BudgetLedger, BudgetStage
 from longread_server.calls.pipeline import Pipeline, Stage
 from longread_server.config import Config, UpstreamConfig, load_config
 from longread_server.domain import ModelInfo, VendorKind
 from longread_server.plan.catalog import Catalog
 from longread_server.run.runner import JobRunner
+from longread_server.state.redis import connect
 from longread_server.vendors import make_adapter
 
 log = logging.getLogger("longread")
@@ -79,13 +82,15 @@ class Gateway:
     http: httpx.AsyncClient
     health: health.aio.HealthServicer
     sandbox: object | None = None
-    _closers: list[object] = field(default_factory=list)
+    redis: Redis | None = None  # shared by every piece of replicated state
 
     async def stop(self, grace: float | None = None) -> None:
         """Drains: health says NOT_SERVING, in-flight RPCs finish (up to ``grace``)."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.cfg.server.grace_s if grace is None else grace)
         await self.http.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
         if self.sandbox is not None:
             await self.sandbox.stop()  # type: ignore[attr-defined]
 
@@ -129,10 +134,14 @@ async def start(cfg: Config) -> Gateway:
         for up in cfg.upstreams
     }
     catalog = build_catalog(cfg)
+    redis = connect(cfg.redis_url) if cfg.redis_url else None
+    ledger = BudgetLedger({t.name: t.monthly_budget_usd for t in cfg.tenants}, redis)
     # Pipeline stages, outermost first (see calls/pipeline.py for the order and why).
     stages: list[Stage] = []
+    # (cache and single-flight go here, before the budget)
+    stages.append(BudgetStage(ledger, catalog))
     servicer = AnalysisServicer(
-        cfg, catalog, JobRunner(Pipeline(adapters, stages)), Authenticator(cfg.tenants)
+        cfg, catalog, JobRunner(Pipeline(adapters, stages)), Authenticator(cfg.tenants), ledger
     )
 
     opts = [
@@ -167,7 +176,7 @@ async def start(cfg: Config) -> Gateway:
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("longread listening on port %d (%s)", port, "tls" if creds else "plaintext")
-    return Gateway(cfg, server, port, http, health_servicer, sandbox)
+    return Gateway(cfg, server, port, http, health_servicer, sandbox, redis)
 
 
 async def serve(cfg: Config) -> None:

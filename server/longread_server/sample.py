@@ -109,3 +109,39 @@ def generate_report(target_chars: int = 600_000, seed: int = 7) -> str:
         if not done:
             parts.append(FACTS[key] + "\n")
     return "".join(parts)
+
+
+ZH_SITES = ["北原", "南湖", "西山", "东港", "青石", "白河", "金桥", "云岭"]
+ZH_TOPICS = ["物流", "维修", "人员", "安全", "能源", "采购"]
+ZH_VERBS = ["上升", "下降", "保持稳定", "有所恢复", "明显改善"]
+ZH_CAUSES = ["新的排班制度", "零部件延迟交付", "地区持续降雨", "更换了供应商", "软件系统升级"]
+ZH_FACT = "北原工厂第二条生产线的投产推迟了十一周，原因是三月订购的涡轮轴承未能通过验收测试。"
+ZH_QUESTION = "北原工厂第二条生产线的投产为什么推迟？"
+
+
+def generate_chinese_report(target_chars: int = 100_000, seed: int = 5) -> str:
+    """A Chinese report without newlines (one long run of sentences), with ZH_FACT planted
+    at about 60 % of its length."""
+    rng = random.Random(seed)
+    parts: list[str] = []
+    size = 0
+    planted = False
+    while size < target_chars:
+        site, topic = rng.choice(ZH_SITES), rng.choice(ZH_TOPICS)
+        kind = rng.randrange(3)
+        if kind == 0:
+            s = f"{site}的{topic}指标{rng.choice(ZH_VERBS)}了百分之{rng.randint(2, 19)}。"
+        elif kind == 1:
+            s = f"由于{rng.choice(ZH_CAUSES)}，{site}的{topic}团队调整了工作计划！"
+        else:
+            s = f"管理层认为{site}的{topic}状况在{rng.choice(ZH_CAUSES)}之后将{rng.choice(ZH_VERBS)}；"
+        if rng.random() < 0.1:
+            s = f"「{s}」"
+        if not planted and size >= target_chars * 3 // 5:
+            s += ZH_FACT
+            planted = True
+        parts.append(s)
+        size += len(s)
+    if not planted:
+        parts.append(ZH_FACT)
+    return "".join(parts)

@@ -248,6 +248,8 @@ def plan(p: JobPlan) -> pb.Plan:
         estimated_output_tokens=p.estimated_output_tokens,
         estimated_cost=cost(p.estimated_cost),
         within_budget=p.within_budget,
+        selected_chunks=p.selected,
+        history_turns_kept=p.history_kept,
     )
 
 

@@ -28,6 +28,7 @@ from longread_server.api.errors import (
     internal,
     invalid,
 )
+from longread_server.calls.budget import BudgetLedger, exceeded
 from longread_server.calls.pipeline import CallContext
 from longread_server.config import Config, UpstreamConfig
 from longread_server.domain import CallRejected, ModelInfo, UpstreamError
@@ -42,7 +43,7 @@ from longread_server.plan.planner import (
     quick_fit,
 )
 from longread_server.plan.tokenizers import get_tokenizer
-from longread_server.run.events import JobResult, RunEvent
+from longread_server.run.events import JobResult, JobWarning, RunEvent
 from longread_server.run.runner import Job, JobRunner
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class _Prepared:
     deadline: float | None
     started: float
     planning_s: float
+    warnings: list[JobWarning]
 
 
 class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
@@ -71,8 +73,10 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
         catalog: Catalog,
         runner: JobRunner,
         auth: Authenticator,
+        ledger: BudgetLedger | None = None,
     ) -> None:
         self._cfg = cfg
+        self._ledger = ledger or BudgetLedger({})
         self._catalog = catalog
         self._runner = runner
         self._auth = auth
@@ -172,6 +176,7 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
             concurrency=upstream.max_concurrency,
             started=prep.started,
             planning_s=prep.planning_s,
+            warnings=prep.warnings,
         )
 
     async def _prepare(
@@ -201,6 +206,9 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
                     "max_cost_usd": f"{parsed.spec.max_cost_usd:.6f}",
                 },
             )
+        warnings: list[JobWarning] = []
+        if not isinstance(request, svc.EstimateRequest):
+            warnings = await self._check_tenant_budget(tenant, plan)
         return _Prepared(
             parsed=parsed,
             tenant=tenant,
@@ -209,7 +217,28 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
             deadline=deadline,
             started=started,
             planning_s=time.monotonic() - started,
+            warnings=warnings,
         )
+
+    async def _check_tenant_budget(self, tenant: str, plan: JobPlan) -> list[JobWarning]:
+        """Refuses a job whose estimate exceeds what the tenant has left this month; warns
+        when the job takes the tenant past 80 % of its budget."""
+        state = await self._ledger.state(tenant)
+        if not state.cap_usd:
+            return []
+        needed = plan.estimated_cost.total_usd
+        if needed > state.remaining_usd:
+            raise exceeded(tenant, state, needed)
+        if state.warns_after(needed):
+            share = (state.spent_usd + needed) / state.cap_usd
+            return [
+                JobWarning(
+                    "BUDGET_80_PERCENT",
+                    f"tenant {tenant!r} will have used up to {share:.0%} of its monthly budget "
+                    f"(${state.cap_usd:.2f}) after this job",
+                )
+            ]
+        return []
 
     def _plan(
         self, parsed: convert.ParsedRequest, with_fits: bool

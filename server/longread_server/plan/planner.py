@@ -16,9 +16,12 @@ from longread_server.domain import Message, ModelInfo, Usage
 from longread_server.plan import prompts
 from longread_server.plan.catalog import Price, price, token_error
 from longread_server.plan.chunker import TextChunk, chunk_text
+from longread_server.plan.rank import bm25_scores, select
 from longread_server.plan.tokenizers import Tokenizer
 
 MAX_COLLAPSE_DEPTH = 4
+TURN_OVERHEAD = 4  # tokens of framing per conversation turn
+SELECT_SEPARATOR = 8  # tokens between two selected passages
 NOTE_OVERHEAD = 16  # tokens of the markup around one note in a reduce prompt
 
 
@@ -61,7 +64,8 @@ class PlanDefaults:
     output_tokens: int = 2048
     map_output_tokens: int = 1024
     chunk_tokens: int = 16_000
-    max_chunks: int = 2048
+    select_chunk_tokens: int = 1024  # select ranks small passages
+    max_chunks: int = 4096
 
 
 @dataclass(slots=True)
@@ -86,6 +90,8 @@ class JobPlan:
     estimated_output_tokens: int = 0
     estimated_cost: Price = field(default_factory=Price)
     within_budget: bool = True
+    selected: list[int] = field(default_factory=list)  # select: chunk indices, in order
+    history_kept: int = 0  # most recent prior turns kept (older ones trimmed)
 
     @property
     def calls(self) -> int:
@@ -113,53 +119,81 @@ def plan_job(
     """Plans ``spec`` on ``model``. Raises PlanError when it cannot run as asked."""
     error = token_error(model)
     doc_tokens = tokenizer.count(spec.text) if document_tokens is None else document_tokens
-    overhead = overhead_tokens(spec, tokenizer)
+    base = overhead_tokens(spec, tokenizer)
     output_tokens = min(spec.max_output_tokens or defaults.output_tokens, model.max_output_tokens)
     map_output = min(spec.max_output_tokens or defaults.map_output_tokens, model.max_output_tokens)
-    single_limit = _shrink(model.context_window - output_tokens, error) - overhead
-    map_limit = (
-        _shrink(model.context_window - map_output, error) - overhead - max(0, spec.overlap_tokens)
-    )
-    if single_limit <= 0 or map_limit <= 0:
+    call_limit = _shrink(model.context_window - output_tokens, error) - base
+    map_limit = _shrink(model.context_window - map_output, error) - base - spec.overlap_tokens
+    if call_limit <= 0 or map_limit <= 0:
         raise PlanError(
             f"{model.model} has a {model.context_window}-token context: too small for the "
-            f"instruction, system prompt and history ({overhead} tokens) plus "
-            f"{output_tokens} output tokens",
+            f"instruction and system prompt ({base} tokens) plus {output_tokens} output tokens",
             field="instruction",
         )
-    fits = doc_tokens <= single_limit
+    fits = doc_tokens <= call_limit
     strategy = spec.strategy
     if strategy is Strategy.AUTO:
         strategy = Strategy.SINGLE_PASS if fits else Strategy.MAP_REDUCE
+    # Prior turns ride along with the final call: the most recent ones that fit are kept.
+    turn_tokens = [tokenizer.count(t.content) + TURN_OVERHEAD for t in spec.history]
+    room = call_limit - doc_tokens if strategy is Strategy.SINGLE_PASS else call_limit // 2
+    kept = _recent_that_fit(turn_tokens, room)
+    history = sum(turn_tokens[len(turn_tokens) - kept :])
     plan = JobPlan(
         strategy=strategy,
         model=model,
         document_tokens=doc_tokens,
         tokens_exact=error == 0.0,
         token_error=error,
-        effective_input_limit=single_limit if strategy is Strategy.SINGLE_PASS else map_limit,
+        effective_input_limit=call_limit - history,
         fits_single_pass=fits,
         output_tokens=output_tokens,
         map_output_tokens=map_output,
-        overhead_tokens=overhead,
+        overhead_tokens=base + history,
+        history_kept=kept,
     )
     if strategy is Strategy.SINGLE_PASS:
         if not fits:
             raise PlanError(
                 f"the document has {doc_tokens} tokens; {model.model} takes at most "
-                f"{single_limit} in one call after reserving prompt and output tokens. "
+                f"{call_limit} in one call after reserving prompt and output tokens. "
                 "Use STRATEGY_MAP_REDUCE or a model with a larger context.",
                 field="chunking.strategy",
             )
         plan.chunks = [_whole(spec.text, doc_tokens)]
-        plan.reduce_calls = 0
-        usage = Usage(input_tokens=doc_tokens + overhead, output_tokens=output_tokens, calls=1)
+        usage = Usage(input_tokens=doc_tokens + base + history, output_tokens=output_tokens)
+    elif strategy is Strategy.MAP_REDUCE:
+        plan.effective_input_limit = map_limit
+        _chunk(plan, spec, tokenizer, defaults, map_limit, defaults.chunk_tokens)
+        usage = _map_reduce_usage(plan, base)
+    elif strategy is Strategy.REFINE:
+        # Each step reads the running answer (up to output_tokens) beside its chunk.
+        refine_limit = call_limit - output_tokens - spec.overlap_tokens
+        plan.effective_input_limit = refine_limit
+        _chunk(plan, spec, tokenizer, defaults, refine_limit, defaults.chunk_tokens)
+        n = len(plan.chunks)
+        plan.reduce_calls = n  # sequential steps, each one refining the answer
+        usage = Usage(
+            input_tokens=sum(c.tokens for c in plan.chunks)
+            + n * base
+            + (n - 1) * output_tokens
+            + history,
+            output_tokens=n * output_tokens,
+        )
     else:
-        if strategy is not Strategy.MAP_REDUCE:
-            raise PlanError(
-                f"strategy {strategy.value} is not available yet", field="chunking.strategy"
-            )
-        usage = _plan_map_reduce(plan, spec, tokenizer, defaults, map_limit, overhead)
+        # Select: small chunks ranked by BM25; the best that fit go into one call.
+        select_limit = call_limit - history
+        plan.effective_input_limit = select_limit
+        _chunk(plan, spec, tokenizer, defaults, select_limit, defaults.select_chunk_tokens)
+        scores = bm25_scores(spec.instruction, [c.sent(spec.text) for c in plan.chunks])
+        costs = [c.tokens + SELECT_SEPARATOR for c in plan.chunks]
+        plan.selected = select(scores, costs, select_limit)
+        plan.reduce_calls = 1
+        usage = Usage(
+            input_tokens=sum(costs[i] for i in plan.selected) + base + history,
+            output_tokens=output_tokens,
+        )
+    usage.calls = plan.calls
     plan.estimated_input_tokens = usage.input_tokens
     plan.estimated_output_tokens = usage.output_tokens
     plan.estimated_cost = price(model, usage)
@@ -169,6 +203,17 @@ def plan_job(
     return plan
 
 
+def _recent_that_fit(turn_tokens: list[int], room: int) -> int:
+    """How many of the most recent turns fit in ``room`` tokens (oldest trimmed first)."""
+    used = kept = 0
+    for t in reversed(turn_tokens):
+        if used + t > room:
+            break
+        used += t
+        kept += 1
+    return kept
+
+
 def _whole(text: str, tokens: int) -> TextChunk:
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
     return TextChunk(
@@ -176,19 +221,20 @@ def _whole(text: str, tokens: int) -> TextChunk:
     )
 
 
-def _plan_map_reduce(
+def _chunk(
     plan: JobPlan,
     spec: JobSpec,
     tokenizer: Tokenizer,
     defaults: PlanDefaults,
-    map_limit: int,
-    overhead: int,
-) -> Usage:
-    chunk_tokens = spec.max_chunk_tokens or min(map_limit, defaults.chunk_tokens)
-    if chunk_tokens > map_limit:
+    limit: int,
+    default_size: int,
+) -> None:
+    """Splits the document into chunks of at most ``limit`` tokens (sent text, overlap in)."""
+    chunk_tokens = spec.max_chunk_tokens or min(limit, default_size)
+    if chunk_tokens > limit:
         raise PlanError(
             f"max_chunk_tokens {chunk_tokens} exceeds what {plan.model.model} takes in one call "
-            f"({map_limit} tokens after reserving prompt, overlap and output)",
+            f"({limit} tokens after reserving prompt, overlap and output)",
             field="chunking.max_chunk_tokens",
             reason="INVALID_FIELD",
         )
@@ -206,9 +252,12 @@ def _plan_map_reduce(
             field="chunking.max_chunk_tokens",
         )
     plan.chunks = chunk_text(spec.text, tokenizer, chunk_tokens, spec.overlap_tokens)
+
+
+def _map_reduce_usage(plan: JobPlan, base: int) -> Usage:
     plan.map_calls = len(plan.chunks)
     usage = Usage(
-        input_tokens=sum(c.tokens for c in plan.chunks) + overhead * plan.map_calls,
+        input_tokens=sum(c.tokens for c in plan.chunks) + base * plan.map_calls,
         output_tokens=plan.map_output_tokens * plan.map_calls,
     )
     # Collapse map outputs in groups until they fit one reduce call.
@@ -226,13 +275,12 @@ def _plan_map_reduce(
             )
         groups = math.ceil(notes / per_group)
         plan.collapse_calls += groups
-        usage.input_tokens += notes * note_tokens + overhead * groups
+        usage.input_tokens += notes * note_tokens + base * groups
         usage.output_tokens += groups * plan.map_output_tokens
         notes = groups
     plan.reduce_calls = 1
-    usage.input_tokens += notes * note_tokens + overhead
+    usage.input_tokens += notes * note_tokens + plan.overhead_tokens
     usage.output_tokens += plan.output_tokens
-    usage.calls = plan.calls
     return usage
 
 
@@ -249,9 +297,9 @@ class ModelFit:
 
 
 def overhead_tokens(spec: JobSpec, tokenizer: Tokenizer) -> int:
-    """Prompt tokens every call of ``spec`` carries besides the document."""
+    """Prompt tokens every call of ``spec`` carries besides the document and history."""
     system = prompts.system_prompt(spec.system)
-    return tokenizer.count(prompts.overhead(spec.instruction, system, spec.history)) + 16
+    return tokenizer.count(prompts.overhead(spec.instruction, system)) + 16
 
 
 def quick_fit(

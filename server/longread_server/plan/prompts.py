@@ -51,8 +51,43 @@ def reduce_step(
     return [*history, Message("user", text)]
 
 
-def overhead(instruction: str, system: str, history: Sequence[Message] = ()) -> str:
-    """The text of a step's prompt minus the document, for counting reserved tokens."""
-    parts = [system, *(m.content for m in history)]
-    parts.append(_MAP.format(document="", instruction=instruction, part=9999, parts=9999))
-    return "\n".join(parts)
+def overhead(instruction: str, system: str) -> str:
+    """The longest step prompt minus the document and history, for counting reserved tokens
+    (templates are filled with empty text; the refine template is the longest)."""
+    return "\n".join([system, _REFINE.format(document="", instruction=instruction, answer="")])
+
+
+_REFINE_FIRST = (
+    "You will read a document part by part and keep an answer to the question up to date. "
+    "This is the first part.\n\n<document_part>\n{document}\n</document_part>\n\n"
+    "Question: {instruction}"
+)
+_REFINE = (
+    "You are reading a document part by part. Your answer so far, from the earlier parts:\n\n"
+    "<answer_so_far>\n{answer}\n</answer_so_far>\n\nThe next part:\n\n"
+    "<document_part>\n{document}\n</document_part>\n\nRefine the answer with what this part "
+    "adds; keep what still holds.\n\nQuestion: {instruction}"
+)
+_SELECT = (
+    "These passages were selected from a longer document as the most relevant to the "
+    "question; they are in document order and gaps are marked [...].\n\n"
+    "<passages>\n{passages}\n</passages>\n\nQuestion: {instruction}"
+)
+PASSAGE_GAP = "\n[...]\n"
+
+
+def refine_step(
+    document: str, instruction: str, answer: str, history: Sequence[Message] = ()
+) -> list[Message]:
+    if not answer:
+        text = _REFINE_FIRST.format(document=document, instruction=instruction)
+    else:
+        text = _REFINE.format(document=document, instruction=instruction, answer=answer.strip())
+    return [*history, Message("user", text)]
+
+
+def select_step(
+    passages: Sequence[str], instruction: str, history: Sequence[Message] = ()
+) -> list[Message]:
+    text = _SELECT.format(passages=PASSAGE_GAP.join(passages), instruction=instruction)
+    return [*history, Message("user", text)]

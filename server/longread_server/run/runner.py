@@ -59,6 +59,8 @@ class Job:
     concurrency: int = 8
     started: float = field(default_factory=time.monotonic)
     planning_s: float = 0.0
+    # Known before the first call (e.g. a tenant budget nearly spent): sent right after the plan.
+    warnings: list[JobWarning] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -78,24 +80,71 @@ class JobRunner:
 
     async def run(self, job: Job) -> AsyncIterator[RunEvent]:
         yield PlanReady(job.plan)
+        for w in job.warnings:
+            yield w
         tally = _Tally()
         warnings: list[JobWarning] = []
         plan = job.plan
+        history = _history(job)
+        if len(history) < len(job.spec.history):
+            trimmed = len(job.spec.history) - len(history)
+            warnings.append(
+                JobWarning(
+                    "HISTORY_TRIMMED",
+                    f"the {trimmed} oldest conversation turn(s) did not fit and were left out",
+                )
+            )
+        final: CallOutput | None = None
         if plan.strategy is Strategy.SINGLE_PASS:
-            messages = prompts.single(job.spec.text, job.spec.instruction, job.spec.history)
-            final: CallOutput | None = None
+            messages = prompts.single(job.spec.text, job.spec.instruction, history)
             async for ev in self._call(
                 job, tally, Stage.SINGLE, 0, 1, messages, plan.output_tokens
             ):
                 if isinstance(ev, CallDone):
                     final = ev.output
                 yield ev
+        elif plan.strategy is Strategy.SELECT:
+            chosen = [plan.chunks[i] for i in plan.selected]
+            passages = [c.sent(job.spec.text) for c in chosen]
+            messages = prompts.select_step(passages, job.spec.instruction, history)
+            span = (chosen[0].start, chosen[-1].end) if chosen else (0, len(job.spec.text))
+            async for ev in self._call(
+                job, tally, Stage.SINGLE, 0, 1, messages, plan.output_tokens, span=span
+            ):
+                if isinstance(ev, CallDone):
+                    final = ev.output
+                yield ev
+        elif plan.strategy is Strategy.REFINE:
+            answer = ""
+            n = len(plan.chunks)
+            for i, chunk in enumerate(plan.chunks):
+                last = i == n - 1
+                messages = prompts.refine_step(
+                    chunk.sent(job.spec.text),
+                    job.spec.instruction,
+                    answer,
+                    history if last else (),
+                )
+                async for ev in self._call(
+                    job,
+                    tally,
+                    Stage.REFINE,
+                    i,
+                    n,
+                    messages,
+                    plan.output_tokens,
+                    span=(chunk.start, chunk.end),
+                    stream_answer=last,
+                ):
+                    if isinstance(ev, CallDone):
+                        answer = ev.output.text
+                        final = ev.output
+                    yield ev
         else:
             notes: list[CallOutput] = []
             async for ev in self._map(job, tally, notes):
                 yield ev
-            final = None
-            async for ev in self._reduce(job, tally, notes):
+            async for ev in self._reduce(job, tally, notes, history):
                 if isinstance(ev, CallDone) and ev.output.stage is Stage.REDUCE:
                     final = ev.output
                 yield ev
@@ -129,7 +178,7 @@ class JobRunner:
                 planning_s=job.planning_s,
                 first_token_s=(tally.first_token_at - job.started) if tally.first_token_at else 0.0,
             ),
-            warnings=warnings,
+            warnings=[*job.warnings, *warnings],
         )
 
     async def _map(
@@ -186,7 +235,7 @@ class JobRunner:
         notes.extend(r for r in results if r is not None)
 
     async def _reduce(
-        self, job: Job, tally: _Tally, notes: list[CallOutput]
+        self, job: Job, tally: _Tally, notes: list[CallOutput], history: Sequence[Message]
     ) -> AsyncIterator[RunEvent]:
         texts = [n.text for n in notes]
         spans = [(n.start, n.end) for n in notes]
@@ -214,7 +263,7 @@ class JobRunner:
                         new_spans.append((ev.output.start, ev.output.end))
                     yield ev
             texts, spans = collapsed, new_spans
-        messages = prompts.reduce_step(texts, job.spec.instruction, job.spec.history)
+        messages = prompts.reduce_step(texts, job.spec.instruction, history)
         span = (spans[0][0], spans[-1][1]) if spans else (0, len(job.spec.text))
         async for ev in self._call(
             job, tally, Stage.REDUCE, 0, 1, messages, job.plan.output_tokens, span=span
@@ -231,9 +280,12 @@ class JobRunner:
         messages: Sequence[Message],
         max_output_tokens: int,
         span: tuple[int, int] | None = None,
+        stream_answer: bool | None = None,
     ) -> AsyncIterator[RunEvent]:
-        """One model call: CallStarted, deltas (final stages only), then CallDone."""
-        final_stage = stage in (Stage.SINGLE, Stage.REDUCE)
+        """One model call: CallStarted, deltas (of the answer's own call only), CallDone."""
+        final_stage = (
+            stage in (Stage.SINGLE, Stage.REDUCE) if stream_answer is None else stream_answer
+        )
         req = Request(
             model=job.plan.model.model,
             messages=tuple(messages),
@@ -275,9 +327,15 @@ class JobRunner:
             cached=finish.cached,
             finish_reason=finish.finish_reason,
         )
-        if stage is Stage.MAP:
+        if stage in (Stage.MAP, Stage.REFINE):
             tally.outputs.append(out)
         yield CallDone(out)
+
+
+def _history(job: Job) -> tuple[Message, ...]:
+    """The prior turns the plan kept: the most recent ones."""
+    kept = job.plan.history_kept
+    return job.spec.history[len(job.spec.history) - kept :] if kept else ()
 
 
 class _Done:

@@ -663,6 +663,8 @@ class Plan(_message.Message):
     ESTIMATED_OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
     ESTIMATED_COST_FIELD_NUMBER: _builtins.int
     WITHIN_BUDGET_FIELD_NUMBER: _builtins.int
+    SELECTED_CHUNKS_FIELD_NUMBER: _builtins.int
+    HISTORY_TURNS_KEPT_FIELD_NUMBER: _builtins.int
     strategy: Global___Strategy.ValueType
     """The strategy chosen."""
     document_tokens: _builtins.int
@@ -689,6 +691,8 @@ class Plan(_message.Message):
     """Estimated output tokens over all calls."""
     within_budget: _builtins.bool
     """False when the estimate exceeds the request's budget."""
+    history_turns_kept: _builtins.int
+    """Prior conversation turns kept; older ones were trimmed to fit the context."""
     @_builtins.property
     def model(self) -> Global___ResolvedModel:
         """The model chosen."""
@@ -700,6 +704,10 @@ class Plan(_message.Message):
     @_builtins.property
     def estimated_cost(self) -> Global___Cost:
         """Estimated cost, before any cache hit."""
+
+    @_builtins.property
+    def selected_chunks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """STRATEGY_SELECT: indices of the chunks analysed, in document order."""
 
     def __init__(
         self,
@@ -719,10 +727,12 @@ class Plan(_message.Message):
         estimated_output_tokens: _builtins.int = ...,
         estimated_cost: Global___Cost | None = ...,
         within_budget: _builtins.bool = ...,
+        selected_chunks: _abc.Iterable[_builtins.int] | None = ...,
+        history_turns_kept: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["estimated_cost", b"estimated_cost", "model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunks", b"chunks", "collapse_calls", b"collapse_calls", "document_tokens", b"document_tokens", "effective_input_limit", b"effective_input_limit", "estimated_cost", b"estimated_cost", "estimated_input_tokens", b"estimated_input_tokens", "estimated_output_tokens", b"estimated_output_tokens", "fits_single_pass", b"fits_single_pass", "map_calls", b"map_calls", "model", b"model", "reduce_calls", b"reduce_calls", "strategy", b"strategy", "token_error", b"token_error", "tokens_exact", b"tokens_exact", "within_budget", b"within_budget"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunks", b"chunks", "collapse_calls", b"collapse_calls", "document_tokens", b"document_tokens", "effective_input_limit", b"effective_input_limit", "estimated_cost", b"estimated_cost", "estimated_input_tokens", b"estimated_input_tokens", "estimated_output_tokens", b"estimated_output_tokens", "fits_single_pass", b"fits_single_pass", "history_turns_kept", b"history_turns_kept", "map_calls", b"map_calls", "model", b"model", "reduce_calls", b"reduce_calls", "selected_chunks", b"selected_chunks", "strategy", b"strategy", "token_error", b"token_error", "tokens_exact", b"tokens_exact", "within_budget", b"within_budget"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

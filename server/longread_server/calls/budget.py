@@ -1,0 +1,143 @@
+"""Per-tenant monthly budgets: stop spending at the cap, warn at 80 %.
+
+A ledger keeps what each tenant spent this calendar month (UTC). Jobs are checked up front
+against their estimate (the servicer), and every model call is checked again and charged with
+its real cost as it finishes (the pipeline stage), so concurrent jobs cannot overrun the cap
+by more than the calls already in flight. With Redis configured the ledger is shared by all
+replicas (INCRBYFLOAT on a per-month key); when Redis fails the local ledger is used.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from longread_server.calls.pipeline import Call, Next
+from longread_server.domain import CallRejected, Finish, LlmEvent
+from longread_server.plan.catalog import Catalog, price
+
+log = logging.getLogger(__name__)
+
+WARN_SHARE = 0.8
+_KEY_TTL_S = 40 * 24 * 3600  # a month's key outlives the month, then expires
+
+
+def month_of(now: dt.datetime) -> str:
+    return now.strftime("%Y-%m")
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetState:
+    """What a tenant may still spend this month."""
+
+    cap_usd: float  # 0: no cap
+    spent_usd: float
+
+    @property
+    def remaining_usd(self) -> float:
+        return max(0.0, self.cap_usd - self.spent_usd) if self.cap_usd else float("inf")
+
+    def warns_after(self, extra_usd: float) -> bool:
+        """True when spending ``extra_usd`` more crosses the warning share of the cap."""
+        return bool(self.cap_usd) and self.spent_usd + extra_usd >= WARN_SHARE * self.cap_usd
+
+
+class BudgetLedger:
+    """Monthly spend per tenant, in process or shared through Redis."""
+
+    def __init__(
+        self,
+        caps: Mapping[str, float],
+        redis: Redis | None = None,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
+        self._caps = {t: c for t, c in caps.items() if c > 0}
+        self._redis = redis
+        self._clock = clock
+        self._local: dict[tuple[str, str], float] = {}
+        self.redis_errors = 0
+
+    def cap(self, tenant: str) -> float:
+        return self._caps.get(tenant, 0.0)
+
+    def _key(self, tenant: str) -> tuple[str, str]:
+        return tenant, month_of(self._clock())
+
+    async def state(self, tenant: str) -> BudgetState:
+        cap = self.cap(tenant)
+        if not cap:
+            return BudgetState(0.0, 0.0)
+        key = self._key(tenant)
+        spent = self._local.get(key, 0.0)
+        if self._redis is not None:
+            try:
+                raw = await self._redis.get(self._redis_key(key))
+                spent = float(raw) if raw is not None else 0.0
+            except RedisError as e:
+                self._fail(e)
+        return BudgetState(cap, spent)
+
+    async def charge(self, tenant: str, usd: float) -> None:
+        if usd <= 0 or not self.cap(tenant):
+            return
+        key = self._key(tenant)
+        self._local[key] = self._local.get(key, 0.0) + usd
+        if self._redis is not None:
+            try:
+                rkey = self._redis_key(key)
+                async with self._redis.pipeline(transaction=True) as p:
+                    p.incrbyfloat(rkey, usd)
+                    p.expire(rkey, _KEY_TTL_S)
+                    await p.execute()
+            except RedisError as e:
+                self._fail(e)
+
+    @staticmethod
+    def _redis_key(key: tuple[str, str]) -> str:
+        return f"longread:budget:{key[1]}:{key[0]}"
+
+    def _fail(self, e: RedisError) -> None:
+        self.redis_errors += 1
+        log.warning("budget ledger: redis unavailable, using local state (%s)", e)
+
+
+def exceeded(tenant: str, state: BudgetState, extra_usd: float = 0.0) -> CallRejected:
+    return CallRejected(
+        "BUDGET_EXCEEDED",
+        f"tenant {tenant!r} has spent ${state.spent_usd:.4f} of its ${state.cap_usd:.2f} "
+        f"monthly budget; this needs ${extra_usd:.4f} more",
+        quota_subject=f"tenant:{tenant}/monthly_budget_usd",
+        metadata={
+            "spent_usd": f"{state.spent_usd:.6f}",
+            "cap_usd": f"{state.cap_usd:.2f}",
+            "needed_usd": f"{extra_usd:.6f}",
+        },
+    )
+
+
+class BudgetStage:
+    """Refuses calls once a tenant's budget is spent; charges each finished call's cost."""
+
+    def __init__(self, ledger: BudgetLedger, catalog: Catalog) -> None:
+        self._ledger = ledger
+        self._catalog = catalog
+
+    async def __call__(self, call: Call, nxt: Next) -> AsyncIterator[LlmEvent]:
+        tenant = call.ctx.tenant
+        if not self._ledger.cap(tenant):
+            async for ev in nxt(call):
+                yield ev
+            return
+        state = await self._ledger.state(tenant)
+        if state.remaining_usd <= 0:
+            raise exceeded(tenant, state)
+        model = self._catalog.get(call.vendor, call.req.model)
+        async for ev in nxt(call):
+            if isinstance(ev, Finish) and not ev.cached and model is not None:
+                await self._ledger.charge(tenant, price(model, ev.usage).total_usd)
+            yield ev
