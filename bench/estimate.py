@@ -12,7 +12,6 @@ import json
 import time
 
 from longread.client import AsyncClient, Options
-
 from longread_server.app import start
 from longread_server.config import load_config
 from longread_server.plan.tokenizers import get_tokenizer

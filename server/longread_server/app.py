@@ -11,11 +11,11 @@ from pathlib import Path
 
 import grpc
 import httpx
-from redis.asyncio import Redis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from longread.v1 import analysis_service_pb2 as svc
 from longread.v1 import analysis_service_pb2_grpc as svc_grpc
+from redis.asyncio import Redis
 
 from longread_server.api.auth import Authenticator
 from longread_server.api.servicer import AnalysisServicer

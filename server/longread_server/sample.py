@@ -134,7 +134,8 @@ def generate_chinese_report(target_chars: int = 100_000, seed: int = 5) -> str:
         elif kind == 1:
             s = f"由于{rng.choice(ZH_CAUSES)}，{site}的{topic}团队调整了工作计划！"
         else:
-            s = f"管理层认为{site}的{topic}状况在{rng.choice(ZH_CAUSES)}之后将{rng.choice(ZH_VERBS)}；"
+            cause, verb = rng.choice(ZH_CAUSES), rng.choice(ZH_VERBS)
+            s = f"管理层认为{site}的{topic}状况在{cause}之后将{verb}；"
         if rng.random() < 0.1:
             s = f"「{s}」"
         if not planted and size >= target_chars * 3 // 5:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import grpc
 import pytest
 from longread.client import AsyncClient, Options, error_details
-
 from longread_server.app import start
 from longread_server.config import TenantConfig
 from longread_server.sandbox import Sandbox
+
 from tests.conftest import gateway_config
 from tests.redis_server import RedisServer
 
@@ -48,7 +48,8 @@ async def test_tenant_budget_warns_then_stops_across_replicas(
         assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         d = error_details(err)
         assert d.reason == "BUDGET_EXCEEDED"
-        assert d.quota_violations and d.quota_violations[0][0] == "tenant:thrifty/monthly_budget_usd"
+        assert d.quota_violations
+        assert d.quota_violations[0][0] == "tenant:thrifty/monthly_budget_usd"
         assert float(d.metadata["spent_usd"]) == pytest.approx(spent, rel=1e-6)
         assert spent <= 0.02
         for c in clients:

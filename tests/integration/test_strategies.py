@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 from longread.client import AsyncClient, Options
 from longread.v1 import types_pb2 as pb
-
 from longread_server.sample import (
     DEMO_QUESTION,
     FACTS,
@@ -60,7 +59,9 @@ async def test_each_strategy_on_a_200k_token_report(
         assert upstream_calls == len(plan.chunks) > 1
         steps = [ev.chunk_done.result for ev in events if ev.HasField("chunk_done")]
         assert [s.index for s in steps] == list(range(len(plan.chunks)))
-        assert all(s.start == c.start and s.end == c.end for s, c in zip(steps, plan.chunks))
+        assert all(
+            s.start == c.start and s.end == c.end for s, c in zip(steps, plan.chunks, strict=True)
+        )
     else:
         assert upstream_calls == 1
         selected = list(plan.selected_chunks)
@@ -102,11 +103,32 @@ async def test_estimate_of_a_1m_token_document(client: AsyncClient, sandbox: San
 
 async def test_history_is_trimmed_oldest_first(client: AsyncClient) -> None:
     doc = generate_report(400_000)  # ~80K tokens: gpt-4o-mini has room for only part of it
-    turns = [("user" if i % 2 == 0 else "assistant", f"turn {i}: " + "words " * 4000)
-             for i in range(20)]
-    r = await client.analyze(doc, DEMO_QUESTION, options=Options(model="gpt-4o-mini",
-                                                                 history=turns))
+    turns = [
+        ("user" if i % 2 == 0 else "assistant", f"turn {i}: " + "words " * 4000) for i in range(20)
+    ]
+    r = await client.analyze(
+        doc, DEMO_QUESTION, options=Options(model="gpt-4o-mini", history=turns)
+    )
     kept = r.plan.history_turns_kept
     assert 0 < kept < 20
     assert [w.code for w in r.warnings] == ["HISTORY_TRIMMED"]
     assert r.plan.strategy == pb.STRATEGY_SINGLE_PASS
+
+
+async def test_exact_count_from_the_vendor_endpoint(client: AsyncClient, sandbox: Sandbox) -> None:
+    from longread.client import build_request
+    from longread.v1 import analysis_service_pb2 as svc
+
+    text = generate_report(20_000)
+    req = build_request(svc.EstimateRequest, text, DEMO_QUESTION, Options(model="claude-haiku-4-5"))
+    rough = await client.estimate(request=req)
+    assert not rough.plan.tokens_exact and rough.warnings[0].code == "TOKENS_ESTIMATED"
+    before = sandbox.stats.by_endpoint.copy()
+    req.exact_token_count = True
+    exact = await client.estimate(request=req)
+    assert exact.plan.tokens_exact and exact.plan.token_error == 0
+    assert not [w for w in exact.warnings if w.code == "TOKENS_ESTIMATED"]
+    counted = sandbox.stats.by_endpoint - before
+    assert sum(counted.values()) == 1 and next(iter(counted)).endswith("count_tokens")
+    # The sandbox counts with cl100k plus message framing: a few tokens more than the text.
+    assert 0 < exact.plan.document_tokens - rough.plan.document_tokens < 16

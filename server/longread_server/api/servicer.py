@@ -31,7 +31,7 @@ from longread_server.api.errors import (
 from longread_server.calls.budget import BudgetLedger, exceeded
 from longread_server.calls.pipeline import CallContext
 from longread_server.config import Config, UpstreamConfig
-from longread_server.domain import CallRejected, ModelInfo, UpstreamError
+from longread_server.domain import CallRejected, LlmRequest, Message, ModelInfo, UpstreamError
 from longread_server.plan.catalog import Catalog
 from longread_server.plan.planner import (
     JobPlan,
@@ -122,7 +122,16 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
         self, request: svc.EstimateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> svc.EstimateResponse:
         prep = await self._prepare(request, context, with_fits=True)
+        if prep.parsed.exact_token_count and not prep.plan.tokens_exact:
+            await self._count_exactly(prep)
         warnings = []
+        if prep.plan.history_kept < len(prep.parsed.spec.history):
+            warnings.append(
+                pb.Warning(
+                    code="HISTORY_TRIMMED",
+                    message=f"only the {prep.plan.history_kept} most recent turns fit",
+                )
+            )
         if not prep.plan.tokens_exact:
             warnings.append(
                 pb.Warning(
@@ -157,6 +166,30 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
                 yield ev
         except UpstreamError as e:
             raise from_upstream(e, prep.plan.model.vendor, prep.plan.model.model) from e
+
+    async def _count_exactly(self, prep: _Prepared) -> None:
+        """Re-plans with the vendor's own token count, where the upstream has a counting
+        endpoint (Anthropic); elsewhere the estimate and its stated error stand."""
+        model = prep.plan.model
+        adapter = self._runner.pipeline.adapter(model.vendor)
+        count_tokens = getattr(adapter, "count_tokens", None)
+        if count_tokens is None:
+            return
+        req = LlmRequest(
+            model=model.model,
+            messages=(Message("user", prep.parsed.spec.text),),
+            max_output_tokens=1,
+        )
+        remaining = None if prep.deadline is None else prep.deadline - time.monotonic()
+        try:
+            exact: int = await count_tokens(req, timeout=remaining)
+        except UpstreamError as e:
+            raise from_upstream(e, model.vendor, model.model) from e
+        tokenizer = get_tokenizer("cl100k_base")
+        spec = prep.parsed.spec
+        prep.plan = await asyncio.to_thread(plan_job, spec, model, tokenizer, self._defaults, exact)
+        prep.plan.tokens_exact = True
+        prep.plan.token_error = 0.0
 
     def _job(self, prep: _Prepared) -> Job:
         upstream = self._upstreams[prep.plan.model.vendor]

@@ -78,6 +78,10 @@ class JobRunner:
     def __init__(self, pipeline: Pipeline) -> None:
         self._pipeline = pipeline
 
+    @property
+    def pipeline(self) -> Pipeline:
+        return self._pipeline
+
     async def run(self, job: Job) -> AsyncIterator[RunEvent]:
         yield PlanReady(job.plan)
         for w in job.warnings:
