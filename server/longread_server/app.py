@@ -15,17 +15,23 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from longread.v1 import analysis_service_pb2 as svc
 from longread.v1 import analysis_service_pb2_grpc as svc_grpc
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from opentelemetry.instrumentation.grpc import filters as grpc_filters
 from redis.asyncio import Redis
 
 from longread_server.api.auth import Authenticator
 from longread_server.api.servicer import AnalysisServicer
 from longread_server.calls.budget import BudgetLedger, BudgetStage
+from longread_server.calls.cache import CacheStage, ResponseCache, build_response_cache
 from longread_server.calls.pipeline import Pipeline, Stage
+from longread_server.calls.singleflight import SingleFlightStage
 from longread_server.config import Config, UpstreamConfig, load_config
 from longread_server.domain import ModelInfo, VendorKind
 from longread_server.plan.catalog import Catalog
 from longread_server.run.runner import JobRunner
 from longread_server.state.redis import connect
+from longread_server.telemetry import Telemetry, configure_logging
+from longread_server.telemetry import setup as setup_telemetry
 from longread_server.vendors import make_adapter
 
 log = logging.getLogger("longread")
@@ -81,16 +87,21 @@ class Gateway:
     port: int
     http: httpx.AsyncClient
     health: health.aio.HealthServicer
+    telemetry: Telemetry
     sandbox: object | None = None
     redis: Redis | None = None  # shared by every piece of replicated state
+    cache: ResponseCache | None = None  # response cache + single-flight (stats)
 
     async def stop(self, grace: float | None = None) -> None:
         """Drains: health says NOT_SERVING, in-flight RPCs finish (up to ``grace``)."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.cfg.server.grace_s if grace is None else grace)
+        if self.cache is not None:
+            await self.cache.aclose()
         await self.http.aclose()
         if self.redis is not None:
             await self.redis.aclose()
+        self.telemetry.shutdown()
         if self.sandbox is not None:
             await self.sandbox.stop()  # type: ignore[attr-defined]
 
@@ -109,8 +120,10 @@ def _server_credentials(cfg: Config) -> grpc.ServerCredentials | None:
     )
 
 
-async def start(cfg: Config) -> Gateway:
-    """Builds and starts the gateway described by ``cfg``."""
+async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
+    """Builds and starts the gateway described by ``cfg`` (``telemetry``: to inject test
+    exporters; by default it is built from ``cfg.telemetry``)."""
+    tel = telemetry or setup_telemetry(cfg.telemetry)
     sandbox = None
     if cfg.use_sandbox:
         from longread_server.sandbox import Sandbox
@@ -138,11 +151,14 @@ async def start(cfg: Config) -> Gateway:
     ledger = BudgetLedger({t.name: t.monthly_budget_usd for t in cfg.tenants}, redis)
     # Pipeline stages, outermost first (see calls/pipeline.py for the order and why).
     stages: list[Stage] = []
-    # (cache and single-flight go here, before the budget)
+    # Response cache, then single-flight (calls/cache.py, calls/singleflight.py).
+    response_cache = build_response_cache(cfg.cache, redis)
+    stages += [CacheStage(response_cache), SingleFlightStage(response_cache)]
     stages.append(BudgetStage(ledger, catalog))
-    servicer = AnalysisServicer(
-        cfg, catalog, JobRunner(Pipeline(adapters, stages)), Authenticator(cfg.tenants), ledger
-    )
+    runner = JobRunner(Pipeline(adapters, stages, tel), tel)
+    servicer = AnalysisServicer(cfg, catalog, runner, Authenticator(cfg.tenants), ledger, tel)
+    if tel.tracing:
+        _instrument_clients(tel, http, redis)
 
     opts = [
         ("grpc.max_receive_message_length", cfg.server.max_message_bytes),
@@ -154,7 +170,16 @@ async def start(cfg: Config) -> Gateway:
     ]
     if cfg.server.max_connection_age_ms:
         opts.append(("grpc.max_connection_age_ms", cfg.server.max_connection_age_ms))
+    interceptors = []
+    if tel.tracing:
+        interceptors.append(
+            aio_server_interceptor(  # type: ignore[no-untyped-call]
+                tracer_provider=tel.tracer_provider,
+                filter_=grpc_filters.negate(grpc_filters.health_check()),
+            )
+        )
     server = grpc.aio.server(
+        interceptors=interceptors,
         options=opts,
         maximum_concurrent_rpcs=cfg.server.max_concurrent_rpcs or None,
     )
@@ -176,7 +201,9 @@ async def start(cfg: Config) -> Gateway:
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("longread listening on port %d (%s)", port, "tls" if creds else "plaintext")
-    return Gateway(cfg, server, port, http, health_servicer, sandbox, redis)
+    return Gateway(
+        cfg, server, port, http, health_servicer, tel, sandbox, redis, cache=response_cache
+    )
 
 
 async def serve(cfg: Config) -> None:
@@ -193,9 +220,20 @@ async def serve(cfg: Config) -> None:
     await gw.stop()
 
 
+def _instrument_clients(tel: Telemetry, http: httpx.AsyncClient, redis: Redis | None) -> None:
+    """Client spans under each model-call attempt (httpx) and state operation (redis)."""
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+    HTTPXClientInstrumentor.instrument_client(http, tracer_provider=tel.tracer_provider)
+    if redis is not None:
+        from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+        RedisInstrumentor.instrument_client(redis, tracer_provider=tel.tracer_provider)
+
+
 def main(config_path: str | None = None, listen: str | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     cfg = load_config(config_path)
+    configure_logging(cfg.telemetry.json_logs, cfg.telemetry.log_level)
     if listen:
         cfg.listen = listen
     asyncio.run(serve(cfg))

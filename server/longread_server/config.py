@@ -108,22 +108,48 @@ class LimitsConfig:
 
 @dataclass
 class CacheConfig:
-    """Response cache."""
+    """Response cache and single-flight (calls/cache.py, calls/singleflight.py)."""
 
     enabled: bool = True
-    max_bytes: int = 256 * 1024 * 1024
-    ttl_s: float = 24 * 3600.0
+    max_bytes: int = 256 * 1024 * 1024  # the in-process LRU (also Redis's local fallback)
+    ttl_s: float = 24 * 3600.0  # default time to live of an answer
+    max_ttl_s: float = 30 * 24 * 3600.0  # cap on a request's own cache TTL
+    max_entry_bytes: int = 8 * 1024 * 1024  # larger answers are served but not stored
+    key_version: int = 1  # bump to start from an empty cache (old keys just expire)
+    strict_whitespace: bool = False  # True: leading/trailing whitespace of text counts
+    share_across_tenants: bool = False  # True: tenants share answers (never in-flight calls)
+    single_flight: bool = True  # coalesce concurrent identical misses into one upstream call
+    redis: bool = True  # with redis_url set: share answers and leases across replicas
+    redis_prefix: str = "longread:cache:"
+    local_fallback: bool = True  # while Redis is down, use the in-process LRU
+    lock_ttl_s: float = 30.0  # single-flight lease; renewed while the call runs
+    flight_wait_s: float = 600.0  # a waiter on another replica's call gives up after this
+
+    def validate(self) -> None:
+        for name in ("max_bytes", "ttl_s", "max_ttl_s", "max_entry_bytes", "lock_ttl_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"cache.{name} must be positive")
+        if self.flight_wait_s < 0:
+            raise ConfigError("cache.flight_wait_s must not be negative")
 
 
 @dataclass
 class TelemetryConfig:
-    """OpenTelemetry."""
+    """OpenTelemetry traces and metrics, and logs. Everything that costs is off by default."""
 
     traces: bool = False
     metrics: bool = False
-    otlp_endpoint: str = ""
-    sampling_ratio: float = 1.0
-    record_content: bool = False
+    otlp_endpoint: str = ""  # e.g. "http://collector:4317": traces and metrics over OTLP/gRPC
+    sampling_ratio: float = 1.0  # of new traces; a caller's sampled traceparent is honoured
+    record_content: bool = False  # documents, prompts and answers on spans (opt-in)
+    service_name: str = "longread"
+    metrics_interval_ms: int = 10_000
+    prometheus: bool = False  # serve /metrics for scraping
+    prometheus_host: str = "127.0.0.1"
+    prometheus_port: int = 9464  # 0: any free port
+    json_logs: bool = True  # `longread serve` logs one JSON object per line
+    log_level: str = "INFO"
+    access_log: bool = True  # one line per RPC with its outcome
 
 
 @dataclass
@@ -234,6 +260,7 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("tls.client_ca_file needs tls.cert_file and tls.key_file")
     if not 0 < cfg.telemetry.sampling_ratio <= 1:
         raise ConfigError("telemetry.sampling_ratio must be in (0, 1]")
+    cfg.cache.validate()
     for name in ("max_document_chars", "max_document_tokens", "default_chunk_tokens"):
         if getattr(cfg.limits, name) <= 0:
             raise ConfigError(f"limits.{name} must be positive")

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
+from opentelemetry import propagate
 
 from longread.v1 import analysis_service_pb2 as svc
 from longread.v1 import analysis_service_pb2_grpc as svc_grpc
@@ -164,6 +165,16 @@ def _metadata(
     return tuple(md)
 
 
+def _with_trace(md: tuple[tuple[str, str | bytes], ...]) -> tuple[tuple[str, str | bytes], ...]:
+    """Adds ``traceparent`` (and ``tracestate``) of the caller's current span, so the
+    server's spans join the caller's trace. Unchanged when there is no active span."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    if not carrier:
+        return md
+    return md + tuple(carrier.items())
+
+
 def _channel_credentials(
     root_certificates: bytes | None, cert_chain: bytes | None, private_key: bytes | None
 ) -> grpc.ChannelCredentials:
@@ -194,6 +205,9 @@ class Client:
         self._md = _metadata(api_key, metadata)
         self._timeout = timeout
 
+    def _meta(self) -> tuple[tuple[str, str | bytes], ...]:
+        return _with_trace(self._md)
+
     def estimate(
         self,
         text: str = "",
@@ -204,7 +218,7 @@ class Client:
         timeout: float | None = None,
     ) -> svc.EstimateResponse:
         req = request or build_request(svc.EstimateRequest, text, instruction, options)
-        return self._stub.Estimate(req, timeout=timeout or self._timeout, metadata=self._md)
+        return self._stub.Estimate(req, timeout=timeout or self._timeout, metadata=self._meta())
 
     def analyze(
         self,
@@ -216,7 +230,7 @@ class Client:
         timeout: float | None = None,
     ) -> svc.AnalyzeResponse:
         req = request or build_request(svc.AnalyzeRequest, text, instruction, options)
-        return self._stub.Analyze(req, timeout=timeout or self._timeout, metadata=self._md)
+        return self._stub.Analyze(req, timeout=timeout or self._timeout, metadata=self._meta())
 
     def stream(
         self,
@@ -228,7 +242,7 @@ class Client:
         timeout: float | None = None,
     ) -> Iterator[svc.StreamResponse]:
         req = request or build_request(svc.StreamRequest, text, instruction, options)
-        call = self._stub.Stream(req, timeout=timeout or self._timeout, metadata=self._md)
+        call = self._stub.Stream(req, timeout=timeout or self._timeout, metadata=self._meta())
         try:
             yield from call
         finally:
@@ -268,6 +282,9 @@ class AsyncClient:
         self._md = _metadata(api_key, metadata)
         self._timeout = timeout
 
+    def _meta(self) -> tuple[tuple[str, str | bytes], ...]:
+        return _with_trace(self._md)
+
     async def estimate(
         self,
         text: str = "",
@@ -279,7 +296,7 @@ class AsyncClient:
     ) -> svc.EstimateResponse:
         req = request or build_request(svc.EstimateRequest, text, instruction, options)
         return await self._stub.Estimate(
-            req, timeout=timeout or self._timeout, metadata=self._md
+            req, timeout=timeout or self._timeout, metadata=self._meta()
         )
 
     async def analyze(
@@ -293,7 +310,7 @@ class AsyncClient:
     ) -> svc.AnalyzeResponse:
         req = request or build_request(svc.AnalyzeRequest, text, instruction, options)
         return await self._stub.Analyze(
-            req, timeout=timeout or self._timeout, metadata=self._md
+            req, timeout=timeout or self._timeout, metadata=self._meta()
         )
 
     async def stream(
@@ -306,7 +323,7 @@ class AsyncClient:
         timeout: float | None = None,
     ) -> AsyncIterator[svc.StreamResponse]:
         req = request or build_request(svc.StreamRequest, text, instruction, options)
-        call = self._stub.Stream(req, timeout=timeout or self._timeout, metadata=self._md)
+        call = self._stub.Stream(req, timeout=timeout or self._timeout, metadata=self._meta())
         try:
             async for msg in call:
                 yield msg

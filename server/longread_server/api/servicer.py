@@ -23,11 +23,13 @@ from longread_server.api.auth import Authenticator
 from longread_server.api.errors import (
     FieldViolation,
     ServiceError,
+    code_name,
     from_rejection,
     from_upstream,
     internal,
     invalid,
 )
+from longread_server.api.observe import RpcRecord
 from longread_server.calls.budget import BudgetLedger, exceeded
 from longread_server.calls.pipeline import CallContext
 from longread_server.config import Config, UpstreamConfig
@@ -45,6 +47,7 @@ from longread_server.plan.planner import (
 from longread_server.plan.tokenizers import get_tokenizer
 from longread_server.run.events import JobResult, JobWarning, RunEvent
 from longread_server.run.runner import Job, JobRunner
+from longread_server.telemetry import Telemetry, disabled
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -74,8 +77,10 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
         runner: JobRunner,
         auth: Authenticator,
         ledger: BudgetLedger | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._cfg = cfg
+        self._tel = telemetry or disabled()
         self._ledger = ledger or BudgetLedger({})
         self._catalog = catalog
         self._runner = runner
@@ -98,30 +103,70 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
     async def Estimate(
         self, request: svc.EstimateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> svc.EstimateResponse:
-        return await _guarded(context, self._estimate(request, context))
+        rec = self._record("Estimate")
+        return await self._guarded(context, rec, self._estimate(request, context, rec))
 
     async def Analyze(
         self, request: svc.AnalyzeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> svc.AnalyzeResponse:
-        return await _guarded(context, self._analyze(request, context))
+        rec = self._record("Analyze")
+        return await self._guarded(context, rec, self._analyze(request, context, rec))
 
     async def Stream(
         self, request: svc.StreamRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[svc.StreamResponse]:
+        rec = self._record("Stream")
         try:
-            prep = await self._prepare(request, context, with_fits=False)
+            prep = await self._prepare(request, context, rec, with_fits=False)
             plan_pb = convert.plan(prep.plan)
-            async for ev in self._run(prep):
+            async for ev in self._run(prep, rec):
                 yield convert.stream_event(ev, plan_pb)
+            rec.finish("OK")
+        except asyncio.CancelledError:
+            rec.finish("CANCELLED")
+            raise
         except Exception as e:
-            await _abort(context, e)
+            await self._abort(context, rec, e)
+
+    def _record(self, method: str) -> RpcRecord:
+        return RpcRecord(method, self._tel, self._cfg.telemetry.access_log)
+
+    async def _guarded(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        rec: RpcRecord,
+        work: Awaitable[T],
+    ) -> T:
+        try:
+            out = await work
+        except asyncio.CancelledError:
+            rec.finish("CANCELLED")
+            raise
+        except Exception as e:
+            await self._abort(context, rec, e)
+            raise AssertionError("unreachable") from None
+        rec.finish("OK")
+        return out
+
+    async def _abort(
+        self, context: grpc.aio.ServicerContext[Any, Any], rec: RpcRecord, e: Exception
+    ) -> None:
+        """Ends the RPC with the status for ``e``. Re-raises grpc's own abort exception."""
+        if isinstance(e, grpc.aio.AbortError):
+            raise e
+        err = to_service_error(e)
+        rec.finish(code_name(err.code), err.reason)
+        await context.abort_with_status(err.to_status())
 
     # ---- implementation ----
 
     async def _estimate(
-        self, request: svc.EstimateRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self,
+        request: svc.EstimateRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+        rec: RpcRecord,
     ) -> svc.EstimateResponse:
-        prep = await self._prepare(request, context, with_fits=True)
+        prep = await self._prepare(request, context, rec, with_fits=True)
         if prep.parsed.exact_token_count and not prep.plan.tokens_exact:
             await self._count_exactly(prep)
         warnings = []
@@ -149,20 +194,25 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
         )
 
     async def _analyze(
-        self, request: svc.AnalyzeRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self,
+        request: svc.AnalyzeRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+        rec: RpcRecord,
     ) -> svc.AnalyzeResponse:
-        prep = await self._prepare(request, context, with_fits=False)
+        prep = await self._prepare(request, context, rec, with_fits=False)
         result: JobResult | None = None
-        async for ev in self._run(prep):
+        async for ev in self._run(prep, rec):
             if isinstance(ev, JobResult):
                 result = ev
         assert result is not None
         return convert.result(result)
 
-    async def _run(self, prep: _Prepared) -> AsyncIterator[RunEvent]:
+    async def _run(self, prep: _Prepared, rec: RpcRecord) -> AsyncIterator[RunEvent]:
         """Runs the job, naming the upstream in any upstream failure."""
         try:
             async for ev in self._runner.run(self._job(prep)):
+                if isinstance(ev, JobResult):
+                    rec.result = ev
                 yield ev
         except UpstreamError as e:
             raise from_upstream(e, prep.plan.model.vendor, prep.plan.model.model) from e
@@ -216,18 +266,33 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
         self,
         request: convert.AnyRequest,
         context: grpc.aio.ServicerContext[Any, Any],
+        rec: RpcRecord,
         *,
         with_fits: bool,
     ) -> _Prepared:
         started = time.monotonic()
         tenant = self._auth.tenant(context.invocation_metadata())
+        rec.tenant = tenant
         remaining = context.time_remaining()
         deadline = None if remaining is None else started + remaining
         parsed = convert.parse_request(request, self._cfg.limits)
-        if len(parsed.spec.text) > _OFFLOAD_CHARS:
-            plan, fits = await asyncio.to_thread(self._plan, parsed, with_fits)
-        else:
-            plan, fits = self._plan(parsed, with_fits)
+        with self._tel.tracer.start_as_current_span("plan") as span:
+            if len(parsed.spec.text) > _OFFLOAD_CHARS:
+                plan, fits = await asyncio.to_thread(self._plan, parsed, with_fits)
+            else:
+                plan, fits = self._plan(parsed, with_fits)
+            rec.vendor, rec.model = plan.model.vendor, plan.model.model
+            rec.document_tokens = plan.document_tokens
+            if span.is_recording():
+                span.set_attributes(
+                    {
+                        "longread.tenant": tenant,
+                        "longread.strategy": plan.strategy.value,
+                        "longread.document_tokens": plan.document_tokens,
+                        "longread.chunks": len(plan.chunks),
+                        "gen_ai.request.model": plan.model.model,
+                    }
+                )
         if not isinstance(request, svc.EstimateRequest) and not plan.within_budget:
             raise ServiceError(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -363,25 +428,15 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
         )
 
 
-async def _guarded(context: grpc.aio.ServicerContext[Any, Any], work: Awaitable[T]) -> T:
-    try:
-        return await work
-    except Exception as e:
-        await _abort(context, e)
-        raise AssertionError("unreachable") from None
-
-
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], e: Exception) -> None:
-    """Ends the RPC with the status for ``e``. Re-raises grpc's own abort exception."""
+def to_service_error(e: Exception) -> ServiceError:
+    """The status for any failure; unexpected ones are logged and become INTERNAL."""
     if isinstance(e, ServiceError):
-        err = e
-    elif isinstance(e, UpstreamError):
-        err = from_upstream(e, "upstream", "")
-    elif isinstance(e, CallRejected):
-        err = from_rejection(e)
-    elif isinstance(e, grpc.aio.AbortError):
-        raise e
-    else:
-        log.exception("unexpected error")
-        err = internal(e)
-    await context.abort_with_status(err.to_status())
+        return e
+    if isinstance(e, UpstreamError):
+        return from_upstream(e, "upstream", "")
+    if isinstance(e, CallRejected):
+        return from_rejection(e)
+    if isinstance(e, PlanError):
+        return invalid([FieldViolation(e.field, str(e), e.reason)], e.reason)
+    log.exception("unexpected error")
+    return internal(e)

@@ -13,7 +13,18 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from longread_server.domain import ErrorKind, LlmEvent, LlmRequest, UpstreamError
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from longread_server.domain import (
+    ErrorKind,
+    Finish,
+    LlmEvent,
+    LlmRequest,
+    UpstreamError,
+    VendorKind,
+)
+from longread_server.telemetry import Instruments, Telemetry, disabled
 from longread_server.vendors.base import VendorAdapter
 
 
@@ -42,6 +53,7 @@ class Call:
     adapter: VendorAdapter
     req: LlmRequest
     ctx: CallContext
+    attempt: int = 0  # 0 for the first try; a retry stage passes replace(call, attempt=n)
 
 
 Next = Callable[[Call], AsyncIterator[LlmEvent]]
@@ -58,13 +70,87 @@ class UnknownUpstream(LookupError):
     """No adapter is configured under that name."""
 
 
-async def _send(call: Call) -> AsyncIterator[LlmEvent]:
-    """The innermost step: the vendor adapter, bounded by the call's deadline."""
-    remaining = call.ctx.remaining()
-    if remaining is not None and remaining <= 0:
-        raise UpstreamError(ErrorKind.TIMEOUT, "deadline passed before the call started")
-    async for event in call.adapter.call(call.req, timeout=remaining):
-        yield event
+def _sender(tel: Telemetry) -> Next:
+    """The innermost step: one attempt at the vendor, bounded by the call's deadline, traced
+    as a GenAI client span (``chat {model}``) and measured."""
+    tracer, inst = tel.tracer, tel.instruments
+
+    async def send(call: Call) -> AsyncIterator[LlmEvent]:
+        remaining = call.ctx.remaining()
+        if remaining is not None and remaining <= 0:
+            raise UpstreamError(ErrorKind.TIMEOUT, "deadline passed before the call started")
+        req = call.req
+        provider = _provider_name(call)
+        base = {"gen_ai.provider.name": provider, "gen_ai.request.model": req.model}
+        span = tracer.start_span(f"chat {req.model}", kind=SpanKind.CLIENT)
+        if span.is_recording():
+            span.set_attributes(
+                {
+                    **base,
+                    "gen_ai.operation.name": "chat",
+                    "gen_ai.request.max_tokens": req.max_output_tokens,
+                    "longread.upstream": call.vendor,
+                    "longread.tenant": call.ctx.tenant,
+                    "longread.attempt": call.attempt,
+                    "longread.stream": req.stream,
+                }
+            )
+            if req.temperature is not None:
+                span.set_attribute("gen_ai.request.temperature", req.temperature)
+            if tel.record_content:
+                span.set_attribute("longread.prompt", _prompt_text(req))
+        started = time.perf_counter()
+        try:
+            with trace.use_span(span, end_on_exit=False):
+                async for event in call.adapter.call(req, timeout=remaining):
+                    if isinstance(event, Finish):
+                        _record_finish(span, inst, base, event)
+                    yield event
+        except UpstreamError as e:
+            inst.upstream_errors.add(1, {**base, "error.type": e.kind.value})
+            span.set_status(Status(StatusCode.ERROR, e.kind.value))
+            span.set_attribute("error.type", e.kind.value)
+            if e.status is not None:
+                span.set_attribute("http.response.status_code", e.status)
+            raise
+        except BaseException as e:
+            span.set_status(Status(StatusCode.ERROR, type(e).__name__))
+            span.set_attribute("error.type", type(e).__name__)
+            raise
+        finally:
+            inst.operation_duration.record(time.perf_counter() - started, base)
+            span.end()
+
+    return send
+
+
+def _provider_name(call: Call) -> str:
+    kind = call.adapter.kind
+    return call.vendor if kind is VendorKind.OPENAI_COMPATIBLE else kind.value
+
+
+def _prompt_text(req: LlmRequest) -> str:
+    return "\n\n".join([req.system, *(m.content for m in req.messages)])
+
+
+def _record_finish(
+    span: trace.Span, inst: Instruments, base: dict[str, str], event: Finish
+) -> None:
+    u = event.usage
+    inst.token_usage.record(u.input_tokens, {**base, "gen_ai.token.type": "input"})
+    inst.token_usage.record(u.output_tokens, {**base, "gen_ai.token.type": "output"})
+    if span.is_recording():
+        span.set_attributes(
+            {
+                "gen_ai.response.model": event.model,
+                "gen_ai.response.id": event.response_id,
+                "gen_ai.response.finish_reasons": [event.finish_reason],
+                "gen_ai.usage.input_tokens": u.input_tokens,
+                "gen_ai.usage.output_tokens": u.output_tokens,
+                "gen_ai.usage.cache_read.input_tokens": u.cached_input_tokens,
+                "gen_ai.usage.cache_creation.input_tokens": u.cache_write_tokens,
+            }
+        )
 
 
 def _wrap(stage: Stage, nxt: Next) -> Next:
@@ -77,9 +163,14 @@ def _wrap(stage: Stage, nxt: Next) -> Next:
 class Pipeline:
     """Runs model calls through the configured stages (outermost first)."""
 
-    def __init__(self, adapters: Mapping[str, VendorAdapter], stages: Sequence[Stage] = ()) -> None:
+    def __init__(
+        self,
+        adapters: Mapping[str, VendorAdapter],
+        stages: Sequence[Stage] = (),
+        telemetry: Telemetry | None = None,
+    ) -> None:
         self._adapters = dict(adapters)
-        chain: Next = _send
+        chain: Next = _sender(telemetry or disabled())
         for stage in reversed(stages):
             chain = _wrap(stage, chain)
         self._chain = chain

@@ -11,6 +11,8 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 
+from opentelemetry import trace
+
 from longread_server.calls.pipeline import CallContext, Pipeline
 from longread_server.domain import (
     ErrorKind,
@@ -37,6 +39,7 @@ from longread_server.run.events import (
     Stage,
     Timings,
 )
+from longread_server.telemetry import Telemetry, disabled
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,14 +78,38 @@ class _Tally:
 class JobRunner:
     """Turns a Job into RunEvents: the plan first, the result last."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: Pipeline, telemetry: Telemetry | None = None) -> None:
         self._pipeline = pipeline
+        self._tel = telemetry or disabled()
 
     @property
     def pipeline(self) -> Pipeline:
         return self._pipeline
 
     async def run(self, job: Job) -> AsyncIterator[RunEvent]:
+        span = self._tel.tracer.start_span(f"analyze {job.plan.strategy.value}")
+        if span.is_recording():
+            span.set_attributes(
+                {
+                    "longread.strategy": job.plan.strategy.value,
+                    "longread.chunks": len(job.plan.chunks),
+                    "longread.tenant": job.ctx.tenant,
+                    "gen_ai.request.model": job.plan.model.model,
+                }
+            )
+        with trace.use_span(span, end_on_exit=True):
+            async for ev in self._run(job):
+                if isinstance(ev, JobResult) and span.is_recording():
+                    span.set_attributes(
+                        {
+                            "longread.calls": ev.usage.calls,
+                            "longread.cost_usd": ev.cost.total_usd,
+                            "longread.cache.status": ev.cache_status.value,
+                        }
+                    )
+                yield ev
+
+    async def _run(self, job: Job) -> AsyncIterator[RunEvent]:
         yield PlanReady(job.plan)
         for w in job.warnings:
             yield w
@@ -304,23 +331,36 @@ class JobRunner:
         yield CallStarted(stage, index, of)
         parts: list[str] = []
         finish: Finish | None = None
-        async for ev in self._pipeline.call(job.vendor, req, job.ctx):
-            if isinstance(ev, TextDelta):
-                parts.append(ev.text)
-                if final_stage:
-                    if not tally.first_token_at:
-                        tally.first_token_at = time.monotonic()
-                    yield AnswerDelta(stage, index, ev.text)
-            else:
-                finish = ev
-        if finish is None:
-            raise UpstreamError(ErrorKind.CONNECTION, "the model call ended without a result")
+        start, end = span if span is not None else (0, len(job.spec.text))
+        step = self._tel.tracer.start_span(f"{stage.value} {index}")
+        if step.is_recording():
+            step.set_attributes(
+                {
+                    "longread.stage": stage.value,
+                    "longread.index": index,
+                    "longread.of": of,
+                    "longread.span.start": start,
+                    "longread.span.end": end,
+                }
+            )
+        with trace.use_span(step, end_on_exit=True, record_exception=False):
+            async for ev in self._pipeline.call(job.vendor, req, job.ctx):
+                if isinstance(ev, TextDelta):
+                    parts.append(ev.text)
+                    if final_stage:
+                        if not tally.first_token_at:
+                            tally.first_token_at = time.monotonic()
+                        yield AnswerDelta(stage, index, ev.text)
+                else:
+                    finish = ev
+            if finish is None:
+                raise UpstreamError(ErrorKind.CONNECTION, "the model call ended without a result")
+            step.set_attribute("longread.cache.hit", finish.cached)
         tally.calls += 1
         if finish.cached:
             tally.hits += 1
         else:
             tally.usage.add(replace(finish.usage, calls=1))
-        start, end = span if span is not None else (0, len(job.spec.text))
         out = CallOutput(
             stage=stage,
             index=index,

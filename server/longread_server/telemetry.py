@@ -1,0 +1,238 @@
+"""OpenTelemetry for one gateway: traces, metrics and structured logs.
+
+Each gateway owns its providers (nothing is installed globally), so two gateways in one
+process — replicas in a test, or a benchmark's on/off pair — never mix their telemetry.
+Everything that costs is off by default: with traces off the tracer is a no-op, with metrics
+off the instruments are no-ops. Content (documents, prompts, answers) is recorded only when an
+operator opts in; API keys and authorization metadata never are.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry import metrics, trace
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    SimpleSpanProcessor,
+    SpanExporter,
+)
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+from longread_server import __version__
+from longread_server.config import TelemetryConfig
+
+log = logging.getLogger(__name__)
+
+# Buckets for seconds (operation duration, time to first token) and token counts, as the
+# GenAI semantic conventions advise.
+_SECONDS = [
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.08,
+    0.16,
+    0.32,
+    0.64,
+    1.28,
+    2.56,
+    5.12,
+    10.24,
+    20.48,
+    40.96,
+    81.92,
+]
+_TOKENS = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304]
+
+
+class Instruments:
+    """Every metric the gateway records, created once per gateway."""
+
+    def __init__(self, meter: metrics.Meter) -> None:
+        self.meter = meter
+        self.token_usage = meter.create_histogram(
+            "gen_ai.client.token.usage",
+            unit="{token}",
+            description="Tokens used per model call, by gen_ai.token.type",
+            explicit_bucket_boundaries_advisory=_TOKENS,
+        )
+        self.operation_duration = meter.create_histogram(
+            "gen_ai.client.operation.duration",
+            unit="s",
+            description="Duration of one upstream model call attempt",
+            explicit_bucket_boundaries_advisory=_SECONDS,
+        )
+        self.time_to_first_token = meter.create_histogram(
+            "longread.time_to_first_token",
+            unit="s",
+            description="From receiving a request to the first answer token sent",
+            explicit_bucket_boundaries_advisory=_SECONDS,
+        )
+        self.rpc_duration = meter.create_histogram(
+            "longread.rpc.duration",
+            unit="s",
+            description="gRPC request duration by outcome",
+            explicit_bucket_boundaries_advisory=_SECONDS,
+        )
+        self.cost = meter.create_counter(
+            "longread.cost", unit="USD", description="Cost of upstream calls by tenant and model"
+        )
+        self.upstream_errors = meter.create_counter(
+            "longread.upstream.errors",
+            unit="{error}",
+            description="Failed upstream attempts by error kind",
+        )
+        self.limiter_wait = meter.create_histogram(
+            "longread.limiter.wait",
+            unit="s",
+            description="Time spent waiting for rate limits",
+            explicit_bucket_boundaries_advisory=_SECONDS,
+        )
+        self.cache_requests = meter.create_counter(
+            "longread.cache.requests",
+            unit="{request}",
+            description="Cache lookups by result (hit, miss, error)",
+        )
+
+    def observe(
+        self,
+        name: str,
+        callback: Callable[[], Iterable[tuple[float, dict[str, str]]]],
+        unit: str = "1",
+        description: str = "",
+    ) -> None:
+        """Registers an observable gauge read at collection time (breaker state, cache
+        bytes...). ``callback`` yields (value, attributes) pairs."""
+
+        def read(_: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(v, attrs) for v, attrs in callback()]
+
+        self.meter.create_observable_gauge(name, [read], unit=unit, description=description)
+
+
+@dataclass
+class Telemetry:
+    """A gateway's tracer, instruments and the providers to flush at shutdown."""
+
+    tracer: trace.Tracer
+    instruments: Instruments
+    record_content: bool = False
+    tracer_provider: TracerProvider | None = None
+    meter_provider: MeterProvider | None = None
+    prometheus_port: int = 0
+    _prometheus_server: Any = None
+
+    @property
+    def tracing(self) -> bool:
+        return self.tracer_provider is not None
+
+    def shutdown(self) -> None:
+        if self.tracer_provider is not None:
+            self.tracer_provider.shutdown()
+        if self.meter_provider is not None:
+            self.meter_provider.shutdown()
+        if self._prometheus_server is not None:
+            self._prometheus_server.shutdown()
+            self._prometheus_server.server_close()
+
+
+def disabled() -> Telemetry:
+    return Telemetry(trace.NoOpTracer(), Instruments(metrics.NoOpMeter("longread")))
+
+
+def setup(
+    cfg: TelemetryConfig,
+    *,
+    span_exporters: Sequence[SpanExporter] = (),
+    metric_readers: Sequence[MetricReader] = (),
+) -> Telemetry:
+    """Builds the providers ``cfg`` asks for (plus test exporters/readers)."""
+    resource = Resource.create({"service.name": cfg.service_name, "service.version": __version__})
+    tel = disabled()
+    tel.record_content = cfg.record_content
+    if cfg.traces or span_exporters:
+        sampler = ParentBased(TraceIdRatioBased(cfg.sampling_ratio))
+        tp = TracerProvider(resource=resource, sampler=sampler)
+        if cfg.traces and cfg.otlp_endpoint:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+            tp.add_span_processor(
+                BatchSpanProcessor(OTLPSpanExporter(endpoint=cfg.otlp_endpoint, insecure=True))
+            )
+        for exporter in span_exporters:
+            tp.add_span_processor(SimpleSpanProcessor(exporter))
+        tel.tracer_provider = tp
+        tel.tracer = tp.get_tracer("longread", __version__)
+    readers = list(metric_readers)
+    if cfg.metrics:
+        if cfg.otlp_endpoint:
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+            from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+            readers.append(
+                PeriodicExportingMetricReader(
+                    OTLPMetricExporter(endpoint=cfg.otlp_endpoint, insecure=True),
+                    export_interval_millis=cfg.metrics_interval_ms,
+                )
+            )
+        if cfg.prometheus_port >= 0 and cfg.prometheus:
+            from opentelemetry.exporter.prometheus import PrometheusMetricReader
+            from prometheus_client import CollectorRegistry, start_http_server
+
+            registry = CollectorRegistry()
+            readers.append(PrometheusMetricReader(registry=registry))
+            server, _ = start_http_server(
+                cfg.prometheus_port, addr=cfg.prometheus_host, registry=registry
+            )
+            tel._prometheus_server = server
+            tel.prometheus_port = server.server_port
+    if readers:
+        mp = MeterProvider(metric_readers=readers, resource=resource)
+        tel.meter_provider = mp
+        tel.instruments = Instruments(mp.get_meter("longread", __version__))
+    return tel
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with the trace and span of the record's context."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        ctx = trace.get_current_span().get_span_context()
+        if ctx.is_valid:
+            out["trace_id"] = format(ctx.trace_id, "032x")
+            out["span_id"] = format(ctx.span_id, "016x")
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            out.update(fields)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str, ensure_ascii=False)
+
+
+def configure_logging(json_logs: bool, level: str = "INFO") -> None:
+    handler = logging.StreamHandler()
+    if json_logs:
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())

@@ -1,0 +1,217 @@
+"""Traces, metrics and logs of real RPCs: the span tree of a chunked Analyze, trace context
+from the caller, OTLP export over the wire, a Prometheus scrape, and redaction."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Sequence
+from concurrent import futures
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from longread.client import AsyncClient, Options
+from longread_server.app import Gateway, start
+from longread_server.config import TelemetryConfig, TenantConfig
+from longread_server.sample import DEMO_QUESTION, generate_report
+from longread_server.sandbox import Sandbox
+from longread_server.telemetry import JsonFormatter, setup
+from opentelemetry import trace
+from opentelemetry.proto.collector.trace.v1 import (
+    trace_service_pb2,
+    trace_service_pb2_grpc,
+)
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from tests.conftest import gateway_config
+
+SECRET_TEXT = "ZEBRA-MARKER-7781 is the codeword of the night shift."
+SECRET_KEY = "sk-MARKER-KEY-0042"
+
+
+class Traced:
+    def __init__(self) -> None:
+        self.spans = InMemorySpanExporter()
+        self.metrics = InMemoryMetricReader()
+
+
+@pytest.fixture(scope="module")
+async def traced(sandbox: Sandbox) -> AsyncIterator[tuple[Gateway, Traced]]:
+    t = Traced()
+    tenants = [TenantConfig(name="acme", api_keys=[SECRET_KEY])]
+    cfg = gateway_config(sandbox, tenants=tenants)
+    tel = setup(cfg.telemetry, span_exporters=[t.spans], metric_readers=[t.metrics])
+    gw = await start(cfg, telemetry=tel)
+    yield gw, t
+    await gw.stop(0.5)
+
+
+def by_id(spans: Sequence[ReadableSpan]) -> dict[int, ReadableSpan]:
+    return {s.context.span_id: s for s in spans}
+
+
+def children(spans: Sequence[ReadableSpan], parent: ReadableSpan) -> list[ReadableSpan]:
+    return [s for s in spans if s.parent is not None and s.parent.span_id == parent.context.span_id]
+
+
+async def test_span_tree_of_a_chunked_analyze(traced: tuple[Gateway, Traced]) -> None:
+    gw, t = traced
+    t.spans.clear()
+    doc = generate_report(60_000)
+    opts = Options(model="gpt-4o-mini", strategy="map_reduce", max_chunk_tokens=4000)
+    async with AsyncClient(f"127.0.0.1:{gw.port}", api_key=SECRET_KEY) as c:
+        r = await c.analyze(doc, DEMO_QUESTION, options=opts)
+    spans = t.spans.get_finished_spans()
+    (root,) = [s for s in spans if s.name == "/longread.v1.AnalysisService/Analyze"]
+    assert root.kind == trace.SpanKind.SERVER and root.parent is None
+    assert {s.context.trace_id for s in spans} == {root.context.trace_id}
+    top = {s.name for s in children(spans, root)}
+    assert top == {"plan", "analyze map_reduce"}
+    (job,) = [s for s in spans if s.name == "analyze map_reduce"]
+    steps = children(spans, job)
+    assert sorted(s.name for s in steps) == sorted(
+        [f"map {i}" for i in range(r.plan.map_calls)] + ["reduce 0"]
+    )
+    chats = [s for s in spans if s.name == "chat gpt-4o-mini"]
+    assert len(chats) == r.usage.calls
+    for chat in chats:
+        assert chat.kind == trace.SpanKind.CLIENT
+        assert by_id(spans)[chat.parent.span_id].name in {s.name for s in steps}  # type: ignore[union-attr]
+        a: dict[str, Any] = dict(chat.attributes or {})
+        assert a["gen_ai.provider.name"] == "openai"
+        assert a["gen_ai.operation.name"] == "chat"
+        assert a["gen_ai.request.model"] == "gpt-4o-mini"
+        assert a["gen_ai.usage.input_tokens"] > 0 and a["gen_ai.usage.output_tokens"] > 0
+        assert a["longread.tenant"] == "acme" and a["longread.attempt"] == 0
+        assert a["gen_ai.response.finish_reasons"] == ("stop",)
+        http_spans = children(spans, chat)
+        assert [s.name for s in http_spans] == ["POST"]  # httpx instrumentation below
+    tokens: list[Any] = [(s.attributes or {})["gen_ai.usage.input_tokens"] for s in chats]
+    assert sum(tokens) == r.usage.input_tokens
+
+
+async def test_caller_trace_continues_into_the_server(traced: tuple[Gateway, Traced]) -> None:
+    gw, t = traced
+    t.spans.clear()
+    provider = TracerProvider()
+    mine = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(mine))
+    tracer = provider.get_tracer("caller")
+    async with AsyncClient(f"127.0.0.1:{gw.port}", api_key=SECRET_KEY) as c:
+        with tracer.start_as_current_span("caller work") as span:
+            await c.estimate("A short note.", "What is it?")
+            caller = span.get_span_context()
+    (server,) = [s for s in t.spans.get_finished_spans() if s.name.endswith("/Estimate")]
+    assert server.context.trace_id == caller.trace_id
+    assert server.parent is not None and server.parent.span_id == caller.span_id
+
+
+async def test_metrics_recorded(traced: tuple[Gateway, Traced]) -> None:
+    gw, t = traced
+    async with AsyncClient(f"127.0.0.1:{gw.port}", api_key=SECRET_KEY) as c:
+        await c.analyze("The tide turns at four.", "When does the tide turn?")
+    data = t.metrics.get_metrics_data()
+    assert data is not None
+    names = {m.name for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+    assert {
+        "gen_ai.client.token.usage",
+        "gen_ai.client.operation.duration",
+        "longread.rpc.duration",
+        "longread.cost",
+    } <= names
+
+
+class _Collector(trace_service_pb2_grpc.TraceServiceServicer):
+    def __init__(self) -> None:
+        self.requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
+
+    def Export(self, request: Any, context: Any) -> Any:
+        self.requests.append(request)
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+async def test_otlp_export_to_a_real_receiver(sandbox: Sandbox) -> None:
+    collector = _Collector()
+    receiver = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(  # type: ignore[no-untyped-call]
+        collector, receiver
+    )
+    port = receiver.add_insecure_port("127.0.0.1:0")
+    receiver.start()
+    try:
+        cfg = gateway_config(sandbox)
+        cfg.telemetry = TelemetryConfig(traces=True, otlp_endpoint=f"http://127.0.0.1:{port}")
+        gw = await start(cfg)
+        async with AsyncClient(f"127.0.0.1:{gw.port}") as c:
+            await c.analyze("The tide turns at four.", "When does the tide turn?")
+        await gw.stop(0.5)  # flushes the batch processor
+        names = {
+            span.name
+            for req in collector.requests
+            for rs in req.resource_spans
+            for ss in rs.scope_spans
+            for span in ss.spans
+        }
+        assert "/longread.v1.AnalysisService/Analyze" in names
+        assert "chat gpt-4.1-mini" in names
+    finally:
+        receiver.stop(0)
+
+
+async def test_prometheus_scrape(sandbox: Sandbox) -> None:
+    cfg = gateway_config(sandbox)
+    cfg.telemetry = TelemetryConfig(metrics=True, prometheus=True, prometheus_port=0)
+    gw = await start(cfg)
+    try:
+        async with AsyncClient(f"127.0.0.1:{gw.port}") as c:
+            await c.analyze("The tide turns at four.", "When does the tide turn?")
+        async with httpx.AsyncClient() as http:
+            resp = await http.get(f"http://127.0.0.1:{gw.telemetry.prometheus_port}/metrics")
+        assert resp.status_code == 200
+        body = resp.text
+        assert "gen_ai_client_token_usage" in body
+        assert 'rpc_method="Analyze"' in body and "longread_rpc_duration" in body
+    finally:
+        await gw.stop(0.5)
+
+
+async def test_content_and_keys_are_never_recorded(
+    traced: tuple[Gateway, Traced], caplog: pytest.LogCaptureFixture
+) -> None:
+    gw, t = traced
+    t.spans.clear()
+    handler_records: list[str] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            handler_records.append(JsonFormatter().format(record))
+
+    capture = Capture()
+    caplog.set_level(logging.INFO)
+    logging.getLogger().addHandler(capture)
+    try:
+        async with AsyncClient(f"127.0.0.1:{gw.port}", api_key=SECRET_KEY) as c:
+            r = await c.analyze(SECRET_TEXT * 3, "What is the codeword?")
+            async for _ in c.stream(SECRET_TEXT, "What is the codeword?"):
+                pass
+            with pytest.raises(grpc.aio.AioRpcError):
+                await c.analyze(SECRET_TEXT, "What?", options=Options(temperature=5))
+        assert "ZEBRA-MARKER-7781" in r.text  # the answer does carry it, to the caller
+    finally:
+        logging.getLogger().removeHandler(capture)
+    spans = t.spans.get_finished_spans()
+    dumped = [s.to_json() for s in spans]
+    metrics = t.metrics.get_metrics_data()
+    dumped.append(metrics.to_json() if metrics is not None else "")
+    dumped.extend(handler_records)
+    access = [json.loads(x) for x in handler_records if '"rpc"' in x]
+    assert {a["rpc"] for a in access} >= {"Analyze", "Stream"}
+    assert any(a["code"] == "INVALID_ARGUMENT" for a in access)
+    for text in dumped:
+        assert "ZEBRA-MARKER" not in text
+        assert "MARKER-KEY" not in text
