@@ -173,6 +173,13 @@ async def test_cli_estimate_and_analyze(gateway: Gateway, tmp_path: Path) -> Non
     assert rc == 1 and "generation.temperature" in err
 
 
+async def test_cli_health(gateway: Gateway) -> None:
+    rc, out, _ = await _cli("health", "--target", f"127.0.0.1:{gateway.port}")
+    assert rc == 0 and out.strip() == "SERVING"
+    rc, _, err = await _cli("health", "--target", "127.0.0.1:1", "--timeout", "0.5")
+    assert rc == 1 and "unhealthy" in err
+
+
 def test_options_cover_every_request_field() -> None:
     """Guards the client: a new request field must get a keyword option."""
     from longread.v1 import analysis_service_pb2 as svc

@@ -7,7 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
 import grpc
 from google.protobuf import json_format
@@ -153,6 +153,24 @@ def cmd_analyze(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_health(a: argparse.Namespace) -> int:
+    """Exit 0 when the server's gRPC health service says SERVING (container health checks)."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(a.target) as ch:
+        try:
+            stub: Any = health_pb2_grpc.HealthStub(ch)  # the stubs' types omit Check
+            r = stub.Check(
+                health_pb2.HealthCheckRequest(service=a.service), timeout=a.timeout
+            )
+        except grpc.RpcError as e:
+            print(f"unhealthy: {e.code().name}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(r.status)
+    print(status)
+    return 0 if r.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
 def cmd_serve(a: argparse.Namespace) -> int:
     from longread_server.app import main
 
@@ -213,6 +231,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sb = sub.add_parser("sandbox", help="run the vendor emulator alone", add_help=False)
     sb.add_argument("rest", nargs=argparse.REMAINDER)
     sb.set_defaults(fn=cmd_sandbox)
+    h = sub.add_parser("health", help="check a server's gRPC health service")
+    h.add_argument("--target", default=os.environ.get("LONGREAD_TARGET", "localhost:50051"))
+    h.add_argument("--service", default="")
+    h.add_argument("--timeout", type=float, default=3.0)
+    h.set_defaults(fn=cmd_health)
     d = sub.add_parser("demo", help="server + sandbox + an analysis of a sample document")
     d.set_defaults(fn=cmd_demo)
     e = sub.add_parser("estimate", help="tokens, plan, models and cost of a document")
