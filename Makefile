@@ -29,7 +29,7 @@ install: $(VENV)/.installed
 $(TOOLS)/grpcurl:
 	GOBIN=$(TOOLS) go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
 
-tools: $(TOOLS)/grpcurl
+tools: $(TOOLS)/grpcurl $(TOOLS)/.ghz-$(GHZ_VERSION)
 
 generate: install
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m grpc_tools.protoc -Iprotos \
@@ -56,12 +56,17 @@ test: install tools check-generated lint pytest $(TEST_EXTRA)
 pytest: install tools
 	PATH=$(TOOLS):$$PATH $(VENV)/bin/pytest -q
 
+# The contract must stay compatible with v1 as first published (the repository's first
+# commit): buf's FILE rules, the strictest, since Go, Java and TS code is generated from it.
+BUF_AGAINST ?= .git\#ref=$(shell git rev-list --max-parents=0 HEAD 2>/dev/null | tail -n 1)
+
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(BUF) lint
 	$(BUF) format -d --exit-code
+	$(BUF) breaking --against '$(BUF_AGAINST)'
 
 bench: install
 	for b in $$(ls bench/*.py | grep -v __init__ | xargs -n1 basename | sed 's/\.py$$//'); do \

@@ -8,9 +8,11 @@ import logging
 import signal
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from longread.v1 import analysis_service_pb2 as svc
@@ -24,6 +26,7 @@ from longread_server.api.servicer import AnalysisServicer
 from longread_server.calls.budget import BudgetLedger, BudgetStage
 from longread_server.calls.cache import CacheStage, ResponseCache, build_response_cache
 from longread_server.calls.pipeline import Pipeline, Stage
+from longread_server.calls.resilience import Resilience, build_resilience
 from longread_server.calls.singleflight import SingleFlightStage
 from longread_server.config import Config, UpstreamConfig, load_config
 from longread_server.domain import ModelInfo, VendorKind
@@ -60,6 +63,30 @@ def sandbox_upstreams(base_url: str) -> list[UpstreamConfig]:
     ]
 
 
+class MethodAwarePool:
+    """A descriptor pool for reflection that also resolves method names.
+
+    Python's reflection service answers ``file_containing_symbol`` only for messages,
+    enums and services; tools such as ghz ask for ``pkg.Service.Method`` (grpc/grpc#34743).
+    A method lives in its service's file, so a miss retries with the parent name.
+    """
+
+    def __init__(self, pool: descriptor_pool.DescriptorPool) -> None:
+        self._pool = pool
+
+    def FindFileContainingSymbol(self, symbol: str) -> Any:
+        try:
+            return self._pool.FindFileContainingSymbol(symbol)
+        except KeyError:
+            parent = symbol.rpartition(".")[0]
+            if not parent:
+                raise
+            return self._pool.FindFileContainingSymbol(parent)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+
 def build_catalog(cfg: Config) -> Catalog:
     overrides = [
         ModelInfo(
@@ -70,6 +97,7 @@ def build_catalog(cfg: Config) -> Catalog:
             input_per_mtok=m.input_per_mtok,
             output_per_mtok=m.output_per_mtok,
             cached_input_per_mtok=m.cached_input_per_mtok,
+            cache_write_per_mtok=m.cache_write_per_mtok,
             tokenizer=m.tokenizer,
             tokens_exact=m.tokens_exact,
         )
@@ -91,6 +119,7 @@ class Gateway:
     sandbox: object | None = None
     redis: Redis | None = None  # shared by every piece of replicated state
     cache: ResponseCache | None = None  # response cache + single-flight (stats)
+    resilience: Resilience | None = None  # rate limits, breakers, retries (state, stats)
 
     async def stop(self, grace: float | None = None) -> None:
         """Drains: health says NOT_SERVING, in-flight RPCs finish (up to ``grace``)."""
@@ -155,7 +184,10 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
     response_cache = build_response_cache(cfg.cache, redis)
     stages += [CacheStage(response_cache), SingleFlightStage(response_cache)]
     stages.append(BudgetStage(ledger, catalog))
-    runner = JobRunner(Pipeline(adapters, stages, tel), tel)
+    # Rate limits, fallback, retry, circuit breaker, attempt timeouts (calls/resilience.py).
+    resilience = build_resilience(cfg, adapters, catalog, redis, telemetry=tel)
+    stages += resilience.stages
+    runner = JobRunner(Pipeline(adapters, stages, tel), tel, resilience.concurrency)
     servicer = AnalysisServicer(cfg, catalog, runner, Authenticator(cfg.tenants), ledger, tel)
     if tel.tracing:
         _instrument_clients(tel, http, redis)
@@ -188,7 +220,9 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if cfg.server.reflection:
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            server,
+            pool=MethodAwarePool(descriptor_pool.Default()),  # type: ignore[arg-type]
         )
     creds = _server_credentials(cfg)
     if creds is None:
@@ -202,7 +236,16 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("longread listening on port %d (%s)", port, "tls" if creds else "plaintext")
     return Gateway(
-        cfg, server, port, http, health_servicer, tel, sandbox, redis, cache=response_cache
+        cfg,
+        server,
+        port,
+        http,
+        health_servicer,
+        tel,
+        sandbox,
+        redis,
+        cache=response_cache,
+        resilience=resilience,
     )
 
 

@@ -119,6 +119,7 @@ class ErrorDetails:
     code: grpc.StatusCode
     message: str
     reason: str = ""
+    domain: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
     field_violations: Sequence[tuple[str, str]] = ()
     retry_after_s: float | None = None
@@ -140,7 +141,8 @@ def error_details(err: grpc.RpcError) -> ErrorDetails:
         if any_msg.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             any_msg.Unpack(info)
-            out["reason"], out["metadata"] = info.reason, dict(info.metadata)
+            out["reason"], out["domain"] = info.reason, info.domain
+            out["metadata"] = dict(info.metadata)
         elif any_msg.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             br = error_details_pb2.BadRequest()
             any_msg.Unpack(br)
