@@ -9,8 +9,9 @@ from __future__ import annotations
 import random
 import statistics
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 S = TypeVar("S")
 T = TypeVar("T")
@@ -56,9 +57,10 @@ def _zipf_weights(n: int) -> list[float]:
     return [1.0 / (i + 1) ** 0.9 for i in range(n)]
 
 
-def english_corpus(size: int = 1_000_000, seed: int = 7) -> str:
+def english_corpus(size: int = 1_000_000, seed: int = 7, wrapped: float = 0.25) -> str:
     """~``size`` characters of English-like markdown: chapters, sections, paragraphs of
-    sentences (some quoted, some questions), a few lists, a quarter of sections hard-wrapped."""
+    sentences (some quoted, some questions), a few lists; a ``wrapped`` share of sections is
+    hard-wrapped at 72 columns like plain-text documents."""
     rng = random.Random(seed)
     words, weights = _EN_WORDS, _zipf_weights(len(_EN_WORDS))
 
@@ -113,7 +115,7 @@ def english_corpus(size: int = 1_000_000, seed: int = 7) -> str:
             chapter += 1
             blocks.append(f"# Chapter {chapter}: {title(3)}")
         blocks.append(f"## {title(rng.randint(2, 5))}")
-        wrap = rng.random() < 0.25
+        wrap = rng.random() < wrapped
         for _ in range(rng.randint(3, 14)):
             if rng.random() < 0.04:
                 blocks.append("\n".join(f"- {title(rng.randint(2, 6)).lower()}" for _ in range(4)))
@@ -147,18 +149,37 @@ def chinese_corpus(size_bytes: int = 300_000, seed: int = 11) -> str:
     return "".join(parts)
 
 
-def best_of(runs: int, run: Callable[[S], T], setup: Callable[[], S]) -> tuple[float, float, T]:
-    """Best and median wall time of ``run(setup())`` over ``runs`` runs, and the last result.
+@dataclass
+class Contender(Generic[S, T]):
+    """Something to time: ``run(setup())``, with ``setup`` untimed (fresh memo caches)."""
 
-    ``setup`` runs outside the timer before every run, so a chunker's memo caches are fresh
-    each time (as the peers were measured in reference/chunking-anchors.md).
-    """
-    times: list[float] = []
+    name: str
+    run: Callable[[S], T]
+    setup: Callable[[], S]
+    runs: int
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
     result: T | None = None
-    for _ in range(runs):
-        state = setup()
-        t0 = time.perf_counter()
-        result = run(state)
-        times.append(time.perf_counter() - t0)
-    assert result is not None
-    return min(times), statistics.median(times), result
+
+    def once(self) -> None:
+        state = self.setup()
+        w0, c0 = time.perf_counter(), time.process_time()
+        self.result = self.run(state)
+        self.cpu.append(time.process_time() - c0)
+        self.wall.append(time.perf_counter() - w0)
+
+    def timing(self) -> dict[str, float]:
+        return {
+            "seconds": round(min(self.wall), 4),
+            "median_seconds": round(statistics.median(self.wall), 4),
+            "cpu_seconds": round(min(self.cpu), 4),
+        }
+
+
+def race(contenders: Sequence[Contender[Any, Any]]) -> None:
+    """Runs the contenders round-robin, one run each per round until each has had its runs,
+    so a noisy moment on a shared machine hits all of them alike."""
+    for round_ in range(max(c.runs for c in contenders)):
+        for c in contenders:
+            if round_ < c.runs:
+                c.once()

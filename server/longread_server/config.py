@@ -172,8 +172,96 @@ class CatalogOverride:
     input_per_mtok: float
     output_per_mtok: float
     cached_input_per_mtok: float = 0.0
+    cache_write_per_mtok: float = 0.0  # 0: the input price
     tokenizer: str = "cl100k_base"
     tokens_exact: bool = False
+
+
+# --- resilience (calls/limits.py, calls/breaker.py, calls/retry.py, calls/concurrency.py) ---
+
+
+@dataclass
+class BreakerConfig:
+    """Circuit breaker per upstream, with resilience4j's semantics (``state/breakers.py``)."""
+
+    enabled: bool = True
+    window: str = "count"  # "count": the last window_size attempts; "time": window_size seconds
+    window_size: int = 100
+    min_calls: int = 50  # attempts in the window before it may open
+    failure_rate: float = 0.5  # share of upstream faults (5xx, 529, timeouts, resets) that opens
+    slow_call_rate: float = 1.0  # share of slow attempts that opens (1.0: only if all are slow)
+    slow_call_s: float = 60.0  # an attempt is slow when its first event takes this long
+    open_s: float = 30.0  # first wait in OPEN
+    open_backoff: float = 2.0  # each re-open multiplies the wait
+    open_max_s: float = 300.0
+    half_open_calls: int = 3  # probe attempts let through after the wait
+    half_open_max_s: float = 120.0  # re-open if the probes have not all reported by then
+
+
+@dataclass
+class RetryConfig:
+    """Retries of failed attempts: full-jitter backoff, Retry-After, a budget, the deadline."""
+
+    max_attempts: int = 3  # including the first
+    base_s: float = 0.5  # backoff before retry n: uniform(0, min(cap_s, base_s * 2**(n-1)))
+    cap_s: float = 20.0
+    budget_ratio: float = 0.2  # retries per upstream <= ratio * calls (+ budget_min_retries)
+    budget_min_retries: int = 3  # retries always allowed per budget window
+    budget_window_s: float = 10.0
+
+
+@dataclass
+class ConcurrencyConfig:
+    """Adaptive (AIMD) concurrency of map fan-out per upstream, up to its max_concurrency."""
+
+    adaptive: bool = True
+    min: int = 1
+    backoff: float = 0.5  # multiplicative decrease on a 429/overload or rising latency
+    latency_tolerance: float = 2.0  # recent latency above this many times the baseline: back off
+    cooldown_s: float = 1.0  # at most one decrease per cooldown
+
+
+@dataclass
+class ResilienceConfig:
+    """Rate limits, circuit breakers, retries, timeouts and shared-state failover."""
+
+    max_limit_wait_s: float = 60.0  # longest wait for a rate limit (the deadline may cut it)
+    min_call_s: float = 0.5  # a rate-limit wait or retry backoff leaves the call this much time
+    upstream_limits_per_model: bool = False  # upstream buckets per (upstream, model)
+    throttle_default_s: float = 1.0  # hold after a vendor 429 that says nothing about when
+    throttle_max_s: float = 60.0  # the longest hold a 429 may ask for
+    first_event_timeout_s: float = 300.0  # per attempt: time to the first event (0: none)
+    idle_timeout_s: float = 60.0  # per attempt: longest gap between streamed events (0: none)
+    fail_open: bool = True  # Redis down: use local state (True) or refuse calls (False)
+    redis_timeout_s: float = 0.25  # per Redis operation of the resilience state
+    redis_retry_s: float = 1.0  # after a Redis failure, local state for this long, then retry
+    local_limit_share: float = 1.0  # share of each limit a replica enforces while Redis is down
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    concurrency: ConcurrencyConfig = field(default_factory=ConcurrencyConfig)
+
+
+def _validate_resilience(r: ResilienceConfig) -> None:
+    b = r.breaker
+    if b.window not in ("count", "time"):
+        raise ConfigError(f"resilience.breaker.window: {b.window!r} is not 'count' or 'time'")
+    for name in ("window_size", "min_calls", "half_open_calls"):
+        if getattr(b, name) < 1:
+            raise ConfigError(f"resilience.breaker.{name} must be at least 1")
+    for name in ("failure_rate", "slow_call_rate"):
+        if not 0 < getattr(b, name) <= 1:
+            raise ConfigError(f"resilience.breaker.{name} must be in (0, 1]")
+    if b.open_backoff < 1 or b.open_max_s < b.open_s:
+        raise ConfigError("resilience.breaker: open_backoff >= 1 and open_max_s >= open_s")
+    if r.retry.max_attempts < 1 or not 0 <= r.retry.budget_ratio <= 1:
+        raise ConfigError("resilience.retry: max_attempts >= 1, budget_ratio in [0, 1]")
+    if r.concurrency.min < 1 or not 0 < r.concurrency.backoff < 1:
+        raise ConfigError("resilience.concurrency: min >= 1, backoff in (0, 1)")
+    if not 0 < r.local_limit_share <= 1:
+        raise ConfigError("resilience.local_limit_share must be in (0, 1]")
+
+
+# --- end resilience ---
 
 
 @dataclass
@@ -193,6 +281,7 @@ class Config:
     upstreams: list[UpstreamConfig] = field(default_factory=list)
     tenants: list[TenantConfig] = field(default_factory=list)
     models: list[CatalogOverride] = field(default_factory=list)
+    resilience: ResilienceConfig = field(default_factory=ResilienceConfig)
 
     @property
     def auth_enabled(self) -> bool:
@@ -264,6 +353,7 @@ def _validate(cfg: Config) -> None:
     for name in ("max_document_chars", "max_document_tokens", "default_chunk_tokens"):
         if getattr(cfg.limits, name) <= 0:
             raise ConfigError(f"limits.{name} must be positive")
+    _validate_resilience(cfg.resilience)
 
 
 def _build(cls: type[Any], data: Mapping[str, Any], where: str) -> Any:

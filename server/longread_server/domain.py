@@ -48,6 +48,9 @@ class LlmRequest:
     cache_prefix_messages: int = 0
     # Groups vendor prompt caching (OpenAI prompt_cache_key), e.g. per document.
     prompt_cache_key: str = ""
+    # Prompt tokens as the planner counted them (0: unknown). Rate limits reserve this plus
+    # max_output_tokens before the call, without tokenizing the prompt again.
+    estimated_prompt_tokens: int = 0
 
 
 @dataclass(slots=True)
@@ -186,6 +189,7 @@ class CallRejected(Exception):
         retry_after_s: float | None = None,
         quota_subject: str = "",
         metadata: dict[str, str] | None = None,
+        permanent: bool = False,
     ) -> None:
         super().__init__(message)
         self.reason = reason
@@ -193,6 +197,8 @@ class CallRejected(Exception):
         self.retry_after_s = retry_after_s
         self.quota_subject = quota_subject  # e.g. "tenant:acme/tokens_per_minute"
         self.metadata = dict(metadata or {})
+        # True when retrying cannot help (e.g. a cost larger than a bucket can ever hold).
+        self.permanent = permanent
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,3 +215,6 @@ class ModelInfo:
     tokenizer: str = "cl100k_base"  # "cl100k_base" is exact for this model; else an estimate
     tokens_exact: bool = False
     aliases: tuple[str, ...] = field(default=())
+    # Input written to the vendor's prompt cache (Anthropic: 1.25x input for 5-minute
+    # writes); 0: the input price (vendors that do not charge for writes).
+    cache_write_per_mtok: float = 0.0

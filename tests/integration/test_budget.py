@@ -15,7 +15,8 @@ from tests.redis_server import RedisServer
 DOC = "The ferry to Marsh Island leaves at seven. The return trip departs at noon. " * 4
 Q = "When does the ferry leave?"
 # claude-opus-4-1 is the priciest catalog model, so a few small jobs reach a small cap.
-OPTS = Options(model="claude-opus-4-1", max_output_tokens=100)
+# cache="bypass": every job calls upstream (a cached answer would cost nothing).
+OPTS = Options(model="claude-opus-4-1", max_output_tokens=100, cache="bypass")
 
 
 async def test_tenant_budget_warns_then_stops_across_replicas(

@@ -66,7 +66,7 @@ async def test_analyze_single_pass(client: AsyncClient, sandbox: Sandbox, model:
 
 @pytest.mark.parametrize("model", ["gpt-4.1-mini", "claude-haiku-4-5"])
 async def test_stream_events_in_order_and_equal_to_analyze(client: AsyncClient, model: str) -> None:
-    opts = Options(model=model)
+    opts = Options(model=model, cache="bypass")  # both upstream: usage and cost comparable
     events = [ev async for ev in client.stream(SHORT_DOC, QUESTION, options=opts)]
     kinds = [ev.WhichOneof("event") for ev in events]
     assert kinds[0] == "plan" and kinds[-1] == "result"
@@ -87,7 +87,10 @@ async def test_map_reduce_finds_planted_fact(
     client: AsyncClient, sandbox: Sandbox, model: str, doc_chars: int, chunk_tokens: int
 ) -> None:
     report = generate_report(doc_chars)
-    opts = Options(model=model, max_chunk_tokens=chunk_tokens, strategy="map_reduce")
+    # bypass: count upstream calls (other tests' reports share chunks with this one)
+    opts = Options(
+        model=model, max_chunk_tokens=chunk_tokens, strategy="map_reduce", cache="bypass"
+    )
     before = sandbox.stats.requests
     events = [ev async for ev in client.stream(report, DEMO_QUESTION, options=opts)]
     plan, result = events[0].plan, events[-1].result

@@ -12,6 +12,7 @@ from typing import Any, TextIO
 import grpc
 from google.protobuf import json_format
 
+from longread import cache_key
 from longread.client import Client, Options, error_details
 from longread.v1 import types_pb2 as pb
 
@@ -244,6 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     an = sub.add_parser("analyze", help="analyse a document, streaming progress and answer")
     _common(an, cache=True)
     an.set_defaults(fn=cmd_analyze)
+    cache_key.register(sub)  # cache-key: the response-cache key of a vendor payload
     a = ap.parse_args(argv)
     start = time.monotonic()
     try:

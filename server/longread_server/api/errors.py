@@ -159,8 +159,12 @@ _REJECTION_CODES = {
 
 
 def from_rejection(err: CallRejected) -> ServiceError:
-    """A call the gateway refused: limits and budgets, open circuits, cache policy."""
+    """A call the gateway refused: limits and budgets, open circuits, cache policy. A
+    permanent refusal (a cost no bucket can ever hold) is FAILED_PRECONDITION: retrying the
+    same request cannot succeed until the configuration changes."""
     code = _REJECTION_CODES.get(err.reason, grpc.StatusCode.UNAVAILABLE)
+    if err.permanent:
+        code = grpc.StatusCode.FAILED_PRECONDITION
     quota = [QuotaViolation(err.quota_subject, err.message)] if err.quota_subject else []
     return ServiceError(
         code,

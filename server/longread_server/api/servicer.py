@@ -343,7 +343,8 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
     ) -> tuple[JobPlan, list[ModelFit]]:
         """Counts tokens once, resolves the model, plans the job (may run in a thread)."""
         tokenizer = get_tokenizer("cl100k_base")
-        doc_tokens = tokenizer.count(parsed.spec.text)
+        tokens = tokenizer.encode(parsed.spec.text)
+        doc_tokens = len(tokens)
         limit = self._cfg.limits.max_document_tokens
         if doc_tokens > limit:
             raise ServiceError(
@@ -371,7 +372,7 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
             )
         model = self._resolve(parsed, fits)
         try:
-            plan = plan_job(parsed.spec, model, tokenizer, self._defaults, doc_tokens)
+            plan = plan_job(parsed.spec, model, tokenizer, self._defaults, tokens=tokens)
         except PlanError as e:
             raise invalid([FieldViolation(e.field, str(e), e.reason)], e.reason) from e
         return plan, fits

@@ -10,26 +10,31 @@ What it guarantees
   ending a sentence, sentence (``. ! ?`` before a space; the CJK full stop, exclamation and
   question marks and semicolon anywhere; closing quotes and brackets stay with the sentence),
   line, clause (``, ; :`` and the CJK comma, enumeration comma and colon), word, and only then
-  between two characters.
-* Deterministic, and local: sections (headings) are hard cuts, so an edit only changes chunks of
-  the section it is in (a section smaller than ``max_chunk_tokens`` bytes is glued to the next
-  one, so a small edit may also touch that neighbour). Inside a section, chunks before the edit
-  keep their cuts; after it, greedy packing usually realigns within a few chunks.
+  between two characters (never before a combining mark or inside a joiner sequence when that
+  can be helped). The best level present in the upper half of the token window wins, so
+  chunks are at least half full; a line inside a sentence (hard-wrapped prose) ranks below the
+  sentence end.
+* Deterministic and local. Chunks are packed greedily from the start, so chunks before an
+  edit keep their cuts. A heading that closes a section of at least ~2 chunks (8 bytes per
+  chunk token) is a hard cut: an edit inside such a section changes no chunk outside it (but
+  the overlap of the next one). Smaller sections are packed together, and the preference for
+  headings realigns cuts after an edit, usually within a chunk or two.
 
 How it stays fast and exact
 ---------------------------
-The document is encoded once. A window of B tokens after a chunk start is located by decoding
-the byte length of those token ids (in Rust), the cut is searched for backwards in that window
-with byte regexes, and only the tokens near each cut are walked in Python.
+The document is encoded once, and each token's byte length looked up once (in C). A window of
+B tokens after a chunk start is then a slice sum; the cut is searched for backwards in the
+window with byte-level ``rfind`` and regexes; only tokens near a cut are walked in Python.
 
-Counts taken from the whole-document encoding are exact for a span whose ends are *hard*
-positions: places where cl100k_base's pre-tokenizer always splits, whatever text surrounds
-them (see ``_Doc.is_hard``): a letter followed by a non-letter, a non-space followed by a space
-or tab, a newline followed by a non-space. BPE never merges across pre-tokenizer pieces, so
-``count(text[h:t])`` is the number of document tokens between two hard positions ``h < t``.
-A span with other ends is counted as ``count(head) + tokens(h..t) + count(tail)``, encoding
-only the few characters between each end and the nearest hard position inside the span. So
-exactness costs two tiny encodes per chunk, never a second pass over the document.
+Counts taken from that one encoding are exact for a span whose ends are *split points*:
+places where cl100k_base's pre-tokenizer splits whatever text surrounds them (a letter then a
+non-letter, a non-space then a space or tab, a newline then a non-space), or where the
+document's tokens already break inside a punctuation-led piece such as ``。下一个``
+(``_Doc.split_kind`` has the argument). BPE never merges across those, so
+``count(text[h:t])`` is the number of document tokens between split points ``h < t``. Nearly
+every cut is a split point; a span with other ends is counted as
+``count(head) + tokens(h..t) + count(tail)``, encoding only the few characters between each
+end and the nearest split point inside the span. Exactness never costs a second pass.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
+from typing import NamedTuple
 
 from longread_server.plan.tokenizers import Tokenizer
 
@@ -69,14 +75,22 @@ class TextChunk:
 
 
 def chunk_text(
-    text: str, tokenizer: Tokenizer, max_chunk_tokens: int, overlap_tokens: int = 0
+    text: str,
+    tokenizer: Tokenizer,
+    max_chunk_tokens: int,
+    overlap_tokens: int = 0,
+    tokens: Sequence[int] | None = None,
 ) -> list[TextChunk]:
     """Splits ``text`` into chunks of at most ``max_chunk_tokens`` tokens each (overlap included).
+
+    ``tokens``: ``tokenizer.encode(text)`` when the caller already has it (the planner counts
+    the document first), so the document is encoded once.
 
     Every chunk after the first repeats up to ``overlap_tokens`` tokens from the end of the
     previous chunk's body: whole sentences where they fit, else whole clauses or words.
     Raises ValueError for ``max_chunk_tokens < 1``, a negative overlap, an overlap not smaller
-    than the chunk, or a text that cannot be encoded as UTF-8 (lone surrogates).
+    than the chunk, a text that cannot be encoded as UTF-8 (lone surrogates), or a limit below
+    the tokens of a single character (a cut never splits one; only possible below 4 tokens).
     """
     if max_chunk_tokens < 1:
         raise ValueError(f"max_chunk_tokens must be at least 1, got {max_chunk_tokens}")
@@ -93,7 +107,7 @@ def chunk_text(
         data = text.encode("utf-8")
     except UnicodeEncodeError as e:
         raise ValueError(f"text is not valid Unicode (lone surrogate at {e.start})") from e
-    doc = _Doc(text, data, tokenizer)
+    doc = _Doc(text, data, tokenizer, tokens)
     bodies = _bodies(doc, max_chunk_tokens, overlap_tokens)
     return _finish(text, doc, bodies, max_chunk_tokens, overlap_tokens)
 
@@ -121,10 +135,6 @@ _SENTENCE = re.compile(
     rb"(?:[.!?]+(?:" + _CLOSERS + rb")*(?=" + _SPACE + rb"|\Z)"
     rb"|(?:" + _CJK_END + rb")+(?:" + _CLOSERS + rb")*)"
 )
-# A line that ends a sentence: the cut goes after its newline.
-_SENTENCE_LINE = re.compile(
-    rb"(?:[.!?]|" + _CJK_END + rb")(?:" + _CLOSERS + rb")*[ \t]*\r?\n(?![ \t]*\r?\n)"
-)
 _CLAUSE = re.compile(
     rb"(?:[,;:]+(?:" + _CLOSERS + rb")*(?=" + _SPACE + rb")|(?:" + _CJK_CLAUSE + rb")+)"
 )
@@ -133,14 +143,16 @@ _PARAGRAPH = re.compile(rb"\n(?:[ \t\r\f\v]*\n)+")
 _WORD = re.compile(rb"(?<![ \t\n\r\f\v])[ \t\f\v]")
 # Section starts: ATX headings, setext underlines, and short lines standing alone between
 # blank lines without ending in punctuation (titles of plain-text documents).
-_ATX = re.compile(rb"\n {0,3}#{1,6}(?=[ \t\r\n]|\Z)")
-_SETEXT = re.compile(rb"\n {0,3}(?:=+|-{2,})[ \t]*(?=\r?\n|\Z)")
-_TITLE = re.compile(rb"\n[ \t]*\r?\n(?=[ \t]*([^\s][^\n]{0,99})\n[ \t]*\r?\n)")
-_TITLE_AT_START = re.compile(rb"[ \t]*([^\s][^\n]{0,99})\n[ \t]*\r?\n")
+_HEADING = re.compile(
+    rb"\n(?:(?P<atx> {0,3}#{1,6}(?=[ \t\r\n]|\Z))"
+    rb"|(?P<setext> {0,3}(?:=+|-{2,})[ \t]*(?=\r?\n|\Z))"
+    rb"|[ \t]*\r?\n(?=[ \t]*+(?P<title>[^\s][^\n]{0,79}+)\n[ \t]*\r?\n))"
+)
+_ATX_LINE = re.compile(rb" {0,3}#{1,6}(?:[ \t\r]|\Z)")
 _TITLE_ENDS = (*(c.encode() for c in ".!?,;:-*|\\" + _CJK_ENDS + _CJK_CLAUSES),)
 
 # Where an overlap may start (after skipping whitespace), best first.
-_OVERLAP_STARTS = ((_PARAGRAPH, _SENTENCE_LINE, _SENTENCE), (_CLAUSE,), (_WORD,))
+_OVERLAP_STARTS = ((_PARAGRAPH, _SENTENCE), (_CLAUSE,), (_WORD,))
 
 # Unicode White_Space: what the tokenizer's regex calls \s.
 _WS = frozenset(
@@ -150,13 +162,17 @@ _WS = frozenset(
 _WS_BYTES = b" \t\n\r\f\v"
 # Characters a cut should not go before (they attach to the previous character).
 _JOINERS = frozenset("\u200d\u034f\ufe0e\ufe0f")
-_LOOK = 64  # candidates tried from a span end for a hard position before encoding the whole span
+_HARD, _SOFT = 2, 1  # kinds of split points (see _Doc.split_kind)
+_LOOK = 64  # bound on candidates tried by the backward and forward searches
 _SMALL = 48  # spans up to this many bytes are simply encoded
-_SKIP, _SKIP_BYTES = 16, 96  # token walks longer than this skip blocks of tokens
-# Characters where hard positions usually are (ASCII non-alphanumerics, general and CJK
-# punctuation, fullwidth forms): candidates to check with ``_Doc.is_hard``.
+_SKIP, _SKIP_BYTES = 16, 96  # token walks longer than this many bytes skip 16 tokens at a time
+# A section is a hard cut from this many bytes per chunk token on (~2 chunks of English).
+_HARD_SECTION_BYTES_PER_TOKEN = 8
+# Characters where split points usually are (ASCII non-alphanumerics, general punctuation,
+# CJK punctuation, fullwidth forms): candidates to check with ``_Doc.split_kind``.
 _HINT = re.compile(
-    rb"[\x00-\x2f\x3a-\x40\x5b-\x60\x7b-\x7f]|\xe2[\x80\x81][\x80-\xbf]|\xe3\x80[\x80-\xbf]|\xef[\xbc\xbd][\x80-\xbf]"
+    rb"[\x00-\x2f\x3a-\x40\x5b-\x60\x7b-\x7f]"
+    rb"|\xe2[\x80\x81][\x80-\xbf]|\xe3\x80[\x80-\xbf]|\xef[\xbc\xbd][\x80-\xbf]"
 )
 # A run of sentence (clause) terminators with its closing quotes, matched where rfind found one.
 _SENTENCE_AT = re.compile(rb"(?:[.!?]+|(?:" + _CJK_END + rb")+)(?:" + _CLOSERS + rb")*")
@@ -171,23 +187,28 @@ _CJK_CLAUSE_BYTES = tuple(c.encode() for c in _CJK_CLAUSES)
 class _Doc:
     """The document as UTF-8 bytes plus one encoding of it, with exact span counting."""
 
-    __slots__ = ("data", "decode_bytes", "encode", "exact_pieces", "lens", "n", "ntok", "tokens")
+    __slots__ = ("bytes_per_token", "data", "encode", "exact_pieces", "lens", "n", "ntok")
 
-    def __init__(self, text: str, data: bytes, tokenizer: Tokenizer) -> None:
+    def __init__(
+        self, text: str, data: bytes, tokenizer: Tokenizer, tokens: Sequence[int] | None = None
+    ) -> None:
         self.data = data
         self.n = len(data)
         self.encode: Callable[[str], list[int]] = tokenizer.encode
-        self.decode_bytes: Callable[[Sequence[int]], bytes] = tokenizer.decode_bytes
-        self.tokens = tokenizer.encode(text)
-        self.ntok = len(self.tokens)
+        if tokens is None:
+            tokens = tokenizer.encode(text)
+        self.ntok = len(tokens)
         lengths = tokenizer.token_byte_lengths
-        # Byte length of every token of the document, looked up in C (itemgetter of many ids
-        # returns a tuple; of one, a bare int).
+        # The byte length of every token of the document, looked up in C (itemgetter of many
+        # ids returns a tuple; of one, a bare int). Only lengths are needed from here on; the
+        # ids are dropped at once so the garbage collector never walks them.
         self.lens: tuple[int, ...] = (
-            itemgetter(*self.tokens)(lengths)
-            if self.ntok > 1
-            else tuple(lengths[t] for t in self.tokens)
+            itemgetter(*tokens)(lengths) if self.ntok > 1 else tuple(lengths[t] for t in tokens)
         )
+        del tokens
+        # Undershoots the tokens in a span a little (~80 % of a span's bytes at the mean), so
+        # a walk's first jump rarely passes its target.
+        self.bytes_per_token = 1.25 * self.n / max(1, self.ntok)
         self.exact_pieces = tokenizer.splits_like_cl100k
 
     # -- characters ---------------------------------------------------------------------------
@@ -211,21 +232,28 @@ class _Doc:
         x = self.data[b]
         return b + (1 if x < 0x80 else 2 if x < 0xE0 else 3 if x < 0xF0 else 4)
 
-    def is_hard(self, b: int) -> bool:
-        """Whether cl100k_base's pre-tokenizer splits at ``b`` in any text around it.
+    def split_kind(self, b: int) -> int:
+        """Whether the tokenizer splits at ``b`` whatever the text around it: ``_HARD``,
+        ``_SOFT`` (it does where the document's tokens have a boundary at ``b``), or 0.
 
-        Its pattern ``'(?i:[sdmt]|ll|ve|re)|[^\\r\\n\\p{L}\\p{N}]?+\\p{L}++|\\p{N}{1,3}+|
-        ?[^\\s\\p{L}\\p{N}]++[\\r\\n]*+|\\s++$|\\s*[\\r\\n]|\\s+(?!\\S)|\\s`` never lets a piece
-        run on past (1) a letter followed by a non-letter, (2) a non-space followed by a space
-        other than CR/LF, or (3) a newline followed by a non-space. Pieces are matched left to
-        right without look-behind, so the split also holds in any substring that contains the
-        two characters, and the pieces in between are the same: the whole-document token count
-        between two hard positions is exact for that span.
+        cl100k_base pre-splits text with ``'(?i:[sdmt]|ll|ve|re)|[^\\r\\n\\p{L}\\p{N}]?+
+        \\p{L}++|\\p{N}{1,3}+| ?[^\\s\\p{L}\\p{N}]++[\\r\\n]*+|\\s++$|\\s*[\\r\\n]|
+        \\s+(?!\\S)|\\s`` and runs BPE inside each piece. No piece runs on past a letter
+        followed by a non-letter, a non-space followed by a space other than CR/LF, or a newline
+        followed by a non-space (hard). Pieces are matched left to right without look-behind,
+        so such a split holds in any substring holding both characters, with the same pieces
+        in between. A punctuation mark followed by a letter (the CJK full stop before the next
+        sentence) starts a piece ``。下一个`` that a substring cut between them splits in two;
+        BPE never merges across a token boundary, so when the document's tokens have one there,
+        each half encodes alone to exactly its tokens (soft). The apostrophe is excluded: it
+        starts contractions (``'s``), pieces of their own.
         """
         if b <= 0 or b >= self.n:
-            return True
+            return _HARD
         data = self.data
-        x = data[b - 1]
+        x, y = data[b - 1], data[b]
+        if x < 0x80 and y < 0x80:
+            return _ASCII_KINDS[x << 7 | y]
         if x < 0x80:
             prev = chr(x)
         else:
@@ -234,12 +262,12 @@ class _Doc:
                 j -= 1
             prev = data[j:b].decode("utf-8")
         nxt = self.char_at(b)
-        if prev.isalpha() and not nxt.isalpha():
-            # A character this Python does not know might be a letter to the tokenizer.
-            return nxt < "\x80" or unicodedata.category(nxt) != "Cn"
-        if nxt in _WS:
-            return nxt not in "\r\n" and prev not in _WS
-        return prev in "\r\n"
+        kind = _KINDS.get((prev, nxt))
+        if kind is None:
+            if len(_KINDS) > 1 << 16:
+                _KINDS.clear()
+            kind = _KINDS[prev, nxt] = _kind(prev, nxt)
+        return kind
 
     # -- tokens -------------------------------------------------------------------------------
 
@@ -249,9 +277,17 @@ class _Doc:
 
     def token_at(self, b: int, k: int, pos: int) -> _Anchor:
         """The token containing byte ``b`` and its start (``(ntok, n)`` at the end), walking
-        from token ``k`` that starts at ``pos``; long walks skip blocks of tokens at C speed."""
-        lens = self.lens
+        from token ``k`` that starts at ``pos``. Long walks jump most of the way at once (a
+        guess from the document's bytes per token, summed at C speed), then step."""
+        lens, per = self.lens, self.bytes_per_token
         if pos > b:
+            while pos - b > _SKIP_BYTES:
+                j = min(k, int((pos - b) / per))
+                step = sum(lens[k - j : k])
+                if j < _SKIP or pos - step < b:
+                    break
+                pos -= step
+                k -= j
             while pos - b > _SKIP_BYTES and k >= _SKIP:
                 step = sum(lens[k - _SKIP : k])
                 if pos - step < b:
@@ -262,6 +298,13 @@ class _Doc:
                 k -= 1
                 pos -= lens[k]
         ntok = self.ntok
+        while b - pos > _SKIP_BYTES:
+            j = min(ntok - k, int((b - pos) / per))
+            step = sum(lens[k : k + j])
+            if j < _SKIP or pos + step > b:
+                break
+            pos += step
+            k += j
         while b - pos > _SKIP_BYTES and k + _SKIP <= ntok:
             step = sum(lens[k : k + _SKIP])
             if pos + step > b:
@@ -289,56 +332,101 @@ class _Doc:
         """Exact token count of ``data[a:c]`` encoded alone, and the token containing ``c``.
 
         ``near_a`` / ``near_c`` are known token starts close to ``a`` and ``c`` to walk from.
+        The count is ``count(a..h) + tokens(h..t) + count(t..c)`` for the first and last split
+        points ``h <= t`` in the span (see ``split_kind``); both ends are usually split points
+        themselves, and then nothing is encoded.
         """
         if self.exact_pieces and c - a > _SMALL:
-            h = a if self.is_hard(a) else self._hard_after(a, c)
-            t = c if self.is_hard(c) else self._hard_before(c, h)
-            if 0 <= h < t:
-                kh = self.locate(h, *near_a)
-                kt = self.locate(t, *(near_c if near_c[1] - t < t - h else (kh, h)))
-                if kh >= 0 and kt >= kh:
-                    total = self.encode_len(a, h) + (kt - kh) + self.encode_len(t, c)
-                    return total, self.token_at(c, kt, t)
+            kind = self.split_kind
+            h, kh = a, -1
+            if kind(a):
+                kh = near_a[0] if near_a[1] == a else self.locate(a, *near_a)
+            if kh < 0:
+                h, kh = self._split_after(a, c, near_a)
+            if kh >= 0:
+                t, kt = c, -1
+                near = near_c if abs(near_c[1] - c) < c - h else (kh, h)
+                if kind(c):
+                    kt = near[0] if near[1] == c else self.locate(c, *near)
+                if kt < 0:
+                    t, kt = self._split_before(c, h, near)
+                if kt >= kh:
+                    total = kt - kh
+                    if h > a:
+                        total += self.encode_len(a, h)
+                    if c > t:
+                        total += self.encode_len(t, c)
+                        return total, self.token_at(c, kt, t)
+                    return total, (kt, t)
         total = self.encode_len(a, c)
         return total, self.token_at(c, *near_a)
 
-    def _hard_after(self, a: int, c: int) -> int:
-        """The first hard position in ``(a, c)``; -1 if none is found nearby."""
-        is_hard, data = self.is_hard, self.data
+    def _split_after(self, a: int, c: int, near: _Anchor) -> _Anchor:
+        """The first split point in ``(a, c)`` as ``(b, token index)``; index -1 if none."""
+        data, kind = self.data, self.split_kind
         for i, m in enumerate(_HINT.finditer(data, a + 1, c)):
-            b = m.start()
-            if is_hard(b):
-                return b
-            if data[b] == 0x0A and m.end() < c and is_hard(m.end()):
-                return m.end()
+            for b in (m.start(), m.end()):
+                if a < b < c and kind(b):
+                    k = self.locate(b, *near)
+                    if k >= 0:
+                        return b, k
             if i >= _LOOK:
                 break
-        return -1
+        return -1, -1
 
-    def _hard_before(self, c: int, floor: int) -> int:
-        """The last hard position in ``[floor, c)``; -1 if none is found nearby."""
-        if floor < 0:
-            return -1
+    def _split_before(self, c: int, floor: int, near: _Anchor) -> _Anchor:
+        """The last split point in ``[floor, c)`` as ``(b, token index)``; index -1 if none."""
+        kind = self.split_kind
         b = self.char_start(c - 1)
         low = max(floor, c - 16)
-        while b > low:
-            if self.is_hard(b):
-                return b
+        while b >= low:
+            if kind(b):
+                k = self.locate(b, *near)
+                if k >= 0:
+                    return b, k
+            if b == 0:
+                return -1, -1
             b = self.char_start(b - 1)
-        if b == floor:
-            return floor
-        hints = [m.start() for m in _HINT.finditer(self.data, max(floor, c - 4096), b + 1)]
-        for h in reversed(hints[-_LOOK:]):
-            if self.is_hard(h):
-                return h
-        return -1
+        hints = _HINT.finditer(self.data, max(floor, c - 4096), b + 1)
+        points = [p for m in hints for p in (m.start(), m.end()) if floor <= p <= b]
+        for p in reversed(points[-_LOOK:]):
+            if kind(p):
+                k = self.locate(p, *near)
+                if k >= 0:
+                    return p, k
+        return -1, -1
 
+
+def _kind(prev: str, nxt: str) -> int:
+    """``_Doc.split_kind`` between two characters."""
+    if nxt.isalpha():
+        if prev.isalpha():
+            return 0
+        if prev in "\r\n":
+            return _HARD
+        if prev in _WS or prev == "'" or not _known(nxt):
+            return 0
+        category = unicodedata.category(prev)
+        return _SOFT if category[0] != "N" and category != "Cn" else 0
+    if prev.isalpha():
+        return _HARD if _known(nxt) else 0
+    if nxt in _WS:
+        return _HARD if nxt not in "\r\n" and prev not in _WS else 0
+    return _HARD if prev in "\r\n" else 0
+
+
+def _known(ch: str) -> bool:
+    """Whether this Python's Unicode database knows ``ch`` (a newer one may call it a letter)."""
+    return ch < "\x80" or unicodedata.category(ch) != "Cn"
+
+
+_ASCII_KINDS = bytes(_kind(chr(i >> 7), chr(i & 0x7F)) for i in range(1 << 14))
+_KINDS: dict[tuple[str, str], int] = {}  # split kinds of non-ASCII character pairs, memoized
 
 _Anchor = tuple[int, int]  # (token index, byte offset where that token starts)
 
 
-@dataclass(frozen=True, slots=True)
-class _Body:
+class _Body(NamedTuple):
     """A body in bytes ``[start, end)``, its tokens, and the tokens containing its ends."""
 
     start: int
@@ -352,30 +440,31 @@ class _Body:
 # Cut selection
 
 
-def _sections(doc: _Doc, tiny: int) -> tuple[list[int], list[int]]:
+def _sections(doc: _Doc, min_bytes: int) -> tuple[list[int], list[int]]:
     """Heading starts (sorted) and those that are hard cuts.
 
-    A heading is a hard cut unless the section before it is smaller than ``tiny`` bytes: a
-    title or a one-line section stays with what follows. The rule only looks at the two
-    headings around a section, so an edit cannot move cuts in other sections.
+    A heading is a hard cut when the section before it has at least ``min_bytes`` bytes. A
+    cut there costs the fill of that section's last chunk, so only sections spanning a few
+    chunks pay for it; smaller ones are packed with their neighbours (the packing still
+    prefers to cut at headings). The rule looks only at the two headings around a section,
+    so an edit cannot move hard cuts anywhere else.
     """
     data = doc.data
-    found = {m.start() + 1 for m in _ATX.finditer(data)}
-    for m in _SETEXT.finditer(data):
-        line = data.rfind(b"\n", 0, m.start()) + 1
-        if data[line : m.start()].strip():
-            found.add(line)
-    for m in _TITLE.finditer(data):
-        if _is_title(m.group(1)):
+    found = set()
+    for m in _HEADING.finditer(data):
+        if m.lastgroup == "atx":
+            found.add(m.start() + 1)
+        elif m.lastgroup == "setext":
+            line = data.rfind(b"\n", 0, m.start()) + 1
+            if data[line : m.start()].strip():
+                found.add(line)
+        elif _ATX_LINE.match(m.group("title")) or _is_title(m.group("title")):
             found.add(m.end())
-    start = _TITLE_AT_START.match(data)
-    if start and _is_title(start.group(1)):
-        found.add(0)
     heads = sorted(b for b in found if 0 < b < doc.n)
     hard: list[int] = []
     prev = 0
     for b in heads:
-        if b - prev >= tiny:
+        if b - prev >= min_bytes:
             hard.append(b)
         prev = b
     return heads, hard
@@ -403,14 +492,20 @@ def _last_match(pattern: re.Pattern[bytes], data: bytes, lo: int, hi: int) -> in
 class _Cutter:
     """Finds the best boundary in a window of the document."""
 
-    __slots__ = ("cjk_clauses", "cjk_ends", "doc", "heads")
+    __slots__ = ("clause_terms", "doc", "heads", "sentence_terms")
 
     def __init__(self, doc: _Doc, heads: list[int]) -> None:
         self.doc = doc
         self.heads = heads
-        ascii_only = doc.data.isascii()
-        self.cjk_ends: tuple[bytes, ...] = () if ascii_only else _CJK_END_BYTES
-        self.cjk_clauses: tuple[bytes, ...] = () if ascii_only else _CJK_CLAUSE_BYTES
+        # Terminators to look for, as (bytes, ends a sentence even without a space after it);
+        # CJK ones first in documents that can hold them.
+        latin_ends = tuple((t, False) for t in _LATIN_ENDS)
+        latin_clauses = tuple((t, False) for t in _LATIN_CLAUSES)
+        if doc.data.isascii():
+            self.sentence_terms, self.clause_terms = latin_ends, latin_clauses
+        else:
+            self.sentence_terms = tuple((t, True) for t in _CJK_END_BYTES) + latin_ends
+            self.clause_terms = tuple((t, True) for t in _CJK_CLAUSE_BYTES) + latin_clauses
 
     def best(self, a: int, lo: int, hi: int) -> int:
         """The best cut in ``(a, hi]``: best level in ``(lo, hi]``, then in ``(a, lo]``."""
@@ -439,12 +534,12 @@ class _Cutter:
             c = self._sentence_line(lo, nl)
             if c > 0:
                 return c
-        c = self._last_end(_SENTENCE_AT, _LATIN_ENDS, self.cjk_ends, lo, hi)
+        c = self._last_end(_SENTENCE_AT, self.sentence_terms, lo, hi)
         if c > 0:
             return c
         if nl >= 0:
             return nl + 1
-        c = self._last_end(_CLAUSE_AT, _LATIN_CLAUSES, self.cjk_clauses, lo, hi)
+        c = self._last_end(_CLAUSE_AT, self.clause_terms, lo, hi)
         if c > 0:
             return c
         return self._word_cut(lo, hi)
@@ -461,27 +556,23 @@ class _Cutter:
         return -1
 
     def _last_end(
-        self,
-        pattern: re.Pattern[bytes],
-        latin: tuple[bytes, ...],
-        cjk: tuple[bytes, ...],
-        lo: int,
-        hi: int,
+        self, pattern: re.Pattern[bytes], terms: tuple[tuple[bytes, bool], ...], lo: int, hi: int
     ) -> int:
         """End of the last run of terminators in ``(lo, hi]``: Latin ones must be followed by
         whitespace, CJK ones need not. -1 if there is none."""
         data, n = self.doc.data, self.doc.n
-        best = -1
-        for term in latin + cjk:
+        best, floor = -1, lo - 8
+        for term, anywhere in terms:
             j = hi
             for _ in range(_LOOK):
-                i = data.rfind(term, max(lo - 8, best), j)
+                i = data.rfind(term, floor, j)
                 if i < 0:
                     break
                 m = pattern.match(data, i)
                 end = m.end() if m else i + 1
-                if lo < end <= hi and (term in cjk or end == n or data[end] in _WS_BYTES):
-                    best = max(best, end)
+                if lo < end <= hi and (anywhere or end == n or data[end] in _WS_BYTES):
+                    if end > best:
+                        best, floor = end, i  # later terms must end after this one
                     break
                 j = i
         return best
@@ -513,7 +604,8 @@ class _Cutter:
                 or unicodedata.category(ch) in ("Mn", "Mc", "Me")
                 or doc.char_at(prev) in _JOINERS
                 or (ch == "\n" and doc.data[prev] == 0x0D)
-                or 0xFE00 <= ord(ch) <= 0xFE0F
+                or 0xFE00 <= ord(ch) <= 0xFE0F  # variation selectors
+                or 0x1F3FB <= ord(ch) <= 0x1F3FF  # emoji skin tones
             ):
                 return b
             if prev <= a:
@@ -524,7 +616,7 @@ class _Cutter:
 
 def _bodies(doc: _Doc, limit: int, overlap: int) -> list[_Body]:
     """Consecutive bodies tiling the document, each with its exact token count."""
-    heads, hard = _sections(doc, tiny=limit)
+    heads, hard = _sections(doc, min_bytes=_HARD_SECTION_BYTES_PER_TOKEN * limit)
     cutter = _Cutter(doc, heads)
     bodies: list[_Body] = []
     a = 0
@@ -588,29 +680,50 @@ def _overlap_start(
 ) -> tuple[int, int]:
     """Where the overlap of ``body`` starts, and the tokens of the sent text.
 
-    The overlap is the longest tail of the previous body that starts at a sentence start (else
-    a clause start, else a word start), counts at most ``overlap`` tokens, and keeps the sent
-    text within ``limit``.
+    The overlap is the longest tail of the previous body that starts at a sentence or
+    paragraph start (else a clause start, else a word start), counts at most ``overlap``
+    tokens, and keeps the sent text within ``limit``.
     """
     start, end = body.start, body.end
     k, s = body.at_start
     back = min(k, overlap + 1)
     if not back:
         return start, body.tokens
-    lo = max(prev.start, s - len(doc.decode_bytes(doc.tokens[k - back : k])))
+    lo = max(prev.start, s - doc.span_bytes(k - back, back))
+    # Counts add up across a hard split point: sent = overlap + body.
+    joins_hard = doc.exact_pieces and doc.split_kind(start) == _HARD
     data = doc.data
+
+    def fits(b: int) -> int:
+        """Sent tokens with the overlap starting at ``b``; 0 when it does not fit."""
+        ov, _ = doc.count(b, start, body.at_start, body.at_start)
+        if ov > overlap:
+            return 0
+        if joins_hard:
+            total = ov + body.tokens
+        else:
+            total, _ = doc.count(b, end, body.at_start, body.at_end)
+        return total if total <= limit else 0
+
+    if lo <= prev.start:
+        tokens = fits(prev.start)
+        if tokens:
+            return prev.start, tokens
     for patterns in _OVERLAP_STARTS:
-        starts = [prev.start] if lo <= prev.start else []
-        for pattern in patterns:
-            starts += [m.end() for m in pattern.finditer(data, max(prev.start, lo - 16), start)]
-        for b in sorted(set(starts)):
+        pos = max(prev.start, lo - 8)
+        while pos < start:
+            ends = [m.end() for p in patterns if (m := p.search(data, pos, start))]
+            if not ends:
+                break
+            raw = min(ends)
+            b = raw
             while b < start and data[b] in _WS_BYTES:
                 b += 1
-            if b < lo or b >= start or doc.encode_len(b, start) > overlap:
-                continue
-            tokens, _ = doc.count(b, end, body.at_start, body.at_end)
-            if tokens <= limit:
-                return b, tokens
+            if lo <= b < start:
+                tokens = fits(b)
+                if tokens:
+                    return b, tokens
+            pos = raw if raw > pos else pos + 1
     return start, body.tokens
 
 

@@ -1,12 +1,17 @@
 """The prompts of each strategy step. Pure text; the planner counts their tokens.
 
-The instruction always comes last, after a ``Question:`` marker, so answers stay on the
-question even when the document is long; everything before the document is identical across
-the map calls of one job so vendor prompt caching can reuse it.
+The instruction always comes after a ``Question:`` marker. In single-pass, reduce, refine and
+select prompts it comes last, so answers stay on the question even when the document is long.
+Map prompts are built for caching instead: the first message (the task and the question) is
+identical across the map calls of a job, so vendor prompt caching can reuse the system prompt
+plus that message (``MAP_CACHE_PREFIX``), and the second message is the chunk alone, with no
+"part i of n": a map call depends only on its chunk, the question and the settings, so the
+gateway's response cache can reuse it when an unrelated part of the document changes.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 from longread_server.domain import Message
@@ -16,11 +21,13 @@ DEFAULT_SYSTEM = (
 )
 
 _SINGLE = "<document>\n{document}\n</document>\n\nQuestion: {instruction}"
-_MAP = (
-    "This is part {part} of {parts} of a document. Extract what is relevant to the question; "
-    "if nothing is, say so in one sentence.\n\n"
-    "<document_part>\n{document}\n</document_part>\n\nQuestion: {instruction}"
+_MAP_TASK = (
+    "You will be given an excerpt of a longer document. Extract what in it is relevant to the "
+    "question; if nothing is, say so in one sentence.\n\nQuestion: {instruction}"
 )
+_MAP_PART = "<document_part>\n{document}\n</document_part>\n\nAnswer from this excerpt only."
+# Messages of a map call that form the prefix shared by every map call of a job.
+MAP_CACHE_PREFIX = 1
 _REDUCE = (
     "These are notes taken from {parts} parts of a document, in order. Combine them into one "
     "answer; drop notes that found nothing relevant.\n\n{notes}\n\nQuestion: {instruction}"
@@ -36,9 +43,17 @@ def single(document: str, instruction: str, history: Sequence[Message] = ()) -> 
     return [*history, Message("user", _SINGLE.format(document=document, instruction=instruction))]
 
 
-def map_step(document: str, instruction: str, part: int, parts: int) -> list[Message]:
-    text = _MAP.format(document=document, instruction=instruction, part=part, parts=parts)
-    return [Message("user", text)]
+def map_step(document: str, instruction: str) -> list[Message]:
+    """The shared task message (the cacheable prefix), then the chunk."""
+    return [
+        Message("user", _MAP_TASK.format(instruction=instruction)),
+        Message("user", _MAP_PART.format(document=document)),
+    ]
+
+
+def document_cache_key(text: str) -> str:
+    """Groups a document's calls for vendor prompt caching (OpenAI ``prompt_cache_key``)."""
+    return "lr-" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def reduce_step(
@@ -53,8 +68,11 @@ def reduce_step(
 
 def overhead(instruction: str, system: str) -> str:
     """The longest step prompt minus the document and history, for counting reserved tokens
-    (templates are filled with empty text; the refine template is the longest)."""
-    return "\n".join([system, _REFINE.format(document="", instruction=instruction, answer="")])
+    (templates are filled with empty text; the refine template is the longest, the two map
+    messages are counted with a line per message boundary to stay on the safe side)."""
+    refine = _REFINE.format(document="", instruction=instruction, answer="")
+    mapped = "\n\n\n\n".join(m.content for m in map_step("", instruction))
+    return "\n".join([system, max(refine, mapped, key=len)])
 
 
 _REFINE_FIRST = (

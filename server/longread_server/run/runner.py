@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 
 from opentelemetry import trace
 
+from longread_server.calls.concurrency import AdaptiveConcurrency
 from longread_server.calls.pipeline import CallContext, Pipeline
 from longread_server.domain import (
     ErrorKind,
@@ -64,6 +65,7 @@ class Job:
     planning_s: float = 0.0
     # Known before the first call (e.g. a tenant budget nearly spent): sent right after the plan.
     warnings: list[JobWarning] = field(default_factory=list)
+    prompt_cache_key: str = ""  # per document, set on the first call (vendor prompt caching)
 
 
 @dataclass(slots=True)
@@ -78,8 +80,15 @@ class _Tally:
 class JobRunner:
     """Turns a Job into RunEvents: the plan first, the result last."""
 
-    def __init__(self, pipeline: Pipeline, telemetry: Telemetry | None = None) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        telemetry: Telemetry | None = None,
+        concurrency: AdaptiveConcurrency | None = None,
+    ) -> None:
         self._pipeline = pipeline
+        # Map fan-out per upstream adapts to 429s and latency (calls/concurrency.py).
+        self._concurrency = concurrency or AdaptiveConcurrency()
         self._tel = telemetry or disabled()
 
     @property
@@ -129,7 +138,14 @@ class JobRunner:
         if plan.strategy is Strategy.SINGLE_PASS:
             messages = prompts.single(job.spec.text, job.spec.instruction, history)
             async for ev in self._call(
-                job, tally, Stage.SINGLE, 0, 1, messages, plan.output_tokens
+                job,
+                tally,
+                Stage.SINGLE,
+                0,
+                1,
+                messages,
+                plan.output_tokens,
+                prompt_tokens=plan.document_tokens + plan.overhead_tokens,
             ):
                 if isinstance(ev, CallDone):
                     final = ev.output
@@ -189,6 +205,8 @@ class JobRunner:
         now = time.monotonic()
         if tally.calls == 0:
             cache_status = CacheStatus.MISS
+        elif job.ctx.cache_mode == "bypass":  # the cache was not read
+            cache_status = CacheStatus.BYPASS
         elif tally.hits == tally.calls:
             cache_status = CacheStatus.HIT
         elif tally.hits:
@@ -218,14 +236,14 @@ class JobRunner:
         chunks = job.plan.chunks
         n = len(chunks)
         queue: asyncio.Queue[RunEvent | BaseException | _Done] = asyncio.Queue()
-        gate = asyncio.Semaphore(max(1, job.concurrency))
+        gate = self._concurrency.gate(job.vendor, job.concurrency)
         results: list[CallOutput | None] = [None] * n
 
         async def one(i: int) -> None:
             chunk = chunks[i]
             text = job.spec.text[chunk.overlap_start : chunk.end]
-            messages = prompts.map_step(text, job.spec.instruction, i + 1, n)
-            async with gate:
+            messages = prompts.map_step(text, job.spec.instruction)
+            async with gate.slot():
                 async for ev in self._call(
                     job,
                     tally,
@@ -235,6 +253,8 @@ class JobRunner:
                     messages,
                     job.plan.map_output_tokens,
                     span=(chunk.start, chunk.end),
+                    cache_prefix=prompts.MAP_CACHE_PREFIX,
+                    prompt_tokens=chunk.tokens + job.plan.overhead_tokens,
                 ):
                     if isinstance(ev, CallDone):
                         results[i] = ev.output
@@ -312,11 +332,16 @@ class JobRunner:
         max_output_tokens: int,
         span: tuple[int, int] | None = None,
         stream_answer: bool | None = None,
+        cache_prefix: int = 0,
+        prompt_tokens: int = 0,
     ) -> AsyncIterator[RunEvent]:
-        """One model call: CallStarted, deltas (of the answer's own call only), CallDone."""
+        """One model call: CallStarted, deltas (of the answer's own call only), CallDone.
+        ``cache_prefix``: leading messages shared with other calls (vendor prompt caching)."""
         final_stage = (
             stage in (Stage.SINGLE, Stage.REDUCE) if stream_answer is None else stream_answer
         )
+        if not job.prompt_cache_key:
+            job.prompt_cache_key = prompts.document_cache_key(job.spec.text)
         req = Request(
             model=job.plan.model.model,
             messages=tuple(messages),
@@ -327,6 +352,9 @@ class JobRunner:
             stop=job.sampling.stop,
             seed=job.sampling.seed,
             stream=final_stage,
+            cache_prefix_messages=cache_prefix,
+            prompt_cache_key=job.prompt_cache_key,
+            estimated_prompt_tokens=prompt_tokens,
         )
         yield CallStarted(stage, index, of)
         parts: list[str] = []

@@ -1,0 +1,83 @@
+"""What the resilience stages report, and its OpenTelemetry recording.
+
+Stages call a ``ResilienceObserver`` (a no-op by default, so unit tests need nothing) when a
+rate limit makes a call wait or refuses it, when a call is retried, and when a breaker's state
+is seen to change. ``MetricsObserver`` turns that into the gateway's metrics:
+
+* ``longread.limiter.wait`` (histogram, s) by ``longread.limit`` (tenant, upstream);
+* ``longread.resilience.rejections`` (counter) by ``longread.reason`` (rate_limited,
+  over_capacity, circuit_open, state_unavailable) and ``longread.limit``/``longread.upstream``;
+* ``longread.resilience.retries`` (counter) by upstream and ``error.type``;
+* gauges read at collection: ``longread.breaker.state`` (0 closed, 1 half-open, 2 open) and
+  ``longread.concurrency.limit`` per upstream, ``longread.state.degraded`` (1 while Redis is
+  failing and local state stands in) and ``longread.state.redis_errors``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from longread_server.telemetry import Instruments
+
+BREAKER_LEVEL = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class ResilienceObserver:
+    """Receives the stages' reports; this base class ignores them."""
+
+    def waited(self, limit: str, seconds: float) -> None:
+        """A rate limit admitted a call after ``seconds`` (0: at once)."""
+
+    def rejected(self, reason: str, where: str) -> None:
+        """The gateway refused a call (``where``: the limit or upstream)."""
+
+    def retried(self, upstream: str, error: str) -> None:
+        """An attempt failed with ``error`` and is being retried."""
+
+    def breaker(self, upstream: str, state: str) -> None:
+        """``upstream``'s breaker was seen in ``state``."""
+
+
+NULL_OBSERVER = ResilienceObserver()
+
+Gauge = Callable[[], Iterable[tuple[float, dict[str, str]]]]
+
+
+class MetricsObserver(ResilienceObserver):
+    """Records the reports as OpenTelemetry metrics (no-ops when metrics are off)."""
+
+    def __init__(self, instruments: Instruments) -> None:
+        self._inst = instruments
+        meter = instruments.meter
+        self._rejections = meter.create_counter(
+            "longread.resilience.rejections",
+            unit="{call}",
+            description="Calls the gateway refused: rate limits, open circuits, state",
+        )
+        self._retries = meter.create_counter(
+            "longread.resilience.retries", unit="{attempt}", description="Retried attempts"
+        )
+        self.breakers: dict[str, str] = {}
+        instruments.observe(
+            "longread.breaker.state",
+            lambda: [
+                (float(BREAKER_LEVEL.get(s, 0)), {"longread.upstream": u})
+                for u, s in self.breakers.items()
+            ],
+            description="Circuit breaker state per upstream: 0 closed, 1 half-open, 2 open",
+        )
+
+    def observe(self, name: str, gauge: Gauge, description: str) -> None:
+        self._inst.observe(name, gauge, description=description)
+
+    def waited(self, limit: str, seconds: float) -> None:
+        self._inst.limiter_wait.record(seconds, {"longread.limit": limit})
+
+    def rejected(self, reason: str, where: str) -> None:
+        self._rejections.add(1, {"longread.reason": reason, "longread.where": where})
+
+    def retried(self, upstream: str, error: str) -> None:
+        self._retries.add(1, {"longread.upstream": upstream, "error.type": error})
+
+    def breaker(self, upstream: str, state: str) -> None:
+        self.breakers[upstream] = state

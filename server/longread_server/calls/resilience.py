@@ -1,0 +1,229 @@
+"""Builds the resilience stages and their state from the config (the one place app.py calls).
+
+Stage order, outermost first, after the cache, single-flight and budget stages:
+
+    tenant rate limit -> fallback -> retry -> upstream rate limit -> breaker -> attempt timeouts
+
+* tenant limits count what a tenant asked for: once per call, whatever the retries;
+* the fallback must decide before the upstream's limits and breaker, so the rerouted call
+  meets the fallback's own;
+* retry sits outside the upstream limits and the breaker, so every attempt is paid for in the
+  upstream's buckets (it is a request the vendor counts), every 429 slows the upstream, every
+  attempt is an outcome for the breaker, and a retry never gets past an open breaker;
+* timeouts are per attempt, innermost.
+
+DESIGN.md lists "rate limits -> circuit breaker -> retry"; the order here differs on purpose
+(reasons above; resilience4j's own recommended order also puts Retry outside CircuitBreaker).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from longread_server.calls.breaker import BreakerStage
+from longread_server.calls.concurrency import AdaptiveConcurrency, ConcurrencyParams
+from longread_server.calls.fallback import FallbackStage
+from longread_server.calls.limits import Quota, RateLimitStage, make_quota
+from longread_server.calls.observe import NULL_OBSERVER, MetricsObserver, ResilienceObserver
+from longread_server.calls.pipeline import Call, Stage
+from longread_server.calls.retry import RetryPolicy, RetryStage
+from longread_server.calls.timeouts import AttemptTimeouts
+from longread_server.config import Config, ResilienceConfig
+from longread_server.plan.catalog import Catalog
+from longread_server.state.breakers import BreakerParams, BreakerStore, LocalBreakers
+from longread_server.state.buckets import BucketStore, LocalBuckets
+from longread_server.state.clock import SYSTEM_CLOCK, Clock
+from longread_server.state.failover import (
+    FailoverBreakers,
+    FailoverBuckets,
+    FailoverPolicy,
+    SharedHealth,
+)
+from longread_server.state.redis_breakers import RedisBreakers
+from longread_server.state.redis_buckets import RedisBuckets
+from longread_server.telemetry import Telemetry
+from longread_server.vendors.base import VendorAdapter
+
+
+def breaker_params(r: ResilienceConfig) -> BreakerParams:
+    b = r.breaker
+    return BreakerParams(
+        window=b.window,
+        window_size=b.window_size,
+        min_calls=b.min_calls,
+        failure_rate=b.failure_rate,
+        slow_rate=b.slow_call_rate,
+        open_s=b.open_s,
+        open_backoff=b.open_backoff,
+        open_max_s=b.open_max_s,
+        half_open_calls=b.half_open_calls,
+        half_open_max_s=b.half_open_max_s,
+    )
+
+
+@dataclass(slots=True)
+class Resilience:
+    """The stages, plus what operators and tests look at."""
+
+    stages: list[Stage]
+    buckets: BucketStore
+    breakers: BreakerStore
+    breaker_params: BreakerParams
+    concurrency: AdaptiveConcurrency
+    retry: RetryStage
+    health: SharedHealth | None  # None without Redis
+    tenant_quotas: dict[str, Quota]
+    upstream_quotas: dict[str, Quota]  # filled as calls arrive: "upstream" or "upstream/model"
+    observer: ResilienceObserver
+
+
+def build_resilience(
+    cfg: Config,
+    adapters: Mapping[str, VendorAdapter],
+    catalog: Catalog,
+    redis: Redis | None = None,
+    *,
+    clock: Clock = SYSTEM_CLOCK,
+    rng: random.Random | None = None,
+    telemetry: Telemetry | None = None,
+) -> Resilience:
+    r = cfg.resilience
+    observer = NULL_OBSERVER if telemetry is None else MetricsObserver(telemetry.instruments)
+    health: SharedHealth | None = None
+    buckets: BucketStore
+    breakers: BreakerStore
+    if redis is None:
+        buckets, breakers = LocalBuckets(clock), LocalBreakers(clock)
+    else:
+        policy = FailoverPolicy(r.redis_timeout_s, r.redis_retry_s, r.fail_open)
+        health = SharedHealth(policy, clock)
+        buckets = FailoverBuckets(
+            RedisBuckets(redis), health, local=LocalBuckets(clock), local_share=r.local_limit_share
+        )
+        breakers = FailoverBreakers(RedisBreakers(redis), health, local=LocalBreakers(clock))
+
+    tenant_quotas = {
+        t.name: make_quota(
+            f"tenant:{t.name}",
+            requests_per_minute=t.requests_per_minute,
+            tokens_per_minute=t.tokens_per_minute,
+            burst_requests=t.burst_requests,
+            burst_tokens=t.burst_tokens,
+        )
+        for t in cfg.tenants
+        if t.requests_per_minute > 0 or t.tokens_per_minute > 0
+    }
+    upstreams = {u.name: u for u in cfg.upstreams}
+    upstream_quotas: dict[str, Quota] = {}
+
+    def upstream_quota(call: Call) -> Quota:
+        key = f"{call.vendor}/{call.req.model}" if r.upstream_limits_per_model else call.vendor
+        quota = upstream_quotas.get(key)
+        if quota is None:
+            up = upstreams.get(call.vendor)
+            quota = upstream_quotas[key] = make_quota(
+                f"upstream:{key}",
+                requests_per_minute=up.requests_per_minute if up else 0.0,
+                tokens_per_minute=up.tokens_per_minute if up else 0.0,
+                burst_requests=up.burst_requests if up else 0.0,
+                burst_tokens=up.burst_tokens if up else 0.0,
+                hold=True,
+            )
+        return quota
+
+    concurrency = AdaptiveConcurrency(
+        ConcurrencyParams(
+            adaptive=r.concurrency.adaptive,
+            min_limit=r.concurrency.min,
+            backoff=r.concurrency.backoff,
+            latency_tolerance=r.concurrency.latency_tolerance,
+            cooldown_s=r.concurrency.cooldown_s,
+        ),
+        {u.name: u.max_concurrency for u in cfg.upstreams},
+        clock,
+    )
+    params = breaker_params(r)
+    retry = RetryStage(
+        RetryPolicy(r.retry.max_attempts, r.retry.base_s, r.retry.cap_s),
+        budget_ratio=r.retry.budget_ratio,
+        budget_min_retries=r.retry.budget_min_retries,
+        budget_window_s=r.retry.budget_window_s,
+        min_call_s=r.min_call_s,
+        clock=clock,
+        rng=rng or random.Random(),
+        observer=observer,
+    )
+    stages: list[Stage] = [
+        RateLimitStage(
+            buckets,
+            lambda call: tenant_quotas.get(call.ctx.tenant),
+            clock=clock,
+            max_wait_s=r.max_limit_wait_s,
+            min_call_s=r.min_call_s,
+            limit="tenant",
+            observer=observer,
+        )
+    ]
+    if r.breaker.enabled:
+        stages.append(FallbackStage(breakers, params, upstreams, adapters, catalog))
+    stages.append(retry)
+    stages.append(
+        RateLimitStage(
+            buckets,
+            upstream_quota,
+            clock=clock,
+            max_wait_s=r.max_limit_wait_s,
+            min_call_s=r.min_call_s,
+            feedback=True,
+            throttle_default_s=r.throttle_default_s,
+            throttle_max_s=r.throttle_max_s,
+            listeners=(concurrency.pushback,),
+            limit="upstream",
+            observer=observer,
+        )
+    )
+    if r.breaker.enabled:
+        stages.append(BreakerStage(breakers, params, r.breaker.slow_call_s, clock, observer))
+    stages.append(AttemptTimeouts(r.first_event_timeout_s, r.idle_timeout_s))
+    if isinstance(observer, MetricsObserver):
+        _gauges(observer, concurrency, health)
+    return Resilience(
+        stages=stages,
+        buckets=buckets,
+        breakers=breakers,
+        breaker_params=params,
+        concurrency=concurrency,
+        retry=retry,
+        health=health,
+        tenant_quotas=tenant_quotas,
+        upstream_quotas=upstream_quotas,
+        observer=observer,
+    )
+
+
+def _gauges(
+    observer: MetricsObserver, concurrency: AdaptiveConcurrency, health: SharedHealth | None
+) -> None:
+    observer.observe(
+        "longread.concurrency.limit",
+        lambda: [
+            (float(lim.limit), {"longread.upstream": name})
+            for name, lim in concurrency.limits.items()
+        ],
+        "Adaptive map concurrency per upstream",
+    )
+    if health is not None:
+        observer.observe(
+            "longread.state.degraded",
+            lambda: [(float(health.degraded), {})],
+            "1 while Redis is failing and local state stands in for it",
+        )
+        observer.observe(
+            "longread.state.redis_errors",
+            lambda: [(float(health.errors), {})],
+            "Redis operations of the resilience state that failed or timed out",
+        )

@@ -1,0 +1,345 @@
+"""Single-flight: N concurrent identical misses make exactly one upstream call.
+
+Runs right behind the cache stage, which hands it keyed calls (``KeyedCall``). Identical means
+the same cache key, and the same tenant when answers are shared across tenants (one tenant's
+limits, budget or deadline never fail another tenant's request).
+
+In process: the first caller of a key starts a *flight*: a task of its own that makes the
+call, so a cancelled caller (the first one included) never cancels it: it still finishes and
+stores the answer for the others and for later. Every caller, first and later, follows the
+flight's events as they come: a streaming caller gets the deltas live, then the Finish
+(``cached=True`` for all but the first caller: they cost nothing); a failed call raises its
+error in every caller. A caller waits no longer than its own deadline; the call itself runs
+under the first caller's deadline. (The key ignores ``stream``, so a streaming caller that
+joins a non-streaming call of the same key gets its answer as one delta; the runner never
+sends the same prompt both ways.)
+
+Across replicas (Redis configured): before calling upstream the flight joins the key's Redis
+lease (``SET NX PX`` with an owner token, renewed while the call runs, compare-and-delete when
+done; see ``state/redis_cache.py``). A flight that finds the lease held waits, polling with
+back-off, bounded by its deadline and ``cache.flight_wait_s``, until the owner's answer lands
+(it is then replayed, deltas included, to every local caller: remote followers get the stream
+when the answer is complete, not live), the owner publishes its error (raised here too), or the
+owner's lease expires because it crashed (this replica then takes the lease over and calls).
+If Redis is unreachable the flight simply calls upstream: Redis errors never fail a request.
+
+Policy: ``bypass`` calls never coalesce (the caller asked for a fresh call) but store their
+answer. A flight follows its first caller's policy: started by a ``no_store`` call, it stays
+in this process (no lease) and its answer is not stored, even for the callers that joined it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from longread_server.calls.cache import CachedAnswer, KeyedCall, ResponseCache, replay
+from longread_server.calls.pipeline import Call, CallContext, Next
+from longread_server.domain import (
+    CallRejected,
+    ErrorKind,
+    Finish,
+    LlmEvent,
+    TextDelta,
+    UpstreamError,
+)
+from longread_server.state.cache import StoreUnavailable
+from longread_server.state.redis_cache import RedisCache
+
+log = logging.getLogger(__name__)
+
+# How long a failed owner's error stays readable by the replicas that waited for it.
+ERROR_KEEP_S = 10.0
+_POLL_MIN_S = 0.02
+_POLL_MAX_S = 0.2
+
+
+class _Flight:
+    """One in-flight call and everything it has produced so far."""
+
+    __slots__ = ("_wake", "done", "error", "events")
+
+    def __init__(self) -> None:
+        self.events: list[LlmEvent] = []
+        self.error: BaseException | None = None
+        self.done = False
+        self._wake = asyncio.Event()
+
+    def _notify(self) -> None:
+        self._wake.set()
+        self._wake = asyncio.Event()
+
+    def push(self, event: LlmEvent) -> None:
+        self.events.append(event)
+        self._notify()
+
+    def land(self, events: list[LlmEvent]) -> None:
+        self.events.extend(events)
+        self.done = True
+        self._notify()
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self.done = True
+        self._notify()
+
+    async def follow(self, *, first: bool, ctx: CallContext) -> AsyncIterator[LlmEvent]:
+        """Every event from the start, then the end (or the error); waits at most until the
+        caller's deadline."""
+        i = 0
+        while True:
+            while i < len(self.events):
+                ev = self.events[i]
+                i += 1
+                if not first and isinstance(ev, Finish) and not ev.cached:
+                    ev = dataclasses.replace(ev, cached=True)
+                yield ev
+            if self.done:
+                if self.error is not None:
+                    raise self.error.with_traceback(None)
+                return
+            wake = self._wake
+            remaining = ctx.remaining()
+            if remaining is None:
+                await wake.wait()
+                continue
+            try:
+                async with asyncio.timeout(max(0.0, remaining)):
+                    await wake.wait()
+            except TimeoutError:
+                raise UpstreamError(
+                    ErrorKind.TIMEOUT,
+                    "deadline passed while waiting for an identical call in flight",
+                ) from None
+
+
+def encode_error(error: BaseException) -> bytes:
+    """An error as JSON, for the replicas waiting on the failed call."""
+    doc: dict[str, Any]
+    if isinstance(error, CallRejected):
+        doc = {
+            "t": "rejected",
+            "reason": error.reason,
+            "message": error.message,
+            "retry_after_s": error.retry_after_s,
+            "quota_subject": error.quota_subject,
+            "metadata": error.metadata,
+            "permanent": bool(getattr(error, "permanent", False)),
+        }
+    elif isinstance(error, UpstreamError):
+        doc = {
+            "t": "upstream",
+            "kind": error.kind.value,
+            "message": error.message,
+            "status": error.status,
+            "vendor_type": error.vendor_type,
+            "vendor_code": error.vendor_code,
+            "retry_after_s": error.retry_after_s,
+            "request_id": error.request_id,
+        }
+    else:
+        doc = {"t": "upstream", "kind": "other", "message": f"{type(error).__name__}: {error}"}
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def decode_error(raw: bytes) -> Exception:
+    try:
+        doc = json.loads(raw)
+        if doc.get("t") == "rejected":
+            rejected = CallRejected(
+                str(doc["reason"]),
+                str(doc["message"]),
+                retry_after_s=doc.get("retry_after_s"),
+                quota_subject=str(doc.get("quota_subject") or ""),
+                metadata={str(k): str(v) for k, v in (doc.get("metadata") or {}).items()},
+            )
+            rejected.permanent = bool(doc.get("permanent"))
+            return rejected
+        return UpstreamError(
+            ErrorKind(doc.get("kind", "other")),
+            str(doc.get("message", "")),
+            status=doc.get("status"),
+            vendor_type=str(doc.get("vendor_type") or ""),
+            vendor_code=str(doc.get("vendor_code") or ""),
+            retry_after_s=doc.get("retry_after_s"),
+            request_id=str(doc.get("request_id") or ""),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return UpstreamError(ErrorKind.OTHER, "the same call failed on another replica")
+
+
+class SingleFlightStage:
+    """Coalesces concurrent identical calls in this process and, with Redis, across replicas;
+    the flight's leader stores the complete answer."""
+
+    def __init__(self, cache: ResponseCache) -> None:
+        self._cache = cache
+        self._flights: dict[str, _Flight] = {}
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._flights)
+
+    async def __call__(self, call: Call, nxt: Next) -> AsyncIterator[LlmEvent]:
+        key = call.cache_key if isinstance(call, KeyedCall) else ""
+        if not key:
+            async for ev in nxt(call):
+                yield ev
+            return
+        if call.ctx.cache_mode == "bypass" or not self._cache.cfg.single_flight:
+            async for ev in self._alone(call, nxt, key):
+                yield ev
+            return
+        fid = key + self._cache.scope(call.ctx.tenant)
+        flight = self._flights.get(fid)
+        first = flight is None
+        if flight is None:
+            flight = _Flight()
+            self._flights[fid] = flight
+            self._cache.spawn(self._lead(fid, flight, call, nxt, key), name=f"flight-{key[:12]}")
+        else:
+            self._cache.stats.coalesced += 1
+        async for ev in flight.follow(first=first, ctx=call.ctx):
+            yield ev
+
+    async def _alone(self, call: Call, nxt: Next, key: str) -> AsyncIterator[LlmEvent]:
+        """One call, not shared with anyone; its complete answer is stored."""
+        deltas: list[str] = []
+        self._cache.stats.upstream_calls += 1
+        async for ev in nxt(call):
+            if isinstance(ev, TextDelta):
+                deltas.append(ev.text)
+            elif not ev.cached:
+                await self._store(call, key, deltas, ev)
+            yield ev
+
+    async def _store(self, call: Call, key: str, deltas: list[str], finish: Finish) -> None:
+        cache = self._cache
+        if call.ctx.cache_mode == "no_store":
+            cache.stats.store_skipped += 1
+            return
+        raw = cache.encode_for_store(CachedAnswer.of(deltas, finish))
+        if raw is not None:
+            await cache.write(key, raw, cache.ttl(call.ctx))
+
+    def _close(self, fid: str, flight: _Flight) -> None:
+        if self._flights.get(fid) is flight:
+            del self._flights[fid]
+
+    async def _lead(self, fid: str, flight: _Flight, call: Call, nxt: Next, key: str) -> None:
+        cache = self._cache
+        remote = cache.remote if call.ctx.cache_mode != "no_store" else None
+        scope = cache.scope(call.ctx.tenant)
+        token = ""
+        renewer: asyncio.Task[None] | None = None
+        try:
+            if remote is not None and remote.health.available():
+                outcome = await self._join_remote(remote, call, key, scope)
+                if isinstance(outcome, CachedAnswer):
+                    self._close(fid, flight)
+                    flight.land(replay(outcome, stream=call.req.stream))
+                    return
+                if isinstance(outcome, Exception):
+                    raise outcome
+                token = outcome
+                if token:
+                    renewer = asyncio.create_task(self._renew(remote, key, scope, token))
+            deltas: list[str] = []
+            finish: Finish | None = None
+            cache.stats.upstream_calls += 1
+            async for ev in nxt(call):
+                if isinstance(ev, TextDelta):
+                    deltas.append(ev.text)
+                    flight.push(ev)
+                else:
+                    finish = ev
+            if finish is None:
+                raise UpstreamError(ErrorKind.CONNECTION, "the model call ended without a result")
+            await self._store(call, key, deltas, finish)
+            if token and remote is not None:
+                if renewer is not None:
+                    renewer.cancel()
+                with contextlib.suppress(StoreUnavailable):
+                    await remote.release(key, scope, token)
+                token = ""
+            self._close(fid, flight)
+            flight.land([finish])
+        except asyncio.CancelledError:
+            self._close(fid, flight)
+            flight.fail(UpstreamError(ErrorKind.CONNECTION, "the shared model call was cancelled"))
+            if token and remote is not None:
+                with contextlib.suppress(Exception):
+                    await remote.release(key, scope, token)
+            raise
+        except Exception as e:
+            self._close(fid, flight)
+            flight.fail(e)
+            if token and remote is not None:
+                with contextlib.suppress(StoreUnavailable):
+                    await remote.fail(key, scope, token, encode_error(e), ERROR_KEEP_S)
+        finally:
+            if renewer is not None:
+                renewer.cancel()
+
+    async def _join_remote(
+        self, remote: RedisCache, call: Call, key: str, scope: str
+    ) -> CachedAnswer | Exception | str:
+        """Our lease token; the answer or error of the replica that holds the lease; or ""
+        (Redis unreachable, or waited too long): call upstream without a lease."""
+        cache, stats = self._cache, self._cache.stats
+        token = secrets.token_hex(16)
+        watched = ""
+        delay = _POLL_MIN_S
+        started = time.monotonic()
+        while True:
+            try:
+                joined = await remote.join(key, scope, token, cache.cfg.lock_ttl_s, watched)
+            except StoreUnavailable:
+                return ""
+            if joined.state == "acquired":
+                if watched:
+                    stats.takeovers += 1
+                return token
+            if joined.state == "value":
+                answer = cache.decode(joined.data)
+                if answer is None:
+                    return ""
+                stats.remote_hits += 1
+                return answer
+            if joined.state == "error":
+                stats.remote_errors += 1
+                return decode_error(joined.data)
+            if not watched:
+                stats.remote_waits += 1
+            if joined.holder != watched:
+                watched = joined.holder
+                delay = _POLL_MIN_S
+            remaining = call.ctx.remaining()
+            if remaining is not None and remaining <= 0:
+                return UpstreamError(
+                    ErrorKind.TIMEOUT,
+                    "deadline passed while waiting for the same call on another replica",
+                )
+            if time.monotonic() - started >= cache.cfg.flight_wait_s:
+                stats.wait_abandoned += 1
+                return ""
+            await asyncio.sleep(delay if remaining is None else min(delay, remaining))
+            delay = min(delay * 1.5, _POLL_MAX_S)
+
+    async def _renew(self, remote: RedisCache, key: str, scope: str, token: str) -> None:
+        lease = self._cache.cfg.lock_ttl_s
+        while True:
+            await asyncio.sleep(lease / 3)
+            try:
+                if not await remote.renew(key, scope, token, lease):
+                    log.warning("single-flight: lost the lease of %s", key[:12])
+                    return
+            except StoreUnavailable:
+                continue

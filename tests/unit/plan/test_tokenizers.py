@@ -1,0 +1,91 @@
+"""The shared offline tokenizer: names, error bounds, caching, special tokens as text."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from longread_server.plan import tokenizers
+from longread_server.plan.tokenizers import (
+    O200K_ERROR,
+    OTHER_ERROR,
+    Tokenizer,
+    get_tokenizer,
+    offline_encoding,
+)
+
+
+@pytest.mark.parametrize(
+    "name", ["cl100k_base", "gpt-4", "gpt-4-turbo", "gpt-3.5-turbo", "openai/gpt-4-0613"]
+)
+def test_cl100k_models_are_exact(name: str) -> None:
+    tok = get_tokenizer(name)
+    assert tok.exact and tok.error == 0.0
+    assert tok.name == name
+
+
+@pytest.mark.parametrize(
+    "name", ["o200k_base", "gpt-4o", "gpt-4o-mini", "gpt-4.1-mini", "gpt-5", "o3-mini", "o1"]
+)
+def test_o200k_models_are_estimates(name: str) -> None:
+    tok = get_tokenizer(name)
+    assert not tok.exact and tok.error == O200K_ERROR
+
+
+@pytest.mark.parametrize("name", ["claude-sonnet-4-5", "gemini-2.5-pro", "deepseek-chat", "x"])
+def test_other_models_are_rougher_estimates(name: str) -> None:
+    tok = get_tokenizer(name)
+    assert not tok.exact and tok.error == OTHER_ERROR
+
+
+def test_tokenizers_are_cached_and_share_one_encoding() -> None:
+    assert get_tokenizer("gpt-4") is get_tokenizer("gpt-4")
+    assert offline_encoding() is offline_encoding()
+    assert get_tokenizer("gpt-4")._encoding is get_tokenizer("claude-3")._encoding
+
+
+def test_concurrent_first_use_builds_one_table() -> None:
+    tables: list[object] = []
+
+    def work() -> None:
+        tables.append(Tokenizer("t", exact=False, error=0.2).token_byte_lengths)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(table is tables[0] for table in tables)
+    assert tables[0] is tokenizers._byte_lengths
+
+
+def test_error_is_a_constructor_parameter() -> None:
+    assert Tokenizer("claude", exact=False, error=0.2).error == 0.2
+    with pytest.raises(ValueError):
+        Tokenizer("x", exact=False, error=-0.1)
+    with pytest.raises(ValueError):
+        Tokenizer("x", exact=True, error=0.1)
+    with pytest.raises(ValueError):
+        get_tokenizer("  ")
+
+
+def test_special_token_strings_are_plain_text() -> None:
+    tok = get_tokenizer()
+    text = "a <|endoftext|> b <|fim_prefix|><|endofprompt|>"
+    ids = tok.encode(text)
+    assert tok.count(text) == len(ids) > 5
+    assert 100257 not in ids  # the <|endoftext|> special token id
+    assert tok.decode_bytes(ids) == text.encode()
+
+
+def test_counts_and_byte_lengths_agree_with_the_encoding() -> None:
+    tok = get_tokenizer()
+    enc = offline_encoding()
+    text = "Hello, world! 你好，世界。 😀 naïve"
+    assert tok.count(text) == len(enc.encode_ordinary(text))
+    assert tok.count("") == 0
+    lengths = tok.token_byte_lengths
+    ids = tok.encode(text)
+    assert sum(lengths[t] for t in ids) == len(text.encode())
+    assert all(lengths[t] == len(enc.decode_single_token_bytes(t)) for t in ids)
+    assert tok.splits_like_cl100k
