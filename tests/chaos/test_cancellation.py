@@ -27,10 +27,6 @@ MAP_REDUCE = Options(strategy="map_reduce", max_chunk_tokens=120, cache="bypass"
 SINGLE_FLIGHT = pytest.param(
     Options(strategy="map_reduce", max_chunk_tokens=120),
     id="single_flight",
-    marks=pytest.mark.xfail(
-        reason="single-flight leaders are not cancelled when their last caller leaves",
-        strict=False,
-    ),
 )
 
 

@@ -230,11 +230,12 @@ class ResponseCache:
         self.stats = stats or CacheStats()
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def spawn(self, work: Coroutine[Any, Any, None], *, name: str) -> None:
+    def spawn(self, work: Coroutine[Any, Any, None], *, name: str) -> asyncio.Task[None]:
         """Runs ``work`` (a single-flight leader) in a task of its own, kept until done."""
         task = asyncio.create_task(work, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def aclose(self) -> None:
         """Cancels the calls still in flight (gateway shutdown)."""

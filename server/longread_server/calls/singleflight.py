@@ -5,8 +5,10 @@ the same cache key, and the same tenant when answers are shared across tenants (
 limits, budget or deadline never fail another tenant's request).
 
 In process: the first caller of a key starts a *flight*: a task of its own that makes the
-call, so a cancelled caller (the first one included) never cancels it: it still finishes and
-stores the answer for the others and for later. Every caller, first and later, follows the
+call, so a cancelled caller (the first one included) never cancels it while others still
+wait: it finishes and stores the answer for them and for later. When the *last* caller leaves
+(cancelled, or its deadline passed), nobody wants the answer any more and the flight is
+cancelled too, so a cancelled job leaves no upstream call running. Every caller, first and later, follows the
 flight's events as they come: a streaming caller gets the deltas live, then the Finish
 (``cached=True`` for all but the first caller: they cost nothing); a failed call raises its
 error in every caller. A caller waits no longer than its own deadline; the call itself runs
@@ -64,13 +66,21 @@ _POLL_MAX_S = 0.2
 class _Flight:
     """One in-flight call and everything it has produced so far."""
 
-    __slots__ = ("_wake", "done", "error", "events")
+    __slots__ = ("_wake", "done", "error", "events", "followers", "task")
 
     def __init__(self) -> None:
         self.events: list[LlmEvent] = []
         self.error: BaseException | None = None
         self.done = False
         self._wake = asyncio.Event()
+        self.followers = 0
+        self.task: asyncio.Task[None] | None = None
+
+    def leave(self) -> None:
+        """A caller stopped following; the last one to leave cancels an unfinished call."""
+        self.followers -= 1
+        if self.followers == 0 and not self.done and self.task is not None:
+            self.task.cancel()
 
     def _notify(self) -> None:
         self._wake.set()
@@ -203,11 +213,17 @@ class SingleFlightStage:
         if flight is None:
             flight = _Flight()
             self._flights[fid] = flight
-            self._cache.spawn(self._lead(fid, flight, call, nxt, key), name=f"flight-{key[:12]}")
+            flight.task = self._cache.spawn(
+                self._lead(fid, flight, call, nxt, key), name=f"flight-{key[:12]}"
+            )
         else:
             self._cache.stats.coalesced += 1
-        async for ev in flight.follow(first=first, ctx=call.ctx):
-            yield ev
+        flight.followers += 1
+        try:
+            async for ev in flight.follow(first=first, ctx=call.ctx):
+                yield ev
+        finally:
+            flight.leave()
 
     async def _alone(self, call: Call, nxt: Next, key: str) -> AsyncIterator[LlmEvent]:
         """One call, not shared with anyone; its complete answer is stored."""
