@@ -27,8 +27,7 @@ async def test_tenant_budget_warns_then_stops_across_replicas(
     replicas = [await start(cfg), await start(cfg)]
     try:
         clients = [
-            AsyncClient(f"127.0.0.1:{gw.port}", api_key="k-thrifty", timeout=30)
-            for gw in replicas
+            AsyncClient(f"127.0.0.1:{gw.port}", api_key="k-thrifty", timeout=30) for gw in replicas
         ]
         spent = 0.0
         warned_at = None

@@ -161,9 +161,7 @@ def cmd_health(a: argparse.Namespace) -> int:
     with grpc.insecure_channel(a.target) as ch:
         try:
             stub: Any = health_pb2_grpc.HealthStub(ch)  # the stubs' types omit Check
-            r = stub.Check(
-                health_pb2.HealthCheckRequest(service=a.service), timeout=a.timeout
-            )
+            r = stub.Check(health_pb2.HealthCheckRequest(service=a.service), timeout=a.timeout)
         except grpc.RpcError as e:
             print(f"unhealthy: {e.code().name}", file=sys.stderr)
             return 1

@@ -7,10 +7,11 @@ limits, budget or deadline never fail another tenant's request).
 In process: the first caller of a key starts a *flight*: a task of its own that makes the
 call, so a cancelled caller (the first one included) never cancels it while others still
 wait: it finishes and stores the answer for them and for later. When the *last* caller leaves
-(cancelled, or its deadline passed), nobody wants the answer any more and the flight is
-cancelled too, so a cancelled job leaves no upstream call running. Every caller, first and later, follows the
-flight's events as they come: a streaming caller gets the deltas live, then the Finish
-(``cached=True`` for all but the first caller: they cost nothing); a failed call raises its
+(cancelled, or its deadline passed) and nobody joins within ``ABANDON_GRACE_S``, nobody wants
+the answer any more and the flight is cancelled too, so a cancelled job leaves no upstream
+call running. Every caller, first and later, follows the flight's events as they come: a
+streaming caller gets the deltas live, then the Finish (``cached=True`` for all but the
+first caller: they cost nothing); a failed call raises its
 error in every caller. A caller waits no longer than its own deadline; the call itself runs
 under the first caller's deadline. (The key ignores ``stream``, so a streaming caller that
 joins a non-streaming call of the same key gets its answer as one delta; the runner never
@@ -59,6 +60,9 @@ log = logging.getLogger(__name__)
 
 # How long a failed owner's error stays readable by the replicas that waited for it.
 ERROR_KEEP_S = 10.0
+# An identical request arriving just after the last caller left still gets the call in flight;
+# short enough that a cancelled job's upstream calls stop well within 100 ms.
+ABANDON_GRACE_S = 0.05
 _POLL_MIN_S = 0.02
 _POLL_MAX_S = 0.2
 
@@ -77,8 +81,13 @@ class _Flight:
         self.task: asyncio.Task[None] | None = None
 
     def leave(self) -> None:
-        """A caller stopped following; the last one to leave cancels an unfinished call."""
+        """A caller stopped following. When the last one has left, the unfinished call is
+        cancelled unless another caller joins within the grace period."""
         self.followers -= 1
+        if self.followers == 0 and not self.done and self.task is not None:
+            asyncio.get_running_loop().call_later(ABANDON_GRACE_S, self._abandon)
+
+    def _abandon(self) -> None:
         if self.followers == 0 and not self.done and self.task is not None:
             self.task.cancel()
 

@@ -58,7 +58,7 @@ _STOPWORDS = frozenset(
     according answer answers based briefly describe document documents explain give list
     mention mentioned passage please question say says show state states summarize summary
     tell text texts
-    """.split()  # noqa: SIM905 - a word list reads better as text
+    """.split()
 )
 _CJK_STOPCHARS = frozenset(
     "的了是在和与及或有我你他她它们这那吗呢啊吧么什哪谁怎样为请问也就都把被给对从而之其"

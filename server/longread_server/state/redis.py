@@ -8,6 +8,8 @@ treat a Redis error as "state unavailable" and fall back (fail-open by default).
 from __future__ import annotations
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 DEFAULT_SOCKET_TIMEOUT_S = 0.25
 
@@ -21,4 +23,7 @@ def connect(url: str, *, socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S) -> 
         health_check_interval=5,
         max_connections=256,
         decode_responses=False,
+        # No client-side retries: every caller already bounds its Redis work and falls back
+        # to local state, so a retry loop would only stretch a Redis outage into latency.
+        retry=Retry(NoBackoff(), 0),
     )
