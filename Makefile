@@ -68,7 +68,8 @@ lint: install
 	$(BUF) format -d --exit-code
 	$(BUF) breaking --against '$(BUF_AGAINST)'
 
-bench: install
+bench: install tools
+	$(PY) -m pip install -q -e '.[dev,bench]'
 	for b in $$(ls bench/*.py | grep -v __init__ | xargs -n1 basename | sed 's/\.py$$//'); do \
 	  $(PY) -m bench.$$b || exit 1; done
 

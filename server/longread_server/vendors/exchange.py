@@ -14,8 +14,10 @@ the events it produces. Owns the failure rules the adapters have in common:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from time import monotonic
 from typing import Any, Protocol
 
@@ -26,6 +28,8 @@ from longread_server.vendors.errors import load_json, malformed, transport_error
 from longread_server.vendors.sse import ServerSentEvent, SSEDecoder
 
 _MAX_ERROR_BODY = 64 * 1024  # bytes of an error body worth reading
+_DRAIN_S = 0.05  # how long to wait for the rest of a stream after its end marker
+_DRAIN_BYTES = 64 * 1024
 
 ErrorFromResponse = Callable[[httpx.Response, bytes], UpstreamError]
 
@@ -115,6 +119,19 @@ async def post_json(
     return load_json(upstream, raw)
 
 
+async def _drain(chunks: AsyncIterator[bytes]) -> None:
+    """Reads what is left of a finished stream (normally just the end of the chunked body),
+    so the connection goes back to the pool instead of being closed. Bounded in bytes and
+    time: a server that keeps talking after the end gets its connection closed instead."""
+    size = 0
+    with contextlib.suppress(TimeoutError, httpx.HTTPError, httpx.StreamError):
+        async with asyncio.timeout(_DRAIN_S):
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > _DRAIN_BYTES:
+                    return
+
+
 async def exchange(
     client: httpx.AsyncClient,
     url: str,
@@ -147,7 +164,8 @@ async def exchange(
             if stream and not _is_json(response):
                 decoder = SSEDecoder()
                 done = False
-                async for chunk in response.aiter_bytes():
+                chunks = response.aiter_bytes()
+                async for chunk in chunks:
                     if deadline is not None and monotonic() > deadline:
                         raise _deadline_error(upstream)
                     for event in decoder.feed(chunk):
@@ -159,6 +177,7 @@ async def exchange(
                             done = True
                             break
                     if done:
+                        await _drain(chunks)
                         break
                 else:
                     for event in decoder.flush():
