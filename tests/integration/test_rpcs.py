@@ -133,3 +133,18 @@ async def test_truncated_answer_warns(client: AsyncClient) -> None:
     r = await client.analyze(SHORT_DOC, QUESTION, options=opts)
     assert r.finish_reason == "length" and r.usage.output_tokens <= 3
     assert [w.code for w in r.warnings] == ["OUTPUT_TRUNCATED"]
+
+
+@pytest.mark.parametrize("model", ["gpt-4.1-mini", "claude-haiku-4-5"])
+async def test_upstream_connections_are_reused(
+    client: AsyncClient, sandbox: Sandbox, model: str
+) -> None:
+    """Streamed calls end at the vendor's end marker; the gateway must still read the body to
+    its end so the connection goes back to the pool rather than a new one per call."""
+    before = sandbox.connections_accepted
+    for i in range(10):
+        r = await client.analyze(
+            f"{SHORT_DOC} Note {i}.", QUESTION, options=Options(model=model, cache="bypass")
+        )
+        assert "1926" in r.text
+    assert sandbox.connections_accepted - before <= 1

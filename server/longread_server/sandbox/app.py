@@ -70,6 +70,11 @@ class Sandbox:
         )
         self._port: int | None = None
 
+    @property
+    def connections_accepted(self) -> int:
+        """TCP connections accepted since start: shows whether clients keep them alive."""
+        return self._server.accepted
+
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:

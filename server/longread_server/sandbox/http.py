@@ -177,6 +177,7 @@ class HttpServer:
         self._on_disconnect = on_disconnect
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.accepted = 0  # connections accepted since start (keep-alive reuse shows here)
 
     @property
     def port(self) -> int:
@@ -210,6 +211,7 @@ class HttpServer:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        self.accepted += 1
         conn = h11.Connection(h11.SERVER)
         try:
             await self._loop(conn, reader, writer)
