@@ -24,7 +24,12 @@ from redis.asyncio import Redis
 from longread_server.api.auth import Authenticator
 from longread_server.api.servicer import AnalysisServicer
 from longread_server.calls.budget import BudgetLedger, BudgetStage
-from longread_server.calls.cache import CacheStage, ResponseCache, build_response_cache
+from longread_server.calls.cache import (
+    CacheStage,
+    ResponseCache,
+    build_response_cache,
+    observe_cache,
+)
 from longread_server.calls.pipeline import Pipeline, Stage
 from longread_server.calls.resilience import Resilience, build_resilience
 from longread_server.calls.singleflight import SingleFlightStage
@@ -182,7 +187,8 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
     stages: list[Stage] = []
     # Response cache, then single-flight (calls/cache.py, calls/singleflight.py).
     response_cache = build_response_cache(cfg.cache, redis)
-    stages += [CacheStage(response_cache), SingleFlightStage(response_cache)]
+    stages += [CacheStage(response_cache, tel), SingleFlightStage(response_cache)]
+    observe_cache(response_cache, tel)
     stages.append(BudgetStage(ledger, catalog))
     # Rate limits, fallback, retry, circuit breaker, attempt timeouts (calls/resilience.py).
     resilience = build_resilience(cfg, adapters, catalog, redis, telemetry=tel)

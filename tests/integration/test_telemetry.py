@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from concurrent import futures
 from typing import Any
@@ -13,6 +14,7 @@ import grpc
 import httpx
 import pytest
 from longread.client import AsyncClient, Options
+from longread.v1 import types_pb2 as pb
 from longread_server.app import Gateway, start
 from longread_server.config import TelemetryConfig, TenantConfig
 from longread_server.sample import DEMO_QUESTION, generate_report
@@ -215,3 +217,29 @@ async def test_content_and_keys_are_never_recorded(
     for text in dumped:
         assert "ZEBRA-MARKER" not in text
         assert "MARKER-KEY" not in text
+
+
+async def test_spans_of_a_retry_then_a_cache_hit(traced: tuple[Gateway, Traced]) -> None:
+    gw, t = traced
+    t.spans.clear()
+    doc = f"The pier was rebuilt in 1911. [[sandbox-fault:503*1]] {time.monotonic_ns()}"
+    async with AsyncClient(f"127.0.0.1:{gw.port}", api_key=SECRET_KEY) as c:
+        first = await c.analyze(doc, "When was the pier rebuilt?")
+        assert "1911" in first.text and first.usage.calls == 1
+        chats = [s for s in t.spans.get_finished_spans() if s.name.startswith("chat ")]
+        attrs: list[dict[str, Any]] = [dict(s.attributes or {}) for s in chats]
+        attempts = sorted(attrs, key=lambda a: int(a["longread.attempt"]))
+        assert [a["longread.attempt"] for a in attempts] == [0, 1]
+        assert attempts[0]["error.type"] == "overloaded"
+        assert attempts[0]["http.response.status_code"] == 503
+        assert "error.type" not in attempts[1]
+        t.spans.clear()
+        second = await c.analyze(doc, "When was the pier rebuilt?")
+    assert second.text == first.text and second.cache_status == pb.CACHE_STATUS_HIT
+    spans = t.spans.get_finished_spans()
+    assert not [s for s in spans if s.name.startswith("chat ")]  # no upstream attempt
+    (lookup,) = [s for s in spans if s.name == "cache lookup"]
+    assert dict(lookup.attributes or {})["longread.cache.hit"] is True
+    (step,) = [s for s in spans if s.name == "single 0"]
+    assert dict(step.attributes or {})["longread.cache.hit"] is True
+    assert lookup.parent is not None and lookup.parent.span_id == step.context.span_id

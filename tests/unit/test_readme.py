@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from longread_server.config import load_config
 
 README = Path(__file__).resolve().parents[2] / "README.md"

@@ -45,6 +45,7 @@ from longread_server.state.cache import (
     MemoryCacheStore,
 )
 from longread_server.state.redis_cache import RedisCache
+from longread_server.telemetry import Telemetry, disabled
 from longread_server.vendors.canonical import KeyParts, cache_key
 
 log = logging.getLogger(__name__)
@@ -228,6 +229,7 @@ class ResponseCache:
         self.store = store
         self.remote = remote
         self.stats = stats or CacheStats()
+        self.local_store: MemoryCacheStore | None = None  # the in-process LRU, for metrics
         self._tasks: set[asyncio.Task[None]] = set()
 
     def spawn(self, work: Coroutine[Any, Any, None], *, name: str) -> asyncio.Task[None]:
@@ -318,37 +320,78 @@ def not_cached(call: Call) -> CallRejected:
 
 
 class CacheStage:
-    """Reads: replays hits, refuses only-if-cached misses, passes the rest on keyed."""
+    """Reads: replays hits, refuses only-if-cached misses, passes the rest on keyed. Each
+    lookup is a ``cache lookup`` span and a ``longread.cache.requests`` count by result."""
 
-    def __init__(self, cache: ResponseCache) -> None:
+    def __init__(self, cache: ResponseCache, telemetry: Telemetry | None = None) -> None:
         self._cache = cache
+        self._tel = telemetry or disabled()
 
-    async def __call__(self, call: Call, nxt: Next) -> AsyncIterator[LlmEvent]:
+    async def _lookup(self, call: Call) -> tuple[str | None, CachedAnswer | None, str]:
+        """The key, the stored answer if it is to be used, and the lookup's result name."""
         cache, stats = self._cache, self._cache.stats
         mode = call.ctx.cache_mode
         key = await cache.key(call) if cache.cfg.enabled else None
         if key is None:
             if mode == "only_if_cached":
                 stats.not_cached += 1
-                raise not_cached(call)
-            async for ev in nxt(call):
-                yield ev
-            return
+                return None, None, "not_cached"
+            return None, None, "disabled"
         if mode == "bypass":
             stats.bypassed += 1
-        else:
-            answer = await cache.read(key)
-            if answer is not None:
-                stats.hits += 1
-                for ev in replay(answer, stream=call.req.stream):
-                    yield ev
-                return
-            if mode == "only_if_cached":
-                stats.not_cached += 1
-                raise not_cached(call)
-            stats.misses += 1
-        async for ev in nxt(KeyedCall.of(call, key)):
+            return key, None, "bypass"
+        answer = await cache.read(key)
+        if answer is not None:
+            stats.hits += 1
+            return key, answer, "hit"
+        if mode == "only_if_cached":
+            stats.not_cached += 1
+            return key, None, "not_cached"
+        stats.misses += 1
+        return key, None, "miss"
+
+    async def __call__(self, call: Call, nxt: Next) -> AsyncIterator[LlmEvent]:
+        with self._tel.tracer.start_as_current_span("cache lookup") as span:
+            key, answer, result = await self._lookup(call)
+            span.set_attribute("longread.cache.result", result)
+            span.set_attribute("longread.cache.hit", answer is not None)
+        self._tel.instruments.cache_requests.add(1, {"result": result})
+        if result == "not_cached":
+            raise not_cached(call)
+        if answer is not None:
+            for ev in replay(answer, stream=call.req.stream):
+                yield ev
+            return
+        async for ev in nxt(call if key is None else KeyedCall.of(call, key)):
             yield ev
+
+
+def observe_cache(cache: ResponseCache, telemetry: Telemetry) -> None:
+    """Exports the cache's size, evictions and Redis errors as observable gauges."""
+    store = cache.local_store
+
+    def size() -> list[tuple[float, dict[str, str]]]:
+        if store is None:
+            return []
+        return [(float(store.bytes), {"store": "memory"})]
+
+    def evictions() -> list[tuple[float, dict[str, str]]]:
+        if store is None:
+            return []
+        return [(float(store.evictions), {"store": "memory"})]
+
+    def redis_errors() -> list[tuple[float, dict[str, str]]]:
+        return [(float(cache.stats.redis_errors), {})]
+
+    inst = telemetry.instruments
+    inst.observe("longread.cache.bytes", size, "By", "Bytes held by the in-process cache")
+    inst.observe("longread.cache.evictions", evictions, "{entry}", "Entries evicted (LRU)")
+    inst.observe(
+        "longread.cache.redis_errors",
+        redis_errors,
+        "{error}",
+        "Redis errors, served uncached or from local state",
+    )
 
 
 def build_response_cache(cfg: CacheConfig, redis: Redis | None = None) -> ResponseCache:
@@ -356,9 +399,12 @@ def build_response_cache(cfg: CacheConfig, redis: Redis | None = None) -> Respon
     local = MemoryCacheStore(cfg.max_bytes)
     stats = CacheStats()
     if redis is None or not cfg.redis:
-        return ResponseCache(cfg, local, None, stats)
-    health = Availability()
-    stats.health = health
-    remote = RedisCache(redis, health, cfg.redis_prefix)
-    store = FailoverStore(remote, local if cfg.local_fallback else None, health)
-    return ResponseCache(cfg, store, remote, stats)
+        cache = ResponseCache(cfg, local, None, stats)
+    else:
+        health = Availability()
+        stats.health = health
+        remote = RedisCache(redis, health, cfg.redis_prefix)
+        store = FailoverStore(remote, local if cfg.local_fallback else None, health)
+        cache = ResponseCache(cfg, store, remote, stats)
+    cache.local_store = local if (redis is None or not cfg.redis or cfg.local_fallback) else None
+    return cache

@@ -26,6 +26,8 @@ import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
+from opentelemetry import trace
+
 from longread_server.calls.observe import NULL_OBSERVER, ResilienceObserver
 from longread_server.calls.pipeline import Call, Next
 from longread_server.calls.tasks import detach
@@ -176,6 +178,7 @@ class RateLimitStage:
     listeners: Sequence[ThrottleListener] = field(default_factory=tuple)
     limit: str = "tenant"  # which limit this is, for metrics
     observer: ResilienceObserver = NULL_OBSERVER
+    tracer: trace.Tracer = field(default_factory=trace.NoOpTracer)  # spans for waits
 
     async def __call__(self, call: Call, nxt: Next) -> AsyncIterator[LlmEvent]:
         quota = self.quota_for(call)
@@ -190,7 +193,11 @@ class RateLimitStage:
         outcome: BaseException | None = None
         try:
             if grant.wait_s > 0:
-                await self.clock.sleep(grant.wait_s)
+                with self.tracer.start_as_current_span(
+                    "rate limit wait",
+                    attributes={"longread.limit": self.limit, "longread.wait_s": grant.wait_s},
+                ):
+                    await self.clock.sleep(grant.wait_s)
             ledger.sent = True
             async for ev in nxt(call):
                 if isinstance(ev, TextDelta):

@@ -22,6 +22,7 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from opentelemetry import trace
 from redis.asyncio import Redis
 
 from longread_server.calls.breaker import BreakerStage
@@ -93,6 +94,7 @@ def build_resilience(
 ) -> Resilience:
     r = cfg.resilience
     observer = NULL_OBSERVER if telemetry is None else MetricsObserver(telemetry.instruments)
+    tracer = trace.NoOpTracer() if telemetry is None else telemetry.tracer
     health: SharedHealth | None = None
     buckets: BucketStore
     breakers: BreakerStore
@@ -166,6 +168,7 @@ def build_resilience(
             min_call_s=r.min_call_s,
             limit="tenant",
             observer=observer,
+            tracer=tracer,
         )
     ]
     if r.breaker.enabled:
@@ -184,6 +187,7 @@ def build_resilience(
             listeners=(concurrency.pushback,),
             limit="upstream",
             observer=observer,
+            tracer=tracer,
         )
     )
     if r.breaker.enabled:
