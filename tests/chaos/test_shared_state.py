@@ -133,7 +133,8 @@ async def test_redis_killed_mid_load_keeps_serving_and_recovers(
     gw = await gateways(
         upstreams=limited(sb, 60_000, 1000),
         redis_url=own_redis.url,
-        resilience=resilience(redis_retry_s=0.2),
+        # A busy CI machine must not make a live Redis look like a failing one.
+        resilience=resilience(redis_retry_s=0.2, redis_timeout_s=1.0),
     )
     h = health(gw)
     async with client_for(gw) as client:
@@ -150,11 +151,11 @@ async def test_redis_killed_mid_load_keeps_serving_and_recovers(
             results += await load(8)
             if not h.degraded:
                 break
+        assert h.recoveries >= 1 and not h.degraded  # back on Redis
         results += await load(40)
     row.add(results)
     row.upstream = sb.stats.requests
     assert all(r.ok for r in results)
-    assert h.recoveries >= 1 and not h.degraded
     row.notes = f"redis errors {h.errors}, local ops {h.fallbacks}, recoveries {h.recoveries}"
 
 
