@@ -24,8 +24,8 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 
 from bench import _servers
 
-ROUNDS = 5
-REQUESTS = 300
+ROUNDS = 3
+REQUESTS = 200
 CONCURRENCY = 4
 DOC = "The tide turns at four. The harbour closes at nine. Ferries leave hourly. " * 6
 Q = "When does the harbour close?"
@@ -66,41 +66,47 @@ async def main() -> dict[str, object]:
     metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(receiver, rx)  # type: ignore[no-untyped-call]
     rx_port = rx.add_insecure_port("127.0.0.1:0")
     rx.start()
-    sb_port, off_port, on_port = (_servers.free_port() for _ in range(3))
+    otlp = {
+        "LONGREAD_TELEMETRY__SAMPLING_RATIO": "1.0",
+        "LONGREAD_TELEMETRY__OTLP_ENDPOINT": f"http://127.0.0.1:{rx_port}",
+        "LONGREAD_TELEMETRY__METRICS_INTERVAL_MS": "1000",
+    }
+    variants = {
+        "off": {},
+        "on": {**otlp, "LONGREAD_TELEMETRY__TRACES": "true", "LONGREAD_TELEMETRY__METRICS": "true"},
+        "traces_only": {**otlp, "LONGREAD_TELEMETRY__TRACES": "true"},
+        "metrics_only": {**otlp, "LONGREAD_TELEMETRY__METRICS": "true"},
+    }
+    sb_port = _servers.free_port()
     sb = _servers.sandbox(sb_port)
-    off = _servers.gateway(off_port, sb_port)
-    on = _servers.gateway(
-        on_port,
-        sb_port,
-        env={
-            "LONGREAD_TELEMETRY__TRACES": "true",
-            "LONGREAD_TELEMETRY__METRICS": "true",
-            "LONGREAD_TELEMETRY__SAMPLING_RATIO": "1.0",
-            "LONGREAD_TELEMETRY__OTLP_ENDPOINT": f"http://127.0.0.1:{rx_port}",
-            "LONGREAD_TELEMETRY__METRICS_INTERVAL_MS": "1000",
-        },
-    )
+    gws: dict[str, tuple[_servers.Proc, int]] = {}
     try:
-        await _load(off_port)  # warm-up both
-        await _load(on_port)
-        per_req: dict[str, list[float]] = {"off": [], "on": []}
+        for name, env in variants.items():
+            port = _servers.free_port()
+            gws[name] = (_servers.gateway(port, sb_port, env=env), port)
+        for _, port in gws.values():
+            await _load(port)  # warm-up
+        per_req: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(ROUNDS):
-            for name, proc, port in (("off", off, off_port), ("on", on, on_port)):
+            for name, (proc, port) in gws.items():
                 before = proc.cpu_s()
                 await _load(port)
                 per_req[name].append((proc.cpu_s() - before) / REQUESTS * 1000)
     finally:
-        for p in (on, off, sb):
-            p.stop()
+        for proc, _ in gws.values():
+            proc.stop()
+        sb.stop()
         rx.stop(0)
-    off_ms = statistics.median(per_req["off"])
-    on_ms = statistics.median(per_req["on"])
+    med = {name: statistics.median(v) for name, v in per_req.items()}
     return {
         "requests_per_round": REQUESTS,
         "rounds": ROUNDS,
-        "server_cpu_ms_per_req": {"off": round(off_ms, 3), "on": round(on_ms, 3)},
+        "server_cpu_ms_per_req": {k: round(v, 3) for k, v in med.items()},
         "rounds_ms": {k: [round(x, 3) for x in v] for k, v in per_req.items()},
-        "overhead_pct": round((on_ms / off_ms - 1) * 100, 1),
+        "overhead_pct": round((med["on"] / med["off"] - 1) * 100, 1),
+        "overhead_pct_by_part": {
+            k: round((med[k] / med["off"] - 1) * 100, 1) for k in ("traces_only", "metrics_only")
+        },
         "spans_exported": receiver.spans,
     }
 
