@@ -68,10 +68,11 @@ lint: install
 	$(BUF) format -d --exit-code
 	$(BUF) breaking --against '$(BUF_AGAINST)'
 
+# Each public bench/ module is one benchmark printing one JSON object; _private ones are helpers.
 bench: install tools
 	$(PY) -m pip install -q -e '.[dev,bench]'
-	for b in $$(ls bench/*.py | grep -v __init__ | xargs -n1 basename | sed 's/\.py$$//'); do \
-	  $(PY) -m bench.$$b || exit 1; done
+	for b in $$(cd bench && ls *.py | grep -v '^_' | sed 's/\.py$$//'); do \
+	  echo "== bench.$$b" >&2; $(PY) -m bench.$$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

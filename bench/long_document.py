@@ -1,0 +1,200 @@
+"""A 1M-token document: Estimate, then a map-reduce Analyze against a sandbox that takes 200 ms
+per call, compared with the ideal schedule, and the gateway's peak RSS.
+
+Ideal schedule: every wave of ``concurrency`` map calls takes one upstream latency, then the
+collapse waves (if any) and the reduce call take one each:
+``ceil(map / c) * L + ceil(collapse / c) * L + reduce * L``. Concurrency is the upstream's
+``max_concurrency`` (default 8; adaptive concurrency may lower it under 429s or rising latency,
+which a constant-latency sandbox does not cause). Analyze runs with cache mode BYPASS so every
+map call goes upstream in every run. Peak RSS is the gateway's VmHWM over its whole life.
+The sandbox also spends CPU on every call (~50 ms for a 16K-token chunk, one core, calls
+serialized), so the same calls are also sent straight to it with the same concurrency: the
+``direct_schedule_s`` is what the schedule costs here without the gateway.
+Prints one JSON object. Run: python -m bench.long_document
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import time
+from typing import Any
+
+import grpc
+from longread.v1 import analysis_service_pb2 as svc
+from longread.v1 import analysis_service_pb2_grpc as svc_grpc
+from longread.v1 import types_pb2 as pb
+from longread_server.config import ConcurrencyConfig, UpstreamConfig
+from longread_server.domain import Message, VendorKind
+from longread_server.plan import prompts
+from longread_server.sample import DEMO_QUESTION, generate_report
+
+from bench import _load, _peers, _servers
+from bench._floor import RawHttp
+from bench._load import LOADGEN_CPU, SERVER_CPU, log
+
+LATENCY_MS = 200
+CHARS = 5_100_000  # ~1M cl100k tokens
+MODEL = "gpt-4o-mini"  # 128K context: the document needs map-reduce
+RUNS = 2
+MAX_MSG = 64 * 1024 * 1024
+
+
+async def run(port: int, text: str) -> dict[str, Any]:
+    opts = [("grpc.max_send_message_length", MAX_MSG), ("grpc.max_receive_message_length", MAX_MSG)]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=opts) as ch:
+        stub = svc_grpc.AnalysisServiceStub(ch)
+        doc = pb.Document(text=text)
+        model = pb.ModelSelection(model=MODEL)
+        chunking = pb.ChunkingOptions(strategy=pb.STRATEGY_MAP_REDUCE)
+        est_s = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            est = await stub.Estimate(
+                svc.EstimateRequest(
+                    document=doc, instruction=DEMO_QUESTION, model=model, chunking=chunking
+                ),
+                timeout=120,
+            )
+            est_s.append(time.perf_counter() - t0)
+        log(f"estimate {min(est_s):.3f} s, {len(est.plan.chunks)} chunks")
+        walls = []
+        resp = None
+        for _ in range(RUNS):
+            t0 = time.perf_counter()
+            resp = await stub.Analyze(
+                svc.AnalyzeRequest(
+                    document=doc,
+                    instruction=DEMO_QUESTION,
+                    model=model,
+                    chunking=chunking,
+                    cache=pb.CachePolicy(mode=pb.CACHE_MODE_BYPASS),
+                ),
+                timeout=170,
+            )
+            walls.append(time.perf_counter() - t0)
+            log(f"analyze {walls[-1]:.3f} s")
+        assert resp is not None
+        return {"estimate": est, "estimate_s": est_s, "response": resp, "walls": walls}
+
+
+async def direct_schedule(sandbox_port: int, text: str, plan: Any, conc: int) -> float:
+    """The same map calls and the reduce call straight to the sandbox, ``conc`` at a time, with
+    a minimal HTTP client: what the schedule costs on this machine without the gateway (the
+    sandbox's own CPU per call included)."""
+    http = RawHttp(f"http://127.0.0.1:{sandbox_port}/v1/chat/completions")
+    system = prompts.system_prompt("")
+
+    def body(messages: list[Message], max_tokens: int) -> bytes:
+        msgs = [{"role": "system", "content": system}]
+        msgs += [{"role": m.role, "content": m.content} for m in messages]
+        payload = {"model": MODEL, "messages": msgs, "max_completion_tokens": max_tokens}
+        return json.dumps(payload, ensure_ascii=False).encode()
+
+    sem = asyncio.Semaphore(conc)
+
+    async def call(b: bytes) -> str:
+        async with sem:
+            obj = json.loads(await http.post(b))
+        content: str = obj["choices"][0]["message"]["content"]
+        return content
+
+    t0 = time.perf_counter()
+    notes = await asyncio.gather(
+        *(
+            call(body(prompts.map_step(text[c.start : c.end], DEMO_QUESTION), 1024))
+            for c in plan.chunks
+        )
+    )
+    await call(body(prompts.reduce_step(notes, DEMO_QUESTION), 2048))
+    wall = time.perf_counter() - t0
+    await http.aclose()
+    return wall
+
+
+def main() -> dict[str, Any]:
+    t_start = time.monotonic()
+    _load.exit_on_sigterm()
+    machine = _load.MachineLoad()
+    os.sched_setaffinity(0, {LOADGEN_CPU})
+    text = generate_report(CHARS)
+    sp, gp = _servers.free_port(), _servers.free_port()
+    procs: list[_servers.Proc] = []
+    try:
+        sb = _servers.sandbox(sp, "--latency-ms", str(LATENCY_MS), cpu=LOADGEN_CPU)
+        procs.append(sb)
+        gw = _servers.gateway(gp, sp, cpu=SERVER_CPU)
+        procs.append(gw)
+        rss_idle = gw.rss_mb()
+        cpu0, sb0 = gw.cpu_s(), sb.cpu_s()
+        r = asyncio.run(run(gp, text))
+        cpu, sb_cpu = gw.cpu_s() - cpu0, sb.cpu_s() - sb0
+        peak = gw.peak_rss_mb()
+        rss_after = gw.rss_mb()
+        conc = UpstreamConfig(name="openai", kind=VendorKind.OPENAI, base_url="").max_concurrency
+        log("direct schedule")
+        direct_s = [
+            asyncio.run(direct_schedule(sp, text, r["estimate"].plan, conc)) for _ in range(RUNS)
+        ]
+    finally:
+        for p in reversed(procs):
+            p.stop()
+    resp, est = r["response"], r["estimate"]
+    plan = resp.plan
+    lat = LATENCY_MS / 1000
+    waves = {
+        "map": math.ceil(plan.map_calls / conc),
+        "collapse": math.ceil(plan.collapse_calls / conc),
+        "reduce": plan.reduce_calls,
+    }
+    ideal = sum(waves.values()) * lat
+    wall = min(r["walls"])
+    return {
+        "estimate_s": round(min(r["estimate_s"]), 3),
+        "wall_s": round(wall, 3),
+        "ideal_s": round(ideal, 3),
+        "peak_rss_mb": round(peak, 1),
+        "wall_over_ideal": round(wall / ideal, 3),
+        "direct_schedule_s": round(min(direct_s), 3),
+        "wall_over_direct_schedule": round(wall / min(direct_s), 3),
+        "wall_runs_s": [round(w, 3) for w in r["walls"]],
+        "estimate_runs_s": [round(w, 3) for w in r["estimate_s"]],
+        "planning_s": round(resp.timings.planning.ToTimedelta().total_seconds(), 3),
+        "document": {
+            "chars": len(text),
+            "tokens": est.plan.document_tokens,
+            "chunks": len(est.plan.chunks),
+        },
+        "plan": {
+            "strategy": pb.Strategy.Name(plan.strategy),
+            "map_calls": plan.map_calls,
+            "collapse_calls": plan.collapse_calls,
+            "reduce_calls": plan.reduce_calls,
+            "waves": waves,
+        },
+        "usage_calls": resp.usage.calls,
+        "rss_mb": {"idle": round(rss_idle, 1), "after": round(rss_after, 1)},
+        "server_cpu_s": round(cpu, 2),
+        "sandbox_cpu_s": round(sb_cpu, 2),
+        "targets": {
+            "wall_within_10pct_of_ideal": wall <= 1.1 * ideal,
+            "peak_rss_le_400mb": peak <= 400,
+        },
+        "setup": {
+            "model": MODEL,
+            "sandbox_latency_ms": LATENCY_MS,
+            "max_concurrency": conc,
+            "adaptive_concurrency": ConcurrencyConfig().adaptive,
+            "cache_mode": "BYPASS (every call upstream; answers still stored)",
+            "placement": f"gateway on CPU {SERVER_CPU}; sandbox and client on CPU {LOADGEN_CPU}",
+            **_peers.env_note(),
+        },
+        "bench_wall_s": round(time.monotonic() - t_start, 1),
+        "machine": machine.report(),
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(main()))
