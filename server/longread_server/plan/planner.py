@@ -8,6 +8,7 @@ shrunk by the token-count error when counts are estimates. It is never the adver
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import math
 from collections.abc import Sequence
@@ -310,8 +311,21 @@ class ModelFit:
 
 def overhead_tokens(spec: JobSpec, tokenizer: Tokenizer) -> int:
     """Prompt tokens every call of ``spec`` carries besides the document and history."""
-    system = prompts.system_prompt(spec.system)
-    return tokenizer.count(prompts.overhead(spec.instruction, system)) + 16
+    if len(spec.instruction) + len(spec.system) <= _MEMO_CHARS:
+        return _overhead_memo(spec.instruction, spec.system, tokenizer)
+    return _overhead(spec.instruction, spec.system, tokenizer)
+
+
+def _overhead(instruction: str, system: str, tokenizer: Tokenizer) -> int:
+    text = prompts.overhead(instruction, prompts.system_prompt(system))
+    return tokenizer.count(text) + 16
+
+
+# The same instruction and system prompt come back request after request (and twice per
+# request: planning and model fits); short ones are memoized, long ones counted each time so
+# the memo stays small.
+_MEMO_CHARS = 4096
+_overhead_memo = functools.lru_cache(maxsize=1024)(_overhead)
 
 
 def quick_fit(
