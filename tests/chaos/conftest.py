@@ -124,18 +124,28 @@ async def one(
     *,
     timeout: float = 5.0,
     options: Options = BYPASS,
+    stream: bool = False,
 ) -> Result:
-    """One Analyze with a deadline; a harness timeout (deadline + 2 s) catches a hang."""
+    """One Analyze (or, with ``stream``, one Stream collected to its result: the upstream call
+    is then streamed too) with a deadline; a harness timeout (deadline + 2 s) catches a hang."""
     t0 = time.monotonic()
+
+    async def call() -> str:
+        if not stream:
+            return (await client.analyze(text, QUESTION, options=options, timeout=timeout)).text
+        last = ""
+        async for ev in client.stream(text, QUESTION, options=options, timeout=timeout):
+            if ev.HasField("result"):
+                last = ev.result.text
+        return last
+
     try:
-        r = await asyncio.wait_for(
-            client.analyze(text, QUESTION, options=options, timeout=timeout), timeout + 2.0
-        )
+        answer = await asyncio.wait_for(call(), timeout + 2.0)
     except grpc.aio.AioRpcError as e:
         return Result(False, e.code().name, time.monotonic() - t0, error_details(e))
     except TimeoutError:
         pytest.fail(f"request hung past its {timeout}s deadline")
-    return Result(True, "OK", time.monotonic() - t0, text=r.text)
+    return Result(True, "OK", time.monotonic() - t0, text=answer)
 
 
 async def fire(

@@ -330,7 +330,7 @@ async def test_13b_slow_but_steady_stream_is_not_cut(sb: Sandbox, gateways: Make
     gw = await gateways(resilience=resilience(idle_timeout_s=0.3))
     sb.configure(tokens_per_s=40)
     async with client_for(gw) as client:
-        r = await one(client, doc(repeat=6), timeout=10)
+        r = await one(client, doc(repeat=6), timeout=10, stream=True)
     row.add([r])
     row.upstream = sb.stats.requests
     assert r.ok and r.elapsed_s > 0.3

@@ -119,7 +119,7 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
         try:
             prep = await self._prepare(request, context, rec, with_fits=False)
             plan_pb = convert.plan(prep.plan)
-            async for ev in self._run(prep, rec):
+            async for ev in self._run(prep, rec, streaming=True):
                 yield convert.stream_event(ev, plan_pb)
             rec.finish("OK")
         except asyncio.CancelledError:
@@ -201,16 +201,18 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
     ) -> svc.AnalyzeResponse:
         prep = await self._prepare(request, context, rec, with_fits=False)
         result: JobResult | None = None
-        async for ev in self._run(prep, rec):
+        async for ev in self._run(prep, rec, streaming=False):
             if isinstance(ev, JobResult):
                 result = ev
         assert result is not None
         return convert.result(result)
 
-    async def _run(self, prep: _Prepared, rec: RpcRecord) -> AsyncIterator[RunEvent]:
+    async def _run(
+        self, prep: _Prepared, rec: RpcRecord, *, streaming: bool
+    ) -> AsyncIterator[RunEvent]:
         """Runs the job, naming the upstream in any upstream failure."""
         try:
-            async for ev in self._runner.run(self._job(prep)):
+            async for ev in self._runner.run(self._job(prep, streaming)):
                 if isinstance(ev, JobResult):
                     rec.result = ev
                 yield ev
@@ -241,7 +243,7 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
         prep.plan.tokens_exact = True
         prep.plan.token_error = 0.0
 
-    def _job(self, prep: _Prepared) -> Job:
+    def _job(self, prep: _Prepared, streaming: bool) -> Job:
         upstream = self._upstreams[prep.plan.model.vendor]
         ctx = CallContext(
             tenant=prep.tenant,
@@ -260,6 +262,7 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
             started=prep.started,
             planning_s=prep.planning_s,
             warnings=prep.warnings,
+            streaming=streaming,
         )
 
     async def _prepare(

@@ -66,6 +66,9 @@ class Job:
     # Known before the first call (e.g. a tenant budget nearly spent): sent right after the plan.
     warnings: list[JobWarning] = field(default_factory=list)
     prompt_cache_key: str = ""  # per document, set on the first call (vendor prompt caching)
+    # The caller gets answer deltas (Stream). Analyze does not: its calls ask the vendor for
+    # one JSON answer, which spares parsing and passing on every streamed event.
+    streaming: bool = True
 
 
 @dataclass(slots=True)
@@ -351,7 +354,7 @@ class JobRunner:
             top_p=job.sampling.top_p,
             stop=job.sampling.stop,
             seed=job.sampling.seed,
-            stream=final_stage,
+            stream=final_stage and job.streaming,
             cache_prefix_messages=cache_prefix,
             prompt_cache_key=job.prompt_cache_key,
             estimated_prompt_tokens=prompt_tokens,
