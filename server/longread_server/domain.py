@@ -8,7 +8,7 @@ so streaming and non-streaming calls share one path.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 Role = Literal["user", "assistant"]
@@ -214,7 +214,6 @@ class ModelInfo:
     cached_input_per_mtok: float
     tokenizer: str = "cl100k_base"  # "cl100k_base" is exact for this model; else an estimate
     tokens_exact: bool = False
-    aliases: tuple[str, ...] = field(default=())
     # Input written to the vendor's prompt cache (Anthropic: 1.25x input for 5-minute
     # writes); 0: the input price (vendors that do not charge for writes).
     cache_write_per_mtok: float = 0.0

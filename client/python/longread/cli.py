@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
@@ -245,12 +244,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     an.set_defaults(fn=cmd_analyze)
     cache_key.register(sub)  # cache-key: the response-cache key of a vendor payload
     a = ap.parse_args(argv)
-    start = time.monotonic()
     try:
         rc: int = a.fn(a)
     except KeyboardInterrupt:
         return 130
-    del start
     return rc
 
 

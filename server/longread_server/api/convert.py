@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from google.protobuf import duration_pb2
 from longread.v1 import analysis_service_pb2 as svc
@@ -78,11 +77,6 @@ class ParsedRequest:
     cache_ttl_s: float | None = None
     labels: dict[str, str] = field(default_factory=dict)
     exact_token_count: bool = False
-
-
-class _HasCache(Protocol):
-    @property
-    def cache(self) -> pb.CachePolicy: ...
 
 
 def parse_request(req: AnyRequest, limits: LimitsConfig) -> ParsedRequest:
