@@ -1,9 +1,12 @@
 """Telemetry overhead: server CPU per Analyze with tracing + metrics on (100 % sampling,
 exporting over OTLP to a receiver) vs everything off, in the same run.
 
-Two gateway processes share one sandbox process; rounds alternate between them so machine
-noise hits both alike. Server CPU comes from /proc. Prints one JSON object.
-Run: python -m bench.telemetry
+One gateway process per variant, all sharing one sandbox process. The load goes to every
+variant at once: each worker sends the same request to each gateway in turn, so all of them
+serve the same requests over the same seconds and machine noise (which drifts by 10-30 % over
+minutes on a shared 2-core VM) hits them alike. A second "off" gateway is the control: its
+difference from "off" is the noise floor of the comparison. Server CPU comes from /proc.
+Prints one JSON object. Run: python -m bench.telemetry
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 
 from bench import _servers
 
-ROUNDS = 3
-REQUESTS = 200
+ROUNDS = 7
+REQUESTS = 300
 CONCURRENCY = 4
 DOC = "The tide turns at four. The harbour closes at nine. Ferries leave hourly. " * 6
 Q = "When does the harbour close?"
@@ -46,17 +49,24 @@ class _Receiver(
         return metrics_service_pb2.ExportMetricsServiceResponse()
 
 
-async def _load(port: int) -> None:
-    async with AsyncClient(f"127.0.0.1:{port}", timeout=30) as c:
-        left = REQUESTS
+async def _load(ports: list[int], requests: int = REQUESTS) -> None:
+    """``requests`` Analyze calls to each gateway, CONCURRENCY at a time per gateway."""
+    clients = [AsyncClient(f"127.0.0.1:{port}", timeout=30) for port in ports]
+    opts = Options(model="gpt-4.1-mini", cache="bypass")
+    left = requests
 
-        async def worker() -> None:
-            nonlocal left
-            while left > 0:
-                left -= 1
-                await c.analyze(DOC, Q, options=Options(model="gpt-4.1-mini", cache="bypass"))
+    async def worker() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            for c in clients:
+                await c.analyze(DOC, Q, options=opts)
 
+    try:
         await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    finally:
+        for c in clients:
+            await c.close()
 
 
 async def main() -> dict[str, object]:
@@ -73,9 +83,17 @@ async def main() -> dict[str, object]:
     }
     variants = {
         "off": {},
+        "off_control": {},
         "on": {**otlp, "LONGREAD_TELEMETRY__TRACES": "true", "LONGREAD_TELEMETRY__METRICS": "true"},
         "traces_only": {**otlp, "LONGREAD_TELEMETRY__TRACES": "true"},
         "metrics_only": {**otlp, "LONGREAD_TELEMETRY__METRICS": "true"},
+        # Opt-in extras: a span per upstream HTTP request and Redis command.
+        "on_with_client_spans": {
+            **otlp,
+            "LONGREAD_TELEMETRY__TRACES": "true",
+            "LONGREAD_TELEMETRY__METRICS": "true",
+            "LONGREAD_TELEMETRY__CLIENT_SPANS": "true",
+        },
     }
     sb_port = _servers.free_port()
     sb = _servers.sandbox(sb_port)
@@ -84,14 +102,14 @@ async def main() -> dict[str, object]:
         for name, env in variants.items():
             port = _servers.free_port()
             gws[name] = (_servers.gateway(port, sb_port, env=env), port)
-        for _, port in gws.values():
-            await _load(port)  # warm-up
+        ports = [port for _, port in gws.values()]
+        await _load(ports, 50)  # warm-up
         per_req: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(ROUNDS):
-            for name, (proc, port) in gws.items():
-                before = proc.cpu_s()
-                await _load(port)
-                per_req[name].append((proc.cpu_s() - before) / REQUESTS * 1000)
+            before = {name: proc.cpu_s() for name, (proc, _) in gws.items()}
+            await _load(ports)
+            for name, (proc, _) in gws.items():
+                per_req[name].append((proc.cpu_s() - before[name]) / REQUESTS * 1000)
     finally:
         for proc, _ in gws.values():
             proc.stop()
@@ -105,7 +123,8 @@ async def main() -> dict[str, object]:
         "rounds_ms": {k: [round(x, 3) for x in v] for k, v in per_req.items()},
         "overhead_pct": round((med["on"] / med["off"] - 1) * 100, 1),
         "overhead_pct_by_part": {
-            k: round((med[k] / med["off"] - 1) * 100, 1) for k in ("traces_only", "metrics_only")
+            k: round((med[k] / med["off"] - 1) * 100, 1)
+            for k in ("off_control", "traces_only", "metrics_only", "on_with_client_spans")
         },
         "spans_exported": receiver.spans,
     }

@@ -17,8 +17,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from longread.v1 import analysis_service_pb2 as svc
 from longread.v1 import analysis_service_pb2_grpc as svc_grpc
-from opentelemetry.instrumentation.grpc import aio_server_interceptor
-from opentelemetry.instrumentation.grpc import filters as grpc_filters
 from redis.asyncio import Redis
 
 from longread_server.api.auth import Authenticator
@@ -195,7 +193,7 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
     stages += resilience.stages
     runner = JobRunner(Pipeline(adapters, stages, tel), tel, resilience.concurrency)
     servicer = AnalysisServicer(cfg, catalog, runner, Authenticator(cfg.tenants), ledger, tel)
-    if tel.tracing:
+    if tel.tracing and cfg.telemetry.client_spans:
         _instrument_clients(tel, http, redis)
 
     opts = [
@@ -208,16 +206,9 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
     ]
     if cfg.server.max_connection_age_ms:
         opts.append(("grpc.max_connection_age_ms", cfg.server.max_connection_age_ms))
-    interceptors = []
-    if tel.tracing:
-        interceptors.append(
-            aio_server_interceptor(  # type: ignore[no-untyped-call]
-                tracer_provider=tel.tracer_provider,
-                filter_=grpc_filters.negate(grpc_filters.health_check()),
-            )
-        )
+    # The server span of each RPC is started by the servicer (api/observe.py), not by an
+    # interceptor; health checks and reflection are not traced.
     server = grpc.aio.server(
-        interceptors=interceptors,
         options=opts,
         maximum_concurrent_rpcs=cfg.server.max_concurrent_rpcs or None,
     )

@@ -142,6 +142,9 @@ class TelemetryConfig:
     otlp_endpoint: str = ""  # e.g. "http://collector:4317": traces and metrics over OTLP/gRPC
     sampling_ratio: float = 1.0  # of new traces; a caller's sampled traceparent is honoured
     record_content: bool = False  # documents, prompts and answers on spans (opt-in)
+    # A span per upstream HTTP request (httpx) and per Redis command, under the model-call
+    # and state spans: one more span per call, off unless asked for.
+    client_spans: bool = False
     service_name: str = "longread"
     metrics_interval_ms: int = 10_000
     prometheus: bool = False  # serve /metrics for scraping

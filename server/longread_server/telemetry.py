@@ -22,15 +22,12 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import (
-    BatchSpanProcessor,
-    SimpleSpanProcessor,
-    SpanExporter,
-)
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
 
 from longread_server import __version__
 from longread_server.config import TelemetryConfig
+from longread_server.otlp import OtlpBatcher
 
 log = logging.getLogger(__name__)
 
@@ -162,14 +159,13 @@ def setup(
     tel = disabled()
     tel.record_content = cfg.record_content
     if cfg.traces or span_exporters:
-        sampler = ParentBased(TraceIdRatioBased(cfg.sampling_ratio))
+        root = ALWAYS_ON if cfg.sampling_ratio >= 1 else TraceIdRatioBased(cfg.sampling_ratio)
+        sampler = ParentBased(root)
         tp = TracerProvider(resource=resource, sampler=sampler)
         if cfg.traces and cfg.otlp_endpoint:
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-            tp.add_span_processor(
-                BatchSpanProcessor(OTLPSpanExporter(endpoint=cfg.otlp_endpoint, insecure=True))
-            )
+            # Our batcher and encoder: the same bytes as the SDK's OTLP exporter, at a
+            # fraction of its CPU (otlp.py).
+            tp.add_span_processor(OtlpBatcher(cfg.otlp_endpoint))
         for exporter in span_exporters:
             tp.add_span_processor(SimpleSpanProcessor(exporter))
         tel.tracer_provider = tp

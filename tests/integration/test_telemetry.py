@@ -47,6 +47,7 @@ async def traced(sandbox: Sandbox) -> AsyncIterator[tuple[Gateway, Traced]]:
     t = Traced()
     tenants = [TenantConfig(name="acme", api_keys=[SECRET_KEY])]
     cfg = gateway_config(sandbox, tenants=tenants)
+    cfg.telemetry.client_spans = True  # httpx spans under each model call
     tel = setup(cfg.telemetry, span_exporters=[t.spans], metric_readers=[t.metrics])
     gw = await start(cfg, telemetry=tel)
     yield gw, t
@@ -69,8 +70,15 @@ async def test_span_tree_of_a_chunked_analyze(traced: tuple[Gateway, Traced]) ->
     async with AsyncClient(f"127.0.0.1:{gw.port}", api_key=SECRET_KEY) as c:
         r = await c.analyze(doc, DEMO_QUESTION, options=opts)
     spans = t.spans.get_finished_spans()
-    (root,) = [s for s in spans if s.name == "/longread.v1.AnalysisService/Analyze"]
+    (root,) = [s for s in spans if s.name == "longread.v1.AnalysisService/Analyze"]
     assert root.kind == trace.SpanKind.SERVER and root.parent is None
+    assert dict(root.attributes or {}) == {
+        "rpc.system": "grpc",
+        "rpc.service": "longread.v1.AnalysisService",
+        "rpc.method": "Analyze",
+        "rpc.grpc.status_code": 0,
+        "longread.tenant": "acme",
+    }
     assert {s.context.trace_id for s in spans} == {root.context.trace_id}
     top = {s.name for s in children(spans, root)}
     assert top == {"plan", "analyze map_reduce"}
@@ -159,7 +167,7 @@ async def test_otlp_export_to_a_real_receiver(sandbox: Sandbox) -> None:
             for ss in rs.scope_spans
             for span in ss.spans
         }
-        assert "/longread.v1.AnalysisService/Analyze" in names
+        assert "longread.v1.AnalysisService/Analyze" in names
         assert "chat gpt-4.1-mini" in names
     finally:
         receiver.stop(0)
@@ -240,6 +248,31 @@ async def test_spans_of_a_retry_then_a_cache_hit(traced: tuple[Gateway, Traced])
     assert not [s for s in spans if s.name.startswith("chat ")]  # no upstream attempt
     (lookup,) = [s for s in spans if s.name == "cache lookup"]
     assert dict(lookup.attributes or {})["longread.cache.hit"] is True
-    (step,) = [s for s in spans if s.name == "single 0"]
-    assert dict(step.attributes or {})["longread.cache.hit"] is True
-    assert lookup.parent is not None and lookup.parent.span_id == step.context.span_id
+    # A single-pass job has no step span: the lookup is a child of the strategy span.
+    (job,) = [s for s in spans if s.name == "analyze single_pass"]
+    assert dict(job.attributes or {})["longread.cache.status"] == "hit"
+    assert lookup.parent is not None and lookup.parent.span_id == job.context.span_id
+    assert not [s for s in spans if s.name == "single 0"]
+
+
+async def test_server_spans_of_a_stream_and_a_rejected_request(
+    traced: tuple[Gateway, Traced],
+) -> None:
+    gw, t = traced
+    t.spans.clear()
+    async with AsyncClient(f"127.0.0.1:{gw.port}", api_key=SECRET_KEY) as c:
+        async for _ in c.stream("The tide turns at four.", "When?"):
+            pass
+        with pytest.raises(grpc.aio.AioRpcError):
+            await c.analyze("The tide turns at four.", "When?", options=Options(temperature=5))
+    spans = t.spans.get_finished_spans()
+    (stream,) = [s for s in spans if s.name == "longread.v1.AnalysisService/Stream"]
+    (bad,) = [s for s in spans if s.name == "longread.v1.AnalysisService/Analyze"]
+    assert stream.kind == trace.SpanKind.SERVER
+    assert dict(stream.attributes or {})["rpc.grpc.status_code"] == 0
+    assert {s.name for s in children(spans, stream)} == {"plan", "analyze single_pass"}
+    a = dict(bad.attributes or {})
+    assert a["rpc.grpc.status_code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert a["error.type"] == "INVALID_FIELD"  # the ErrorInfo reason
+    # A caller's mistake is not a server error (RPC semantic conventions).
+    assert bad.status.status_code == trace.StatusCode.UNSET

@@ -1,20 +1,41 @@
-"""One record per RPC: its outcome as a metric and as one structured log line.
+"""One record per RPC: its server span, its outcome as a metric and one structured log line.
 
 Filled as the request goes (tenant, model, result) and finished exactly once with the status
 code. The log line carries counts and identifiers only — never document text, prompts,
 answers or keys.
+
+The server span is ours rather than the gRPC instrumentation's interceptor: the interceptor
+wraps every servicer context and costs about 0.4 ms of CPU per RPC here (bench.telemetry),
+while this record already sees the method, the metadata and the final status. It follows the
+OpenTelemetry RPC conventions: name ``longread.v1.AnalysisService/Analyze``, kind SERVER,
+``rpc.system``/``rpc.service``/``rpc.method``/``rpc.grpc.status_code``, and it continues the
+caller's trace from ``traceparent`` metadata.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
+from contextvars import Token
 from dataclasses import dataclass, field
+
+import grpc
+from opentelemetry import context, propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from longread_server.run.events import JobResult
 from longread_server.telemetry import Telemetry
 
 log = logging.getLogger("longread.access")
+
+SERVICE = "longread.v1.AnalysisService"
+# Codes that mean the server failed, as the RPC semantic conventions count server errors.
+_SERVER_ERRORS = frozenset(
+    {"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"}
+)
+_CODES = {c.name: c.value[0] for c in grpc.StatusCode}
 
 
 @dataclass(slots=True)
@@ -29,11 +50,45 @@ class RpcRecord:
     document_tokens: int = 0
     result: JobResult | None = None
     done: bool = False
+    span: trace.Span | None = None
+    token: Token[Context] | None = None
+
+    def open_span(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> None:
+        """Starts the server span as the current span, as a child of the caller's
+        ``traceparent`` if there is one. Only when tracing is on."""
+        carrier = {k: v for k, v in metadata or () if isinstance(v, str)}
+        parent = propagate.extract(carrier) if carrier else None
+        self.span = self.tel.tracer.start_span(
+            f"{SERVICE}/{self.method}",
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": self.method},
+        )
+        self.token = context.attach(trace.set_span_in_context(self.span, parent))
 
     def finish(self, code: str, reason: str = "") -> None:
         if self.done:
             return
         self.done = True
+        try:
+            self._record(code, reason)
+        finally:
+            if self.span is not None:
+                self._end_span(self.span, code, reason)
+
+    def _end_span(self, span: trace.Span, code: str, reason: str) -> None:
+        span.set_attribute("rpc.grpc.status_code", _CODES.get(code, 2))
+        if self.tenant:
+            span.set_attribute("longread.tenant", self.tenant)
+        if reason:
+            span.set_attribute("error.type", reason)
+        if code in _SERVER_ERRORS:
+            span.set_status(Status(StatusCode.ERROR, reason or code))
+        span.end()
+        if self.token is not None:
+            context.detach(self.token)
+
+    def _record(self, code: str, reason: str) -> None:
         seconds = time.perf_counter() - self.started
         inst = self.tel.instruments
         inst.rpc_duration.record(seconds, {"rpc.method": self.method, "rpc.grpc.status_code": code})

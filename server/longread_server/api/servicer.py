@@ -103,19 +103,19 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
     async def Estimate(
         self, request: svc.EstimateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> svc.EstimateResponse:
-        rec = self._record("Estimate")
+        rec = self._record("Estimate", context)
         return await self._guarded(context, rec, self._estimate(request, context, rec))
 
     async def Analyze(
         self, request: svc.AnalyzeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> svc.AnalyzeResponse:
-        rec = self._record("Analyze")
+        rec = self._record("Analyze", context)
         return await self._guarded(context, rec, self._analyze(request, context, rec))
 
     async def Stream(
         self, request: svc.StreamRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[svc.StreamResponse]:
-        rec = self._record("Stream")
+        rec = self._record("Stream", context)
         try:
             prep = await self._prepare(request, context, rec, with_fits=False)
             plan_pb = convert.plan(prep.plan)
@@ -127,9 +127,14 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
             raise
         except Exception as e:
             await self._abort(context, rec, e)
+        finally:
+            rec.finish("CANCELLED")  # closed early by grpc; no-op once finished
 
-    def _record(self, method: str) -> RpcRecord:
-        return RpcRecord(method, self._tel, self._cfg.telemetry.access_log)
+    def _record(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> RpcRecord:
+        rec = RpcRecord(method, self._tel, self._cfg.telemetry.access_log)
+        if self._tel.tracing:
+            rec.open_span(context.invocation_metadata())
+        return rec
 
     async def _guarded(
         self,

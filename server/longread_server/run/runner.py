@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 
 from opentelemetry import trace
@@ -363,18 +364,10 @@ class JobRunner:
         parts: list[str] = []
         finish: Finish | None = None
         start, end = span if span is not None else (0, len(job.spec.text))
-        step = self._tel.tracer.start_span(f"{stage.value} {index}")
-        if step.is_recording():
-            step.set_attributes(
-                {
-                    "longread.stage": stage.value,
-                    "longread.index": index,
-                    "longread.of": of,
-                    "longread.span.start": start,
-                    "longread.span.end": end,
-                }
-            )
-        with trace.use_span(step, end_on_exit=True, record_exception=False):
+        # A single-pass job's one call would be its strategy span's only child: no step span.
+        traced = self._tel.tracing and job.plan.strategy is not Strategy.SINGLE_PASS
+        scope = self._step_span(stage, index, of, start, end) if traced else nullcontext(None)
+        with scope as step:
             async for ev in self._pipeline.call(job.vendor, req, job.ctx):
                 if isinstance(ev, TextDelta):
                     parts.append(ev.text)
@@ -386,7 +379,8 @@ class JobRunner:
                     finish = ev
             if finish is None:
                 raise UpstreamError(ErrorKind.CONNECTION, "the model call ended without a result")
-            step.set_attribute("longread.cache.hit", finish.cached)
+            if step is not None:
+                step.set_attribute("longread.cache.hit", finish.cached)
         tally.calls += 1
         if finish.cached:
             tally.hits += 1
@@ -405,6 +399,21 @@ class JobRunner:
         if stage in (Stage.MAP, Stage.REFINE):
             tally.outputs.append(out)
         yield CallDone(out)
+
+    def _step_span(
+        self, stage: Stage, index: int, of: int, start: int, end: int
+    ) -> AbstractContextManager[trace.Span]:
+        span = self._tel.tracer.start_span(
+            f"{stage.value} {index}",
+            attributes={
+                "longread.stage": stage.value,
+                "longread.index": index,
+                "longread.of": of,
+                "longread.span.start": start,
+                "longread.span.end": end,
+            },
+        )
+        return trace.use_span(span, end_on_exit=True, record_exception=False)
 
 
 def _history(job: Job) -> tuple[Message, ...]:

@@ -1,0 +1,157 @@
+"""Our OTLP span encoder against the official one, and the batcher against a real receiver."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+import pytest
+from longread_server.otlp import OtlpBatcher, encode_request
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.span import TraceState
+
+
+def _spans() -> list[ReadableSpan]:
+    """Spans with every feature the encoder handles: kinds, all attribute types, events,
+    links, statuses, remote parents, trace state, two scopes and two resources."""
+    out: list[ReadableSpan] = []
+    for service in ("a", "b"):
+        memory = InMemorySpanExporter()
+        provider = TracerProvider(resource=Resource.create({"service.name": service, "n": 3}))
+        provider.add_span_processor(SimpleSpanProcessor(memory))
+        gw = provider.get_tracer("longread", "1.2.3")
+        other = provider.get_tracer("other", schema_url="https://opentelemetry.io/schemas/1.2")
+        remote = SpanContext(
+            0x0AF7651916CD43DD8448EB211C80319C,
+            0xB7AD6B7169203331,
+            is_remote=True,
+            trace_flags=TraceFlags(1),
+            trace_state=TraceState([("vendor", "x1"), ("other", "y")]),
+        )
+        parent = trace.set_span_in_context(trace.NonRecordingSpan(remote))
+        with gw.start_as_current_span(
+            "longread.v1.AnalysisService/Analyze", context=parent, kind=SpanKind.SERVER
+        ) as root:
+            root.set_attributes(
+                {
+                    "s": "text ünïcode 中文",
+                    "empty": "",
+                    "t": True,
+                    "f": False,
+                    "i": 0,
+                    "neg": -42,
+                    "big": 2**62,
+                    "x": 1.5,
+                    "strs": ["stop", "length"],
+                    "ints": (1, 2, 300),
+                    "long": "y" * 300,
+                }
+            )
+            root.add_event("retry", {"attempt": 2}, timestamp=123)
+            with gw.start_as_current_span("plan"):
+                pass
+            link = Link(remote, {"why": "batch"})
+            with other.start_as_current_span("chat gpt", kind=SpanKind.CLIENT, links=[link]) as c:
+                c.set_status(Status(StatusCode.ERROR, "overloaded"))
+            with gw.start_as_current_span("ok") as ok:
+                ok.set_status(Status(StatusCode.OK))
+        out += memory.get_finished_spans()
+    return out
+
+
+def test_encoder_matches_the_official_encoder() -> None:
+    spans = _spans()
+    ours = trace_service_pb2.ExportTraceServiceRequest.FromString(encode_request(spans))
+    official = encode_spans(spans)
+    assert ours == official
+    assert len(ours.resource_spans) == 2
+    assert sum(len(ss.spans) for rs in ours.resource_spans for ss in rs.scope_spans) == 8
+
+
+def test_encoder_handles_one_span_and_none() -> None:
+    (span, *_) = _spans()
+    assert trace_service_pb2.ExportTraceServiceRequest.FromString(
+        encode_request([span])
+    ) == encode_spans([span])
+    assert encode_request([]) == b""
+
+
+class _Receiver(trace_service_pb2_grpc.TraceServiceServicer):
+    def __init__(self, fail: int = 0) -> None:
+        self.requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
+        self.fail = fail
+
+    def Export(self, request: Any, context: grpc.ServicerContext) -> Any:
+        if self.fail:
+            self.fail -= 1
+            context.abort(grpc.StatusCode.UNAVAILABLE, "warming up")
+        self.requests.append(request)
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+    def names(self) -> list[str]:
+        return [
+            s.name
+            for r in self.requests
+            for rs in r.resource_spans
+            for ss in rs.scope_spans
+            for s in ss.spans
+        ]
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[_Receiver, int]]:
+    rx = _Receiver()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(rx, server)  # type: ignore[no-untyped-call]
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield rx, port
+    server.stop(0)
+
+
+def test_batcher_exports_in_batches_and_flushes_at_shutdown(
+    receiver: tuple[_Receiver, int],
+) -> None:
+    rx, port = receiver
+    batcher = OtlpBatcher(f"http://127.0.0.1:{port}", interval_s=30, batch=4)
+    spans = _spans()
+    for s in spans:
+        batcher.on_end(s)
+    deadline = time.monotonic() + 10
+    while len(rx.names()) < 8 and time.monotonic() < deadline:  # two full batches of 4
+        time.sleep(0.01)
+    assert len(rx.requests) == 2
+    batcher.on_end(spans[0])
+    batcher.shutdown()  # the partial batch goes out before the thread stops
+    assert len(rx.names()) == 9 and batcher.exported == 9 and batcher.dropped == 0
+
+
+def test_batcher_retries_an_unavailable_collector(receiver: tuple[_Receiver, int]) -> None:
+    rx, port = receiver
+    rx.fail = 1
+    batcher = OtlpBatcher(f"http://127.0.0.1:{port}", interval_s=30)
+    span = _spans()[0]
+    batcher.on_end(span)
+    batcher.force_flush()
+    batcher.shutdown()
+    assert rx.names() == [span.name]
+    assert batcher.exported == 1
+
+
+def test_batcher_drops_the_oldest_when_full_and_counts_them() -> None:
+    batcher = OtlpBatcher("http://127.0.0.1:1", interval_s=30, batch=100, max_queue=3, retries=0)
+    for s in _spans()[:5]:
+        batcher.on_end(s)
+    assert batcher.dropped == 2
+    batcher.shutdown()  # the collector is unreachable: the 3 queued spans are dropped too
+    assert batcher.dropped == 5 and batcher.exported == 0
