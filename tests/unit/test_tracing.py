@@ -1,0 +1,167 @@
+"""The lean tracer against the OpenTelemetry API's contract and the SDK's behaviour."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from longread_server.otlp import encode_request
+from longread_server.tracing import ExporterSink, LeanSpan, LeanTracerProvider
+from opentelemetry import propagate, trace
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.spans: list[LeanSpan] = []
+
+    def on_end(self, span: LeanSpan) -> None:
+        self.spans.append(span)
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+    def shutdown(self) -> None:
+        pass
+
+
+def provider(ratio: float = 1.0) -> tuple[LeanTracerProvider, Sink]:
+    tp = LeanTracerProvider(Resource.create({"service.name": "test"}), ratio)
+    sink = Sink()
+    tp.add_sink(sink)
+    return tp, sink
+
+
+def remote(sampled: bool) -> Any:
+    ctx = SpanContext(
+        0x0AF7651916CD43DD8448EB211C80319C,
+        0xB7AD6B7169203331,
+        is_remote=True,
+        trace_flags=TraceFlags(1 if sampled else 0),
+    )
+    return trace.set_span_in_context(trace.NonRecordingSpan(ctx))
+
+
+def test_spans_nest_through_the_api_context() -> None:
+    tp, sink = provider()
+    tracer = tp.get_tracer("t", "1")
+    with tracer.start_as_current_span("root", kind=SpanKind.SERVER) as root:
+        child = tracer.start_span("child", attributes={"n": 1})
+        with trace.use_span(child, end_on_exit=True):
+            assert trace.get_current_span() is child
+            grandchild = tracer.start_span("grandchild")
+            grandchild.end()
+    names = [s.name for s in sink.spans]
+    assert names == ["grandchild", "child", "root"]
+    g, c, r = sink.spans
+    assert r.parent is None and r.kind is SpanKind.SERVER
+    assert c.parent == root.get_span_context() and g.parent == c.get_span_context()
+    assert len({s.context.trace_id for s in sink.spans}) == 1
+    assert len({s.context.span_id for s in sink.spans}) == 3
+    assert all(s.end_time and s.start_time and s.end_time >= s.start_time for s in sink.spans)
+    assert tp.get_tracer("t", "1") is tracer  # one tracer per scope
+
+
+def test_a_remote_parent_is_continued_and_its_sampling_decision_kept() -> None:
+    tp, sink = provider(ratio=0.0)
+    tracer = tp.get_tracer("t")
+    with tracer.start_as_current_span("sampled by the caller", context=remote(True)) as s:
+        assert s.is_recording()
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+    assert carrier["traceparent"].startswith("00-0af7651916cd43dd8448eb211c80319c-")
+    assert carrier["traceparent"].endswith("-01")
+    (span,) = sink.spans
+    assert span.parent is not None and span.parent.is_remote
+    not_sampled = tracer.start_span("dropped by the caller", context=remote(False))
+    assert not not_sampled.is_recording()
+    assert not_sampled.get_span_context().trace_id == 0x0AF7651916CD43DD8448EB211C80319C
+    not_sampled.end()
+    assert len(sink.spans) == 1
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.25, 1.0])
+def test_new_traces_are_sampled_at_the_ratio(ratio: float) -> None:
+    tp, sink = provider(ratio)
+    tracer = tp.get_tracer("t")
+    for _ in range(4000):
+        tracer.start_span("s").end()
+    assert len(sink.spans) == pytest.approx(4000 * ratio, abs=200)
+
+
+def test_status_rules_and_exceptions_as_the_sdk() -> None:
+    tp, sink = provider()
+    tracer = tp.get_tracer("t")
+    with pytest.raises(ValueError), tracer.start_as_current_span("fails"):
+        raise ValueError("bad value")
+    s = tracer.start_span("ok is final")
+    s.set_status(Status(StatusCode.OK))
+    s.set_status(StatusCode.ERROR, "too late")
+    s.end()
+    u = tracer.start_span("unset never overrides")
+    u.set_status(StatusCode.ERROR, "boom")
+    u.set_status(StatusCode.UNSET)
+    u.end()
+    fails, ok, unset = sink.spans
+    assert fails.status.status_code is StatusCode.ERROR
+    assert fails.status.description == "ValueError: bad value"
+    (event,) = fails.events
+    assert event.name == "exception"
+    attrs: Any = event.attributes
+    assert attrs["exception.type"] == "ValueError"
+    assert attrs["exception.message"] == "bad value"
+    assert "Traceback" in attrs["exception.stacktrace"]
+    assert ok.status.status_code is StatusCode.OK
+    assert unset.status.status_code is StatusCode.ERROR and unset.status.description == "boom"
+
+
+def test_attributes_are_cleaned_and_frozen_at_end() -> None:
+    tp, sink = provider()
+    s = tp.get_tracer("t").start_span("s", attributes={"list": ["a", "b"], "none": None})
+    s.set_attribute("obj", StatusCode.OK)  # type: ignore[arg-type]  # kept as its str
+    s.set_attributes({"n": 3, "x": 0.5, "flag": True})
+    s.end()
+    s.set_attribute("late", 1)
+    s.update_name("renamed late")
+    (span,) = sink.spans
+    assert dict(span.attributes) == {
+        "list": ("a", "b"),
+        "obj": str(StatusCode.OK),
+        "n": 3,
+        "x": 0.5,
+        "flag": True,
+    }
+    assert span.name == "s" and not span.is_recording()
+
+
+def test_sdk_exporters_get_readable_spans() -> None:
+    tp = LeanTracerProvider(Resource.create({"service.name": "test"}))
+    memory = InMemorySpanExporter()
+    tp.add_sink(ExporterSink(memory))
+    tracer = tp.get_tracer("t", "2.0")
+    with tracer.start_as_current_span("root", attributes={"a": 1}) as root:
+        root.add_event("note", {"k": "v"})
+    (span,) = memory.get_finished_spans()
+    assert span.name == "root" and dict(span.attributes or {}) == {"a": 1}
+    assert span.resource.attributes["service.name"] == "test"
+    assert span.instrumentation_scope is not None
+    assert span.instrumentation_scope.version == "2.0"
+    assert [e.name for e in span.events] == ["note"]
+
+
+def test_lean_spans_encode_as_the_official_encoder_encodes_their_sdk_form() -> None:
+    tp, sink = provider()
+    tracer = tp.get_tracer("longread", "1.0", schema_url="https://opentelemetry.io/schemas/1")
+    other = tp.get_tracer("other")
+    link = Link(trace.get_current_span(remote(True)).get_span_context(), {"why": "batch"})
+    with tracer.start_as_current_span("server", context=remote(True), kind=SpanKind.SERVER) as r:
+        r.set_attributes({"s": "x", "i": -1, "f": 2.5, "b": False, "l": ("stop",)})
+        r.add_event("e", {"k": 1}, timestamp=5)
+        with other.start_as_current_span("chat", kind=SpanKind.CLIENT, links=[link]) as c:
+            c.set_status(StatusCode.ERROR, "overloaded")
+    ours = trace_service_pb2.ExportTraceServiceRequest.FromString(encode_request(sink.spans))
+    assert ours == encode_spans([s.readable() for s in sink.spans])
