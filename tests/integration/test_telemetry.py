@@ -222,6 +222,13 @@ async def test_content_and_keys_are_never_recorded(
     access = [json.loads(x) for x in handler_records if '"rpc"' in x]
     assert {a["rpc"] for a in access} >= {"Analyze", "Stream"}
     assert any(a["code"] == "INVALID_ARGUMENT" for a in access)
+    # Each access line carries the trace and span of its RPC's server span.
+    servers = {
+        (format(s.context.trace_id, "032x"), format(s.context.span_id, "016x"))
+        for s in spans
+        if s.kind == trace.SpanKind.SERVER
+    }
+    assert {(a["trace_id"], a["span_id"]) for a in access} == servers
     for text in dumped:
         assert "ZEBRA-MARKER" not in text
         assert "MARKER-KEY" not in text
