@@ -157,6 +157,7 @@ class UpstreamError(Exception):
         rate_limits: RateLimitInfo | None = None,
         request_id: str = "",
         streamed: bool = False,
+        unsent: bool = False,
     ) -> None:
         super().__init__(message)
         self.kind = kind
@@ -169,6 +170,9 @@ class UpstreamError(Exception):
         self.request_id = request_id
         # True when answer text had already been received when the call failed.
         self.streamed = streamed
+        # True when the attempt never reached the upstream (the caller's deadline had passed
+        # before it could start): says nothing about the upstream's health.
+        self.unsent = unsent
 
     def __repr__(self) -> str:
         return (

@@ -12,7 +12,11 @@ Classification (what the breaker is told):
 * any other answer from the upstream (400, 401, 404, 402...) is a success: the upstream is
   up, the request was wrong, and such errors must never open the breaker;
 * a 429 is ignored (rate limits handle it; reference: do not count 429s), and so is a call
-  that ends without an outcome (cancelled, refused further in): its permit is given back;
+  that ends without an outcome (cancelled, refused further in) or that was never sent
+  because the caller's deadline had already passed (under overload requests wait in the
+  gateway, and counting them would open the breaker against a healthy upstream): its permit
+  is given back. An attempt that was sent and then ran out of deadline still counts (a
+  blackholed upstream must open the breaker);
 * slow means the *first event* (headers to first token, or the whole answer when not
   streaming) took at least ``slow_call_s``: total duration depends on the output length,
   time to first event on the upstream's health.
@@ -39,6 +43,8 @@ CIRCUIT = "circuit"  # metadata key that marks a rejection as the breaker's
 
 def classify(err: UpstreamError, *, slow: bool) -> Outcome:
     """The breaker outcome of an attempt that failed with ``err``."""
+    if err.unsent:
+        return Outcome.IGNORED
     if err.kind.upstream_fault:
         return Outcome.of(failed=True, slow=slow)
     if err.kind is ErrorKind.RATE_LIMITED:

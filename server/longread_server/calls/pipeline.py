@@ -83,7 +83,9 @@ def _sender(tel: Telemetry) -> Next:
     async def send(call: Call) -> AsyncIterator[LlmEvent]:
         remaining = call.ctx.remaining()
         if remaining is not None and remaining <= 0:
-            raise UpstreamError(ErrorKind.TIMEOUT, "deadline passed before the call started")
+            raise UpstreamError(
+                ErrorKind.TIMEOUT, "deadline passed before the call started", unsent=True
+            )
         req = call.req
         provider = _provider_name(call)
         base = {"gen_ai.provider.name": provider, "gen_ai.request.model": req.model}

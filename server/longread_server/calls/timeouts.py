@@ -43,6 +43,15 @@ class AttemptTimeouts:
                 remaining = call.ctx.remaining()
                 if remaining is not None:
                     remaining -= self.deadline_margin_s
+                    if first and remaining <= 0:
+                        # No time left to even send it (under overload, the deadline can
+                        # pass while the request waits in the gateway): not the upstream's
+                        # fault, so not a breaker failure.
+                        raise UpstreamError(
+                            ErrorKind.TIMEOUT,
+                            "deadline passed before the call started",
+                            unsent=True,
+                        )
                     if timeout is None or remaining < timeout:
                         timeout, what = max(0.0, remaining), "deadline exceeded"
                 try:

@@ -67,8 +67,8 @@ def httpx_timeout(client: httpx.AsyncClient, time_left: float | None) -> httpx.T
     return client.timeout if time_left is None else httpx.Timeout(time_left)
 
 
-def _deadline_error(upstream: str) -> UpstreamError:
-    return UpstreamError(ErrorKind.TIMEOUT, f"{upstream}: deadline exceeded")
+def _deadline_error(upstream: str, *, unsent: bool = False) -> UpstreamError:
+    return UpstreamError(ErrorKind.TIMEOUT, f"{upstream}: deadline exceeded", unsent=unsent)
 
 
 async def _read_body(
@@ -103,7 +103,7 @@ async def post_json(
 ) -> Any:
     """A plain JSON request/response (no events), e.g. Anthropic ``count_tokens``."""
     if time_left is not None and time_left <= 0:
-        raise _deadline_error(upstream)
+        raise _deadline_error(upstream, unsent=True)
     deadline = None if time_left is None else monotonic() + time_left
     try:
         async with client.stream(
@@ -147,7 +147,7 @@ async def exchange(
 ) -> AsyncGenerator[LlmEvent, None]:
     """POST ``body`` to ``url`` and yield the answer as events (see the module docstring)."""
     if time_left is not None and time_left <= 0:
-        raise _deadline_error(upstream)
+        raise _deadline_error(upstream, unsent=True)
     deadline = None if time_left is None else monotonic() + time_left
     streamed = False
     request_id = ""

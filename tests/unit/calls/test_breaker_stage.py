@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from longread_server.calls.breaker import CIRCUIT, BreakerStage, classify
 from longread_server.calls.fallback import FallbackStage
 from longread_server.calls.tasks import drain
+from longread_server.calls.timeouts import AttemptTimeouts
 from longread_server.config import UpstreamConfig
 from longread_server.domain import CallRejected, ErrorKind, UpstreamError, VendorKind
 from longread_server.plan.catalog import Catalog
@@ -43,6 +45,27 @@ P = BreakerParams(window_size=4, min_calls=4, slow_rate=0.5, half_open_calls=1, 
 )
 def test_only_upstream_faults_are_failures(kind: ErrorKind, outcome: Outcome) -> None:
     assert classify(err(kind), slow=False) is outcome
+
+
+def test_an_attempt_never_sent_is_not_counted() -> None:
+    assert classify(err(ErrorKind.TIMEOUT, unsent=True), slow=False) is Outcome.IGNORED
+    assert classify(err(ErrorKind.TIMEOUT), slow=False) is Outcome.FAILURE
+
+
+async def test_calls_whose_deadline_passed_in_the_gateway_never_open_it() -> None:
+    """Under overload the deadline can pass while a request waits in the gateway: its
+    attempt is refused before it is sent, and must not count against a healthy upstream."""
+    clock = FakeClock()
+    breakers = LocalBreakers(clock)
+    upstream = Upstream([Attempt(events=ok())])
+    nxt = chain([BreakerStage(breakers, P, 10.0, clock), AttemptTimeouts()], upstream)
+    for _ in range(10):
+        with pytest.raises(UpstreamError) as e:
+            await collect(nxt, make_call(deadline=time.monotonic() - 1))
+        assert e.value.kind is ErrorKind.TIMEOUT and e.value.unsent
+    view = await breakers.view("openai", P)
+    assert view.state == "closed" and view.failures == 0
+    assert upstream.calls == []
 
 
 async def test_client_errors_never_open_it() -> None:
