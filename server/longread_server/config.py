@@ -145,6 +145,9 @@ class TelemetryConfig:
     # A span per upstream HTTP request (httpx) and per Redis command, under the model-call
     # and state spans: one more span per call, off unless asked for.
     client_spans: bool = False
+    # Exemplars: metric points that link to a sampled trace (trace and span id), sent over
+    # OTLP. Each recording inside a sampled span is offered to a reservoir: off by default.
+    exemplars: bool = False
     service_name: str = "longread"
     metrics_interval_ms: int = 10_000
     prometheus: bool = False  # serve /metrics for scraping

@@ -18,7 +18,11 @@ from typing import Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import (
+    AlwaysOffExemplarFilter,
+    MeterProvider,
+    TraceBasedExemplarFilter,
+)
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace.export import SpanExporter
@@ -192,7 +196,13 @@ def setup(
             tel._prometheus_server = server
             tel.prometheus_port = server.server_port
     if readers:
-        mp = MeterProvider(metric_readers=readers, resource=resource)
+        mp = MeterProvider(
+            metric_readers=readers,
+            resource=resource,
+            exemplar_filter=TraceBasedExemplarFilter()
+            if cfg.exemplars
+            else AlwaysOffExemplarFilter(),
+        )
         tel.meter_provider = mp
         tel.instruments = Instruments(mp.get_meter("longread", __version__))
     return tel

@@ -4,8 +4,9 @@ Why not the SDK's ``TracerProvider``: a cache-miss Analyze costs the gateway abo
 CPU, and with the SDK each of its five spans cost about 26 µs to create and end (locks
 around attributes, span limits, a processor chain, a ReadableSpan copy at the end) plus 41 µs
 to encode for OTLP (``bench.tracing_cost``): +77 % CPU with tracing at 100 % sampling
-(``bench.telemetry``), against a 5 % budget. These spans are plain slotted objects: attributes in a dict, ended spans handed to
-the sinks as they are, and encoded by ``otlp.py`` straight from these objects.
+(``bench.telemetry``), against a 5 % budget. These spans are plain slotted objects:
+attributes in a dict, ended spans handed to the sinks as they are, and encoded by ``otlp.py``
+straight from these objects.
 
 It is still OpenTelemetry everywhere it matters: spans are ``opentelemetry.trace.Span``s
 carried in the API's context, so ``propagate.inject``/``extract``, ``use_span``,

@@ -283,3 +283,31 @@ async def test_server_spans_of_a_stream_and_a_rejected_request(
     assert a["error.type"] == "INVALID_FIELD"  # the ErrorInfo reason
     # A caller's mistake is not a server error (RPC semantic conventions).
     assert bad.status.status_code == trace.StatusCode.UNSET
+
+
+async def test_time_to_first_token_is_a_stream_metric(sandbox: Sandbox) -> None:
+    reader = InMemoryMetricReader()
+    cfg = gateway_config(sandbox)
+    gw = await start(cfg, telemetry=setup(cfg.telemetry, metric_readers=[reader]))
+
+    def ttft_points() -> int:
+        data = reader.get_metrics_data()
+        points: list[Any] = [
+            point
+            for rm in (data.resource_metrics if data else [])
+            for sm in rm.scope_metrics
+            for m in sm.metrics
+            if m.name == "longread.time_to_first_token"
+            for point in m.data.data_points
+        ]
+        return sum(int(p.count) for p in points)
+
+    try:
+        async with AsyncClient(f"127.0.0.1:{gw.port}") as c:
+            await c.analyze("The tide turns at four.", "When does the tide turn?")
+            assert ttft_points() == 0  # Analyze's first token is its whole answer
+            async for _ in c.stream("The tide turns at four.", "When does the tide turn?"):
+                pass
+        assert ttft_points() == 1
+    finally:
+        await gw.stop(0.5)

@@ -97,7 +97,8 @@ class RpcRecord:
             attrs = {"longread.tenant": self.tenant, "gen_ai.request.model": self.model}
             if r.cost.total_usd:
                 inst.cost.add(r.cost.total_usd, attrs)
-            if r.timings.first_token_s:
+            # Only a Stream sends tokens as they come; Analyze's "first token" is its answer.
+            if r.timings.first_token_s and self.method == "Stream":
                 inst.time_to_first_token.record(r.timings.first_token_s, attrs)
         if not self.access_log:
             return
