@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 import grpc
+import httpx
 from longread.v1 import analysis_service_pb2 as svc
 from longread.v1 import analysis_service_pb2_grpc as svc_grpc
 from longread.v1 import types_pb2 as pb
@@ -66,6 +67,7 @@ async def capture(sandbox_port: int) -> tuple[bytes, bytes]:
     cfg = load_config(env={})
     cfg.listen = "127.0.0.1:0"
     cfg.telemetry.access_log = False
+    cfg.server.http_client = "httpx"  # for its request hook
     cfg.upstreams = [
         UpstreamConfig(
             name="openai",
@@ -80,6 +82,7 @@ async def capture(sandbox_port: int) -> tuple[bytes, bytes]:
     async def hook(request: Any) -> None:
         bodies.append(request.content)
 
+    assert isinstance(gw.http, httpx.AsyncClient)
     gw.http.event_hooks = {"request": [hook], "response": []}
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as ch:

@@ -43,6 +43,10 @@ class ServerConfig:
     max_connection_age_ms: int = 0  # 0: unlimited
     max_concurrent_rpcs: int = 0  # 0: unlimited
     reflection: bool = True
+    # The client for upstream calls: "lean" (vendors/http.py: keep-alive HTTP/1.1, the hot
+    # path) or "httpx" (proxies from the environment, HTTP/2-capable). httpx is used anyway
+    # when a proxy variable is set or telemetry.client_spans is on.
+    http_client: str = "lean"
 
 
 @dataclass
@@ -356,6 +360,8 @@ def _validate(cfg: Config) -> None:
     if not 0 < cfg.telemetry.sampling_ratio <= 1:
         raise ConfigError("telemetry.sampling_ratio must be in (0, 1]")
     cfg.cache.validate()
+    if cfg.server.http_client not in ("lean", "httpx"):
+        raise ConfigError(f"server.http_client: {cfg.server.http_client!r} is not lean or httpx")
     for name in ("max_document_chars", "max_document_tokens", "default_chunk_tokens"):
         if getattr(cfg.limits, name) <= 0:
             raise ConfigError(f"limits.{name} must be positive")

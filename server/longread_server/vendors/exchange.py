@@ -1,8 +1,9 @@
 """One HTTP exchange with a vendor, shared by every adapter.
 
-Sends a JSON body over the shared client, maps an error status to ``UpstreamError``, feeds
-the SSE stream (or the whole JSON body) to a vendor-specific ``ResponseParser`` and yields
-the events it produces. Owns the failure rules the adapters have in common:
+Sends a JSON body over the shared client (``vendors/http.py``), maps an error status to
+``UpstreamError``, feeds the SSE stream (or the whole JSON body) to a vendor-specific
+``ResponseParser`` and yields the events it produces. Owns the failure rules the adapters
+have in common:
 
 * httpx exceptions become TIMEOUT / CONNECTION errors; an unexpected JSON shape is
   CONNECTION; ``streamed`` is set on any error raised after a ``TextDelta`` was yielded;
@@ -25,13 +26,14 @@ import httpx
 
 from longread_server.domain import ErrorKind, Finish, LlmEvent, TextDelta, UpstreamError
 from longread_server.vendors.errors import load_json, malformed, transport_error
+from longread_server.vendors.http import HttpClient, HttpResponse
 from longread_server.vendors.sse import ServerSentEvent, SSEDecoder
 
 _MAX_ERROR_BODY = 64 * 1024  # bytes of an error body worth reading
 _DRAIN_S = 0.05  # how long to wait for the rest of a stream after its end marker
 _DRAIN_BYTES = 64 * 1024
 
-ErrorFromResponse = Callable[[httpx.Response, bytes], UpstreamError]
+ErrorFromResponse = Callable[[HttpResponse, bytes], UpstreamError]
 
 
 class ResponseParser(Protocol):
@@ -59,7 +61,7 @@ def encode_json(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def httpx_timeout(client: httpx.AsyncClient, time_left: float | None) -> httpx.Timeout:
+def httpx_timeout(client: HttpClient, time_left: float | None) -> httpx.Timeout:
     """The per-phase httpx timeouts for ``time_left`` seconds overall: no single connect,
     write, read or pool wait may outlive the whole budget, and the budget is also checked
     between reads (the caller's deadline, which cancels the task, is the hard bound).
@@ -72,7 +74,7 @@ def _deadline_error(upstream: str, *, unsent: bool = False) -> UpstreamError:
 
 
 async def _read_body(
-    response: httpx.Response, upstream: str, deadline: float | None, limit: int | None
+    response: HttpResponse, upstream: str, deadline: float | None, limit: int | None
 ) -> bytes:
     parts: list[bytes] = []
     size = 0
@@ -86,13 +88,13 @@ async def _read_body(
     return b"".join(parts)
 
 
-def _is_json(response: httpx.Response) -> bool:
+def _is_json(response: HttpResponse) -> bool:
     content_type: str = response.headers.get("content-type", "")
     return content_type.startswith("application/json")
 
 
 async def post_json(
-    client: httpx.AsyncClient,
+    client: HttpClient,
     url: str,
     *,
     upstream: str,
@@ -133,7 +135,7 @@ async def _drain(chunks: AsyncIterator[bytes]) -> None:
 
 
 async def exchange(
-    client: httpx.AsyncClient,
+    client: HttpClient,
     url: str,
     *,
     upstream: str,

@@ -28,8 +28,6 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Any
 
-import httpx
-
 from longread_server.domain import (
     Finish,
     LlmEvent,
@@ -41,6 +39,7 @@ from longread_server.domain import (
 from longread_server.vendors.errors import load_json, malformed, status_error, stream_error
 from longread_server.vendors.exchange import encode_json, exchange
 from longread_server.vendors.headers import parse_openai_rate_limits
+from longread_server.vendors.http import HttpClient, HttpResponse
 from longread_server.vendors.sse import ServerSentEvent
 
 _FINISH_REASONS = {
@@ -203,7 +202,7 @@ class OpenAIAdapter:
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: HttpClient,
         *,
         name: str,
         base_url: str,
@@ -263,7 +262,7 @@ class OpenAIAdapter:
             request_id_header="x-request-id",
         )
 
-    def _error_from_response(self, response: httpx.Response, body: bytes) -> UpstreamError:
+    def _error_from_response(self, response: HttpResponse, body: bytes) -> UpstreamError:
         return status_error(
             self.name,
             response.status_code,

@@ -1,0 +1,257 @@
+"""LeanHttp against scripted HTTP/1.1 servers: keep-alive, chunked bodies, the keep-alive race,
+servers that close or stall, and a body left unread."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+from longread_server.vendors.http import LeanHttp
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+T = httpx.Timeout(2.0)
+
+
+class Server:
+    def __init__(self) -> None:
+        self.connections = 0
+        self.requests: list[bytes] = []
+
+
+@asynccontextmanager
+async def serve(handler: Handler) -> AsyncIterator[tuple[Server, int]]:
+    state = Server()
+
+    async def on_connect(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        state.connections += 1
+        try:
+            await handler(r, w)
+        finally:
+            w.close()
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield state, port
+
+
+async def read_request(r: asyncio.StreamReader, state: Server | None = None) -> bytes:
+    """One request (headers and a Content-Length body); b"" at EOF."""
+    try:
+        head = await r.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError:
+        return b""
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    body = await r.readexactly(length)
+    if state is not None:
+        state.requests.append(head + body)
+    return head + body
+
+
+def ok(body: bytes, extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), extra, body)
+
+
+async def post(client: LeanHttp, port: int, body: bytes = b"{}") -> tuple[int, bytes]:
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    async with client.stream("POST", url, content=body, headers={"x-k": "v"}, timeout=T) as r:
+        data = b"".join([chunk async for chunk in r.aiter_bytes()])
+        return r.status_code, data
+
+
+async def test_keep_alive_reuses_one_connection_and_sends_a_proper_request() -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while await read_request(r, state):
+            extra = b"X-Request-Id: a\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n"
+            w.write(ok(b'{"ok":true}', extra))
+            await w.drain()
+
+    async with serve(handler) as (state, port):
+        client = LeanHttp(timeout=T)
+        for _ in range(3):
+            assert await post(client, port, b'{"q":1}') == (200, b'{"ok":true}')
+        async with client.stream(
+            "POST", f"http://127.0.0.1:{port}/x?y=1", content=b"", headers={}, timeout=T
+        ) as r:
+            assert r.headers.get("X-REQUEST-ID") == "a"
+            assert r.headers["set-cookie"] == "a=1, b=2"
+            assert r.is_success and r.reason_phrase == "OK"
+            assert [c async for c in r.aiter_bytes()] == [b'{"ok":true}']
+        await client.aclose()
+    assert state.connections == 1 and client.connections_opened == 1
+    first = state.requests[0].decode()
+    assert first.startswith("POST /v1/chat/completions HTTP/1.1\r\n")
+    assert f"host: 127.0.0.1:{port}\r\n" in first.lower()
+    assert "content-length: 7\r\n" in first.lower() and "x-k: v\r\n" in first.lower()
+    assert first.endswith('{"q":1}')
+    assert state.requests[3].startswith(b"POST /x?y=1 HTTP/1.1")
+
+
+async def test_chunked_bodies_stream_in_pieces() -> None:
+    pieces = [b"data: one\n\n", b"data: two\n\n", b"data: [DONE]\n\n"]
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while await read_request(r):
+            w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for p in pieces:
+                w.write(b"%x\r\n%s\r\n" % (len(p), p))
+                await w.drain()
+                await asyncio.sleep(0.01)
+            w.write(b"0\r\n\r\n")
+            await w.drain()
+
+    async with serve(handler) as (state, port):
+        client = LeanHttp(timeout=T)
+        url = f"http://127.0.0.1:{port}/"
+        async with client.stream("POST", url, content=b"{}", headers={}, timeout=T) as r:
+            got = [c async for c in r.aiter_bytes()]
+        assert got == pieces
+        assert await post(client, port) == (200, b"".join(pieces))  # same connection
+        await client.aclose()
+    assert state.connections == 1
+
+
+async def test_an_idle_connection_the_server_closed_is_replaced_transparently() -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        if await read_request(r):
+            w.write(ok(b"first"))
+            await w.drain()
+        # then close the kept-alive connection, as servers do after their idle timeout
+
+    async with serve(handler) as (state, port):
+        client = LeanHttp(timeout=T)
+        assert await post(client, port) == (200, b"first")
+        await asyncio.sleep(0.05)  # the close arrives while the connection is idle
+        assert await post(client, port) == (200, b"first")
+        await client.aclose()
+    assert state.connections == 2
+
+
+async def test_the_keep_alive_race_is_retried_once_on_a_fresh_connection() -> None:
+    """The server closes a reused connection right after reading the next request, without
+    answering (the close crossed the request on the wire)."""
+    served = 0
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        nonlocal served
+        while await read_request(r):
+            if served == 1 and state.connections == 1:
+                served += 1
+                return  # close without a response
+            served += 1
+            w.write(ok(b"hi"))
+            await w.drain()
+
+    async with serve(handler) as (state, port):
+        client = LeanHttp(timeout=T)
+        assert await post(client, port) == (200, b"hi")
+        assert await post(client, port) == (200, b"hi")
+        await client.aclose()
+    assert state.connections == 2
+
+
+async def test_a_fresh_connection_closed_without_a_response_is_an_error() -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await read_request(r)
+
+    async with serve(handler) as (state, port):
+        client = LeanHttp(timeout=T)
+        with pytest.raises(httpx.RemoteProtocolError):
+            await post(client, port)
+    assert state.connections == 1  # not retried: nothing says the request was not handled
+
+
+async def test_a_body_cut_short_is_an_error_and_the_connection_is_dropped() -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while await read_request(r):
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+            await w.drain()
+            return
+
+    async with serve(handler) as (state, port):
+        client = LeanHttp(timeout=T)
+        with pytest.raises(httpx.RemoteProtocolError):
+            await post(client, port)
+        with pytest.raises(httpx.RemoteProtocolError):
+            await post(client, port)
+    assert state.connections == 2
+
+
+async def test_a_stalled_server_is_a_read_timeout() -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await read_request(r)
+        await asyncio.sleep(5)
+
+    async with serve(handler) as (_, port):
+        client = LeanHttp(timeout=T)
+        url = f"http://127.0.0.1:{port}/"
+        with pytest.raises(httpx.ReadTimeout):
+            async with client.stream(
+                "POST", url, content=b"", headers={}, timeout=httpx.Timeout(0.1)
+            ):
+                pass
+
+
+async def test_nothing_listening_is_a_connect_error() -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await read_request(r)
+
+    async with serve(handler) as (_, port):
+        pass  # closed: the port is free now
+    with pytest.raises(httpx.ConnectError):
+        await post(LeanHttp(timeout=T), port)
+
+
+async def test_a_response_left_unread_closes_its_connection() -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while await read_request(r):
+            w.write(ok(b"x" * 1000))
+            await w.drain()
+
+    async with serve(handler) as (state, port):
+        client = LeanHttp(timeout=T)
+        url = f"http://127.0.0.1:{port}/"
+        async with client.stream("POST", url, content=b"", headers={}, timeout=T) as r:
+            assert r.status_code == 200  # the body is never read
+        assert await post(client, port) == (200, b"x" * 1000)
+        await client.aclose()
+    assert state.connections == 2
+
+
+async def test_an_error_status_keeps_the_connection() -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while await read_request(r):
+            body = b'{"error":{"message":"slow down"}}'
+            w.write(
+                b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 7\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            await w.drain()
+
+    async with serve(handler) as (state, port):
+        client = LeanHttp(timeout=T)
+        url = f"http://127.0.0.1:{port}/"
+        for _ in range(2):
+            async with client.stream("POST", url, content=b"", headers={}, timeout=T) as r:
+                assert r.status_code == 429 and not r.is_success
+                assert r.headers.get("retry-after") == "7"
+                assert b"slow down" in b"".join([c async for c in r.aiter_bytes()])
+        await client.aclose()
+    assert state.connections == 1
+
+
+def test_only_http_urls() -> None:
+    client = LeanHttp(timeout=T)
+    with pytest.raises(httpx.UnsupportedProtocol):
+        asyncio.run(post_url(client, "ftp://example.com/x"))
+
+
+async def post_url(client: LeanHttp, url: str) -> None:
+    async with client.stream("POST", url, content=b"", headers={}, timeout=T):
+        pass
