@@ -148,3 +148,18 @@ async def test_upstream_connections_are_reused(
         )
         assert "1926" in r.text
     assert sandbox.connections_accepted - before <= 1
+
+
+async def test_remembered_plans_answer_like_fresh_ones(client: AsyncClient) -> None:
+    """Plans of recent requests are remembered by the request's digest: asking again, with
+    one option changed, then the first request again, each gets its own plan."""
+    doc = generate_report(30_000)
+    small = Options(model="gpt-4o-mini", strategy="map_reduce", max_chunk_tokens=2000)
+    large = Options(model="gpt-4o-mini", strategy="map_reduce", max_chunk_tokens=4000)
+    first = await client.estimate(doc, DEMO_QUESTION, options=small)
+    other = await client.estimate(doc, DEMO_QUESTION, options=large)
+    again = await client.estimate(doc, DEMO_QUESTION, options=small)
+    longer = await client.estimate(doc, DEMO_QUESTION + " Answer in detail.", options=small)
+    assert len(other.plan.chunks) < len(first.plan.chunks)
+    assert again == first
+    assert longer.plan.estimated_input_tokens > first.plan.estimated_input_tokens

@@ -7,6 +7,7 @@ a Stream's final result equals what Analyze returns for the same request.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
@@ -55,6 +56,11 @@ T = TypeVar("T")
 # Documents longer than this are tokenized and planned in a worker thread, so one large
 # request does not stall every other RPC on the event loop (tiktoken releases the GIL).
 _OFFLOAD_CHARS = 200_000
+# Plans of recent requests up to this size are remembered by the request's digest: an
+# identical request (a cache hit, a retry, a client asking again) skips tokenizing and
+# planning, the largest part of a cache hit's CPU. Plans hold offsets, never text.
+_MEMO_CHARS = 64 * 1024
+_MEMO_PLANS = 1024
 
 
 @dataclass(slots=True)
@@ -87,6 +93,7 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
         self._auth = auth
         self._upstreams: dict[str, UpstreamConfig] = {u.name: u for u in cfg.upstreams}
         self._models = [m for m in catalog.models() if self._serves(m)]
+        self._plans: dict[bytes, tuple[JobPlan, list[ModelFit]]] = {}
         self._defaults = PlanDefaults(
             output_tokens=cfg.limits.default_output_tokens,
             map_output_tokens=cfg.limits.map_output_tokens,
@@ -287,8 +294,10 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
         with self._tel.tracer.start_as_current_span("plan") as span:
             if len(parsed.spec.text) > _OFFLOAD_CHARS:
                 plan, fits = await asyncio.to_thread(self._plan, parsed, with_fits)
-            else:
+            elif len(parsed.spec.text) > _MEMO_CHARS:
                 plan, fits = self._plan(parsed, with_fits)
+            else:
+                plan, fits = self._remembered_plan(request, parsed, with_fits)
             rec.vendor, rec.model = plan.model.vendor, plan.model.model
             rec.document_tokens = plan.document_tokens
             if span.is_recording():
@@ -345,6 +354,24 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
                 )
             ]
         return []
+
+    def _remembered_plan(
+        self, request: convert.AnyRequest, parsed: convert.ParsedRequest, with_fits: bool
+    ) -> tuple[JobPlan, list[ModelFit]]:
+        """``_plan``, remembered by the digest of the whole request (plans are never changed
+        after planning, so one can serve many requests)."""
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(b"fits:" if with_fits else b"plan:")
+        digest.update(request.DESCRIPTOR.full_name.encode())
+        digest.update(request.SerializeToString(deterministic=True))
+        key = digest.digest()
+        hit = self._plans.get(key)
+        if hit is None:
+            hit = self._plan(parsed, with_fits)
+            if len(self._plans) >= _MEMO_PLANS:
+                del self._plans[next(iter(self._plans))]  # the oldest
+            self._plans[key] = hit
+        return hit
 
     def _plan(
         self, parsed: convert.ParsedRequest, with_fits: bool

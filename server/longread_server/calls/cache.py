@@ -37,7 +37,14 @@ from redis.asyncio import Redis
 
 from longread_server.calls.pipeline import Call, CallContext, Next
 from longread_server.config import CacheConfig
-from longread_server.domain import CallRejected, Finish, LlmEvent, TextDelta, Usage
+from longread_server.domain import (
+    CallRejected,
+    Finish,
+    LlmEvent,
+    LlmRequest,
+    TextDelta,
+    Usage,
+)
 from longread_server.state.cache import (
     Availability,
     CacheStore,
@@ -53,6 +60,10 @@ log = logging.getLogger(__name__)
 # Keys of payloads bigger than this (characters of prompt text) are computed in a thread, so
 # one huge request does not stall the event loop (hashing releases the GIL).
 _OFFLOAD_CHARS = 200_000
+# Keys of recent requests up to this size are remembered (``remembered_key``); the memo
+# holds the requests themselves, so it is bounded in entries and in request size (16 MB).
+_MEMO_CHARS = 16 * 1024
+_MEMO_KEYS = 1024
 _COMPRESS_ABOVE = 512
 # Replay granularity for answers stored without their deltas (from a non-streaming call).
 _REPLAY_PIECE = re.compile(r"\S+\s*|\s+")
@@ -231,6 +242,7 @@ class ResponseCache:
         self.stats = stats or CacheStats()
         self.local_store: MemoryCacheStore | None = None  # the in-process LRU, for metrics
         self._tasks: set[asyncio.Task[None]] = set()
+        self._keys: dict[tuple[object, str, str, LlmRequest], str] = {}
 
     def spawn(self, work: Coroutine[Any, Any, None], *, name: str) -> asyncio.Task[None]:
         """Runs ``work`` (a single-flight leader) in a task of its own, kept until done."""
@@ -265,6 +277,19 @@ class ResponseCache:
         )
         return cache_key(call.adapter.kind, call.adapter.build_payload(call.req), parts).key
 
+    def remembered_key(self, call: Call) -> str:
+        """``key_now``, remembered for recent small requests: the same request (a hit, a
+        retry) is keyed by a dict lookup instead of building, normalizing and hashing its
+        vendor payload again. The request itself is the dict key, so equal means equal."""
+        memo_key = (call.adapter.kind, call.vendor, call.ctx.tenant, call.req)
+        key = self._keys.get(memo_key)
+        if key is None:
+            key = self.key_now(call)
+            if len(self._keys) >= _MEMO_KEYS:
+                del self._keys[next(iter(self._keys))]  # the oldest
+            self._keys[memo_key] = key
+        return key
+
     async def key(self, call: Call) -> str | None:
         """The key, or None when the payload cannot be keyed (the call is then served
         uncached and counted)."""
@@ -272,7 +297,9 @@ class ResponseCache:
             size = len(call.req.system) + sum(len(m.content) for m in call.req.messages)
             if size > _OFFLOAD_CHARS:
                 return await asyncio.to_thread(self.key_now, call)
-            return self.key_now(call)
+            if size > _MEMO_CHARS:
+                return self.key_now(call)
+            return self.remembered_key(call)
         except (ValueError, TypeError, RecursionError) as e:
             self.stats.key_errors += 1
             log.warning("cache: cannot key a %s call, serving uncached: %s", call.vendor, e)
