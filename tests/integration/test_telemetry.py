@@ -3,6 +3,7 @@ from the caller, OTLP export over the wire, a Prometheus scrape, and redaction."
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -311,3 +312,32 @@ async def test_time_to_first_token_is_a_stream_metric(sandbox: Sandbox) -> None:
         assert ttft_points() == 1
     finally:
         await gw.stop(0.5)
+
+
+async def test_a_stream_cancelled_by_its_client_ends_its_spans_quietly(
+    traced: tuple[Gateway, Traced], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The client goes away after the first token: the server span ends CANCELLED, the job's
+    spans end too, and nothing is logged about contexts that could not be detached."""
+    gw, t = traced
+    t.spans.clear()
+    caplog.set_level(logging.WARNING)
+    doc = f"The tide turns at four. {time.monotonic_ns()} " * 40
+    opts = Options(model="gpt-4.1-mini")
+    async with AsyncClient(f"127.0.0.1:{gw.port}", api_key=SECRET_KEY) as c:
+        stream = c.stream(doc, "When does the tide turn?", options=opts)
+        async for ev in stream:
+            if ev.WhichOneof("event") == "delta":
+                break
+        await stream.aclose()  # cancels the call
+    deadline = time.monotonic() + 5
+    names: set[str] = set()
+    while time.monotonic() < deadline:
+        names = {s.name for s in t.spans.get_finished_spans()}
+        if "longread.v1.AnalysisService/Stream" in names and "analyze single_pass" in names:
+            break
+        await asyncio.sleep(0.02)
+    (server,) = [s for s in t.spans.get_finished_spans() if s.name.endswith("/Stream")]
+    assert dict(server.attributes or {})["rpc.grpc.status_code"] == 1  # CANCELLED
+    assert "analyze single_pass" in names
+    assert not [r for r in caplog.records if "detach" in r.getMessage()]

@@ -7,7 +7,7 @@ built with ``build_request`` and passed as ``request=``. Errors surface as ``grp
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -323,7 +323,8 @@ class AsyncClient:
         options: Options = Options(),
         request: svc.StreamRequest | None = None,
         timeout: float | None = None,
-    ) -> AsyncIterator[svc.StreamResponse]:
+    ) -> AsyncGenerator[svc.StreamResponse, None]:
+        """The Stream's events; closing the generator (``aclose``) cancels the call."""
         req = request or build_request(svc.StreamRequest, text, instruction, options)
         call = self._stub.Stream(req, timeout=timeout or self._timeout, metadata=self._meta())
         try:

@@ -26,7 +26,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from longread_server.run.events import JobResult
-from longread_server.telemetry import Telemetry
+from longread_server.telemetry import Telemetry, detach
 
 log = logging.getLogger("longread.access")
 
@@ -86,7 +86,7 @@ class RpcRecord:
             span.set_status(Status(StatusCode.ERROR, reason or code))
         span.end()
         if self.token is not None:
-            context.detach(self.token)
+            detach(self.token)
 
     def _record(self, code: str, reason: str) -> None:
         seconds = time.perf_counter() - self.started

@@ -7,10 +7,11 @@ a Stream's final result equals what Analyze returns for the same request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -126,8 +127,9 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
         try:
             prep = await self._prepare(request, context, rec, with_fits=False)
             plan_pb = convert.plan(prep.plan)
-            async for ev in self._run(prep, rec, streaming=True):
-                yield convert.stream_event(ev, plan_pb)
+            async with contextlib.aclosing(self._run(prep, rec, streaming=True)) as events:
+                async for ev in events:
+                    yield convert.stream_event(ev, plan_pb)
             rec.finish("OK")
         except asyncio.CancelledError:
             rec.finish("CANCELLED")
@@ -213,21 +215,23 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
     ) -> svc.AnalyzeResponse:
         prep = await self._prepare(request, context, rec, with_fits=False)
         result: JobResult | None = None
-        async for ev in self._run(prep, rec, streaming=False):
-            if isinstance(ev, JobResult):
-                result = ev
+        async with contextlib.aclosing(self._run(prep, rec, streaming=False)) as events:
+            async for ev in events:
+                if isinstance(ev, JobResult):
+                    result = ev
         assert result is not None
         return convert.result(result)
 
     async def _run(
         self, prep: _Prepared, rec: RpcRecord, *, streaming: bool
-    ) -> AsyncIterator[RunEvent]:
+    ) -> AsyncGenerator[RunEvent, None]:
         """Runs the job, naming the upstream in any upstream failure."""
         try:
-            async for ev in self._runner.run(self._job(prep, streaming)):
-                if isinstance(ev, JobResult):
-                    rec.result = ev
-                yield ev
+            async with contextlib.aclosing(self._runner.run(self._job(prep, streaming))) as evs:
+                async for ev in evs:
+                    if isinstance(ev, JobResult):
+                        rec.result = ev
+                    yield ev
         except UpstreamError as e:
             raise from_upstream(e, prep.plan.model.vendor, prep.plan.model.model) from e
 

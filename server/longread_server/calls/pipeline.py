@@ -29,7 +29,7 @@ from longread_server.domain import (
     UpstreamError,
     VendorKind,
 )
-from longread_server.telemetry import Instruments, Telemetry, disabled
+from longread_server.telemetry import Instruments, Telemetry, current_span, disabled
 from longread_server.vendors.base import VendorAdapter
 
 
@@ -108,7 +108,7 @@ def _sender(tel: Telemetry) -> Next:
                 span.set_attribute("longread.prompt", _prompt_text(req))
         started = time.perf_counter()
         try:
-            with trace.use_span(span, end_on_exit=False):
+            with current_span(span, end_on_exit=False):
                 async for event in call.adapter.call(req, timeout=remaining):
                     if isinstance(event, Finish):
                         _record_finish(span, inst, base, event)

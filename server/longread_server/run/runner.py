@@ -7,8 +7,9 @@ call of the job. The final call (single pass or reduce) streams its answer as de
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 
@@ -41,7 +42,7 @@ from longread_server.run.events import (
     Stage,
     Timings,
 )
-from longread_server.telemetry import Telemetry, disabled
+from longread_server.telemetry import Telemetry, current_span, disabled
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +100,7 @@ class JobRunner:
     def pipeline(self) -> Pipeline:
         return self._pipeline
 
-    async def run(self, job: Job) -> AsyncIterator[RunEvent]:
+    async def run(self, job: Job) -> AsyncGenerator[RunEvent, None]:
         span = self._tel.tracer.start_span(f"analyze {job.plan.strategy.value}")
         if span.is_recording():
             span.set_attributes(
@@ -110,19 +111,22 @@ class JobRunner:
                     "gen_ai.request.model": job.plan.model.model,
                 }
             )
-        with trace.use_span(span, end_on_exit=True):
-            async for ev in self._run(job):
-                if isinstance(ev, JobResult) and span.is_recording():
-                    span.set_attributes(
-                        {
-                            "longread.calls": ev.usage.calls,
-                            "longread.cost_usd": ev.cost.total_usd,
-                            "longread.cache.status": ev.cache_status.value,
-                        }
-                    )
-                yield ev
+        # Closed explicitly (aclosing): a Stream the client cancels must end its spans and
+        # calls here and now, not when the event loop finalizes the abandoned generators.
+        with current_span(span):
+            async with contextlib.aclosing(self._run(job)) as events:
+                async for ev in events:
+                    if isinstance(ev, JobResult) and span.is_recording():
+                        span.set_attributes(
+                            {
+                                "longread.calls": ev.usage.calls,
+                                "longread.cost_usd": ev.cost.total_usd,
+                                "longread.cache.status": ev.cache_status.value,
+                            }
+                        )
+                    yield ev
 
-    async def _run(self, job: Job) -> AsyncIterator[RunEvent]:
+    async def _run(self, job: Job) -> AsyncGenerator[RunEvent, None]:
         yield PlanReady(job.plan)
         for w in job.warnings:
             yield w
@@ -413,7 +417,7 @@ class JobRunner:
                 "longread.span.end": end,
             },
         )
-        return trace.use_span(span, end_on_exit=True, record_exception=False)
+        return current_span(span, record_exception=False)
 
 
 def _history(job: Job) -> tuple[Message, ...]:
