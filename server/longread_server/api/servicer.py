@@ -65,6 +65,13 @@ _MEMO_PLANS = 1024
 
 
 @dataclass(slots=True)
+class _End:
+    """The end of a Stream's events: how they ended (None: normally)."""
+
+    error: Exception | None
+
+
+@dataclass(slots=True)
 class _Prepared:
     parsed: convert.ParsedRequest
     tenant: str
@@ -127,9 +134,8 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
         try:
             prep = await self._prepare(request, context, rec, with_fits=False)
             plan_pb = convert.plan(prep.plan)
-            async with contextlib.aclosing(self._run(prep, rec, streaming=True)) as events:
-                async for ev in events:
-                    yield convert.stream_event(ev, plan_pb)
+            async for ev in self._ahead(self._run(prep, rec, streaming=True)):
+                yield convert.stream_event(ev, plan_pb)
             rec.finish("OK")
         except asyncio.CancelledError:
             rec.finish("CANCELLED")
@@ -138,6 +144,41 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
             await self._abort(context, rec, e)
         finally:
             rec.finish("CANCELLED")  # closed early by grpc; no-op once finished
+
+    @staticmethod
+    async def _ahead(events: AsyncGenerator[RunEvent, None]) -> AsyncIterator[RunEvent]:
+        """``events``, produced by a task of their own: grpc sends each Stream message before
+        it asks for the next, and the plan and progress messages would otherwise hold back
+        the upstream call (about 0.9 ms before the first token). Ends, or fails, as
+        ``events`` does; closing it cancels the task, which closes ``events`` there."""
+        queue: asyncio.Queue[RunEvent | _End] = asyncio.Queue()
+
+        async def produce() -> None:
+            try:
+                async with contextlib.aclosing(events) as evs:
+                    async for ev in evs:
+                        queue.put_nowait(ev)
+                queue.put_nowait(_End(None))
+            except Exception as e:
+                queue.put_nowait(_End(e))
+            except BaseException:  # cancelled: by the consumer below, which is gone by then
+                queue.put_nowait(_End(RuntimeError("the stream's job was stopped")))
+                raise
+
+        task = asyncio.create_task(produce(), name="stream-job")
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, _End):
+                    if item.error is not None:
+                        raise item.error
+                    return
+                yield item
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     def _record(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> RpcRecord:
         rec = RpcRecord(method, self._tel, self._cfg.telemetry.access_log)
