@@ -86,7 +86,9 @@ async def main() -> dict[str, object]:
         "on": {**otlp, "LONGREAD_TELEMETRY__TRACES": "true", "LONGREAD_TELEMETRY__METRICS": "true"},
         "traces_only": {**otlp, "LONGREAD_TELEMETRY__TRACES": "true"},
         "metrics_only": {**otlp, "LONGREAD_TELEMETRY__METRICS": "true"},
-        # Opt-in extras: a span per upstream HTTP request and Redis command.
+        # Opt-in extras: a span per upstream HTTP request and Redis command. These come from
+        # the httpx instrumentation, so this variant also calls upstream through httpx
+        # instead of the lean client: most of its difference is httpx itself.
         "on_with_client_spans": {
             **otlp,
             "LONGREAD_TELEMETRY__TRACES": "true",

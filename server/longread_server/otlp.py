@@ -24,6 +24,7 @@ from typing import Any
 
 import grpc
 from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanKind
 
 from longread_server.tracing import LeanSpan
 
@@ -120,6 +121,17 @@ def _attributes(tag: int, attrs: Mapping[str, Any] | None) -> bytes:
                 enc = _len(tag, _kv(k, v))
                 if len(_encoded) < 16384:
                     _encoded[ck] = enc
+        elif t is int:  # token counts, indexes: a KeyValue with an int_value
+            if 0 <= v < 64:  # flags, attempts, small counts: cached like strings
+                ck = (tag, k, t, v)
+                enc = _encoded.get(ck)
+                if enc is None:
+                    enc = _len(tag, _kv(k, v))
+                    if len(_encoded) < 16384:
+                        _encoded[ck] = enc
+            else:
+                key = _keys.get(k) or _len(0x0A, k.encode())
+                enc = _len(tag, key + _len(0x12, b"\x18" + _varint(v)))
         else:
             enc = _len(tag, _kv(k, v))
         out.append(enc)
@@ -130,22 +142,40 @@ def _flags(remote: bool) -> bytes:
     return b"\x85\x01" + _pack_i(_HAS_IS_REMOTE | (_IS_REMOTE if remote else 0))
 
 
+_LOCAL_PARENT = _flags(False)
+_REMOTE_PARENT = _flags(True)
+_KINDS = {k: b"\x30" + bytes((k.value + 1,)) for k in SpanKind}
+_UNSET_STATUS = b"\x7a\x00"
+_names: dict[str, bytes] = {}
+_last_trace: tuple[int, bytes] = (0, b"")
+
+
+def _name(name: str) -> bytes:
+    enc = _names.get(name)
+    if enc is None:
+        enc = _str(0x2A, name)
+        if len(_names) < 4096:
+            _names[name] = enc
+    return enc
+
+
 def encode_span(span: FinishedSpan) -> bytes:
     """One Span message."""
     ctx = span.context
     assert ctx is not None
-    parts = [
-        b"\x0a\x10" + ctx.trace_id.to_bytes(16, "big"),
-        b"\x12\x08" + ctx.span_id.to_bytes(8, "big"),
-    ]
+    global _last_trace
+    last = _last_trace  # one read: another batcher's thread may replace it meanwhile
+    if last[0] != ctx.trace_id:  # a trace's spans are mostly encoded together
+        last = _last_trace = (ctx.trace_id, b"\x0a\x10" + ctx.trace_id.to_bytes(16, "big"))
+    parts = [last[1], b"\x12\x08" + ctx.span_id.to_bytes(8, "big")]
     if ctx.trace_state:
         parts.append(_str(0x1A, ",".join(f"{k}={v}" for k, v in ctx.trace_state.items())))
     parent = span.parent
     if parent is not None:
         parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
     parts += [
-        _str(0x2A, span.name),
-        b"\x30" + bytes((span.kind.value + 1,)),
+        _name(span.name),
+        _KINDS[span.kind],
         b"\x39" + _pack_q(span.start_time or 0),
         b"\x41" + _pack_q(span.end_time or 0),
         _attributes(0x4A, span.attributes),
@@ -172,12 +202,12 @@ def encode_span(span: FinishedSpan) -> bytes:
         parts.append(b"\x70" + _varint(span.dropped_links))
     status = span.status
     code = status.status_code.value
-    parts.append(
-        _len(
-            0x7A, _str(0x12, status.description or "") + (b"\x18" + bytes((code,)) if code else b"")
-        )
-    )
-    parts.append(_flags(parent is not None and parent.is_remote))
+    if code or status.description:
+        detail = _str(0x12, status.description or "") + (b"\x18" + bytes((code,)) if code else b"")
+        parts.append(_len(0x7A, detail))
+    else:
+        parts.append(_UNSET_STATUS)
+    parts.append(_REMOTE_PARENT if parent is not None and parent.is_remote else _LOCAL_PARENT)
     return b"".join(parts)
 
 

@@ -9,18 +9,14 @@ operator opts in; API keys and authorization metadata never are.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextvars import Token
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
-from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import (
     AlwaysOffExemplarFilter,
@@ -30,12 +26,11 @@ from opentelemetry.sdk.metrics import (
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace.export import SpanExporter
-from opentelemetry.trace import Status, StatusCode
 
 from longread_server import __version__
 from longread_server.config import TelemetryConfig
 from longread_server.otlp import OtlpBatcher
-from longread_server.tracing import ExporterSink, LeanTracerProvider
+from longread_server.tracing import CurrentSpan, ExporterSink, LeanTracerProvider
 
 log = logging.getLogger(__name__)
 
@@ -126,34 +121,13 @@ class Instruments:
         self.meter.create_observable_gauge(name, [read], unit=unit, description=description)
 
 
-def detach(token: Token[Context]) -> None:
-    """``opentelemetry.context.detach``, quietly: a span made current inside an async
-    generator is detached wherever the generator is closed, and when that is another
-    context (a Stream the client cancelled, finalized by the event loop) there is nothing
-    to undo there. OpenTelemetry's own detach logs that case as an error with a traceback."""
-    with contextlib.suppress(ValueError):
-        token.var.reset(token)
-
-
-@contextlib.contextmanager
 def current_span(
     span: trace.Span, *, end_on_exit: bool = True, record_exception: bool = True
-) -> Iterator[trace.Span]:
+) -> CurrentSpan:
     """``trace.use_span`` for code that yields while the span is current (async
-    generators): the same status and exception rules, detached with :func:`detach`."""
-    token = otel_context.attach(trace.set_span_in_context(span))
-    try:
-        yield span
-    except Exception as exc:
-        if span.is_recording():
-            if record_exception:
-                span.record_exception(exc)
-            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
-        raise
-    finally:
-        detach(token)
-        if end_on_exit:
-            span.end()
+    generators): the same status and exception rules, detached quietly wherever it ends
+    (``tracing.detach``)."""
+    return CurrentSpan(span, end_on_exit, record_exception, True)
 
 
 @dataclass

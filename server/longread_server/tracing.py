@@ -23,8 +23,9 @@ import random
 import threading
 import time
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import suppress
+from contextvars import Token
 from typing import Any, Protocol
 
 from opentelemetry import context as context_api
@@ -184,7 +185,8 @@ class LeanSpan(trace.Span):
             if len(attrs) >= _MAX_ATTRIBUTES and key not in attrs:
                 self.dropped_attributes += 1
                 continue
-            attrs[key] = _clean(value)
+            t = type(value)
+            attrs[key] = value if t is str or t is int or t is bool else _clean(value)
 
     def set_attribute(self, key: str, value: types.AttributeValue) -> None:
         self.set_attributes({key: value})
@@ -283,7 +285,6 @@ class LeanTracer(trace.Tracer):
             self,
         )
 
-    @contextmanager
     def start_as_current_span(  # type: ignore[override]
         self,
         name: str,
@@ -295,15 +296,50 @@ class LeanTracer(trace.Tracer):
         record_exception: bool = True,
         set_status_on_exception: bool = True,
         end_on_exit: bool = True,
-    ) -> Iterator[trace.Span]:
+    ) -> CurrentSpan:
         span = self.start_span(name, context, kind, attributes, links, start_time)
-        with trace.use_span(
-            span,
-            end_on_exit=end_on_exit,
-            record_exception=record_exception,
-            set_status_on_exception=set_status_on_exception,
-        ) as current:
-            yield current
+        return CurrentSpan(span, end_on_exit, record_exception, set_status_on_exception)
+
+
+def detach(token: Token[context_api.Context]) -> None:
+    """``opentelemetry.context.detach``, quietly: a span made current inside an async
+    generator is detached wherever the generator is closed, and when that is another
+    context (a Stream the client cancelled, finalized by the event loop) there is nothing
+    to undo there. OpenTelemetry's own detach logs that case as an error with a traceback."""
+    with suppress(ValueError):
+        token.var.reset(token)
+
+
+class CurrentSpan:
+    """``trace.use_span`` as a plain context manager (no generator to create per span),
+    detached with :func:`detach`. Works for any span, recording or not."""
+
+    __slots__ = ("_end", "_record", "_set_status", "_token", "span")
+
+    def __init__(self, span: trace.Span, end: bool, record: bool, set_status: bool) -> None:
+        self.span = span
+        self._end = end
+        self._record = record
+        self._set_status = set_status
+        self._token: Token[context_api.Context] | None = None
+
+    def __enter__(self) -> trace.Span:
+        self._token = context_api.attach(trace.set_span_in_context(self.span))
+        return self.span
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        if self._token is not None:
+            detach(self._token)
+        span = self.span
+        if isinstance(exc, Exception) and span.is_recording():
+            if self._record:
+                span.record_exception(exc)
+            if self._set_status:
+                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        if self._end:
+            span.end()
 
 
 class LeanTracerProvider(trace.TracerProvider):

@@ -26,7 +26,8 @@ from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from longread_server.run.events import JobResult
-from longread_server.telemetry import Telemetry, detach
+from longread_server.telemetry import Telemetry
+from longread_server.tracing import detach
 
 log = logging.getLogger("longread.access")
 
@@ -56,8 +57,12 @@ class RpcRecord:
     def open_span(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> None:
         """Starts the server span as the current span, as a child of the caller's
         ``traceparent`` if there is one. Only when tracing is on."""
-        carrier = {k: v for k, v in metadata or () if isinstance(v, str)}
-        parent = propagate.extract(carrier) if carrier else None
+        parent = None
+        for key, _ in metadata or ():
+            if key == "traceparent":  # a caller's trace to continue
+                carrier = {k: v for k, v in metadata or () if isinstance(v, str)}
+                parent = propagate.extract(carrier)
+                break
         self.span = self.tel.tracer.start_span(
             f"{SERVICE}/{self.method}",
             context=parent,
