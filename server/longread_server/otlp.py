@@ -102,8 +102,19 @@ def _kv(key: str, value: Any) -> bytes:
 
 
 # Whole encoded attributes by (field, key, value) for string and bool values: model names,
-# tenants, operation names... repeat on every span. Bounded; ints and floats are not cached.
+# tenants, operation names... repeat on every span; so do small ints (flags, attempts).
+# Bounded; other ints and floats are not cached.
 _encoded: dict[tuple[int, str, type, Any], bytes] = {}
+
+
+def _cached(tag: int, k: str, t: type, v: Any) -> bytes:
+    ck = (tag, k, t, v)
+    enc = _encoded.get(ck)
+    if enc is None:
+        enc = _len(tag, _kv(k, v))
+        if len(_encoded) < 16384:
+            _encoded[ck] = enc
+    return enc
 
 
 def _attributes(tag: int, attrs: Mapping[str, Any] | None) -> bytes:
@@ -114,24 +125,11 @@ def _attributes(tag: int, attrs: Mapping[str, Any] | None) -> bytes:
     items = getattr(attrs, "_dict", attrs)
     for k, v in items.items():
         t = type(v)
-        if t is str or t is bool:
-            ck = (tag, k, t, v)
-            enc = _encoded.get(ck)
-            if enc is None:
-                enc = _len(tag, _kv(k, v))
-                if len(_encoded) < 16384:
-                    _encoded[ck] = enc
-        elif t is int:  # token counts, indexes: a KeyValue with an int_value
-            if 0 <= v < 64:  # flags, attempts, small counts: cached like strings
-                ck = (tag, k, t, v)
-                enc = _encoded.get(ck)
-                if enc is None:
-                    enc = _len(tag, _kv(k, v))
-                    if len(_encoded) < 16384:
-                        _encoded[ck] = enc
-            else:
-                key = _keys.get(k) or _len(0x0A, k.encode())
-                enc = _len(tag, key + _len(0x12, b"\x18" + _varint(v)))
+        if t is str or t is bool or (t is int and 0 <= v < 64):
+            enc = _cached(tag, k, t, v)
+        elif t is int:  # token counts: a KeyValue with an int_value
+            key = _keys.get(k) or _len(0x0A, k.encode())
+            enc = _len(tag, key + _len(0x12, b"\x18" + _varint(v)))
         else:
             enc = _len(tag, _kv(k, v))
         out.append(enc)
