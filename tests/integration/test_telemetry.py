@@ -322,7 +322,8 @@ async def test_a_stream_cancelled_by_its_client_ends_its_spans_quietly(
     gw, t = traced
     t.spans.clear()
     caplog.set_level(logging.WARNING)
-    doc = f"The tide turns at four. {time.monotonic_ns()} " * 40
+    # The upstream streams a few deltas, then goes silent: the cancel lands mid-stream.
+    doc = f"The tide turns at four. {time.monotonic_ns()} [[sandbox-fault:stall]]"
     opts = Options(model="gpt-4.1-mini")
     async with AsyncClient(f"127.0.0.1:{gw.port}", api_key=SECRET_KEY) as c:
         stream = c.stream(doc, "When does the tide turn?", options=opts)
