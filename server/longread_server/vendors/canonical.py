@@ -227,6 +227,22 @@ def _show(value: Any) -> Any:
 
 def _norm(value: Any) -> Any:
     """JSON value with canonical numbers; dict keys must be strings."""
+    t = type(value)  # exact types first: payloads are plain dicts, lists, str and int
+    if t is str or t is int or value is None or t is bool:
+        return value
+    if t is dict:
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            if type(k) is not str and not isinstance(k, str):
+                raise TypeError(f"object keys must be strings, got {k!r}")
+            out[k] = _norm(v)
+        return out
+    if t is list:
+        return [_norm(v) for v in value]
+    return _norm_other(value)
+
+
+def _norm_other(value: Any) -> Any:
     if value is None or isinstance(value, bool | str):
         return value
     if isinstance(value, int):
@@ -238,12 +254,12 @@ def _norm(value: Any) -> Any:
             return int(value)
         return value
     if isinstance(value, Mapping):
-        out: dict[str, Any] = {}
+        mapped: dict[str, Any] = {}
         for k, v in value.items():
             if not isinstance(k, str):
                 raise TypeError(f"object keys must be strings, got {k!r}")
-            out[k] = _norm(v)
-        return out
+            mapped[k] = _norm(v)
+        return mapped
     if isinstance(value, list | tuple):
         return [_norm(v) for v in value]
     raise TypeError(f"{type(value).__name__} is not a JSON value")
