@@ -79,11 +79,14 @@ class ParsedRequest:
     exact_token_count: bool = False
 
 
+_PREFERENCES = frozenset(pb.ModelPreference.values())
+
+
 def parse_request(req: AnyRequest, limits: LimitsConfig) -> ParsedRequest:
     """Validates the fields that need no catalog lookup; reports every violation at once."""
     v = Violations()
     text = req.document.text
-    if not text.strip():
+    if not text or text.isspace():  # (strip() would copy a whole document to find out)
         v.add("document.text", "must not be empty")
     elif len(text) > limits.max_document_chars:
         v.reason = "DOCUMENT_TOO_LARGE"
@@ -127,7 +130,7 @@ def parse_request(req: AnyRequest, limits: LimitsConfig) -> ParsedRequest:
         )
     if c.strategy not in _STRATEGY_IN:
         v.add("chunking.strategy", f"unknown strategy {c.strategy}")
-    if req.model.preference not in pb.ModelPreference.values():
+    if req.model.preference not in _PREFERENCES:
         v.add("model.preference", f"unknown preference {req.model.preference}")
 
     budget = req.budget.max_cost_usd
