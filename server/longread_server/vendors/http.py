@@ -10,6 +10,7 @@ streams) were about half of the gateway's CPU; ``LeanHttp`` removes most of that
 
 What it does not do, and when httpx is used instead (``app.py``): proxies from the
 environment, HTTP/2, cookies, redirects, and httpx's own spans (``telemetry.client_spans``).
+Like httpx, it does not reuse a connection idle for more than 5 seconds.
 
 Failures are raised as the httpx exceptions they correspond to (``ConnectError``,
 ``ReadTimeout``, ``RemoteProtocolError``...), so ``vendors/errors.py`` maps both clients the
@@ -23,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -100,6 +102,7 @@ class _Connection:
     h11: h11.Connection = field(default_factory=lambda: h11.Connection(h11.CLIENT))
     reused: bool = False
     heard: bool = False  # any byte of the current response has arrived
+    idle_since: float = 0.0
 
     def stale(self) -> bool:
         return self.reader.at_eof() or self.writer.is_closing()
@@ -174,10 +177,15 @@ class LeanHttp:
         *,
         timeout: httpx.Timeout,
         max_idle_per_origin: int = 200,
+        keepalive_expiry_s: float = 5.0,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._timeout = timeout
         self._max_idle = max_idle_per_origin
+        # As httpx: a connection idle longer than this is not reused. A peer or a NAT on the
+        # way may have dropped it without a word, and a request sent on it would only fail
+        # at the read timeout.
+        self._expiry = keepalive_expiry_s
         self._ssl = ssl_context
         self._idle: dict[_Origin, list[_Connection]] = {}
         self._targets: dict[str, tuple[_Origin, str]] = {}
@@ -220,9 +228,10 @@ class LeanHttp:
 
     def _checkout(self, origin: _Origin) -> _Connection | None:
         idle = self._idle.get(origin)
+        now = time.monotonic()
         while idle:
             conn = idle.pop()
-            if conn.stale():
+            if conn.stale() or now - conn.idle_since > self._expiry:
                 conn.close()
                 continue
             conn.reused = True
@@ -236,6 +245,7 @@ class LeanHttp:
             h.start_next_cycle()
             idle = self._idle.setdefault(origin, [])
             if len(idle) < self._max_idle:
+                conn.idle_since = time.monotonic()
                 idle.append(conn)
                 return
         conn.close()

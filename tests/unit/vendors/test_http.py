@@ -255,3 +255,19 @@ def test_only_http_urls() -> None:
 async def post_url(client: LeanHttp, url: str) -> None:
     async with client.stream("POST", url, content=b"", headers={}, timeout=T):
         pass
+
+
+async def test_a_connection_idle_past_the_keepalive_expiry_is_not_reused() -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while await read_request(r):
+            w.write(ok(b"hi"))
+            await w.drain()
+
+    async with serve(handler) as (state, port):
+        client = LeanHttp(timeout=T, keepalive_expiry_s=0.05)
+        assert await post(client, port) == (200, b"hi")
+        assert await post(client, port) == (200, b"hi")  # reused at once
+        await asyncio.sleep(0.1)
+        assert await post(client, port) == (200, b"hi")  # expired: a new connection
+        await client.aclose()
+    assert state.connections == 2
