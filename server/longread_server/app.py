@@ -205,9 +205,22 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
     ]
     if cfg.server.max_connection_age_ms:
         opts.append(("grpc.max_connection_age_ms", cfg.server.max_connection_age_ms))
-    # The server span of each RPC is started by the servicer (api/observe.py), not by an
-    # interceptor; health checks and reflection are not traced.
+    # The server span of each RPC is started by the servicer (api/observe.py), or, when asked
+    # for, by the OpenTelemetry gRPC instrumentation's interceptor; health checks are not
+    # traced either way.
+    interceptors = []
+    if tel.tracing and cfg.telemetry.grpc_instrumentation:
+        from opentelemetry.instrumentation.grpc import aio_server_interceptor
+        from opentelemetry.instrumentation.grpc import filters as grpc_filters
+
+        interceptors.append(
+            aio_server_interceptor(  # type: ignore[no-untyped-call]
+                tracer_provider=tel.tracer_provider,
+                filter_=grpc_filters.negate(grpc_filters.health_check()),
+            )
+        )
     server = grpc.aio.server(
+        interceptors=interceptors,
         options=opts,
         maximum_concurrent_rpcs=cfg.server.max_concurrent_rpcs or None,
     )

@@ -342,3 +342,30 @@ async def test_a_stream_cancelled_by_its_client_ends_its_spans_quietly(
     assert dict(server.attributes or {})["rpc.grpc.status_code"] == 1  # CANCELLED
     assert "analyze single_pass" in names
     assert not [r for r in caplog.records if "detach" in r.getMessage()]
+
+
+async def test_server_spans_from_the_grpc_instrumentation_when_asked(sandbox: Sandbox) -> None:
+    """``grpc_instrumentation = true``: the OpenTelemetry gRPC aio interceptor makes the
+    server span (on our tracer provider), continues the caller's trace, and the job's spans
+    sit under it."""
+    memory = InMemorySpanExporter()
+    cfg = gateway_config(sandbox)
+    cfg.telemetry.grpc_instrumentation = True
+    gw = await start(cfg, telemetry=setup(cfg.telemetry, span_exporters=[memory]))
+    provider = TracerProvider()
+    tracer = provider.get_tracer("caller")
+    try:
+        async with AsyncClient(f"127.0.0.1:{gw.port}") as c:
+            with tracer.start_as_current_span("caller work") as span:
+                await c.analyze("The tide turns at four.", "When does the tide turn?")
+                caller = span.get_span_context()
+    finally:
+        await gw.stop(0.5)
+    spans = memory.get_finished_spans()
+    (server,) = [s for s in spans if s.kind == trace.SpanKind.SERVER]
+    assert server.name == "/longread.v1.AnalysisService/Analyze"  # the interceptor's name
+    assert server.instrumentation_scope is not None
+    assert server.instrumentation_scope.name == "opentelemetry.instrumentation.grpc"
+    assert server.context.trace_id == caller.trace_id
+    assert server.parent is not None and server.parent.span_id == caller.span_id
+    assert {s.name for s in children(spans, server)} == {"plan", "analyze single_pass"}

@@ -182,7 +182,7 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
 
     def _record(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> RpcRecord:
         rec = RpcRecord(method, self._tel, self._cfg.telemetry.access_log)
-        if self._tel.tracing:
+        if self._tel.tracing and not self._cfg.telemetry.grpc_instrumentation:
             rec.open_span(context.invocation_metadata())
         return rec
 
