@@ -5,13 +5,16 @@ One gateway process per variant, all sharing one sandbox process. The load goes 
 variant at once: each worker sends the same request to each gateway in turn, so all of them
 serve the same requests over the same seconds and machine noise (which drifts by 10-30 % over
 minutes on a shared 2-core VM) hits them alike. A second "off" gateway is the control: its
-difference from "off" is the noise floor of the comparison. Server CPU comes from /proc.
+difference from "off" is the noise floor of the comparison. Server CPU comes from
+/proc/PID/task/*/schedstat (nanoseconds; the 10 ms ticks of /proc/PID/stat are 1.6 % of a
+request's CPU at 300 requests a round).
 Prints one JSON object. Run: python -m bench.telemetry
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import statistics
 from concurrent import futures
@@ -31,6 +34,7 @@ ROUNDS = 7
 REQUESTS = 300
 CONCURRENCY = 4
 DOC = "The tide turns at four. The harbour closes at nine. Ferries leave hourly. " * 6
+_serial = itertools.count()
 Q = "When does the harbour close?"
 
 
@@ -59,8 +63,11 @@ async def _load(ports: list[int], requests: int = REQUESTS) -> None:
         nonlocal left
         while left > 0:
             left -= 1
+            # A document of its own per request: nothing is remembered from an earlier one
+            # (plans, cache keys), as for a real cache miss. Each gateway gets the same ones.
+            doc = f"{DOC}(request {next(_serial)})"
             for c in clients:
-                await c.analyze(DOC, Q, options=opts)
+                await c.analyze(doc, Q, options=opts)
 
     try:
         await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
@@ -107,10 +114,10 @@ async def main() -> dict[str, object]:
         await _load(ports, 50)  # warm-up
         per_req: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(ROUNDS):
-            before = {name: proc.cpu_s() for name, (proc, _) in gws.items()}
+            before = {name: proc.cpu_s_precise() for name, (proc, _) in gws.items()}
             await _load(ports)
             for name, (proc, _) in gws.items():
-                per_req[name].append((proc.cpu_s() - before[name]) / REQUESTS * 1000)
+                per_req[name].append((proc.cpu_s_precise() - before[name]) / REQUESTS * 1000)
     finally:
         for proc, _ in gws.values():
             proc.stop()

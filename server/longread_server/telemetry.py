@@ -122,12 +122,17 @@ class Instruments:
 
 
 def current_span(
-    span: trace.Span, *, end_on_exit: bool = True, record_exception: bool = True
+    span: trace.Span,
+    *,
+    end_on_exit: bool = True,
+    record_exception: bool = True,
+    current: bool = True,
 ) -> CurrentSpan:
     """``trace.use_span`` for code that yields while the span is current (async
     generators): the same status and exception rules, detached quietly wherever it ends
-    (``tracing.detach``)."""
-    return CurrentSpan(span, end_on_exit, record_exception, True)
+    (``tracing.detach``). ``current=False`` for a leaf span: ended and given its status the
+    same way, without making it the parent of anything (a context switch less)."""
+    return CurrentSpan(span, end_on_exit, record_exception, True, current)
 
 
 @dataclass
@@ -137,6 +142,9 @@ class Telemetry:
     tracer: trace.Tracer
     instruments: Instruments
     record_content: bool = False
+    # Spans from client instrumentations (httpx, Redis) hang under ours: those must then
+    # be current while the clients run.
+    client_spans: bool = False
     tracer_provider: LeanTracerProvider | None = None
     meter_provider: MeterProvider | None = None
     prometheus_port: int = 0
@@ -180,6 +188,7 @@ def setup(
         for exporter in span_exporters:
             tp.add_sink(ExporterSink(exporter))
         tel.tracer_provider = tp
+        tel.client_spans = cfg.client_spans
         tel.tracer = tp.get_tracer("longread", __version__)
     readers = list(metric_readers)
     if cfg.metrics:

@@ -314,17 +314,21 @@ class CurrentSpan:
     """``trace.use_span`` as a plain context manager (no generator to create per span),
     detached with :func:`detach`. Works for any span, recording or not."""
 
-    __slots__ = ("_end", "_record", "_set_status", "_token", "span")
+    __slots__ = ("_current", "_end", "_record", "_set_status", "_token", "span")
 
-    def __init__(self, span: trace.Span, end: bool, record: bool, set_status: bool) -> None:
+    def __init__(
+        self, span: trace.Span, end: bool, record: bool, set_status: bool, current: bool = True
+    ) -> None:
         self.span = span
         self._end = end
         self._record = record
         self._set_status = set_status
+        self._current = current  # False: a leaf span, nothing below needs it as the parent
         self._token: Token[context_api.Context] | None = None
 
     def __enter__(self) -> trace.Span:
-        self._token = context_api.attach(trace.set_span_in_context(self.span))
+        if self._current:
+            self._token = context_api.attach(trace.set_span_in_context(self.span))
         return self.span
 
     def __exit__(

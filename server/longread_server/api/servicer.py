@@ -49,7 +49,7 @@ from longread_server.plan.planner import (
 from longread_server.plan.tokenizers import get_tokenizer
 from longread_server.run.events import JobResult, JobWarning, RunEvent
 from longread_server.run.runner import Job, JobRunner
-from longread_server.telemetry import Telemetry, disabled
+from longread_server.telemetry import Telemetry, current_span, disabled
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -336,7 +336,7 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
         remaining = context.time_remaining()
         deadline = None if remaining is None else started + remaining
         parsed = convert.parse_request(request, self._cfg.limits)
-        with self._tel.tracer.start_as_current_span("plan") as span:
+        with current_span(self._tel.tracer.start_span("plan"), current=False) as span:
             if len(parsed.spec.text) > _OFFLOAD_CHARS:
                 plan, fits = await asyncio.to_thread(self._plan, parsed, with_fits)
             elif len(parsed.spec.text) > _MEMO_CHARS:

@@ -52,7 +52,7 @@ from longread_server.state.cache import (
     MemoryCacheStore,
 )
 from longread_server.state.redis_cache import RedisCache
-from longread_server.telemetry import Telemetry, disabled
+from longread_server.telemetry import Telemetry, current_span, disabled
 from longread_server.vendors.canonical import KeyParts, cache_key
 
 log = logging.getLogger(__name__)
@@ -378,7 +378,8 @@ class CacheStage:
         return key, None, "miss"
 
     async def __call__(self, call: Call, nxt: Next) -> AsyncIterator[LlmEvent]:
-        with self._tel.tracer.start_as_current_span("cache lookup") as span:
+        lookup = self._tel.tracer.start_span("cache lookup")
+        with current_span(lookup, current=self._tel.client_spans) as span:  # Redis spans below
             key, answer, result = await self._lookup(call)
             span.set_attribute("longread.cache.result", result)
             span.set_attribute("longread.cache.hit", answer is not None)

@@ -108,7 +108,7 @@ def _sender(tel: Telemetry) -> Next:
                 span.set_attribute("longread.prompt", _prompt_text(req))
         started = time.perf_counter()
         try:
-            with current_span(span, end_on_exit=False):
+            with current_span(span, end_on_exit=False, current=tel.client_spans):
                 async for event in call.adapter.call(req, timeout=remaining):
                     if isinstance(event, Finish):
                         _record_finish(span, inst, base, event)
