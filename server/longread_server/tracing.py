@@ -179,17 +179,29 @@ class LeanSpan(trace.Span):
         if self.end_time is not None:
             return
         attrs = self._attributes
+        if len(attrs) + len(attributes) > _MAX_ATTRIBUTES:
+            for key, value in attributes.items():
+                if len(attrs) >= _MAX_ATTRIBUTES and key not in attrs:
+                    self.dropped_attributes += 1
+                else:
+                    self.set_attribute(key, value)
+            return
         for key, value in attributes.items():
-            if value is None or not key:
-                continue
-            if len(attrs) >= _MAX_ATTRIBUTES and key not in attrs:
-                self.dropped_attributes += 1
-                continue
             t = type(value)
-            attrs[key] = value if t is str or t is int or t is bool else _clean(value)
+            if (t is str or t is int or t is bool) and key:
+                attrs[key] = value
+            elif value is not None and key:
+                attrs[key] = _clean(value)
 
     def set_attribute(self, key: str, value: types.AttributeValue) -> None:
-        self.set_attributes({key: value})
+        if self.end_time is not None or value is None or not key:
+            return
+        attrs = self._attributes
+        if len(attrs) >= _MAX_ATTRIBUTES and key not in attrs:
+            self.dropped_attributes += 1
+            return
+        t = type(value)
+        attrs[key] = value if t is str or t is int or t is bool else _clean(value)
 
     def add_event(
         self, name: str, attributes: types.Attributes = None, timestamp: int | None = None
