@@ -112,7 +112,7 @@ class _Connection:
 
 
 class _Response:
-    __slots__ = ("_conn", "_done", "_read_timeout", "headers", "reason_phrase", "status_code")
+    __slots__ = ("_read_timeout", "conn", "done", "headers", "reason_phrase", "status_code")
 
     def __init__(self, event: h11.Response, conn: _Connection, read_timeout: float | None):
         self.status_code = event.status_code
@@ -122,23 +122,23 @@ class _Response:
             key, text = name.decode("latin-1"), value.decode("latin-1")
             headers[key] = f"{headers[key]}, {text}" if key in headers else text
         self.headers = headers
-        self._conn = conn
+        self.conn = conn
         self._read_timeout = read_timeout
-        self._done = False
+        self.done = False  # the body was read to its end
 
     @property
     def is_success(self) -> bool:
         return 200 <= self.status_code < 300
 
     async def aiter_bytes(self) -> AsyncIterator[bytes]:
-        conn = self._conn
-        while not self._done:
+        conn = self.conn
+        while not self.done:
             event = await _next_event(conn, self._read_timeout)
             if isinstance(event, h11.Data):
                 if event.data:
                     yield bytes(event.data)
             elif isinstance(event, h11.EndOfMessage):
-                self._done = True
+                self.done = True
             else:  # ConnectionClosed before the end of the body
                 raise httpx.RemoteProtocolError("the server closed the connection mid-body")
 
@@ -250,12 +250,28 @@ class LeanHttp:
                 return
         conn.close()
 
-    async def _send(
-        self,
-        conn: _Connection,
-        payload: bytes,
-        timeout: httpx.Timeout,
+    async def _exchange(
+        self, conn: _Connection, request: h11.Request, content: bytes, timeout: httpx.Timeout
     ) -> _Response:
+        """Sends ``request`` on ``conn`` and reads the response head; on any failure the
+        connection is closed (``_Stale``: it was a reused one the server had closed)."""
+        try:
+            return await self._send(conn, request, content, timeout)
+        except BaseException:
+            conn.close()
+            raise
+
+    async def _send(
+        self, conn: _Connection, request: h11.Request, content: bytes, timeout: httpx.Timeout
+    ) -> _Response:
+        h = conn.h11
+        payload = b"".join(
+            [
+                h.send(request) or b"",
+                h.send(h11.Data(data=content)) or b"",
+                h.send(h11.EndOfMessage()) or b"",
+            ]
+        )
         conn.writer.write(payload)
         try:
             async with asyncio.timeout(timeout.write):
@@ -302,34 +318,21 @@ class LeanHttp:
                 *headers.items(),
             ],
         )
-        for attempt in (0, 1):
-            conn = self._checkout(origin) if attempt == 0 else None
-            if conn is None:
-                conn = await self._connect(origin, timeout.connect)
-            try:
-                payload = b"".join(
-                    [
-                        conn.h11.send(request) or b"",
-                        conn.h11.send(h11.Data(data=content)) or b"",
-                        conn.h11.send(h11.EndOfMessage()) or b"",
-                    ]
-                )
-                response = await self._send(conn, payload, timeout)
-            except _Stale:
-                conn.close()
-                continue  # the keep-alive race: once more on a fresh connection
-            except BaseException:
-                conn.close()
-                raise
-            break
-        else:  # pragma: no cover - the second attempt never raises _Stale (not reused)
-            raise httpx.RemoteProtocolError("no response")
+        response = None
+        conn = self._checkout(origin)
+        if conn is not None:
+            with contextlib.suppress(_Stale):  # the keep-alive race: again on a fresh connection
+                response = await self._exchange(conn, request, content, timeout)
+        if response is None:
+            conn = await self._connect(origin, timeout.connect)
+            response = await self._exchange(conn, request, content, timeout)
+        conn = response.conn
         try:
             yield response
         except BaseException:
             conn.close()
             raise
-        if response._done:
+        if response.done:
             with contextlib.suppress(h11.LocalProtocolError):
                 self._checkin(origin, conn)
         else:
