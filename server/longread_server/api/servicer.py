@@ -36,6 +36,7 @@ from longread_server.calls.budget import BudgetLedger, exceeded
 from longread_server.calls.pipeline import CallContext
 from longread_server.config import Config, UpstreamConfig
 from longread_server.domain import CallRejected, LlmRequest, Message, ModelInfo, UpstreamError
+from longread_server.memo import Memo
 from longread_server.plan.catalog import Catalog
 from longread_server.plan.planner import (
     JobPlan,
@@ -101,7 +102,7 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
         self._auth = auth
         self._upstreams: dict[str, UpstreamConfig] = {u.name: u for u in cfg.upstreams}
         self._models = [m for m in catalog.models() if self._serves(m)]
-        self._plans: dict[bytes, tuple[JobPlan, list[ModelFit]]] = {}
+        self._plans: Memo[bytes, tuple[JobPlan, list[ModelFit]]] = Memo(_MEMO_PLANS)
         self._defaults = PlanDefaults(
             output_tokens=cfg.limits.default_output_tokens,
             map_output_tokens=cfg.limits.map_output_tokens,
@@ -409,14 +410,7 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
         digest.update(b"fits:" if with_fits else b"plan:")
         digest.update(request.DESCRIPTOR.full_name.encode())
         digest.update(request.SerializeToString(deterministic=True))
-        key = digest.digest()
-        hit = self._plans.get(key)
-        if hit is None:
-            hit = self._plan(parsed, with_fits)
-            if len(self._plans) >= _MEMO_PLANS:
-                del self._plans[next(iter(self._plans))]  # the oldest
-            self._plans[key] = hit
-        return hit
+        return self._plans.get_or_make(digest.digest(), lambda: self._plan(parsed, with_fits))
 
     def _plan(
         self, parsed: convert.ParsedRequest, with_fits: bool

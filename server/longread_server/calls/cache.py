@@ -45,6 +45,7 @@ from longread_server.domain import (
     TextDelta,
     Usage,
 )
+from longread_server.memo import Memo
 from longread_server.state.cache import (
     Availability,
     CacheStore,
@@ -242,7 +243,7 @@ class ResponseCache:
         self.stats = stats or CacheStats()
         self.local_store: MemoryCacheStore | None = None  # the in-process LRU, for metrics
         self._tasks: set[asyncio.Task[None]] = set()
-        self._keys: dict[tuple[object, str, str, LlmRequest], str] = {}
+        self._keys: Memo[tuple[object, str, str, LlmRequest], str] = Memo(_MEMO_KEYS)
 
     def spawn(self, work: Coroutine[Any, Any, None], *, name: str) -> asyncio.Task[None]:
         """Runs ``work`` (a single-flight leader) in a task of its own, kept until done."""
@@ -282,13 +283,7 @@ class ResponseCache:
         retry) is keyed by a dict lookup instead of building, normalizing and hashing its
         vendor payload again. The request itself is the dict key, so equal means equal."""
         memo_key = (call.adapter.kind, call.vendor, call.ctx.tenant, call.req)
-        key = self._keys.get(memo_key)
-        if key is None:
-            key = self.key_now(call)
-            if len(self._keys) >= _MEMO_KEYS:
-                del self._keys[next(iter(self._keys))]  # the oldest
-            self._keys[memo_key] = key
-        return key
+        return self._keys.get_or_make(memo_key, lambda: self.key_now(call))
 
     async def key(self, call: Call) -> str | None:
         """The key, or None when the payload cannot be keyed (the call is then served
