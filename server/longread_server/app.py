@@ -192,7 +192,7 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
     stages += resilience.stages
     runner = JobRunner(Pipeline(adapters, stages, tel), tel, resilience.concurrency)
     servicer = AnalysisServicer(cfg, catalog, runner, Authenticator(cfg.tenants), ledger, tel)
-    if tel.tracing and cfg.telemetry.client_spans:
+    if tel.client_spans:
         _instrument_clients(tel, http, redis)
 
     opts = [
@@ -278,9 +278,8 @@ _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_pr
 def _http_client(cfg: Config, tel: Telemetry) -> HttpClient:
     """The client for upstream calls (``server.http_client``; see ``vendors/http.py``)."""
     timeout = httpx.Timeout(600.0, connect=10.0)
-    spans = tel.tracing and cfg.telemetry.client_spans
     proxied = any(os.environ.get(v) for v in _PROXY_VARS)
-    if cfg.server.http_client == "lean" and not spans and not proxied:
+    if cfg.server.http_client == "lean" and not tel.client_spans and not proxied:
         return LeanHttp(timeout=timeout)
     return httpx.AsyncClient(
         limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
