@@ -322,11 +322,20 @@ class OtlpBatcher:
         self._drain()
 
     def _drain(self) -> None:
+        """Exports the spans queued now, in full batches and one remainder. Spans that end
+        meanwhile wait for the next wake: chasing them would send a trickle of tiny batches,
+        an export call each (it was 50 calls of a few spans per full batch, under load)."""
         with self._lock:
             q = self._queue
-            while q:
-                spans = [q.popleft() for _ in range(min(self._batch, len(q)))]
-                self._send(encode_request(spans), len(spans))
+            left = len(q)
+            while left:
+                # A full queue drops its oldest spans meanwhile: never pop more than it holds.
+                n = min(self._batch, left, len(q))
+                if not n:
+                    break
+                left -= n
+                spans = [q.popleft() for _ in range(n)]
+                self._send(encode_request(spans), n)
 
     def _send(self, payload: bytes, count: int) -> None:
         delay = 0.5

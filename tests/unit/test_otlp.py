@@ -155,3 +155,31 @@ def test_batcher_drops_the_oldest_when_full_and_counts_them() -> None:
     assert batcher.dropped == 2
     batcher.shutdown()  # the collector is unreachable: the 3 queued spans are dropped too
     assert batcher.dropped == 5 and batcher.exported == 0
+
+
+def test_batcher_exports_what_was_queued_without_chasing_new_spans(
+    receiver: tuple[_Receiver, int],
+) -> None:
+    """Spans that end while a batch is being sent wait for the next wake: chasing them sent
+    a trickle of tiny batches under load, an export call each."""
+    rx, port = receiver
+    batcher = OtlpBatcher(f"http://127.0.0.1:{port}", interval_s=30, batch=4)
+    spans = _spans()
+    sent: list[int] = []
+    send = batcher._send
+
+    def send_while_spans_end(payload: bytes, count: int) -> None:
+        sent.append(count)
+        batcher._queue.append(spans[0])  # a span ends meanwhile
+        send(payload, count)
+
+    batcher._send = send_while_spans_end  # type: ignore[method-assign]
+    with batcher._lock:  # keep the thread out until the queue is filled
+        for s in spans[:6]:
+            batcher._queue.append(s)
+    batcher._drain()
+    assert sent == [4, 2]  # one full batch and the remainder of what was queued
+    assert len(batcher._queue) == 2
+    batcher._send = send  # type: ignore[method-assign]
+    batcher.shutdown()
+    assert batcher.exported == 8 and len(rx.names()) == 8
