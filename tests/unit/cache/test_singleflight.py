@@ -282,7 +282,9 @@ async def test_a_replica_waits_for_another_replicas_answer(
     first = asyncio.create_task(a.ask())
     await a.upstream.started.wait()
     waiting = [asyncio.create_task(b.ask()) for _ in range(5)]
-    await until(lambda: b.cache.stats.remote_waits == 1)  # one waiter per replica and key
+    # One waiter per replica and key; the other four join it (all five are in before the
+    # answer lands, else a late one is a plain local hit on a loaded machine).
+    await until(lambda: b.cache.stats.remote_waits == 1 and b.cache.stats.coalesced == 4)
     a.upstream.hold.set()
     results = [await first, *await asyncio.gather(*waiting)]
     assert a.upstream.calls == 1 and b.upstream.calls == 0
