@@ -7,9 +7,10 @@ collapse waves (if any) and the reduce call take one each:
 ``max_concurrency`` (default 8; adaptive concurrency may lower it under 429s or rising latency,
 which a constant-latency sandbox does not cause). Analyze runs with cache mode BYPASS so every
 map call goes upstream in every run. Peak RSS is the gateway's VmHWM over its whole life.
-The sandbox also spends CPU on every call (~50 ms for a 16K-token chunk, one core, calls
-serialized), so the same calls are also sent straight to it with the same concurrency: the
-``direct_schedule_s`` is what the schedule costs here without the gateway.
+The sandbox works out each answer during its latency (~25 ms of CPU for a 16K-token chunk,
+one core), so its own CPU only shows when a wave's calls need more than the latency; the same
+calls are also sent straight to it with the same concurrency: the ``direct_schedule_s`` is what
+the schedule costs here without the gateway.
 Prints one JSON object. Run: python -m bench.long_document
 """
 

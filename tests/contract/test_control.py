@@ -97,6 +97,18 @@ async def test_latency_header_and_config_apply(http: httpx.AsyncClient, sandbox:
     assert bad.status_code == 400
 
 
+async def test_latency_runs_from_arrival_for_answers_and_faults(http: httpx.AsyncClient) -> None:
+    # The answer is worked out during the latency, not after it; either way no answer or
+    # injected error comes back sooner than the latency asked for.
+    slow = HEADERS | {"x-sandbox-latency-ms": "120"}
+    for extra in ({}, {"x-sandbox-fault": "500"}):
+        started = asyncio.get_running_loop().time()
+        response = await http.post("/v1/chat/completions", json=chat(), headers=slow | extra)
+        elapsed = asyncio.get_running_loop().time() - started
+        assert response.status_code == (500 if extra else 200)
+        assert elapsed >= 0.12
+
+
 async def test_cli_serves_until_terminated() -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable,

@@ -54,6 +54,12 @@ class Knobs:
         )
 
 
+async def _sleep_until(when: float) -> None:
+    delay = when - asyncio.get_running_loop().time()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
 def _header_ms(headers: Mapping[str, str], name: str, default: float) -> float:
     raw = headers.get(name)
     if raw is None:
@@ -105,10 +111,12 @@ class Pipeline:
             self._stats.by_fault[fault.label] += 1
         self._stats.active += 1
         self._idle.clear()
+        # Latency runs from arrival, like a remote provider's: the answer is worked out during
+        # it, so the sandbox's own CPU does not add to the latency a caller asked for.
+        answer_at = asyncio.get_running_loop().time() + knobs.latency_s
         try:
-            if knobs.latency_s > 0:
-                await asyncio.sleep(knobs.latency_s)
             if fault is not None and (fault.kind not in MIDSTREAM_KINDS or not chat.stream):
+                await _sleep_until(answer_at)
                 await self._fault_before_answer(dialect, exchange, fault, knobs, request_id)
                 return
             completion = shape_completion(
@@ -117,6 +125,7 @@ class Pipeline:
                 stop=chat.stop,
                 tokenizer=self._tokenizer,
             )
+            await _sleep_until(answer_at)
             self._count_usage(chat, completion)
             limits = self.rate.record(chat.prompt_tokens, completion.tokens * chat.choices)
             if chat.stream:
