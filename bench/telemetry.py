@@ -1,10 +1,12 @@
 """Telemetry overhead: server CPU per Analyze with tracing + metrics on (100 % sampling,
 exporting over OTLP to a receiver) vs everything off, in the same run.
 
-One gateway process per variant, all sharing one sandbox process. The load goes to every
-variant at once: each worker sends the same request to each gateway in turn, so all of them
-serve the same requests over the same seconds and machine noise (which drifts by 10-30 % over
-minutes on a shared 2-core VM) hits them alike. A second "off" gateway is the control: its
+Two gateway processes per variant (REPLICAS), all sharing one sandbox process. The load goes
+to every gateway at once: each worker sends the same request to each gateway in turn, so all of
+them serve the same requests over the same seconds and machine noise (which drifts by 10-30 %
+over minutes on a shared 2-core VM) hits them alike. A variant's CPU is the mean of its
+processes: one process alone carries a bias of its own of about +-2 % (memory layout, hash
+seeds), which is close to the 5 % being measured. A second "off" variant is the control: its
 difference from "off" is the noise floor of the comparison. Server CPU comes from
 /proc/PID/task/*/schedstat (nanoseconds; the 10 ms ticks of /proc/PID/stat are 1.6 % of a
 request's CPU at 300 requests a round).
@@ -17,6 +19,7 @@ import asyncio
 import itertools
 import json
 import statistics
+from collections.abc import Iterable
 from concurrent import futures
 from typing import Any
 
@@ -31,6 +34,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from bench import _servers
 
 ROUNDS = 7
+REPLICAS = 2
 REQUESTS = 300
 CONCURRENCY = 4
 DOC = "The tide turns at four. The harbour closes at nine. Ferries leave hourly. " * 6
@@ -105,41 +109,66 @@ async def main() -> dict[str, object]:
     }
     sb_port = _servers.free_port()
     sb = _servers.sandbox(sb_port)
-    gws: dict[str, tuple[_servers.Proc, int]] = {}
+    gws: dict[str, list[tuple[_servers.Proc, int]]] = {name: [] for name in variants}
     try:
-        for name, env in variants.items():
-            port = _servers.free_port()
-            gws[name] = (_servers.gateway(port, sb_port, env=env), port)
-        ports = [port for _, port in gws.values()]
+        for _ in range(REPLICAS):
+            for name, env in variants.items():
+                port = _servers.free_port()
+                gws[name].append((_servers.gateway(port, sb_port, env=env), port))
+        ports = [port for reps in gws.values() for _, port in reps]
         await _load(ports, 50)  # warm-up
         per_req: dict[str, list[float]] = {name: [] for name in variants}
+        by_process: dict[str, list[list[float]]] = {name: [] for name in variants}
+
+        def cpu_s() -> dict[str, list[float]]:
+            return {name: [p.cpu_s_precise() for p, _ in reps] for name, reps in gws.items()}
+
         for _ in range(ROUNDS):
-            before = {name: proc.cpu_s_precise() for name, (proc, _) in gws.items()}
+            before = cpu_s()
             await _load(ports)
-            for name, (proc, _) in gws.items():
-                per_req[name].append((proc.cpu_s_precise() - before[name]) / REQUESTS * 1000)
+            after = cpu_s()
+            for name in variants:
+                ms = [
+                    (a - b) / REQUESTS * 1000
+                    for a, b in zip(after[name], before[name], strict=True)
+                ]
+                by_process[name].append(ms)
+                per_req[name].append(statistics.fmean(ms))
     finally:
-        for proc, _ in gws.values():
-            proc.stop()
+        for reps in gws.values():
+            for proc, _ in reps:
+                proc.stop()
         sb.stop()
         rx.stop(0)
     med = {name: statistics.median(v) for name, v in per_req.items()}
 
-    def overhead(name: str) -> float:
+    def pct(ratios: Iterable[float]) -> float:
         # Median over rounds of the round's ratio to "off": the machine's drift between
         # rounds cancels out within a round.
-        ratios = [x / base for x, base in zip(per_req[name], per_req["off"], strict=True)]
         return round((statistics.median(ratios) - 1) * 100, 1)
+
+    def overhead(name: str) -> float:
+        return pct(x / base for x, base in zip(per_req[name], per_req["off"], strict=True))
+
+    def process_overheads(name: str) -> list[float]:
+        # Each process of the variant on its own against the mean of the "off" processes:
+        # the spread shows how much one process alone would mislead.
+        rounds = list(zip(by_process[name], per_req["off"], strict=True))
+        return [pct(r[i] / base for r, base in rounds) for i in range(REPLICAS)]
 
     return {
         "requests_per_round": REQUESTS,
         "rounds": ROUNDS,
+        "processes_per_variant": REPLICAS,
         "server_cpu_ms_per_req": {k: round(v, 3) for k, v in med.items()},
         "rounds_ms": {k: [round(x, 3) for x in v] for k, v in per_req.items()},
         "overhead_pct": overhead("on"),
         "overhead_pct_by_part": {
             k: overhead(k)
             for k in ("off_control", "traces_only", "metrics_only", "on_with_client_spans")
+        },
+        "overhead_pct_by_process": {
+            k: process_overheads(k) for k in ("off_control", "traces_only", "metrics_only", "on")
         },
         "spans_exported": receiver.spans,
     }
