@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 import pytest
+from longread_server import otlp
 from longread_server.otlp import OtlpBatcher, encode_request
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -67,6 +68,28 @@ def _spans() -> list[ReadableSpan]:
                 ok.set_status(Status(StatusCode.OK))
         out += memory.get_finished_spans()
     return out
+
+
+def test_encoder_stays_exact_and_bounded_past_its_tables() -> None:
+    """Unique values (a response id per call) fill the tables of encoded attributes; they are
+    emptied and refilled, never left full, and what comes out stays the official encoding."""
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "a"}))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("longread")
+    for i in range(otlp._CACHE_MAX + 10):
+        with tracer.start_as_current_span("chat") as span:
+            span.set_attributes({"gen_ai.response.id": f"chatcmpl-{i}", "longread.tenant": "t"})
+    spans = memory.get_finished_spans()
+    ours = trace_service_pb2.ExportTraceServiceRequest.FromString(encode_request(spans))
+    assert ours == encode_spans(spans)
+    tables = otlp._str_attrs.values()
+    assert tables and all(len(t) <= otlp._CACHE_MAX for t in tables)
+    # A value first seen after the tables filled up is still kept for the next span.
+    with tracer.start_as_current_span("chat") as span:
+        span.set_attribute("longread.tenant", "late")
+    encode_request(memory.get_finished_spans()[-1:])
+    assert any(("longread.tenant", "late") in t for t in tables)
 
 
 def test_encoder_matches_the_official_encoder() -> None:
