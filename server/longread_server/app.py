@@ -30,7 +30,7 @@ from longread_server.calls.cache import (
     observe_cache,
 )
 from longread_server.calls.pipeline import Pipeline, Stage
-from longread_server.calls.resilience import Resilience, build_resilience
+from longread_server.calls.resilience import Resilience, build_resilience, shared_health
 from longread_server.calls.singleflight import SingleFlightStage
 from longread_server.config import Config, UpstreamConfig, load_config
 from longread_server.domain import ModelInfo, VendorKind
@@ -125,6 +125,7 @@ class Gateway:
     redis: Redis | None = None  # shared by every piece of replicated state
     cache: ResponseCache | None = None  # response cache + single-flight (stats)
     resilience: Resilience | None = None  # rate limits, breakers, retries (state, stats)
+    ledger: BudgetLedger | None = None  # tenants' monthly spend
 
     async def stop(self, grace: float | None = None) -> None:
         """Drains: health says NOT_SERVING, in-flight RPCs finish (up to ``grace``)."""
@@ -179,7 +180,11 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
     }
     catalog = build_catalog(cfg)
     redis = connect(cfg.redis_url) if cfg.redis_url else None
-    ledger = BudgetLedger({t.name: t.monthly_budget_usd for t in cfg.tenants}, redis)
+    # One Redis gate for the budget ledger, rate limits and breakers: one view of its health.
+    redis_gate = shared_health(cfg) if redis is not None else None
+    ledger = BudgetLedger(
+        {t.name: t.monthly_budget_usd for t in cfg.tenants}, redis, health=redis_gate
+    )
     # Pipeline stages, outermost first (see calls/pipeline.py for the order and why).
     stages: list[Stage] = []
     # Response cache, then single-flight (calls/cache.py, calls/singleflight.py).
@@ -188,7 +193,7 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
     observe_cache(response_cache, tel)
     stages.append(BudgetStage(ledger, catalog))
     # Rate limits, fallback, retry, circuit breaker, attempt timeouts (calls/resilience.py).
-    resilience = build_resilience(cfg, adapters, catalog, redis, telemetry=tel)
+    resilience = build_resilience(cfg, adapters, catalog, redis, telemetry=tel, health=redis_gate)
     stages += resilience.stages
     runner = JobRunner(Pipeline(adapters, stages, tel), tel, resilience.concurrency)
     servicer = AnalysisServicer(cfg, catalog, runner, Authenticator(cfg.tenants), ledger, tel)
@@ -255,6 +260,7 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
         redis,
         cache=response_cache,
         resilience=resilience,
+        ledger=ledger,
     )
 
 

@@ -71,3 +71,39 @@ async def test_budget_warning_is_a_stream_event(sandbox: Sandbox) -> None:
         assert [w.code for w in events[-1].result.warnings] == ["BUDGET_80_PERCENT"]
     finally:
         await gw.stop(0.5)
+
+
+async def test_budget_ledger_shares_the_redis_gate_and_stops_calling_a_dead_redis(
+    sandbox: Sandbox,
+) -> None:
+    """The ledger's Redis work goes through the gateway's one Redis gate: when Redis dies,
+    the first failure sets Redis aside (for ``redis_retry_s``) for the ledger, rate limits and
+    breakers alike; every budget check after it is served from the local ledger, and jobs go
+    on (budgets fail open)."""
+    redis = RedisServer()
+    redis.start()
+    tenant = TenantConfig(name="gated", api_keys=["k-gated"], monthly_budget_usd=5.0)
+    cfg = gateway_config(sandbox, tenants=[tenant], redis_url=redis.url)
+    cfg.resilience.redis_retry_s = 600.0  # once down, down for the whole test
+    gw = await start(cfg)
+    try:
+        assert gw.ledger is not None and gw.resilience is not None
+        gate = gw.ledger.health
+        assert gate is gw.resilience.health
+        async with AsyncClient(f"127.0.0.1:{gw.port}", api_key="k-gated", timeout=30) as c:
+            first = await c.analyze(DOC, Q, options=OPTS)
+            assert gate.errors == 0 and not gate.degraded
+            shared = await gw.ledger.state("gated")
+            assert shared.spent_usd == pytest.approx(first.cost.total_usd, rel=1e-6)
+            redis.stop()
+            later = [await c.analyze(DOC, Q, options=OPTS) for _ in range(4)]
+        assert all(r.text for r in later)
+        assert gate.degraded and gate.errors == 1
+        fallbacks = gate.fallbacks
+        local = await gw.ledger.state("gated")  # served locally: no Redis call, no new error
+        assert gate.fallbacks == fallbacks + 1 and gate.errors == 1
+        spent = first.cost.total_usd + sum(r.cost.total_usd for r in later)
+        assert local.spent_usd == pytest.approx(spent, rel=1e-6)
+    finally:
+        await gw.stop(0.5)
+        redis.close()

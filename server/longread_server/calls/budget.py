@@ -4,24 +4,30 @@ A ledger keeps what each tenant spent this calendar month (UTC). Jobs are checke
 against their estimate (the servicer), and every model call is checked again and charged with
 its real cost as it finishes (the pipeline stage), so concurrent jobs cannot overrun the cap
 by more than the calls already in flight. With Redis configured the ledger is shared by all
-replicas (INCRBYFLOAT on a per-month key); when Redis fails the local ledger is used.
+replicas (INCRBYFLOAT on a per-month key). Its Redis work goes through the same health gate as
+the shared rate limits and breakers (``state/failover.py``): a short timeout, and Redis left
+alone for a while after it fails, so a dead Redis costs one timeout per interval, not two per
+call. The ledger always fails open: while Redis is unavailable each replica checks and counts
+what it spends itself (a budget is an accounting limit; refusing every call would be worse).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from longread_server.calls.pipeline import Call, Next
 from longread_server.domain import CallRejected, Finish, LlmEvent
 from longread_server.plan.catalog import Catalog, price
-
-log = logging.getLogger(__name__)
+from longread_server.state.failover import (
+    SHARED,
+    FailoverPolicy,
+    SharedHealth,
+    StateUnavailable,
+)
 
 WARN_SHARE = 0.8
 _KEY_TTL_S = 40 * 24 * 3600  # a month's key outlives the month, then expires
@@ -55,12 +61,14 @@ class BudgetLedger:
         caps: Mapping[str, float],
         redis: Redis | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        health: SharedHealth | None = None,
     ) -> None:
         self._caps = {t: c for t, c in caps.items() if c > 0}
         self._redis = redis
         self._clock = clock
         self._local: dict[tuple[str, str], float] = {}
-        self.redis_errors = 0
+        # The gateway passes the gate its rate limits and breakers use; alone, one of its own.
+        self.health = health or SharedHealth(FailoverPolicy())
 
     def cap(self, tenant: str) -> float:
         return self._caps.get(tenant, 0.0)
@@ -73,13 +81,21 @@ class BudgetLedger:
         if not cap:
             return BudgetState(0.0, 0.0)
         key = self._key(tenant)
-        spent = self._local.get(key, 0.0)
-        if self._redis is not None:
-            try:
-                raw = await self._redis.get(self._redis_key(key))
-                spent = float(raw) if raw is not None else 0.0
-            except RedisError as e:
-                self._fail(e)
+        redis = self._redis
+        if redis is None:
+            return BudgetState(cap, self._local.get(key, 0.0))
+
+        async def shared() -> float:
+            raw = await redis.get(self._redis_key(key))
+            return float(raw) if raw is not None else 0.0
+
+        async def local() -> float:
+            return self._local.get(key, 0.0)
+
+        try:
+            spent, _ = await self.health.run(shared, local)
+        except StateUnavailable:  # the gate fails closed for limits; budgets fail open
+            spent = await local()
         return BudgetState(cap, spent)
 
     async def charge(self, tenant: str, usd: float) -> None:
@@ -87,23 +103,23 @@ class BudgetLedger:
             return
         key = self._key(tenant)
         self._local[key] = self._local.get(key, 0.0) + usd
-        if self._redis is not None:
-            try:
-                rkey = self._redis_key(key)
-                async with self._redis.pipeline(transaction=True) as p:
-                    p.incrbyfloat(rkey, usd)
-                    p.expire(rkey, _KEY_TTL_S)
-                    await p.execute()
-            except RedisError as e:
-                self._fail(e)
+        redis = self._redis
+        if redis is None:
+            return
+
+        async def add() -> None:
+            rkey = self._redis_key(key)
+            async with redis.pipeline(transaction=True) as p:
+                p.incrbyfloat(rkey, usd)
+                p.expire(rkey, _KEY_TTL_S)
+                await p.execute()
+
+        # Skipped while Redis is known to be down (counted as dropped): the local ledger has it.
+        await self.health.settle(SHARED, add)
 
     @staticmethod
     def _redis_key(key: tuple[str, str]) -> str:
         return f"longread:budget:{key[1]}:{key[0]}"
-
-    def _fail(self, e: RedisError) -> None:
-        self.redis_errors += 1
-        log.warning("budget ledger: redis unavailable, using local state (%s)", e)
 
 
 def exceeded(tenant: str, state: BudgetState, extra_usd: float = 0.0) -> CallRejected:

@@ -82,6 +82,12 @@ class Resilience:
     observer: ResilienceObserver
 
 
+def shared_health(cfg: Config, clock: Clock = SYSTEM_CLOCK) -> SharedHealth:
+    """The gate every piece of Redis-backed state goes through: timeouts, fail-over, retry."""
+    r = cfg.resilience
+    return SharedHealth(FailoverPolicy(r.redis_timeout_s, r.redis_retry_s, r.fail_open), clock)
+
+
 def build_resilience(
     cfg: Config,
     adapters: Mapping[str, VendorAdapter],
@@ -91,18 +97,20 @@ def build_resilience(
     clock: Clock = SYSTEM_CLOCK,
     rng: random.Random | None = None,
     telemetry: Telemetry | None = None,
+    health: SharedHealth | None = None,
 ) -> Resilience:
+    """``health``: the Redis gate to share with other state (the budget ledger); by default
+    one is made from ``cfg`` (see :func:`shared_health`)."""
     r = cfg.resilience
     observer = NULL_OBSERVER if telemetry is None else MetricsObserver(telemetry.instruments)
     tracer = trace.NoOpTracer() if telemetry is None else telemetry.tracer
-    health: SharedHealth | None = None
     buckets: BucketStore
     breakers: BreakerStore
     if redis is None:
+        health = None
         buckets, breakers = LocalBuckets(clock), LocalBreakers(clock)
     else:
-        policy = FailoverPolicy(r.redis_timeout_s, r.redis_retry_s, r.fail_open)
-        health = SharedHealth(policy, clock)
+        health = health or shared_health(cfg, clock)
         buckets = FailoverBuckets(
             RedisBuckets(redis), health, local=LocalBuckets(clock), local_share=r.local_limit_share
         )
