@@ -15,16 +15,19 @@ opentelemetry/proto/trace/v1/trace.proto and common/v1/common.proto (OTLP 1.x).
 from __future__ import annotations
 
 import logging
+import os
 import struct
 import threading
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
+from opentelemetry.util.re import parse_env_headers
 
 from longread_server.tracing import LeanSpan
 
@@ -286,6 +289,31 @@ def encode_request(spans: Sequence[FinishedSpan]) -> bytes:
     return b"".join(out)
 
 
+def _env(env: Mapping[str, str], name: str) -> str | None:
+    """The OTLP exporter setting ``name``: the traces-only variable, else the general one
+    (``OTEL_EXPORTER_OTLP_TRACES_HEADERS``, then ``OTEL_EXPORTER_OTLP_HEADERS``), as the
+    OpenTelemetry SDK's exporters read them."""
+    return env.get(f"OTEL_EXPORTER_OTLP_TRACES_{name}") or env.get(f"OTEL_EXPORTER_OTLP_{name}")
+
+
+def _env_file(env: Mapping[str, str], name: str) -> bytes | None:
+    path = _env(env, name)
+    if not path:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise ValueError(f"OTEL_EXPORTER_OTLP_{name}: cannot read {path!r}: {e}") from e
+
+
+def _env_headers(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """``key=value,key2=value2`` (values URL-encoded), gRPC metadata keys in lower case."""
+    raw = _env(env, "HEADERS")
+    if not raw:
+        return ()
+    return tuple((k.lower(), v) for k, v in parse_env_headers(raw, liberal=True).items())
+
+
 class OtlpBatcher:
     """Batches finished spans and exports them from a background thread.
 
@@ -293,6 +321,11 @@ class OtlpBatcher:
     when the collector cannot keep up); the thread wakes every ``interval_s`` or once
     ``batch`` spans wait, encodes them with :func:`encode_request` and sends one
     ``TraceService/Export`` call, retrying a failed batch a few times with backoff.
+
+    Headers and TLS files come from the OpenTelemetry exporter variables, as for the SDK's
+    exporters (which send the metrics): ``OTEL_EXPORTER_OTLP_[TRACES_]HEADERS`` and, for an
+    ``https://`` endpoint, ``..._CERTIFICATE`` (roots to trust), ``..._CLIENT_KEY`` and
+    ``..._CLIENT_CERTIFICATE`` (mutual TLS).
     """
 
     def __init__(
@@ -304,13 +337,20 @@ class OtlpBatcher:
         max_queue: int = 8192,
         timeout_s: float = 10.0,
         retries: int = 3,
+        env: Mapping[str, str] | None = None,
     ) -> None:
+        env = os.environ if env is None else env
         if endpoint.startswith("https://"):
-            creds = grpc.ssl_channel_credentials()
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=_env_file(env, "CERTIFICATE"),
+                private_key=_env_file(env, "CLIENT_KEY"),
+                certificate_chain=_env_file(env, "CLIENT_CERTIFICATE"),
+            )
             self._channel = grpc.secure_channel(endpoint.removeprefix("https://"), creds)
         else:
             target = endpoint.removeprefix("http://").removeprefix("grpc://")
             self._channel = grpc.insecure_channel(target)
+        self._metadata = _env_headers(env)
         # Bytes in (already encoded), bytes out (the response is not needed).
         self._export: grpc.UnaryUnaryMultiCallable[bytes, bytes] = self._channel.unary_unary(
             _EXPORT, request_serializer=None, response_deserializer=None
@@ -364,7 +404,7 @@ class OtlpBatcher:
         delay = 0.5
         for attempt in range(self._retries + 1):
             try:
-                self._export(payload, timeout=self._timeout)
+                self._export(payload, timeout=self._timeout, metadata=self._metadata)
                 self.exported += count
                 return
             except grpc.RpcError as e:

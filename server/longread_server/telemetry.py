@@ -198,7 +198,11 @@ def setup(
 
             readers.append(
                 PeriodicExportingMetricReader(
-                    OTLPMetricExporter(endpoint=cfg.otlp_endpoint, insecure=True),
+                    # Plaintext unless https://; TLS files and headers from OTEL_EXPORTER_OTLP_*.
+                    OTLPMetricExporter(
+                        endpoint=cfg.otlp_endpoint,
+                        insecure=not cfg.otlp_endpoint.startswith("https://"),
+                    ),
                     export_interval_millis=cfg.metrics_interval_ms,
                 )
             )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from longread_server.app import Gateway, start
 from longread_server.config import TlsConfig
 from longread_server.sandbox import Sandbox
 
+from tests.certs import make_certs
 from tests.conftest import gateway_config
 
 DOC = "The bridge opened in 1932. It carries two rail tracks and a footpath."
@@ -62,63 +62,8 @@ async def test_graceful_drain_finishes_in_flight_work(sandbox: Sandbox) -> None:
             await http.post("/_sandbox/config", json={"latency_ms": 0})
 
 
-def _make_certs(tmp: Path) -> dict[str, Path]:
-    """A CA, a server cert for 127.0.0.1/localhost and a client cert, made with openssl."""
-
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=tmp)
-
-    run(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=longread-test-ca",
-    )
-    (tmp / "san.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    for name in ("server", "client"):
-        run(
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            f"{name}.key",
-            "-out",
-            f"{name}.csr",
-            "-subj",
-            f"/CN={name}",
-        )
-        run(
-            "x509",
-            "-req",
-            "-in",
-            f"{name}.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            f"{name}.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "san.cnf",
-        )
-    return {p.stem + p.suffix: p for p in tmp.iterdir()}
-
-
 async def test_mutual_tls(sandbox: Sandbox, tmp_path: Path) -> None:
-    certs = _make_certs(tmp_path)
+    certs = make_certs(tmp_path)
     tls = TlsConfig(
         cert_file=str(certs["server.pem"]),
         key_file=str(certs["server.key"]),

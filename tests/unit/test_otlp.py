@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from concurrent import futures
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -20,6 +21,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
+
+from tests.certs import make_certs
 
 
 def _spans() -> list[ReadableSpan]:
@@ -112,6 +115,7 @@ def test_encoder_handles_one_span_and_none() -> None:
 class _Receiver(trace_service_pb2_grpc.TraceServiceServicer):
     def __init__(self, fail: int = 0) -> None:
         self.requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
+        self.metadata: list[dict[str, str | bytes]] = []
         self.fail = fail
 
     def Export(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -119,6 +123,7 @@ class _Receiver(trace_service_pb2_grpc.TraceServiceServicer):
             self.fail -= 1
             context.abort(grpc.StatusCode.UNAVAILABLE, "warming up")
         self.requests.append(request)
+        self.metadata.append({k: v for k, v in context.invocation_metadata()})
         return trace_service_pb2.ExportTraceServiceResponse()
 
     def names(self) -> list[str]:
@@ -206,3 +211,69 @@ def test_batcher_exports_what_was_queued_without_chasing_new_spans(
     batcher._send = send  # type: ignore[method-assign]
     batcher.shutdown()
     assert batcher.exported == 8 and len(rx.names()) == 8
+
+
+def test_batcher_sends_the_otlp_headers_of_the_environment(
+    receiver: tuple[_Receiver, int],
+) -> None:
+    """``OTEL_EXPORTER_OTLP_[TRACES_]HEADERS``, as the SDK's exporters read it (values
+    URL-encoded): how a collector behind an auth proxy gets its token."""
+    rx, port = receiver
+    env = {
+        "OTEL_EXPORTER_OTLP_HEADERS": "Authorization=Bearer%20s3cret,x-team=search",
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "authorization=Bearer%20traces-only",
+    }
+    batcher = OtlpBatcher(f"http://127.0.0.1:{port}", interval_s=30, env=env)
+    batcher.on_end(_spans()[0])
+    batcher.shutdown()
+    assert len(rx.metadata) == 1
+    assert rx.metadata[0]["authorization"] == "Bearer traces-only"  # the traces one wins
+    assert "x-team" not in rx.metadata[0]
+    batcher = OtlpBatcher(
+        f"http://127.0.0.1:{port}", interval_s=30, env={k: env[k] for k in list(env)[:1]}
+    )
+    batcher.on_end(_spans()[0])
+    batcher.shutdown()
+    assert rx.metadata[1]["authorization"] == "Bearer s3cret"
+    assert rx.metadata[1]["x-team"] == "search"
+
+
+def test_batcher_exports_over_mutual_tls_with_the_files_of_the_environment(
+    tmp_path: Path,
+) -> None:
+    certs = make_certs(tmp_path)
+    rx = _Receiver()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(rx, server)  # type: ignore[no-untyped-call]
+    creds = grpc.ssl_server_credentials(
+        [(certs["server.key"].read_bytes(), certs["server.pem"].read_bytes())],
+        root_certificates=certs["ca.pem"].read_bytes(),
+        require_client_auth=True,
+    )
+    port = server.add_secure_port("127.0.0.1:0", creds)
+    server.start()
+    try:
+        endpoint = f"https://localhost:{port}"
+        trusted = {"OTEL_EXPORTER_OTLP_CERTIFICATE": str(certs["ca.pem"])}
+        mutual = {
+            **trusted,
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY": str(certs["client.key"]),
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE": str(certs["client.pem"]),
+        }
+        batcher = OtlpBatcher(endpoint, interval_s=30, retries=0, timeout_s=5, env=mutual)
+        batcher.on_end(_spans()[0])
+        batcher.shutdown()
+        assert batcher.exported == 1 and len(rx.requests) == 1
+        # Without a client certificate the receiver refuses the connection: dropped, counted.
+        batcher = OtlpBatcher(endpoint, interval_s=30, retries=0, timeout_s=5, env=trusted)
+        batcher.on_end(_spans()[0])
+        batcher.shutdown()
+        assert batcher.exported == 0 and batcher.dropped == 1 and len(rx.requests) == 1
+    finally:
+        server.stop(0)
+
+
+def test_batcher_names_an_unreadable_tls_file() -> None:
+    env = {"OTEL_EXPORTER_OTLP_CERTIFICATE": "/nonexistent/ca.pem"}
+    with pytest.raises(ValueError, match="OTEL_EXPORTER_OTLP_CERTIFICATE"):
+        OtlpBatcher("https://localhost:4317", env=env)
