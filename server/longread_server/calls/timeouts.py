@@ -35,11 +35,7 @@ class AttemptTimeouts:
             while True:
                 limit = self.first_event_s if first else self.idle_s
                 timeout: float | None = limit if limit > 0 else None
-                what = (
-                    f"no response within {limit:g}s"
-                    if first
-                    else f"the stream stalled for {limit:g}s"
-                )
+                by_deadline = False
                 remaining = call.ctx.remaining()
                 if remaining is not None:
                     remaining -= self.deadline_margin_s
@@ -53,13 +49,19 @@ class AttemptTimeouts:
                             unsent=True,
                         )
                     if timeout is None or remaining < timeout:
-                        timeout, what = max(0.0, remaining), "deadline exceeded"
+                        timeout, by_deadline = max(0.0, remaining), True
                 try:
                     async with asyncio.timeout(timeout):
                         ev = await anext(events)
                 except StopAsyncIteration:
                     return
                 except TimeoutError:
+                    if by_deadline:
+                        what = "deadline exceeded"
+                    elif first:
+                        what = f"no response within {limit:g}s"
+                    else:
+                        what = f"the stream stalled for {limit:g}s"
                     raise UpstreamError(
                         ErrorKind.TIMEOUT, f"{call.vendor}: {what}", streamed=streamed
                     ) from None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from longread_server.calls.timeouts import AttemptTimeouts
@@ -35,3 +37,29 @@ async def test_stopping_early_closes_the_attempt() -> None:
     assert await anext(it) == TextDelta("a")
     await it.aclose()  # type: ignore[attr-defined]
     assert upstream.closed == 1
+
+
+def _paced(before_first: float, after_first: float) -> Any:
+    async def upstream(call: object) -> AsyncIterator[TextDelta]:
+        await asyncio.sleep(before_first)
+        yield TextDelta("a")
+        await asyncio.sleep(after_first)
+        yield TextDelta("b")
+
+    return upstream
+
+
+async def test_each_timeout_says_which_limit_it_hit() -> None:
+    cases = [
+        # (first-event limit, idle limit, deadline in s, upstream's pauses, message)
+        (0.05, 5.0, None, (1.0, 0.0), "no response within 0.05s"),
+        (5.0, 0.05, None, (0.0, 1.0), "the stream stalled for 0.05s"),
+        (5.0, 5.0, 0.05, (1.0, 0.0), "deadline exceeded"),
+    ]
+    for first_s, idle_s, deadline_s, pauses, message in cases:
+        stage = AttemptTimeouts(first_s, idle_s, deadline_margin_s=0.0)
+        deadline = None if deadline_s is None else time.monotonic() + deadline_s
+        with pytest.raises(UpstreamError) as info:
+            await collect(chain([stage], _paced(*pauses)), make_call(deadline=deadline))
+        assert info.value.kind is ErrorKind.TIMEOUT
+        assert info.value.message.endswith(message), info.value.message
