@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from longread_server.calls.cache import (
 from longread_server.calls.pipeline import Pipeline, Stage
 from longread_server.calls.resilience import Resilience, build_resilience, shared_health
 from longread_server.calls.singleflight import SingleFlightStage
-from longread_server.config import Config, UpstreamConfig, load_config
+from longread_server.config import Config, ConfigError, UpstreamConfig, load_config
 from longread_server.domain import ModelInfo, VendorKind
 from longread_server.plan.catalog import Catalog
 from longread_server.run.runner import JobRunner
@@ -306,9 +307,14 @@ def _instrument_clients(tel: Telemetry, http: HttpClient, redis: Redis | None) -
 
 
 def main(config_path: str | None = None, listen: str | None = None) -> int:
-    cfg = load_config(config_path)
-    configure_logging(cfg.telemetry.json_logs, cfg.telemetry.log_level)
-    if listen:
-        cfg.listen = listen
-    asyncio.run(serve(cfg))
+    """``longread serve``: 0 after a graceful stop; 2, with one line, for a config error."""
+    try:
+        cfg = load_config(config_path)
+        configure_logging(cfg.telemetry.json_logs, cfg.telemetry.log_level)
+        if listen:
+            cfg.listen = listen
+        asyncio.run(serve(cfg))
+    except ConfigError as e:
+        print(f"longread: configuration error: {e}", file=sys.stderr)
+        return 2
     return 0

@@ -374,17 +374,17 @@ def _validate(cfg: Config) -> None:
 def _build(cls: type[Any], data: Mapping[str, Any], where: str) -> Any:
     """Builds dataclass ``cls`` from a TOML table, rejecting unknown keys."""
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{where or 'config'}: expected a table")
+        raise ConfigError(f"{where.rstrip('.') or 'config'}: expected a table")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(data) - set(fields)
     if unknown:
-        raise ConfigError(f"{where or 'config'}: unknown keys {sorted(unknown)}")
+        raise ConfigError(f"{where.rstrip('.') or 'config'}: unknown keys {sorted(unknown)}")
     kwargs = {k: _convert(hints[k], v, f"{where}{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)
     except TypeError as e:
-        raise ConfigError(f"{where or 'config'}: {e}") from e
+        raise ConfigError(f"{where.rstrip('.') or 'config'}: {e}") from e
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:

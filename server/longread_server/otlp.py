@@ -341,10 +341,16 @@ class OtlpBatcher:
     ) -> None:
         env = os.environ if env is None else env
         if endpoint.startswith("https://"):
+            key, chain = _env_file(env, "CLIENT_KEY"), _env_file(env, "CLIENT_CERTIFICATE")
+            if (key is None) != (chain is None):
+                raise ValueError(
+                    "OTEL_EXPORTER_OTLP_CLIENT_KEY and OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE "
+                    "go together (mutual TLS): set both or neither"
+                )
             creds = grpc.ssl_channel_credentials(
                 root_certificates=_env_file(env, "CERTIFICATE"),
-                private_key=_env_file(env, "CLIENT_KEY"),
-                certificate_chain=_env_file(env, "CLIENT_CERTIFICATE"),
+                private_key=key,
+                certificate_chain=chain,
             )
             self._channel = grpc.secure_channel(endpoint.removeprefix("https://"), creds)
         else:

@@ -28,7 +28,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from longread_server import __version__
-from longread_server.config import TelemetryConfig
+from longread_server.config import ConfigError, TelemetryConfig
 from longread_server.otlp import OtlpBatcher
 from longread_server.tracing import CurrentSpan, ExporterSink, LeanTracerProvider
 
@@ -184,7 +184,10 @@ def setup(
         if cfg.traces and cfg.otlp_endpoint:
             # Our batcher and encoder: the same bytes as the SDK's OTLP exporter, at a
             # fraction of its CPU (otlp.py).
-            tp.add_sink(OtlpBatcher(cfg.otlp_endpoint))
+            try:
+                tp.add_sink(OtlpBatcher(cfg.otlp_endpoint))
+            except ValueError as e:  # an OTEL_EXPORTER_OTLP_* file missing or half a pair
+                raise ConfigError(f"telemetry.otlp_endpoint: {e}") from e
         for exporter in span_exporters:
             tp.add_sink(ExporterSink(exporter))
         tel.tracer_provider = tp

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -82,3 +85,33 @@ def test_invalid_config_names_the_field(
 def test_client_variables_are_not_server_settings() -> None:
     cfg = load_config(env={"LONGREAD_API_KEY": "x", "LONGREAD_TARGET": "h:1"})
     assert cfg.listen == "127.0.0.1:50051"
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "message"),
+    [
+        ("[server]\nbogus = 1\n", {}, "server: unknown keys ['bogus']"),
+        (
+            "[telemetry]\ntraces = true\notlp_endpoint = 'https://localhost:4317'\n",
+            {"OTEL_EXPORTER_OTLP_CLIENT_KEY": __file__},
+            "telemetry.otlp_endpoint: OTEL_EXPORTER_OTLP_CLIENT_KEY and",
+        ),
+    ],
+)
+def test_serve_reports_a_configuration_error_in_one_line(
+    tmp_path: Path, toml: str, env: dict[str, str], message: str
+) -> None:
+    path = tmp_path / "longread.toml"
+    path.write_text(toml)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("LONGREAD_", "OTEL_"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "longread.cli", "serve", "--config", str(path), "--port", "0"],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr  # no traceback
+    assert lines[0].startswith(f"longread: configuration error: {message}")

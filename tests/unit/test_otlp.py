@@ -273,7 +273,14 @@ def test_batcher_exports_over_mutual_tls_with_the_files_of_the_environment(
         server.stop(0)
 
 
-def test_batcher_names_an_unreadable_tls_file() -> None:
+def test_batcher_names_an_unreadable_tls_file_or_half_a_client_identity(
+    tmp_path: Path,
+) -> None:
     env = {"OTEL_EXPORTER_OTLP_CERTIFICATE": "/nonexistent/ca.pem"}
     with pytest.raises(ValueError, match="OTEL_EXPORTER_OTLP_CERTIFICATE"):
+        OtlpBatcher("https://localhost:4317", env=env)
+    key = tmp_path / "client.key"
+    key.write_text("not used")
+    env = {"OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY": str(key)}
+    with pytest.raises(ValueError, match="set both or neither"):
         OtlpBatcher("https://localhost:4317", env=env)
