@@ -22,7 +22,7 @@ from longread.v1 import analysis_service_pb2_grpc as svc_grpc
 from redis.asyncio import Redis
 
 from longread_server.api.auth import Authenticator
-from longread_server.api.servicer import AnalysisServicer
+from longread_server.api.servicer import MEMO_ENCODINGS, AnalysisServicer
 from longread_server.calls.budget import BudgetLedger, BudgetStage
 from longread_server.calls.cache import (
     CacheStage,
@@ -36,6 +36,7 @@ from longread_server.calls.singleflight import SingleFlightStage
 from longread_server.config import Config, ConfigError, UpstreamConfig, load_config
 from longread_server.domain import ModelInfo, VendorKind
 from longread_server.plan.catalog import Catalog
+from longread_server.plan.encodings import EncodingMemo
 from longread_server.run.runner import JobRunner
 from longread_server.state.redis import connect
 from longread_server.telemetry import Telemetry, configure_logging
@@ -127,6 +128,7 @@ class Gateway:
     cache: ResponseCache | None = None  # response cache + single-flight (stats)
     resilience: Resilience | None = None  # rate limits, breakers, retries (state, stats)
     ledger: BudgetLedger | None = None  # tenants' monthly spend
+    encodings: EncodingMemo | None = None  # recent long documents' encodings
 
     async def stop(self, grace: float | None = None) -> None:
         """Drains: health says NOT_SERVING, in-flight RPCs finish (up to ``grace``)."""
@@ -197,7 +199,10 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
     resilience = build_resilience(cfg, adapters, catalog, redis, telemetry=tel, health=redis_gate)
     stages += resilience.stages
     runner = JobRunner(Pipeline(adapters, stages, tel), tel, resilience.concurrency)
-    servicer = AnalysisServicer(cfg, catalog, runner, Authenticator(cfg.tenants), ledger, tel)
+    encodings = EncodingMemo(MEMO_ENCODINGS)
+    servicer = AnalysisServicer(
+        cfg, catalog, runner, Authenticator(cfg.tenants), ledger, tel, encodings
+    )
     if tel.client_spans:
         _instrument_clients(tel, http, redis)
 
@@ -262,6 +267,7 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
         cache=response_cache,
         resilience=resilience,
         ledger=ledger,
+        encodings=encodings,
     )
 
 

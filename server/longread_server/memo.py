@@ -17,6 +17,9 @@ class Memo(Generic[K, V]):
     def __len__(self) -> int:
         return len(self._entries)
 
+    def get(self, key: K) -> V | None:
+        return self._entries.get(key)
+
     def get_or_make(self, key: K, make: Callable[[], V]) -> V:
         """The remembered value for ``key``, or ``make()``'s, remembered (exceptions are not)."""
         value = self._entries.get(key)

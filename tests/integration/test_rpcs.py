@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from longread.client import AsyncClient, Options
 from longread.v1 import types_pb2 as pb
+from longread_server.app import Gateway
 from longread_server.plan.catalog import Catalog
 from longread_server.plan.tokenizers import get_tokenizer
 from longread_server.sample import DEMO_QUESTION, FACTS, generate_report
@@ -163,3 +164,28 @@ async def test_remembered_plans_answer_like_fresh_ones(client: AsyncClient) -> N
     assert len(other.plan.chunks) < len(first.plan.chunks)
     assert again == first
     assert longer.plan.estimated_input_tokens > first.plan.estimated_input_tokens
+
+
+async def test_estimate_then_analyze_of_a_long_document_tokenizes_it_once(
+    gateway: Gateway, client: AsyncClient
+) -> None:
+    """The usual flow for a long document: Estimate, then Analyze (here with another model and
+    chunk size). The second plans from the remembered encoding: same counts, same cuts."""
+    report = generate_report(300_000) + "(estimate then analyze)"
+    memo = gateway.encodings
+    assert memo is not None
+    hits, misses = memo.hits, memo.misses
+    small = Options(model="claude-haiku-4-5", max_chunk_tokens=6000, strategy="map_reduce")
+    est = await client.estimate(report, DEMO_QUESTION, options=small)
+    assert (memo.hits, memo.misses) == (hits, misses + 1)
+    analyzed = await client.analyze(
+        report, DEMO_QUESTION, options=Options(model="gpt-4o-mini", strategy="map_reduce")
+    )
+    assert (memo.hits, memo.misses) == (hits + 1, misses + 1)
+    fresh = get_tokenizer("cl100k_base").count(report)
+    assert est.plan.document_tokens == analyzed.plan.document_tokens == fresh
+    assert "turbine bearings" in analyzed.text
+    again = await client.estimate(report, DEMO_QUESTION, options=small)
+    assert [(c.start, c.end, c.tokens) for c in again.plan.chunks] == [
+        (c.start, c.end, c.tokens) for c in est.plan.chunks
+    ]

@@ -38,6 +38,8 @@ from longread_server.config import Config, UpstreamConfig
 from longread_server.domain import CallRejected, LlmRequest, Message, ModelInfo, UpstreamError
 from longread_server.memo import Memo
 from longread_server.plan.catalog import Catalog
+from longread_server.plan.chunker import token_lengths
+from longread_server.plan.encodings import EncodingMemo
 from longread_server.plan.planner import (
     JobPlan,
     ModelFit,
@@ -63,6 +65,9 @@ _OFFLOAD_CHARS = 200_000
 # planning, the largest part of a cache hit's CPU. Plans hold offsets, never text.
 _MEMO_CHARS = 64 * 1024
 _MEMO_PLANS = 1024
+# Longer documents have their encoding remembered instead (plan/encodings.py): Estimate, then
+# Analyze of the same document with any options, tokenizes it once.
+MEMO_ENCODINGS = 8
 
 
 @dataclass(slots=True)
@@ -93,6 +98,7 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
         auth: Authenticator,
         ledger: BudgetLedger | None = None,
         telemetry: Telemetry | None = None,
+        encodings: EncodingMemo | None = None,
     ) -> None:
         self._cfg = cfg
         self._tel = telemetry or disabled()
@@ -103,6 +109,7 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
         self._upstreams: dict[str, UpstreamConfig] = {u.name: u for u in cfg.upstreams}
         self._models = [m for m in catalog.models() if self._serves(m)]
         self._plans: Memo[bytes, tuple[JobPlan, list[ModelFit]]] = Memo(_MEMO_PLANS)
+        self._encodings = encodings if encodings is not None else EncodingMemo(MEMO_ENCODINGS)
         self._defaults = PlanDefaults(
             output_tokens=cfg.limits.default_output_tokens,
             map_output_tokens=cfg.limits.map_output_tokens,
@@ -417,8 +424,12 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
     ) -> tuple[JobPlan, list[ModelFit]]:
         """Counts tokens once, resolves the model, plans the job (may run in a thread)."""
         tokenizer = get_tokenizer("cl100k_base")
-        tokens = tokenizer.encode(parsed.spec.text)
-        doc_tokens = len(tokens)
+        text = parsed.spec.text
+        if len(text) > _MEMO_CHARS:
+            lens = self._encodings.token_lengths(tokenizer, text)
+        else:
+            lens = token_lengths(tokenizer, tokenizer.encode(text))
+        doc_tokens = len(lens)
         limit = self._cfg.limits.max_document_tokens
         if doc_tokens > limit:
             raise ServiceError(
@@ -446,7 +457,7 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
             )
         model = self._resolve(parsed, fits)
         try:
-            plan = plan_job(parsed.spec, model, tokenizer, self._defaults, tokens=tokens)
+            plan = plan_job(parsed.spec, model, tokenizer, self._defaults, lens=lens)
         except PlanError as e:
             raise invalid([FieldViolation(e.field, str(e), e.reason)], e.reason) from e
         return plan, fits

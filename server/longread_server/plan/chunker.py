@@ -50,7 +50,7 @@ from typing import NamedTuple
 
 from longread_server.plan.tokenizers import Tokenizer
 
-__all__ = ["TextChunk", "chunk_text"]
+__all__ = ["TextChunk", "chunk_text", "token_lengths"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,17 +74,31 @@ class TextChunk:
         return text[self.overlap_start : self.end]
 
 
+def token_lengths(tokenizer: Tokenizer, tokens: Sequence[int]) -> Sequence[int]:
+    """The UTF-8 byte length of each of ``tokens``, looked up in C: all the chunker needs of a
+    document's encoding. As ``bytes`` (one byte a token, every cl100k_base token is at most
+    128 bytes long), so it is small enough to keep: a 1M-token document's is 1 MB."""
+    lengths = tokenizer.token_byte_lengths
+    # itemgetter of many ids returns a tuple; of one, a bare int.
+    found = itemgetter(*tokens)(lengths) if len(tokens) > 1 else [lengths[t] for t in tokens]
+    try:
+        return bytes(found)
+    except ValueError:  # a token of 256 bytes or more: an encoding other than cl100k_base
+        return tuple(found)
+
+
 def chunk_text(
     text: str,
     tokenizer: Tokenizer,
     max_chunk_tokens: int,
     overlap_tokens: int = 0,
-    tokens: Sequence[int] | None = None,
+    lens: Sequence[int] | None = None,
 ) -> list[TextChunk]:
     """Splits ``text`` into chunks of at most ``max_chunk_tokens`` tokens each (overlap included).
 
-    ``tokens``: ``tokenizer.encode(text)`` when the caller already has it (the planner counts
-    the document first), so the document is encoded once.
+    ``lens``: ``token_lengths(tokenizer, tokenizer.encode(text))`` when the caller already has
+    it (the planner counts the document first, and may remember it), so the document is
+    encoded once.
 
     Every chunk after the first repeats up to ``overlap_tokens`` tokens from the end of the
     previous chunk's body: whole sentences where they fit, else whole clauses or words.
@@ -107,7 +121,7 @@ def chunk_text(
         data = text.encode("utf-8")
     except UnicodeEncodeError as e:
         raise ValueError(f"text is not valid Unicode (lone surrogate at {e.start})") from e
-    doc = _Doc(text, data, tokenizer, tokens)
+    doc = _Doc(text, data, tokenizer, lens)
     bodies = _bodies(doc, max_chunk_tokens, overlap_tokens)
     return _finish(text, doc, bodies, max_chunk_tokens, overlap_tokens)
 
@@ -190,22 +204,15 @@ class _Doc:
     __slots__ = ("bytes_per_token", "data", "encode", "exact_pieces", "lens", "n", "ntok")
 
     def __init__(
-        self, text: str, data: bytes, tokenizer: Tokenizer, tokens: Sequence[int] | None = None
+        self, text: str, data: bytes, tokenizer: Tokenizer, lens: Sequence[int] | None = None
     ) -> None:
         self.data = data
         self.n = len(data)
         self.encode: Callable[[str], list[int]] = tokenizer.encode
-        if tokens is None:
-            tokens = tokenizer.encode(text)
-        self.ntok = len(tokens)
-        lengths = tokenizer.token_byte_lengths
-        # The byte length of every token of the document, looked up in C (itemgetter of many
-        # ids returns a tuple; of one, a bare int). Only lengths are needed from here on; the
-        # ids are dropped at once so the garbage collector never walks them.
-        self.lens: tuple[int, ...] = (
-            itemgetter(*tokens)(lengths) if self.ntok > 1 else tuple(lengths[t] for t in tokens)
-        )
-        del tokens
+        # The byte length of every token of the document: only lengths are needed from here
+        # on, so the ids are never kept (and the garbage collector never walks them).
+        self.lens = lens if lens is not None else token_lengths(tokenizer, tokenizer.encode(text))
+        self.ntok = len(self.lens)
         # Undershoots the tokens in a span a little (~80 % of a span's bytes at the mean), so
         # a walk's first jump rarely passes its target.
         self.bytes_per_token = 1.25 * self.n / max(1, self.ntok)

@@ -117,18 +117,19 @@ def plan_job(
     tokenizer: Tokenizer,
     defaults: PlanDefaults = PlanDefaults(),
     document_tokens: int | None = None,
-    tokens: Sequence[int] | None = None,
+    lens: Sequence[int] | None = None,
 ) -> JobPlan:
     """Plans ``spec`` on ``model``. Raises PlanError when it cannot run as asked.
 
-    ``tokens`` (the document's encoding, when the caller has it) spares a second encode;
-    ``document_tokens`` overrides the count (e.g. with a vendor's exact count).
+    ``lens`` (the byte lengths of the document's tokens, ``chunker.token_lengths``, when the
+    caller has them) spares a second encode; ``document_tokens`` overrides the count (e.g.
+    with a vendor's exact count).
     """
     error = token_error(model)
     if document_tokens is not None:
         doc_tokens = document_tokens
-    elif tokens is not None:
-        doc_tokens = len(tokens)
+    elif lens is not None:
+        doc_tokens = len(lens)
     else:
         doc_tokens = tokenizer.count(spec.text)
     base = overhead_tokens(spec, tokenizer)
@@ -176,13 +177,13 @@ def plan_job(
         usage = Usage(input_tokens=doc_tokens + base + history, output_tokens=output_tokens)
     elif strategy is Strategy.MAP_REDUCE:
         plan.effective_input_limit = map_limit
-        _chunk(plan, spec, tokenizer, defaults, map_limit, defaults.chunk_tokens, tokens)
+        _chunk(plan, spec, tokenizer, defaults, map_limit, defaults.chunk_tokens, lens)
         usage = _map_reduce_usage(plan, base)
     elif strategy is Strategy.REFINE:
         # Each step reads the running answer (up to output_tokens) beside its chunk.
         refine_limit = call_limit - output_tokens - spec.overlap_tokens
         plan.effective_input_limit = refine_limit
-        _chunk(plan, spec, tokenizer, defaults, refine_limit, defaults.chunk_tokens, tokens)
+        _chunk(plan, spec, tokenizer, defaults, refine_limit, defaults.chunk_tokens, lens)
         n = len(plan.chunks)
         plan.reduce_calls = n  # sequential steps, each one refining the answer
         usage = Usage(
@@ -196,7 +197,7 @@ def plan_job(
         # Select: small chunks ranked by BM25; the best that fit go into one call.
         select_limit = call_limit - history
         plan.effective_input_limit = select_limit
-        _chunk(plan, spec, tokenizer, defaults, select_limit, defaults.select_chunk_tokens, tokens)
+        _chunk(plan, spec, tokenizer, defaults, select_limit, defaults.select_chunk_tokens, lens)
         scores = bm25_scores(spec.instruction, [c.sent(spec.text) for c in plan.chunks])
         costs = [c.tokens + SELECT_SEPARATOR for c in plan.chunks]
         plan.selected = select(scores, costs, select_limit)
@@ -240,7 +241,7 @@ def _chunk(
     defaults: PlanDefaults,
     limit: int,
     default_size: int,
-    tokens: Sequence[int] | None = None,
+    lens: Sequence[int] | None = None,
 ) -> None:
     """Splits the document into chunks of at most ``limit`` tokens (sent text, overlap in)."""
     chunk_tokens = spec.max_chunk_tokens or min(limit, default_size)
@@ -264,7 +265,7 @@ def _chunk(
             f"the limit is {defaults.max_chunks}. Raise max_chunk_tokens.",
             field="chunking.max_chunk_tokens",
         )
-    plan.chunks = chunk_text(spec.text, tokenizer, chunk_tokens, spec.overlap_tokens, tokens)
+    plan.chunks = chunk_text(spec.text, tokenizer, chunk_tokens, spec.overlap_tokens, lens)
 
 
 def _map_reduce_usage(plan: JobPlan, base: int) -> Usage:

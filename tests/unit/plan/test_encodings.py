@@ -1,0 +1,44 @@
+"""Remembered encodings: the same lengths as encoding afresh, once per document, bounded."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from longread_server.plan.chunker import chunk_text, token_lengths
+from longread_server.plan.encodings import EncodingMemo
+from longread_server.plan.tokenizers import get_tokenizer
+
+TOK = get_tokenizer("cl100k_base")
+TEXT = "The harbour closes at nine. 港口九点关闭。Ferries leave hourly.\n\n" * 400
+
+
+def test_lengths_are_the_encodings_and_a_document_is_encoded_once() -> None:
+    memo = EncodingMemo(4)
+    first = memo.token_lengths(TOK, TEXT)
+    assert list(first) == [len(TOK.decode_bytes([t])) for t in TOK.encode(TEXT)]
+    assert memo.token_lengths(TOK, TEXT) is first
+    assert (memo.hits, memo.misses) == (1, 1)
+    # Chunks cut from remembered lengths are the chunks cut from a fresh encoding.
+    assert chunk_text(TEXT, TOK, 300, 30, first) == chunk_text(TEXT, TOK, 300, 30)
+    # The same text under another model name of the same encoding is the same entry.
+    assert memo.token_lengths(get_tokenizer("gpt-4"), TEXT) is first
+
+
+def test_other_documents_miss_and_the_oldest_goes_first() -> None:
+    memo = EncodingMemo(2)
+    texts = [f"{TEXT}(copy {i})" for i in range(3)]
+    for t in texts:
+        memo.token_lengths(TOK, t)
+    assert len(memo) == 2 and memo.misses == 3
+    memo.token_lengths(TOK, texts[2])
+    memo.token_lengths(TOK, texts[0])  # evicted: encoded again
+    assert (memo.hits, memo.misses) == (1, 4)
+
+
+def test_threads_get_the_same_lengths() -> None:
+    memo = EncodingMemo(4)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: memo.token_lengths(TOK, TEXT), range(8)))
+    expected = token_lengths(TOK, TOK.encode(TEXT))
+    assert all(r == expected for r in results)
+    assert memo.hits + memo.misses == 8 and len(memo) == 1
