@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -49,7 +49,7 @@ from longread_server.plan.planner import (
     plan_job,
     quick_fit,
 )
-from longread_server.plan.tokenizers import get_tokenizer
+from longread_server.plan.tokenizers import Tokenizer, get_tokenizer
 from longread_server.run.events import JobResult, JobWarning, RunEvent
 from longread_server.run.runner import Job, JobRunner
 from longread_server.telemetry import Telemetry, current_span, disabled
@@ -304,7 +304,12 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
             raise from_upstream(e, model.vendor, model.model) from e
         tokenizer = get_tokenizer("cl100k_base")
         spec = prep.parsed.spec
-        prep.plan = await asyncio.to_thread(plan_job, spec, model, tokenizer, self._defaults, exact)
+
+        def replan() -> JobPlan:  # the cuts from the remembered encoding, the vendor's count
+            lens = self._token_lengths(tokenizer, spec.text)
+            return plan_job(spec, model, tokenizer, self._defaults, exact, lens)
+
+        prep.plan = await asyncio.to_thread(replan)
         prep.plan.tokens_exact = True
         prep.plan.token_error = 0.0
 
@@ -424,11 +429,7 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
     ) -> tuple[JobPlan, list[ModelFit]]:
         """Counts tokens once, resolves the model, plans the job (may run in a thread)."""
         tokenizer = get_tokenizer("cl100k_base")
-        text = parsed.spec.text
-        if len(text) > _MEMO_CHARS:
-            lens = self._encodings.token_lengths(tokenizer, text)
-        else:
-            lens = token_lengths(tokenizer, tokenizer.encode(text))
+        lens = self._token_lengths(tokenizer, parsed.spec.text)
         doc_tokens = len(lens)
         limit = self._cfg.limits.max_document_tokens
         if doc_tokens > limit:
@@ -461,6 +462,13 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
         except PlanError as e:
             raise invalid([FieldViolation(e.field, str(e), e.reason)], e.reason) from e
         return plan, fits
+
+    def _token_lengths(self, tokenizer: Tokenizer, text: str) -> Sequence[int]:
+        """The byte length of each of the document's tokens: remembered for long documents
+        (Estimate, then Analyze, tokenizes once); short ones are planned from scratch."""
+        if len(text) > _MEMO_CHARS:
+            return self._encodings.token_lengths(tokenizer, text)
+        return token_lengths(tokenizer, tokenizer.encode(text))
 
     def _resolve(self, parsed: convert.ParsedRequest, fits: list[ModelFit]) -> ModelInfo:
         vendor, model = parsed.vendor, parsed.model
