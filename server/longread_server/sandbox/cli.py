@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--host", default=defaults.host, help="interface to bind (default %(default)s)")
     add("--port", type=int, default=8089, help="port, 0 for any free one (default %(default)s)")
     add("--api-key", default=None, help="accept only this key (default: any non-empty key)")
-    add("--latency-ms", type=float, default=0.0, help="delay before every response starts")
+    add("--latency-ms", type=float, default=0.0, help="time from arrival to every response")
     add("--ttft-ms", type=float, default=0.0, help="streaming: delay before the first event")
     add("--tokens-per-s", type=float, default=0.0, help="streaming pace, 0 = unlimited")
     add("--fault-rate", type=float, default=0.0, help="share of model requests that fail (0..1)")

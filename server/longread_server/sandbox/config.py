@@ -23,7 +23,7 @@ class SandboxConfig:
     port: int = 0
     # None: any non-empty key is accepted. Set: other keys get the vendor's 401.
     api_key: str | None = None
-    latency_ms: float = 0.0  # before the response starts (errors included)
+    latency_ms: float = 0.0  # from arrival to the response (errors included)
     ttft_ms: float = 0.0  # streaming: after the headers, before the first event
     tokens_per_s: float = 0.0  # streaming pace; 0 = as fast as possible
     fault_rate: float = 0.0  # share of model requests that get ``fault_kind`` (seeded RNG)
