@@ -10,6 +10,9 @@ seeds), which is close to the 5 % being measured. A second "off" variant is the 
 difference from "off" is the noise floor of the comparison. Server CPU comes from
 /proc/PID/task/*/schedstat (nanoseconds; the 10 ms ticks of /proc/PID/stat are 1.6 % of a
 request's CPU at 300 requests a round).
+Two workloads over the same gateways: a short document (a few hundred characters, the worst
+case: the least work for the spans to be measured against) and ``long_document``, a report of
+about 60K characters in one call, the size this service is mostly sent.
 Prints one JSON object. Run: python -m bench.telemetry
 """
 
@@ -25,6 +28,7 @@ from typing import Any
 
 import grpc
 from longread.client import AsyncClient, Options
+from longread_server.sample import generate_report
 from opentelemetry.proto.collector.metrics.v1 import (
     metrics_service_pb2,
     metrics_service_pb2_grpc,
@@ -35,6 +39,10 @@ from bench import _servers
 
 ROUNDS = 7
 REPLICAS = 2
+# A report of ~60K characters (~13K tokens), one call: the size this service is mostly sent.
+LONG_DOC = generate_report(60_000)
+LONG_REQUESTS = 60
+LONG_ROUNDS = 5
 REQUESTS = 300
 CONCURRENCY = 4
 DOC = "The tide turns at four. The harbour closes at nine. Ferries leave hourly. " * 6
@@ -57,7 +65,7 @@ class _Receiver(
         return metrics_service_pb2.ExportMetricsServiceResponse()
 
 
-async def _load(ports: list[int], requests: int = REQUESTS) -> None:
+async def _load(ports: list[int], requests: int = REQUESTS, doc: str = DOC) -> None:
     """``requests`` Analyze calls to each gateway, CONCURRENCY at a time per gateway."""
     clients = [AsyncClient(f"127.0.0.1:{port}", timeout=30) for port in ports]
     opts = Options(model="gpt-4.1-mini", cache="bypass")
@@ -69,9 +77,9 @@ async def _load(ports: list[int], requests: int = REQUESTS) -> None:
             left -= 1
             # A document of its own per request: nothing is remembered from an earlier one
             # (plans, cache keys), as for a real cache miss. Each gateway gets the same ones.
-            doc = f"{DOC}(request {next(_serial)})"
+            text = f"{doc}(request {next(_serial)})"
             for c in clients:
-                await c.analyze(doc, Q, options=opts)
+                await c.analyze(text, Q, options=opts)
 
     try:
         await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
@@ -117,61 +125,90 @@ async def main() -> dict[str, object]:
                 gws[name].append((_servers.gateway(port, sb_port, env=env), port))
         ports = [port for reps in gws.values() for _, port in reps]
         await _load(ports, 50)  # warm-up
-        per_req: dict[str, list[float]] = {name: [] for name in variants}
-        by_process: dict[str, list[list[float]]] = {name: [] for name in variants}
-
-        def cpu_s() -> dict[str, list[float]]:
-            return {name: [p.cpu_s_precise() for p, _ in reps] for name, reps in gws.items()}
-
-        for _ in range(ROUNDS):
-            before = cpu_s()
-            await _load(ports)
-            after = cpu_s()
-            for name in variants:
-                ms = [
-                    (a - b) / REQUESTS * 1000
-                    for a, b in zip(after[name], before[name], strict=True)
-                ]
-                by_process[name].append(ms)
-                per_req[name].append(statistics.fmean(ms))
+        per_req, by_process = await _rounds(gws, ports, DOC, REQUESTS, ROUNDS)
+        long_req, _ = await _rounds(gws, ports, LONG_DOC, LONG_REQUESTS, LONG_ROUNDS)
     finally:
         for reps in gws.values():
             for proc, _ in reps:
                 proc.stop()
         sb.stop()
         rx.stop(0)
-    med = {name: statistics.median(v) for name, v in per_req.items()}
+    parts = ("off_control", "traces_only", "metrics_only", "on_with_client_spans")
 
-    def pct(ratios: Iterable[float]) -> float:
-        # Median over rounds of the round's ratio to "off": the machine's drift between
-        # rounds cancels out within a round.
-        return round((statistics.median(ratios) - 1) * 100, 1)
-
-    def overhead(name: str) -> float:
-        return pct(x / base for x, base in zip(per_req[name], per_req["off"], strict=True))
-
-    def process_overheads(name: str) -> list[float]:
-        # Each process of the variant on its own against the mean of the "off" processes:
-        # the spread shows how much one process alone would mislead.
-        rounds = list(zip(by_process[name], per_req["off"], strict=True))
-        return [pct(r[i] / base for r, base in rounds) for i in range(REPLICAS)]
+    def medians(rounds: PerRequest) -> dict[str, float]:
+        return {k: round(statistics.median(v), 3) for k, v in rounds.items()}
 
     return {
         "requests_per_round": REQUESTS,
         "rounds": ROUNDS,
         "processes_per_variant": REPLICAS,
-        "server_cpu_ms_per_req": {k: round(v, 3) for k, v in med.items()},
+        "server_cpu_ms_per_req": medians(per_req),
         "rounds_ms": {k: [round(x, 3) for x in v] for k, v in per_req.items()},
-        "overhead_pct": overhead("on"),
-        "overhead_pct_by_part": {
-            k: overhead(k)
-            for k in ("off_control", "traces_only", "metrics_only", "on_with_client_spans")
-        },
+        "overhead_pct": _overhead(per_req, "on"),
+        "overhead_pct_by_part": {k: _overhead(per_req, k) for k in parts},
         "overhead_pct_by_process": {
-            k: process_overheads(k) for k in ("off_control", "traces_only", "metrics_only", "on")
+            k: _process_overheads(per_req, by_process, k)
+            for k in ("off_control", "traces_only", "metrics_only", "on")
+        },
+        # The same gateways, sent a document of the size this service is for (one call).
+        "long_document": {
+            "chars": len(LONG_DOC),
+            "requests_per_round": LONG_REQUESTS,
+            "rounds": LONG_ROUNDS,
+            "server_cpu_ms_per_req": medians(long_req),
+            "overhead_pct": _overhead(long_req, "on"),
+            "overhead_pct_by_part": {k: _overhead(long_req, k) for k in parts},
         },
         "spans_exported": receiver.spans,
     }
+
+
+PerRequest = dict[str, list[float]]
+
+
+async def _rounds(
+    gws: dict[str, list[tuple[_servers.Proc, int]]],
+    ports: list[int],
+    doc: str,
+    requests: int,
+    rounds: int,
+) -> tuple[PerRequest, dict[str, list[list[float]]]]:
+    """Server CPU ms per request of each variant in each round: the mean over its processes,
+    and each process's own."""
+    per_req: PerRequest = {name: [] for name in gws}
+    by_process: dict[str, list[list[float]]] = {name: [] for name in gws}
+
+    def cpu_s() -> dict[str, list[float]]:
+        return {name: [p.cpu_s_precise() for p, _ in reps] for name, reps in gws.items()}
+
+    for _ in range(rounds):
+        before = cpu_s()
+        await _load(ports, requests, doc)
+        after = cpu_s()
+        for name in gws:
+            ms = [(a - b) / requests * 1000 for a, b in zip(after[name], before[name], strict=True)]
+            by_process[name].append(ms)
+            per_req[name].append(statistics.fmean(ms))
+    return per_req, by_process
+
+
+def _pct(ratios: Iterable[float]) -> float:
+    # Median over rounds of the round's ratio to "off": the machine's drift between rounds
+    # cancels out within a round.
+    return round((statistics.median(ratios) - 1) * 100, 1)
+
+
+def _overhead(per_req: PerRequest, name: str) -> float:
+    return _pct(x / base for x, base in zip(per_req[name], per_req["off"], strict=True))
+
+
+def _process_overheads(
+    per_req: PerRequest, by_process: dict[str, list[list[float]]], name: str
+) -> list[float]:
+    # Each process of the variant on its own against the mean of the "off" processes: the
+    # spread shows how much one process alone would mislead.
+    rounds = list(zip(by_process[name], per_req["off"], strict=True))
+    return [_pct(r[i] / base for r, base in rounds) for i in range(REPLICAS)]
 
 
 if __name__ == "__main__":
