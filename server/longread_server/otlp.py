@@ -104,62 +104,43 @@ def _kv(key: str, value: Any) -> bytes:
     return k + _len(0x12, _any(value))
 
 
-# Whole encoded attributes (the KeyValue as a field of the message that holds it) by field
-# tag, then by (key, value): model names, tenants, operation names... repeat on every span; so
-# do small ints (flags, attempts). Strings, bools and small ints have a table each (True == 1,
-# so they must not share one). Bounded; other ints and floats are not encoded ahead.
+# Whole encoded attributes by (field, key, value) for string and bool values: model names,
+# tenants, operation names... repeat on every span; so do small ints (flags, attempts).
+# Bounded: emptied when full, since unique values (a response id per call) would otherwise
+# fill it for good and leave no room for the values that repeat. Other ints and floats are
+# not cached.
 _CACHE_MAX = 16384
-_str_attrs: dict[int, dict[tuple[str, str], bytes]] = {}
-_bool_attrs: dict[int, dict[tuple[str, bool], bytes]] = {}
-_int_attrs: dict[int, dict[tuple[str, int], bytes]] = {}
+_encoded: dict[tuple[int, str, type, Any], bytes] = {}
+
+
+def _cached(tag: int, k: str, t: type, v: Any) -> bytes:
+    ck = (tag, k, t, v)
+    enc = _encoded.get(ck)
+    if enc is None:
+        enc = _len(tag, _kv(k, v))
+        if len(_encoded) >= _CACHE_MAX:
+            _encoded.clear()
+        _encoded[ck] = enc
+    return enc
 
 
 def _attributes(tag: int, attrs: Mapping[str, Any] | None) -> bytes:
     if not attrs:
         return b""
-    strs = _str_attrs.get(tag)
-    if strs is None:
-        strs = _str_attrs[tag] = {}
-        _bool_attrs[tag] = {}
-        _int_attrs[tag] = {}
     out = []
     # The SDK's BoundedAttributes wraps a plain dict; iterating that skips a lock per item.
     items = getattr(attrs, "_dict", attrs)
-    for kv in items.items():
-        v = kv[1]
+    for k, v in items.items():
         t = type(v)
-        if t is str:
-            enc = strs.get(kv)
-            if enc is None:
-                enc = _remember(strs, kv, _len(tag, _kv(*kv)))
-        elif t is int:
-            if 0 <= v < 64:
-                small = _int_attrs[tag]
-                enc = small.get(kv)
-                if enc is None:
-                    enc = _remember(small, kv, _len(tag, _kv(*kv)))
-            else:  # token counts: a KeyValue with an int_value
-                k = kv[0]
-                key = _keys.get(k) or _len(0x0A, k.encode())
-                enc = _len(tag, key + _len(0x12, b"\x18" + _varint(v)))
-        elif t is bool:
-            flags = _bool_attrs[tag]
-            enc = flags.get(kv)
-            if enc is None:
-                enc = _remember(flags, kv, _len(tag, _kv(*kv)))
+        if t is str or t is bool or (t is int and 0 <= v < 64):
+            enc = _cached(tag, k, t, v)
+        elif t is int:  # token counts: a KeyValue with an int_value
+            key = _keys.get(k) or _len(0x0A, k.encode())
+            enc = _len(tag, key + _len(0x12, b"\x18" + _varint(v)))
         else:
-            enc = _len(tag, _kv(*kv))
+            enc = _len(tag, _kv(k, v))
         out.append(enc)
     return b"".join(out)
-
-
-def _remember(cache: dict[Any, bytes], key: Any, enc: bytes) -> bytes:
-    # Unique values (response ids) would fill a table that only stopped growing and leave
-    # no room for the values that repeat; emptied instead, those are back after one span.
-    if len(cache) >= _CACHE_MAX:
-        cache.clear()
-    cache[key] = enc
-    return enc
 
 
 def _flags(remote: bool) -> bytes:
