@@ -22,12 +22,7 @@ from redis.asyncio import Redis
 from longread_server.calls.pipeline import Call, Next
 from longread_server.domain import CallRejected, Finish, LlmEvent
 from longread_server.plan.catalog import Catalog, price
-from longread_server.state.failover import (
-    SHARED,
-    FailoverPolicy,
-    SharedHealth,
-    StateUnavailable,
-)
+from longread_server.state.failover import SHARED, FailoverPolicy, SharedHealth
 
 WARN_SHARE = 0.8
 _KEY_TTL_S = 40 * 24 * 3600  # a month's key outlives the month, then expires
@@ -92,10 +87,8 @@ class BudgetLedger:
         async def local() -> float:
             return self._local.get(key, 0.0)
 
-        try:
-            spent, _ = await self.health.run(shared, local)
-        except StateUnavailable:  # the gate fails closed for limits; budgets fail open
-            spent = await local()
+        # Budgets fail open even where limits and breakers are set to fail closed.
+        spent, _ = await self.health.run(shared, local, fail_open=True)
         return BudgetState(cap, spent)
 
     async def charge(self, tenant: str, usd: float) -> None:

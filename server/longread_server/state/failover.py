@@ -77,9 +77,14 @@ class SharedHealth:
         self.busy = 0  # operations served locally because max_in_flight were already out
 
     async def run(
-        self, shared: Callable[[], Awaitable[T]], local: Callable[[], Awaitable[T]]
+        self,
+        shared: Callable[[], Awaitable[T]],
+        local: Callable[[], Awaitable[T]],
+        *,
+        fail_open: bool | None = None,
     ) -> tuple[T, str]:
-        """``shared()`` if Redis is usable, else (or if it fails) ``local()``."""
+        """``shared()`` if Redis is usable, else (or if it fails) ``local()``; refused instead
+        when failing closed (``fail_open``: this operation's choice over the policy's)."""
         if not self.degraded or self._clock.now() >= self._down_until:
             started = False
             try:
@@ -97,7 +102,7 @@ class SharedHealth:
                     self.recoveries += 1
                     log.warning("shared state: Redis is back")
                 return result, SHARED
-        if not self.policy.fail_open:
+        if not (self.policy.fail_open if fail_open is None else fail_open):
             raise StateUnavailable("shared rate-limit/breaker state (Redis) is unavailable")
         self.fallbacks += 1
         return await local(), LOCAL
