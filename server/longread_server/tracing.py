@@ -34,17 +34,81 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import (
+    Link,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+)
 from opentelemetry.util import types
 
 log = logging.getLogger(__name__)
+
+# A finished span as plain values, as the OTLP batcher queues it: trace id, span id, trace
+# state, parent span id (0: none), parent is remote, name, kind (SpanKind's value), start,
+# end, attributes, dropped attributes, events, dropped events, links, dropped links, status
+# code (StatusCode's value), status description, scope (a ``scope_key``). Spans wait for export
+# for up to a second, long enough for the garbage collector to promote whatever they hold to
+# its older generations and scan it again in each collection of those: the tuple is one
+# object to scan, where the span object came with its context and lists (and, from the
+# next full collection on, its dict of plain values is not scanned at all).
+FlatSpan = tuple[
+    int,
+    int,
+    "TraceState | None",
+    int,
+    bool,
+    str,
+    int,
+    int,
+    int,
+    Mapping[str, Any],
+    int,
+    Sequence[Event],
+    int,
+    Sequence[Link],
+    int,
+    int,
+    str,
+    int,
+]
+
+_scopes: list[tuple[Resource, InstrumentationScope | None]] = []
+_scope_keys: dict[tuple[int, int], int] = {}
+_scopes_lock = threading.Lock()
+
+
+def scope_key(resource: Resource, scope: InstrumentationScope | None) -> int:
+    """A small int standing for (resource, scope) in flat spans. Registered for good: a
+    process has a handful (one per tracer)."""
+    ident = (id(resource), id(scope))
+    key = _scope_keys.get(ident)
+    if key is None:
+        with _scopes_lock:
+            key = _scope_keys.get(ident)
+            if key is None:
+                _scopes.append((resource, scope))  # kept alive: the ids stay theirs
+                key = _scope_keys[ident] = len(_scopes) - 1
+    return key
+
+
+def scope_of(key: int) -> tuple[Resource, InstrumentationScope | None]:
+    return _scopes[key]
+
 
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 _UNSET = Status(StatusCode.UNSET)
 _MAX_ATTRIBUTES = 128  # the SDK's default span limits
 _MAX_EVENTS = 128
+# Attribute values kept as they are; anything else goes through _clean.
+_PRIMITIVE = frozenset((str, int, bool, float))
 _getrandbits = random.getrandbits
+# The context key the trace API keeps the current span under (it carries a random suffix).
+(_SPAN_KEY,) = trace.set_span_in_context(trace.INVALID_SPAN, context_api.Context()).keys()
 _time_ns = time.time_ns
 
 
@@ -84,14 +148,22 @@ class LeanSpan(trace.Span):
         "end_time",
         "kind",
         "parent",
+        "parent_id",
+        "parent_remote",
+        "span_id",
         "start_time",
+        "state",
+        "trace_id",
     )
 
     def __init__(
         self,
         name: str,
-        context: SpanContext,
+        trace_id: int,
+        span_id: int,
+        state: TraceState | None,
         parent: SpanContext | None,
+        parent_remote: bool,
         kind: SpanKind,
         attributes: types.Attributes,
         links: Sequence[Link] | None,
@@ -99,12 +171,19 @@ class LeanSpan(trace.Span):
         tracer: LeanTracer,
     ) -> None:
         self._name = name
-        self._context = context
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.state = state
+        # The SpanContext is made when asked for: most spans are leaves nobody asks.
+        self._context: SpanContext | None = None
         self.parent = parent
+        self.parent_id = 0 if parent is None else parent.span_id
+        self.parent_remote = parent_remote
         self.kind = kind
         self._attributes: dict[str, Any] = {}
-        self._events: list[Event] = []
-        self._links: list[Link] = list(links) if links else []
+        # Most spans have no events or links: no list (a tracked object) until one is added.
+        self._events: list[Event] | None = None
+        self._links: list[Link] | None = list(links) if links else None
         self._status = _UNSET
         self.start_time = start_time
         self.end_time: int | None = None
@@ -122,7 +201,7 @@ class LeanSpan(trace.Span):
 
     @property
     def context(self) -> SpanContext:
-        return self._context
+        return self.get_span_context()
 
     @property
     def attributes(self) -> Mapping[str, Any]:
@@ -130,11 +209,11 @@ class LeanSpan(trace.Span):
 
     @property
     def events(self) -> Sequence[Event]:
-        return self._events
+        return self._events or ()
 
     @property
     def links(self) -> Sequence[Link]:
-        return self._links
+        return self._links or ()
 
     @property
     def status(self) -> Status:
@@ -154,12 +233,12 @@ class LeanSpan(trace.Span):
         """This span as the SDK's ReadableSpan, for SDK exporters."""
         return ReadableSpan(
             name=self._name,
-            context=self._context,
+            context=self.get_span_context(),
             parent=self.parent,
             resource=self.resource,
             attributes=dict(self._attributes),
-            events=tuple(self._events),
-            links=tuple(self._links),
+            events=tuple(self.events),
+            links=tuple(self.links),
             kind=self.kind,
             status=self._status,
             start_time=self.start_time,
@@ -170,7 +249,12 @@ class LeanSpan(trace.Span):
     # ---- the trace API ----
 
     def get_span_context(self) -> SpanContext:
-        return self._context
+        ctx = self._context
+        if ctx is None:
+            ctx = self._context = SpanContext(
+                self.trace_id, self.span_id, False, _SAMPLED, self.state
+            )
+        return ctx
 
     def is_recording(self) -> bool:
         return self.end_time is None
@@ -186,12 +270,12 @@ class LeanSpan(trace.Span):
                 else:
                     self.set_attribute(key, value)
             return
+        if "" not in attributes and _PRIMITIVE.issuperset(map(type, attributes.values())):
+            attrs.update(attributes)  # the usual case, checked and copied without a loop
+            return
         for key, value in attributes.items():
-            t = type(value)
-            if (t is str or t is int or t is bool) and key:
-                attrs[key] = value
-            elif value is not None and key:
-                attrs[key] = _clean(value)
+            if value is not None and key:
+                attrs[key] = value if type(value) in _PRIMITIVE else _clean(value)
 
     def set_attribute(self, key: str, value: types.AttributeValue) -> None:
         if self.end_time is not None or value is None or not key:
@@ -208,7 +292,9 @@ class LeanSpan(trace.Span):
     ) -> None:
         if self.end_time is not None:
             return
-        if len(self._events) >= _MAX_EVENTS:
+        if self._events is None:
+            self._events = []
+        elif len(self._events) >= _MAX_EVENTS:
             self.dropped_events += 1
             return
         attrs = {k: _clean(v) for k, v in (attributes or {}).items() if v is not None}
@@ -216,6 +302,8 @@ class LeanSpan(trace.Span):
 
     def add_link(self, context: SpanContext, attributes: types.Attributes = None) -> None:
         if self.end_time is None and context.is_valid:
+            if self._links is None:
+                self._links = []
             self._links.append(Link(context, attributes))
 
     def update_name(self, name: str) -> None:
@@ -251,11 +339,39 @@ class LeanSpan(trace.Span):
             attrs.update(attributes)
         self.add_event("exception", attrs, timestamp)
 
+    def flat(self) -> FlatSpan:
+        """This finished span as plain values (``FlatSpan``), for the OTLP batcher."""
+        status = self._status
+        if status is _UNSET:
+            code, description = 0, ""
+        else:
+            code, description = status.status_code.value, status.description or ""
+        return (
+            self.trace_id,
+            self.span_id,
+            self.state,
+            self.parent_id,
+            self.parent_remote,
+            self._name,
+            self.kind._value_,
+            self.start_time,
+            self.end_time or 0,
+            self._attributes,
+            self.dropped_attributes,
+            tuple(self._events) if self._events else (),
+            self.dropped_events,
+            tuple(self._links) if self._links else (),
+            self.dropped_links,
+            code,
+            description,
+            self._tracer.scope_key,
+        )
+
     def end(self, end_time: int | None = None) -> None:
         if self.end_time is not None:
             return
         self.end_time = end_time or _time_ns()
-        for sink in self._tracer.provider.sinks:
+        for sink in self._tracer.sinks:
             sink.on_end(self)
 
 
@@ -263,6 +379,8 @@ class LeanTracer(trace.Tracer):
     def __init__(self, provider: LeanTracerProvider, scope: InstrumentationScope) -> None:
         self.provider = provider
         self.scope = scope
+        self.scope_key = scope_key(provider.resource, scope)
+        self.sinks = provider.sinks  # the provider's list: sinks added later are in it too
 
     def start_span(
         self,
@@ -275,25 +393,44 @@ class LeanTracer(trace.Tracer):
         record_exception: bool = True,
         set_status_on_exception: bool = True,
     ) -> trace.Span:
-        parent = trace.get_current_span(context).get_span_context()
+        parent_span = (context_api.get_current() if context is None else context).get(_SPAN_KEY)
         span_id = _getrandbits(64) or 1
+        start = start_time or _time_ns()
+        if type(parent_span) is LeanSpan:  # a span of ours: sampled, local (the usual case)
+            return LeanSpan(
+                name,
+                parent_span.trace_id,
+                span_id,
+                parent_span.state,
+                parent_span.get_span_context(),
+                False,
+                kind,
+                attributes,
+                links,
+                start,
+                self,
+            )
+        parent = trace.get_current_span(context).get_span_context()
         if parent.is_valid:
-            trace_id, state = parent.trace_id, parent.trace_state
+            trace_id, state = parent.trace_id, parent.trace_state or None
             sampled = parent.trace_flags.sampled
         else:
             trace_id, state = _getrandbits(128) or 1, None
             sampled = (trace_id & 0xFFFFFFFFFFFFFFFF) < self.provider.bound
-        ctx = SpanContext(trace_id, span_id, False, _SAMPLED if sampled else _NOT_SAMPLED, state)
         if not sampled:
+            ctx = SpanContext(trace_id, span_id, False, _NOT_SAMPLED, state)
             return trace.NonRecordingSpan(ctx)
         return LeanSpan(
             name,
-            ctx,
+            trace_id,
+            span_id,
+            state,
             parent if parent.is_valid else None,
+            parent.is_valid and parent.is_remote,
             kind,
             attributes,
             links,
-            start_time or _time_ns(),
+            start,
             self,
         )
 

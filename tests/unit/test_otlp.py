@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Iterator
 from concurrent import futures
@@ -11,7 +12,8 @@ from typing import Any
 import grpc
 import pytest
 from longread_server import otlp
-from longread_server.otlp import OtlpBatcher, encode_request
+from longread_server.otlp import OtlpBatcher, encode_request, flatten
+from longread_server.tracing import LeanSpan, LeanTracerProvider
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
@@ -91,7 +93,7 @@ def test_encoder_stays_exact_and_bounded_past_its_tables() -> None:
     with tracer.start_as_current_span("chat") as span:
         span.set_attribute("longread.tenant", "late")
     encode_request(memory.get_finished_spans()[-1:])
-    assert (0x4A, "longread.tenant", str, "late") in otlp._encoded
+    assert (0x4A, "longread.tenant", "late") in otlp._encoded
 
 
 def test_encoder_matches_the_official_encoder() -> None:
@@ -103,12 +105,58 @@ def test_encoder_matches_the_official_encoder() -> None:
     assert sum(len(ss.spans) for rs in ours.resource_spans for ss in rs.scope_spans) == 8
 
 
+def test_equal_values_of_other_types_stay_apart_in_the_tables() -> None:
+    """True == 1 == 1.0 and ("x",) is not "x": each keeps its own encoding under one key."""
+    tp = LeanTracerProvider(Resource.create({"service.name": "a"}))
+    kept: list[LeanSpan] = []
+    tp.add_sink(Keep(kept))
+    tracer = tp.get_tracer("longread")
+    for value in (True, 1, 1.0, "x", ("x",), ("x", 1), 0, False, -1, 2**40):
+        tracer.start_span("s", attributes={"v": value}).end()
+    ours = trace_service_pb2.ExportTraceServiceRequest.FromString(encode_request(kept))
+    assert ours == encode_spans([s.readable() for s in kept])
+
+
+def test_queued_spans_hold_nothing_the_garbage_collector_keeps_scanning() -> None:
+    """A lean span waits for export as one tuple of plain values: no span object, context,
+    lists or tuples inside it for every collection to scan again while spans queue under
+    load (after one full collection, when its dict of attributes is untracked)."""
+    tp = LeanTracerProvider(Resource.create({"service.name": "a"}))
+    kept: list[LeanSpan] = []
+    tp.add_sink(Keep(kept))
+    tracer = tp.get_tracer("longread")
+    with tracer.start_as_current_span("parent"):
+        span = tracer.start_span("chat", kind=SpanKind.CLIENT, attributes={"model": "m", "n": 7})
+        span.set_attribute("gen_ai.response.finish_reasons", ["stop"])
+        span.end()
+    flat = flatten(kept[0])
+    del kept[:]
+    gc.collect()
+    assert [x for x in flat if gc.is_tracked(x)] == []
+
+
 def test_encoder_handles_one_span_and_none() -> None:
     (span, *_) = _spans()
     assert trace_service_pb2.ExportTraceServiceRequest.FromString(
         encode_request([span])
     ) == encode_spans([span])
     assert encode_request([]) == b""
+
+
+class Keep:
+    """Keeps ended lean spans."""
+
+    def __init__(self, kept: list[LeanSpan]) -> None:
+        self.kept = kept
+
+    def on_end(self, span: LeanSpan) -> None:
+        self.kept.append(span)
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+    def shutdown(self) -> None:
+        pass
 
 
 class _Receiver(trace_service_pb2_grpc.TraceServiceServicer):
@@ -184,6 +232,58 @@ def test_batcher_drops_the_oldest_when_full_and_counts_them() -> None:
     assert batcher.dropped == 5 and batcher.exported == 0
 
 
+def test_a_batch_too_big_for_one_request_is_sent_in_halves(
+    receiver: tuple[_Receiver, int],
+) -> None:
+    """Spans carrying documents (content recording) can make a batch larger than collectors
+    accept (4 MiB by default): it goes in several requests, each under the limit."""
+    rx, port = receiver
+    batcher = OtlpBatcher(f"http://127.0.0.1:{port}", interval_s=30, max_bytes=10_000)
+    tp = LeanTracerProvider(Resource.create({"service.name": "a"}))
+    tp.add_sink(batcher)
+    tracer = tp.get_tracer("longread")
+    for i in range(8):
+        tracer.start_span(f"chat {i}", attributes={"longread.prompt": "x" * 3000}).end()
+    tracer.start_span("huge", attributes={"longread.prompt": "y" * 20_000}).end()
+    batcher.shutdown()
+    assert sorted(rx.names()) == sorted([f"chat {i}" for i in range(8)] + ["huge"])
+    for r in rx.requests:  # each under the limit, unless a single span is over it alone
+        spans = [s for rs in r.resource_spans for ss in rs.scope_spans for s in ss.spans]
+        assert r.ByteSize() <= 10_000 or len(spans) == 1
+    assert len(rx.requests) >= 4  # three 3 KB spans to a request at most, then "huge"
+    assert batcher.exported == 9 and batcher.dropped == 0
+
+
+def test_batcher_settings_come_from_the_sdk_variables(receiver: tuple[_Receiver, int]) -> None:
+    _, port = receiver
+    env = {
+        "OTEL_BSP_SCHEDULE_DELAY": "250",
+        "OTEL_BSP_EXPORT_TIMEOUT": "3000",
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "64",
+        "OTEL_BSP_MAX_QUEUE_SIZE": "128",
+    }
+    batcher = OtlpBatcher(f"http://127.0.0.1:{port}", env=env)
+    assert (batcher._interval, batcher._timeout, batcher._batch, batcher._max_queue) == (
+        0.25,
+        3.0,
+        64,
+        128,
+    )
+    batcher.shutdown()
+    defaults = OtlpBatcher(f"http://127.0.0.1:{port}", env={})
+    assert (defaults._interval, defaults._batch, defaults._max_queue) == (5.0, 2048, 8192)
+    defaults.shutdown()
+    small_queue = OtlpBatcher(f"http://127.0.0.1:{port}", env={"OTEL_BSP_MAX_QUEUE_SIZE": "10"})
+    assert small_queue._batch == 10
+    small_queue.shutdown()
+    for bad, message in (
+        ({"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "lots"}, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"),
+        ({"OTEL_BSP_SCHEDULE_DELAY": "-1"}, "OTEL_BSP_SCHEDULE_DELAY"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            OtlpBatcher(f"http://127.0.0.1:{port}", env=bad)
+
+
 def test_batcher_exports_what_was_queued_without_chasing_new_spans(
     receiver: tuple[_Receiver, int],
 ) -> None:
@@ -197,13 +297,13 @@ def test_batcher_exports_what_was_queued_without_chasing_new_spans(
 
     def send_while_spans_end(payload: bytes, count: int) -> None:
         sent.append(count)
-        batcher._queue.append(spans[0])  # a span ends meanwhile
+        batcher._queue.append(flatten(spans[0]))  # a span ends meanwhile
         send(payload, count)
 
     batcher._send = send_while_spans_end  # type: ignore[method-assign]
     with batcher._lock:  # keep the thread out until the queue is filled
         for s in spans[:6]:
-            batcher._queue.append(s)
+            batcher._queue.append(flatten(s))
     batcher._drain()
     assert sent == [4, 2]  # one full batch and the remainder of what was queued
     assert len(batcher._queue) == 2
