@@ -117,17 +117,36 @@ def _kv(key: str, value: Any) -> bytes:
 # Whole encoded attributes, with their field's tag: model names, tenants, operation names...
 # repeat on every span; so do flags, small ints (attempts) and finish reasons. Keyed (tag, key,
 # value) for a string or a tuple of strings, (tag, key, value, type) for a bool or a small int
-# (True == 1). Bounded: emptied when full, since unique values (a response id per call) would
-# otherwise fill it for good and leave no room for the values that repeat. Other ints and
-# floats are encoded each time, without the general path's type tests.
+# (True == 1). A key whose values keep changing (a response id per call) stops being cached
+# after _KEY_VALUES of them: its values are encoded each time and the table stays small (and
+# in the CPU's caches). Bounded all the same: emptied when full. Other ints and floats are
+# encoded each time, without the general path's type tests.
 _CACHE_MAX = 16384
+_KEY_VALUES = 1024
 _encoded: dict[tuple[Any, ...], bytes] = {}
+_values_seen: dict[str, int] = {}  # by key: how many values were added to the table
 _STRINGS = frozenset((str,))
 
 
 def _int_kv(tag: int, key: str, value: int) -> bytes:
     """An attribute with an int value (token counts), with its field's tag."""
-    body = _key(key) + _len(0x12, b"\x18" + _varint(value))
+    if 0 <= value < 0x4000:  # two bytes at most
+        val = bytes((value,)) if value < 0x80 else bytes(((value & 0x7F) | 0x80, value >> 7))
+    else:
+        val = _varint(value)
+    body = (_keys.get(key) or _key(key)) + bytes((0x12, len(val) + 1, 0x18)) + val
+    n = len(body)
+    return bytes((tag, n)) + body if n < 0x80 else _len(tag, body)
+
+
+def _str_kv(tag: int, key: str, value: str) -> bytes:
+    """An attribute with a string value, with its field's tag."""
+    val = value.encode()
+    n = len(val)
+    if n < 0x7E:  # the AnyValue and its field both fit a one-byte length
+        body = (_keys.get(key) or _key(key)) + bytes((0x12, n + 2, 0x0A, n)) + val
+    else:
+        body = _kv(key, value)
     n = len(body)
     return bytes((tag, n)) + body if n < 0x80 else _len(tag, body)
 
@@ -161,10 +180,13 @@ def _attributes(tag: int, attrs: Mapping[str, Any] | None) -> bytes:
             continue
         enc = table.get(ck)
         if enc is None:
-            enc = _len(tag, _kv(k, v))
-            if len(table) >= _CACHE_MAX:
-                table.clear()
-            table[ck] = enc
+            enc = _str_kv(tag, k, v) if t is str else _len(tag, _kv(k, v))
+            seen = _values_seen.get(k, 0)
+            if seen < _KEY_VALUES:
+                _values_seen[k] = seen + 1
+                if len(table) >= _CACHE_MAX:
+                    table.clear()
+                table[ck] = enc
         out.append(enc)
     return b"".join(out)
 
@@ -267,7 +289,11 @@ def _span(span: FlatSpan) -> bytes:
     parts.append(_REMOTE_PARENT if remote else _LOCAL_PARENT)
     body = b"".join(parts)
     n = len(body)
-    return (bytes((0x12, n)) if n < 0x80 else b"\x12" + _varint(n)) + body
+    if n < 0x80:
+        return bytes((0x12, n)) + body
+    if n < 0x4000:
+        return bytes((0x12, (n & 0x7F) | 0x80, n >> 7)) + body
+    return b"\x12" + _varint(n) + body
 
 
 class _Groups:

@@ -23,9 +23,9 @@ import random
 import threading
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
-from contextvars import Token
+from contextvars import ContextVar, Token
 from typing import Any, Protocol
 
 from opentelemetry import context as context_api
@@ -109,6 +109,25 @@ _PRIMITIVE = frozenset((str, int, bool, float))
 _getrandbits = random.getrandbits
 # The context key the trace API keeps the current span under (it carries a random suffix).
 (_SPAN_KEY,) = trace.set_span_in_context(trace.INVALID_SPAN, context_api.Context()).keys()
+# The API's current context is a ContextVar (its default runtime context): read and set it
+# directly, a few calls less per span. Any other runtime context goes through the API.
+_var = getattr(getattr(context_api, "_RUNTIME_CONTEXT", None), "_current_context", None)
+if isinstance(_var, ContextVar):
+    _get_context: Callable[[], context_api.Context] = _var.get
+    _set_context: Callable[[context_api.Context], Token[context_api.Context]] = _var.set
+else:  # another runtime context configured (OTEL_PYTHON_CONTEXT)
+    _get_context, _set_context = context_api.get_current, context_api.attach
+
+
+def attach_span(
+    span: trace.Span, context: context_api.Context | None = None
+) -> Token[context_api.Context]:
+    """``context.attach(trace.set_span_in_context(span, context))``, undone by
+    :func:`detach`."""
+    base = _get_context() if context is None else context
+    return _set_context(context_api.Context({**base, _SPAN_KEY: span}))
+
+
 _time_ns = time.time_ns
 
 
@@ -375,6 +394,30 @@ class LeanSpan(trace.Span):
             sink.on_end(self)
 
 
+class UnsampledSpan(trace.NonRecordingSpan):
+    """A span the sampler left out: records nothing, and makes its SpanContext only when
+    asked for it (to propagate it, or as the parent of a span from another tracer). Its
+    children are left out too without going through the API (at a sampling ratio below
+    100 %, most requests are made of these)."""
+
+    def __init__(self, trace_id: int, span_id: int, state: TraceState | None) -> None:
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.state = state
+        self._made: SpanContext | None = None
+
+    def get_span_context(self) -> SpanContext:
+        ctx = self._made
+        if ctx is None:
+            ctx = self._made = SpanContext(
+                self.trace_id, self.span_id, False, _NOT_SAMPLED, self.state
+            )
+        return ctx
+
+    def __repr__(self) -> str:
+        return f"UnsampledSpan({self.get_span_context()!r})"
+
+
 class LeanTracer(trace.Tracer):
     def __init__(self, provider: LeanTracerProvider, scope: InstrumentationScope) -> None:
         self.provider = provider
@@ -393,9 +436,11 @@ class LeanTracer(trace.Tracer):
         record_exception: bool = True,
         set_status_on_exception: bool = True,
     ) -> trace.Span:
-        parent_span = (context_api.get_current() if context is None else context).get(_SPAN_KEY)
+        parent_span = (_get_context() if context is None else context).get(_SPAN_KEY)
         span_id = _getrandbits(64) or 1
         start = start_time or _time_ns()
+        if type(parent_span) is UnsampledSpan:  # left out by the sampler: so are its children
+            return UnsampledSpan(parent_span.trace_id, span_id, parent_span.state)
         if type(parent_span) is LeanSpan:  # a span of ours: sampled, local (the usual case)
             return LeanSpan(
                 name,
@@ -418,8 +463,7 @@ class LeanTracer(trace.Tracer):
             trace_id, state = _getrandbits(128) or 1, None
             sampled = (trace_id & 0xFFFFFFFFFFFFFFFF) < self.provider.bound
         if not sampled:
-            ctx = SpanContext(trace_id, span_id, False, _NOT_SAMPLED, state)
-            return trace.NonRecordingSpan(ctx)
+            return UnsampledSpan(trace_id, span_id, state)
         return LeanSpan(
             name,
             trace_id,
@@ -477,7 +521,7 @@ class CurrentSpan:
 
     def __enter__(self) -> trace.Span:
         if self._current:
-            self._token = context_api.attach(trace.set_span_in_context(self.span))
+            self._token = attach_span(self.span)
         return self.span
 
     def __exit__(

@@ -76,23 +76,34 @@ def _spans() -> list[ReadableSpan]:
 
 
 def test_encoder_stays_exact_and_bounded_past_its_tables() -> None:
-    """Unique values (a response id per call) fill the tables of encoded attributes; they are
-    emptied and refilled, never left full, and what comes out stays the official encoding."""
+    """A key whose values keep changing (a response id per call) stops filling the table of
+    encoded attributes; many keys with a few values each fill it and it is emptied, never
+    left full; a value first seen after all that is still kept; and what comes out stays the
+    official encoding."""
     memory = InMemorySpanExporter()
     provider = TracerProvider(resource=Resource.create({"service.name": "a"}))
     provider.add_span_processor(SimpleSpanProcessor(memory))
     tracer = provider.get_tracer("longread")
-    for i in range(otlp._CACHE_MAX + 10):
+    for i in range(otlp._KEY_VALUES * 3):
         with tracer.start_as_current_span("chat") as span:
-            span.set_attributes({"gen_ai.response.id": f"chatcmpl-{i}", "longread.tenant": "t"})
+            span.set_attributes({"test.response.id": f"chatcmpl-{i}", "longread.tenant": "t"})
     spans = memory.get_finished_spans()
     ours = trace_service_pb2.ExportTraceServiceRequest.FromString(encode_request(spans))
     assert ours == encode_spans(spans)
+    assert 0 < sum(k[1] == "test.response.id" for k in otlp._encoded) <= otlp._KEY_VALUES
+    lean = LeanTracerProvider(Resource.create({"service.name": "a"}))
+    kept: list[LeanSpan] = []
+    lean.add_sink(Keep(kept))
+    for i in range(otlp._CACHE_MAX + 1000):  # 200 keys, 100 values each
+        lean.get_tracer("t").start_span("s", attributes={f"test.k{i % 200}": f"v{i}"}).end()
+    encode_request(kept)
     assert 0 < len(otlp._encoded) <= otlp._CACHE_MAX
-    # A value first seen after the tables filled up is still kept for the next span.
+    # A value first seen after the table filled up is still kept for the next span.
     with tracer.start_as_current_span("chat") as span:
         span.set_attribute("longread.tenant", "late")
-    encode_request(memory.get_finished_spans()[-1:])
+    last = memory.get_finished_spans()[-1:]
+    ours = trace_service_pb2.ExportTraceServiceRequest.FromString(encode_request(last))
+    assert ours == encode_spans(last)
     assert (0x4A, "longread.tenant", "late") in otlp._encoded
 
 
@@ -113,6 +124,19 @@ def test_equal_values_of_other_types_stay_apart_in_the_tables() -> None:
     tracer = tp.get_tracer("longread")
     for value in (True, 1, 1.0, "x", ("x",), ("x", 1), 0, False, -1, 2**40):
         tracer.start_span("s", attributes={"v": value}).end()
+    ours = trace_service_pb2.ExportTraceServiceRequest.FromString(encode_request(kept))
+    assert ours == encode_spans([s.readable() for s in kept])
+
+
+def test_lengths_and_varints_at_their_boundaries_match_the_official_encoder() -> None:
+    tp = LeanTracerProvider(Resource.create({"service.name": "a"}))
+    kept: list[LeanSpan] = []
+    tp.add_sink(Keep(kept))
+    tracer = tp.get_tracer("longread")
+    ints = (63, 64, 127, 128, 300, 16383, 16384, 2**21, 2**63 - 1, -(2**63))
+    strings = ("é" * 62, "x" * 124, "x" * 125, "x" * 126, "x" * 127, "x" * 128, "x" * 20_000)
+    for value in (*ints, *strings):
+        tracer.start_span("s", attributes={"v": value, "k" * 200: value}).end()
     ours = trace_service_pb2.ExportTraceServiceRequest.FromString(encode_request(kept))
     assert ours == encode_spans([s.readable() for s in kept])
 

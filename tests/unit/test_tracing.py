@@ -84,6 +84,27 @@ def test_a_remote_parent_is_continued_and_its_sampling_decision_kept() -> None:
     assert len(sink.spans) == 1
 
 
+def test_children_of_an_unsampled_span_are_left_out_with_contexts_of_their_own() -> None:
+    tp, sink = provider(ratio=0.0)
+    tracer = tp.get_tracer("t")
+    carrier: dict[str, str] = {}
+    with (
+        tracer.start_as_current_span("root") as root,
+        tracer.start_as_current_span("child") as child,
+    ):
+        leaf = tracer.start_span("leaf")
+        propagate.inject(carrier)
+    ctxs = [s.get_span_context() for s in (root, child, leaf)]
+    assert not any(s.is_recording() for s in (root, child, leaf))
+    assert len({c.trace_id for c in ctxs}) == 1 and len({c.span_id for c in ctxs}) == 3
+    assert all(c.is_valid and not c.trace_flags.sampled for c in ctxs)
+    assert carrier["traceparent"] == f"00-{ctxs[1].trace_id:032x}-{ctxs[1].span_id:016x}-00"
+    # A caller that did not sample: its trace goes on, unsampled, below it.
+    below = tracer.start_span("below", context=remote(False))
+    assert below.get_span_context().trace_id == 0x0AF7651916CD43DD8448EB211C80319C
+    assert not below.is_recording() and sink.spans == []
+
+
 @pytest.mark.parametrize("ratio", [0.0, 0.25, 1.0])
 def test_new_traces_are_sampled_at_the_ratio(ratio: float) -> None:
     tp, sink = provider(ratio)

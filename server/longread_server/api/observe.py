@@ -22,13 +22,13 @@ from contextvars import Token
 from dataclasses import dataclass, field
 
 import grpc
-from opentelemetry import context, propagate, trace
+from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from longread_server.run.events import JobResult
 from longread_server.telemetry import Telemetry
-from longread_server.tracing import detach
+from longread_server.tracing import attach_span, detach
 
 log = logging.getLogger("longread.access")
 
@@ -70,7 +70,7 @@ class RpcRecord:
             kind=SpanKind.SERVER,
             attributes={"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": self.method},
         )
-        self.token = context.attach(trace.set_span_in_context(self.span, parent))
+        self.token = attach_span(self.span, parent)
 
     def finish(self, code: str, reason: str = "") -> None:
         if self.done:
