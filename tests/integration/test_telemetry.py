@@ -83,7 +83,21 @@ async def test_span_tree_of_a_chunked_analyze(traced: tuple[Gateway, Traced]) ->
     assert {s.context.trace_id for s in spans} == {root.context.trace_id}
     top = {s.name for s in children(spans, root)}
     assert top == {"plan", "analyze map_reduce"}
+    (plan,) = [s for s in spans if s.name == "plan"]
+    # What planning decided on the plan span, what the run did on the strategy span; who
+    # asked is on the root span (and each model call): no span repeats another's.
+    assert dict(plan.attributes or {}) == {
+        "longread.strategy": "map_reduce",
+        "longread.document_tokens": r.plan.document_tokens,
+        "longread.chunks": len(r.plan.chunks),
+        "gen_ai.request.model": "gpt-4o-mini",
+    }
     (job,) = [s for s in spans if s.name == "analyze map_reduce"]
+    assert dict(job.attributes or {}) == {
+        "longread.calls": r.usage.calls,
+        "longread.cost_usd": pytest.approx(r.cost.total_usd),
+        "longread.cache.status": "miss",
+    }
     steps = children(spans, job)
     assert sorted(s.name for s in steps) == sorted(
         [f"map {i}" for i in range(r.plan.map_calls)] + ["reduce 0"]

@@ -361,7 +361,6 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
             if span.is_recording():
                 span.set_attributes(
                     {
-                        "longread.tenant": tenant,
                         "longread.strategy": plan.strategy.value,
                         "longread.document_tokens": plan.document_tokens,
                         "longread.chunks": len(plan.chunks),

@@ -101,16 +101,9 @@ class JobRunner:
         return self._pipeline
 
     async def run(self, job: Job) -> AsyncGenerator[RunEvent, None]:
+        # The plan is on the plan span and the tenant on the server span: this one says what
+        # the run did.
         span = self._tel.tracer.start_span(f"analyze {job.plan.strategy.value}")
-        if span.is_recording():
-            span.set_attributes(
-                {
-                    "longread.strategy": job.plan.strategy.value,
-                    "longread.chunks": len(job.plan.chunks),
-                    "longread.tenant": job.ctx.tenant,
-                    "gen_ai.request.model": job.plan.model.model,
-                }
-            )
         # Closed explicitly (aclosing): a Stream the client cancels must end its spans and
         # calls here and now, not when the event loop finalizes the abandoned generators.
         with current_span(span):
