@@ -10,6 +10,11 @@ seeds), which is close to the 5 % being measured. A second "off" variant is the 
 difference from "off" is the noise floor of the comparison. Server CPU comes from
 /proc/PID/task/*/schedstat (nanoseconds; the 10 ms ticks of /proc/PID/stat are 1.6 % of a
 request's CPU at 300 requests a round).
+Spans are exported in batches, every few seconds (the batcher's default, as in production),
+so a round's spans may be sent during the next one: the overheads are therefore the ratios
+of each variant's CPU over all rounds, counted until the last round's spans have been sent
+(DRAIN_S after it), to the same for "off". Per-round ratios are shown beside them; a median
+of those would miss the rounds that happened to send.
 Two workloads over the same gateways: a short document (a few hundred characters, the worst
 case: the least work for the spans to be measured against) and ``long_document``, a report of
 about 60K characters in one call, the size this service is mostly sent.
@@ -21,9 +26,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import random
 import statistics
-from collections.abc import Iterable
 from concurrent import futures
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -39,6 +45,9 @@ from bench import _servers
 
 ROUNDS = 7
 REPLICAS = 2
+# Longer than the batcher's export delay (5 s, otlp.OtlpBatcher), so that every span queued
+# when a workload ends is sent before its CPU is read.
+DRAIN_S = 6.0
 # A report of ~60K characters (~13K tokens), one call: the size this service is mostly sent.
 LONG_DOC = generate_report(60_000)
 LONG_REQUESTS = 60
@@ -47,6 +56,7 @@ REQUESTS = 300
 CONCURRENCY = 4
 DOC = "The tide turns at four. The harbour closes at nine. Ferries leave hourly. " * 6
 _serial = itertools.count()
+_order = random.Random(7)
 Q = "When does the harbour close?"
 
 
@@ -78,7 +88,9 @@ async def _load(ports: list[int], requests: int = REQUESTS, doc: str = DOC) -> N
             # A document of its own per request: nothing is remembered from an earlier one
             # (plans, cache keys), as for a real cache miss. Each gateway gets the same ones.
             text = f"{doc}(request {next(_serial)})"
-            for c in clients:
+            # In a new order each time: the gateway served first after a pause would
+            # otherwise always be the same one (it read about 1 % dearer than its twin).
+            for c in _order.sample(clients, len(clients)):
                 await c.analyze(text, Q, options=opts)
 
     try:
@@ -125,8 +137,8 @@ async def main() -> dict[str, object]:
                 gws[name].append((_servers.gateway(port, sb_port, env=env), port))
         ports = [port for reps in gws.values() for _, port in reps]
         await _load(ports, 50)  # warm-up
-        per_req, by_process = await _rounds(gws, ports, DOC, REQUESTS, ROUNDS)
-        long_req, _ = await _rounds(gws, ports, LONG_DOC, LONG_REQUESTS, LONG_ROUNDS)
+        short = await _rounds(gws, ports, DOC, REQUESTS, ROUNDS)
+        long = await _rounds(gws, ports, LONG_DOC, LONG_REQUESTS, LONG_ROUNDS)
     finally:
         for reps in gws.values():
             for proc, _ in reps:
@@ -134,36 +146,63 @@ async def main() -> dict[str, object]:
         sb.stop()
         rx.stop(0)
     parts = ("off_control", "traces_only", "metrics_only", "on_with_client_spans")
-
-    def medians(rounds: PerRequest) -> dict[str, float]:
-        return {k: round(statistics.median(v), 3) for k, v in rounds.items()}
-
     return {
         "requests_per_round": REQUESTS,
         "rounds": ROUNDS,
         "processes_per_variant": REPLICAS,
-        "server_cpu_ms_per_req": medians(per_req),
-        "rounds_ms": {k: [round(x, 3) for x in v] for k, v in per_req.items()},
-        "overhead_pct": _overhead(per_req, "on"),
-        "overhead_pct_by_part": {k: _overhead(per_req, k) for k in parts},
+        "server_cpu_ms_per_req": short.per_request(),
+        "rounds_ms": {k: [round(x, 3) for x in v] for k, v in short.rounds.items()},
+        "overhead_pct": short.overhead("on"),
+        "overhead_pct_by_part": {k: short.overhead(k) for k in parts},
         "overhead_pct_by_process": {
-            k: _process_overheads(per_req, by_process, k)
+            k: short.process_overheads(k)
             for k in ("off_control", "traces_only", "metrics_only", "on")
+        },
+        "overhead_pct_by_round": {
+            k: short.round_overheads(k) for k in ("off_control", "traces_only", "on")
         },
         # The same gateways, sent a document of the size this service is for (one call).
         "long_document": {
             "chars": len(LONG_DOC),
             "requests_per_round": LONG_REQUESTS,
             "rounds": LONG_ROUNDS,
-            "server_cpu_ms_per_req": medians(long_req),
-            "overhead_pct": _overhead(long_req, "on"),
-            "overhead_pct_by_part": {k: _overhead(long_req, k) for k in parts},
+            "server_cpu_ms_per_req": long.per_request(),
+            "overhead_pct": long.overhead("on"),
+            "overhead_pct_by_part": {k: long.overhead(k) for k in parts},
         },
         "spans_exported": receiver.spans,
     }
 
 
-PerRequest = dict[str, list[float]]
+@dataclass
+class Measured:
+    """Server CPU of each variant's processes over a workload, and per round (ms a request)."""
+
+    requests: int
+    totals_s: dict[str, list[float]]  # by variant, by process: all rounds and the drain
+    rounds: dict[str, list[float]]  # by variant: the mean over its processes, each round
+
+    def per_request(self) -> dict[str, float]:
+        return {
+            k: round(statistics.fmean(v) / self.requests * 1000, 3)
+            for k, v in self.totals_s.items()
+        }
+
+    def overhead(self, name: str) -> float:
+        off = statistics.fmean(self.totals_s["off"])
+        return round((statistics.fmean(self.totals_s[name]) / off - 1) * 100, 1)
+
+    def process_overheads(self, name: str) -> list[float]:
+        # Each process of the variant on its own against the mean of the "off" processes:
+        # the spread shows how much one process alone would mislead.
+        off = statistics.fmean(self.totals_s["off"])
+        return [round((t / off - 1) * 100, 1) for t in self.totals_s[name]]
+
+    def round_overheads(self, name: str) -> list[float]:
+        return [
+            round((x / base - 1) * 100, 1)
+            for x, base in zip(self.rounds[name], self.rounds["off"], strict=True)
+        ]
 
 
 async def _rounds(
@@ -172,43 +211,27 @@ async def _rounds(
     doc: str,
     requests: int,
     rounds: int,
-) -> tuple[PerRequest, dict[str, list[list[float]]]]:
-    """Server CPU ms per request of each variant in each round: the mean over its processes,
-    and each process's own."""
-    per_req: PerRequest = {name: [] for name in gws}
-    by_process: dict[str, list[list[float]]] = {name: [] for name in gws}
+) -> Measured:
+    """Server CPU of each process over ``rounds`` rounds of ``requests`` each, from a quiet
+    start (spans of earlier work sent) to the export of the last round's spans."""
 
     def cpu_s() -> dict[str, list[float]]:
         return {name: [p.cpu_s_precise() for p, _ in reps] for name, reps in gws.items()}
 
+    await asyncio.sleep(DRAIN_S)
+    start = cpu_s()
+    per_round: dict[str, list[float]] = {name: [] for name in gws}
     for _ in range(rounds):
         before = cpu_s()
         await _load(ports, requests, doc)
         after = cpu_s()
         for name in gws:
             ms = [(a - b) / requests * 1000 for a, b in zip(after[name], before[name], strict=True)]
-            by_process[name].append(ms)
-            per_req[name].append(statistics.fmean(ms))
-    return per_req, by_process
-
-
-def _pct(ratios: Iterable[float]) -> float:
-    # Median over rounds of the round's ratio to "off": the machine's drift between rounds
-    # cancels out within a round.
-    return round((statistics.median(ratios) - 1) * 100, 1)
-
-
-def _overhead(per_req: PerRequest, name: str) -> float:
-    return _pct(x / base for x, base in zip(per_req[name], per_req["off"], strict=True))
-
-
-def _process_overheads(
-    per_req: PerRequest, by_process: dict[str, list[list[float]]], name: str
-) -> list[float]:
-    # Each process of the variant on its own against the mean of the "off" processes: the
-    # spread shows how much one process alone would mislead.
-    rounds = list(zip(by_process[name], per_req["off"], strict=True))
-    return [_pct(r[i] / base for r, base in rounds) for i in range(REPLICAS)]
+            per_round[name].append(statistics.fmean(ms))
+    await asyncio.sleep(DRAIN_S)
+    end = cpu_s()
+    totals = {name: [e - s for e, s in zip(end[name], start[name], strict=True)] for name in gws}
+    return Measured(requests * rounds, totals, per_round)
 
 
 if __name__ == "__main__":
