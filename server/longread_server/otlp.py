@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.trace import SpanKind
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.trace import Link, SpanKind
 from opentelemetry.util.re import parse_env_headers
 
 from longread_server.tracing import FlatSpan, LeanSpan, scope_key, scope_of
@@ -249,17 +249,51 @@ def _span(span: FlatSpan) -> bytes:
     last = _last_trace  # one read: another batcher's thread may replace it meanwhile
     if last[0] != tid:  # a trace's spans are mostly encoded together
         last = _last_trace = (tid, b"\x0a\x10" + tid.to_bytes(16, "big"))
-    parts = [last[1]]
     if state is None:
-        parts.append(_pack_ids(0x1208, sid, 0x2208, pid) if pid else _pack_id(0x1208, sid))
+        ids = _pack_ids(0x1208, sid, 0x2208, pid) if pid else _pack_id(0x1208, sid)
     else:
-        parts.append(_pack_id(0x1208, sid))
-        parts.append(_str(0x1A, ",".join(f"{k}={v}" for k, v in state.items())))
+        ids = _pack_id(0x1208, sid) + _str(0x1A, ",".join(f"{k}={v}" for k, v in state.items()))
         if pid:
-            parts.append(_pack_id(0x2208, pid))
-    parts += (_names.get(name) or _name(name), _KINDS[kind], _pack_times(0x39, start, 0x41, end))
-    if attrs:
-        parts.append(_attributes(0x4A, attrs))
+            ids += _pack_id(0x2208, pid)
+    links, n_links, code, description = span[13:17]
+    body = b"".join(
+        (
+            last[1],
+            ids,
+            _names.get(name) or _name(name),
+            _KINDS[kind],
+            _pack_times(0x39, start, 0x41, end),
+            _attributes(0x4A, attrs) if attrs else b"",
+            # Dropped counts, events and links: rare.
+            _extras(n_attrs, events, n_events, links, n_links)
+            if n_attrs or events or n_events or links or n_links
+            else b"",
+            _UNSET_STATUS if not (code or description) else _status(code, description),
+            _REMOTE_PARENT if remote else _LOCAL_PARENT,
+        )
+    )
+    n = len(body)
+    if n < 0x80:
+        return bytes((0x12, n)) + body
+    if n < 0x4000:
+        return bytes((0x12, (n & 0x7F) | 0x80, n >> 7)) + body
+    return b"\x12" + _varint(n) + body
+
+
+def _status(code: int, description: str) -> bytes:
+    return _len(0x7A, _str(0x12, description) + (b"\x18" + bytes((code,)) if code else b""))
+
+
+def _extras(
+    n_attrs: int,
+    events: Sequence[Event],
+    n_events: int,
+    links: Sequence[Link],
+    n_links: int,
+) -> bytes:
+    """A span's fields 10 to 14: dropped attributes, events, dropped events, links, dropped
+    links."""
+    parts = []
     if n_attrs:
         parts.append(b"\x50" + _varint(n_attrs))
     for event in events:
@@ -270,7 +304,6 @@ def _span(span: FlatSpan) -> bytes:
         parts.append(_len(0x5A, body))
     if n_events:
         parts.append(b"\x60" + _varint(n_events))
-    links, n_links, code, description = span[13:17]
     for link in links:
         body = b"\x0a\x10" + link.context.trace_id.to_bytes(16, "big")
         body += b"\x12\x08" + link.context.span_id.to_bytes(8, "big")
@@ -281,19 +314,7 @@ def _span(span: FlatSpan) -> bytes:
         parts.append(_len(0x6A, body))
     if n_links:
         parts.append(b"\x70" + _varint(n_links))
-    if code or description:
-        detail = _str(0x12, description) + (b"\x18" + bytes((code,)) if code else b"")
-        parts.append(_len(0x7A, detail))
-    else:
-        parts.append(_UNSET_STATUS)
-    parts.append(_REMOTE_PARENT if remote else _LOCAL_PARENT)
-    body = b"".join(parts)
-    n = len(body)
-    if n < 0x80:
-        return bytes((0x12, n)) + body
-    if n < 0x4000:
-        return bytes((0x12, (n & 0x7F) | 0x80, n >> 7)) + body
-    return b"\x12" + _varint(n) + body
+    return b"".join(parts)
 
 
 class _Groups:
