@@ -45,6 +45,7 @@ class RpcRecord:
     method: str
     tel: Telemetry
     access_log: bool = True
+    metadata: Iterable[tuple[str, str | bytes]] | None = None  # the RPC's invocation metadata
     started: float = field(default_factory=time.perf_counter)
     tenant: str = ""
     vendor: str = ""

@@ -189,9 +189,13 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
                     await task
 
     def _record(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> RpcRecord:
-        rec = RpcRecord(method, self._tel, self._cfg.telemetry.access_log)
+        # Read once (grpc.aio converts the metadata anew on each call, 1.6 µs): the API key
+        # and the caller's traceparent both come from it.
+        rec = RpcRecord(
+            method, self._tel, self._cfg.telemetry.access_log, context.invocation_metadata()
+        )
         if self._tel.tracing and not self._cfg.telemetry.grpc_instrumentation:
-            rec.open_span(context.invocation_metadata())
+            rec.open_span(rec.metadata)
         return rec
 
     async def _guarded(
@@ -344,7 +348,7 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
         with_fits: bool,
     ) -> _Prepared:
         started = time.monotonic()
-        tenant = self._auth.tenant(context.invocation_metadata())
+        tenant = self._auth.tenant(rec.metadata)
         rec.tenant = tenant
         remaining = context.time_remaining()
         deadline = None if remaining is None else started + remaining
