@@ -106,6 +106,7 @@ _MAX_ATTRIBUTES = 128  # the SDK's default span limits
 _MAX_EVENTS = 128
 # Attribute values kept as they are; anything else goes through _clean.
 _PRIMITIVE = frozenset((str, int, bool, float))
+_STRINGS = frozenset((str,))
 _getrandbits = random.getrandbits
 # The context key the trace API keeps the current span under (it carries a random suffix).
 (_SPAN_KEY,) = trace.set_span_in_context(trace.INVALID_SPAN, context_api.Context()).keys()
@@ -137,6 +138,8 @@ def _clean(value: Any) -> Any:
     t = type(value)
     if t is str or t is int or t is bool or t is float or t is bytes or value is None:
         return value
+    if (t is list or t is tuple) and _STRINGS.issuperset(map(type, value)):
+        return tuple(value)  # finish reasons and the like, without the ABC checks
     if isinstance(value, Mapping):
         return {str(k): _clean(v) for k, v in value.items()}
     if isinstance(value, Sequence):
