@@ -13,7 +13,7 @@ import grpc
 import pytest
 from longread_server import otlp
 from longread_server.otlp import OtlpBatcher, encode_request, flatten
-from longread_server.tracing import LeanSpan, LeanTracerProvider
+from longread_server.tracing import LeanTracerProvider
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
@@ -25,6 +25,7 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 from opentelemetry.trace.span import TraceState
 
 from tests.certs import make_certs
+from tests.unit.test_tracing import provider
 
 
 def _spans() -> list[ReadableSpan]:
@@ -81,9 +82,9 @@ def test_encoder_stays_exact_and_bounded_past_its_tables() -> None:
     left full; a value first seen after all that is still kept; and what comes out stays the
     official encoding."""
     memory = InMemorySpanExporter()
-    provider = TracerProvider(resource=Resource.create({"service.name": "a"}))
-    provider.add_span_processor(SimpleSpanProcessor(memory))
-    tracer = provider.get_tracer("longread")
+    sdk = TracerProvider(resource=Resource.create({"service.name": "a"}))
+    sdk.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = sdk.get_tracer("longread")
     for i in range(otlp._KEY_VALUES * 3):
         with tracer.start_as_current_span("chat") as span:
             span.set_attributes({"test.response.id": f"chatcmpl-{i}", "longread.tenant": "t"})
@@ -91,9 +92,8 @@ def test_encoder_stays_exact_and_bounded_past_its_tables() -> None:
     ours = trace_service_pb2.ExportTraceServiceRequest.FromString(encode_request(spans))
     assert ours == encode_spans(spans)
     assert 0 < sum(k[1] == "test.response.id" for k in otlp._encoded) <= otlp._KEY_VALUES
-    lean = LeanTracerProvider(Resource.create({"service.name": "a"}))
-    kept: list[LeanSpan] = []
-    lean.add_sink(Keep(kept))
+    lean, sink = provider()
+    kept = sink.spans
     for i in range(otlp._CACHE_MAX + 1000):  # 200 keys, 100 values each
         lean.get_tracer("t").start_span("s", attributes={f"test.k{i % 200}": f"v{i}"}).end()
     encode_request(kept)
@@ -118,9 +118,8 @@ def test_encoder_matches_the_official_encoder() -> None:
 
 def test_equal_values_of_other_types_stay_apart_in_the_tables() -> None:
     """True == 1 == 1.0 and ("x",) is not "x": each keeps its own encoding under one key."""
-    tp = LeanTracerProvider(Resource.create({"service.name": "a"}))
-    kept: list[LeanSpan] = []
-    tp.add_sink(Keep(kept))
+    tp, sink = provider()
+    kept = sink.spans
     tracer = tp.get_tracer("longread")
     for value in (True, 1, 1.0, "x", ("x",), ("x", 1), 0, False, -1, 2**40):
         tracer.start_span("s", attributes={"v": value}).end()
@@ -129,9 +128,8 @@ def test_equal_values_of_other_types_stay_apart_in_the_tables() -> None:
 
 
 def test_lengths_and_varints_at_their_boundaries_match_the_official_encoder() -> None:
-    tp = LeanTracerProvider(Resource.create({"service.name": "a"}))
-    kept: list[LeanSpan] = []
-    tp.add_sink(Keep(kept))
+    tp, sink = provider()
+    kept = sink.spans
     tracer = tp.get_tracer("longread")
     ints = (63, 64, 127, 128, 300, 16383, 16384, 2**21, 2**63 - 1, -(2**63))
     strings = ("é" * 62, "x" * 124, "x" * 125, "x" * 126, "x" * 127, "x" * 128, "x" * 20_000)
@@ -145,9 +143,8 @@ def test_queued_spans_hold_nothing_the_garbage_collector_keeps_scanning() -> Non
     """A lean span waits for export as one tuple of plain values: no span object, context,
     lists or tuples inside it for every collection to scan again while spans queue under
     load (after one full collection, when its dict of attributes is untracked)."""
-    tp = LeanTracerProvider(Resource.create({"service.name": "a"}))
-    kept: list[LeanSpan] = []
-    tp.add_sink(Keep(kept))
+    tp, sink = provider()
+    kept = sink.spans
     tracer = tp.get_tracer("longread")
     with tracer.start_as_current_span("parent"):
         span = tracer.start_span("chat", kind=SpanKind.CLIENT, attributes={"model": "m", "n": 7})
@@ -165,22 +162,6 @@ def test_encoder_handles_one_span_and_none() -> None:
         encode_request([span])
     ) == encode_spans([span])
     assert encode_request([]) == b""
-
-
-class Keep:
-    """Keeps ended lean spans."""
-
-    def __init__(self, kept: list[LeanSpan]) -> None:
-        self.kept = kept
-
-    def on_end(self, span: LeanSpan) -> None:
-        self.kept.append(span)
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
-
-    def shutdown(self) -> None:
-        pass
 
 
 class _Receiver(trace_service_pb2_grpc.TraceServiceServicer):
