@@ -72,7 +72,9 @@ class MeasurementBatch:
     at a time, the same code runs with its data in the CPU's caches. A recording here is one
     deque append; the batch goes to the SDK every ``size`` recordings (in the request that
     fills it) and at each collection (the gauge ``longread.telemetry.batched``, whose callback
-    the SDK runs before it reads the instruments), so what readers export is complete.
+    the SDK runs before it reads the instruments), so what readers export is complete. The
+    attributes are read when the batch goes: a caller must not change a dict it recorded with
+    (each call site builds its own).
     """
 
     def __init__(self, size: int = 256) -> None:
