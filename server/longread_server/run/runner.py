@@ -106,7 +106,8 @@ class JobRunner:
         span = self._tel.tracer.start_span(f"analyze {job.plan.strategy.value}")
         # Closed explicitly (aclosing): a Stream the client cancels must end its spans and
         # calls here and now, not when the event loop finalizes the abandoned generators.
-        with current_span(span):
+        # With tracing off the span is the API's no-op one: nothing below needs it current.
+        with current_span(span, current=self._tel.tracing):
             async with contextlib.aclosing(self._run(job)) as events:
                 async for ev in events:
                     if isinstance(ev, JobResult) and span.is_recording():
