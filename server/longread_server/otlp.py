@@ -242,9 +242,8 @@ def flatten(span: FinishedSpan) -> FlatSpan:
 
 def _span(span: FlatSpan) -> bytes:
     """One Span message as a ``spans`` field of ScopeSpans (tag and length included)."""
-    (tid, sid, state, pid, remote, name, kind, start, end, attrs, n_attrs, events, n_events) = span[
-        :13
-    ]
+    (tid, sid, state, pid, remote, name, kind, start, end) = span[:9]
+    (attrs, n_attrs, events, n_events, links, n_links, code, description, _) = span[9:]
     global _last_trace
     last = _last_trace  # one read: another batcher's thread may replace it meanwhile
     if last[0] != tid:  # a trace's spans are mostly encoded together
@@ -255,7 +254,6 @@ def _span(span: FlatSpan) -> bytes:
         ids = _pack_id(0x1208, sid) + _str(0x1A, ",".join(f"{k}={v}" for k, v in state.items()))
         if pid:
             ids += _pack_id(0x2208, pid)
-    links, n_links, code, description = span[13:17]
     body = b"".join(
         (
             last[1],
@@ -485,9 +483,8 @@ class OtlpBatcher:
         self._max_bytes = max_bytes
         self._timeout = timeout_s
         self._retries = retries
-        # Spans wait flattened (``tracing.FlatSpan``): plain values the collector soon
-        # stops tracking, where span objects would be promoted and scanned by every
-        # collection until exported.
+        # Spans wait flattened (``tracing.FlatSpan``): one tuple for the garbage collector
+        # to scan, where a span object came with its context and lists.
         self._queue: deque[FlatSpan] = deque(maxlen=max_queue)
         self._max_queue = max_queue
         self.dropped = 0
@@ -502,7 +499,7 @@ class OtlpBatcher:
         q = self._queue
         if len(q) == self._max_queue:
             self.dropped += 1
-        q.append(span.flat() if type(span) is LeanSpan else flatten(span))
+        q.append(flatten(span))
         if len(q) >= self._batch:
             self._wake.set()
 

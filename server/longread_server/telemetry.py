@@ -176,8 +176,9 @@ class Instruments:
         )
 
         if batch is not None:
-            for name in ("token_usage", "operation_duration", "time_to_first_token"):
-                setattr(self, name, _BatchedHistogram(getattr(self, name), batch))
+            self.token_usage = _BatchedHistogram(self.token_usage, batch)
+            self.operation_duration = _BatchedHistogram(self.operation_duration, batch)
+            self.time_to_first_token = _BatchedHistogram(self.time_to_first_token, batch)
             self.rpc_duration = _BatchedHistogram(self.rpc_duration, batch)
             self.limiter_wait = _BatchedHistogram(self.limiter_wait, batch)
             self.cost = _BatchedCounter(self.cost, batch)

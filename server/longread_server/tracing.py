@@ -51,10 +51,10 @@ log = logging.getLogger(__name__)
 # state, parent span id (0: none), parent is remote, name, kind (SpanKind's value), start,
 # end, attributes, dropped attributes, events, dropped events, links, dropped links, status
 # code (StatusCode's value), status description, scope (a ``scope_key``). Spans wait for export
-# for up to a second, long enough for the garbage collector to promote whatever they hold to
-# its older generations and scan it again in each collection of those: the tuple is one
-# object to scan, where the span object came with its context and lists (and, from the
-# next full collection on, its dict of plain values is not scanned at all).
+# for up to the batcher's delay (seconds), long enough for the garbage collector to promote
+# whatever they hold to its older generations and scan it again in each collection of those:
+# the tuple is one object to scan, where the span object came with its context and lists
+# (and, from the next full collection on, its dict of plain values is not scanned at all).
 FlatSpan = tuple[
     int,
     int,
@@ -441,9 +441,9 @@ class LeanTracer(trace.Tracer):
     ) -> trace.Span:
         parent_span = (_get_context() if context is None else context).get(_SPAN_KEY)
         span_id = _getrandbits(64) or 1
-        start = start_time or _time_ns()
         if type(parent_span) is UnsampledSpan:  # left out by the sampler: so are its children
             return UnsampledSpan(parent_span.trace_id, span_id, parent_span.state)
+        start = start_time or _time_ns()
         if type(parent_span) is LeanSpan:  # a span of ours: sampled, local (the usual case)
             return LeanSpan(
                 name,
@@ -458,7 +458,10 @@ class LeanTracer(trace.Tracer):
                 start,
                 self,
             )
-        parent = trace.get_current_span(context).get_span_context()
+        # Anything else in the context: the API's rule (not a span means no parent).
+        if not isinstance(parent_span, trace.Span):
+            parent_span = trace.INVALID_SPAN
+        parent = parent_span.get_span_context()
         if parent.is_valid:
             trace_id, state = parent.trace_id, parent.trace_state or None
             sampled = parent.trace_flags.sampled

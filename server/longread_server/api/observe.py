@@ -56,10 +56,11 @@ class RpcRecord:
     span: trace.Span | None = None
     token: Token[Context] | None = None
 
-    def open_span(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> None:
+    def open_span(self) -> None:
         """Starts the server span as the current span, as a child of the caller's
-        ``traceparent`` if there is one. Only when tracing is on."""
+        ``traceparent`` (in ``metadata``) if there is one. Only when tracing is on."""
         parent = None
+        metadata = self.metadata
         for key, _ in metadata or ():
             if key == "traceparent":  # a caller's trace to continue
                 carrier = {k: v for k, v in metadata or () if isinstance(v, str)}

@@ -195,7 +195,7 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
             method, self._tel, self._cfg.telemetry.access_log, context.invocation_metadata()
         )
         if self._tel.tracing and not self._cfg.telemetry.grpc_instrumentation:
-            rec.open_span(rec.metadata)
+            rec.open_span()
         return rec
 
     async def _guarded(
