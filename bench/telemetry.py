@@ -1,15 +1,15 @@
 """Telemetry overhead: server CPU per Analyze with tracing + metrics on (100 % sampling,
 exporting over OTLP to a receiver) vs everything off, in the same run.
 
-Two gateway processes per variant (REPLICAS), all sharing one sandbox process. The load goes
-to every gateway at once: each worker sends the same request to each gateway in turn, so all of
-them serve the same requests over the same seconds and machine noise (which drifts by 10-30 %
-over minutes on a shared 2-core VM) hits them alike. A variant's CPU is the mean of its
-processes: one process alone carries a bias of its own of about +-2 % (memory layout, hash
-seeds), which is close to the 5 % being measured. A second "off" variant is the control: its
-difference from "off" is the noise floor of the comparison. Server CPU comes from
-/proc/PID/task/*/schedstat (nanoseconds; the 10 ms ticks of /proc/PID/stat are 1.6 % of a
-request's CPU at 300 requests a round).
+Two gateway processes per variant (REPLICAS), all sharing one sandbox process. The load goes to
+every gateway at once: each worker sends the same request to each gateway in turn (in a new
+order each time), so all of them serve the same requests over the same seconds and machine
+noise (which drifts by 10-30 % over minutes on a shared 2-core VM) hits them alike. A variant's
+CPU is the mean of its processes: one process alone carries a bias of its own of about +-2 %
+(memory layout, hash seeds), which is close to the 5 % being measured. A second "off" variant
+is the control: its difference from "off" is the noise floor of the comparison. Server CPU
+comes from /proc/PID/task/*/schedstat (nanoseconds; the 10 ms ticks of /proc/PID/stat are 1.6 %
+of a request's CPU at 300 requests a round).
 Spans are exported in batches, every few seconds (the batcher's default, as in production),
 so a round's spans may be sent during the next one: the overheads are therefore the ratios
 of each variant's CPU over all rounds, counted until the last round's spans have been sent
@@ -188,15 +188,17 @@ class Measured:
             for k, v in self.totals_s.items()
         }
 
+    def _pct(self, cpu_s: float) -> float:
+        """``cpu_s`` against the mean of the "off" processes, in % more."""
+        return round((cpu_s / statistics.fmean(self.totals_s["off"]) - 1) * 100, 1)
+
     def overhead(self, name: str) -> float:
-        off = statistics.fmean(self.totals_s["off"])
-        return round((statistics.fmean(self.totals_s[name]) / off - 1) * 100, 1)
+        return self._pct(statistics.fmean(self.totals_s[name]))
 
     def process_overheads(self, name: str) -> list[float]:
-        # Each process of the variant on its own against the mean of the "off" processes:
-        # the spread shows how much one process alone would mislead.
-        off = statistics.fmean(self.totals_s["off"])
-        return [round((t / off - 1) * 100, 1) for t in self.totals_s[name]]
+        # Each process of the variant on its own: the spread shows how much one process
+        # alone would mislead.
+        return [self._pct(t) for t in self.totals_s[name]]
 
     def round_overheads(self, name: str) -> list[float]:
         return [
