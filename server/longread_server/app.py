@@ -22,7 +22,7 @@ from longread.v1 import analysis_service_pb2_grpc as svc_grpc
 from redis.asyncio import Redis
 
 from longread_server.api.auth import Authenticator
-from longread_server.api.servicer import MEMO_ENCODINGS, AnalysisServicer
+from longread_server.api.servicer import AnalysisServicer
 from longread_server.calls.budget import BudgetLedger, BudgetStage
 from longread_server.calls.cache import (
     CacheStage,
@@ -37,6 +37,10 @@ from longread_server.config import Config, ConfigError, UpstreamConfig, load_con
 from longread_server.domain import ModelInfo, VendorKind
 from longread_server.plan.catalog import Catalog
 from longread_server.plan.encodings import EncodingMemo
+from longread_server.plan.planner import PlanDefaults
+from longread_server.run.analysis import Analysis
+from longread_server.run.models import ModelResolver
+from longread_server.run.planning import Planning
 from longread_server.run.runner import JobRunner
 from longread_server.state.redis import connect
 from longread_server.telemetry import Telemetry, configure_logging
@@ -111,6 +115,32 @@ def build_catalog(cfg: Config) -> Catalog:
         for m in cfg.models
     ]
     return Catalog.builtin(overrides)
+
+
+def build_analysis(
+    cfg: Config,
+    catalog: Catalog,
+    runner: JobRunner,
+    ledger: BudgetLedger,
+    tel: Telemetry | None = None,
+) -> Analysis:
+    """The service behind the RPCs, for the configured upstreams, models and limits."""
+    limits = cfg.limits
+    models = ModelResolver(
+        catalog,
+        {u.name: tuple(u.models) for u in cfg.upstreams},
+        cfg.default_model,
+        cfg.default_vendor,
+    )
+    defaults = PlanDefaults(
+        output_tokens=limits.default_output_tokens,
+        map_output_tokens=limits.map_output_tokens,
+        chunk_tokens=limits.default_chunk_tokens,
+        max_chunks=limits.max_chunks,
+    )
+    planning = Planning(models, defaults, limits.max_document_tokens)
+    concurrency = {u.name: u.max_concurrency for u in cfg.upstreams}
+    return Analysis(planning, runner, ledger, concurrency, tel)
 
 
 @dataclass
@@ -199,10 +229,8 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
     resilience = build_resilience(cfg, adapters, catalog, redis, telemetry=tel, health=redis_gate)
     stages += resilience.stages
     runner = JobRunner(Pipeline(adapters, stages, tel), tel, resilience.concurrency)
-    encodings = EncodingMemo(MEMO_ENCODINGS)
-    servicer = AnalysisServicer(
-        cfg, catalog, runner, Authenticator(cfg.tenants), ledger, tel, encodings
-    )
+    analysis = build_analysis(cfg, catalog, runner, ledger, tel)
+    servicer = AnalysisServicer(cfg, analysis, Authenticator(cfg.tenants), tel)
     if tel.client_spans:
         _instrument_clients(tel, http, redis)
 
@@ -267,7 +295,7 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
         cache=response_cache,
         resilience=resilience,
         ledger=ledger,
-        encodings=encodings,
+        encodings=analysis.planning.encodings,
     )
 
 

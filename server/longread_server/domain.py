@@ -30,9 +30,16 @@ class Message:
     content: str
 
 
+class Operation(enum.StrEnum):
+    """What a model call asks of the vendor."""
+
+    CHAT = "chat"  # generate an answer: TextDeltas, then one Finish
+    COUNT_TOKENS = "count_tokens"  # count the prompt's input tokens: one TokenCount
+
+
 @dataclass(frozen=True, slots=True)
 class LlmRequest:
-    """A vendor-neutral chat request: what the gateway asks one model to do."""
+    """A vendor-neutral request: what the gateway asks one model to do."""
 
     model: str
     messages: tuple[Message, ...]
@@ -51,6 +58,7 @@ class LlmRequest:
     # Prompt tokens as the planner counted them (0: unknown). Rate limits reserve this plus
     # max_output_tokens before the call, without tokenizing the prompt again.
     estimated_prompt_tokens: int = 0
+    operation: Operation = Operation.CHAT
 
 
 @dataclass(slots=True)
@@ -89,7 +97,14 @@ class Finish:
     cached: bool = False  # answered from the gateway's response cache, not upstream
 
 
-LlmEvent = TextDelta | Finish
+@dataclass(frozen=True, slots=True)
+class TokenCount:
+    """The one event of a COUNT_TOKENS call: the vendor's count of the prompt."""
+
+    input_tokens: int
+
+
+LlmEvent = TextDelta | Finish | TokenCount
 
 
 class ErrorKind(enum.StrEnum):
@@ -181,6 +196,16 @@ class UpstreamError(Exception):
         )
 
 
+class ModelCallFailed(Exception):
+    """A job's model call failed upstream: ``error``, with the upstream and model it went to."""
+
+    def __init__(self, error: UpstreamError, vendor: str, model: str) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.vendor = vendor
+        self.model = model
+
+
 class CallRejected(Exception):
     """The gateway itself would not or could not make a call: a rate limit, an open circuit,
     a budget, or a cache policy. ``reason`` is an ErrorReason name (without the prefix)."""
@@ -221,3 +246,50 @@ class ModelInfo:
     # Input written to the vendor's prompt cache (Anthropic: 1.25x input for 5-minute
     # writes); 0: the input price (vendors that do not charge for writes).
     cache_write_per_mtok: float = 0.0
+
+
+class ModelPreference(enum.StrEnum):
+    """How to pick a model when the request names none."""
+
+    DEFAULT = "default"  # the configured default model
+    CHEAPEST = "cheapest"  # the cheapest one that fits the document in one call
+    LARGEST_CONTEXT = "largest_context"
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    """One request field that is wrong, and why (``reason``: an ErrorReason name, or "")."""
+
+    field: str
+    description: str
+    reason: str = ""
+
+
+class InvalidRequest(Exception):
+    """The request cannot be served as asked; ``violations`` name the fields to change."""
+
+    def __init__(
+        self,
+        violations: tuple[FieldViolation, ...] | list[FieldViolation],
+        reason: str = "INVALID_FIELD",
+        *,
+        metadata: dict[str, str] | None = None,
+        message: str = "",
+    ) -> None:
+        self.violations = tuple(violations)
+        self.reason = reason
+        self.metadata = dict(metadata or {})
+        text = "; ".join(f"{v.field}: {v.description}" for v in self.violations)
+        self.message = message or f"invalid request: {text}"
+        super().__init__(self.message)
+
+
+class OverRequestBudget(Exception):
+    """The job's estimated cost exceeds the request's own ``budget.max_cost_usd``."""
+
+    def __init__(self, estimated_usd: float, max_usd: float) -> None:
+        self.estimated_usd = estimated_usd
+        self.max_usd = max_usd
+        super().__init__(
+            f"estimated cost ${estimated_usd:.6f} exceeds the request's budget of ${max_usd:.6f}"
+        )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 from google.protobuf import duration_pb2
 from longread.v1 import analysis_service_pb2 as svc
@@ -11,10 +10,11 @@ from longread.v1 import types_pb2 as pb
 
 from longread_server.api.errors import Violations
 from longread_server.config import LimitsConfig
-from longread_server.domain import Message, ModelInfo, Usage
+from longread_server.domain import Message, ModelInfo, ModelPreference, Usage
 from longread_server.plan.catalog import Price
 from longread_server.plan.chunker import TextChunk
 from longread_server.plan.planner import JobPlan, JobSpec, ModelFit, Strategy
+from longread_server.run.analysis import Estimate
 from longread_server.run.events import (
     AnswerDelta,
     CacheStatus,
@@ -27,6 +27,7 @@ from longread_server.run.events import (
     RunEvent,
     Stage,
 )
+from longread_server.run.request import JobRequest
 from longread_server.run.runner import Sampling
 
 AnyRequest = svc.EstimateRequest | svc.AnalyzeRequest | svc.StreamRequest
@@ -61,28 +62,15 @@ _STAGES = {
     Stage.REFINE: pb.STAGE_REFINE,
 }
 _ROLES = {pb.ROLE_USER: "user", pb.ROLE_ASSISTANT: "assistant"}
+_PREFERENCES = {
+    pb.MODEL_PREFERENCE_UNSPECIFIED: ModelPreference.DEFAULT,
+    pb.MODEL_PREFERENCE_CHEAPEST: ModelPreference.CHEAPEST,
+    pb.MODEL_PREFERENCE_LARGEST_CONTEXT: ModelPreference.LARGEST_CONTEXT,
+}
 MAX_STOP = 4
 
 
-@dataclass(slots=True)
-class ParsedRequest:
-    """A validated request in domain terms."""
-
-    spec: JobSpec
-    vendor: str
-    model: str
-    preference: int
-    sampling: Sampling
-    cache_mode: str = "default"
-    cache_ttl_s: float | None = None
-    labels: dict[str, str] = field(default_factory=dict)
-    exact_token_count: bool = False
-
-
-_PREFERENCES = frozenset(pb.ModelPreference.values())
-
-
-def parse_request(req: AnyRequest, limits: LimitsConfig) -> ParsedRequest:
+def parse_request(req: AnyRequest, limits: LimitsConfig) -> JobRequest:
     """Validates the fields that need no catalog lookup; reports every violation at once."""
     v = Violations()
     text = req.document.text
@@ -173,11 +161,11 @@ def parse_request(req: AnyRequest, limits: LimitsConfig) -> ParsedRequest:
         strategy=_STRATEGY_IN.get(c.strategy, Strategy.AUTO),
         max_cost_usd=budget,
     )
-    return ParsedRequest(
+    return JobRequest(
         spec=spec,
         vendor=req.model.vendor.strip(),
         model=req.model.model.strip(),
-        preference=req.model.preference,
+        preference=_PREFERENCES[req.model.preference],
         sampling=Sampling(temperature=temperature, top_p=top_p, stop=tuple(g.stop), seed=seed),
         cache_mode=cache_mode,
         cache_ttl_s=ttl,
@@ -320,3 +308,11 @@ def stream_event(ev: RunEvent, plan_pb: pb.Plan | None = None) -> svc.StreamResp
     if isinstance(ev, JobWarning):
         return svc.StreamResponse(warning=warning(ev))
     return svc.StreamResponse(result=result(ev, plan_pb))
+
+
+def estimate(e: Estimate) -> svc.EstimateResponse:
+    return svc.EstimateResponse(
+        plan=plan(e.plan),
+        candidates=[model_fit(f) for f in e.fits],
+        warnings=[warning(w) for w in e.warnings],
+    )

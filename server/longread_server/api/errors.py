@@ -7,6 +7,7 @@ QuotaFailure.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,16 +17,21 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from longread_server.domain import CallRejected, ErrorKind, UpstreamError
+from longread_server.domain import (
+    CallRejected,
+    ErrorKind,
+    FieldViolation,
+    InvalidRequest,
+    ModelCallFailed,
+    OverRequestBudget,
+    UpstreamError,
+)
+from longread_server.plan.planner import PlanError
 
+__all__ = ["FieldViolation", "ServiceError", "Violations", "invalid", "to_service_error"]
+
+log = logging.getLogger(__name__)
 DOMAIN = "longread.dev"
-
-
-@dataclass(frozen=True, slots=True)
-class FieldViolation:
-    field: str
-    description: str
-    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,3 +192,37 @@ def internal(err: BaseException) -> ServiceError:
 
 def code_name(code: grpc.StatusCode) -> str:
     return str(code_pb2.Code.Name(code.value[0]))
+
+
+def to_service_error(e: Exception) -> ServiceError:
+    """The status for any failure; unexpected ones are logged and become INTERNAL."""
+    if isinstance(e, ServiceError):
+        return e
+    if isinstance(e, InvalidRequest):
+        return ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            e.reason,
+            e.message,
+            violations=e.violations,
+            metadata=e.metadata or {"fields": ",".join(v.field for v in e.violations)},
+        )
+    if isinstance(e, OverRequestBudget):
+        return ServiceError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "BUDGET_EXCEEDED",
+            str(e),
+            metadata={
+                "estimated_cost_usd": f"{e.estimated_usd:.6f}",
+                "max_cost_usd": f"{e.max_usd:.6f}",
+            },
+        )
+    if isinstance(e, ModelCallFailed):
+        return from_upstream(e.error, e.vendor, e.model)
+    if isinstance(e, UpstreamError):
+        return from_upstream(e, "upstream", "")
+    if isinstance(e, CallRejected):
+        return from_rejection(e)
+    if isinstance(e, PlanError):
+        return invalid([FieldViolation(e.field, str(e), e.reason)], e.reason)
+    log.exception("unexpected error")
+    return internal(e)

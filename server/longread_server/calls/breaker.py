@@ -33,7 +33,14 @@ from dataclasses import dataclass
 from longread_server.calls.observe import NULL_OBSERVER, ResilienceObserver
 from longread_server.calls.pipeline import Call, Next
 from longread_server.calls.tasks import detach
-from longread_server.domain import CallRejected, ErrorKind, Finish, LlmEvent, UpstreamError
+from longread_server.domain import (
+    CallRejected,
+    ErrorKind,
+    Finish,
+    LlmEvent,
+    TokenCount,
+    UpstreamError,
+)
 from longread_server.state.breakers import BreakerParams, BreakerStore, Outcome, Permit
 from longread_server.state.clock import SYSTEM_CLOCK, Clock
 from longread_server.state.failover import StateUnavailable
@@ -90,7 +97,7 @@ class BreakerStage:
             async for ev in nxt(call):
                 if first is None:
                     first = self.clock.now()
-                if isinstance(ev, Finish):
+                if isinstance(ev, Finish | TokenCount):
                     outcome = Outcome.of(failed=False, slow=first - started >= self.slow_call_s)
                 yield ev
         except UpstreamError as e:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from longread_server.calls.pipeline import Call, Next
-from longread_server.domain import CallRejected, Finish, LlmEvent
+from longread_server.domain import CallRejected, Finish, LlmEvent, Operation
 from longread_server.plan.catalog import Catalog, price
 from longread_server.state.failover import SHARED, FailoverPolicy, SharedHealth
 
@@ -138,7 +138,8 @@ class BudgetStage:
 
     async def __call__(self, call: Call, nxt: Next) -> AsyncIterator[LlmEvent]:
         tenant = call.ctx.tenant
-        if not self._ledger.cap(tenant):
+        # Counting tokens costs nothing: only answers are charged.
+        if not self._ledger.cap(tenant) or call.req.operation is not Operation.CHAT:
             async for ev in nxt(call):
                 yield ev
             return

@@ -42,10 +42,11 @@ from longread_server.domain import (
     Finish,
     LlmEvent,
     LlmRequest,
+    Operation,
     TextDelta,
     Usage,
 )
-from longread_server.memo import Memo
+from longread_server.memo import OFFLOAD_MIN_CHARS, REMEMBER_MAX_CHARS, Memo
 from longread_server.state.cache import (
     Availability,
     CacheStore,
@@ -58,13 +59,9 @@ from longread_server.vendors.canonical import KeyParts, cache_key
 
 log = logging.getLogger(__name__)
 
-# Keys of payloads bigger than this (characters of prompt text) are computed in a thread, so
-# one huge request does not stall the event loop (hashing releases the GIL).
-_OFFLOAD_CHARS = 200_000
-# Keys of recent requests up to this size are remembered (``remembered_key``); the memo
-# holds the requests themselves, so it is bounded in entries and in request size (16 MB).
-_MEMO_CHARS = 16 * 1024
-_MEMO_KEYS = 1024
+# Keys of recent small requests are remembered (``remembered_key``); the memo holds the
+# requests themselves, so its entry count bounds its memory (REMEMBER_MAX_CHARS each).
+_MEMO_KEYS = 256
 _COMPRESS_ABOVE = 512
 # Replay granularity for answers stored without their deltas (from a non-streaming call).
 _REPLAY_PIECE = re.compile(r"\S+\s*|\s+")
@@ -290,9 +287,9 @@ class ResponseCache:
         uncached and counted)."""
         try:
             size = len(call.req.system) + sum(len(m.content) for m in call.req.messages)
-            if size > _OFFLOAD_CHARS:
+            if size > OFFLOAD_MIN_CHARS:
                 return await asyncio.to_thread(self.key_now, call)
-            if size > _MEMO_CHARS:
+            if size > REMEMBER_MAX_CHARS:
                 return self.key_now(call)
             return self.remembered_key(call)
         except (ValueError, TypeError, RecursionError) as e:
@@ -373,6 +370,10 @@ class CacheStage:
         return key, None, "miss"
 
     async def __call__(self, call: Call, nxt: Next) -> AsyncIterator[LlmEvent]:
+        if call.req.operation is not Operation.CHAT:  # only answers are cached
+            async for ev in nxt(call):
+                yield ev
+            return
         lookup = self._tel.tracer.start_span("cache lookup")
         with current_span(lookup, current=self._tel.client_spans) as span:  # Redis spans below
             key, answer, result = await self._lookup(call)

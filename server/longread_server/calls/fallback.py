@@ -22,7 +22,7 @@ from longread_server.calls.breaker import CIRCUIT
 from longread_server.calls.limits import prompt_tokens
 from longread_server.calls.pipeline import Call, Next
 from longread_server.config import UpstreamConfig
-from longread_server.domain import CallRejected, LlmEvent
+from longread_server.domain import CallRejected, LlmEvent, Operation
 from longread_server.plan.catalog import Catalog
 from longread_server.state.breakers import BreakerParams, BreakerStore
 from longread_server.state.failover import StateUnavailable
@@ -43,6 +43,8 @@ class FallbackStage:
     def reroute(self, call: Call) -> Call | None:
         """The call as its fallback would make it, or None (no usable fallback)."""
         if call.ctx.labels.get(OPT_OUT_LABEL, "").lower() in _OFF:
+            return None
+        if call.req.operation is not Operation.CHAT:  # a count means this vendor's count
             return None
         primary = self.upstreams.get(call.vendor)
         if primary is None or not primary.fallback:

@@ -37,6 +37,7 @@ from longread_server.domain import (
     Finish,
     LlmEvent,
     LlmRequest,
+    Operation,
     TextDelta,
     UpstreamError,
 )
@@ -106,7 +107,10 @@ def make_quota(
 
 
 def prompt_tokens(req: LlmRequest) -> int:
-    """The planner's count when it gave one, else a character-based estimate."""
+    """The planner's count when it gave one, else a character-based estimate (a counting
+    call uses no model tokens: it costs a request, not tokens)."""
+    if req.operation is not Operation.CHAT:
+        return 0
     if req.estimated_prompt_tokens > 0:
         return req.estimated_prompt_tokens
     chars = len(req.system) + sum(len(m.content) for m in req.messages)

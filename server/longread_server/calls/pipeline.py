@@ -14,7 +14,7 @@ streaming and non-streaming calls share one path.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -26,6 +26,8 @@ from longread_server.domain import (
     Finish,
     LlmEvent,
     LlmRequest,
+    Operation,
+    TokenCount,
     UpstreamError,
     VendorKind,
 )
@@ -89,12 +91,12 @@ def _sender(tel: Telemetry) -> Next:
         req = call.req
         provider = _provider_name(call)
         base = {"gen_ai.provider.name": provider, "gen_ai.request.model": req.model}
-        span = tracer.start_span(f"chat {req.model}", kind=SpanKind.CLIENT)
+        span = tracer.start_span(f"{req.operation.value} {req.model}", kind=SpanKind.CLIENT)
         if span.is_recording():
             span.set_attributes(
                 {
                     **base,
-                    "gen_ai.operation.name": "chat",
+                    "gen_ai.operation.name": req.operation.value,
                     "gen_ai.request.max_tokens": req.max_output_tokens,
                     "longread.upstream": call.vendor,
                     "longread.tenant": call.ctx.tenant,
@@ -109,6 +111,12 @@ def _sender(tel: Telemetry) -> Next:
         started = time.perf_counter()
         try:
             with current_span(span, end_on_exit=False, current=tel.client_spans):
+                if req.operation is Operation.COUNT_TOKENS:
+                    count = TokenCount(await _counter(call)(req, timeout=remaining))
+                    if span.is_recording():
+                        span.set_attribute("gen_ai.usage.input_tokens", count.input_tokens)
+                    yield count
+                    return
                 async for event in call.adapter.call(req, timeout=remaining):
                     if isinstance(event, Finish):
                         _record_finish(span, inst, base, event)
@@ -129,6 +137,15 @@ def _sender(tel: Telemetry) -> Next:
             span.end()
 
     return send
+
+
+def _counter(call: Call) -> Callable[..., Awaitable[int]]:
+    count: Callable[..., Awaitable[int]] | None = getattr(call.adapter, "count_tokens", None)
+    if count is None:
+        raise UpstreamError(
+            ErrorKind.BAD_REQUEST, f"{call.vendor} has no token-counting endpoint", unsent=True
+        )
+    return count
 
 
 def _provider_name(call: Call) -> str:
@@ -187,6 +204,10 @@ class Pipeline:
             return self._adapters[vendor]
         except KeyError:
             raise UnknownUpstream(vendor) from None
+
+    def counts_tokens(self, vendor: str) -> bool:
+        """Whether ``vendor``'s upstream can count tokens (COUNT_TOKENS calls)."""
+        return hasattr(self.adapter(vendor), "count_tokens")
 
     def call(self, vendor: str, req: LlmRequest, ctx: CallContext) -> AsyncIterator[LlmEvent]:
         """Streams the events of one model call through every stage."""

@@ -241,7 +241,7 @@ class SingleFlightStage:
         async for ev in nxt(call):
             if isinstance(ev, TextDelta):
                 deltas.append(ev.text)
-            elif not ev.cached:
+            elif isinstance(ev, Finish) and not ev.cached:
                 await self._store(call, key, deltas, ev)
             yield ev
 
@@ -283,7 +283,7 @@ class SingleFlightStage:
                 if isinstance(ev, TextDelta):
                     deltas.append(ev.text)
                     flight.push(ev)
-                else:
+                elif isinstance(ev, Finish):
                     finish = ev
             if finish is None:
                 raise UpstreamError(ErrorKind.CONNECTION, "the model call ended without a result")

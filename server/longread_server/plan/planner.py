@@ -8,13 +8,13 @@ shrunk by the token-count error when counts are estimates. It is never the adver
 from __future__ import annotations
 
 import enum
-import functools
 import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from longread_server.domain import Message, ModelInfo, Usage
+from longread_server.memo import REMEMBER_MAX_CHARS, Memo
 from longread_server.plan import prompts
 from longread_server.plan.catalog import Price, price, token_error
 from longread_server.plan.chunker import TextChunk, chunk_text
@@ -312,9 +312,10 @@ class ModelFit:
 
 def overhead_tokens(spec: JobSpec, tokenizer: Tokenizer) -> int:
     """Prompt tokens every call of ``spec`` carries besides the document and history."""
-    if len(spec.instruction) + len(spec.system) <= _MEMO_CHARS:
-        return _overhead_memo(spec.instruction, spec.system, tokenizer)
-    return _overhead(spec.instruction, spec.system, tokenizer)
+    if len(spec.instruction) + len(spec.system) > REMEMBER_MAX_CHARS:
+        return _overhead(spec.instruction, spec.system, tokenizer)
+    key = (spec.instruction, spec.system, tokenizer.encoding_name)
+    return _OVERHEADS.get_or_make(key, lambda: _overhead(spec.instruction, spec.system, tokenizer))
 
 
 def _overhead(instruction: str, system: str, tokenizer: Tokenizer) -> int:
@@ -323,10 +324,8 @@ def _overhead(instruction: str, system: str, tokenizer: Tokenizer) -> int:
 
 
 # The same instruction and system prompt come back request after request (and twice per
-# request: planning and model fits); short ones are memoized, long ones counted each time so
-# the memo stays small.
-_MEMO_CHARS = 4096
-_overhead_memo = functools.lru_cache(maxsize=1024)(_overhead)
+# request: planning and model fits).
+_OVERHEADS: Memo[tuple[str, str, str], int] = Memo(256)
 
 
 def quick_fit(

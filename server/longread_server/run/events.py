@@ -69,6 +69,28 @@ class JobWarning:
     message: str
 
 
+def history_trimmed(plan: JobPlan, turns: int) -> JobWarning | None:
+    """The warning for prior turns the plan left out (None: every turn fits)."""
+    left_out = turns - plan.history_kept
+    if left_out <= 0:
+        return None
+    return JobWarning(
+        "HISTORY_TRIMMED",
+        f"the {left_out} oldest conversation turn(s) did not fit and were left out",
+    )
+
+
+def tokens_estimated(plan: JobPlan) -> JobWarning | None:
+    """The warning for a count that is an estimate (None: it is exact)."""
+    if plan.tokens_exact:
+        return None
+    return JobWarning(
+        "TOKENS_ESTIMATED",
+        f"{plan.model.model} has no offline tokenizer here: counts use cl100k_base and may be "
+        f"off by up to {plan.token_error:.0%}",
+    )
+
+
 @dataclass(slots=True)
 class Timings:
     total_s: float = 0.0

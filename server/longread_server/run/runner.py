@@ -41,6 +41,7 @@ from longread_server.run.events import (
     RunEvent,
     Stage,
     Timings,
+    history_trimmed,
 )
 from longread_server.telemetry import Telemetry, current_span, disabled
 
@@ -128,14 +129,9 @@ class JobRunner:
         warnings: list[JobWarning] = []
         plan = job.plan
         history = _history(job)
-        if len(history) < len(job.spec.history):
-            trimmed = len(job.spec.history) - len(history)
-            warnings.append(
-                JobWarning(
-                    "HISTORY_TRIMMED",
-                    f"the {trimmed} oldest conversation turn(s) did not fit and were left out",
-                )
-            )
+        trimmed = history_trimmed(plan, len(job.spec.history))
+        if trimmed is not None:
+            warnings.append(trimmed)
         final: CallOutput | None = None
         if plan.strategy is Strategy.SINGLE_PASS:
             messages = prompts.single(job.spec.text, job.spec.instruction, history)
@@ -373,7 +369,7 @@ class JobRunner:
                         if not tally.first_token_at:
                             tally.first_token_at = time.monotonic()
                         yield AnswerDelta(stage, index, ev.text)
-                else:
+                elif isinstance(ev, Finish):
                     finish = ev
             if finish is None:
                 raise UpstreamError(ErrorKind.CONNECTION, "the model call ended without a result")

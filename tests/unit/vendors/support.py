@@ -131,6 +131,7 @@ async def collect(events: AsyncIterator[LlmEvent]) -> tuple[list[str], Finish]:
             assert event.text, "no empty deltas"
             deltas.append(event.text)
         else:
+            assert isinstance(event, Finish), "a chat call yields no count"
             finish = event
     assert finish is not None, "a successful call ends with Finish"
     return deltas, finish

@@ -1,0 +1,209 @@
+"""The service behind the RPCs, in domain terms: estimate a request, or prepare and run it.
+
+``api/`` authenticates and converts; everything a request needs between the two happens here:
+the plan (``planning.py``), the request's own budget and the tenant's monthly one, the
+vendor's exact count when asked for, and the job's run (``runner.py``). Estimate, Analyze
+and Stream share ``prepare``; Analyze collects the events Stream forwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass, field
+
+from longread_server.calls.budget import BudgetLedger, exceeded
+from longread_server.calls.pipeline import CallContext
+from longread_server.domain import (
+    LlmRequest,
+    Message,
+    ModelCallFailed,
+    Operation,
+    OverRequestBudget,
+    TokenCount,
+    UpstreamError,
+)
+from longread_server.plan.planner import JobPlan, ModelFit
+from longread_server.run.events import (
+    JobWarning,
+    RunEvent,
+    history_trimmed,
+    tokens_estimated,
+)
+from longread_server.run.planning import Planning
+from longread_server.run.request import JobRequest
+from longread_server.run.runner import Job, JobRunner
+from longread_server.telemetry import Telemetry, current_span, disabled
+
+
+@dataclass(slots=True)
+class PreparedJob:
+    """A request planned and admitted, ready to run."""
+
+    request: JobRequest
+    tenant: str
+    plan: JobPlan
+    fits: list[ModelFit]
+    deadline: float | None  # time.monotonic() seconds
+    started: float
+    planning_s: float
+    warnings: list[JobWarning] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    plan: JobPlan
+    fits: list[ModelFit]
+    warnings: list[JobWarning]
+
+
+class Analysis:
+    def __init__(
+        self,
+        planning: Planning,
+        runner: JobRunner,
+        ledger: BudgetLedger,
+        concurrency: Mapping[str, int],
+        telemetry: Telemetry | None = None,
+    ) -> None:
+        """``concurrency``: upstream name -> its configured map fan-out."""
+        self.planning = planning
+        self._runner = runner
+        self._ledger = ledger
+        self._concurrency = dict(concurrency)
+        self._tel = telemetry or disabled()
+
+    async def estimate(
+        self, request: JobRequest, tenant: str, *, started: float, deadline: float | None
+    ) -> Estimate:
+        """The plan, every served model's fit and what to know about the counts; no model
+        call, unless the request asks for the vendor's exact count."""
+        prep = await self.prepare(request, tenant, started=started, deadline=deadline, run=False)
+        if request.exact_token_count and not prep.plan.tokens_exact:
+            await self._count_exactly(prep)
+        warnings = [
+            w
+            for w in (
+                history_trimmed(prep.plan, len(request.spec.history)),
+                tokens_estimated(prep.plan),
+            )
+            if w is not None
+        ]
+        return Estimate(prep.plan, prep.fits, warnings)
+
+    async def prepare(
+        self,
+        request: JobRequest,
+        tenant: str,
+        *,
+        started: float,
+        deadline: float | None,
+        run: bool = True,
+    ) -> PreparedJob:
+        """Plans ``request``; for a run (``run``), also admits it against the request's own
+        budget and the tenant's monthly one."""
+        with current_span(self._tel.tracer.start_span("plan"), current=False) as span:
+            plan, fits = await self.planning.plan(request, with_fits=not run)
+            if span.is_recording():
+                span.set_attributes(
+                    {
+                        "longread.strategy": plan.strategy.value,
+                        "longread.document_tokens": plan.document_tokens,
+                        "longread.chunks": len(plan.chunks),
+                        "gen_ai.request.model": plan.model.model,
+                    }
+                )
+        warnings: list[JobWarning] = []
+        if run:
+            if not plan.within_budget:
+                raise OverRequestBudget(plan.estimated_cost.total_usd, request.spec.max_cost_usd)
+            warnings = await self._check_tenant_budget(tenant, plan)
+        return PreparedJob(
+            request=request,
+            tenant=tenant,
+            plan=plan,
+            fits=fits,
+            deadline=deadline,
+            started=started,
+            planning_s=time.monotonic() - started,
+            warnings=warnings,
+        )
+
+    async def run(self, prep: PreparedJob, *, streaming: bool) -> AsyncGenerator[RunEvent, None]:
+        """The job's events: the plan first, the result last."""
+        try:
+            async with contextlib.aclosing(self._runner.run(self._job(prep, streaming))) as evs:
+                async for ev in evs:
+                    yield ev
+        except UpstreamError as e:
+            raise ModelCallFailed(e, prep.plan.model.vendor, prep.plan.model.model) from e
+
+    def _job(self, prep: PreparedJob, streaming: bool) -> Job:
+        request = prep.request
+        vendor = prep.plan.model.vendor
+        ctx = CallContext(
+            tenant=prep.tenant,
+            deadline=prep.deadline,
+            cache_mode=request.cache_mode,
+            cache_ttl_s=request.cache_ttl_s,
+            labels=request.labels,
+        )
+        return Job(
+            spec=request.spec,
+            plan=prep.plan,
+            vendor=vendor,
+            ctx=ctx,
+            sampling=request.sampling,
+            concurrency=self._concurrency[vendor],
+            started=prep.started,
+            planning_s=prep.planning_s,
+            warnings=prep.warnings,
+            streaming=streaming,
+        )
+
+    async def _check_tenant_budget(self, tenant: str, plan: JobPlan) -> list[JobWarning]:
+        """Refuses a job whose estimate exceeds what the tenant has left this month; warns
+        when the job takes the tenant past 80 % of its budget."""
+        state = await self._ledger.state(tenant)
+        if not state.cap_usd:
+            return []
+        needed = plan.estimated_cost.total_usd
+        if needed > state.remaining_usd:
+            raise exceeded(tenant, state, needed)
+        if state.warns_after(needed):
+            share = (state.spent_usd + needed) / state.cap_usd
+            return [
+                JobWarning(
+                    "BUDGET_80_PERCENT",
+                    f"tenant {tenant!r} will have used up to {share:.0%} of its monthly budget "
+                    f"(${state.cap_usd:.2f}) after this job",
+                )
+            ]
+        return []
+
+    async def _count_exactly(self, prep: PreparedJob) -> None:
+        """Re-plans with the vendor's own token count, where the upstream has a counting
+        endpoint (Anthropic); elsewhere the estimate and its stated error stand. The count is
+        a model call like any other: limits, breaker, retries, timeouts and telemetry apply."""
+        model = prep.plan.model
+        pipeline = self._runner.pipeline
+        if not pipeline.counts_tokens(model.vendor):
+            return
+        req = LlmRequest(
+            model=model.model,
+            messages=(Message("user", prep.request.spec.text),),
+            max_output_tokens=0,
+            operation=Operation.COUNT_TOKENS,
+        )
+        ctx = CallContext(tenant=prep.tenant, deadline=prep.deadline)
+        exact: int | None = None
+        try:
+            async for ev in pipeline.call(model.vendor, req, ctx):
+                if isinstance(ev, TokenCount):
+                    exact = ev.input_tokens
+        except UpstreamError as e:
+            raise ModelCallFailed(e, model.vendor, model.model) from e
+        if exact is None:
+            raise RuntimeError(f"{model.vendor} ended a count_tokens call without a count")
+        prep.plan = await self.planning.replan_exact(prep.request, prep.plan, exact)

@@ -1,0 +1,125 @@
+"""Counting and planning a request: the tokenizer, the model, the plan, remembered.
+
+A request that comes back (a cache hit, a retry, a client asking again) is planned once: plans
+of small requests are remembered by the request's digest, the encodings of long documents by
+the document's (see ``memo.py`` for the sizes). Plans hold offsets, never text, and are never
+changed after planning, so one can serve many requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import replace
+
+from longread_server.domain import FieldViolation, InvalidRequest
+from longread_server.memo import OFFLOAD_MIN_CHARS, REMEMBER_MAX_CHARS, Memo
+from longread_server.plan.chunker import token_lengths
+from longread_server.plan.encodings import EncodingMemo
+from longread_server.plan.planner import (
+    JobPlan,
+    ModelFit,
+    PlanDefaults,
+    PlanError,
+    overhead_tokens,
+    plan_job,
+    quick_fit,
+)
+from longread_server.plan.tokenizers import Tokenizer, get_tokenizer
+from longread_server.run.models import ModelResolver
+from longread_server.run.request import JobRequest
+
+PLANS = 1024
+ENCODINGS = 8
+
+
+def plan_error(e: PlanError) -> InvalidRequest:
+    return InvalidRequest([FieldViolation(e.field, str(e), e.reason)], e.reason)
+
+
+class Planning:
+    """Plans requests against the configured models; thread-safe (long documents are
+    planned in worker threads)."""
+
+    def __init__(
+        self,
+        models: ModelResolver,
+        defaults: PlanDefaults,
+        max_document_tokens: int,
+        encodings: EncodingMemo | None = None,
+    ) -> None:
+        self.models = models
+        self._defaults = defaults
+        self._max_tokens = max_document_tokens
+        self._plans: Memo[bytes, tuple[JobPlan, list[ModelFit]]] = Memo(PLANS)
+        self.encodings = encodings if encodings is not None else EncodingMemo(ENCODINGS)
+
+    async def plan(self, request: JobRequest, with_fits: bool) -> tuple[JobPlan, list[ModelFit]]:
+        """The plan of ``request`` and, ``with_fits`` (or when the choice of model needs
+        them), every served model's fit, cheapest first."""
+        size = len(request.spec.text)
+        if size > OFFLOAD_MIN_CHARS:
+            return await asyncio.to_thread(self.plan_now, request, with_fits)
+        if size > REMEMBER_MAX_CHARS:
+            return self.plan_now(request, with_fits)
+        return self._plans.get_or_make(
+            request.plan_key(with_fits), lambda: self.plan_now(request, with_fits)
+        )
+
+    def plan_now(self, request: JobRequest, with_fits: bool) -> tuple[JobPlan, list[ModelFit]]:
+        """Counts tokens once, resolves the model, plans the job."""
+        tokenizer = get_tokenizer("cl100k_base")
+        lens = self._token_lengths(tokenizer, request.spec.text)
+        doc_tokens = len(lens)
+        if doc_tokens > self._max_tokens:
+            limit = self._max_tokens
+            raise InvalidRequest(
+                [
+                    FieldViolation(
+                        "document.text",
+                        f"has {doc_tokens} tokens; the limit is {limit}",
+                        "DOCUMENT_TOO_LARGE",
+                    )
+                ],
+                "DOCUMENT_TOO_LARGE",
+                message=f"the document has {doc_tokens} tokens; the limit is {limit}",
+                metadata={"document_tokens": str(doc_tokens), "limit": str(limit)},
+            )
+        overhead = overhead_tokens(request.spec, tokenizer)
+        fits: list[ModelFit] = []
+        if with_fits or self.models.needs_fits(request.model, request.preference):
+            fits = sorted(
+                (
+                    quick_fit(request.spec, m, doc_tokens, overhead, self._defaults)
+                    for m in self.models.models
+                ),
+                key=lambda f: (f.calls == 0, f.estimated_cost.total_usd, f.model.model),
+            )
+        model = self.models.resolve(request.vendor, request.model, request.preference, fits)
+        try:
+            plan = plan_job(request.spec, model, tokenizer, self._defaults, lens=lens)
+        except PlanError as e:
+            raise plan_error(e) from e
+        return plan, fits
+
+    async def replan_exact(self, request: JobRequest, plan: JobPlan, exact: int) -> JobPlan:
+        """``plan`` again with the vendor's own count of the document's tokens; the cuts come
+        from the remembered encoding."""
+        tokenizer = get_tokenizer("cl100k_base")
+
+        def replan() -> JobPlan:
+            lens = self._token_lengths(tokenizer, request.spec.text)
+            return plan_job(request.spec, plan.model, tokenizer, self._defaults, exact, lens)
+
+        try:
+            fresh = await asyncio.to_thread(replan)
+        except PlanError as e:
+            raise plan_error(e) from e
+        return replace(fresh, tokens_exact=True, token_error=0.0)
+
+    def _token_lengths(self, tokenizer: Tokenizer, text: str) -> Sequence[int]:
+        """The byte length of each of the document's tokens: remembered for long documents
+        (Estimate, then Analyze, tokenizes once); short ones are planned from scratch."""
+        if len(text) > REMEMBER_MAX_CHARS:
+            return self.encodings.token_lengths(tokenizer, text)
+        return token_lengths(tokenizer, tokenizer.encode(text))
