@@ -135,3 +135,40 @@ async def test_exact_count_from_the_vendor_endpoint(client: AsyncClient, sandbox
     assert sum(counted.values()) == 1 and next(iter(counted)).endswith("count_tokens")
     # The sandbox counts with cl100k plus message framing: a few tokens more than the text.
     assert 0 < exact.plan.document_tokens - rough.plan.document_tokens < 16
+
+
+async def test_the_exact_count_is_limited_like_any_model_call(sandbox: Sandbox) -> None:
+    """The vendor's count goes through the call pipeline: a tenant allowed one request a
+    minute gets one exact count, and the next is refused by its rate limit, not sent."""
+    import grpc
+    from longread.client import build_request, error_details
+    from longread.v1 import analysis_service_pb2 as svc
+    from longread_server.app import start
+    from longread_server.config import TenantConfig
+
+    from tests.conftest import gateway_config
+
+    tenant = TenantConfig(
+        name="counted", api_keys=["k-counted"], requests_per_minute=1, burst_requests=1
+    )
+    gw = await start(gateway_config(sandbox, tenants=[tenant]))
+    try:
+        async with AsyncClient(f"127.0.0.1:{gw.port}", api_key="k-counted", timeout=5) as c:
+            text = generate_report(8_000) + "(counted once)"
+            req = build_request(
+                svc.EstimateRequest, text, DEMO_QUESTION, Options(model="claude-haiku-4-5")
+            )
+            req.exact_token_count = True
+            before = sandbox.stats.by_endpoint.copy()
+            first = await c.estimate(request=req)
+            assert first.plan.tokens_exact
+            with pytest.raises(grpc.RpcError) as refused:
+                await c.estimate(request=req)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert error_details(refused.value).reason == "RATE_LIMITED"
+            counted = sandbox.stats.by_endpoint - before
+            assert sum(counted.values()) == 1  # the refused count never reached the vendor
+            req.exact_token_count = False  # an estimate without the vendor is not a call
+            assert not (await c.estimate(request=req)).plan.tokens_exact
+    finally:
+        await gw.stop(0)

@@ -383,3 +383,26 @@ async def test_server_spans_from_the_grpc_instrumentation_when_asked(sandbox: Sa
     assert server.context.trace_id == caller.trace_id
     assert server.parent is not None and server.parent.span_id == caller.span_id
     assert {s.name for s in children(spans, server)} == {"plan", "analyze single_pass"}
+
+
+async def test_the_exact_count_is_traced_as_a_model_call(traced: tuple[Gateway, Traced]) -> None:
+    from longread.client import build_request
+    from longread.v1 import analysis_service_pb2 as svc
+
+    gw, t = traced
+    t.spans.clear()
+    req = build_request(
+        svc.EstimateRequest,
+        generate_report(6_000) + f"(traced count {time.monotonic_ns()})",
+        DEMO_QUESTION,
+        Options(model="claude-haiku-4-5"),
+    )
+    req.exact_token_count = True
+    async with AsyncClient(f"127.0.0.1:{gw.port}", api_key=SECRET_KEY) as c:
+        est = await c.estimate(request=req)
+    (count,) = [s for s in t.spans.get_finished_spans() if s.name.startswith("count_tokens ")]
+    attrs = dict(count.attributes or {})
+    assert count.name == "count_tokens claude-haiku-4-5" and count.kind == trace.SpanKind.CLIENT
+    assert attrs["gen_ai.operation.name"] == "count_tokens"
+    assert attrs["gen_ai.provider.name"] == "anthropic"
+    assert attrs["gen_ai.usage.input_tokens"] == est.plan.document_tokens
