@@ -64,6 +64,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 	$(BUF) lint
 	$(BUF) format -d --exit-code
 	$(BUF) breaking --against '$(BUF_AGAINST)'

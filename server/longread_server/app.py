@@ -10,18 +10,14 @@ import signal
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import grpc
 import httpx
-from google.protobuf import descriptor_pool
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-from longread.v1 import analysis_service_pb2 as svc
-from longread.v1 import analysis_service_pb2_grpc as svc_grpc
+from grpc_health.v1 import health
 from redis.asyncio import Redis
 
 from longread_server.api.auth import Authenticator
+from longread_server.api.registry import register, serving
 from longread_server.api.servicer import AnalysisServicer
 from longread_server.calls.budget import BudgetLedger, BudgetStage
 from longread_server.calls.cache import (
@@ -49,7 +45,6 @@ from longread_server.vendors import make_adapter
 from longread_server.vendors.http import HttpClient, LeanHttp
 
 log = logging.getLogger("longread")
-SERVICE_NAME = svc.DESCRIPTOR.services_by_name["AnalysisService"].full_name
 
 # The upstream names the built-in sandbox stands in for, with the protocol each speaks.
 _SANDBOX_UPSTREAMS = (
@@ -72,30 +67,6 @@ def sandbox_upstreams(base_url: str) -> list[UpstreamConfig]:
         )
         for name, kind in _SANDBOX_UPSTREAMS
     ]
-
-
-class MethodAwarePool:
-    """A descriptor pool for reflection that also resolves method names.
-
-    Python's reflection service answers ``file_containing_symbol`` only for messages,
-    enums and services; tools such as ghz ask for ``pkg.Service.Method`` (grpc/grpc#34743).
-    A method lives in its service's file, so a miss retries with the parent name.
-    """
-
-    def __init__(self, pool: descriptor_pool.DescriptorPool) -> None:
-        self._pool = pool
-
-    def FindFileContainingSymbol(self, symbol: str) -> Any:
-        try:
-            return self._pool.FindFileContainingSymbol(symbol)
-        except KeyError:
-            parent = symbol.rpartition(".")[0]
-            if not parent:
-                raise
-            return self._pool.FindFileContainingSymbol(parent)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._pool, name)
 
 
 def build_catalog(cfg: Config) -> Catalog:
@@ -263,15 +234,7 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
         options=opts,
         maximum_concurrent_rpcs=cfg.server.max_concurrent_rpcs or None,
     )
-    svc_grpc.add_AnalysisServiceServicer_to_server(servicer, server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    if cfg.server.reflection:
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
-            server,
-            pool=MethodAwarePool(descriptor_pool.Default()),  # type: ignore[arg-type]
-        )
+    health_servicer = register(server, servicer, reflection_on=cfg.server.reflection)
     creds = _server_credentials(cfg)
     if creds is None:
         port = server.add_insecure_port(cfg.listen)
@@ -280,8 +243,7 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
     if port == 0:
         raise OSError(f"cannot listen on {cfg.listen}")
     await server.start()
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    await serving(health_servicer)
     log.info("longread listening on port %d (%s)", port, "tls" if creds else "plaintext")
     return Gateway(
         cfg,
