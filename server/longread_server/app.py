@@ -26,7 +26,7 @@ from longread_server.calls.cache import (
     build_response_cache,
     observe_cache,
 )
-from longread_server.calls.pipeline import Pipeline, Stage
+from longread_server.calls.pipeline import CallStage, Pipeline
 from longread_server.calls.resilience import Resilience, build_resilience, shared_health
 from longread_server.calls.singleflight import SingleFlightStage
 from longread_server.config import Config, ConfigError, UpstreamConfig, load_config
@@ -190,7 +190,7 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
         {t.name: t.monthly_budget_usd for t in cfg.tenants}, redis, health=redis_gate
     )
     # Pipeline stages, outermost first (see calls/pipeline.py for the order and why).
-    stages: list[Stage] = []
+    stages: list[CallStage] = []
     # Response cache, then single-flight (calls/cache.py, calls/singleflight.py).
     response_cache = build_response_cache(cfg.cache, redis)
     stages += [CacheStage(response_cache, tel), SingleFlightStage(response_cache)]

@@ -22,10 +22,10 @@ from longread_server.run.events import (
     CallOutput,
     CallStarted,
     JobResult,
+    JobStage,
     JobWarning,
     PlanReady,
     RunEvent,
-    Stage,
 )
 from longread_server.run.request import JobRequest
 from longread_server.run.runner import Sampling
@@ -55,11 +55,11 @@ _CACHE_STATUS = {
     CacheStatus.BYPASS: pb.CACHE_STATUS_BYPASS,
 }
 _STAGES = {
-    Stage.SINGLE: pb.STAGE_SINGLE,
-    Stage.MAP: pb.STAGE_MAP,
-    Stage.COLLAPSE: pb.STAGE_COLLAPSE,
-    Stage.REDUCE: pb.STAGE_REDUCE,
-    Stage.REFINE: pb.STAGE_REFINE,
+    JobStage.SINGLE: pb.STAGE_SINGLE,
+    JobStage.MAP: pb.STAGE_MAP,
+    JobStage.COLLAPSE: pb.STAGE_COLLAPSE,
+    JobStage.REDUCE: pb.STAGE_REDUCE,
+    JobStage.REFINE: pb.STAGE_REFINE,
 }
 _ROLES = {pb.ROLE_USER: "user", pb.ROLE_ASSISTANT: "assistant"}
 _PREFERENCES = {

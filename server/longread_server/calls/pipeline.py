@@ -66,7 +66,7 @@ class Call:
 Next = Callable[[Call], AsyncIterator[LlmEvent]]
 
 
-class Stage(Protocol):
+class CallStage(Protocol):
     """One step of the pipeline. Yields the call's events, usually by iterating ``nxt(call)``
     (possibly more than once, as a retry does, or not at all, as a cache hit does)."""
 
@@ -177,7 +177,7 @@ def _record_finish(
         )
 
 
-def _wrap(stage: Stage, nxt: Next) -> Next:
+def _wrap(stage: CallStage, nxt: Next) -> Next:
     def run(call: Call) -> AsyncIterator[LlmEvent]:
         return stage(call, nxt)
 
@@ -190,7 +190,7 @@ class Pipeline:
     def __init__(
         self,
         adapters: Mapping[str, VendorAdapter],
-        stages: Sequence[Stage] = (),
+        stages: Sequence[CallStage] = (),
         telemetry: Telemetry | None = None,
     ) -> None:
         self._adapters = dict(adapters)

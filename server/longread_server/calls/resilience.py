@@ -1,6 +1,6 @@
 """Builds the resilience stages and their state from the config (the one place app.py calls).
 
-Stage order, outermost first, after the cache, single-flight and budget stages:
+CallStage order, outermost first, after the cache, single-flight and budget stages:
 
     tenant rate limit -> fallback -> retry -> upstream rate limit -> breaker -> attempt timeouts
 
@@ -30,7 +30,7 @@ from longread_server.calls.concurrency import AdaptiveConcurrency, ConcurrencyPa
 from longread_server.calls.fallback import FallbackStage
 from longread_server.calls.limits import Quota, RateLimitStage, make_quota
 from longread_server.calls.observe import NULL_OBSERVER, MetricsObserver, ResilienceObserver
-from longread_server.calls.pipeline import Call, Stage
+from longread_server.calls.pipeline import Call, CallStage
 from longread_server.calls.retry import RetryPolicy, RetryStage
 from longread_server.calls.timeouts import AttemptTimeouts
 from longread_server.config import Config, ResilienceConfig
@@ -70,7 +70,7 @@ def breaker_params(r: ResilienceConfig) -> BreakerParams:
 class Resilience:
     """The stages, plus what operators and tests look at."""
 
-    stages: list[Stage]
+    stages: list[CallStage]
     buckets: BucketStore
     breakers: BreakerStore
     breaker_params: BreakerParams
@@ -167,7 +167,7 @@ def build_resilience(
         rng=rng or random.Random(),
         observer=observer,
     )
-    stages: list[Stage] = [
+    stages: list[CallStage] = [
         RateLimitStage(
             buckets,
             lambda call: tenant_quotas.get(call.ctx.tenant),

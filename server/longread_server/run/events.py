@@ -10,7 +10,7 @@ from longread_server.plan.catalog import Price
 from longread_server.plan.planner import JobPlan
 
 
-class Stage(enum.StrEnum):
+class JobStage(enum.StrEnum):
     SINGLE = "single"
     MAP = "map"
     COLLAPSE = "collapse"
@@ -32,14 +32,14 @@ class PlanReady:
 
 @dataclass(frozen=True, slots=True)
 class CallStarted:
-    stage: Stage
+    stage: JobStage
     index: int
     of: int
 
 
 @dataclass(frozen=True, slots=True)
 class AnswerDelta:
-    stage: Stage
+    stage: JobStage
     index: int
     text: str
 
@@ -48,7 +48,7 @@ class AnswerDelta:
 class CallOutput:
     """The output of one call, traceable to the document span it read."""
 
-    stage: Stage
+    stage: JobStage
     index: int
     start: int
     end: int

@@ -36,10 +36,10 @@ from longread_server.run.events import (
     CallOutput,
     CallStarted,
     JobResult,
+    JobStage,
     JobWarning,
     PlanReady,
     RunEvent,
-    Stage,
     Timings,
     history_trimmed,
 )
@@ -138,7 +138,7 @@ class JobRunner:
             async for ev in self._call(
                 job,
                 tally,
-                Stage.SINGLE,
+                JobStage.SINGLE,
                 0,
                 1,
                 messages,
@@ -152,9 +152,9 @@ class JobRunner:
             chosen = [plan.chunks[i] for i in plan.selected]
             passages = [c.sent(job.spec.text) for c in chosen]
             messages = prompts.select_step(passages, job.spec.instruction, history)
-            span = (chosen[0].start, chosen[-1].end) if chosen else (0, len(job.spec.text))
+            read = (chosen[0].start, chosen[-1].end) if chosen else (0, len(job.spec.text))
             async for ev in self._call(
-                job, tally, Stage.SINGLE, 0, 1, messages, plan.output_tokens, span=span
+                job, tally, JobStage.SINGLE, 0, 1, messages, plan.output_tokens, read=read
             ):
                 if isinstance(ev, CallDone):
                     final = ev.output
@@ -173,12 +173,12 @@ class JobRunner:
                 async for ev in self._call(
                     job,
                     tally,
-                    Stage.REFINE,
+                    JobStage.REFINE,
                     i,
                     n,
                     messages,
                     plan.output_tokens,
-                    span=(chunk.start, chunk.end),
+                    read=(chunk.start, chunk.end),
                     stream_answer=last,
                 ):
                     if isinstance(ev, CallDone):
@@ -190,7 +190,7 @@ class JobRunner:
             async for ev in self._map(job, tally, notes):
                 yield ev
             async for ev in self._reduce(job, tally, notes, history):
-                if isinstance(ev, CallDone) and ev.output.stage is Stage.REDUCE:
+                if isinstance(ev, CallDone) and ev.output.stage is JobStage.REDUCE:
                     final = ev.output
                 yield ev
         assert final is not None
@@ -245,12 +245,12 @@ class JobRunner:
                 async for ev in self._call(
                     job,
                     tally,
-                    Stage.MAP,
+                    JobStage.MAP,
                     i,
                     n,
                     messages,
                     job.plan.map_output_tokens,
-                    span=(chunk.start, chunk.end),
+                    read=(chunk.start, chunk.end),
                     cache_prefix=prompts.MAP_CACHE_PREFIX,
                     prompt_tokens=chunk.tokens + job.plan.overhead_tokens,
                 ):
@@ -287,35 +287,35 @@ class JobRunner:
         self, job: Job, tally: _Tally, notes: list[CallOutput], history: Sequence[Message]
     ) -> AsyncIterator[RunEvent]:
         texts = [n.text for n in notes]
-        spans = [(n.start, n.end) for n in notes]
+        ranges = [(n.start, n.end) for n in notes]
         size = job.plan.notes_per_call
         # Collapse in groups until one reduce call can take every note (the planner sized this).
         while len(texts) > size:
             groups = [texts[i : i + size] for i in range(0, len(texts), size)]
-            group_spans = [spans[i : i + size] for i in range(0, len(spans), size)]
+            group_ranges = [ranges[i : i + size] for i in range(0, len(ranges), size)]
             collapsed: list[str] = []
-            new_spans: list[tuple[int, int]] = []
-            for gi, (group, gs) in enumerate(zip(groups, group_spans, strict=True)):
+            new_ranges: list[tuple[int, int]] = []
+            for gi, (group, gs) in enumerate(zip(groups, group_ranges, strict=True)):
                 messages = prompts.reduce_step(group, job.spec.instruction)
                 async for ev in self._call(
                     job,
                     tally,
-                    Stage.COLLAPSE,
+                    JobStage.COLLAPSE,
                     gi,
                     len(groups),
                     messages,
                     job.plan.map_output_tokens,
-                    span=(gs[0][0], gs[-1][1]),
+                    read=(gs[0][0], gs[-1][1]),
                 ):
                     if isinstance(ev, CallDone):
                         collapsed.append(ev.output.text)
-                        new_spans.append((ev.output.start, ev.output.end))
+                        new_ranges.append((ev.output.start, ev.output.end))
                     yield ev
-            texts, spans = collapsed, new_spans
+            texts, ranges = collapsed, new_ranges
         messages = prompts.reduce_step(texts, job.spec.instruction, history)
-        span = (spans[0][0], spans[-1][1]) if spans else (0, len(job.spec.text))
+        read = (ranges[0][0], ranges[-1][1]) if ranges else (0, len(job.spec.text))
         async for ev in self._call(
-            job, tally, Stage.REDUCE, 0, 1, messages, job.plan.output_tokens, span=span
+            job, tally, JobStage.REDUCE, 0, 1, messages, job.plan.output_tokens, read=read
         ):
             yield ev
 
@@ -323,12 +323,12 @@ class JobRunner:
         self,
         job: Job,
         tally: _Tally,
-        stage: Stage,
+        stage: JobStage,
         index: int,
         of: int,
         messages: Sequence[Message],
         max_output_tokens: int,
-        span: tuple[int, int] | None = None,
+        read: tuple[int, int] | None = None,  # the text range the call reads
         stream_answer: bool | None = None,
         cache_prefix: int = 0,
         prompt_tokens: int = 0,
@@ -336,7 +336,7 @@ class JobRunner:
         """One model call: CallStarted, deltas (of the answer's own call only), CallDone.
         ``cache_prefix``: leading messages shared with other calls (vendor prompt caching)."""
         final_stage = (
-            stage in (Stage.SINGLE, Stage.REDUCE) if stream_answer is None else stream_answer
+            stage in (JobStage.SINGLE, JobStage.REDUCE) if stream_answer is None else stream_answer
         )
         if not job.prompt_cache_key:
             job.prompt_cache_key = prompts.document_cache_key(job.spec.text)
@@ -357,7 +357,7 @@ class JobRunner:
         yield CallStarted(stage, index, of)
         parts: list[str] = []
         finish: Finish | None = None
-        start, end = span if span is not None else (0, len(job.spec.text))
+        start, end = read if read is not None else (0, len(job.spec.text))
         # A single-pass job's one call would be its strategy span's only child: no step span.
         traced = self._tel.tracing and job.plan.strategy is not Strategy.SINGLE_PASS
         scope = self._step_span(stage, index, of, start, end) if traced else nullcontext(None)
@@ -390,12 +390,12 @@ class JobRunner:
             cached=finish.cached,
             finish_reason=finish.finish_reason,
         )
-        if stage in (Stage.MAP, Stage.REFINE):
+        if stage in (JobStage.MAP, JobStage.REFINE):
             tally.outputs.append(out)
         yield CallDone(out)
 
     def _step_span(
-        self, stage: Stage, index: int, of: int, start: int, end: int
+        self, stage: JobStage, index: int, of: int, start: int, end: int
     ) -> AbstractContextManager[trace.Span]:
         span = self._tel.tracer.start_span(
             f"{stage.value} {index}",

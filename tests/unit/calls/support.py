@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from longread_server.calls.pipeline import Call, CallContext, Next, Stage
+from longread_server.calls.pipeline import Call, CallContext, CallStage, Next
 from longread_server.domain import (
     ErrorKind,
     Finish,
@@ -95,7 +95,7 @@ class Upstream:
             self.closed += 1
 
 
-def chain(stages: Sequence[Stage], inner: Callable[[Call], AsyncIterator[LlmEvent]]) -> Next:
+def chain(stages: Sequence[CallStage], inner: Callable[[Call], AsyncIterator[LlmEvent]]) -> Next:
     nxt: Next = inner
     for stage in reversed(stages):
         nxt = (lambda s, n: lambda c: s(c, n))(stage, nxt)
