@@ -26,7 +26,7 @@ from longread_server.vendors.canonical import (
 )
 from longread_server.vendors.openai import OpenAIAdapter
 
-from .strategies import (
+from .payloads import (
     anthropic_payloads,
     anthropic_tools,
     json_objects,
