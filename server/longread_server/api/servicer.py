@@ -71,8 +71,13 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
         try:
             prep = await self._prepare(request, context, rec)
             plan_pb = convert.plan(prep.plan)
-            async for ev in self._ahead(self._run(prep, rec, streaming=True)):
-                yield convert.stream_event(ev, plan_pb)
+            # Closed here and now when grpc closes this Stream, not when the event loop
+            # finalizes the abandoned generator: the job's upstream calls stop at once.
+            async with contextlib.aclosing(
+                self._ahead(self._run(prep, rec, streaming=True))
+            ) as evs:
+                async for ev in evs:
+                    yield convert.stream_event(ev, plan_pb)
             rec.finish("OK")
         except asyncio.CancelledError:
             rec.finish("CANCELLED")
@@ -168,7 +173,7 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
         await context.abort_with_status(err.to_status())
 
     @staticmethod
-    async def _ahead(events: AsyncGenerator[RunEvent, None]) -> AsyncIterator[RunEvent]:
+    async def _ahead(events: AsyncGenerator[RunEvent, None]) -> AsyncGenerator[RunEvent, None]:
         """``events``, produced by a task of their own: grpc sends each Stream message before
         it asks for the next, and the plan and progress messages would otherwise hold back
         the upstream call. Ends, or fails, as ``events`` does; closing it cancels the task,

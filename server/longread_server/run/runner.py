@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 
@@ -135,30 +135,36 @@ class JobRunner:
         final: CallOutput | None = None
         if plan.strategy is Strategy.SINGLE_PASS:
             messages = prompts.single(job.spec.text, job.spec.instruction, history)
-            async for ev in self._call(
-                job,
-                tally,
-                JobStage.SINGLE,
-                0,
-                1,
-                messages,
-                plan.output_tokens,
-                prompt_tokens=plan.document_tokens + plan.overhead_tokens,
-            ):
-                if isinstance(ev, CallDone):
-                    final = ev.output
-                yield ev
+            async with contextlib.aclosing(
+                self._call(
+                    job,
+                    tally,
+                    JobStage.SINGLE,
+                    0,
+                    1,
+                    messages,
+                    plan.output_tokens,
+                    prompt_tokens=plan.document_tokens + plan.overhead_tokens,
+                )
+            ) as evs:
+                async for ev in evs:
+                    if isinstance(ev, CallDone):
+                        final = ev.output
+                    yield ev
         elif plan.strategy is Strategy.SELECT:
             chosen = [plan.chunks[i] for i in plan.selected]
             passages = [c.sent(job.spec.text) for c in chosen]
             messages = prompts.select_step(passages, job.spec.instruction, history)
             read = (chosen[0].start, chosen[-1].end) if chosen else (0, len(job.spec.text))
-            async for ev in self._call(
-                job, tally, JobStage.SINGLE, 0, 1, messages, plan.output_tokens, read=read
-            ):
-                if isinstance(ev, CallDone):
-                    final = ev.output
-                yield ev
+            async with contextlib.aclosing(
+                self._call(
+                    job, tally, JobStage.SINGLE, 0, 1, messages, plan.output_tokens, read=read
+                )
+            ) as evs:
+                async for ev in evs:
+                    if isinstance(ev, CallDone):
+                        final = ev.output
+                    yield ev
         elif plan.strategy is Strategy.REFINE:
             answer = ""
             n = len(plan.chunks)
@@ -170,29 +176,34 @@ class JobRunner:
                     answer,
                     history if last else (),
                 )
-                async for ev in self._call(
-                    job,
-                    tally,
-                    JobStage.REFINE,
-                    i,
-                    n,
-                    messages,
-                    plan.output_tokens,
-                    read=(chunk.start, chunk.end),
-                    stream_answer=last,
-                ):
-                    if isinstance(ev, CallDone):
-                        answer = ev.output.text
-                        final = ev.output
-                    yield ev
+                async with contextlib.aclosing(
+                    self._call(
+                        job,
+                        tally,
+                        JobStage.REFINE,
+                        i,
+                        n,
+                        messages,
+                        plan.output_tokens,
+                        read=(chunk.start, chunk.end),
+                        stream_answer=last,
+                    )
+                ) as evs:
+                    async for ev in evs:
+                        if isinstance(ev, CallDone):
+                            answer = ev.output.text
+                            final = ev.output
+                        yield ev
         else:
             notes: list[CallOutput] = []
-            async for ev in self._map(job, tally, notes):
-                yield ev
-            async for ev in self._reduce(job, tally, notes, history):
-                if isinstance(ev, CallDone) and ev.output.stage is JobStage.REDUCE:
-                    final = ev.output
-                yield ev
+            async with contextlib.aclosing(self._map(job, tally, notes)) as evs:
+                async for ev in evs:
+                    yield ev
+            async with contextlib.aclosing(self._reduce(job, tally, notes, history)) as evs:
+                async for ev in evs:
+                    if isinstance(ev, CallDone) and ev.output.stage is JobStage.REDUCE:
+                        final = ev.output
+                    yield ev
         assert final is not None
         if final.finish_reason == "length":
             warnings.append(
@@ -230,7 +241,7 @@ class JobRunner:
 
     async def _map(
         self, job: Job, tally: _Tally, notes: list[CallOutput]
-    ) -> AsyncIterator[RunEvent]:
+    ) -> AsyncGenerator[RunEvent, None]:
         chunks = job.plan.chunks
         n = len(chunks)
         queue: asyncio.Queue[RunEvent | BaseException | _Done] = asyncio.Queue()
@@ -241,19 +252,24 @@ class JobRunner:
             chunk = chunks[i]
             text = job.spec.text[chunk.overlap_start : chunk.end]
             messages = prompts.map_step(text, job.spec.instruction)
-            async with gate.slot():
-                async for ev in self._call(
-                    job,
-                    tally,
-                    JobStage.MAP,
-                    i,
-                    n,
-                    messages,
-                    job.plan.map_output_tokens,
-                    read=(chunk.start, chunk.end),
-                    cache_prefix=prompts.MAP_CACHE_PREFIX,
-                    prompt_tokens=chunk.tokens + job.plan.overhead_tokens,
-                ):
+            async with (
+                gate.slot(),
+                contextlib.aclosing(
+                    self._call(
+                        job,
+                        tally,
+                        JobStage.MAP,
+                        i,
+                        n,
+                        messages,
+                        job.plan.map_output_tokens,
+                        read=(chunk.start, chunk.end),
+                        cache_prefix=prompts.MAP_CACHE_PREFIX,
+                        prompt_tokens=chunk.tokens + job.plan.overhead_tokens,
+                    )
+                ) as evs,
+            ):
+                async for ev in evs:
                     if isinstance(ev, CallDone):
                         results[i] = ev.output
                     await queue.put(ev)
@@ -285,7 +301,7 @@ class JobRunner:
 
     async def _reduce(
         self, job: Job, tally: _Tally, notes: list[CallOutput], history: Sequence[Message]
-    ) -> AsyncIterator[RunEvent]:
+    ) -> AsyncGenerator[RunEvent, None]:
         texts = [n.text for n in notes]
         ranges = [(n.start, n.end) for n in notes]
         size = job.plan.notes_per_call
@@ -297,27 +313,33 @@ class JobRunner:
             new_ranges: list[tuple[int, int]] = []
             for gi, (group, gs) in enumerate(zip(groups, group_ranges, strict=True)):
                 messages = prompts.reduce_step(group, job.spec.instruction)
-                async for ev in self._call(
-                    job,
-                    tally,
-                    JobStage.COLLAPSE,
-                    gi,
-                    len(groups),
-                    messages,
-                    job.plan.map_output_tokens,
-                    read=(gs[0][0], gs[-1][1]),
-                ):
-                    if isinstance(ev, CallDone):
-                        collapsed.append(ev.output.text)
-                        new_ranges.append((ev.output.start, ev.output.end))
-                    yield ev
+                async with contextlib.aclosing(
+                    self._call(
+                        job,
+                        tally,
+                        JobStage.COLLAPSE,
+                        gi,
+                        len(groups),
+                        messages,
+                        job.plan.map_output_tokens,
+                        read=(gs[0][0], gs[-1][1]),
+                    )
+                ) as evs:
+                    async for ev in evs:
+                        if isinstance(ev, CallDone):
+                            collapsed.append(ev.output.text)
+                            new_ranges.append((ev.output.start, ev.output.end))
+                        yield ev
             texts, ranges = collapsed, new_ranges
         messages = prompts.reduce_step(texts, job.spec.instruction, history)
         read = (ranges[0][0], ranges[-1][1]) if ranges else (0, len(job.spec.text))
-        async for ev in self._call(
-            job, tally, JobStage.REDUCE, 0, 1, messages, job.plan.output_tokens, read=read
-        ):
-            yield ev
+        async with contextlib.aclosing(
+            self._call(
+                job, tally, JobStage.REDUCE, 0, 1, messages, job.plan.output_tokens, read=read
+            )
+        ) as evs:
+            async for ev in evs:
+                yield ev
 
     async def _call(
         self,
@@ -332,7 +354,7 @@ class JobRunner:
         stream_answer: bool | None = None,
         cache_prefix: int = 0,
         prompt_tokens: int = 0,
-    ) -> AsyncIterator[RunEvent]:
+    ) -> AsyncGenerator[RunEvent, None]:
         """One model call: CallStarted, deltas (of the answer's own call only), CallDone.
         ``cache_prefix``: leading messages shared with other calls (vendor prompt caching)."""
         final_stage = (

@@ -28,9 +28,9 @@ from longread_server.run.events import (
     CallOutput,
     CallStarted,
     JobResult,
+    JobStage,
     JobWarning,
     PlanReady,
-    Stage,
     Timings,
 )
 
@@ -391,7 +391,7 @@ PLAN = plan_job(
 )
 
 
-def output(index: int, cached: bool = False, stage: Stage = Stage.MAP) -> CallOutput:
+def output(index: int, cached: bool = False, stage: JobStage = JobStage.MAP) -> CallOutput:
     return CallOutput(
         stage, index, 10 * index, 10 * index + 10, f"n{index}", Usage(5, 2, calls=1), cached, "stop"
     )
@@ -485,9 +485,9 @@ def test_a_converted_plan_is_reused_when_given() -> None:
     ("event", "kind"),
     [
         (PlanReady(PLAN), "plan"),
-        (CallStarted(Stage.COLLAPSE, 2, 5), "chunk_started"),
-        (AnswerDelta(Stage.REDUCE, 0, "par"), "delta"),
-        (CallDone(output(3, stage=Stage.REFINE)), "chunk_done"),
+        (CallStarted(JobStage.COLLAPSE, 2, 5), "chunk_started"),
+        (AnswerDelta(JobStage.REDUCE, 0, "par"), "delta"),
+        (CallDone(output(3, stage=JobStage.REFINE)), "chunk_done"),
         (JobWarning("OUTPUT_TRUNCATED", "cut"), "warning"),
         (job_result(), "result"),
     ],
@@ -498,20 +498,20 @@ def test_each_event_becomes_its_stream_message(event: Any, kind: str) -> None:
 
 
 def test_stream_events_keep_stage_index_and_text() -> None:
-    started = convert.stream_event(CallStarted(Stage.COLLAPSE, 2, 5)).chunk_started
+    started = convert.stream_event(CallStarted(JobStage.COLLAPSE, 2, 5)).chunk_started
     assert (started.stage, started.index, started.of) == (pb.STAGE_COLLAPSE, 2, 5)
-    delta = convert.stream_event(AnswerDelta(Stage.REDUCE, 0, "par")).delta
+    delta = convert.stream_event(AnswerDelta(JobStage.REDUCE, 0, "par")).delta
     assert (delta.stage, delta.index, delta.text) == (pb.STAGE_REDUCE, 0, "par")
-    done = convert.stream_event(CallDone(output(3, cached=True, stage=Stage.REFINE))).chunk_done
+    done = convert.stream_event(CallDone(output(3, cached=True, stage=JobStage.REFINE))).chunk_done
     assert done.stage == pb.STAGE_REFINE
     assert (done.result.index, done.result.text) == (3, "n3")
     assert done.result.cache_status == pb.CACHE_STATUS_HIT
     stages = {
-        Stage.SINGLE: pb.STAGE_SINGLE,
-        Stage.MAP: pb.STAGE_MAP,
-        Stage.COLLAPSE: pb.STAGE_COLLAPSE,
-        Stage.REDUCE: pb.STAGE_REDUCE,
-        Stage.REFINE: pb.STAGE_REFINE,
+        JobStage.SINGLE: pb.STAGE_SINGLE,
+        JobStage.MAP: pb.STAGE_MAP,
+        JobStage.COLLAPSE: pb.STAGE_COLLAPSE,
+        JobStage.REDUCE: pb.STAGE_REDUCE,
+        JobStage.REFINE: pb.STAGE_REFINE,
     }
     for stage, value in stages.items():
         assert convert.stream_event(CallStarted(stage, 0, 1)).chunk_started.stage == value

@@ -318,12 +318,6 @@ async def test_cancelling_a_stream_closes_its_job() -> None:
     assert ctx.status is None  # a cancelled RPC is not aborted with a status
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Stream iterates _ahead without closing it: a Stream closed while it waits to send "
-    "an event leaves the job's producer task and upstream call running until the event loop "
-    "finalizes the abandoned generator, some loop turns later",
-)
 async def test_closing_a_stream_closes_its_job_at_once() -> None:
     s = Service(ScriptedAdapter("openai", reply=lambda req: None))
     gen, _ = await started_stream(s, FakeContext(AUTH))

@@ -30,10 +30,10 @@ from longread_server.run.events import (
     CallDone,
     CallStarted,
     JobResult,
+    JobStage,
     JobWarning,
     PlanReady,
     RunEvent,
-    Stage,
 )
 from longread_server.run.runner import Job, JobRunner, Sampling
 
@@ -128,7 +128,7 @@ async def test_single_pass_streams_the_answer_between_start_and_done() -> None:
         "JobResult",
     ]
     assert events[0] == PlanReady(plan)
-    assert events[1] == CallStarted(Stage.SINGLE, 0, 1)
+    assert events[1] == CallStarted(JobStage.SINGLE, 0, 1)
     assert [ev.text for ev in events if isinstance(ev, AnswerDelta)] == [
         "It lists ",
         "forty words.",
@@ -153,7 +153,7 @@ async def test_without_streaming_the_call_is_not_streamed_and_the_answer_comes_w
     events = await run(adapter, make_job(spec, plan, streaming=False))
     assert not adapter.requests[0].stream
     assert kinds(events) == ["PlanReady", "CallStarted", "AnswerDelta", "CallDone", "JobResult"]
-    assert events[2] == AnswerDelta(Stage.SINGLE, 0, "one piece")
+    assert events[2] == AnswerDelta(JobStage.SINGLE, 0, "one piece")
     assert result_of(events).text == "one piece"
 
 
@@ -177,21 +177,21 @@ async def test_map_reduce_maps_every_chunk_then_reduces_the_notes_in_document_or
     events = await run(adapter, make_job(spec, plan))
 
     assert isinstance(events[0], PlanReady) and isinstance(events[-1], JobResult)
-    maps = [ev for ev in events if isinstance(ev, CallStarted) and ev.stage is Stage.MAP]
+    maps = [ev for ev in events if isinstance(ev, CallStarted) and ev.stage is JobStage.MAP]
     assert sorted(ev.index for ev in maps) == list(range(n)) and {ev.of for ev in maps} == {n}
-    reduce_at = events.index(CallStarted(Stage.REDUCE, 0, 1))
+    reduce_at = events.index(CallStarted(JobStage.REDUCE, 0, 1))
     # Every map is done before the reduce starts; only the reduce streams its answer.
     done_maps = [
         i
         for i, ev in enumerate(events)
-        if isinstance(ev, CallDone) and ev.output.stage is Stage.MAP
+        if isinstance(ev, CallDone) and ev.output.stage is JobStage.MAP
     ]
     assert len(done_maps) == n and max(done_maps) < reduce_at
     deltas = [ev for ev in events if isinstance(ev, AnswerDelta)]
     assert [(d.stage, d.text) for d in deltas] == [
-        (Stage.REDUCE, "The "),
-        (Stage.REDUCE, "final "),
-        (Stage.REDUCE, "answer."),
+        (JobStage.REDUCE, "The "),
+        (JobStage.REDUCE, "final "),
+        (JobStage.REDUCE, "answer."),
     ]
     assert all(reduce_at < events.index(d) for d in deltas)
 
@@ -236,17 +236,17 @@ async def test_notes_that_do_not_fit_one_reduce_call_are_collapsed_first() -> No
 
     started = [ev for ev in events if isinstance(ev, CallStarted)]
     stages = [ev.stage for ev in started]
-    assert stages.count(Stage.MAP) == plan.map_calls
-    assert stages.count(Stage.COLLAPSE) == plan.collapse_calls
-    assert stages[-1] is Stage.REDUCE and stages.count(Stage.REDUCE) == 1
-    first_collapse = stages.index(Stage.COLLAPSE)
-    assert set(stages[:first_collapse]) == {Stage.MAP}
+    assert stages.count(JobStage.MAP) == plan.map_calls
+    assert stages.count(JobStage.COLLAPSE) == plan.collapse_calls
+    assert stages[-1] is JobStage.REDUCE and stages.count(JobStage.REDUCE) == 1
+    first_collapse = stages.index(JobStage.COLLAPSE)
+    assert set(stages[:first_collapse]) == {JobStage.MAP}
     reduce_req = adapter.requests[-1]
     read = NOTE.findall(reduce_req.messages[-1].content)
     collapsed = [
         ev.output.text
         for ev in events
-        if isinstance(ev, CallDone) and ev.output.stage is Stage.COLLAPSE
+        if isinstance(ev, CallDone) and ev.output.stage is JobStage.COLLAPSE
     ]
     # The reduce reads the collapse outputs (not the raw notes), in document order.
     assert read == collapsed[-len(read) :] and 1 < len(read) <= per_call
@@ -272,7 +272,7 @@ async def test_refine_runs_its_steps_in_order_each_reading_the_running_answer() 
     events = await run(adapter, make_job(spec, plan))
 
     starts = [ev for ev in events if isinstance(ev, CallStarted)]
-    assert starts == [CallStarted(Stage.REFINE, i, n) for i in range(n)]
+    assert starts == [CallStarted(JobStage.REFINE, i, n) for i in range(n)]
     assert adapter.max_in_flight == 1  # one step at a time
     first, *rest = adapter.requests
     assert "This is the first part." in first.messages[-1].content
@@ -283,7 +283,7 @@ async def test_refine_runs_its_steps_in_order_each_reading_the_running_answer() 
     # Only the last step's answer is the job's: only it streams.
     assert [r.stream for r in adapter.requests] == [False] * (n - 1) + [True]
     deltas = [ev for ev in events if isinstance(ev, AnswerDelta)]
-    assert [(d.stage, d.index) for d in deltas] == [(Stage.REFINE, n - 1)]
+    assert [(d.stage, d.index) for d in deltas] == [(JobStage.REFINE, n - 1)]
     result = result_of(events)
     assert result.text == f"answer after step {n - 1}"
     assert [o.index for o in result.chunk_outputs] == list(range(n))
@@ -410,7 +410,7 @@ async def hanging_map_job(adapter: ScriptedAdapter) -> AsyncGenerator[RunEvent, 
     events = runner_for(adapter).run(make_job(spec, plan, concurrency=3))
     assert isinstance(await anext(events), PlanReady)
     for i in range(3):
-        assert await anext(events) == CallStarted(Stage.MAP, i, len(plan.chunks))
+        assert await anext(events) == CallStarted(JobStage.MAP, i, len(plan.chunks))
     assert adapter.in_flight == 3
     return events
 
@@ -427,12 +427,6 @@ async def test_cancelling_the_consumer_cancels_every_call_of_the_job_at_once() -
     await events.aclose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="JobRunner.run closes _run with aclosing, but _run iterates _map, _reduce and "
-    "_call without closing them: closing the job's events leaves its calls in flight until "
-    "the event loop's async-generator finalizer closes them, some loop turns later",
-)
 async def test_closing_the_events_cancels_every_call_of_the_job_at_once() -> None:
     adapter = ScriptedAdapter(reply=lambda req: None)
     events = await hanging_map_job(adapter)
