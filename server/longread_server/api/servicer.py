@@ -31,7 +31,7 @@ from longread_server.api.errors import (
     internal,
     invalid,
 )
-from longread_server.api.observe import RpcRecord
+from longread_server.api.rpc_record import RpcRecord
 from longread_server.calls.budget import BudgetLedger, exceeded
 from longread_server.calls.pipeline import CallContext
 from longread_server.config import Config, UpstreamConfig
