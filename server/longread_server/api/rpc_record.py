@@ -28,7 +28,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from longread_server.run.events import JobResult
 from longread_server.telemetry import Telemetry
-from longread_server.tracing import attach_span, detach
+from longread_server.telemetry.tracing import attach_span, detach
 
 log = logging.getLogger("longread.access")
 
