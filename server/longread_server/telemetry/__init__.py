@@ -7,7 +7,7 @@ off the instruments are no-ops. Content (documents, prompts, answers) is recorde
 operator opts in; API keys and authorization metadata never are.
 
 The package: ``tracing`` (the lean tracer), ``encode`` (the OTLP span encoder), ``export``
-(the span batcher), ``metrics`` (the
+(OTLP export of both signals, from one resolution of its settings), ``metrics`` (the
 instruments), ``logs`` (JSON lines). This module builds a gateway's :class:`Telemetry`.
 """
 
@@ -31,7 +31,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 
 from longread_server import __version__
 from longread_server.config import ConfigError, TelemetryConfig
-from longread_server.telemetry.export import OtlpBatcher
+from longread_server.telemetry.export import OtlpBatcher, metric_exporter
 from longread_server.telemetry.logs import JsonFormatter, configure_logging
 from longread_server.telemetry.metrics import Instruments, MeasurementBatch
 from longread_server.telemetry.tracing import ExporterSink, LeanTracerProvider, current_span
@@ -108,17 +108,13 @@ def setup(
     readers = list(metric_readers)
     if cfg.metrics:
         if cfg.otlp_endpoint:
-            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
             from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
+            with _otlp_settings():
+                otlp_metrics = metric_exporter(cfg.otlp_endpoint)
             readers.append(
                 PeriodicExportingMetricReader(
-                    # Plaintext unless https://; TLS files and headers from OTEL_EXPORTER_OTLP_*.
-                    OTLPMetricExporter(
-                        endpoint=cfg.otlp_endpoint,
-                        insecure=not cfg.otlp_endpoint.startswith("https://"),
-                    ),
-                    export_interval_millis=cfg.metrics_interval_ms,
+                    otlp_metrics, export_interval_millis=cfg.metrics_interval_ms
                 )
             )
         if cfg.prometheus_port >= 0 and cfg.prometheus:

@@ -1,6 +1,13 @@
-"""Span export over OTLP/gRPC: a sink that batches finished spans on a background thread and
-sends one plain gRPC call per batch, of the bytes ``telemetry.encode`` writes (the SDK's
-exporter costs more CPU per span than the whole span).
+"""OTLP/gRPC export, for traces and metrics alike.
+
+Where and how a signal is sent is resolved in one place, :meth:`OtlpSettings.resolve`: the
+configured endpoint (``telemetry.otlp_endpoint``; TLS when it is ``https://``) and, from the
+standard OpenTelemetry variables, the headers and the TLS files, each signal's own variable
+first (``OTEL_EXPORTER_OTLP_TRACES_HEADERS``, then ``OTEL_EXPORTER_OTLP_HEADERS``). Both
+exporters are built from it: spans go through :class:`OtlpBatcher` (our batcher, sending the
+bytes of ``telemetry.encode``: the SDK's exporter costs more CPU per span than the whole
+span), metrics through the SDK's ``OTLPMetricExporter`` (:func:`metric_exporter`), which is
+given every setting rather than reading the variables its own way.
 """
 
 from __future__ import annotations
@@ -11,7 +18,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+from urllib.parse import urlsplit
 
 import grpc
 from opentelemetry.util.re import parse_env_headers
@@ -19,34 +29,154 @@ from opentelemetry.util.re import parse_env_headers
 from longread_server.telemetry.encode import FinishedSpan, encode_flat, flatten
 from longread_server.telemetry.tracing import FlatSpan
 
+if TYPE_CHECKING:
+    from opentelemetry.sdk.metrics.export import MetricExporter
+
 log = logging.getLogger(__name__)
 
 _EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
-
-def _env(env: Mapping[str, str], name: str) -> str | None:
-    """The OTLP exporter setting ``name``: the traces-only variable, else the general one
-    (``OTEL_EXPORTER_OTLP_TRACES_HEADERS``, then ``OTEL_EXPORTER_OTLP_HEADERS``), as the
-    OpenTelemetry SDK's exporters read them."""
-    return env.get(f"OTEL_EXPORTER_OTLP_TRACES_{name}") or env.get(f"OTEL_EXPORTER_OTLP_{name}")
+Signal = Literal["TRACES", "METRICS"]
+_PREFIX = "OTEL_EXPORTER_OTLP_"
+_COMPRESSION = {"": None, "none": None, "gzip": grpc.Compression.Gzip}
 
 
-def _env_file(env: Mapping[str, str], name: str) -> bytes | None:
-    path = _env(env, name)
+@dataclass(frozen=True)
+class OtlpSettings:
+    """Where and how one signal is sent over OTLP/gRPC.
+
+    ``timeout_s`` and ``compression`` apply to the metrics only, as before this class: the
+    span batcher bounds its calls with ``OTEL_BSP_EXPORT_TIMEOUT`` and sends uncompressed.
+    ``OTEL_EXPORTER_OTLP_[<SIGNAL>_]INSECURE`` and ``..._ENDPOINT`` are not read: the
+    configured endpoint decides both.
+    """
+
+    endpoint: str  # as configured: http://, grpc:// or https://host:port, or a gRPC target
+    target: str  # the gRPC target: host:port
+    secure: bool  # TLS, for an https:// endpoint
+    headers: tuple[tuple[str, str], ...] = ()  # gRPC metadata: keys in lower case
+    root_certificates: bytes | None = None  # PEM; None: the system's roots
+    private_key: bytes | None = None  # mutual TLS: the client's key and certificate chain
+    certificate_chain: bytes | None = None
+    timeout_s: float = 10.0
+    compression: grpc.Compression | None = None
+
+    @classmethod
+    def resolve(
+        cls, endpoint: str, signal: Signal, env: Mapping[str, str] | None = None
+    ) -> OtlpSettings:
+        """The settings of ``signal`` for ``endpoint``, from ``env`` (the process's
+        environment by default). Raises ValueError naming the variable that is wrong: a TLS
+        file that cannot be read, half a client identity, a timeout or compression that
+        means nothing."""
+        env = os.environ if env is None else env
+        parts = urlsplit(endpoint)
+        secure = parts.scheme == "https"
+        if parts.scheme in ("http", "https", "grpc") and parts.netloc:
+            target = parts.netloc
+        else:
+            target = endpoint
+        key = chain = roots = None
+        if secure:
+            key = _file(env, signal, "CLIENT_KEY")
+            chain = _file(env, signal, "CLIENT_CERTIFICATE")
+            if (key is None) != (chain is None):
+                raise ValueError(
+                    "OTEL_EXPORTER_OTLP_CLIENT_KEY and OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE "
+                    "go together (mutual TLS): set both or neither"
+                )
+            roots = _file(env, signal, "CERTIFICATE")
+        return cls(
+            endpoint=endpoint,
+            target=target,
+            secure=secure,
+            headers=_headers(env, signal),
+            root_certificates=roots,
+            private_key=key,
+            certificate_chain=chain,
+            timeout_s=_timeout(env, signal),
+            compression=_compression(env, signal),
+        )
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.root_certificates,
+            private_key=self.private_key,
+            certificate_chain=self.certificate_chain,
+        )
+
+    def channel(self) -> grpc.Channel:
+        """A channel to the collector, as the span batcher uses it."""
+        if self.secure:
+            return grpc.secure_channel(self.target, self.credentials())
+        return grpc.insecure_channel(self.target)
+
+
+def _variable(env: Mapping[str, str], signal: Signal, name: str) -> tuple[str, str]:
+    """The variable setting ``name`` for ``signal`` and its value: the signal's own
+    (``OTEL_EXPORTER_OTLP_TRACES_HEADERS``) unless it is empty, else the general one
+    (``OTEL_EXPORTER_OTLP_HEADERS``); ("", "") when neither is set."""
+    for var in (f"{_PREFIX}{signal}_{name}", f"{_PREFIX}{name}"):
+        value = env.get(var)
+        if value:
+            return var, value
+    return "", ""
+
+
+def _file(env: Mapping[str, str], signal: Signal, name: str) -> bytes | None:
+    var, path = _variable(env, signal, name)
     if not path:
         return None
     try:
         return Path(path).read_bytes()
     except OSError as e:
-        raise ValueError(f"OTEL_EXPORTER_OTLP_{name}: cannot read {path!r}: {e}") from e
+        raise ValueError(f"{var}: cannot read {path!r}: {e}") from e
 
 
-def _env_headers(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+def _headers(env: Mapping[str, str], signal: Signal) -> tuple[tuple[str, str], ...]:
     """``key=value,key2=value2`` (values URL-encoded), gRPC metadata keys in lower case."""
-    raw = _env(env, "HEADERS")
+    _, raw = _variable(env, signal, "HEADERS")
     if not raw:
         return ()
     return tuple((k.lower(), v) for k, v in parse_env_headers(raw, liberal=True).items())
+
+
+def _timeout(env: Mapping[str, str], signal: Signal) -> float:
+    """Seconds, as the OpenTelemetry Python SDK reads ``OTEL_EXPORTER_OTLP_TIMEOUT``."""
+    var, raw = _variable(env, signal, "TIMEOUT")
+    if not raw:
+        return 10.0
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise ValueError(f"{var}: expected a positive number of seconds, got {raw!r}")
+    return seconds
+
+
+def _compression(env: Mapping[str, str], signal: Signal) -> grpc.Compression | None:
+    var, raw = _variable(env, signal, "COMPRESSION")
+    try:
+        return _COMPRESSION[raw.strip().lower()]
+    except KeyError:
+        raise ValueError(f"{var}: expected gzip or none, got {raw!r}") from None
+
+
+def metric_exporter(endpoint: str, env: Mapping[str, str] | None = None) -> MetricExporter:
+    """The SDK's OTLP/gRPC metric exporter, set up from :meth:`OtlpSettings.resolve`."""
+    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+    s = OtlpSettings.resolve(endpoint, "METRICS", env)
+    return OTLPMetricExporter(
+        endpoint=s.target,
+        insecure=not s.secure,
+        credentials=s.credentials() if s.secure else None,
+        headers=s.headers,  # none: the SDK looks in the same variables, and finds none
+        timeout=s.timeout_s,
+        # None would have the SDK read the variables again.
+        compression=s.compression or grpc.Compression.NoCompression,
+    )
 
 
 def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -78,10 +208,8 @@ class OtlpBatcher:
     SDK's variables set them: ``OTEL_BSP_SCHEDULE_DELAY`` and ``OTEL_BSP_EXPORT_TIMEOUT``
     (ms), ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE`` and ``OTEL_BSP_MAX_QUEUE_SIZE``.
 
-    Headers and TLS files come from the OpenTelemetry exporter variables, as for the SDK's
-    exporters (which send the metrics): ``OTEL_EXPORTER_OTLP_[TRACES_]HEADERS`` and, for an
-    ``https://`` endpoint, ``..._CERTIFICATE`` (roots to trust), ``..._CLIENT_KEY`` and
-    ``..._CLIENT_CERTIFICATE`` (mutual TLS).
+    Where and how to send (headers, TLS files) is :meth:`OtlpSettings.resolve`'s, for the
+    traces signal, as it is for the metrics.
     """
 
     def __init__(
@@ -106,23 +234,9 @@ class OtlpBatcher:
         if max_queue is None:
             max_queue = _env_int(env, "OTEL_BSP_MAX_QUEUE_SIZE", max(8192, batch))
         batch = min(batch, max_queue)  # a batch never waits for more than the queue holds
-        if endpoint.startswith("https://"):
-            key, chain = _env_file(env, "CLIENT_KEY"), _env_file(env, "CLIENT_CERTIFICATE")
-            if (key is None) != (chain is None):
-                raise ValueError(
-                    "OTEL_EXPORTER_OTLP_CLIENT_KEY and OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE "
-                    "go together (mutual TLS): set both or neither"
-                )
-            creds = grpc.ssl_channel_credentials(
-                root_certificates=_env_file(env, "CERTIFICATE"),
-                private_key=key,
-                certificate_chain=chain,
-            )
-            self._channel = grpc.secure_channel(endpoint.removeprefix("https://"), creds)
-        else:
-            target = endpoint.removeprefix("http://").removeprefix("grpc://")
-            self._channel = grpc.insecure_channel(target)
-        self._metadata = _env_headers(env)
+        self.settings = OtlpSettings.resolve(endpoint, "TRACES", env)
+        self._channel = self.settings.channel()
+        self._metadata = self.settings.headers
         # Bytes in (already encoded), bytes out (the response is not needed).
         self._export: grpc.UnaryUnaryMultiCallable[bytes, bytes] = self._channel.unary_unary(
             _EXPORT, request_serializer=None, response_deserializer=None

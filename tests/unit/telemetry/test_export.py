@@ -1,4 +1,5 @@
-"""OTLP export: the span batcher against a real receiver."""
+"""OTLP export: the span batcher against a real receiver, and the settings both signals'
+exporters are built from."""
 
 from __future__ import annotations
 
@@ -10,10 +11,18 @@ from typing import Any
 
 import grpc
 import pytest
+from longread_server.config import ConfigError, TelemetryConfig
+from longread_server.telemetry import setup
 from longread_server.telemetry.encode import flatten
-from longread_server.telemetry.export import OtlpBatcher
+from longread_server.telemetry.export import OtlpBatcher, OtlpSettings, metric_exporter
 from longread_server.telemetry.tracing import LeanTracerProvider
+from opentelemetry.proto.collector.metrics.v1 import (
+    metrics_service_pb2,
+    metrics_service_pb2_grpc,
+)
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 
 from tests.certs import make_certs
@@ -244,3 +253,100 @@ def test_batcher_names_an_unreadable_tls_file_or_half_a_client_identity(
     env = {"OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY": str(key)}
     with pytest.raises(ValueError, match="set both or neither"):
         OtlpBatcher("https://localhost:4317", env=env)
+
+
+def test_settings_are_each_signals_own_variables_first(tmp_path: Path) -> None:
+    """One resolution for both signals: the signal's own variable (unless empty), else the
+    general one; TLS from the endpoint's scheme, files read only for https://."""
+    ca, other = tmp_path / "ca.pem", tmp_path / "metrics-ca.pem"
+    ca.write_bytes(b"roots")
+    other.write_bytes(b"metrics roots")
+    env = {
+        "OTEL_EXPORTER_OTLP_HEADERS": "Authorization=Bearer%20all,X-Team=search",
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "",
+        "OTEL_EXPORTER_OTLP_METRICS_HEADERS": "authorization=metrics",
+        "OTEL_EXPORTER_OTLP_CERTIFICATE": str(ca),
+        "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE": str(other),
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "4",
+        "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT": "2.5",
+        "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip",
+    }
+    traces = OtlpSettings.resolve("https://collector:4317", "TRACES", env)
+    metrics = OtlpSettings.resolve("https://collector:4317", "METRICS", env)
+    assert (traces.target, traces.secure, metrics.target, metrics.secure) == (
+        "collector:4317",
+        True,
+        "collector:4317",
+        True,
+    )
+    assert traces.headers == (("authorization", "Bearer all"), ("x-team", "search"))
+    assert metrics.headers == (("authorization", "metrics"),)
+    assert (traces.root_certificates, metrics.root_certificates) == (b"roots", b"metrics roots")
+    assert (traces.timeout_s, metrics.timeout_s) == (4.0, 2.5)
+    assert traces.compression == metrics.compression == grpc.Compression.Gzip
+    plain = OtlpSettings.resolve("http://collector:4317", "METRICS", env)
+    assert (plain.target, plain.secure, plain.root_certificates) == ("collector:4317", False, None)
+    assert OtlpSettings.resolve("grpc://collector:4317", "TRACES", {}).target == "collector:4317"
+    assert OtlpSettings.resolve("collector:4317", "TRACES", {}).target == "collector:4317"
+    defaults = OtlpSettings.resolve("http://collector:4317", "METRICS", {})
+    assert (defaults.headers, defaults.timeout_s, defaults.compression) == ((), 10.0, None)
+    for bad, message in (
+        ({"OTEL_EXPORTER_OTLP_METRICS_TIMEOUT": "soon"}, "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT"),
+        ({"OTEL_EXPORTER_OTLP_COMPRESSION": "zstd"}, "OTEL_EXPORTER_OTLP_COMPRESSION"),
+        ({"OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE": "/nonexistent/ca.pem"}, "METRICS_CERTIFICATE"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            OtlpSettings.resolve("https://collector:4317", "METRICS", bad)
+
+
+class _MetricsReceiver(metrics_service_pb2_grpc.MetricsServiceServicer):
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.metadata: list[dict[str, str | bytes]] = []
+
+    def Export(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self.names += [
+            m.name for rm in request.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+        ]
+        self.metadata.append({k: v for k, v in context.invocation_metadata()})
+        return metrics_service_pb2.ExportMetricsServiceResponse()
+
+
+def test_metrics_are_sent_with_the_same_headers_and_mutual_tls_as_spans(tmp_path: Path) -> None:
+    certs = make_certs(tmp_path)
+    rx = _MetricsReceiver()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(rx, server)  # type: ignore[no-untyped-call]
+    creds = grpc.ssl_server_credentials(
+        [(certs["server.key"].read_bytes(), certs["server.pem"].read_bytes())],
+        root_certificates=certs["ca.pem"].read_bytes(),
+        require_client_auth=True,
+    )
+    port = server.add_secure_port("127.0.0.1:0", creds)
+    server.start()
+    env = {
+        "OTEL_EXPORTER_OTLP_CERTIFICATE": str(certs["ca.pem"]),
+        "OTEL_EXPORTER_OTLP_CLIENT_KEY": str(certs["client.key"]),
+        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE": str(certs["client.pem"]),
+        "OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer%20s3cret",
+    }
+    try:
+        reader = PeriodicExportingMetricReader(
+            metric_exporter(f"https://localhost:{port}", env), export_interval_millis=3_600_000
+        )
+        provider = MeterProvider(metric_readers=[reader])
+        provider.get_meter("test").create_counter("longread.test").add(1)
+        provider.shutdown()  # collects and exports once more
+    finally:
+        server.stop(0)
+    assert "longread.test" in rx.names
+    assert rx.metadata[0]["authorization"] == "Bearer s3cret"
+
+
+def test_a_wrong_tls_setting_stops_the_gateway_for_metrics_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem")
+    cfg = TelemetryConfig(metrics=True, otlp_endpoint="https://localhost:4317")
+    with pytest.raises(ConfigError, match=r"telemetry\.otlp_endpoint: OTEL_EXPORTER_OTLP_CERT"):
+        setup(cfg)
