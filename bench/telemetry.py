@@ -45,8 +45,8 @@ from bench import _servers
 
 ROUNDS = 7
 REPLICAS = 2
-# Longer than the batcher's export delay (5 s, otlp.OtlpBatcher), so that every span queued
-# when a workload ends is sent before its CPU is read.
+# Longer than the batcher's export delay (5 s, telemetry.export.OtlpBatcher), so that every
+# span queued when a workload ends is sent before its CPU is read.
 DRAIN_S = 6.0
 # A report of ~60K characters (~13K tokens), one call: the size this service is mostly sent.
 LONG_DOC = generate_report(60_000)

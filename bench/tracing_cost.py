@@ -13,8 +13,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from longread_server.otlp import encode_request
-from longread_server.tracing import LeanSpan, LeanTracerProvider
+from longread_server.telemetry.encode import encode_request
+from longread_server.telemetry.tracing import LeanSpan, LeanTracerProvider
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.resources import Resource

@@ -215,7 +215,7 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
     ]
     if cfg.server.max_connection_age_ms:
         opts.append(("grpc.max_connection_age_ms", cfg.server.max_connection_age_ms))
-    # The server span of each RPC is started by the servicer (api/observe.py), or, when asked
+    # The server span of each RPC is started by the servicer (api/rpc_record.py), or, when asked
     # for, by the OpenTelemetry gRPC instrumentation's interceptor; health checks are not
     # traced either way.
     interceptors = []

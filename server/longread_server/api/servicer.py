@@ -21,7 +21,7 @@ from longread.v1 import analysis_service_pb2_grpc as svc_grpc
 from longread_server.api import convert
 from longread_server.api.auth import Authenticator
 from longread_server.api.errors import code_name, to_service_error
-from longread_server.api.observe import RpcRecord
+from longread_server.api.rpc_record import RpcRecord
 from longread_server.config import Config
 from longread_server.plan.planner import JobPlan
 from longread_server.run.analysis import Analysis, PreparedJob

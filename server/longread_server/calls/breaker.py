@@ -30,8 +30,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from longread_server.calls.observe import NULL_OBSERVER, ResilienceObserver
 from longread_server.calls.pipeline import Call, Next
+from longread_server.calls.resilience_metrics import NULL_OBSERVER, ResilienceObserver
 from longread_server.calls.tasks import detach
 from longread_server.domain import (
     CallRejected,

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 
 from opentelemetry import trace
 
-from longread_server.calls.observe import NULL_OBSERVER, ResilienceObserver
 from longread_server.calls.pipeline import Call, Next
+from longread_server.calls.resilience_metrics import NULL_OBSERVER, ResilienceObserver
 from longread_server.calls.tasks import detach
 from longread_server.domain import (
     CallRejected,

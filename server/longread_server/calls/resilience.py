@@ -29,8 +29,12 @@ from longread_server.calls.breaker import BreakerStage
 from longread_server.calls.concurrency import AdaptiveConcurrency, ConcurrencyParams
 from longread_server.calls.fallback import FallbackStage
 from longread_server.calls.limits import Quota, RateLimitStage, make_quota
-from longread_server.calls.observe import NULL_OBSERVER, MetricsObserver, ResilienceObserver
 from longread_server.calls.pipeline import Call, CallStage
+from longread_server.calls.resilience_metrics import (
+    NULL_OBSERVER,
+    MetricsObserver,
+    ResilienceObserver,
+)
 from longread_server.calls.retry import RetryPolicy, RetryStage
 from longread_server.calls.timeouts import AttemptTimeouts
 from longread_server.config import Config, ResilienceConfig

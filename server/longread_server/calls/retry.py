@@ -25,8 +25,8 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 
-from longread_server.calls.observe import NULL_OBSERVER, ResilienceObserver
 from longread_server.calls.pipeline import Call, Next
+from longread_server.calls.resilience_metrics import NULL_OBSERVER, ResilienceObserver
 from longread_server.domain import CallRejected, ErrorKind, LlmEvent, TextDelta, UpstreamError
 from longread_server.state.clock import SYSTEM_CLOCK, Clock
 

@@ -1,8 +1,8 @@
-"""Our OTLP span encoder against the official one, and the batcher against a real receiver."""
+"""OTLP export: the span batcher against a real receiver, and the settings both signals'
+exporters are built from."""
 
 from __future__ import annotations
 
-import gc
 import time
 from collections.abc import Iterator
 from concurrent import futures
@@ -11,157 +11,22 @@ from typing import Any
 
 import grpc
 import pytest
-from longread_server import otlp
-from longread_server.otlp import OtlpBatcher, encode_request, flatten
-from longread_server.tracing import LeanTracerProvider
-from opentelemetry import trace
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from longread_server.config import ConfigError, TelemetryConfig
+from longread_server.telemetry import setup
+from longread_server.telemetry.encode import flatten
+from longread_server.telemetry.export import OtlpBatcher, OtlpSettings, metric_exporter
+from longread_server.telemetry.tracing import LeanTracerProvider
+from opentelemetry.proto.collector.metrics.v1 import (
+    metrics_service_pb2,
+    metrics_service_pb2_grpc,
+)
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
-from opentelemetry.trace.span import TraceState
 
 from tests.certs import make_certs
-from tests.unit.test_tracing import provider
-
-
-def _spans() -> list[ReadableSpan]:
-    """Spans with every feature the encoder handles: kinds, all attribute types, events,
-    links, statuses, remote parents, trace state, two scopes and two resources."""
-    out: list[ReadableSpan] = []
-    for service in ("a", "b"):
-        memory = InMemorySpanExporter()
-        provider = TracerProvider(resource=Resource.create({"service.name": service, "n": 3}))
-        provider.add_span_processor(SimpleSpanProcessor(memory))
-        gw = provider.get_tracer("longread", "1.2.3")
-        other = provider.get_tracer("other", schema_url="https://opentelemetry.io/schemas/1.2")
-        remote = SpanContext(
-            0x0AF7651916CD43DD8448EB211C80319C,
-            0xB7AD6B7169203331,
-            is_remote=True,
-            trace_flags=TraceFlags(1),
-            trace_state=TraceState([("vendor", "x1"), ("other", "y")]),
-        )
-        parent = trace.set_span_in_context(trace.NonRecordingSpan(remote))
-        with gw.start_as_current_span(
-            "longread.v1.AnalysisService/Analyze", context=parent, kind=SpanKind.SERVER
-        ) as root:
-            root.set_attributes(
-                {
-                    "s": "text ünïcode 中文",
-                    "empty": "",
-                    "t": True,
-                    "f": False,
-                    "i": 0,
-                    "neg": -42,
-                    "big": 2**62,
-                    "x": 1.5,
-                    "strs": ["stop", "length"],
-                    "ints": (1, 2, 300),
-                    "long": "y" * 300,
-                }
-            )
-            root.add_event("retry", {"attempt": 2}, timestamp=123)
-            with gw.start_as_current_span("plan"):
-                pass
-            link = Link(remote, {"why": "batch"})
-            with other.start_as_current_span("chat gpt", kind=SpanKind.CLIENT, links=[link]) as c:
-                c.set_status(Status(StatusCode.ERROR, "overloaded"))
-            with gw.start_as_current_span("ok") as ok:
-                ok.set_status(Status(StatusCode.OK))
-        out += memory.get_finished_spans()
-    return out
-
-
-def test_encoder_stays_exact_and_bounded_past_its_tables() -> None:
-    """A key whose values keep changing (a response id per call) stops filling the table of
-    encoded attributes; many keys with a few values each fill it and it is emptied, never
-    left full; a value first seen after all that is still kept; and what comes out stays the
-    official encoding."""
-    memory = InMemorySpanExporter()
-    sdk = TracerProvider(resource=Resource.create({"service.name": "a"}))
-    sdk.add_span_processor(SimpleSpanProcessor(memory))
-    tracer = sdk.get_tracer("longread")
-    for i in range(otlp._KEY_VALUES * 3):
-        with tracer.start_as_current_span("chat") as span:
-            span.set_attributes({"test.response.id": f"chatcmpl-{i}", "longread.tenant": "t"})
-    spans = memory.get_finished_spans()
-    ours = trace_service_pb2.ExportTraceServiceRequest.FromString(encode_request(spans))
-    assert ours == encode_spans(spans)
-    assert 0 < sum(k[1] == "test.response.id" for k in otlp._encoded) <= otlp._KEY_VALUES
-    lean, sink = provider()
-    kept = sink.spans
-    for i in range(otlp._CACHE_MAX + 1000):  # 200 keys, 100 values each
-        lean.get_tracer("t").start_span("s", attributes={f"test.k{i % 200}": f"v{i}"}).end()
-    encode_request(kept)
-    assert 0 < len(otlp._encoded) <= otlp._CACHE_MAX
-    # A value first seen after the table filled up is still kept for the next span.
-    with tracer.start_as_current_span("chat") as span:
-        span.set_attribute("longread.tenant", "late")
-    last = memory.get_finished_spans()[-1:]
-    ours = trace_service_pb2.ExportTraceServiceRequest.FromString(encode_request(last))
-    assert ours == encode_spans(last)
-    assert (0x4A, "longread.tenant", "late") in otlp._encoded
-
-
-def test_encoder_matches_the_official_encoder() -> None:
-    spans = _spans()
-    ours = trace_service_pb2.ExportTraceServiceRequest.FromString(encode_request(spans))
-    official = encode_spans(spans)
-    assert ours == official
-    assert len(ours.resource_spans) == 2
-    assert sum(len(ss.spans) for rs in ours.resource_spans for ss in rs.scope_spans) == 8
-
-
-def test_equal_values_of_other_types_stay_apart_in_the_tables() -> None:
-    """True == 1 == 1.0 and ("x",) is not "x": each keeps its own encoding under one key."""
-    tp, sink = provider()
-    kept = sink.spans
-    tracer = tp.get_tracer("longread")
-    for value in (True, 1, 1.0, "x", ("x",), ("x", 1), 0, False, -1, 2**40):
-        tracer.start_span("s", attributes={"v": value}).end()
-    ours = trace_service_pb2.ExportTraceServiceRequest.FromString(encode_request(kept))
-    assert ours == encode_spans([s.readable() for s in kept])
-
-
-def test_lengths_and_varints_at_their_boundaries_match_the_official_encoder() -> None:
-    tp, sink = provider()
-    kept = sink.spans
-    tracer = tp.get_tracer("longread")
-    ints = (63, 64, 127, 128, 300, 16383, 16384, 2**21, 2**63 - 1, -(2**63))
-    strings = ("é" * 62, "x" * 124, "x" * 125, "x" * 126, "x" * 127, "x" * 128, "x" * 20_000)
-    for value in (*ints, *strings):
-        tracer.start_span("s", attributes={"v": value, "k" * 200: value}).end()
-    ours = trace_service_pb2.ExportTraceServiceRequest.FromString(encode_request(kept))
-    assert ours == encode_spans([s.readable() for s in kept])
-
-
-def test_queued_spans_hold_nothing_the_garbage_collector_keeps_scanning() -> None:
-    """A lean span waits for export as one tuple of plain values: no span object, context,
-    lists or tuples inside it for every collection to scan again while spans queue under
-    load (after one full collection, when its dict of attributes is untracked)."""
-    tp, sink = provider()
-    kept = sink.spans
-    tracer = tp.get_tracer("longread")
-    with tracer.start_as_current_span("parent"):
-        span = tracer.start_span("chat", kind=SpanKind.CLIENT, attributes={"model": "m", "n": 7})
-        span.set_attribute("gen_ai.response.finish_reasons", ["stop"])
-        span.end()
-    flat = flatten(kept[0])
-    del kept[:]
-    gc.collect()
-    assert [x for x in flat if gc.is_tracked(x)] == []
-
-
-def test_encoder_handles_one_span_and_none() -> None:
-    (span, *_) = _spans()
-    assert trace_service_pb2.ExportTraceServiceRequest.FromString(
-        encode_request([span])
-    ) == encode_spans([span])
-    assert encode_request([]) == b""
+from tests.unit.telemetry.support import sample_spans
 
 
 class _Receiver(trace_service_pb2_grpc.TraceServiceServicer):
@@ -204,7 +69,7 @@ def test_batcher_exports_in_batches_and_flushes_at_shutdown(
 ) -> None:
     rx, port = receiver
     batcher = OtlpBatcher(f"http://127.0.0.1:{port}", interval_s=30, batch=4)
-    spans = _spans()
+    spans = sample_spans()
     for s in spans:
         batcher.on_end(s)
     deadline = time.monotonic() + 10
@@ -220,7 +85,7 @@ def test_batcher_retries_an_unavailable_collector(receiver: tuple[_Receiver, int
     rx, port = receiver
     rx.fail = 1
     batcher = OtlpBatcher(f"http://127.0.0.1:{port}", interval_s=30)
-    span = _spans()[0]
+    span = sample_spans()[0]
     batcher.on_end(span)
     batcher.force_flush()
     batcher.shutdown()
@@ -230,7 +95,7 @@ def test_batcher_retries_an_unavailable_collector(receiver: tuple[_Receiver, int
 
 def test_batcher_drops_the_oldest_when_full_and_counts_them() -> None:
     batcher = OtlpBatcher("http://127.0.0.1:1", interval_s=30, batch=100, max_queue=3, retries=0)
-    for s in _spans()[:5]:
+    for s in sample_spans()[:5]:
         batcher.on_end(s)
     assert batcher.dropped == 2
     batcher.shutdown()  # the collector is unreachable: the 3 queued spans are dropped too
@@ -296,7 +161,7 @@ def test_batcher_exports_what_was_queued_without_chasing_new_spans(
     a trickle of tiny batches under load, an export call each."""
     rx, port = receiver
     batcher = OtlpBatcher(f"http://127.0.0.1:{port}", interval_s=30, batch=4)
-    spans = _spans()
+    spans = sample_spans()
     sent: list[int] = []
     send = batcher._send
 
@@ -328,7 +193,7 @@ def test_batcher_sends_the_otlp_headers_of_the_environment(
         "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "authorization=Bearer%20traces-only",
     }
     batcher = OtlpBatcher(f"http://127.0.0.1:{port}", interval_s=30, env=env)
-    batcher.on_end(_spans()[0])
+    batcher.on_end(sample_spans()[0])
     batcher.shutdown()
     assert len(rx.metadata) == 1
     assert rx.metadata[0]["authorization"] == "Bearer traces-only"  # the traces one wins
@@ -336,7 +201,7 @@ def test_batcher_sends_the_otlp_headers_of_the_environment(
     batcher = OtlpBatcher(
         f"http://127.0.0.1:{port}", interval_s=30, env={k: env[k] for k in list(env)[:1]}
     )
-    batcher.on_end(_spans()[0])
+    batcher.on_end(sample_spans()[0])
     batcher.shutdown()
     assert rx.metadata[1]["authorization"] == "Bearer s3cret"
     assert rx.metadata[1]["x-team"] == "search"
@@ -365,12 +230,12 @@ def test_batcher_exports_over_mutual_tls_with_the_files_of_the_environment(
             "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE": str(certs["client.pem"]),
         }
         batcher = OtlpBatcher(endpoint, interval_s=30, retries=0, timeout_s=5, env=mutual)
-        batcher.on_end(_spans()[0])
+        batcher.on_end(sample_spans()[0])
         batcher.shutdown()
         assert batcher.exported == 1 and len(rx.requests) == 1
         # Without a client certificate the receiver refuses the connection: dropped, counted.
         batcher = OtlpBatcher(endpoint, interval_s=30, retries=0, timeout_s=5, env=trusted)
-        batcher.on_end(_spans()[0])
+        batcher.on_end(sample_spans()[0])
         batcher.shutdown()
         assert batcher.exported == 0 and batcher.dropped == 1 and len(rx.requests) == 1
     finally:
@@ -388,3 +253,100 @@ def test_batcher_names_an_unreadable_tls_file_or_half_a_client_identity(
     env = {"OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY": str(key)}
     with pytest.raises(ValueError, match="set both or neither"):
         OtlpBatcher("https://localhost:4317", env=env)
+
+
+def test_settings_are_each_signals_own_variables_first(tmp_path: Path) -> None:
+    """One resolution for both signals: the signal's own variable (unless empty), else the
+    general one; TLS from the endpoint's scheme, files read only for https://."""
+    ca, other = tmp_path / "ca.pem", tmp_path / "metrics-ca.pem"
+    ca.write_bytes(b"roots")
+    other.write_bytes(b"metrics roots")
+    env = {
+        "OTEL_EXPORTER_OTLP_HEADERS": "Authorization=Bearer%20all,X-Team=search",
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "",
+        "OTEL_EXPORTER_OTLP_METRICS_HEADERS": "authorization=metrics",
+        "OTEL_EXPORTER_OTLP_CERTIFICATE": str(ca),
+        "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE": str(other),
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "4",
+        "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT": "2.5",
+        "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip",
+    }
+    traces = OtlpSettings.resolve("https://collector:4317", "TRACES", env)
+    metrics = OtlpSettings.resolve("https://collector:4317", "METRICS", env)
+    assert (traces.target, traces.secure, metrics.target, metrics.secure) == (
+        "collector:4317",
+        True,
+        "collector:4317",
+        True,
+    )
+    assert traces.headers == (("authorization", "Bearer all"), ("x-team", "search"))
+    assert metrics.headers == (("authorization", "metrics"),)
+    assert (traces.root_certificates, metrics.root_certificates) == (b"roots", b"metrics roots")
+    assert (traces.timeout_s, metrics.timeout_s) == (4.0, 2.5)
+    assert traces.compression == metrics.compression == grpc.Compression.Gzip
+    plain = OtlpSettings.resolve("http://collector:4317", "METRICS", env)
+    assert (plain.target, plain.secure, plain.root_certificates) == ("collector:4317", False, None)
+    assert OtlpSettings.resolve("grpc://collector:4317", "TRACES", {}).target == "collector:4317"
+    assert OtlpSettings.resolve("collector:4317", "TRACES", {}).target == "collector:4317"
+    defaults = OtlpSettings.resolve("http://collector:4317", "METRICS", {})
+    assert (defaults.headers, defaults.timeout_s, defaults.compression) == ((), 10.0, None)
+    for bad, message in (
+        ({"OTEL_EXPORTER_OTLP_METRICS_TIMEOUT": "soon"}, "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT"),
+        ({"OTEL_EXPORTER_OTLP_COMPRESSION": "zstd"}, "OTEL_EXPORTER_OTLP_COMPRESSION"),
+        ({"OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE": "/nonexistent/ca.pem"}, "METRICS_CERTIFICATE"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            OtlpSettings.resolve("https://collector:4317", "METRICS", bad)
+
+
+class _MetricsReceiver(metrics_service_pb2_grpc.MetricsServiceServicer):
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.metadata: list[dict[str, str | bytes]] = []
+
+    def Export(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self.names += [
+            m.name for rm in request.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+        ]
+        self.metadata.append({k: v for k, v in context.invocation_metadata()})
+        return metrics_service_pb2.ExportMetricsServiceResponse()
+
+
+def test_metrics_are_sent_with_the_same_headers_and_mutual_tls_as_spans(tmp_path: Path) -> None:
+    certs = make_certs(tmp_path)
+    rx = _MetricsReceiver()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(rx, server)  # type: ignore[no-untyped-call]
+    creds = grpc.ssl_server_credentials(
+        [(certs["server.key"].read_bytes(), certs["server.pem"].read_bytes())],
+        root_certificates=certs["ca.pem"].read_bytes(),
+        require_client_auth=True,
+    )
+    port = server.add_secure_port("127.0.0.1:0", creds)
+    server.start()
+    env = {
+        "OTEL_EXPORTER_OTLP_CERTIFICATE": str(certs["ca.pem"]),
+        "OTEL_EXPORTER_OTLP_CLIENT_KEY": str(certs["client.key"]),
+        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE": str(certs["client.pem"]),
+        "OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer%20s3cret",
+    }
+    try:
+        reader = PeriodicExportingMetricReader(
+            metric_exporter(f"https://localhost:{port}", env), export_interval_millis=3_600_000
+        )
+        provider = MeterProvider(metric_readers=[reader])
+        provider.get_meter("test").create_counter("longread.test").add(1)
+        provider.shutdown()  # collects and exports once more
+    finally:
+        server.stop(0)
+    assert "longread.test" in rx.names
+    assert rx.metadata[0]["authorization"] == "Bearer s3cret"
+
+
+def test_a_wrong_tls_setting_stops_the_gateway_for_metrics_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem")
+    cfg = TelemetryConfig(metrics=True, otlp_endpoint="https://localhost:4317")
+    with pytest.raises(ConfigError, match=r"telemetry\.otlp_endpoint: OTEL_EXPORTER_OTLP_CERT"):
+        setup(cfg)

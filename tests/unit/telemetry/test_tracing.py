@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from longread_server.otlp import encode_request
-from longread_server.tracing import ExporterSink, LeanSpan, LeanTracerProvider
+from longread_server.telemetry.encode import encode_request
+from longread_server.telemetry.tracing import ExporterSink, LeanSpan, LeanTracerProvider
 from opentelemetry import propagate, trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2

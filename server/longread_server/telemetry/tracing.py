@@ -1,12 +1,12 @@
 """A lean OpenTelemetry tracer: the OpenTelemetry trace API, implemented for the hot path.
 
-Why not the SDK's ``TracerProvider``: a cache-miss Analyze costs the gateway about 2 ms of
-CPU, and with the SDK each of its five spans cost about 26 µs to create and end (locks
-around attributes, span limits, a processor chain, a ReadableSpan copy at the end) plus 41 µs
-to encode for OTLP (``bench.tracing_cost``): +77 % CPU with tracing at 100 % sampling
-(``bench.telemetry``), against a 5 % budget. These spans are plain slotted objects:
-attributes in a dict, ended spans handed to the sinks as they are, and encoded by ``otlp.py``
-straight from these objects.
+Why not the SDK's ``TracerProvider``: a cache-miss Analyze is a few milliseconds of the
+gateway's CPU, and the SDK's spans (locks around attributes, span limits, a processor chain,
+a ReadableSpan copy at the end, then a tree of protobuf objects to encode) cost a multiple of
+the 5 % budget at 100 % sampling (``bench.tracing_cost`` and ``bench.telemetry`` measure it;
+the README has the figures). These spans are plain slotted objects: attributes in a dict,
+ended spans handed to the sinks as they are, and encoded by ``telemetry.encode`` straight
+from these objects.
 
 It is still OpenTelemetry everywhere it matters: spans are ``opentelemetry.trace.Span``s
 carried in the API's context, so ``propagate.inject``/``extract``, ``use_span``,
@@ -601,3 +601,17 @@ class ExporterSink:
 
     def shutdown(self) -> None:
         self._exporter.shutdown()
+
+
+def current_span(
+    span: trace.Span,
+    *,
+    end_on_exit: bool = True,
+    record_exception: bool = True,
+    current: bool = True,
+) -> CurrentSpan:
+    """``trace.use_span`` for code that yields while the span is current (async
+    generators): the same status and exception rules, detached quietly wherever it ends
+    (:func:`detach`). ``current=False`` for a leaf span: ended and given its status the
+    same way, without making it the parent of anything (a context switch less)."""
+    return CurrentSpan(span, end_on_exit, record_exception, True, current)

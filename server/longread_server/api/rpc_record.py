@@ -5,7 +5,7 @@ code. The log line carries counts and identifiers only — never document text, 
 answers or keys.
 
 The server span is ours rather than the gRPC instrumentation's interceptor: the interceptor
-wraps every servicer context and costs about 0.4 ms of CPU per RPC here (bench.telemetry),
+wraps every servicer context, which costs CPU on every RPC (``bench.telemetry`` measures it),
 while this record already sees the method, the metadata and the final status. It follows the
 OpenTelemetry RPC conventions: name ``longread.v1.AnalysisService/Analyze``, kind SERVER,
 ``rpc.system``/``rpc.service``/``rpc.method``/``rpc.grpc.status_code``, and it continues the
@@ -28,7 +28,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from longread_server.run.events import JobResult
 from longread_server.telemetry import Telemetry
-from longread_server.tracing import attach_span, detach
+from longread_server.telemetry.tracing import attach_span, detach
 
 log = logging.getLogger("longread.access")
 

@@ -7,12 +7,12 @@ import threading
 from typing import Any
 
 from longread_server.config import TelemetryConfig
-from longread_server.telemetry import (
+from longread_server.telemetry import setup
+from longread_server.telemetry.metrics import (
     Instruments,
     MeasurementBatch,
     _BatchedCounter,
     _BatchedHistogram,
-    setup,
 )
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
