@@ -36,7 +36,7 @@ from longread_server.calls.tasks import detach
 from longread_server.domain import CallRejected, ErrorKind, Finish, LlmEvent, UpstreamError
 from longread_server.state.breakers import BreakerParams, BreakerStore, Outcome, Permit
 from longread_server.state.clock import SYSTEM_CLOCK, Clock
-from longread_server.state.failover import StateUnavailable
+from longread_server.state.gate import StateUnavailable
 
 CIRCUIT = "circuit"  # metadata key that marks a rejection as the breaker's
 
