@@ -37,9 +37,7 @@ async def client(own_redis: RedisServer) -> AsyncIterator[Redis]:
     await r.aclose()
 
 
-def stores(
-    client: Redis, clock: FakeClock, **policy: object
-) -> tuple[FailoverBuckets, RedisGate]:
+def stores(client: Redis, clock: FakeClock, **policy: object) -> tuple[FailoverBuckets, RedisGate]:
     # A generous default timeout: a busy CI machine must not look like a failing Redis.
     policy = {"timeout_s": 1.0, **policy}
     health = RedisGate(GatePolicy(**policy), clock)  # type: ignore[arg-type]
