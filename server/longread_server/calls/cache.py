@@ -48,7 +48,7 @@ from longread_server.domain import (
 from longread_server.memo import Memo
 from longread_server.state.cache_store import CacheStore, MemoryCacheStore
 from longread_server.state.failover import FailoverStore
-from longread_server.state.gate import CACHE, RedisGate
+from longread_server.state.gate import RedisGate
 from longread_server.state.redis_cache import RedisCache
 from longread_server.telemetry import Telemetry, current_span, disabled
 from longread_server.vendors.canonical import KeyParts, cache_key
@@ -91,9 +91,9 @@ class CacheStats:
 
     @property
     def redis_errors(self) -> int:
-        """Redis failures of the cache and its leases (each one served from local state or
-        uncached, never failed); the gate it shares with the other state counts theirs apart."""
-        return self.health.errors_of(CACHE) if self.health is not None else 0
+        """Redis failures (each one served from local state or uncached, never failed): the
+        count of the Redis gate the cache shares with the gateway's other shared state."""
+        return self.health.errors if self.health is not None else 0
 
     def to_json(self) -> dict[str, int]:
         out = {
@@ -417,7 +417,7 @@ def observe_cache(cache: ResponseCache, telemetry: Telemetry) -> None:
         "longread.cache.redis_errors",
         redis_errors,
         "{error}",
-        "Redis errors, served uncached or from local state",
+        "Redis errors of the shared state (one gate), served uncached or from local state",
     )
 
 

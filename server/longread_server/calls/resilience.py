@@ -39,7 +39,7 @@ from longread_server.state.breakers import BreakerParams, BreakerStore, LocalBre
 from longread_server.state.buckets import BucketStore, LocalBuckets
 from longread_server.state.clock import SYSTEM_CLOCK, Clock
 from longread_server.state.failover import FailoverBreakers, FailoverBuckets
-from longread_server.state.gate import STATE, GatePolicy, RedisGate
+from longread_server.state.gate import GatePolicy, RedisGate
 from longread_server.state.redis_breakers import RedisBreakers
 from longread_server.state.redis_buckets import RedisBuckets
 from longread_server.telemetry import Telemetry
@@ -234,6 +234,6 @@ def _gauges(
         )
         observer.observe(
             "longread.state.redis_errors",
-            lambda: [(float(health.errors_of(STATE)), {})],
-            "Redis operations of the resilience state that failed or timed out",
+            lambda: [(float(health.errors), {})],
+            "Redis operations of the shared state (one gate) that failed or timed out",
         )

@@ -57,7 +57,7 @@ from longread_server.domain import (
     TextDelta,
     UpstreamError,
 )
-from longread_server.state.gate import CACHE, SHARED, RedisGate
+from longread_server.state.gate import SHARED, RedisGate
 from longread_server.state.redis_cache import Joined, RedisCache
 
 log = logging.getLogger(__name__)
@@ -324,7 +324,7 @@ class SingleFlightStage:
         """A lease operation after the join, through the Redis gate: its result, or None when
         Redis failed or is known to be down (counted there, never raised)."""
         gate = self._cache.gate
-        return None if gate is None else await gate.settle(SHARED, op, part=CACHE)
+        return None if gate is None else await gate.settle(SHARED, op)
 
     async def _join_remote(
         self, remote: RedisCache, gate: RedisGate, call: Call, key: str, scope: str
@@ -338,7 +338,7 @@ class SingleFlightStage:
         started = time.monotonic()
         while True:
             join = functools.partial(remote.join, key, scope, token, cache.cfg.lock_ttl_s, watched)
-            joined, _ = await gate.run(join, _no_lease, fail_open=True, part=CACHE)
+            joined, _ = await gate.run(join, _no_lease, fail_open=True)
             if joined is None:
                 return ""
             if joined.state == "acquired":

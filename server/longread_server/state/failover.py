@@ -33,7 +33,7 @@ from longread_server.state.buckets import (
     LocalBuckets,
 )
 from longread_server.state.cache_store import MemoryCacheStore
-from longread_server.state.gate import CACHE, LOCAL, SHARED, RedisGate
+from longread_server.state.gate import LOCAL, SHARED, RedisGate
 
 
 def _share(spec: BucketSpec, share: float) -> BucketSpec:
@@ -146,9 +146,7 @@ class FailoverStore:
         async def local() -> bytes | None:
             return self.fallback.get_now(key) if self.fallback is not None else None
 
-        value, _ = await self.health.run(
-            lambda: self.primary.get(key), local, fail_open=True, part=CACHE
-        )
+        value, _ = await self.health.run(lambda: self.primary.get(key), local, fail_open=True)
         return value
 
     async def put(self, key: str, value: bytes, ttl_s: float) -> None:
@@ -156,6 +154,4 @@ class FailoverStore:
             if self.fallback is not None:
                 self.fallback.put_now(key, value, ttl_s)
 
-        await self.health.run(
-            lambda: self.primary.put(key, value, ttl_s), local, fail_open=True, part=CACHE
-        )
+        await self.health.run(lambda: self.primary.put(key, value, ttl_s), local, fail_open=True)

@@ -10,15 +10,16 @@ dead Redis costs one timeout per interval, not one per call. The first operation
 interval tries Redis again; success switches back. With ``retry_max_s`` above ``retry_s`` the
 interval doubles per failed retry up to it (``backoff.Backoff``); by default it stays fixed.
 
-Counters say what happened, for metrics and tests: ``errors`` (also per part: ``errors_of``),
-``fallbacks``, ``recoveries``, ``dropped``, ``busy``, and ``degraded``.
+Counters say what happened, for metrics and tests: ``errors``, ``fallbacks``, ``recoveries``,
+``dropped``, ``busy``, and ``degraded``. They are the gate's, not one part's: whichever part
+meets a dead Redis first sets it aside for all of them, so per-part counts would only say who
+happened to ask first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -34,9 +35,6 @@ T = TypeVar("T")
 # Where an operation was served (``Grant.backend``, ``Permit.backend``).
 SHARED = "shared"
 LOCAL = "local"
-# Who is asking, for the error counts each part's metrics report.
-STATE = "state"  # rate limits, breakers, budgets
-CACHE = "cache"  # the response cache and its single-flight leases
 
 _FAILURES = (RedisError, OSError, TimeoutError)
 
@@ -74,16 +72,11 @@ class RedisGate:
         self._slots = asyncio.Semaphore(policy.max_in_flight)
         self.degraded = False
         self.errors = 0  # Redis operations that failed or timed out
-        self._errors_by: Counter[str] = Counter()
         self.last_error = ""
         self.fallbacks = 0  # operations served from local state instead
         self.recoveries = 0  # times Redis came back after failing
         self.dropped = 0  # follow-ups (settlements) skipped while Redis was down
         self.busy = 0  # operations served locally because max_in_flight were already out
-
-    def errors_of(self, part: str) -> int:
-        """``errors`` of one part (``STATE``, ``CACHE``)."""
-        return self._errors_by[part]
 
     def available(self) -> bool:
         """False while Redis is known to be down (within its interval after a failure)."""
@@ -95,7 +88,6 @@ class RedisGate:
         local: Callable[[], Awaitable[T]],
         *,
         fail_open: bool | None = None,
-        part: str = STATE,
     ) -> tuple[T, str]:
         """``shared()`` if Redis is usable, else (or if it fails) ``local()``; refused instead
         when failing closed (``fail_open``: this operation's choice over the policy's)."""
@@ -107,7 +99,7 @@ class RedisGate:
                     result = await shared()
             except _FAILURES as e:
                 if started:
-                    self.failed(e, part)
+                    self.failed(e)
                 else:
                     self.busy += 1  # our own queue was full: not Redis's fault
             else:
@@ -118,9 +110,7 @@ class RedisGate:
         self.fallbacks += 1
         return await local(), LOCAL
 
-    async def settle(
-        self, where: str, shared: Callable[[], Awaitable[T]], *, part: str = STATE
-    ) -> T | None:
+    async def settle(self, where: str, shared: Callable[[], Awaitable[T]]) -> T | None:
         """Run a follow-up on Redis (when the first step was done there): its result, or None
         when it was skipped or failed. Errors are counted, never raised: the caller's call has
         already happened."""
@@ -133,16 +123,15 @@ class RedisGate:
             async with asyncio.timeout(self.policy.timeout_s), self._slots:
                 result = await shared()
         except _FAILURES as e:
-            self.failed(e, part)
+            self.failed(e)
             return None
         self.succeeded()
         return result
 
-    def failed(self, error: BaseException, part: str = STATE) -> None:
+    def failed(self, error: BaseException) -> None:
         """Counts a Redis failure and leaves Redis alone for the next interval."""
         now = self._clock.now()
         self.errors += 1
-        self._errors_by[part] += 1
         self.last_error = f"{type(error).__name__}: {error}"
         # Operations that were already in flight when Redis failed do not lengthen the
         # interval; a try made after it ran out and failed again does (with retry_max_s).

@@ -6,21 +6,13 @@ import asyncio
 from collections.abc import Sequence
 
 import pytest
-from longread_server.calls.cache import build_response_cache
+from longread_server.calls.cache import CacheStats, build_response_cache
 from longread_server.calls.resilience import redis_gate
 from longread_server.config import CacheConfig, Config
 from longread_server.state.buckets import BucketSpec, Decision, Grant, Items, LocalBuckets
 from longread_server.state.cache_store import MemoryCacheStore
 from longread_server.state.failover import FailoverBuckets, FailoverStore
-from longread_server.state.gate import (
-    CACHE,
-    LOCAL,
-    SHARED,
-    STATE,
-    GatePolicy,
-    RedisGate,
-    StateUnavailable,
-)
+from longread_server.state.gate import LOCAL, SHARED, GatePolicy, RedisGate, StateUnavailable
 from longread_server.state.redis import connect
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -152,15 +144,6 @@ async def test_a_full_queue_is_not_a_redis_failure() -> None:
     assert await gate.run(redis, local) == ("shared answer", SHARED)
 
 
-async def test_errors_are_also_counted_per_part() -> None:
-    gate = RedisGate(GatePolicy(retry_s=1.0), FakeClock())
-    redis = Redisish()
-    redis.down = True
-    await gate.run(redis, local, part=CACHE)
-    await asyncio.gather(gate.run(redis, local), gate.run(redis, local))  # known down: skipped
-    assert (gate.errors, gate.errors_of(CACHE), gate.errors_of(STATE)) == (1, 1, 0)
-
-
 class CountingBuckets(LocalBuckets):
     """A stand-in for the Redis buckets that counts the calls that reach it."""
 
@@ -193,6 +176,9 @@ async def test_one_outage_is_one_view_of_health() -> None:
     spec = BucketSpec("rl:{t}:rpm", rate_per_s=1.0, burst=2.0)
     assert await buckets.reserve([(spec, 1)], [], 0) == Grant(0.0, LOCAL)
     assert shared.calls == 0 and gate.errors == 1 and gate.fallbacks == 2
+    # ...and the cache's count of Redis errors is the gate's: one outage, one count.
+    stats = CacheStats(health=gate)
+    assert stats.redis_errors == 1 and stats.to_json()["redis_errors"] == 1
 
 
 async def test_the_gateway_builds_one_gate_from_its_settings() -> None:
