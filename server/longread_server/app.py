@@ -27,7 +27,7 @@ from longread_server.calls.cache import (
     observe_cache,
 )
 from longread_server.calls.pipeline import CallStage, Pipeline
-from longread_server.calls.resilience import Resilience, build_resilience, shared_health
+from longread_server.calls.resilience import Resilience, build_resilience, redis_gate
 from longread_server.calls.singleflight import SingleFlightStage
 from longread_server.config import Config, ConfigError, UpstreamConfig, load_config
 from longread_server.domain import ModelInfo, VendorKind
@@ -184,20 +184,19 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
     }
     catalog = build_catalog(cfg)
     redis = connect(cfg.redis_url) if cfg.redis_url else None
-    # One Redis gate for the budget ledger, rate limits and breakers: one view of its health.
-    redis_gate = shared_health(cfg) if redis is not None else None
-    ledger = BudgetLedger(
-        {t.name: t.monthly_budget_usd for t in cfg.tenants}, redis, health=redis_gate
-    )
+    # One Redis gate for the cache, budget ledger, rate limits and breakers: one view of its
+    # health, so one Redis outage costs one timeout per interval for all of them.
+    gate = redis_gate(cfg) if redis is not None else None
+    ledger = BudgetLedger({t.name: t.monthly_budget_usd for t in cfg.tenants}, redis, health=gate)
     # Pipeline stages, outermost first (see calls/pipeline.py for the order and why).
     stages: list[CallStage] = []
     # Response cache, then single-flight (calls/cache.py, calls/singleflight.py).
-    response_cache = build_response_cache(cfg.cache, redis)
+    response_cache = build_response_cache(cfg.cache, redis, gate)
     stages += [CacheStage(response_cache, tel), SingleFlightStage(response_cache)]
     observe_cache(response_cache, tel)
     stages.append(BudgetStage(ledger, catalog))
     # Rate limits, fallback, retry, circuit breaker, attempt timeouts (calls/resilience.py).
-    resilience = build_resilience(cfg, adapters, catalog, redis, telemetry=tel, health=redis_gate)
+    resilience = build_resilience(cfg, adapters, catalog, redis, telemetry=tel, health=gate)
     stages += resilience.stages
     runner = JobRunner(Pipeline(adapters, stages, tel), tel, resilience.concurrency)
     analysis = build_analysis(cfg, catalog, runner, ledger, tel)

@@ -247,7 +247,7 @@ class ResilienceConfig:
     first_event_timeout_s: float = 300.0  # per attempt: time to the first event (0: none)
     idle_timeout_s: float = 60.0  # per attempt: longest gap between streamed events (0: none)
     fail_open: bool = True  # Redis down: use local state (True) or refuse calls (False)
-    redis_timeout_s: float = 0.25  # per Redis operation of limits, breakers, budgets
+    redis_timeout_s: float = 0.25  # per Redis operation of the cache, limits, breakers, budgets
     redis_retry_s: float = 1.0  # after a Redis failure, local state for this long, then retry
     local_limit_share: float = 1.0  # share of each limit a replica enforces while Redis is down
     breaker: BreakerConfig = field(default_factory=BreakerConfig)

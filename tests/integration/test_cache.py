@@ -35,7 +35,7 @@ from longread_server.plan import prompts
 from longread_server.plan.catalog import Catalog
 from longread_server.sample import DEMO_QUESTION, FACTS, generate_report
 from longread_server.sandbox import Sandbox
-from longread_server.state.cache import MemoryCacheStore
+from longread_server.state.cache_store import MemoryCacheStore
 from longread_server.state.redis import connect
 from longread_server.vendors.openai import OpenAIAdapter
 

@@ -43,7 +43,7 @@ from longread_server.domain import (
 )
 from longread_server.state.breakers import BreakerParams, BreakerStore, Outcome, Permit
 from longread_server.state.clock import SYSTEM_CLOCK, Clock
-from longread_server.state.failover import StateUnavailable
+from longread_server.state.gate import StateUnavailable
 
 CIRCUIT = "circuit"  # metadata key that marks a rejection as the breaker's
 

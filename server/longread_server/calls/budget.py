@@ -4,10 +4,10 @@ A ledger keeps what each tenant spent this calendar month (UTC). Jobs are checke
 against their estimate (the servicer), and every model call is checked again and charged with
 its real cost as it finishes (the pipeline stage), so concurrent jobs cannot overrun the cap
 by more than the calls already in flight. With Redis configured the ledger is shared by all
-replicas (INCRBYFLOAT on a per-month key). Its Redis work goes through the same health gate as
-the shared rate limits and breakers (``state/failover.py``): a short timeout, and Redis left
-alone for a while after it fails, so a dead Redis costs one timeout per interval, not two per
-call. The ledger always fails open: while Redis is unavailable each replica checks and counts
+replicas (INCRBYFLOAT on a per-month key). Its Redis work goes through the gateway's one Redis
+gate (``state/gate.py``), with the cache, rate limits and breakers: a short timeout, and Redis
+left alone for a while after it fails, so a dead Redis costs one timeout per interval, not two
+per call. The ledger always fails open: while Redis is unavailable each replica checks and counts
 what it spends itself (a budget is an accounting limit; refusing every call would be worse).
 """
 
@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from longread_server.calls.pipeline import Call, Next
 from longread_server.domain import CallRejected, Finish, LlmEvent, Operation
 from longread_server.plan.catalog import Catalog, price
-from longread_server.state.failover import SHARED, FailoverPolicy, SharedHealth
+from longread_server.state.gate import SHARED, RedisGate
 
 WARN_SHARE = 0.8
 _KEY_TTL_S = 40 * 24 * 3600  # a month's key outlives the month, then expires
@@ -56,14 +56,14 @@ class BudgetLedger:
         caps: Mapping[str, float],
         redis: Redis | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
-        health: SharedHealth | None = None,
+        health: RedisGate | None = None,
     ) -> None:
         self._caps = {t: c for t, c in caps.items() if c > 0}
         self._redis = redis
         self._clock = clock
         self._local: dict[tuple[str, str], float] = {}
-        # The gateway passes the gate its rate limits and breakers use; alone, one of its own.
-        self.health = health or SharedHealth(FailoverPolicy())
+        # The gateway passes the gate its other shared state uses; alone, one of its own.
+        self.health = health or RedisGate()
 
     def cap(self, tenant: str) -> float:
         return self._caps.get(tenant, 0.0)

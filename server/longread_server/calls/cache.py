@@ -47,12 +47,9 @@ from longread_server.domain import (
     Usage,
 )
 from longread_server.memo import OFFLOAD_MIN_CHARS, REMEMBER_MAX_CHARS, Memo
-from longread_server.state.cache import (
-    Availability,
-    CacheStore,
-    FailoverStore,
-    MemoryCacheStore,
-)
+from longread_server.state.cache_store import CacheStore, MemoryCacheStore
+from longread_server.state.failover import FailoverStore
+from longread_server.state.gate import RedisGate
 from longread_server.state.redis_cache import RedisCache
 from longread_server.telemetry import Telemetry, current_span, disabled
 from longread_server.vendors.canonical import KeyParts, cache_key
@@ -87,11 +84,12 @@ class CacheStats:
     wait_abandoned: int = 0  # ...and gave up waiting (flight_wait_s) to call alone
     key_errors: int = 0  # payloads that could not be keyed (served uncached)
     decode_errors: int = 0  # stored values that could not be read (treated as misses)
-    health: Availability | None = field(default=None, repr=False)
+    health: RedisGate | None = field(default=None, repr=False)
 
     @property
     def redis_errors(self) -> int:
-        """Redis failures (each one served from local state or uncached, never failed)."""
+        """Redis failures (each one served from local state or uncached, never failed): the
+        count of the Redis gate the cache shares with the gateway's other shared state."""
         return self.health.errors if self.health is not None else 0
 
     def to_json(self) -> dict[str, int]:
@@ -225,7 +223,8 @@ class KeyedCall(Call):
 
 
 class ResponseCache:
-    """What the cache and single-flight stages share: config, keys, store, leases, stats."""
+    """What the cache and single-flight stages share: config, keys, store, leases, stats.
+    With ``remote``, ``stats.health`` is the Redis gate its operations go through."""
 
     def __init__(
         self,
@@ -241,6 +240,11 @@ class ResponseCache:
         self.local_store: MemoryCacheStore | None = None  # the in-process LRU, for metrics
         self._tasks: set[asyncio.Task[None]] = set()
         self._keys: Memo[tuple[object, str, str, LlmRequest], str] = Memo(_MEMO_KEYS)
+
+    @property
+    def gate(self) -> RedisGate | None:
+        """The Redis gate of ``remote`` (None without Redis)."""
+        return self.stats.health
 
     def spawn(self, work: Coroutine[Any, Any, None], *, name: str) -> asyncio.Task[None]:
         """Runs ``work`` (a single-flight leader) in a task of its own, kept until done."""
@@ -414,20 +418,24 @@ def observe_cache(cache: ResponseCache, telemetry: Telemetry) -> None:
         "longread.cache.redis_errors",
         redis_errors,
         "{error}",
-        "Redis errors, served uncached or from local state",
+        "Redis errors of the shared state (one gate), served uncached or from local state",
     )
 
 
-def build_response_cache(cfg: CacheConfig, redis: Redis | None = None) -> ResponseCache:
-    """The in-process store, or Redis first with the in-process store as its fallback."""
+def build_response_cache(
+    cfg: CacheConfig, redis: Redis | None = None, gate: RedisGate | None = None
+) -> ResponseCache:
+    """The in-process store, or Redis first with the in-process store as its fallback.
+    ``gate``: the Redis gate the gateway's other shared state uses (one view of Redis's
+    health); alone, the cache gets one of its own."""
     local = MemoryCacheStore(cfg.max_bytes)
     stats = CacheStats()
     if redis is None or not cfg.redis:
         cache = ResponseCache(cfg, local, None, stats)
     else:
-        health = Availability()
+        health = gate or RedisGate()
         stats.health = health
-        remote = RedisCache(redis, health, cfg.redis_prefix)
+        remote = RedisCache(redis, cfg.redis_prefix)
         store = FailoverStore(remote, local if cfg.local_fallback else None, health)
         cache = ResponseCache(cfg, store, remote, stats)
     cache.local_store = local if (redis is None or not cfg.redis or cfg.local_fallback) else None

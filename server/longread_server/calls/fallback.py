@@ -25,7 +25,7 @@ from longread_server.config import UpstreamConfig
 from longread_server.domain import CallRejected, LlmEvent, Operation
 from longread_server.plan.catalog import Catalog
 from longread_server.state.breakers import BreakerParams, BreakerStore
-from longread_server.state.failover import StateUnavailable
+from longread_server.state.gate import StateUnavailable
 from longread_server.vendors.base import VendorAdapter
 
 OPT_OUT_LABEL = "fallback"

@@ -43,7 +43,7 @@ from longread_server.domain import (
 )
 from longread_server.state.buckets import BucketSpec, BucketStore, Grant, Limited, Never
 from longread_server.state.clock import SYSTEM_CLOCK, Clock
-from longread_server.state.failover import StateUnavailable
+from longread_server.state.gate import StateUnavailable
 
 CHARS_PER_TOKEN = 4  # the usual rough estimate when no tokenizer count is at hand
 MESSAGE_OVERHEAD = 4  # tokens of framing per message

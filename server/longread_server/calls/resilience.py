@@ -42,12 +42,8 @@ from longread_server.plan.catalog import Catalog
 from longread_server.state.breakers import BreakerParams, BreakerStore, LocalBreakers
 from longread_server.state.buckets import BucketStore, LocalBuckets
 from longread_server.state.clock import SYSTEM_CLOCK, Clock
-from longread_server.state.failover import (
-    FailoverBreakers,
-    FailoverBuckets,
-    FailoverPolicy,
-    SharedHealth,
-)
+from longread_server.state.failover import FailoverBreakers, FailoverBuckets
+from longread_server.state.gate import GatePolicy, RedisGate
 from longread_server.state.redis_breakers import RedisBreakers
 from longread_server.state.redis_buckets import RedisBuckets
 from longread_server.telemetry import Telemetry
@@ -80,16 +76,18 @@ class Resilience:
     breaker_params: BreakerParams
     concurrency: AdaptiveConcurrency
     retry: RetryStage
-    health: SharedHealth | None  # None without Redis
+    health: RedisGate | None  # None without Redis
     tenant_quotas: dict[str, Quota]
     upstream_quotas: dict[str, Quota]  # filled as calls arrive: "upstream" or "upstream/model"
     observer: ResilienceObserver
 
 
-def shared_health(cfg: Config, clock: Clock = SYSTEM_CLOCK) -> SharedHealth:
-    """The gate every piece of Redis-backed state goes through: timeouts, fail-over, retry."""
+def redis_gate(cfg: Config, clock: Clock = SYSTEM_CLOCK) -> RedisGate:
+    """The gate every piece of Redis-backed state goes through (the cache, rate limits,
+    breakers, budgets): timeouts, fail-over, when to try Redis again."""
     r = cfg.resilience
-    return SharedHealth(FailoverPolicy(r.redis_timeout_s, r.redis_retry_s, r.fail_open), clock)
+    policy = GatePolicy(timeout_s=r.redis_timeout_s, retry_s=r.redis_retry_s, fail_open=r.fail_open)
+    return RedisGate(policy, clock)
 
 
 def build_resilience(
@@ -101,10 +99,10 @@ def build_resilience(
     clock: Clock = SYSTEM_CLOCK,
     rng: random.Random | None = None,
     telemetry: Telemetry | None = None,
-    health: SharedHealth | None = None,
+    health: RedisGate | None = None,
 ) -> Resilience:
-    """``health``: the Redis gate to share with other state (the budget ledger); by default
-    one is made from ``cfg`` (see :func:`shared_health`)."""
+    """``health``: the Redis gate to share with other state (the cache, the budget ledger);
+    by default one is made from ``cfg`` (see :func:`redis_gate`)."""
     r = cfg.resilience
     observer = NULL_OBSERVER if telemetry is None else MetricsObserver(telemetry.instruments)
     tracer = trace.NoOpTracer() if telemetry is None else telemetry.tracer
@@ -114,7 +112,7 @@ def build_resilience(
         health = None
         buckets, breakers = LocalBuckets(clock), LocalBreakers(clock)
     else:
-        health = health or shared_health(cfg, clock)
+        health = health or redis_gate(cfg, clock)
         buckets = FailoverBuckets(
             RedisBuckets(redis), health, local=LocalBuckets(clock), local_share=r.local_limit_share
         )
@@ -222,7 +220,7 @@ def build_resilience(
 
 
 def _gauges(
-    observer: MetricsObserver, concurrency: AdaptiveConcurrency, health: SharedHealth | None
+    observer: MetricsObserver, concurrency: AdaptiveConcurrency, health: RedisGate | None
 ) -> None:
     observer.observe(
         "longread.concurrency.limit",
@@ -241,5 +239,5 @@ def _gauges(
         observer.observe(
             "longread.state.redis_errors",
             lambda: [(float(health.errors), {})],
-            "Redis operations of the resilience state that failed or timed out",
+            "Redis operations of the shared state (one gate) that failed or timed out",
         )

@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 
+from longread_server.backoff import Backoff
 from longread_server.calls.pipeline import Call, Next
 from longread_server.calls.resilience_metrics import NULL_OBSERVER, ResilienceObserver
 from longread_server.domain import CallRejected, ErrorKind, LlmEvent, TextDelta, UpstreamError
@@ -37,13 +38,17 @@ class RetryPolicy:
     base_s: float = 0.5
     cap_s: float = 20.0
 
+    @property
+    def waits(self) -> Backoff:
+        return Backoff(self.base_s, self.cap_s, jitter=True)
+
     def backoff(self, retry: int, rng: random.Random) -> float:
         """Full jitter before retry number ``retry`` (1 for the first retry)."""
-        return rng.uniform(0.0, min(self.cap_s, self.base_s * 2 ** (retry - 1)))
+        return self.waits.delay(retry, rng)
 
     def delay(self, retry: int, err: UpstreamError, rng: random.Random) -> float:
         """The wait before retry ``retry``: never shorter than the upstream asked for."""
-        return max(err.retry_after_s or 0.0, self.backoff(retry, rng))
+        return self.waits.delay(retry, rng, at_least=err.retry_after_s)
 
 
 class RetryBudget:

@@ -24,7 +24,9 @@ back-off, bounded by its deadline and ``cache.flight_wait_s``, until the owner's
 (it is then replayed, deltas included, to every local caller: remote followers get the stream
 when the answer is complete, not live), the owner publishes its error (raised here too), or the
 owner's lease expires because it crashed (this replica then takes the lease over and calls).
-If Redis is unreachable the flight simply calls upstream: Redis errors never fail a request.
+Lease operations go through the gateway's one Redis gate (``state/gate.py``): if Redis is
+unreachable, or known to be down, the flight simply calls upstream: Redis errors never fail a
+request.
 
 Policy: ``bypass`` calls never coalesce (the caller asked for a fresh call) but store their
 answer. A flight follows its first caller's policy: started by a ``no_store`` call, it stays
@@ -36,13 +38,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
+from longread_server.backoff import Backoff
 from longread_server.calls.cache import CachedAnswer, KeyedCall, ResponseCache, replay
 from longread_server.calls.pipeline import Call, CallContext, Next
 from longread_server.domain import (
@@ -53,18 +57,19 @@ from longread_server.domain import (
     TextDelta,
     UpstreamError,
 )
-from longread_server.state.cache import StoreUnavailable
-from longread_server.state.redis_cache import RedisCache
+from longread_server.state.gate import SHARED, RedisGate
+from longread_server.state.redis_cache import Joined, RedisCache
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # How long a failed owner's error stays readable by the replicas that waited for it.
 ERROR_KEEP_S = 10.0
 # An identical request arriving just after the last caller left still gets the call in flight;
 # short enough that a cancelled job's upstream calls stop well within 100 ms.
 ABANDON_GRACE_S = 0.05
-_POLL_MIN_S = 0.02
-_POLL_MAX_S = 0.2
+# A waiter polls the lease holder's key from 20 ms, 1.5 times longer each time, up to 200 ms.
+_POLL = Backoff(0.02, 0.2, factor=1.5)
 
 
 class _Flight:
@@ -261,12 +266,13 @@ class SingleFlightStage:
     async def _lead(self, fid: str, flight: _Flight, call: Call, nxt: Next, key: str) -> None:
         cache = self._cache
         remote = cache.remote if call.ctx.cache_mode != "no_store" else None
+        gate = cache.gate
         scope = cache.scope(call.ctx.tenant)
         token = ""
         renewer: asyncio.Task[None] | None = None
         try:
-            if remote is not None and remote.health.available():
-                outcome = await self._join_remote(remote, call, key, scope)
+            if remote is not None and gate is not None:
+                outcome = await self._join_remote(remote, gate, call, key, scope)
                 if isinstance(outcome, CachedAnswer):
                     self._close(fid, flight)
                     flight.land(replay(outcome, stream=call.req.stream))
@@ -291,8 +297,7 @@ class SingleFlightStage:
             if token and remote is not None:
                 if renewer is not None:
                     renewer.cancel()
-                with contextlib.suppress(StoreUnavailable):
-                    await remote.release(key, scope, token)
+                await self._follow_up(functools.partial(remote.release, key, scope, token))
                 token = ""
             self._close(fid, flight)
             flight.land([finish])
@@ -301,32 +306,40 @@ class SingleFlightStage:
             flight.fail(UpstreamError(ErrorKind.CONNECTION, "the shared model call was cancelled"))
             if token and remote is not None:
                 with contextlib.suppress(Exception):
-                    await remote.release(key, scope, token)
+                    await self._follow_up(functools.partial(remote.release, key, scope, token))
             raise
         except Exception as e:
             self._close(fid, flight)
             flight.fail(e)
             if token and remote is not None:
-                with contextlib.suppress(StoreUnavailable):
-                    await remote.fail(key, scope, token, encode_error(e), ERROR_KEEP_S)
+                error = encode_error(e)
+                await self._follow_up(
+                    functools.partial(remote.fail, key, scope, token, error, ERROR_KEEP_S)
+                )
         finally:
             if renewer is not None:
                 renewer.cancel()
 
+    async def _follow_up(self, op: Callable[[], Awaitable[T]]) -> T | None:
+        """A lease operation after the join, through the Redis gate: its result, or None when
+        Redis failed or is known to be down (counted there, never raised)."""
+        gate = self._cache.gate
+        return None if gate is None else await gate.settle(SHARED, op)
+
     async def _join_remote(
-        self, remote: RedisCache, call: Call, key: str, scope: str
+        self, remote: RedisCache, gate: RedisGate, call: Call, key: str, scope: str
     ) -> CachedAnswer | Exception | str:
         """Our lease token; the answer or error of the replica that holds the lease; or ""
         (Redis unreachable, or waited too long): call upstream without a lease."""
         cache, stats = self._cache, self._cache.stats
         token = secrets.token_hex(16)
         watched = ""
-        delay = _POLL_MIN_S
+        polls = 0  # since the lease changed hands
         started = time.monotonic()
         while True:
-            try:
-                joined = await remote.join(key, scope, token, cache.cfg.lock_ttl_s, watched)
-            except StoreUnavailable:
+            join = functools.partial(remote.join, key, scope, token, cache.cfg.lock_ttl_s, watched)
+            joined, _ = await gate.run(join, _no_lease, fail_open=True)
+            if joined is None:
                 return ""
             if joined.state == "acquired":
                 if watched:
@@ -345,7 +358,7 @@ class SingleFlightStage:
                 stats.remote_waits += 1
             if joined.holder != watched:
                 watched = joined.holder
-                delay = _POLL_MIN_S
+                polls = 0
             remaining = call.ctx.remaining()
             if remaining is not None and remaining <= 0:
                 return UpstreamError(
@@ -355,16 +368,21 @@ class SingleFlightStage:
             if time.monotonic() - started >= cache.cfg.flight_wait_s:
                 stats.wait_abandoned += 1
                 return ""
+            polls += 1
+            delay = _POLL.delay(polls)
             await asyncio.sleep(delay if remaining is None else min(delay, remaining))
-            delay = min(delay * 1.5, _POLL_MAX_S)
 
     async def _renew(self, remote: RedisCache, key: str, scope: str, token: str) -> None:
         lease = self._cache.cfg.lock_ttl_s
+        renew = functools.partial(remote.renew, key, scope, token, lease)
         while True:
             await asyncio.sleep(lease / 3)
-            try:
-                if not await remote.renew(key, scope, token, lease):
-                    log.warning("single-flight: lost the lease of %s", key[:12])
-                    return
-            except StoreUnavailable:
-                continue
+            # None: Redis failed or is down; try again next period.
+            if await self._follow_up(renew) is False:
+                log.warning("single-flight: lost the lease of %s", key[:12])
+                return
+
+
+async def _no_lease() -> Joined | None:
+    """What stands in for a lease while Redis is unavailable: none (call upstream alone)."""
+    return None

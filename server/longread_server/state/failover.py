@@ -1,27 +1,20 @@
 """Shared state that degrades to local state when Redis fails, and comes back when it returns.
 
-Rate limits and breakers must never make the gateway less available than running without
-them. Every Redis operation gets a short timeout; on an error or timeout the operation is
-done on in-process state instead (fail open, the default) or refused (fail closed), and Redis
-is left alone for ``retry_s`` so a dead Redis costs one timeout per interval, not one per
-call. The first operation after that interval tries Redis again; success switches back.
-Counters (``errors``, ``fallbacks``, ``recoveries``, ``dropped``) and ``degraded`` say what
-happened, for metrics and tests.
+Each store here puts its Redis backend first and an in-process one behind it, through the
+gateway's one Redis gate (``gate.RedisGate``: timeouts, fail open or closed, when to try Redis
+again, counters): rate-limit buckets, circuit breakers, and the response cache's values.
 
 Local fallback buckets enforce ``local_share`` of each limit (set it to 1/replicas to keep
 the fleet-wide total while Redis is down); a reservation or permit is always settled on the
-backend that granted it.
+backend that granted it. The response cache always fails open (a cache must never refuse a
+call), to this process's LRU, or to no cache when ``cache.local_fallback`` is off.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import TypeVar
-
-from redis.exceptions import RedisError
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Protocol
 
 from longread_server.state.breakers import (
     BreakerParams,
@@ -39,95 +32,8 @@ from longread_server.state.buckets import (
     Items,
     LocalBuckets,
 )
-from longread_server.state.clock import SYSTEM_CLOCK, Clock
-
-log = logging.getLogger(__name__)
-T = TypeVar("T")
-SHARED = "shared"
-LOCAL = "local"
-
-
-class StateUnavailable(Exception):
-    """Shared state failed and the gateway is configured to fail closed."""
-
-
-@dataclass(frozen=True, slots=True)
-class FailoverPolicy:
-    timeout_s: float = 0.25
-    retry_s: float = 1.0
-    fail_open: bool = True
-    # Redis operations in flight at once: a burst waits for a pooled connection (within the
-    # timeout) instead of exhausting the pool and being mistaken for a Redis failure.
-    max_in_flight: int = 128
-
-
-class SharedHealth:
-    """Whether Redis is usable right now, and what its failures have cost."""
-
-    def __init__(self, policy: FailoverPolicy, clock: Clock = SYSTEM_CLOCK) -> None:
-        self.policy = policy
-        self._clock = clock
-        self._down_until = 0.0
-        self._slots = asyncio.Semaphore(policy.max_in_flight)
-        self.degraded = False
-        self.errors = 0  # Redis operations that failed or timed out
-        self.fallbacks = 0  # operations served from local state instead
-        self.recoveries = 0  # times Redis came back after failing
-        self.dropped = 0  # follow-ups (settlements) skipped while Redis was down
-        self.busy = 0  # operations served locally because max_in_flight were already out
-
-    async def run(
-        self,
-        shared: Callable[[], Awaitable[T]],
-        local: Callable[[], Awaitable[T]],
-        *,
-        fail_open: bool | None = None,
-    ) -> tuple[T, str]:
-        """``shared()`` if Redis is usable, else (or if it fails) ``local()``; refused instead
-        when failing closed (``fail_open``: this operation's choice over the policy's)."""
-        if not self.degraded or self._clock.now() >= self._down_until:
-            started = False
-            try:
-                async with asyncio.timeout(self.policy.timeout_s), self._slots:
-                    started = True
-                    result = await shared()
-            except (RedisError, OSError, TimeoutError) as e:
-                if started:
-                    self._failed(e)
-                else:
-                    self.busy += 1  # our own queue was full: not Redis's fault
-            else:
-                if self.degraded:
-                    self.degraded = False
-                    self.recoveries += 1
-                    log.warning("shared state: Redis is back")
-                return result, SHARED
-        if not (self.policy.fail_open if fail_open is None else fail_open):
-            raise StateUnavailable("shared rate-limit/breaker state (Redis) is unavailable")
-        self.fallbacks += 1
-        return await local(), LOCAL
-
-    async def settle(self, where: str, shared: Callable[[], Awaitable[None]]) -> None:
-        """Run a follow-up on Redis (when the first step was done there); errors are counted,
-        never raised: the caller's call has already happened."""
-        if where != SHARED:
-            return
-        if self.degraded and self._clock.now() < self._down_until:
-            self.dropped += 1  # Redis is known to be down: do not pay a timeout per call
-            return
-        try:
-            async with asyncio.timeout(self.policy.timeout_s), self._slots:
-                await shared()
-        except (RedisError, OSError, TimeoutError) as e:
-            self._failed(e)
-
-    def _failed(self, e: BaseException) -> None:
-        self.errors += 1
-        self._down_until = self._clock.now() + self.policy.retry_s
-        if not self.degraded:
-            self.degraded = True
-            mode = "local state" if self.policy.fail_open else "refusing calls"
-            log.warning("shared state: Redis failed (%r); using %s", e, mode)
+from longread_server.state.cache_store import MemoryCacheStore
+from longread_server.state.gate import LOCAL, SHARED, RedisGate
 
 
 def _share(spec: BucketSpec, share: float) -> BucketSpec:
@@ -142,7 +48,7 @@ class FailoverBuckets:
     def __init__(
         self,
         shared: BucketStore,
-        health: SharedHealth,
+        health: RedisGate,
         *,
         local: LocalBuckets | None = None,
         local_share: float = 1.0,
@@ -184,7 +90,7 @@ class FailoverBreakers:
     """Redis breakers, with local breakers standing in while Redis is unavailable."""
 
     def __init__(
-        self, shared: BreakerStore, health: SharedHealth, *, local: LocalBreakers | None = None
+        self, shared: BreakerStore, health: RedisGate, *, local: LocalBreakers | None = None
     ) -> None:
         self._shared = shared
         self._local = local or LocalBreakers()
@@ -215,3 +121,37 @@ class FailoverBreakers:
             lambda: self._shared.view(name, params), lambda: self._local.view(name, params)
         )
         return view
+
+
+class RemoteStore(Protocol):
+    """The shared side of the response cache (``redis_cache.RedisCache``): raises Redis's
+    errors instead of answering when it cannot."""
+
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def put(self, key: str, value: bytes, ttl_s: float) -> None: ...
+
+
+class FailoverStore:
+    """``primary`` (shared) while it answers; ``fallback`` (this process) while it does not."""
+
+    def __init__(
+        self, primary: RemoteStore, fallback: MemoryCacheStore | None, health: RedisGate
+    ) -> None:
+        self.primary = primary
+        self.fallback = fallback
+        self.health = health
+
+    async def get(self, key: str) -> bytes | None:
+        async def local() -> bytes | None:
+            return self.fallback.get_now(key) if self.fallback is not None else None
+
+        value, _ = await self.health.run(lambda: self.primary.get(key), local, fail_open=True)
+        return value
+
+    async def put(self, key: str, value: bytes, ttl_s: float) -> None:
+        async def local() -> None:
+            if self.fallback is not None:
+                self.fallback.put_now(key, value, ttl_s)
+
+        await self.health.run(lambda: self.primary.put(key, value, ttl_s), local, fail_open=True)

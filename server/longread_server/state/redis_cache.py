@@ -12,20 +12,18 @@ deletes a lease another replica took after its own expired. Others poll ``join``
 script that returns the answer once it lands, the owner's error once it is published, or the
 lease itself when the owner is gone (crashed: its lease expired), so a waiter takes over.
 
-Every method raises ``StoreUnavailable`` when Redis cannot be reached and reports to the shared
-``Availability``, which the caller checks before trying again.
+Every method raises Redis's own errors (``RedisError``, ``OSError``, ``TimeoutError``) when
+Redis cannot be reached: callers go through the gateway's one Redis gate (``gate.RedisGate``),
+which counts them, decides when Redis is worth trying again and what stands in meanwhile.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
-from longread_server.state.cache import Availability, StoreUnavailable
+from redis.exceptions import ResponseError
 
 DEFAULT_PREFIX = "longread:cache:"
 
@@ -86,9 +84,8 @@ def _ms(seconds: float) -> int:
 class RedisCache:
     """The Redis side of the response cache: a ``RemoteStore`` plus single-flight leases."""
 
-    def __init__(self, redis: Redis, health: Availability, prefix: str = DEFAULT_PREFIX) -> None:
+    def __init__(self, redis: Redis, prefix: str = DEFAULT_PREFIX) -> None:
         self._redis = redis
-        self.health = health
         self._prefix = prefix
         self._join = redis.register_script(_JOIN)
         self._renew = redis.register_script(_RENEW)
@@ -104,23 +101,14 @@ class RedisCache:
     def _err_key(self, key: str, scope: str) -> str:
         return f"{self._prefix}{{{key}}}:err{scope}"
 
-    async def _run(self, what: str, op: Awaitable[Any]) -> Any:
-        try:
-            result = await op
-        except (TimeoutError, RedisError, OSError) as e:
-            self.health.failed(e)
-            raise StoreUnavailable(f"redis {what}: {e}") from e
-        self.health.succeeded()
-        return result
-
     # ---- RemoteStore ----
 
     async def get(self, key: str) -> bytes | None:
-        value = await self._run("GET", self._redis.get(self._value_key(key)))
+        value = await self._redis.get(self._value_key(key))
         return value if isinstance(value, bytes) else None
 
     async def put(self, key: str, value: bytes, ttl_s: float) -> None:
-        await self._run("SET", self._redis.set(self._value_key(key), value, px=_ms(ttl_s)))
+        await self._redis.set(self._value_key(key), value, px=_ms(ttl_s))
 
     # ---- single-flight leases ----
 
@@ -129,9 +117,9 @@ class RedisCache:
     ) -> Joined:
         """One atomic look: answer landed? watched owner failed? else take the lease if free."""
         keys = [self._value_key(key), self._lock_key(key, scope), self._err_key(key, scope)]
-        raw = await self._run("join", self._join(keys=keys, args=[token, _ms(lease_s), watched]))
+        raw = await self._join(keys=keys, args=[token, _ms(lease_s), watched])
         if not isinstance(raw, list) or len(raw) != 2:
-            raise StoreUnavailable(f"redis join: unexpected reply {raw!r}")
+            raise ResponseError(f"redis join: unexpected reply {raw!r}")
         state = raw[0].decode() if isinstance(raw[0], bytes) else str(raw[0])
         data = raw[1] if isinstance(raw[1], bytes) else str(raw[1]).encode()
         if state == "value":
@@ -144,16 +132,14 @@ class RedisCache:
 
     async def renew(self, key: str, scope: str, token: str, lease_s: float) -> bool:
         """Extends our lease; False when it is no longer ours."""
-        done = await self._run(
-            "renew", self._renew(keys=[self._lock_key(key, scope)], args=[token, _ms(lease_s)])
-        )
+        done = await self._renew(keys=[self._lock_key(key, scope)], args=[token, _ms(lease_s)])
         return bool(done)
 
     async def release(self, key: str, scope: str, token: str) -> None:
         """Deletes the lease if it is still ours (compare-and-delete)."""
-        await self._run("release", self._release(keys=[self._lock_key(key, scope)], args=[token]))
+        await self._release(keys=[self._lock_key(key, scope)], args=[token])
 
     async def fail(self, key: str, scope: str, token: str, error: bytes, keep_s: float) -> None:
         """Publishes why our call failed (for ``keep_s``) and releases the lease, atomically."""
         keys = [self._lock_key(key, scope), self._err_key(key, scope)]
-        await self._run("fail", self._fail(keys=keys, args=[token, error, _ms(keep_s)]))
+        await self._fail(keys=keys, args=[token, error, _ms(keep_s)])

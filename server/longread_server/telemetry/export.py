@@ -26,12 +26,15 @@ from urllib.parse import urlsplit
 import grpc
 from opentelemetry.util.re import parse_env_headers
 
+from longread_server.backoff import Backoff
 from longread_server.telemetry.encode import FinishedSpan, encode_flat, flatten
 from longread_server.telemetry.tracing import FlatSpan
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics.export import MetricExporter
 
+# Waits between attempts at one batch (this runs in the exporter's own thread).
+_EXPORT_BACKOFF = Backoff(0.5)
 log = logging.getLogger(__name__)
 
 _EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
@@ -298,7 +301,6 @@ class OtlpBatcher:
         self._send(payload, len(spans))
 
     def _send(self, payload: bytes, count: int) -> None:
-        delay = 0.5
         for attempt in range(self._retries + 1):
             try:
                 self._export(payload, timeout=self._timeout, metadata=self._metadata)
@@ -316,8 +318,7 @@ class OtlpBatcher:
                     log.warning("dropped %d spans: OTLP export failed (%s)", count, code)
                     self.dropped += count
                     return
-                time.sleep(delay)
-                delay *= 2
+                time.sleep(_EXPORT_BACKOFF.delay(attempt + 1))
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         self._drain()

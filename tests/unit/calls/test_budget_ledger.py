@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from longread_server.calls.budget import BudgetLedger
-from longread_server.state.failover import FailoverPolicy, SharedHealth
+from longread_server.state.gate import GatePolicy, RedisGate
 from longread_server.state.redis import connect
 
 from tests.redis_server import free_port
@@ -11,7 +11,7 @@ from tests.redis_server import free_port
 
 async def test_a_dead_redis_leaves_the_ledger_counting_locally_under_fail_closed() -> None:
     redis = connect(f"redis://127.0.0.1:{free_port()}")  # nothing listens there
-    gate = SharedHealth(FailoverPolicy(timeout_s=0.5, retry_s=600.0, fail_open=False))
+    gate = RedisGate(GatePolicy(timeout_s=0.5, retry_s=600.0, fail_open=False))
     ledger = BudgetLedger({"t": 1.0}, redis, health=gate)
     try:
         await ledger.charge("t", 0.25)

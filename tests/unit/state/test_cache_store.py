@@ -15,21 +15,11 @@ from longread_server.calls.cache import (
 )
 from longread_server.domain import Finish, ModelInfo, TextDelta, Usage
 from longread_server.plan.catalog import Catalog, price
-from longread_server.state.cache import (
-    ENTRY_OVERHEAD,
-    Availability,
-    FailoverStore,
-    MemoryCacheStore,
-    StoreUnavailable,
-)
+from longread_server.state.cache_store import ENTRY_OVERHEAD, MemoryCacheStore
+from longread_server.state.failover import FailoverStore
+from longread_server.state.gate import GatePolicy, RedisGate
 
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.clock import FakeClock
 
 
 def entry(key: str, value: bytes) -> int:
@@ -41,9 +31,9 @@ def test_lru_expires_entries_on_the_clock() -> None:
     store = MemoryCacheStore(10_000, clock)
     store.put_now("a", b"1", ttl_s=10)
     store.put_now("b", b"2", ttl_s=60)
-    clock.now += 9.99
+    clock.advance(9.99)
     assert store.get_now("a") == b"1"
-    clock.now += 0.01
+    clock.advance(0.01)
     assert store.get_now("a") is None and store.expirations == 1
     assert store.get_now("b") == b"2"
     assert store.bytes == entry("b", b"2")
@@ -80,34 +70,31 @@ def test_lru_never_exceeds_its_bound(ops: list[tuple[str, bytes]]) -> None:
 
 
 class DeadRemote:
-    def __init__(self, health: Availability) -> None:
-        self.health = health
+    def __init__(self) -> None:
         self.calls = 0
 
     async def get(self, key: str) -> bytes | None:
         self.calls += 1
-        self.health.failed(ConnectionError("refused"))
-        raise StoreUnavailable("down")
+        raise ConnectionError("refused")
 
     async def put(self, key: str, value: bytes, ttl_s: float) -> None:
         self.calls += 1
-        self.health.failed(ConnectionError("refused"))
-        raise StoreUnavailable("down")
+        raise ConnectionError("refused")
 
 
 async def test_failover_serves_locally_and_backs_off() -> None:
     clock = FakeClock()
-    health = Availability(min_backoff_s=1.0, max_backoff_s=4.0, clock=clock)
-    remote = DeadRemote(health)
+    health = RedisGate(GatePolicy(retry_s=1.0, retry_max_s=4.0), clock)
+    remote = DeadRemote()
     store = FailoverStore(remote, MemoryCacheStore(10_000, clock), health)
     await store.put("k", b"v", 60)  # Redis fails: written locally
     assert remote.calls == 1 and health.errors == 1
     assert await store.get("k") == b"v"  # within the back-off: Redis not even tried
     assert remote.calls == 1
-    clock.now += 1.0
+    clock.advance(1.0)
     assert await store.get("k") == b"v"  # tried again, failed again, local answer
     assert remote.calls == 2 and not health.available()
-    clock.now += 1.99  # the back-off doubled to 2 s
+    clock.advance(1.99)  # the back-off doubled to 2 s
     assert not health.available()
     health.succeeded()
     assert health.available()

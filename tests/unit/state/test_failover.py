@@ -8,13 +8,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from longread_server.state.breakers import BreakerParams, LocalBreakers, Outcome
 from longread_server.state.buckets import BucketSpec, Grant, Limited, LocalBuckets
-from longread_server.state.failover import (
-    FailoverBreakers,
-    FailoverBuckets,
-    FailoverPolicy,
-    SharedHealth,
-    StateUnavailable,
-)
+from longread_server.state.failover import FailoverBreakers, FailoverBuckets
+from longread_server.state.gate import GatePolicy, RedisGate, StateUnavailable
 from longread_server.state.redis import connect
 from longread_server.state.redis_breakers import RedisBreakers
 from longread_server.state.redis_buckets import RedisBuckets
@@ -42,12 +37,10 @@ async def client(own_redis: RedisServer) -> AsyncIterator[Redis]:
     await r.aclose()
 
 
-def stores(
-    client: Redis, clock: FakeClock, **policy: object
-) -> tuple[FailoverBuckets, SharedHealth]:
+def stores(client: Redis, clock: FakeClock, **policy: object) -> tuple[FailoverBuckets, RedisGate]:
     # A generous default timeout: a busy CI machine must not look like a failing Redis.
     policy = {"timeout_s": 1.0, **policy}
-    health = SharedHealth(FailoverPolicy(**policy), clock)  # type: ignore[arg-type]
+    health = RedisGate(GatePolicy(**policy), clock)  # type: ignore[arg-type]
     store = FailoverBuckets(RedisBuckets(client), health, local=LocalBuckets(clock))
     return store, health
 
@@ -112,7 +105,7 @@ async def test_a_stalled_redis_costs_one_timeout(own_redis: RedisServer, client:
 
 async def test_breaker_fails_over_too(own_redis: RedisServer, client: Redis) -> None:
     clock = FakeClock()
-    health = SharedHealth(FailoverPolicy(timeout_s=1.0, retry_s=5.0), clock)
+    health = RedisGate(GatePolicy(timeout_s=1.0, retry_s=5.0), clock)
     breakers = FailoverBreakers(RedisBreakers(client), health, local=LocalBreakers(clock))
     params = BreakerParams(window_size=2, min_calls=2)
     for _ in range(2):
