@@ -21,14 +21,13 @@ from longread_server.api.registry import register, serving
 from longread_server.api.servicer import AnalysisServicer
 from longread_server.calls.budget import BudgetLedger, BudgetStage
 from longread_server.calls.cache import (
-    CacheStage,
     ResponseCache,
     build_response_cache,
     observe_cache,
 )
-from longread_server.calls.pipeline import CallStage, Pipeline
+from longread_server.calls.pipeline import Pipeline
 from longread_server.calls.resilience import Resilience, build_resilience, redis_gate
-from longread_server.calls.singleflight import SingleFlightStage
+from longread_server.calls.stages import pipeline_stages
 from longread_server.config import Config, ConfigError, UpstreamConfig, load_config
 from longread_server.domain import ModelInfo, VendorKind
 from longread_server.plan.catalog import Catalog
@@ -188,16 +187,12 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
     # health, so one Redis outage costs one timeout per interval for all of them.
     gate = redis_gate(cfg) if redis is not None else None
     ledger = BudgetLedger({t.name: t.monthly_budget_usd for t in cfg.tenants}, redis, health=gate)
-    # Pipeline stages, outermost first (see calls/pipeline.py for the order and why).
-    stages: list[CallStage] = []
-    # Response cache, then single-flight (calls/cache.py, calls/singleflight.py).
     response_cache = build_response_cache(cfg.cache, redis, gate)
-    stages += [CacheStage(response_cache, tel), SingleFlightStage(response_cache)]
     observe_cache(response_cache, tel)
-    stages.append(BudgetStage(ledger, catalog))
-    # Rate limits, fallback, retry, circuit breaker, attempt timeouts (calls/resilience.py).
     resilience = build_resilience(cfg, adapters, catalog, redis, telemetry=tel, health=gate)
-    stages += resilience.stages
+    stages = pipeline_stages(
+        resilience, cache=response_cache, budget=BudgetStage(ledger, catalog), telemetry=tel
+    )
     runner = JobRunner(Pipeline(adapters, stages, tel), tel, resilience.concurrency)
     analysis = build_analysis(cfg, catalog, runner, ledger, tel)
     servicer = AnalysisServicer(cfg, analysis, Authenticator(cfg.tenants), tel)

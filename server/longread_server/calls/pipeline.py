@@ -1,12 +1,7 @@
 """The pipeline every model call goes through, whatever the strategy.
 
-Stages, outermost first (wired in ``app.start``): cache -> single-flight -> tenant budget ->
-tenant rate limit -> fallback -> retry -> upstream rate limit -> circuit breaker -> attempt
-timeouts -> vendor adapter. Retry sits outside the upstream limit and the breaker, so every
-attempt is paid for in the upstream's buckets and counted by its breaker, and a retry never
-slips past an open circuit; tenants are charged once per call, not per attempt.
-
-Each stage is a small object with one job that wraps the rest of the pipeline: it receives
+The stages and their order, with the reasons for it, are in ``calls/stages.py``. Each stage
+is a small object with one job that wraps the rest of the pipeline: it receives
 the call and ``nxt`` (the remaining stages) and yields the ``LlmEvent``s of the call, so
 streaming and non-streaming calls share one path.
 """

@@ -1,20 +1,5 @@
-"""Builds the resilience stages and their state from the config (the one place app.py calls).
-
-CallStage order, outermost first, after the cache, single-flight and budget stages:
-
-    tenant rate limit -> fallback -> retry -> upstream rate limit -> breaker -> attempt timeouts
-
-* tenant limits count what a tenant asked for: once per call, whatever the retries;
-* the fallback must decide before the upstream's limits and breaker, so the rerouted call
-  meets the fallback's own;
-* retry sits outside the upstream limits and the breaker, so every attempt is paid for in the
-  upstream's buckets (it is a request the vendor counts), every 429 slows the upstream, every
-  attempt is an outcome for the breaker, and a retry never gets past an open breaker;
-* timeouts are per attempt, innermost.
-
-DESIGN.md lists "rate limits -> circuit breaker -> retry"; the order here differs on purpose
-(reasons above; resilience4j's own recommended order also puts Retry outside CircuitBreaker).
-"""
+"""Builds the resilience stages (rate limits, fallback, retry, breaker, attempt timeouts) and
+their state from the config; ``calls/stages.py`` puts them in the pipeline's order."""
 
 from __future__ import annotations
 
@@ -29,7 +14,7 @@ from longread_server.calls.breaker import BreakerStage
 from longread_server.calls.concurrency import AdaptiveConcurrency, ConcurrencyParams
 from longread_server.calls.fallback import FallbackStage
 from longread_server.calls.limits import Quota, RateLimitStage, make_quota
-from longread_server.calls.pipeline import Call, CallStage
+from longread_server.calls.pipeline import Call
 from longread_server.calls.resilience_metrics import (
     NULL_OBSERVER,
     MetricsObserver,
@@ -68,9 +53,14 @@ def breaker_params(r: ResilienceConfig) -> BreakerParams:
 
 @dataclass(slots=True)
 class Resilience:
-    """The stages, plus what operators and tests look at."""
+    """The resilience stages (put in order by ``calls/stages.py``) and their state, which
+    operators and tests look at."""
 
-    stages: list[CallStage]
+    tenant_limit: RateLimitStage
+    fallback: FallbackStage | None  # None with the breaker off
+    upstream_limit: RateLimitStage
+    breaker: BreakerStage | None
+    timeouts: AttemptTimeouts
     buckets: BucketStore
     breakers: BreakerStore
     breaker_params: BreakerParams
@@ -169,44 +159,42 @@ def build_resilience(
         rng=rng or random.Random(),
         observer=observer,
     )
-    stages: list[CallStage] = [
-        RateLimitStage(
-            buckets,
-            lambda call: tenant_quotas.get(call.ctx.tenant),
-            clock=clock,
-            max_wait_s=r.max_limit_wait_s,
-            min_call_s=r.min_call_s,
-            limit="tenant",
-            observer=observer,
-            tracer=tracer,
-        )
-    ]
-    if r.breaker.enabled:
-        stages.append(FallbackStage(breakers, params, upstreams, adapters, catalog))
-    stages.append(retry)
-    stages.append(
-        RateLimitStage(
-            buckets,
-            upstream_quota,
-            clock=clock,
-            max_wait_s=r.max_limit_wait_s,
-            min_call_s=r.min_call_s,
-            feedback=True,
-            throttle_default_s=r.throttle_default_s,
-            throttle_max_s=r.throttle_max_s,
-            listeners=(concurrency.pushback,),
-            limit="upstream",
-            observer=observer,
-            tracer=tracer,
-        )
+    tenant_limit = RateLimitStage(
+        buckets,
+        lambda call: tenant_quotas.get(call.ctx.tenant),
+        clock=clock,
+        max_wait_s=r.max_limit_wait_s,
+        min_call_s=r.min_call_s,
+        limit="tenant",
+        observer=observer,
+        tracer=tracer,
     )
+    upstream_limit = RateLimitStage(
+        buckets,
+        upstream_quota,
+        clock=clock,
+        max_wait_s=r.max_limit_wait_s,
+        min_call_s=r.min_call_s,
+        feedback=True,
+        throttle_default_s=r.throttle_default_s,
+        throttle_max_s=r.throttle_max_s,
+        listeners=(concurrency.pushback,),
+        limit="upstream",
+        observer=observer,
+        tracer=tracer,
+    )
+    fallback = breaker = None
     if r.breaker.enabled:
-        stages.append(BreakerStage(breakers, params, r.breaker.slow_call_s, clock, observer))
-    stages.append(AttemptTimeouts(r.first_event_timeout_s, r.idle_timeout_s))
+        fallback = FallbackStage(breakers, params, upstreams, adapters, catalog)
+        breaker = BreakerStage(breakers, params, r.breaker.slow_call_s, clock, observer)
     if isinstance(observer, MetricsObserver):
         _gauges(observer, concurrency, health)
     return Resilience(
-        stages=stages,
+        tenant_limit=tenant_limit,
+        fallback=fallback,
+        upstream_limit=upstream_limit,
+        breaker=breaker,
+        timeouts=AttemptTimeouts(r.first_event_timeout_s, r.idle_timeout_s),
         buckets=buckets,
         breakers=breakers,
         breaker_params=params,

@@ -10,6 +10,7 @@ from longread_server.calls.fallback import FallbackStage
 from longread_server.calls.limits import RateLimitStage
 from longread_server.calls.resilience import build_resilience
 from longread_server.calls.retry import RetryStage
+from longread_server.calls.stages import pipeline_stages
 from longread_server.calls.timeouts import AttemptTimeouts
 from longread_server.config import (
     Config,
@@ -60,7 +61,7 @@ def test_invalid_values_are_refused(key: str, value: str) -> None:
 def test_stage_order_and_in_process_state() -> None:
     cfg = Config(tenants=[TenantConfig("acme", api_keys=["k"], requests_per_minute=60)])
     res = build_resilience(cfg, {}, Catalog.builtin())
-    kinds = [type(s) for s in res.stages]
+    kinds = [type(s) for s in pipeline_stages(res)]
     assert kinds == [
         RateLimitStage,
         FallbackStage,
@@ -69,7 +70,7 @@ def test_stage_order_and_in_process_state() -> None:
         BreakerStage,
         AttemptTimeouts,
     ]
-    tenant, upstream = res.stages[0], res.stages[3]
+    tenant, upstream = res.tenant_limit, res.upstream_limit
     assert isinstance(tenant, RateLimitStage) and not tenant.feedback
     assert isinstance(upstream, RateLimitStage) and upstream.feedback
     assert isinstance(res.buckets, LocalBuckets) and isinstance(res.breakers, LocalBreakers)
@@ -80,7 +81,7 @@ def test_stage_order_and_in_process_state() -> None:
 def test_breaker_can_be_turned_off() -> None:
     cfg = Config()
     cfg.resilience.breaker.enabled = False
-    kinds = [type(s) for s in build_resilience(cfg, {}, Catalog.builtin()).stages]
+    kinds = [type(s) for s in pipeline_stages(build_resilience(cfg, {}, Catalog.builtin()))]
     assert BreakerStage not in kinds and FallbackStage not in kinds
 
 
@@ -90,10 +91,34 @@ async def test_upstream_buckets_per_model_when_asked() -> None:
     cfg.upstreams = [up]
     cfg.resilience.upstream_limits_per_model = True
     res = build_resilience(cfg, {}, Catalog.builtin())
-    stage = res.stages[3]
+    stage = res.upstream_limit
     assert isinstance(stage, RateLimitStage)
     a = stage.quota_for(make_call(model="gpt-4.1-mini"))
     b = stage.quota_for(make_call(model="gpt-4o"))
     assert a is not None and b is not None and a.requests is not None and b.requests is not None
     assert a.requests.key != b.requests.key and a.holds != b.holds
     assert a.subject == "upstream:openai/gpt-4.1-mini"
+
+
+def test_the_whole_pipeline_order() -> None:
+    from longread_server.calls.budget import BudgetLedger, BudgetStage
+    from longread_server.calls.cache import CacheStage, build_response_cache
+    from longread_server.calls.singleflight import SingleFlightStage
+    from longread_server.config import CacheConfig
+
+    catalog = Catalog.builtin()
+    res = build_resilience(Config(), {}, catalog)
+    budget = BudgetStage(BudgetLedger({}), catalog)
+    stages = pipeline_stages(res, cache=build_response_cache(CacheConfig()), budget=budget)
+    assert [type(s) for s in stages] == [
+        CacheStage,
+        SingleFlightStage,
+        BudgetStage,
+        RateLimitStage,
+        FallbackStage,
+        RetryStage,
+        RateLimitStage,
+        BreakerStage,
+        AttemptTimeouts,
+    ]
+    assert stages[3] is res.tenant_limit and stages[6] is res.upstream_limit
