@@ -177,13 +177,13 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
 
 def cmd_sandbox(a: argparse.Namespace) -> int:
-    from longread_server.sandbox import main
+    from longread_sandbox import main
 
     return main(a.rest)
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from longread_server.demo import main
+    from longread_sandbox.demo import main
 
     return main()
 

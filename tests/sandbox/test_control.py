@@ -6,7 +6,7 @@ import asyncio
 import sys
 
 import httpx
-from longread_server.sandbox import Sandbox
+from longread_sandbox import Sandbox
 
 from .documents import PROMPT
 
@@ -113,7 +113,7 @@ async def test_cli_serves_until_terminated() -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "longread_server.sandbox",
+        "longread_sandbox",
         "--port",
         "0",
         "--script",
