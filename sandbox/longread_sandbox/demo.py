@@ -35,8 +35,9 @@ def _free_port() -> int:
 
 
 def _gateway_env() -> dict[str, str]:
-    """This environment less any vendor key and any gateway setting, so the child gateway uses
-    its defaults and the sandbox whatever the shell has set; it logs only warnings, as text."""
+    """This environment without vendor keys (``*_API_KEY``) or gateway settings
+    (``LONGREAD_*``), whatever the shell has set: the child gateway runs on its defaults, so it
+    serves from the sandbox. It logs warnings only, as text."""
     env = {
         k: v
         for k, v in os.environ.items()
