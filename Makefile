@@ -17,10 +17,12 @@ GENERATE_EXTRA :=
 
 .PHONY: install tools generate check-generated run demo sandbox test pytest lint bench clean
 
-$(VENV)/.installed: pyproject.toml
+# The gateway and, beside it, the vendor emulator (sandbox/, its own distribution) that the
+# dev extra names: one pip command, so the emulator resolves to this repository's copy.
+$(VENV)/.installed: pyproject.toml sandbox/pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e ./sandbox -e '.[dev]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -45,7 +47,7 @@ run: install
 	$(VENV)/bin/longread serve
 
 demo: install
-	$(PY) -m longread_server.demo
+	$(PY) -m longread_sandbox.demo
 
 sandbox: install
 	$(VENV)/bin/longread sandbox
@@ -71,7 +73,7 @@ lint: install
 
 # Each public bench/ module is one benchmark printing one JSON object; _private ones are helpers.
 bench: install tools
-	$(PY) -m pip install -q -e '.[dev,bench]'
+	$(PY) -m pip install -q -e ./sandbox -e '.[dev,bench]'
 	for b in $$(cd bench && ls *.py | grep -v '^_' | sed 's/\.py$$//'); do \
 	  echo "== bench.$$b" >&2; $(PY) -m bench.$$b || exit 1; done
 

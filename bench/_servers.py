@@ -90,9 +90,7 @@ class Proc:
 
 
 def sandbox(port: int, *extra: str, cpu: int | None = None) -> Proc:
-    proc = Proc(
-        [sys.executable, "-m", "longread_server.sandbox", "--port", str(port), *extra], cpu=cpu
-    )
+    proc = Proc([sys.executable, "-m", "longread_sandbox", "--port", str(port), *extra], cpu=cpu)
     wait_port(port)
     return proc
 

@@ -12,10 +12,10 @@ import json
 import time
 
 from longread.client import AsyncClient, Options
+from longread_sandbox.sample import DEMO_QUESTION, generate_report
 from longread_server.app import start
 from longread_server.config import load_config
 from longread_server.plan.tokenizers import get_tokenizer
-from longread_server.sample import DEMO_QUESTION, generate_report
 
 RUNS = 5
 

@@ -30,10 +30,10 @@ import grpc
 from longread.v1 import analysis_service_pb2 as svc
 from longread.v1 import analysis_service_pb2_grpc as svc_grpc
 from longread.v1 import types_pb2 as pb
+from longread_sandbox.sample import DEMO_QUESTION, generate_report
 from longread_server.config import ConcurrencyConfig, UpstreamConfig
 from longread_server.domain import Message, VendorKind
 from longread_server.plan import prompts
-from longread_server.sample import DEMO_QUESTION, generate_report
 
 from bench import _load, _peers, _servers
 from bench._floor import RawHttp

@@ -34,7 +34,7 @@ from typing import Any
 
 import grpc
 from longread.client import AsyncClient, Options
-from longread_server.sample import generate_report
+from longread_sandbox.sample import generate_report
 from opentelemetry.proto.collector.metrics.v1 import (
     metrics_service_pb2,
     metrics_service_pb2_grpc,

@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from longread.client import AsyncClient
+from longread_sandbox import Sandbox, SandboxConfig
 from longread_server.app import Gateway, sandbox_upstreams, start
 from longread_server.config import Config, TenantConfig
-from longread_server.sandbox import Sandbox, SandboxConfig
 
 from tests.redis_server import RedisServer
 

@@ -30,6 +30,7 @@ from longread_server.calls.resilience import Resilience, build_resilience, redis
 from longread_server.calls.stages import pipeline_stages
 from longread_server.config import Config, ConfigError, UpstreamConfig, load_config
 from longread_server.domain import ModelInfo, VendorKind
+from longread_server.embedded_sandbox import EmbeddedSandbox, start_sandbox
 from longread_server.plan.catalog import Catalog
 from longread_server.plan.encodings import EncodingMemo
 from longread_server.plan.planner import PlanDefaults
@@ -123,7 +124,7 @@ class Gateway:
     http: HttpClient
     health: health.aio.HealthServicer
     telemetry: Telemetry
-    sandbox: object | None = None
+    sandbox: EmbeddedSandbox | None = None
     redis: Redis | None = None  # shared by every piece of replicated state
     cache: ResponseCache | None = None  # response cache + single-flight (stats)
     resilience: Resilience | None = None  # rate limits, breakers, retries (state, stats)
@@ -141,7 +142,7 @@ class Gateway:
             await self.redis.aclose()
         self.telemetry.shutdown()
         if self.sandbox is not None:
-            await self.sandbox.stop()  # type: ignore[attr-defined]
+            await self.sandbox.stop()
 
     async def wait(self) -> None:
         await self.server.wait_for_termination()
@@ -162,15 +163,9 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
     """Builds and starts the gateway described by ``cfg`` (``telemetry``: to inject test
     exporters; by default it is built from ``cfg.telemetry``)."""
     tel = telemetry or setup_telemetry(cfg.telemetry)
-    sandbox = None
+    sandbox: EmbeddedSandbox | None = None
     if cfg.use_sandbox:
-        from longread_server.sandbox import Sandbox
-        from longread_server.sandbox import SandboxConfig as SbConfig
-
-        sandbox = Sandbox(
-            SbConfig(host="127.0.0.1", port=cfg.sandbox.port, latency_ms=cfg.sandbox.latency_ms)
-        )
-        await sandbox.start()
+        sandbox = await start_sandbox(cfg.sandbox)
         cfg = replace(cfg, upstreams=[*cfg.upstreams, *sandbox_upstreams(sandbox.base_url)])
         log.warning(
             "no vendor configured: serving from the built-in sandbox at %s", sandbox.base_url

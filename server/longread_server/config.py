@@ -167,8 +167,9 @@ class TelemetryConfig:
 
 
 @dataclass
-class SandboxConfig:
-    """The built-in vendor emulator, started in-process when no vendor is configured."""
+class EmbeddedSandboxConfig:
+    """``[sandbox]``: the vendor emulator (``longread-sandbox``, when installed), started
+    in-process when no vendor is configured."""
 
     enabled: bool | None = None  # None: only when no upstream is configured
     port: int = 0
@@ -291,7 +292,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
-    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    sandbox: EmbeddedSandboxConfig = field(default_factory=EmbeddedSandboxConfig)
     upstreams: list[UpstreamConfig] = field(default_factory=list)
     tenants: list[TenantConfig] = field(default_factory=list)
     models: list[CatalogOverride] = field(default_factory=list)

@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 import pytest
 from longread.client import AsyncClient, ErrorDetails, Options, error_details
+from longread_sandbox import Sandbox, SandboxConfig
 from longread_server.app import Gateway, start
 from longread_server.config import (
     BreakerConfig,
@@ -29,7 +30,6 @@ from longread_server.config import (
     ResilienceConfig,
     RetryConfig,
 )
-from longread_server.sandbox import Sandbox, SandboxConfig
 from longread_server.telemetry import Telemetry
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 

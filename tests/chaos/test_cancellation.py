@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 import pytest
 from longread.client import Options
-from longread_server.sandbox import Sandbox
+from longread_sandbox import Sandbox
 
 from tests.chaos.conftest import BODY, QUESTION, Row, client_for, gateway_tasks, settled, until
 

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from longread.client import AsyncClient, Options
+from longread_sandbox import Sandbox
 from longread_server.app import Gateway, sandbox_upstreams
 from longread_server.config import UpstreamConfig
-from longread_server.sandbox import Sandbox
 from longread_server.state.redis import connect
 
 from tests.chaos.conftest import Row, client_for, doc, fire, resilience

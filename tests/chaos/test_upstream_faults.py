@@ -15,9 +15,9 @@ from typing import Any
 import grpc
 import pytest
 from longread.client import Options, error_details
+from longread_sandbox import Sandbox
 from longread_server.app import Gateway, sandbox_upstreams
 from longread_server.config import TelemetryConfig, TenantConfig
-from longread_server.sandbox import Sandbox
 from longread_server.telemetry import setup
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import grpc
 import pytest
 from longread.client import AsyncClient, Options, error_details
+from longread_sandbox import Sandbox
 from longread_server.app import start
 from longread_server.config import TenantConfig
-from longread_server.sandbox import Sandbox
 
 from tests.conftest import gateway_config
 from tests.redis_server import RedisServer

@@ -26,6 +26,8 @@ import pytest
 from longread.client import AsyncClient, Options, error_details
 from longread.v1 import analysis_service_pb2 as svc
 from longread.v1 import types_pb2 as pb
+from longread_sandbox import Sandbox
+from longread_sandbox.sample import DEMO_QUESTION, FACTS, generate_report
 from longread_server.api.auth import LOCAL_TENANT
 from longread_server.app import Gateway, start
 from longread_server.calls.pipeline import Call, CallContext
@@ -33,8 +35,6 @@ from longread_server.config import CacheConfig, TenantConfig
 from longread_server.domain import LlmRequest
 from longread_server.plan import prompts
 from longread_server.plan.catalog import Catalog
-from longread_server.sample import DEMO_QUESTION, FACTS, generate_report
-from longread_server.sandbox import Sandbox
 from longread_server.state.cache_store import MemoryCacheStore
 from longread_server.state.redis import connect
 from longread_server.vendors.openai import OpenAIAdapter

@@ -9,9 +9,9 @@ import httpx
 import pytest
 from longread.client import AsyncClient, Options, build_request, error_details
 from longread.v1 import analysis_service_pb2 as svc
+from longread_sandbox import Sandbox
 from longread_server.app import Gateway, start
 from longread_server.config import LimitsConfig
-from longread_server.sandbox import Sandbox
 
 from tests.conftest import TENANT_KEYS, gateway_config
 

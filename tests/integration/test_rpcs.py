@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from longread.client import AsyncClient, Options
 from longread.v1 import types_pb2 as pb
+from longread_sandbox import Sandbox
+from longread_sandbox.sample import DEMO_QUESTION, FACTS, generate_report
 from longread_server.app import Gateway
 from longread_server.plan.catalog import Catalog
 from longread_server.plan.tokenizers import get_tokenizer
-from longread_server.sample import DEMO_QUESTION, FACTS, generate_report
-from longread_server.sandbox import Sandbox
 
 SHORT_DOC = (
     "The lighthouse on Gull Rock was built in 1871 from granite quarried nearby. "

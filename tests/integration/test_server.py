@@ -15,9 +15,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from longread.client import AsyncClient, Options
+from longread_sandbox import Sandbox
 from longread_server.app import Gateway, start
 from longread_server.config import TlsConfig
-from longread_server.sandbox import Sandbox
 
 from tests.certs import make_certs
 from tests.conftest import gateway_config

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from longread.client import AsyncClient, Options
 from longread.v1 import types_pb2 as pb
-from longread_server.sample import (
+from longread_sandbox import Sandbox
+from longread_sandbox.sample import (
     DEMO_QUESTION,
     FACTS,
     ZH_FACT,
@@ -14,7 +15,6 @@ from longread_server.sample import (
     generate_chinese_report,
     generate_report,
 )
-from longread_server.sandbox import Sandbox
 
 FACT = FACTS["northfield_delay"]
 

@@ -16,10 +16,10 @@ import httpx
 import pytest
 from longread.client import AsyncClient, Options
 from longread.v1 import types_pb2 as pb
+from longread_sandbox import Sandbox
+from longread_sandbox.sample import DEMO_QUESTION, generate_report
 from longread_server.app import Gateway, start
 from longread_server.config import TelemetryConfig, TenantConfig
-from longread_server.sample import DEMO_QUESTION, generate_report
-from longread_server.sandbox import Sandbox
 from longread_server.telemetry import JsonFormatter, setup
 from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1 import (

@@ -176,15 +176,28 @@ def cmd_serve(a: argparse.Namespace) -> int:
     return main(a.config, listen)
 
 
-def cmd_sandbox(a: argparse.Namespace) -> int:
-    from longread_server.sandbox import main
+_NO_SANDBOX = "longread: the vendor emulator is not installed (pip install longread-sandbox)"
 
+
+def cmd_sandbox(a: argparse.Namespace) -> int:
+    try:
+        from longread_sandbox import main
+    except ModuleNotFoundError as e:
+        if e.name != "longread_sandbox":
+            raise
+        print(_NO_SANDBOX, file=sys.stderr)
+        return 2
     return main(a.rest)
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from longread_server.demo import main
-
+    try:
+        from longread_sandbox.demo import main
+    except ModuleNotFoundError as e:
+        if e.name != "longread_sandbox":
+            raise
+        print(_NO_SANDBOX, file=sys.stderr)
+        return 2
     return main()
 
 
@@ -243,7 +256,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     _common(an, cache=True)
     an.set_defaults(fn=cmd_analyze)
     cache_key.register(sub)  # cache-key: the response-cache key of a vendor payload
-    a = ap.parse_args(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["sandbox"]:
+        # The emulator parses its own flags: argparse's REMAINDER would reject a leading option
+        # (``longread sandbox --port 0``) instead of passing it on.
+        a = argparse.Namespace(fn=cmd_sandbox, rest=args[1:])
+    else:
+        a = ap.parse_args(args)
     try:
         rc: int = a.fn(a)
     except KeyboardInterrupt:

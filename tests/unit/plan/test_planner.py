@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from longread_sandbox.sample import DEMO_QUESTION, generate_report
 from longread_server.domain import Message, ModelInfo
 from longread_server.plan.catalog import Catalog
 from longread_server.plan.planner import (
@@ -15,7 +16,6 @@ from longread_server.plan.planner import (
 )
 from longread_server.plan.rank import bm25_scores, select
 from longread_server.plan.tokenizers import get_tokenizer
-from longread_server.sample import DEMO_QUESTION, generate_report
 
 TOK = get_tokenizer("cl100k_base")
 CAT = Catalog.builtin()

@@ -21,13 +21,13 @@ Per-request headers: ``x-sandbox-fault: <kind>``, ``x-sandbox-latency-ms``,
 ``x-sandbox-tag`` (counted in stats). Fault kinds: an HTTP status (400 401 402 403 404 408 409
 413 422 429 500 502 503 504 529) or ``timeout``, ``reset``, ``malformed``, ``midstream_error``,
 ``stall``; also as a prompt marker ``[[sandbox-fault:<kind>]]`` or ``[[sandbox-fault:<kind>*N]]``.
-See ``faults`` for the precedence and ``config.SandboxConfig`` for the knobs.
+See ``faults`` for the precedence and ``settings.SandboxConfig`` for the knobs.
 """
 
-from .app import Sandbox
 from .cli import main
-from .config import SandboxConfig
+from .emulator import Sandbox
 from .faults import Fault
+from .settings import SandboxConfig
 from .stats import SandboxStats
 
 __all__ = ["Fault", "Sandbox", "SandboxConfig", "SandboxStats", "main"]

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from longread_server.sandbox.answer import LEAD, NO_TEXT_LEAD, extractive_answer, sentences_of
-from longread_server.sandbox.completion import shape_completion
-from longread_server.sandbox.faults import Fault, FaultPlanner, parse_script
-from longread_server.sandbox.ratelimit import go_duration, rfc3339, round_thousands
-from longread_server.sandbox.tokens import Tokenizer
+from longread_sandbox.answer import LEAD, NO_TEXT_LEAD, extractive_answer, sentences_of
+from longread_sandbox.completion import shape_completion
+from longread_sandbox.faults import Fault, FaultPlanner, parse_script
+from longread_sandbox.ratelimit import go_duration, rfc3339, round_thousands
+from longread_sandbox.tokens import Tokenizer
 
 from .documents import ANSWER, DOC, PROMPT
 

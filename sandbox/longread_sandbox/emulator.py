@@ -13,15 +13,15 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
-from .anthropic import AnthropicDialect
-from .cache import PrefixCache
-from .config import SandboxConfig
+from .anthropic_dialect import AnthropicDialect
+from .endpoints import JSON, VendorEndpoints
 from .faults import Fault, FaultPlanner, parse_script
-from .http import Exchange, HttpServer, Request
+from .http_server import Exchange, HttpServer, Request
 from .ids import IdSource
-from .openai import OpenAIDialect
-from .pipeline import JSON, Pipeline
+from .openai_dialect import OpenAIDialect
+from .prefix_cache import PrefixCache
 from .protocol import Dialect
+from .settings import SandboxConfig
 from .stats import SandboxStats
 from .tokens import Tokenizer
 
@@ -56,7 +56,7 @@ class Sandbox:
         self._cache = PrefixCache()
         self._openai = OpenAIDialect(tokenizer, self._cache, ids)
         self._anthropic = AnthropicDialect(tokenizer, self._cache, ids)
-        self._pipeline = Pipeline(
+        self._endpoints = VendorEndpoints(
             self.config, self.stats, self._planner, tokenizer, ids, self._idle
         )
         self._routes: dict[tuple[str, str], Route] = {
@@ -138,7 +138,7 @@ class Sandbox:
         self.stats.reset()
         self._planner.reset()
         self._cache.clear()
-        self._pipeline.rate.reset()
+        self._endpoints.rate.reset()
 
     async def wait_idle(self) -> None:
         """Wait until no model request is in progress (e.g. a hung one noticed its client left)."""
@@ -167,7 +167,7 @@ class Sandbox:
             stats.by_retry_count[int(retry)] += 1
         route = self._routes.get((request.method, request.path))
         if route is None:
-            await self._pipeline.not_found(self._dialect_for(request), request, exchange)
+            await self._endpoints.not_found(self._dialect_for(request), request, exchange)
         else:
             await route(request, exchange)
 
@@ -183,17 +183,17 @@ class Sandbox:
         return self._openai
 
     async def _chat_openai(self, request: Request, exchange: Exchange) -> None:
-        await self._pipeline.chat(self._openai, request, exchange)
+        await self._endpoints.chat(self._openai, request, exchange)
 
     async def _chat_anthropic(self, request: Request, exchange: Exchange) -> None:
-        await self._pipeline.chat(self._anthropic, request, exchange)
+        await self._endpoints.chat(self._anthropic, request, exchange)
 
     async def _count_tokens(self, request: Request, exchange: Exchange) -> None:
-        await self._pipeline.count_tokens(self._anthropic, request, exchange)
+        await self._endpoints.count_tokens(self._anthropic, request, exchange)
 
     async def _models(self, request: Request, exchange: Exchange) -> None:
         models = sorted(set(ADVERTISED_MODELS) | set(self.stats.by_model))
-        await self._pipeline.models(self._dialect_for(request), request, exchange, models)
+        await self._endpoints.models(self._dialect_for(request), request, exchange, models)
 
     def _gone(self) -> None:
         self.stats.disconnects += 1

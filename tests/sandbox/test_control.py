@@ -6,7 +6,8 @@ import asyncio
 import sys
 
 import httpx
-from longread_server.sandbox import Sandbox
+import pytest
+from longread_sandbox import Sandbox
 
 from .documents import PROMPT
 
@@ -109,11 +110,14 @@ async def test_latency_runs_from_arrival_for_answers_and_faults(http: httpx.Asyn
         assert elapsed >= 0.12
 
 
-async def test_cli_serves_until_terminated() -> None:
+@pytest.mark.parametrize(
+    "command", [["longread_sandbox"], ["longread.cli", "sandbox"]], ids=["module", "longread"]
+)
+async def test_cli_serves_until_terminated(command: list[str]) -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "longread_server.sandbox",
+        *command,
         "--port",
         "0",
         "--script",

@@ -6,7 +6,7 @@ import asyncio
 
 import openai
 import pytest
-from longread_server.sandbox import Sandbox, SandboxConfig
+from longread_sandbox import Sandbox, SandboxConfig
 from openai.types.chat import ChatCompletionMessageParam
 
 from .documents import ANSWER, BEST_SENTENCE, ENCODING, PROMPT, long_document, prompt_tokens, tokens

@@ -1,8 +1,8 @@
-"""What the wire dialects (OpenAI, Anthropic) share with the request pipeline.
+"""What the wire dialects (OpenAI, Anthropic) share with the vendor endpoints.
 
-The pipeline (faults, latency, pacing, stats) is the same for every vendor; only the bytes
-differ. A dialect parses a request body into a vendor-neutral ``ChatRequest`` and renders
-answers, stream frames and errors in its vendor's exact format.
+The endpoints' handling (faults, latency, pacing, stats) is the same for every vendor; only
+the bytes differ. A dialect parses a request body into a vendor-neutral ``ChatRequest`` and
+renders answers, stream frames and errors in its vendor's exact format.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 import pytest_asyncio
-from longread_server.sandbox import Sandbox, SandboxConfig
+from longread_sandbox import Sandbox, SandboxConfig
 
 # A retry hint small enough that SDK retries in tests take milliseconds.
 TEST_RETRY_AFTER_MS = 10.0

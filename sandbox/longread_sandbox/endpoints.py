@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from .answer import extractive_answer
-from .anthropic import AnthropicDialect
+from .anthropic_dialect import AnthropicDialect
 from .completion import Completion, shape_completion
-from .config import SandboxConfig
 from .faults import MIDSTREAM_KINDS, Fault, FaultPlanner
-from .http import Exchange, Request
+from .http_server import Exchange, Request
 from .ids import IdSource
 from .protocol import ApiError, ChatRequest, Dialect, Headers
 from .ratelimit import RateSnapshot, RateWindow
+from .settings import SandboxConfig
 from .stats import SandboxStats
 from .tokens import Tokenizer
 
@@ -70,7 +70,7 @@ def _header_ms(headers: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
-class Pipeline:
+class VendorEndpoints:
     """Serves the vendor endpoints for both dialects."""
 
     def __init__(

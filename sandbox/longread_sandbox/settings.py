@@ -2,7 +2,7 @@
 
 One dataclass so the three ways to set a knob (``SandboxConfig(...)``, ``--flag``,
 ``POST /_sandbox/config``) cannot drift apart. Per-request headers override the latency knobs
-for one request only (see ``pipeline.Knobs``).
+for one request only (see ``endpoints.Knobs``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``python -m longread_server.sandbox`` / ``longread sandbox``: run the emulator alone.
+"""``python -m longread_sandbox`` / ``longread sandbox``: run the emulator alone.
 
 Prints one line with the listening URL once it is ready (``--port 0`` picks a free port, so a
 parent process reads the line to learn it), then serves until SIGINT/SIGTERM.
@@ -13,9 +13,9 @@ import logging
 import signal
 import sys
 
-from .app import Sandbox
-from .config import SandboxConfig
+from .emulator import Sandbox
 from .faults import Fault
+from .settings import SandboxConfig
 
 
 def build_parser() -> argparse.ArgumentParser:

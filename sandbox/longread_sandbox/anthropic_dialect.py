@@ -17,9 +17,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .cache import Breakpoints, PrefixCache
 from .completion import Completion
 from .ids import IdSource
+from .prefix_cache import Breakpoints, PrefixCache
 from .protocol import ApiError, ChatRequest, Headers
 from .ratelimit import RateSnapshot, rfc3339, round_thousands
 from .tokens import PER_MESSAGE_TOKENS, PER_REPLY_TOKENS, Tokenizer

@@ -9,7 +9,7 @@ from typing import Any
 
 import h11
 import httpx
-from longread_server.sandbox import Sandbox, SandboxConfig
+from longread_sandbox import Sandbox, SandboxConfig
 
 from .documents import ANSWER, PROMPT
 

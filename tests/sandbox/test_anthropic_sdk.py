@@ -6,7 +6,7 @@ import anthropic
 import httpx2
 import pytest
 from anthropic.types import MessageParam, TextBlock, TextBlockParam
-from longread_server.sandbox import Sandbox, SandboxConfig
+from longread_sandbox import Sandbox, SandboxConfig
 
 from .documents import ANSWER, DOC, ENCODING, PROMPT, long_document, prompt_tokens, tokens
 

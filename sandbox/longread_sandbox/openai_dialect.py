@@ -12,9 +12,9 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .cache import PrefixCache
 from .completion import Completion
 from .ids import IdSource
+from .prefix_cache import PrefixCache
 from .protocol import ApiError, ChatRequest, Headers
 from .ratelimit import RateSnapshot, go_duration
 from .tokens import PER_MESSAGE_TOKENS, PER_REPLY_TOKENS, Tokenizer

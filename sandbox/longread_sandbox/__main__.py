@@ -1,0 +1,5 @@
+"""``python -m longread_sandbox``."""
+
+from longread_sandbox.cli import main
+
+raise SystemExit(main())
