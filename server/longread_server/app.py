@@ -42,7 +42,7 @@ from longread_server.state.redis import connect
 from longread_server.telemetry import Telemetry, configure_logging
 from longread_server.telemetry import setup as setup_telemetry
 from longread_server.vendors import make_adapter
-from longread_server.vendors.http import HttpClient, LeanHttp
+from longread_server.vendors.transport import HttpClient, LeanHttp
 
 log = logging.getLogger("longread")
 SERVICE_NAME = svc.DESCRIPTOR.services_by_name["AnalysisService"].full_name
@@ -289,7 +289,7 @@ _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_pr
 
 
 def _http_client(cfg: Config, tel: Telemetry) -> HttpClient:
-    """The client for upstream calls (``server.http_client``; see ``vendors/http.py``)."""
+    """The client for upstream calls (``server.http_client``; see ``vendors/transport.py``)."""
     timeout = httpx.Timeout(600.0, connect=10.0)
     proxied = any(os.environ.get(v) for v in _PROXY_VARS)
     if cfg.server.http_client == "lean" and not tel.client_spans and not proxied:

@@ -43,7 +43,7 @@ class ServerConfig:
     max_connection_age_ms: int = 0  # 0: unlimited
     max_concurrent_rpcs: int = 0  # 0: unlimited
     reflection: bool = True
-    # The client for upstream calls: "lean" (vendors/http.py: keep-alive HTTP/1.1, the hot
+    # The client for upstream calls: "lean" (vendors/transport.py: keep-alive HTTP/1.1, the hot
     # path) or "httpx" (proxies from the environment, HTTP/2-capable). httpx is used anyway
     # when a proxy variable is set or telemetry.client_spans is on.
     http_client: str = "lean"

@@ -1,5 +1,5 @@
 """Vendor adapters: map the vendor-neutral ``LlmRequest`` to OpenAI Chat Completions or
-Anthropic Messages over one shared HTTP client (``vendors/http.py``), and vendor responses
+Anthropic Messages over one shared HTTP client (``vendors/transport.py``), and vendor responses
 (JSON or SSE) back to ``LlmEvent``s, with every failure normalized to ``UpstreamError``."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from typing import Any
 from longread_server.domain import VendorKind
 from longread_server.vendors.anthropic import AnthropicAdapter
 from longread_server.vendors.base import VendorAdapter
-from longread_server.vendors.http import HttpClient
 from longread_server.vendors.openai import OpenAIAdapter
 from longread_server.vendors.sse import ServerSentEvent, SSEDecoder, aiter_sse
+from longread_server.vendors.transport import HttpClient
 
 __all__ = [
     "AnthropicAdapter",

@@ -1,6 +1,6 @@
 """One HTTP exchange with a vendor, shared by every adapter.
 
-Sends a JSON body over the shared client (``vendors/http.py``), maps an error status to
+Sends a JSON body over the shared client (``vendors/transport.py``), maps an error status to
 ``UpstreamError``, feeds the SSE stream (or the whole JSON body) to a vendor-specific
 ``ResponseParser`` and yields the events it produces. Owns the failure rules the adapters
 have in common:
@@ -26,8 +26,8 @@ import httpx
 
 from longread_server.domain import ErrorKind, Finish, LlmEvent, TextDelta, UpstreamError
 from longread_server.vendors.errors import load_json, malformed, transport_error
-from longread_server.vendors.http import HttpClient, HttpResponse
 from longread_server.vendors.sse import ServerSentEvent, SSEDecoder
+from longread_server.vendors.transport import HttpClient, HttpResponse
 
 _MAX_ERROR_BODY = 64 * 1024  # bytes of an error body worth reading
 _DRAIN_S = 0.05  # how long to wait for the rest of a stream after its end marker

@@ -39,8 +39,8 @@ from longread_server.domain import (
 from longread_server.vendors.errors import load_json, malformed, status_error, stream_error
 from longread_server.vendors.exchange import encode_json, exchange
 from longread_server.vendors.headers import parse_openai_rate_limits
-from longread_server.vendors.http import HttpClient, HttpResponse
 from longread_server.vendors.sse import ServerSentEvent
+from longread_server.vendors.transport import HttpClient, HttpResponse
 
 _FINISH_REASONS = {
     "stop": "stop",

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 import httpx
 import pytest
-from longread_server.vendors.http import LeanHttp
+from longread_server.vendors.transport import LeanHttp
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 T = httpx.Timeout(2.0)
