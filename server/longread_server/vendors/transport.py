@@ -28,6 +28,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Protocol
 from urllib.parse import urlsplit
 
@@ -38,6 +39,30 @@ from longread_server import __version__
 
 _READ = 64 * 1024
 _USER_AGENT = f"longread/{__version__}"
+
+
+DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
+KEEPALIVE_EXPIRY_S = 5.0
+DEFAULT_MAX_CONNECTIONS = 1000
+
+
+def upstream_client(max_connections: int = DEFAULT_MAX_CONNECTIONS) -> httpx.AsyncClient:
+    """The client for upstream calls; ``max_connections`` 0 means no cap."""
+    cap = max_connections or None
+    return httpx.AsyncClient(
+        limits=httpx.Limits(
+            max_connections=cap,
+            max_keepalive_connections=cap,
+            keepalive_expiry=KEEPALIVE_EXPIRY_S,
+        ),
+        timeout=DEFAULT_TIMEOUT,
+        headers={"user-agent": f"longread/{__version__}", "accept-encoding": "identity"},
+        cookies=httpx.Cookies(CookieJar(DefaultCookiePolicy(allowed_domains=[]))),
+        http1=True,
+        http2=False,
+        follow_redirects=False,
+        trust_env=True,
+    )
 
 
 class HttpResponse(Protocol):
