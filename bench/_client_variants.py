@@ -3,6 +3,9 @@
 ``python -m bench._client_variants --variant NAME --config FILE`` runs ``longread serve`` with
 ``app._http_client`` replaced by the candidate NAME, so every candidate is measured on the
 gateway's real miss path (pipeline, adapters, SSE parsing) and only the client differs.
+
+The gateway's own keep-alive HTTP/1.1 client on h11, which httpx replaced, was a candidate
+here until its removal: run ``bench.http_client`` at the commit before that to compare.
 """
 
 from __future__ import annotations
@@ -26,8 +29,7 @@ _UA = f"longread/{__version__}"
 
 
 def _as_timeout(timeout: Any) -> httpx.Timeout:
-    """The adapters pass what ``AsyncClient.stream`` takes (seconds, or the client default);
-    the other candidates want an ``httpx.Timeout``, as the adapters built it before."""
+    """The adapters pass what ``AsyncClient.stream`` takes: seconds, or the client default."""
     return (
         timeout
         if isinstance(timeout, httpx.Timeout)
@@ -81,24 +83,7 @@ class TransportOnly:
         await self._transport.aclose()
 
 
-class _Lean:
-    """The gateway's own h11 client, as it was called before the adapters passed seconds."""
-
-    def __init__(self) -> None:
-        from longread_server.vendors.transport import LeanHttp  # type: ignore[attr-defined]
-
-        self._client = LeanHttp(timeout=TIMEOUT)
-
-    def stream(self, method: str, url: str, *, timeout: Any, **kw: Any) -> Any:
-        return self._client.stream(method, url, timeout=_as_timeout(timeout), **kw)
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
-
-
 VARIANTS: dict[str, Callable[[], Any]] = {
-    # The gateway's own keep-alive HTTP/1.1 client on h11 (the default before this comparison).
-    "lean": _Lean,
     # httpx as the gateway configured it when it was not the default.
     "httpx": lambda: httpx.AsyncClient(
         limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
@@ -112,18 +97,6 @@ VARIANTS: dict[str, Callable[[], Any]] = {
         httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
     ),
 }
-
-
-def available() -> list[str]:
-    """The candidates this checkout can build (``lean`` only while the gateway ships it)."""
-    names = []
-    for name, make in VARIANTS.items():
-        try:
-            make()
-        except ImportError:
-            continue
-        names.append(name)
-    return names
 
 
 def gateway(port: int, sandbox_port: int, variant: str, cpu: int | None = None) -> Proc:
@@ -153,7 +126,7 @@ def main() -> int:
     parser.add_argument("--config", required=True)
     a = parser.parse_args()
     make = VARIANTS[a.variant]
-    app._http_client = lambda *_: make()  # type: ignore[assignment]
+    app._http_client = lambda *_: make()
     return app.main(a.config)
 
 

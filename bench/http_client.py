@@ -266,7 +266,7 @@ def main(rounds: int = ROUNDS) -> dict[str, Any]:
     t_start = time.monotonic()
     os.sched_setaffinity(0, {LOADGEN_CPU})
     rng = random.Random(7)
-    names = _client_variants.available()
+    names = list(_client_variants.VARIANTS)
     base = "httpx_tuned"
     short = short_part(names, rounds, rng)
     streams = asyncio.run(streams_part(names, rounds, rng))

@@ -1,45 +1,33 @@
-"""The HTTP client the adapters use, and a lean HTTP/1.1 one for the hot path.
+"""The one HTTP client for upstream calls: an ``httpx.AsyncClient`` shared by every adapter.
 
-Adapters need very little of a client: POST a body, read the status and headers, iterate the
-body. ``HttpClient`` is that surface; ``httpx.AsyncClient`` has it, and so does
-``LeanHttp``: keep-alive HTTP/1.1 connections pooled per origin, the protocol handled by h11
-(the parser under httpx's own transport), everything else left out. Measured on a cache miss,
-httpx's layers (request and header models, cookie extraction, httpcore's pool and anyio's
-streams) were about half of the gateway's CPU; ``LeanHttp`` removes most of that
-(``python -m bench.overhead``, ``http_client`` in ``[server]``).
+Adapters need little of it: POST a body, read the status and headers (``Retry-After``, rate
+limits, request ids), iterate the body as it arrives (SSE). The settings, and why:
 
-What it does not do, and when httpx is used instead (``app.py``): proxies from the
-environment, HTTP/2, cookies, redirects, and httpx's own spans (``telemetry.client_spans``).
-Like httpx, it does not reuse a connection idle for more than 5 seconds.
+* a cap on open connections across all upstreams (``server.upstream_max_connections``): a
+  burst of map calls waits for a free connection (inside the call's own deadline, as the pool
+  timeout) instead of opening sockets without bound; idle ones are kept up to the same number;
+* an idle connection is not reused after 5 s: a peer or a NAT on the way may have dropped it
+  without a word, and a request sent on it would only fail at the read timeout;
+* the environment is honoured (``trust_env``): ``HTTP_PROXY``/``HTTPS_PROXY``/``ALL_PROXY``
+  with ``NO_PROXY``, and ``SSL_CERT_FILE``/``SSL_CERT_DIR``;
+* answers are asked for uncompressed: a compressor on the way could hold back the pieces of
+  a stream, and a model's answer is small next to the prompt we send;
+* no cookie jar: a cookie a vendor sets (CDN affinity, bot checks) would otherwise be sent
+  back on the next call, whichever tenant it is for;
+* HTTP/1.1 only, no redirects (an API endpoint that redirects is misconfigured).
 
-Failures are raised as the httpx exceptions they correspond to (``ConnectError``,
-``ReadTimeout``, ``RemoteProtocolError``...), so ``vendors/errors.py`` maps both clients the
-same way. A request sent on a reused connection that the server had closed while it sat idle
-(the keep-alive race) is sent again once on a fresh connection; a failure after any byte of
-the response arrived is never retried here.
+Failures are httpx's exceptions (``ConnectError``, ``ReadTimeout``, ``PoolTimeout``,
+``RemoteProtocolError``...); ``vendors/errors.py`` turns them into ``UpstreamError`` kinds and
+they never leave ``vendors/``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import ssl
-import time
-from collections.abc import AsyncIterator, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass, field
 from http.cookiejar import CookieJar, DefaultCookiePolicy
-from typing import Protocol
-from urllib.parse import urlsplit
 
-import h11
 import httpx
 
 from longread_server import __version__
-
-_READ = 64 * 1024
-_USER_AGENT = f"longread/{__version__}"
-
 
 DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
 KEEPALIVE_EXPIRY_S = 5.0
@@ -57,314 +45,9 @@ def upstream_client(max_connections: int = DEFAULT_MAX_CONNECTIONS) -> httpx.Asy
         ),
         timeout=DEFAULT_TIMEOUT,
         headers={"user-agent": f"longread/{__version__}", "accept-encoding": "identity"},
-        cookies=httpx.Cookies(CookieJar(DefaultCookiePolicy(allowed_domains=[]))),
+        cookies=CookieJar(DefaultCookiePolicy(allowed_domains=[])),
         http1=True,
         http2=False,
         follow_redirects=False,
         trust_env=True,
     )
-
-
-class HttpResponse(Protocol):
-    @property
-    def status_code(self) -> int: ...
-    @property
-    def reason_phrase(self) -> str: ...
-    @property
-    def headers(self) -> Mapping[str, str]: ...
-    @property
-    def is_success(self) -> bool: ...
-    def aiter_bytes(self) -> AsyncIterator[bytes]: ...
-
-
-class HttpClient(Protocol):
-    @property
-    def timeout(self) -> httpx.Timeout: ...
-
-    def stream(
-        self,
-        method: str,
-        url: str,
-        *,
-        content: bytes,
-        headers: Mapping[str, str],
-        timeout: httpx.Timeout,
-    ) -> AbstractAsyncContextManager[HttpResponse]: ...
-
-    async def aclose(self) -> None: ...
-
-
-class Headers(dict[str, str]):
-    """Response headers by lower-case name (h11 lower-cases them); repeated headers are
-    joined with ", " as HTTP allows."""
-
-    def get(self, key: str, default: str | None = None) -> str | None:  # type: ignore[override]
-        return super().get(key.lower(), default)
-
-    def __getitem__(self, key: str) -> str:
-        return super().__getitem__(key.lower())
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and super().__contains__(key.lower())
-
-
-@dataclass(frozen=True, slots=True)
-class _Origin:
-    scheme: str
-    host: str
-    port: int
-
-    @property
-    def host_header(self) -> str:
-        default = 443 if self.scheme == "https" else 80
-        return self.host if self.port == default else f"{self.host}:{self.port}"
-
-
-@dataclass(eq=False, slots=True)
-class _Connection:
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    h11: h11.Connection = field(default_factory=lambda: h11.Connection(h11.CLIENT))
-    reused: bool = False
-    heard: bool = False  # any byte of the current response has arrived
-    idle_since: float = 0.0
-
-    def stale(self) -> bool:
-        return self.reader.at_eof() or self.writer.is_closing()
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-class _Response:
-    __slots__ = ("_read_timeout", "conn", "done", "headers", "reason_phrase", "status_code")
-
-    def __init__(self, event: h11.Response, conn: _Connection, read_timeout: float | None):
-        self.status_code = event.status_code
-        self.reason_phrase = event.reason.decode("latin-1")
-        headers = Headers()
-        for name, value in event.headers:
-            key, text = name.decode("latin-1"), value.decode("latin-1")
-            headers[key] = f"{headers[key]}, {text}" if key in headers else text
-        self.headers = headers
-        self.conn = conn
-        self._read_timeout = read_timeout
-        self.done = False  # the body was read to its end
-
-    @property
-    def is_success(self) -> bool:
-        return 200 <= self.status_code < 300
-
-    async def aiter_bytes(self) -> AsyncIterator[bytes]:
-        conn = self.conn
-        while not self.done:
-            event = await _next_event(conn, self._read_timeout)
-            if isinstance(event, h11.Data):
-                if event.data:
-                    yield bytes(event.data)
-            elif isinstance(event, h11.EndOfMessage):
-                self.done = True
-            else:  # ConnectionClosed before the end of the body
-                raise httpx.RemoteProtocolError("the server closed the connection mid-body")
-
-
-async def _next_event(conn: _Connection, read_timeout: float | None) -> h11.Event:
-    while True:
-        try:
-            event = conn.h11.next_event()
-        except h11.RemoteProtocolError as e:
-            raise httpx.RemoteProtocolError(str(e)) from None
-        if event is h11.PAUSED:  # bytes after the end of the response
-            raise httpx.RemoteProtocolError("the server sent more than one response")
-        if event is not h11.NEED_DATA:
-            return event  # type: ignore[return-value]
-        try:
-            async with asyncio.timeout(read_timeout):
-                data = await conn.reader.read(_READ)
-        except TimeoutError:
-            raise httpx.ReadTimeout("timed out reading the response") from None
-        except OSError as e:
-            raise httpx.ReadError(str(e) or type(e).__name__) from None
-        if data:
-            conn.heard = True
-        conn.h11.receive_data(data)  # b"" is EOF
-
-
-class _Stale(Exception):
-    """A reused connection turned out closed before any response byte arrived."""
-
-
-class LeanHttp:
-    """Keep-alive HTTP/1.1 over asyncio streams, pooled per origin (see the module doc)."""
-
-    def __init__(
-        self,
-        *,
-        timeout: httpx.Timeout,
-        max_idle_per_origin: int = 200,
-        keepalive_expiry_s: float = 5.0,
-        ssl_context: ssl.SSLContext | None = None,
-    ) -> None:
-        self._timeout = timeout
-        self._max_idle = max_idle_per_origin
-        # As httpx: a connection idle longer than this is not reused. A peer or a NAT on the
-        # way may have dropped it without a word, and a request sent on it would only fail
-        # at the read timeout.
-        self._expiry = keepalive_expiry_s
-        self._ssl = ssl_context
-        self._idle: dict[_Origin, list[_Connection]] = {}
-        self._targets: dict[str, tuple[_Origin, str]] = {}
-        self.connections_opened = 0
-
-    @property
-    def timeout(self) -> httpx.Timeout:
-        return self._timeout
-
-    def _target(self, url: str) -> tuple[_Origin, str]:
-        hit = self._targets.get(url)
-        if hit is None:
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise httpx.UnsupportedProtocol(f"cannot send to {url!r}")
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-            path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            hit = (_Origin(parts.scheme, parts.hostname, port), path)
-            if len(self._targets) < 1024:
-                self._targets[url] = hit
-        return hit
-
-    async def _connect(self, origin: _Origin, timeout: float | None) -> _Connection:
-        tls: ssl.SSLContext | None = None
-        if origin.scheme == "https":
-            if self._ssl is None:
-                self._ssl = httpx.create_ssl_context()
-            tls = self._ssl
-        try:
-            async with asyncio.timeout(timeout):
-                reader, writer = await asyncio.open_connection(
-                    origin.host, origin.port, ssl=tls, limit=_READ * 4
-                )
-        except TimeoutError:
-            raise httpx.ConnectTimeout(f"connecting to {origin.host}:{origin.port}") from None
-        except OSError as e:
-            raise httpx.ConnectError(str(e) or type(e).__name__) from None
-        self.connections_opened += 1
-        return _Connection(reader, writer)
-
-    def _checkout(self, origin: _Origin) -> _Connection | None:
-        idle = self._idle.get(origin)
-        now = time.monotonic()
-        while idle:
-            conn = idle.pop()
-            if conn.stale() or now - conn.idle_since > self._expiry:
-                conn.close()
-                continue
-            conn.reused = True
-            conn.heard = False
-            return conn
-        return None
-
-    def _checkin(self, origin: _Origin, conn: _Connection) -> None:
-        h = conn.h11
-        if h.our_state is h11.DONE and h.their_state is h11.DONE and not conn.stale():
-            h.start_next_cycle()
-            idle = self._idle.setdefault(origin, [])
-            if len(idle) < self._max_idle:
-                conn.idle_since = time.monotonic()
-                idle.append(conn)
-                return
-        conn.close()
-
-    async def _exchange(
-        self, conn: _Connection, request: h11.Request, content: bytes, timeout: httpx.Timeout
-    ) -> _Response:
-        """Sends ``request`` on ``conn`` and reads the response head; on any failure the
-        connection is closed (``_Stale``: it was a reused one the server had closed)."""
-        try:
-            return await self._send(conn, request, content, timeout)
-        except BaseException:
-            conn.close()
-            raise
-
-    async def _send(
-        self, conn: _Connection, request: h11.Request, content: bytes, timeout: httpx.Timeout
-    ) -> _Response:
-        h = conn.h11
-        payload = b"".join(
-            [
-                h.send(request) or b"",
-                h.send(h11.Data(data=content)) or b"",
-                h.send(h11.EndOfMessage()) or b"",
-            ]
-        )
-        conn.writer.write(payload)
-        try:
-            async with asyncio.timeout(timeout.write):
-                await conn.writer.drain()
-        except TimeoutError:
-            raise httpx.WriteTimeout("timed out sending the request") from None
-        except OSError as e:
-            if conn.reused:
-                raise _Stale from e
-            raise httpx.WriteError(str(e) or type(e).__name__) from None
-        while True:
-            try:
-                event = await _next_event(conn, timeout.read)
-            except (httpx.ReadError, httpx.RemoteProtocolError):
-                if conn.reused and not conn.heard:
-                    raise _Stale from None
-                raise
-            if isinstance(event, h11.Response):
-                return _Response(event, conn, timeout.read)
-            if isinstance(event, h11.ConnectionClosed):
-                if conn.reused:
-                    raise _Stale
-                raise httpx.RemoteProtocolError("the server closed the connection, no response")
-            # InformationalResponse (100 Continue...): keep reading
-
-    @asynccontextmanager
-    async def stream(
-        self,
-        method: str,
-        url: str,
-        *,
-        content: bytes,
-        headers: Mapping[str, str],
-        timeout: httpx.Timeout,
-    ) -> AsyncIterator[HttpResponse]:
-        origin, path = self._target(url)
-        request = h11.Request(
-            method=method,
-            target=path,
-            headers=[
-                ("host", origin.host_header),
-                ("user-agent", _USER_AGENT),
-                ("content-length", str(len(content))),
-                *headers.items(),
-            ],
-        )
-        response = None
-        conn = self._checkout(origin)
-        if conn is not None:
-            with contextlib.suppress(_Stale):  # the keep-alive race: again on a fresh connection
-                response = await self._exchange(conn, request, content, timeout)
-        if response is None:
-            conn = await self._connect(origin, timeout.connect)
-            response = await self._exchange(conn, request, content, timeout)
-        conn = response.conn
-        try:
-            yield response
-        except BaseException:
-            conn.close()
-            raise
-        if response.done:
-            with contextlib.suppress(h11.LocalProtocolError):
-                self._checkin(origin, conn)
-        else:
-            conn.close()  # the body was not read to the end: the connection is not reusable
-
-    async def aclose(self) -> None:
-        for idle in self._idle.values():
-            for conn in idle:
-                conn.close()
-        self._idle.clear()
