@@ -67,7 +67,6 @@ async def capture(sandbox_port: int) -> tuple[bytes, bytes]:
     cfg = load_config(env={})
     cfg.listen = "127.0.0.1:0"
     cfg.telemetry.access_log = False
-    cfg.server.http_client = "httpx"  # for its request hook
     cfg.upstreams = [
         UpstreamConfig(
             name="openai",

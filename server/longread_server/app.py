@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import sys
 from dataclasses import dataclass, replace
@@ -42,7 +41,7 @@ from longread_server.state.redis import connect
 from longread_server.telemetry import Telemetry, configure_logging
 from longread_server.telemetry import setup as setup_telemetry
 from longread_server.vendors import make_adapter
-from longread_server.vendors.http import HttpClient, LeanHttp
+from longread_server.vendors.transport import upstream_client
 
 log = logging.getLogger("longread")
 
@@ -121,7 +120,7 @@ class Gateway:
     cfg: Config
     server: grpc.aio.Server
     port: int
-    http: HttpClient
+    http: httpx.AsyncClient
     health: health.aio.HealthServicer
     telemetry: Telemetry
     sandbox: EmbeddedSandbox | None = None
@@ -171,7 +170,7 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
             "no vendor configured: serving from the built-in sandbox at %s", sandbox.base_url
         )
 
-    http = _http_client(cfg, tel)
+    http = _http_client(cfg)
     adapters = {
         up.name: make_adapter(up.kind, http, name=up.name, base_url=up.base_url, api_key=up.api_key)
         for up in cfg.upstreams
@@ -264,27 +263,16 @@ async def serve(cfg: Config) -> None:
     await gw.stop()
 
 
-_PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+def _http_client(cfg: Config) -> httpx.AsyncClient:
+    """The client for upstream calls (``vendors/transport.py``)."""
+    return upstream_client(cfg.server.upstream_max_connections)
 
 
-def _http_client(cfg: Config, tel: Telemetry) -> HttpClient:
-    """The client for upstream calls (``server.http_client``; see ``vendors/http.py``)."""
-    timeout = httpx.Timeout(600.0, connect=10.0)
-    proxied = any(os.environ.get(v) for v in _PROXY_VARS)
-    if cfg.server.http_client == "lean" and not tel.client_spans and not proxied:
-        return LeanHttp(timeout=timeout)
-    return httpx.AsyncClient(
-        limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
-        timeout=timeout,
-    )
-
-
-def _instrument_clients(tel: Telemetry, http: HttpClient, redis: Redis | None) -> None:
+def _instrument_clients(tel: Telemetry, http: httpx.AsyncClient, redis: Redis | None) -> None:
     """Client spans under each model-call attempt (httpx) and state operation (redis)."""
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
-    if isinstance(http, httpx.AsyncClient):
-        HTTPXClientInstrumentor.instrument_client(http, tracer_provider=tel.tracer_provider)
+    HTTPXClientInstrumentor.instrument_client(http, tracer_provider=tel.tracer_provider)
     if redis is not None:
         from opentelemetry.instrumentation.redis import RedisInstrumentor
 

@@ -43,10 +43,12 @@ class ServerConfig:
     max_connection_age_ms: int = 0  # 0: unlimited
     max_concurrent_rpcs: int = 0  # 0: unlimited
     reflection: bool = True
-    # The client for upstream calls: "lean" (vendors/http.py: keep-alive HTTP/1.1, the hot
-    # path) or "httpx" (proxies from the environment, HTTP/2-capable). httpx is used anyway
-    # when a proxy variable is set or telemetry.client_spans is on.
-    http_client: str = "lean"
+    # Open connections to upstreams, all of them together (0: no cap). A call that finds
+    # them all busy waits for one, within its own deadline (vendors/transport.py).
+    upstream_max_connections: int = 1000
+    # Chose between two upstream clients; there is one now (httpx). Still accepted, with a
+    # warning, so configs written for older versions load.
+    http_client: str = ""
 
 
 @dataclass
@@ -365,8 +367,12 @@ def _validate(cfg: Config) -> None:
     if not 0 < cfg.telemetry.sampling_ratio <= 1:
         raise ConfigError("telemetry.sampling_ratio must be in (0, 1]")
     cfg.cache.validate()
-    if cfg.server.http_client not in ("lean", "httpx"):
+    if cfg.server.http_client not in ("", "lean", "httpx"):
         raise ConfigError(f"server.http_client: {cfg.server.http_client!r} is not lean or httpx")
+    if cfg.server.http_client:
+        log.warning("server.http_client is ignored: upstream calls always use httpx")
+    if cfg.server.upstream_max_connections < 0:
+        raise ConfigError("server.upstream_max_connections must be 0 (no cap) or positive")
     for name in ("max_document_chars", "max_document_tokens", "default_chunk_tokens"):
         if getattr(cfg.limits, name) <= 0:
             raise ConfigError(f"limits.{name} must be positive")

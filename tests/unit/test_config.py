@@ -115,3 +115,27 @@ def test_serve_reports_a_configuration_error_in_one_line(
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr  # no traceback
     assert lines[0].startswith(f"longread: configuration error: {message}")
+
+
+@pytest.mark.parametrize("value", ["lean", "httpx"])
+def test_the_old_http_client_setting_loads_and_is_ignored_with_a_warning(
+    tmp_path: Path, value: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write(tmp_path, f'[server]\nhttp_client = "{value}"\n')
+    with caplog.at_level("WARNING", logger="longread_server.config"):
+        load_config(path, env={})
+    assert [r.getMessage() for r in caplog.records] == [
+        "server.http_client is ignored: upstream calls always use httpx"
+    ]
+    with pytest.raises(ConfigError, match="http_client"):
+        load_config(write(tmp_path, '[server]\nhttp_client = "curl"\n'), env={})
+
+
+def test_upstream_connection_cap(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="longread_server.config"):
+        assert load_config(env={}).server.upstream_max_connections == 1000
+    assert not caplog.records  # the default: no warning about http_client
+    env = {"LONGREAD_SERVER__UPSTREAM_MAX_CONNECTIONS": "0"}
+    assert load_config(env=env).server.upstream_max_connections == 0  # no cap
+    with pytest.raises(ConfigError, match="upstream_max_connections"):
+        load_config(write(tmp_path, "[server]\nupstream_max_connections = -1\n"), env={})

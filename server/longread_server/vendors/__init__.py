@@ -1,15 +1,16 @@
 """Vendor adapters: map the vendor-neutral ``LlmRequest`` to OpenAI Chat Completions or
-Anthropic Messages over one shared HTTP client (``vendors/http.py``), and vendor responses
+Anthropic Messages over one shared HTTP client (``vendors/transport.py``), and vendor responses
 (JSON or SSE) back to ``LlmEvent``s, with every failure normalized to ``UpstreamError``."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import httpx
+
 from longread_server.domain import VendorKind
 from longread_server.vendors.anthropic import AnthropicAdapter
 from longread_server.vendors.base import VendorAdapter
-from longread_server.vendors.http import HttpClient
 from longread_server.vendors.openai import OpenAIAdapter
 from longread_server.vendors.sse import ServerSentEvent, SSEDecoder, aiter_sse
 
@@ -26,7 +27,7 @@ __all__ = [
 
 def make_adapter(
     kind: VendorKind,
-    client: HttpClient,
+    client: httpx.AsyncClient,
     *,
     name: str,
     base_url: str,

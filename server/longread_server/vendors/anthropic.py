@@ -22,6 +22,8 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Any
 
+import httpx
+
 from longread_server.domain import (
     Finish,
     LlmEvent,
@@ -33,7 +35,6 @@ from longread_server.domain import (
 from longread_server.vendors.errors import load_json, malformed, status_error, stream_error
 from longread_server.vendors.exchange import encode_json, exchange, post_json
 from longread_server.vendors.headers import parse_anthropic_rate_limits
-from longread_server.vendors.http import HttpClient, HttpResponse
 from longread_server.vendors.sse import ServerSentEvent
 
 _STOP_REASONS = {
@@ -180,7 +181,7 @@ class AnthropicAdapter:
 
     def __init__(
         self,
-        client: HttpClient,
+        client: httpx.AsyncClient,
         *,
         name: str,
         base_url: str,
@@ -280,7 +281,7 @@ class AnthropicAdapter:
             raise malformed(self.name, "count_tokens answer has no input_tokens")
         return count
 
-    def _error_from_response(self, response: HttpResponse, body: bytes) -> UpstreamError:
+    def _error_from_response(self, response: httpx.Response, body: bytes) -> UpstreamError:
         return status_error(
             self.name,
             response.status_code,

@@ -9,7 +9,7 @@ from longread_server.domain import LlmEvent, LlmRequest, VendorKind
 
 
 class VendorAdapter(Protocol):
-    """Speaks one vendor's wire protocol over a shared ``HttpClient`` (``vendors/http.py``).
+    """Speaks one vendor's wire protocol over the shared httpx client (``vendors/transport.py``).
 
     ``call`` yields ``TextDelta``s in order, then exactly one ``Finish``; any failure is an
     ``UpstreamError`` (``streamed=True`` once text was yielded). A non-streaming request

@@ -1,6 +1,6 @@
 """One HTTP exchange with a vendor, shared by every adapter.
 
-Sends a JSON body over the shared client (``vendors/http.py``), maps an error status to
+Sends a JSON body over the shared httpx client (``vendors/transport.py``), maps an error status to
 ``UpstreamError``, feeds the SSE stream (or the whole JSON body) to a vendor-specific
 ``ResponseParser`` and yields the events it produces. Owns the failure rules the adapters
 have in common:
@@ -26,14 +26,13 @@ import httpx
 
 from longread_server.domain import ErrorKind, Finish, LlmEvent, TextDelta, UpstreamError
 from longread_server.vendors.errors import load_json, malformed, transport_error
-from longread_server.vendors.http import HttpClient, HttpResponse
 from longread_server.vendors.sse import ServerSentEvent, SSEDecoder
 
 _MAX_ERROR_BODY = 64 * 1024  # bytes of an error body worth reading
 _DRAIN_S = 0.05  # how long to wait for the rest of a stream after its end marker
 _DRAIN_BYTES = 64 * 1024
 
-ErrorFromResponse = Callable[[HttpResponse, bytes], UpstreamError]
+ErrorFromResponse = Callable[[httpx.Response, bytes], UpstreamError]
 
 
 class ResponseParser(Protocol):
@@ -61,20 +60,12 @@ def encode_json(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def httpx_timeout(client: HttpClient, time_left: float | None) -> httpx.Timeout:
-    """The per-phase httpx timeouts for ``time_left`` seconds overall: no single connect,
-    write, read or pool wait may outlive the whole budget, and the budget is also checked
-    between reads (the caller's deadline, which cancels the task, is the hard bound).
-    None keeps the client's own timeouts."""
-    return client.timeout if time_left is None else httpx.Timeout(time_left)
-
-
 def _deadline_error(upstream: str, *, unsent: bool = False) -> UpstreamError:
     return UpstreamError(ErrorKind.TIMEOUT, f"{upstream}: deadline exceeded", unsent=unsent)
 
 
 async def _read_body(
-    response: HttpResponse, upstream: str, deadline: float | None, limit: int | None
+    response: httpx.Response, upstream: str, deadline: float | None, limit: int | None
 ) -> bytes:
     parts: list[bytes] = []
     size = 0
@@ -88,13 +79,13 @@ async def _read_body(
     return b"".join(parts)
 
 
-def _is_json(response: HttpResponse) -> bool:
+def _is_json(response: httpx.Response) -> bool:
     content_type: str = response.headers.get("content-type", "")
     return content_type.startswith("application/json")
 
 
 async def post_json(
-    client: HttpClient,
+    client: httpx.AsyncClient,
     url: str,
     *,
     upstream: str,
@@ -107,9 +98,13 @@ async def post_json(
     if time_left is not None and time_left <= 0:
         raise _deadline_error(upstream, unsent=True)
     deadline = None if time_left is None else monotonic() + time_left
+    # Every phase (connect, pool wait, write, each read) gets the whole time left, so none
+    # outlives the budget; the budget is also checked between reads (the caller's deadline,
+    # which cancels the task, is the hard bound). A number: httpx builds its Timeout from it.
+    timeout = httpx.USE_CLIENT_DEFAULT if time_left is None else time_left
     try:
         async with client.stream(
-            "POST", url, content=body, headers=headers, timeout=httpx_timeout(client, time_left)
+            "POST", url, content=body, headers=headers, timeout=timeout
         ) as response:
             if not response.is_success:
                 raise error_from_response(
@@ -135,7 +130,7 @@ async def _drain(chunks: AsyncIterator[bytes]) -> None:
 
 
 async def exchange(
-    client: HttpClient,
+    client: httpx.AsyncClient,
     url: str,
     *,
     upstream: str,
@@ -154,9 +149,10 @@ async def exchange(
     streamed = False
     request_id = ""
     text = ""
+    timeout = httpx.USE_CLIENT_DEFAULT if time_left is None else time_left
     try:
         async with client.stream(
-            "POST", url, content=body, headers=headers, timeout=httpx_timeout(client, time_left)
+            "POST", url, content=body, headers=headers, timeout=timeout
         ) as response:
             request_id = response.headers.get(request_id_header, "")
             if not response.is_success:

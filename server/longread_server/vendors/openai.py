@@ -28,6 +28,8 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Any
 
+import httpx
+
 from longread_server.domain import (
     Finish,
     LlmEvent,
@@ -39,7 +41,6 @@ from longread_server.domain import (
 from longread_server.vendors.errors import load_json, malformed, status_error, stream_error
 from longread_server.vendors.exchange import encode_json, exchange
 from longread_server.vendors.headers import parse_openai_rate_limits
-from longread_server.vendors.http import HttpClient, HttpResponse
 from longread_server.vendors.sse import ServerSentEvent
 
 _FINISH_REASONS = {
@@ -202,7 +203,7 @@ class OpenAIAdapter:
 
     def __init__(
         self,
-        client: HttpClient,
+        client: httpx.AsyncClient,
         *,
         name: str,
         base_url: str,
@@ -262,7 +263,7 @@ class OpenAIAdapter:
             request_id_header="x-request-id",
         )
 
-    def _error_from_response(self, response: HttpResponse, body: bytes) -> UpstreamError:
+    def _error_from_response(self, response: httpx.Response, body: bytes) -> UpstreamError:
         return status_error(
             self.name,
             response.status_code,

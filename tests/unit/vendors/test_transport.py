@@ -1,5 +1,6 @@
-"""LeanHttp against scripted HTTP/1.1 servers: keep-alive, chunked bodies, the keep-alive race,
-servers that close or stall, and a body left unread."""
+"""The gateway's upstream client (``upstream_client``: httpx as configured) against scripted
+HTTP/1.1 servers: keep-alive, chunked bodies, the keep-alive race, servers that close or stall,
+a body left unread, the connection cap and proxies from the environment."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ from contextlib import asynccontextmanager
 
 import httpx
 import pytest
-from longread_server.vendors.http import LeanHttp
+from longread_server import __version__
+from longread_server.vendors import transport
+from longread_server.vendors.transport import upstream_client
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-T = httpx.Timeout(2.0)
+T = 2.0  # seconds, per phase, as the adapters pass it
 
 
 class Server:
@@ -58,7 +61,7 @@ def ok(body: bytes, extra: bytes = b"") -> bytes:
     return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), extra, body)
 
 
-async def post(client: LeanHttp, port: int, body: bytes = b"{}") -> tuple[int, bytes]:
+async def post(client: httpx.AsyncClient, port: int, body: bytes = b"{}") -> tuple[int, bytes]:
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     async with client.stream("POST", url, content=body, headers={"x-k": "v"}, timeout=T) as r:
         data = b"".join([chunk async for chunk in r.aiter_bytes()])
@@ -73,9 +76,10 @@ async def test_keep_alive_reuses_one_connection_and_sends_a_proper_request() -> 
             await w.drain()
 
     async with serve(handler) as (state, port):
-        client = LeanHttp(timeout=T)
+        client = upstream_client()
         for _ in range(3):
             assert await post(client, port, b'{"q":1}') == (200, b'{"ok":true}')
+        assert not client.cookies  # nothing a vendor sets is sent back
         async with client.stream(
             "POST", f"http://127.0.0.1:{port}/x?y=1", content=b"", headers={}, timeout=T
         ) as r:
@@ -84,12 +88,15 @@ async def test_keep_alive_reuses_one_connection_and_sends_a_proper_request() -> 
             assert r.is_success and r.reason_phrase == "OK"
             assert [c async for c in r.aiter_bytes()] == [b'{"ok":true}']
         await client.aclose()
-    assert state.connections == 1 and client.connections_opened == 1
+    assert state.connections == 1
     first = state.requests[0].decode()
     assert first.startswith("POST /v1/chat/completions HTTP/1.1\r\n")
     assert f"host: 127.0.0.1:{port}\r\n" in first.lower()
     assert "content-length: 7\r\n" in first.lower() and "x-k: v\r\n" in first.lower()
+    assert f"user-agent: longread/{__version__}\r\n" in first.lower()
+    assert "accept-encoding: identity\r\n" in first.lower()
     assert first.endswith('{"q":1}')
+    assert b"cookie:" not in state.requests[1].lower()
     assert state.requests[3].startswith(b"POST /x?y=1 HTTP/1.1")
 
 
@@ -107,7 +114,7 @@ async def test_chunked_bodies_stream_in_pieces() -> None:
             await w.drain()
 
     async with serve(handler) as (state, port):
-        client = LeanHttp(timeout=T)
+        client = upstream_client()
         url = f"http://127.0.0.1:{port}/"
         async with client.stream("POST", url, content=b"{}", headers={}, timeout=T) as r:
             got = [c async for c in r.aiter_bytes()]
@@ -125,7 +132,7 @@ async def test_an_idle_connection_the_server_closed_is_replaced_transparently() 
         # then close the kept-alive connection, as servers do after their idle timeout
 
     async with serve(handler) as (state, port):
-        client = LeanHttp(timeout=T)
+        client = upstream_client()
         assert await post(client, port) == (200, b"first")
         await asyncio.sleep(0.05)  # the close arrives while the connection is idle
         assert await post(client, port) == (200, b"first")
@@ -133,9 +140,11 @@ async def test_an_idle_connection_the_server_closed_is_replaced_transparently() 
     assert state.connections == 2
 
 
-async def test_the_keep_alive_race_is_retried_once_on_a_fresh_connection() -> None:
+async def test_the_keep_alive_race_is_a_connection_error_and_the_next_call_reconnects() -> None:
     """The server closes a reused connection right after reading the next request, without
-    answering (the close crossed the request on the wire)."""
+    answering (the close crossed the request on the wire). The client cannot know whether the
+    request was handled, so it does not send it again: the adapters make it a CONNECTION
+    error, which the retry policy retries."""
     served = 0
 
     async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
@@ -149,8 +158,10 @@ async def test_the_keep_alive_race_is_retried_once_on_a_fresh_connection() -> No
             await w.drain()
 
     async with serve(handler) as (state, port):
-        client = LeanHttp(timeout=T)
+        client = upstream_client()
         assert await post(client, port) == (200, b"hi")
+        with pytest.raises(httpx.RemoteProtocolError):
+            await post(client, port)
         assert await post(client, port) == (200, b"hi")
         await client.aclose()
     assert state.connections == 2
@@ -161,7 +172,7 @@ async def test_a_fresh_connection_closed_without_a_response_is_an_error() -> Non
         await read_request(r)
 
     async with serve(handler) as (state, port):
-        client = LeanHttp(timeout=T)
+        client = upstream_client()
         with pytest.raises(httpx.RemoteProtocolError):
             await post(client, port)
     assert state.connections == 1  # not retried: nothing says the request was not handled
@@ -175,7 +186,7 @@ async def test_a_body_cut_short_is_an_error_and_the_connection_is_dropped() -> N
             return
 
     async with serve(handler) as (state, port):
-        client = LeanHttp(timeout=T)
+        client = upstream_client()
         with pytest.raises(httpx.RemoteProtocolError):
             await post(client, port)
         with pytest.raises(httpx.RemoteProtocolError):
@@ -189,12 +200,10 @@ async def test_a_stalled_server_is_a_read_timeout() -> None:
         await asyncio.sleep(5)
 
     async with serve(handler) as (_, port):
-        client = LeanHttp(timeout=T)
+        client = upstream_client()
         url = f"http://127.0.0.1:{port}/"
         with pytest.raises(httpx.ReadTimeout):
-            async with client.stream(
-                "POST", url, content=b"", headers={}, timeout=httpx.Timeout(0.1)
-            ):
+            async with client.stream("POST", url, content=b"", headers={}, timeout=0.1):
                 pass
 
 
@@ -205,7 +214,7 @@ async def test_nothing_listening_is_a_connect_error() -> None:
     async with serve(handler) as (_, port):
         pass  # closed: the port is free now
     with pytest.raises(httpx.ConnectError):
-        await post(LeanHttp(timeout=T), port)
+        await post(upstream_client(), port)
 
 
 async def test_a_response_left_unread_closes_its_connection() -> None:
@@ -215,7 +224,7 @@ async def test_a_response_left_unread_closes_its_connection() -> None:
             await w.drain()
 
     async with serve(handler) as (state, port):
-        client = LeanHttp(timeout=T)
+        client = upstream_client()
         url = f"http://127.0.0.1:{port}/"
         async with client.stream("POST", url, content=b"", headers={}, timeout=T) as r:
             assert r.status_code == 200  # the body is never read
@@ -235,7 +244,7 @@ async def test_an_error_status_keeps_the_connection() -> None:
             await w.drain()
 
     async with serve(handler) as (state, port):
-        client = LeanHttp(timeout=T)
+        client = upstream_client()
         url = f"http://127.0.0.1:{port}/"
         for _ in range(2):
             async with client.stream("POST", url, content=b"", headers={}, timeout=T) as r:
@@ -247,27 +256,95 @@ async def test_an_error_status_keeps_the_connection() -> None:
 
 
 def test_only_http_urls() -> None:
-    client = LeanHttp(timeout=T)
+    client = upstream_client()
     with pytest.raises(httpx.UnsupportedProtocol):
         asyncio.run(post_url(client, "ftp://example.com/x"))
 
 
-async def post_url(client: LeanHttp, url: str) -> None:
+async def post_url(client: httpx.AsyncClient, url: str) -> None:
     async with client.stream("POST", url, content=b"", headers={}, timeout=T):
         pass
 
 
-async def test_a_connection_idle_past_the_keepalive_expiry_is_not_reused() -> None:
+async def test_a_connection_idle_past_the_keepalive_expiry_is_not_reused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(transport, "KEEPALIVE_EXPIRY_S", 0.05)
+
     async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         while await read_request(r):
             w.write(ok(b"hi"))
             await w.drain()
 
     async with serve(handler) as (state, port):
-        client = LeanHttp(timeout=T, keepalive_expiry_s=0.05)
+        client = upstream_client()
         assert await post(client, port) == (200, b"hi")
         assert await post(client, port) == (200, b"hi")  # reused at once
         await asyncio.sleep(0.1)
         assert await post(client, port) == (200, b"hi")  # expired: a new connection
         await client.aclose()
     assert state.connections == 2
+
+
+async def test_open_connections_are_capped_and_a_call_waits_for_one() -> None:
+    open_now = peak = 0
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        nonlocal open_now, peak
+        open_now += 1
+        peak = max(peak, open_now)
+        try:
+            while await read_request(r):
+                await asyncio.sleep(0.05)
+                w.write(ok(b"hi"))
+                await w.drain()
+        finally:
+            open_now -= 1
+
+    async with serve(handler) as (state, port):
+        client = upstream_client(max_connections=2)
+        results = await asyncio.gather(*(post(client, port) for _ in range(6)))
+        assert results == [(200, b"hi")] * 6
+        assert peak == 2 and state.connections == 2
+        # A call that cannot get a connection within its time fails as a (pool) timeout.
+        url = f"http://127.0.0.1:{port}/"
+        busy = [asyncio.create_task(post(client, port)) for _ in range(2)]
+        await asyncio.sleep(0.01)
+        with pytest.raises(httpx.PoolTimeout):
+            async with client.stream("POST", url, content=b"", headers={}, timeout=0.01):
+                pass
+        await asyncio.gather(*busy)
+        await client.aclose()
+
+
+async def test_proxies_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP_PROXY sends a call through the proxy (absolute-form target); NO_PROXY hosts are
+    called directly."""
+    seen: dict[str, list[bytes]] = {"proxy": [], "direct": []}
+
+    def answering(name: str) -> Handler:
+        async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            while request := await read_request(r):
+                seen[name].append(request)
+                w.write(ok(b"hi"))
+                await w.drain()
+
+        return handler
+
+    for name in ("ALL_PROXY", "HTTPS_PROXY", "all_proxy", "https_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    async with (
+        serve(answering("proxy")) as (_, proxy_port),
+        serve(answering("direct")) as (_, port),
+    ):
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy_port}")
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        client = upstream_client()
+        url = f"http://api.example.test:{port}/v1/chat/completions"
+        async with client.stream("POST", url, content=b"{}", headers={}, timeout=T) as r:
+            assert (r.status_code, await r.aread()) == (200, b"hi")
+        assert await post(client, port) == (200, b"hi")
+        await client.aclose()
+    assert len(seen["proxy"]) == 1 and len(seen["direct"]) == 1
+    assert seen["proxy"][0].startswith(f"POST {url} HTTP/1.1".encode())
+    assert seen["direct"][0].startswith(b"POST /v1/chat/completions HTTP/1.1")
