@@ -4,8 +4,8 @@
 ``app._http_client`` replaced by the candidate NAME, so every candidate is measured on the
 gateway's real miss path (pipeline, adapters, SSE parsing) and only the client differs.
 
-The gateway's own keep-alive HTTP/1.1 client on h11, which httpx replaced, was a candidate
-here until its removal: run ``bench.http_client`` at the commit before that to compare.
+``leanhttp`` is the gateway's former client on h11, called directly (``bench._leanhttp``): the
+reference for ``httpx_lean``, the same pool as an httpx transport under ``httpx.AsyncClient``.
 """
 
 from __future__ import annotations
@@ -16,12 +16,14 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
 import httpx
 from longread_server import __version__, app
 from longread_server.vendors import transport
 
+from bench._leanhttp import LeanHttp
 from bench._servers import Proc, wait_port
 
 TIMEOUT = httpx.Timeout(600.0, connect=10.0)
@@ -89,9 +91,23 @@ VARIANTS: dict[str, Callable[[], Any]] = {
         limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
         timeout=TIMEOUT,
     ),
-    # The gateway's client (vendors/transport.py): AsyncClient with what can be tuned for
-    # this traffic (one cap for open and idle connections, no compression, no cookie jar).
-    "httpx_tuned": lambda: transport.upstream_client(),
+    # AsyncClient on httpx's default transport (httpcore), tuned for this traffic (one cap for
+    # open and idle connections, no compression, no cookie jar): the gateway's client before
+    # LeanTransport.
+    "httpx_tuned": lambda: httpx.AsyncClient(
+        limits=httpx.Limits(
+            max_connections=1000, max_keepalive_connections=1000, keepalive_expiry=5.0
+        ),
+        timeout=TIMEOUT,
+        headers={"user-agent": _UA, "accept-encoding": "identity"},
+        cookies=CookieJar(DefaultCookiePolicy(allowed_domains=[])),
+        follow_redirects=False,
+        trust_env=True,
+    ),
+    # The gateway's client (vendors/transport.py): the same AsyncClient over LeanTransport.
+    "httpx_lean": lambda: transport.upstream_client(),
+    # The former h11 client, called directly.
+    "leanhttp": lambda: LeanHttp(timeout=TIMEOUT),
     # httpx's transport, driven without AsyncClient.
     "httpx_transport": lambda: TransportOnly(
         httpx.Limits(max_connections=1000, max_keepalive_connections=1000)

@@ -14,7 +14,8 @@ candidate once per round, in a new order each round) so machine noise hits all a
   the end of each stream as the caller sees them, gateway CPU per stream and the gateway's
   RSS while they run.
 
-Prints one JSON object. Run: python -m bench.http_client [--rounds N]
+Prints one JSON object. Run: python -m bench.http_client [--rounds N] [--candidates A,B,...]
+(by default ``CANDIDATES``; any of ``bench._client_variants.VARIANTS``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ from bench.overhead import analyze_data
 
 MODEL = "gpt-4.1-mini"
 ROUNDS = 3
+# httpx on its default transport (the baseline), httpx over LeanTransport (the gateway's
+# client), and the former h11 client called directly.
+CANDIDATES = ("httpx_tuned", "httpx_lean", "leanhttp")
+BASE = "httpx_tuned"
 SEQ_CALLS = 200
 SATURATION_CONC = 16
 SATURATION_CALLS = 1500
@@ -260,14 +265,17 @@ def _relative(part: dict[str, Any], key: str, base: str) -> dict[str, list[float
     return out
 
 
-def main(rounds: int = ROUNDS) -> dict[str, Any]:
+def main(rounds: int = ROUNDS, candidates: tuple[str, ...] = CANDIDATES) -> dict[str, Any]:
     _load.exit_on_sigterm()
     machine = _load.MachineLoad()
     t_start = time.monotonic()
     os.sched_setaffinity(0, {LOADGEN_CPU})
     rng = random.Random(7)
-    names = list(_client_variants.VARIANTS)
-    base = "httpx_tuned"
+    names = list(candidates)
+    unknown = set(names) - set(_client_variants.VARIANTS)
+    if unknown:
+        raise SystemExit(f"unknown candidates: {sorted(unknown)}")
+    base = BASE if BASE in names else names[0]
     short = short_part(names, rounds, rng)
     streams = asyncio.run(streams_part(names, rounds, rng))
     return {
@@ -306,4 +314,6 @@ def main(rounds: int = ROUNDS) -> dict[str, Any]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=ROUNDS)
-    print(json.dumps(main(parser.parse_args().rounds)))
+    parser.add_argument("--candidates", default=",".join(CANDIDATES))
+    args = parser.parse_args()
+    print(json.dumps(main(args.rounds, tuple(args.candidates.split(",")))))

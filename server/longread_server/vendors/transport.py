@@ -1,31 +1,61 @@
-"""The one HTTP client for upstream calls: an ``httpx.AsyncClient`` shared by every adapter.
+"""The one HTTP client for upstream calls: an ``httpx.AsyncClient`` over a transport of our own.
 
-Adapters need little of it: POST a body, read the status and headers (``Retry-After``, rate
-limits, request ids), iterate the body as it arrives (SSE). The settings, and why:
+Adapters need little of a client: POST a body, read the status and headers (``Retry-After``,
+rate limits, request ids), iterate the body as it arrives (SSE). ``upstream_client()`` is
+``httpx.AsyncClient`` for all of that: its request and response models, its exceptions, its
+client API, the proxy transports it mounts and the OpenTelemetry instrumentation that wraps
+its transports all stay httpx's.
+
+Under it, for direct connections, is ``LeanTransport`` (an ``httpx.AsyncBaseTransport``):
+keep-alive HTTP/1.1 connections on asyncio streams, pooled per origin, the protocol handled by
+h11 (the parser httpx's own transport uses). It exists because httpx's default transport
+(httpcore's pool over anyio streams) is general — HTTP/2, proxies, SOCKS, several event loops —
+and on the gateway's hot path, a cache miss against a fast upstream or a model streaming one
+token per event, that generality is most of the gateway's CPU. ``LeanTransport`` leaves out what
+this traffic never needs: HTTP/2, proxies (httpx's own transports serve proxied URLs, see
+below), Unix sockets, local addresses, socket options, other event loops than asyncio.
+
+The settings, and why:
 
 * a cap on open connections across all upstreams (``server.upstream_max_connections``): a
   burst of map calls waits for a free connection (inside the call's own deadline, as the pool
-  timeout) instead of opening sockets without bound; idle ones are kept up to the same number;
+  timeout) instead of opening sockets without bound; idle ones count towards it, and one idle
+  for another origin is closed to make room;
 * an idle connection is not reused after 5 s: a peer or a NAT on the way may have dropped it
   without a word, and a request sent on it would only fail at the read timeout;
-* the environment is honoured (``trust_env``): ``HTTP_PROXY``/``HTTPS_PROXY``/``ALL_PROXY``
-  with ``NO_PROXY``, and ``SSL_CERT_FILE``/``SSL_CERT_DIR``;
+* the keep-alive race: a request sent on a reused connection that the server closed while it
+  sat idle (no byte of a response came back) is sent once more on a fresh connection, as a
+  browser does; a failure after any byte of the response arrived is never retried here;
+* the environment is honoured: ``HTTP_PROXY``/``HTTPS_PROXY``/``ALL_PROXY`` with ``NO_PROXY``
+  (read by httpx; those URLs go through httpx's own proxy transports, capped by the same
+  number), and ``SSL_CERT_FILE``/``SSL_CERT_DIR`` (httpx's default TLS context);
 * answers are asked for uncompressed: a compressor on the way could hold back the pieces of
   a stream, and a model's answer is small next to the prompt we send;
 * no cookie jar: a cookie a vendor sets (CDN affinity, bot checks) would otherwise be sent
   back on the next call, whichever tenant it is for;
 * HTTP/1.1 only, no redirects (an API endpoint that redirects is misconfigured).
 
-Failures are httpx's exceptions (``ConnectError``, ``ReadTimeout``, ``PoolTimeout``,
-``RemoteProtocolError``...); ``vendors/errors.py`` turns them into ``UpstreamError`` kinds and
-they never leave ``vendors/``.
+Failures are httpx's exceptions (``ConnectError``, ``ConnectTimeout``, ``ReadTimeout``,
+``WriteTimeout``, ``PoolTimeout``, ``RemoteProtocolError``...); ``vendors/errors.py`` turns them
+into ``UpstreamError`` kinds and they never leave ``vendors/``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import ssl
+import time
+from collections.abc import AsyncIterator
 from http.cookiejar import CookieJar, DefaultCookiePolicy
+from typing import Any
 
+import h11
 import httpx
+
+# httpx reads the proxy variables only when it builds its own transport; with ours, its reading
+# of them (the same NO_PROXY rules) is asked for here and the proxy transports mounted by hand.
+from httpx._utils import get_environment_proxies
 
 from longread_server import __version__
 
@@ -33,21 +63,391 @@ DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
 KEEPALIVE_EXPIRY_S = 5.0
 DEFAULT_MAX_CONNECTIONS = 1000
 
+_READ = 64 * 1024
+_Origin = tuple[bytes, bytes, int]  # scheme, host, port
+
 
 def upstream_client(max_connections: int = DEFAULT_MAX_CONNECTIONS) -> httpx.AsyncClient:
     """The client for upstream calls; ``max_connections`` 0 means no cap."""
     cap = max_connections or None
+    proxy_limits = httpx.Limits(
+        max_connections=cap, max_keepalive_connections=cap, keepalive_expiry=KEEPALIVE_EXPIRY_S
+    )
     return httpx.AsyncClient(
-        limits=httpx.Limits(
-            max_connections=cap,
-            max_keepalive_connections=cap,
-            keepalive_expiry=KEEPALIVE_EXPIRY_S,
-        ),
+        transport=LeanTransport(max_connections=cap, keepalive_expiry=KEEPALIVE_EXPIRY_S),
+        mounts=_proxy_mounts(proxy_limits),
         timeout=DEFAULT_TIMEOUT,
         headers={"user-agent": f"longread/{__version__}", "accept-encoding": "identity"},
         cookies=CookieJar(DefaultCookiePolicy(allowed_domains=[])),
-        http1=True,
-        http2=False,
         follow_redirects=False,
         trust_env=True,
     )
+
+
+def _proxy_mounts(limits: httpx.Limits) -> dict[str, httpx.AsyncBaseTransport | None]:
+    """What ``AsyncClient`` would mount for the proxy variables: httpx's transport with the
+    proxy for each proxied scheme, ``None`` (the client's own transport) for NO_PROXY hosts."""
+    return {
+        pattern: None if url is None else httpx.AsyncHTTPTransport(proxy=url, limits=limits)
+        for pattern, url in get_environment_proxies().items()
+    }
+
+
+class _Connection:
+    __slots__ = ("closed", "h11", "heard", "idle_since", "origin", "reader", "reused", "writer")
+
+    def __init__(
+        self, origin: _Origin, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.origin = origin
+        self.reader = reader
+        self.writer = writer
+        self.h11 = h11.Connection(h11.CLIENT)
+        self.reused = False
+        self.heard = False  # a byte of the current response has arrived
+        self.idle_since = 0.0
+        self.closed = False
+
+    def stale(self) -> bool:
+        return self.reader.at_eof() or self.writer.is_closing()
+
+
+class _Stale(Exception):
+    """A reused connection turned out closed before any byte of the response arrived."""
+
+
+async def _next_event(conn: _Connection, read_timeout: float | None) -> Any:
+    while True:
+        try:
+            event = conn.h11.next_event()
+        except h11.RemoteProtocolError as e:
+            raise httpx.RemoteProtocolError(str(e)) from None
+        if event is h11.PAUSED:  # bytes after the end of the response
+            raise httpx.RemoteProtocolError("the server sent more than one response")
+        if event is not h11.NEED_DATA:
+            return event
+        try:
+            async with asyncio.timeout(read_timeout):
+                data = await conn.reader.read(_READ)
+        except TimeoutError:
+            raise httpx.ReadTimeout("timed out reading the response") from None
+        except OSError as e:
+            raise httpx.ReadError(str(e) or type(e).__name__) from None
+        if data:
+            conn.heard = True
+        conn.h11.receive_data(data)  # b"" is EOF
+
+
+class _Body(httpx.AsyncByteStream):
+    """A response body read through h11. The connection goes back to the pool as soon as the
+    body has been read to its end; a body closed before that closes its connection (what is
+    left of it could be anything up to a whole stream)."""
+
+    def __init__(self, pool: LeanTransport, conn: _Connection, read_timeout: float | None):
+        self._pool = pool
+        self._conn: _Connection | None = conn
+        self._read_timeout = read_timeout
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        conn = self._conn
+        if conn is None:
+            return
+        try:
+            while True:
+                event = await _next_event(conn, self._read_timeout)
+                if type(event) is h11.Data:
+                    if event.data:
+                        yield bytes(event.data)
+                elif type(event) is h11.EndOfMessage:
+                    self._conn = None
+                    self._pool._checkin(conn)
+                    return
+                else:  # ConnectionClosed before the end of the body
+                    raise httpx.RemoteProtocolError("the server closed the connection mid-body")
+        except BaseException:
+            self._conn = None
+            self._pool._drop(conn)
+            raise
+
+    async def aclose(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            self._pool._drop(conn)
+
+
+class LeanTransport(httpx.AsyncBaseTransport):
+    """Keep-alive HTTP/1.1 over asyncio streams, pooled per origin, with a cap on open
+    connections in total (``None``: no cap). See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        max_connections: int | None = DEFAULT_MAX_CONNECTIONS,
+        keepalive_expiry: float = KEEPALIVE_EXPIRY_S,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._cap = max_connections
+        self._expiry = keepalive_expiry
+        self._ssl = ssl_context
+        self._idle: dict[_Origin, list[_Connection]] = {}
+        self._open = 0  # connections open or being opened: what the cap bounds
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._queued = 0  # requests waiting for a connection (woken or not)
+        self._last_sweep = time.monotonic()
+        self._closed = False
+        self.connections_opened = 0
+
+    @property
+    def open_connections(self) -> int:
+        return self._open
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        scheme = url.raw_scheme
+        if scheme not in (b"http", b"https"):
+            raise httpx.UnsupportedProtocol(f"cannot send to {url}: only http and https")
+        if not url.raw_host:
+            raise httpx.UnsupportedProtocol(f"cannot send to {url}: no host")
+        origin = (scheme, url.raw_host, url.port or (443 if scheme == b"https" else 80))
+        timeouts = request.extensions.get("timeout") or {}
+        try:
+            body: bytes | None = request.content
+        except httpx.RequestNotRead:
+            body = None  # a streamed body: sent as it comes, and never sent twice
+        try:
+            head = h11.Request(
+                method=request.method, target=url.raw_path, headers=request.headers.raw
+            )
+        except h11.LocalProtocolError as e:
+            raise httpx.LocalProtocolError(str(e)) from None
+
+        conn = await self._acquire(origin, timeouts)
+        try:
+            event = await self._exchange(conn, head, body, request, timeouts)
+        except _Stale:
+            conn = await self._reconnect(conn, timeouts)
+            event = await self._exchange(conn, head, body, request, timeouts)
+        return httpx.Response(
+            status_code=event.status_code,
+            headers=event.headers.raw_items(),
+            stream=_Body(self, conn, timeouts.get("read")),
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": event.reason},
+        )
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for idle in self._idle.values():
+            for conn in idle:
+                self._drop(conn)
+        self._idle.clear()
+
+    # The pool.
+
+    async def _acquire(self, origin: _Origin, timeouts: dict[str, float | None]) -> _Connection:
+        if not self._queued:
+            conn = self._take(origin)
+            if conn is not None:
+                return conn
+            if self._cap is None or self._open < self._cap:
+                self._open += 1
+                return await self._connect(origin, timeouts.get("connect"))
+        # Full: wait in line for a connection to come back or a slot to free up.
+        self._queued += 1
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeouts.get("pool")):
+                while True:
+                    conn = self._take(origin)
+                    if conn is not None:
+                        return conn
+                    if self._cap is None or self._open < self._cap or self._evict_one():
+                        self._open += 1
+                        break
+                    waiter = loop.create_future()
+                    self._waiters.append(waiter)
+                    try:
+                        await waiter
+                    except BaseException:
+                        if waiter.done() and not waiter.cancelled():
+                            self._wake()  # woken, but leaving: the wake goes to the next one
+                        elif waiter in self._waiters:
+                            self._waiters.remove(waiter)
+                        raise
+        except TimeoutError:
+            raise httpx.PoolTimeout("timed out waiting for a free connection") from None
+        finally:
+            self._queued -= 1
+        return await self._connect(origin, timeouts.get("connect"))
+
+    def _take(self, origin: _Origin) -> _Connection | None:
+        """An idle connection to ``origin`` still fit for a request (the most recent first)."""
+        idle = self._idle.get(origin)
+        if not idle:
+            return None
+        now = time.monotonic()
+        while idle:
+            conn = idle.pop()
+            if conn.stale() or now - conn.idle_since > self._expiry:
+                self._drop(conn)
+                continue
+            conn.reused = True
+            conn.heard = False
+            return conn
+        return None
+
+    def _evict_one(self) -> bool:
+        """Closes the longest idle connection (to any origin) to free a slot."""
+        oldest: list[_Connection] | None = None
+        for idle in self._idle.values():
+            if idle and (oldest is None or idle[0].idle_since < oldest[0].idle_since):
+                oldest = idle
+        if oldest is None:
+            return False
+        self._drop(oldest.pop(0))
+        return True
+
+    def _checkin(self, conn: _Connection) -> None:
+        h = conn.h11
+        if (
+            h.our_state is h11.DONE
+            and h.their_state is h11.DONE
+            and not conn.stale()
+            and not self._closed
+        ):
+            h.start_next_cycle()
+            conn.idle_since = now = time.monotonic()
+            self._idle.setdefault(conn.origin, []).append(conn)
+            if self._waiters:
+                self._wake()
+            if now - self._last_sweep > self._expiry:
+                self._sweep(now)
+        else:
+            self._drop(conn)
+
+    def _sweep(self, now: float) -> None:
+        """Closes idle connections past their expiry (to any origin)."""
+        self._last_sweep = now
+        for idle in self._idle.values():
+            while idle and now - idle[0].idle_since > self._expiry:
+                self._drop(idle.pop(0))
+
+    def _drop(self, conn: _Connection) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
+        conn.writer.close()
+        self._open -= 1
+        if self._waiters:
+            self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    # One connection.
+
+    async def _connect(self, origin: _Origin, timeout: float | None) -> _Connection:
+        """Opens a connection on a slot already counted in ``_open``."""
+        scheme, raw_host, port = origin
+        host = raw_host.decode("ascii")
+        tls: ssl.SSLContext | None = None
+        if scheme == b"https":
+            if self._ssl is None:
+                self._ssl = httpx.create_ssl_context(trust_env=True)
+                self._ssl.set_alpn_protocols(["http/1.1"])
+            tls = self._ssl
+        try:
+            async with asyncio.timeout(timeout):
+                reader, writer = await asyncio.open_connection(host, port, ssl=tls, limit=_READ * 4)
+        except BaseException as e:
+            self._open -= 1
+            if self._waiters:
+                self._wake()
+            if isinstance(e, TimeoutError):
+                raise httpx.ConnectTimeout(f"connecting to {host}:{port}") from None
+            if isinstance(e, OSError):
+                raise httpx.ConnectError(str(e) or type(e).__name__) from None
+            raise
+        self.connections_opened += 1
+        return _Connection(origin, reader, writer)
+
+    async def _reconnect(
+        self, stale: _Connection, timeouts: dict[str, float | None]
+    ) -> _Connection:
+        """A fresh connection in place of ``stale`` (already closed), on its slot."""
+        self._open += 1  # _drop gave the slot back; take it again before anyone else can
+        return await self._connect(stale.origin, timeouts.get("connect"))
+
+    async def _exchange(
+        self,
+        conn: _Connection,
+        head: h11.Request,
+        body: bytes | None,
+        request: httpx.Request,
+        timeouts: dict[str, float | None],
+    ) -> h11.Response:
+        """Sends the request on ``conn`` and reads the response head; on any failure the
+        connection is closed (``_Stale``: a reused one the server had closed, the request can
+        be sent again)."""
+        try:
+            return await self._send(conn, head, body, request, timeouts)
+        except BaseException:
+            self._drop(conn)
+            raise
+
+    async def _send(
+        self,
+        conn: _Connection,
+        head: h11.Request,
+        body: bytes | None,
+        request: httpx.Request,
+        timeouts: dict[str, float | None],
+    ) -> h11.Response:
+        h = conn.h11
+        retriable = conn.reused and body is not None
+        write_timeout = timeouts.get("write")
+        try:
+            if body is not None:
+                parts = [h.send(head) or b""]
+                if body:
+                    parts.append(h.send(h11.Data(data=body)) or b"")
+                parts.append(h.send(h11.EndOfMessage()) or b"")
+                conn.writer.write(b"".join(parts))
+                async with asyncio.timeout(write_timeout):
+                    await conn.writer.drain()
+            else:
+                conn.writer.write(h.send(head) or b"")
+                async for chunk in request.stream:  # type: ignore[union-attr]
+                    if chunk:
+                        conn.writer.write(h.send(h11.Data(data=chunk)) or b"")
+                        async with asyncio.timeout(write_timeout):
+                            await conn.writer.drain()
+                conn.writer.write(h.send(h11.EndOfMessage()) or b"")
+                async with asyncio.timeout(write_timeout):
+                    await conn.writer.drain()
+        except h11.LocalProtocolError as e:
+            raise httpx.LocalProtocolError(str(e)) from None
+        except TimeoutError:
+            raise httpx.WriteTimeout("timed out sending the request") from None
+        except OSError as e:
+            if retriable:
+                raise _Stale from e
+            raise httpx.WriteError(str(e) or type(e).__name__) from None
+        read_timeout = timeouts.get("read")
+        while True:
+            try:
+                event = await _next_event(conn, read_timeout)
+            except (httpx.ReadError, httpx.RemoteProtocolError):
+                if retriable and not conn.heard:
+                    raise _Stale from None
+                raise
+            if type(event) is h11.Response:
+                return event
+            if type(event) is h11.ConnectionClosed:
+                if retriable:
+                    raise _Stale
+                raise httpx.RemoteProtocolError("the server closed the connection, no response")
+            # InformationalResponse (100 Continue...): keep reading

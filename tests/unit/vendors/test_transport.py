@@ -5,8 +5,12 @@ a body left unread, the connection cap and proxies from the environment."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import httpx
 import pytest
@@ -54,6 +58,20 @@ async def read_request(r: asyncio.StreamReader, state: Server | None = None) -> 
     body = await r.readexactly(length)
     if state is not None:
         state.requests.append(head + body)
+    return head + body
+
+
+async def read_chunked_request(r: asyncio.StreamReader) -> bytes:
+    """One request with a chunked body, de-chunked; b"" at EOF."""
+    try:
+        head = await r.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError:
+        return b""
+    assert b"transfer-encoding: chunked" in head.lower()
+    body = b""
+    while size := int((await r.readuntil(b"\r\n")).strip(), 16):
+        body += (await r.readexactly(size + 2))[:-2]
+    await r.readexactly(2)
     return head + body
 
 
@@ -140,11 +158,10 @@ async def test_an_idle_connection_the_server_closed_is_replaced_transparently() 
     assert state.connections == 2
 
 
-async def test_the_keep_alive_race_is_a_connection_error_and_the_next_call_reconnects() -> None:
+async def test_the_keep_alive_race_is_retried_once_on_a_fresh_connection() -> None:
     """The server closes a reused connection right after reading the next request, without
-    answering (the close crossed the request on the wire). The client cannot know whether the
-    request was handled, so it does not send it again: the adapters make it a CONNECTION
-    error, which the retry policy retries."""
+    answering (the close crossed the request on the wire): nothing of a response arrived, so
+    the request goes again, once, on a fresh connection."""
     served = 0
 
     async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
@@ -160,11 +177,36 @@ async def test_the_keep_alive_race_is_a_connection_error_and_the_next_call_recon
     async with serve(handler) as (state, port):
         client = upstream_client()
         assert await post(client, port) == (200, b"hi")
-        with pytest.raises(httpx.RemoteProtocolError):
-            await post(client, port)
         assert await post(client, port) == (200, b"hi")
         await client.aclose()
-    assert state.connections == 2
+    assert state.connections == 2 and served == 3
+
+
+async def test_the_keep_alive_race_with_a_streamed_request_body_is_not_resent() -> None:
+    """A body sent as it is produced cannot be sent twice: the race is then an error."""
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        if await read_chunked_request(r):
+            w.write(ok(b"hi"))
+            await w.drain()
+        await read_chunked_request(r)  # then close without a response
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b'{"a":'
+        yield b"1}"
+
+    async with serve(handler) as (state, port):
+        client = upstream_client()
+        url = f"http://127.0.0.1:{port}/"
+        for expect_ok in (True, False):
+            try:
+                async with client.stream("POST", url, content=body(), timeout=T) as r:
+                    assert (r.status_code, await r.aread()) == (200, b"hi")
+                assert expect_ok
+            except httpx.RemoteProtocolError:
+                assert not expect_ok
+        await client.aclose()
+    assert state.connections == 1
 
 
 async def test_a_fresh_connection_closed_without_a_response_is_an_error() -> None:
@@ -348,3 +390,188 @@ async def test_proxies_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     assert len(seen["proxy"]) == 1 and len(seen["direct"]) == 1
     assert seen["proxy"][0].startswith(f"POST {url} HTTP/1.1".encode())
     assert seen["direct"][0].startswith(b"POST /v1/chat/completions HTTP/1.1")
+
+
+async def test_a_stream_closed_midway_drops_its_connection() -> None:
+    """A caller that stops reading a stream (its deadline, a cancelled job) closes the
+    response: the rest of the body is not waited for, the connection is not reused."""
+    sent_all = asyncio.Event()
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while await read_request(r):
+            w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+            await w.drain()
+            await asyncio.sleep(0.2)
+            w.write(b"4\r\nlast\r\n0\r\n\r\n")
+            await w.drain()
+            sent_all.set()
+
+    async with serve(handler) as (state, port):
+        client = upstream_client()
+        url = f"http://127.0.0.1:{port}/"
+        async with client.stream("POST", url, content=b"{}", timeout=T) as r:
+            async for chunk in r.aiter_bytes():
+                assert chunk == b"first"
+                break
+        assert not sent_all.is_set()  # left at once
+        assert await post(client, port) == (200, b"firstlast")
+        await client.aclose()
+    assert state.connections == 2
+
+
+async def test_a_streamed_request_body_is_sent_chunked() -> None:
+    got: list[bytes] = []
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while request := await read_chunked_request(r):
+            got.append(request)
+            w.write(ok(b"hi"))
+            await w.drain()
+
+    async def body() -> AsyncIterator[bytes]:
+        for piece in (b'{"messages":', b"[]", b"}"):
+            yield piece
+
+    async with serve(handler) as (_, port):
+        client = upstream_client()
+        url = f"http://127.0.0.1:{port}/v1"
+        async with client.stream("POST", url, content=body(), timeout=T) as r:
+            assert (r.status_code, await r.aread()) == (200, b"hi")
+        await client.aclose()
+    assert got[0].startswith(b"POST /v1 HTTP/1.1") and got[0].endswith(b'{"messages":[]}')
+
+
+async def test_a_server_that_does_not_read_is_a_write_timeout() -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(2)  # reads nothing: the socket buffers fill up
+
+    async with serve(handler) as (_, port):
+        client = upstream_client()
+        url = f"http://127.0.0.1:{port}/"
+        timeout = httpx.Timeout(T, write=0.2)
+        with pytest.raises(httpx.WriteTimeout):
+            async with client.stream("POST", url, content=b"x" * (64 << 20), timeout=timeout):
+                pass
+        await client.aclose()
+
+
+async def test_a_connect_that_hangs_is_a_connect_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def hang(*args: object, **kwargs: object) -> None:
+        await asyncio.sleep(5)
+
+    monkeypatch.setattr(asyncio, "open_connection", hang)
+    client = upstream_client()
+    with pytest.raises(httpx.ConnectTimeout):
+        async with client.stream(
+            "POST", "http://127.0.0.1:9/", content=b"", timeout=httpx.Timeout(T, connect=0.05)
+        ):
+            pass
+    await client.aclose()
+
+
+async def test_under_the_cap_an_idle_connection_to_another_upstream_makes_room() -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while await read_request(r):
+            w.write(ok(b"hi"))
+            await w.drain()
+
+    async with serve(handler) as (a, port_a), serve(handler) as (b, port_b):
+        client = upstream_client(max_connections=1)
+        for port in (port_a, port_b, port_a):
+            assert await post(client, port) == (200, b"hi")
+        lean = client._transport
+        assert isinstance(lean, transport.LeanTransport) and lean.open_connections == 1
+        await client.aclose()
+        assert lean.open_connections == 0
+    assert (a.connections, b.connections) == (2, 1)
+
+
+async def test_waiting_calls_get_connections_in_turn_and_failures_free_their_slot() -> None:
+    """With the cap reached, calls queue for a connection; a call whose connection fails
+    mid-answer gives its slot back, so the others still get theirs."""
+    calls = 0
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        nonlocal calls
+        while await read_request(r):
+            calls += 1
+            await asyncio.sleep(0.01)
+            if calls == 2:
+                w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+                return  # a body cut short: an error, the connection is dropped
+            w.write(ok(b"hi"))
+            await w.drain()
+
+    async with serve(handler) as (_, port):
+        client = upstream_client(max_connections=1)
+        results = await asyncio.gather(
+            *(post(client, port) for _ in range(5)), return_exceptions=True
+        )
+        assert sum(isinstance(x, httpx.RemoteProtocolError) for x in results) == 1
+        assert results.count((200, b"hi")) == 4
+        assert client._transport.open_connections <= 1  # type: ignore[attr-defined]
+        await client.aclose()
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path] | None:
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        return None
+    subprocess.run(
+        [
+            *(openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost"),
+            *("-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+async def test_https_verifies_against_the_ca_file_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pair = _self_signed(tmp_path)
+    if pair is None:
+        pytest.skip("no openssl to make a certificate")
+    cert, key = pair
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while await read_request(r):
+            w.write(ok(b"secret"))
+            await w.drain()
+
+    state = Server()
+
+    async def on_connect(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        state.connections += 1
+        try:
+            await handler(r, w)
+        except (ssl.SSLError, ConnectionError):
+            pass  # the client refused our certificate
+        finally:
+            w.close()
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0, ssl=tls)
+    port = server.sockets[0].getsockname()[1]
+    url = f"https://localhost:{port}/v1"
+    async with server:
+        monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+        monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+        client = upstream_client()  # the default CA bundle does not know our certificate
+        with pytest.raises(httpx.ConnectError):
+            async with client.stream("POST", url, content=b"", timeout=T):
+                pass
+        await client.aclose()
+
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        client = upstream_client()
+        for _ in range(2):
+            async with client.stream("POST", url, content=b"", timeout=T) as r:
+                assert (r.status_code, await r.aread()) == (200, b"secret")
+        await client.aclose()
+    assert state.connections == 1  # kept alive (the refused handshake never got this far)
