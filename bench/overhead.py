@@ -22,7 +22,6 @@ import time
 from typing import Any
 
 import grpc
-import httpx
 from longread.v1 import analysis_service_pb2 as svc
 from longread.v1 import analysis_service_pb2_grpc as svc_grpc
 from longread.v1 import types_pb2 as pb
@@ -63,7 +62,7 @@ def analyze_data(unique: bool = True) -> dict[str, Any]:
 
 async def capture(sandbox_port: int) -> tuple[bytes, bytes]:
     """The exact upstream body the gateway sends for our request, and its AnalyzeResponse:
-    an in-process gateway against the sandbox with an httpx request hook."""
+    an in-process gateway against the sandbox, its upstream client's sends recorded."""
     cfg = load_config(env={})
     cfg.listen = "127.0.0.1:0"
     cfg.telemetry.access_log = False
@@ -78,11 +77,13 @@ async def capture(sandbox_port: int) -> tuple[bytes, bytes]:
     gw = await start(cfg)
     bodies: list[bytes] = []
 
-    async def hook(request: Any) -> None:
-        bodies.append(request.content)
+    send = gw.http.stream
 
-    assert isinstance(gw.http, httpx.AsyncClient)
-    gw.http.event_hooks = {"request": [hook], "response": []}
+    def recording(method: str, url: str, *, content: bytes, **kw: Any) -> Any:
+        bodies.append(content)
+        return send(method, url, content=content, **kw)
+
+    gw.http.stream = recording  # type: ignore[method-assign]
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as ch:
             stub = svc_grpc.AnalysisServiceStub(ch)

@@ -11,7 +11,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
-import httpx
 from grpc_health.v1 import health
 from redis.asyncio import Redis
 
@@ -41,7 +40,7 @@ from longread_server.state.redis import connect
 from longread_server.telemetry import Telemetry, configure_logging
 from longread_server.telemetry import setup as setup_telemetry
 from longread_server.vendors import make_adapter
-from longread_server.vendors.transport import upstream_client
+from longread_server.vendors.transport import UpstreamHttp, upstream_client
 
 log = logging.getLogger("longread")
 
@@ -120,7 +119,7 @@ class Gateway:
     cfg: Config
     server: grpc.aio.Server
     port: int
-    http: httpx.AsyncClient
+    http: UpstreamHttp
     health: health.aio.HealthServicer
     telemetry: Telemetry
     sandbox: EmbeddedSandbox | None = None
@@ -263,16 +262,16 @@ async def serve(cfg: Config) -> None:
     await gw.stop()
 
 
-def _http_client(cfg: Config) -> httpx.AsyncClient:
+def _http_client(cfg: Config) -> UpstreamHttp:
     """The client for upstream calls (``vendors/transport.py``)."""
-    return upstream_client(cfg.server.upstream_max_connections)
+    return UpstreamHttp(upstream_client(cfg.server.upstream_max_connections))
 
 
-def _instrument_clients(tel: Telemetry, http: httpx.AsyncClient, redis: Redis | None) -> None:
+def _instrument_clients(tel: Telemetry, http: UpstreamHttp, redis: Redis | None) -> None:
     """Client spans under each model-call attempt (httpx) and state operation (redis)."""
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
-    HTTPXClientInstrumentor.instrument_client(http, tracer_provider=tel.tracer_provider)
+    HTTPXClientInstrumentor.instrument_client(http.client, tracer_provider=tel.tracer_provider)
     if redis is not None:
         from opentelemetry.instrumentation.redis import RedisInstrumentor
 

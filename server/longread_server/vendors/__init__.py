@@ -6,13 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
-
 from longread_server.domain import VendorKind
 from longread_server.vendors.anthropic import AnthropicAdapter
 from longread_server.vendors.base import VendorAdapter
 from longread_server.vendors.openai import OpenAIAdapter
 from longread_server.vendors.sse import ServerSentEvent, SSEDecoder, aiter_sse
+from longread_server.vendors.transport import HttpClient
 
 __all__ = [
     "AnthropicAdapter",
@@ -27,7 +26,7 @@ __all__ = [
 
 def make_adapter(
     kind: VendorKind,
-    client: httpx.AsyncClient,
+    client: HttpClient,
     *,
     name: str,
     base_url: str,

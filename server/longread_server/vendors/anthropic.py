@@ -36,6 +36,7 @@ from longread_server.vendors.errors import load_json, malformed, status_error, s
 from longread_server.vendors.exchange import encode_json, exchange, post_json
 from longread_server.vendors.headers import parse_anthropic_rate_limits
 from longread_server.vendors.sse import ServerSentEvent
+from longread_server.vendors.transport import HttpClient
 
 _STOP_REASONS = {
     "end_turn": "stop",
@@ -181,7 +182,7 @@ class AnthropicAdapter:
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: HttpClient,
         *,
         name: str,
         base_url: str,

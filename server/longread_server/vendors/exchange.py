@@ -27,6 +27,7 @@ import httpx
 from longread_server.domain import ErrorKind, Finish, LlmEvent, TextDelta, UpstreamError
 from longread_server.vendors.errors import load_json, malformed, transport_error
 from longread_server.vendors.sse import ServerSentEvent, SSEDecoder
+from longread_server.vendors.transport import HttpClient
 
 _MAX_ERROR_BODY = 64 * 1024  # bytes of an error body worth reading
 _DRAIN_S = 0.05  # how long to wait for the rest of a stream after its end marker
@@ -85,7 +86,7 @@ def _is_json(response: httpx.Response) -> bool:
 
 
 async def post_json(
-    client: httpx.AsyncClient,
+    client: HttpClient,
     url: str,
     *,
     upstream: str,
@@ -130,7 +131,7 @@ async def _drain(chunks: AsyncIterator[bytes]) -> None:
 
 
 async def exchange(
-    client: httpx.AsyncClient,
+    client: HttpClient,
     url: str,
     *,
     upstream: str,

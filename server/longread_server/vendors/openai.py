@@ -42,6 +42,7 @@ from longread_server.vendors.errors import load_json, malformed, status_error, s
 from longread_server.vendors.exchange import encode_json, exchange
 from longread_server.vendors.headers import parse_openai_rate_limits
 from longread_server.vendors.sse import ServerSentEvent
+from longread_server.vendors.transport import HttpClient
 
 _FINISH_REASONS = {
     "stop": "stop",
@@ -203,7 +204,7 @@ class OpenAIAdapter:
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: HttpClient,
         *,
         name: str,
         base_url: str,

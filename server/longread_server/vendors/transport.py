@@ -46,9 +46,10 @@ import asyncio
 import collections
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from http.cookiejar import CookieJar, DefaultCookiePolicy
-from typing import Any
+from typing import Any, Protocol
 
 import h11
 import httpx
@@ -65,6 +66,81 @@ DEFAULT_MAX_CONNECTIONS = 1000
 
 _READ = 64 * 1024
 _Origin = tuple[bytes, bytes, int]  # scheme, host, port
+
+
+class HttpClient(Protocol):
+    """What the adapters use of a client: ``httpx.AsyncClient`` has it, and so does
+    ``UpstreamHttp``, the gateway's."""
+
+    def stream(
+        self,
+        method: str,
+        url: str,
+        *,
+        content: bytes,
+        headers: Mapping[str, str],
+        timeout: float | httpx._client.UseClientDefault,
+    ) -> AbstractAsyncContextManager[httpx.Response]: ...
+
+
+class UpstreamHttp:
+    """``client``'s transports, sent to without ``AsyncClient``'s per-request layers.
+
+    A request goes to the transport ``client`` itself would pick for its URL (``LeanTransport``,
+    or httpx's proxy transport for a proxied one), with the client's default headers and
+    timeout; its response is httpx's. What those layers add is left out because the gateway
+    never uses it: auth flows, redirects (off), cookies (none kept), event hooks, ``elapsed``.
+    The OpenTelemetry httpx instrumentation wraps the transports, so its spans are the same.
+    """
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+        # The client's default headers, spelled as it sends them, by lower-case name.
+        self._headers = {
+            name.decode("latin-1").lower(): (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in client.headers.raw
+        }
+        self._timeout = client.timeout.as_dict()
+        self._transports: dict[tuple[str, str, int | None], httpx.AsyncBaseTransport] = {}
+
+    def _transport(self, url: httpx.URL) -> httpx.AsyncBaseTransport:
+        origin = (url.scheme, url.host, url.port)
+        transport = self._transports.get(origin)
+        if transport is None:
+            # The client's own choice (proxy mounts, NO_PROXY), remembered per origin.
+            transport = self._transports[origin] = self.client._transport_for_url(url)
+        return transport
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        method: str,
+        url: str,
+        *,
+        content: bytes,
+        headers: Mapping[str, str],
+        timeout: float | httpx._client.UseClientDefault = httpx.USE_CLIENT_DEFAULT,
+    ) -> AsyncIterator[httpx.Response]:
+        extensions = {
+            "timeout": self._timeout
+            if isinstance(timeout, httpx._client.UseClientDefault)
+            else {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
+        }
+        merged = dict(self._headers)
+        for name, value in headers.items():
+            merged[name.lower()] = (name, value)  # a call's own header replaces a default
+        request = httpx.Request(
+            method, url, content=content, headers=list(merged.values()), extensions=extensions
+        )
+        response = await self._transport(request.url).handle_async_request(request)
+        response.request = request
+        try:
+            yield response
+        finally:
+            await response.aclose()
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
 
 
 def upstream_client(max_connections: int = DEFAULT_MAX_CONNECTIONS) -> httpx.AsyncClient:

@@ -575,3 +575,65 @@ async def test_https_verifies_against_the_ca_file_from_the_environment(
                 assert (r.status_code, await r.aread()) == (200, b"secret")
         await client.aclose()
     assert state.connections == 1  # kept alive (the refused handshake never got this far)
+
+
+# ---- UpstreamHttp: the gateway's front door to the same transports ----
+
+
+async def test_the_direct_path_sends_what_the_client_sends() -> None:
+    """``UpstreamHttp`` skips AsyncClient's per-request layers; on the wire the request is the
+    same, headers, body and all, and the connection is reused the same way."""
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while await read_request(r, state):
+            w.write(ok(b'{"ok":true}', b"Set-Cookie: a=1\r\n"))
+            await w.drain()
+
+    async with serve(handler) as (state, port):
+        client = upstream_client()
+        direct = transport.UpstreamHttp(upstream_client())
+        assert await post(client, port, b'{"q":1}') == (200, b'{"ok":true}')
+        for _ in range(2):
+            assert await post(direct, port, b'{"q":1}') == (200, b'{"ok":true}')  # type: ignore[arg-type]
+        await client.aclose()
+        await direct.aclose()
+    via_client, *via_direct = state.requests
+    assert via_direct == [via_client, via_client]  # byte for byte, no cookie sent back
+    assert state.connections == 2  # one per client: the direct one reused its connection
+
+
+async def test_the_direct_path_goes_through_the_proxy_the_client_would(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[bytes] = []
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while request := await read_request(r):
+            seen.append(request)
+            w.write(ok(b"hi"))
+            await w.drain()
+
+    for name in ("ALL_PROXY", "HTTPS_PROXY", "NO_PROXY", "all_proxy", "https_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    async with serve(handler) as (_, proxy_port):
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy_port}")
+        direct = transport.UpstreamHttp(upstream_client())
+        url = "http://api.example.test:9/v1/chat/completions"
+        async with direct.stream("POST", url, content=b"{}", headers={}, timeout=T) as r:
+            assert (r.status_code, await r.aread()) == (200, b"hi")
+        await direct.aclose()
+    assert len(seen) == 1 and seen[0].startswith(f"POST {url} HTTP/1.1".encode())
+
+
+async def test_the_direct_path_times_out_as_httpx_does() -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await read_request(r)
+        await asyncio.sleep(5)
+
+    async with serve(handler) as (_, port):
+        direct = transport.UpstreamHttp(upstream_client())
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        with pytest.raises(httpx.ReadTimeout):
+            async with direct.stream("POST", url, content=b"{}", headers={}, timeout=0.2):
+                pass
+        await direct.aclose()
