@@ -59,6 +59,7 @@ import httpx
 from httpx._utils import get_environment_proxies
 
 from longread_server import __version__
+from longread_server.memo import Memo
 
 DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
 KEEPALIVE_EXPIRY_S = 5.0
@@ -102,6 +103,10 @@ class UpstreamHttp:
         }
         self._timeout = client.timeout.as_dict()
         self._transports: dict[tuple[str, str, int | None], httpx.AsyncBaseTransport] = {}
+        # Parsed URLs and merged headers, by value: an upstream's calls repeat the same few,
+        # and parsing and normalizing them is most of what a request costs to build.
+        self._urls: Memo[str, httpx.URL] = Memo(256)
+        self._merged: Memo[tuple[tuple[str, str], ...], httpx.Headers] = Memo(256)
 
     def _transport(self, url: httpx.URL) -> httpx.AsyncBaseTransport:
         origin = (url.scheme, url.host, url.port)
@@ -126,11 +131,11 @@ class UpstreamHttp:
             if isinstance(timeout, httpx._client.UseClientDefault)
             else {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
         }
-        merged = dict(self._headers)
-        for name, value in headers.items():
-            merged[name.lower()] = (name, value)  # a call's own header replaces a default
+        parsed = self._urls.get_or_make(url, lambda: httpx.URL(url))
+        key = tuple(headers.items())
+        merged = self._merged.get_or_make(key, lambda: self._merge(key))
         request = httpx.Request(
-            method, url, content=content, headers=list(merged.values()), extensions=extensions
+            method, parsed, content=content, headers=merged, extensions=extensions
         )
         response = await self._transport(request.url).handle_async_request(request)
         response.request = request
@@ -138,6 +143,12 @@ class UpstreamHttp:
             yield response
         finally:
             await response.aclose()
+
+    def _merge(self, headers: tuple[tuple[str, str], ...]) -> httpx.Headers:
+        spelled = dict(self._headers)
+        for name, value in headers:
+            spelled[name.lower()] = (name, value)  # a call's own header replaces a default
+        return httpx.Headers(list(spelled.values()))
 
     async def aclose(self) -> None:
         await self.client.aclose()
