@@ -2,9 +2,12 @@
 
 Adapters need little of a client: POST a body, read the status and headers (``Retry-After``,
 rate limits, request ids), iterate the body as it arrives (SSE). ``upstream_client()`` is
-``httpx.AsyncClient`` for all of that: its request and response models, its exceptions, its
-client API, the proxy transports it mounts and the OpenTelemetry instrumentation that wraps
-its transports all stay httpx's.
+``httpx.AsyncClient`` for all of that: its request and response models, its exceptions, the
+proxy transports it mounts and the OpenTelemetry instrumentation that wraps its transports all
+stay httpx's. The gateway sends through ``UpstreamHttp``, which hands each request to the
+transport the client would pick, without the client's per-request layers (auth flows,
+redirects, cookies, event hooks) that it never uses: on a fast upstream those layers cost as
+much CPU as the transport itself.
 
 Under it, for direct connections, is ``LeanTransport`` (an ``httpx.AsyncBaseTransport``):
 keep-alive HTTP/1.1 connections on asyncio streams, pooled per origin, the protocol handled by
