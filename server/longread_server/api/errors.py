@@ -26,7 +26,6 @@ from longread_server.domain import (
     OverRequestBudget,
     UpstreamError,
 )
-from longread_server.plan.planner import PlanError
 
 __all__ = ["FieldViolation", "ServiceError", "Violations", "invalid", "to_service_error"]
 
@@ -97,13 +96,16 @@ def _pack(msg: object) -> any_pb2.Any:
 
 def invalid(violations: Sequence[FieldViolation], reason: str = "INVALID_FIELD") -> ServiceError:
     """INVALID_ARGUMENT listing every bad field at once."""
-    text = "; ".join(f"{v.field}: {v.description}" for v in violations)
+    return _from_invalid(InvalidRequest(list(violations), reason))
+
+
+def _from_invalid(e: InvalidRequest) -> ServiceError:
     return ServiceError(
         grpc.StatusCode.INVALID_ARGUMENT,
-        reason,
-        f"invalid request: {text}",
-        violations=violations,
-        metadata={"fields": ",".join(v.field for v in violations)},
+        e.reason,
+        e.message,
+        violations=e.violations,
+        metadata=e.metadata or {"fields": ",".join(v.field for v in e.violations)},
     )
 
 
@@ -199,13 +201,7 @@ def to_service_error(e: Exception) -> ServiceError:
     if isinstance(e, ServiceError):
         return e
     if isinstance(e, InvalidRequest):
-        return ServiceError(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            e.reason,
-            e.message,
-            violations=e.violations,
-            metadata=e.metadata or {"fields": ",".join(v.field for v in e.violations)},
-        )
+        return _from_invalid(e)
     if isinstance(e, OverRequestBudget):
         return ServiceError(
             grpc.StatusCode.FAILED_PRECONDITION,
@@ -222,7 +218,5 @@ def to_service_error(e: Exception) -> ServiceError:
         return from_upstream(e, "upstream", "")
     if isinstance(e, CallRejected):
         return from_rejection(e)
-    if isinstance(e, PlanError):
-        return invalid([FieldViolation(e.field, str(e), e.reason)], e.reason)
     log.exception("unexpected error")
     return internal(e)

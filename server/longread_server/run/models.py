@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from longread_server.domain import FieldViolation, InvalidRequest, ModelInfo, ModelPreference
 from longread_server.plan.catalog import Catalog
@@ -34,10 +34,6 @@ class ModelResolver:
     def serves(self, m: ModelInfo) -> bool:
         only = self._served.get(m.vendor)
         return only is not None and (not only or m.model in only)
-
-    @property
-    def vendors(self) -> Iterable[str]:
-        return self._served.keys()
 
     def needs_fits(self, model: str, preference: ModelPreference) -> bool:
         """Whether choosing needs every model's fit (a preference and no model named)."""

@@ -105,19 +105,16 @@ class UpstreamHttp:
             for name, value in client.headers.raw
         }
         self._timeout = client.timeout.as_dict()
-        self._transports: dict[tuple[str, str, int | None], httpx.AsyncBaseTransport] = {}
+        self._transports: Memo[tuple[str, str, int | None], httpx.AsyncBaseTransport] = Memo(256)
         # Parsed URLs and merged headers, by value: an upstream's calls repeat the same few,
         # and parsing and normalizing them is most of what a request costs to build.
         self._urls: Memo[str, httpx.URL] = Memo(256)
         self._merged: Memo[tuple[tuple[str, str], ...], httpx.Headers] = Memo(256)
 
     def _transport(self, url: httpx.URL) -> httpx.AsyncBaseTransport:
+        # The client's own choice (proxy mounts, NO_PROXY), remembered per origin.
         origin = (url.scheme, url.host, url.port)
-        transport = self._transports.get(origin)
-        if transport is None:
-            # The client's own choice (proxy mounts, NO_PROXY), remembered per origin.
-            transport = self._transports[origin] = self.client._transport_for_url(url)
-        return transport
+        return self._transports.get_or_make(origin, lambda: self.client._transport_for_url(url))
 
     @asynccontextmanager
     async def stream(
