@@ -96,10 +96,15 @@ def sandbox(port: int, *extra: str, cpu: int | None = None) -> Proc:
 
 
 def gateway(
-    port: int, sandbox_port: int, cpu: int | None = None, env: dict[str, str] | None = None
+    port: int,
+    sandbox_port: int,
+    cpu: int | None = None,
+    env: dict[str, str] | None = None,
+    serve: Sequence[str] = ("longread.cli", "serve"),
 ) -> Proc:
     """A gateway whose upstreams all point at the sandbox on ``sandbox_port``; other settings
-    come from ``env`` (``LONGREAD_TELEMETRY__TRACES=true``...)."""
+    come from ``env`` (``LONGREAD_TELEMETRY__TRACES=true``...). ``serve``: the module and
+    arguments that run it (``--config FILE`` is added)."""
     base = f"http://127.0.0.1:{sandbox_port}"
     config = f"""
 listen = "127.0.0.1:{port}"
@@ -120,7 +125,7 @@ api_key_env = "BENCH_KEY"
     with os.fdopen(fd, "w") as f:
         f.write(config)
     proc = Proc(
-        [sys.executable, "-m", "longread.cli", "serve", "--config", path],
+        [sys.executable, "-m", *serve, "--config", path],
         env={"BENCH_KEY": "bench", **(env or {})},
         cpu=cpu,
     )
