@@ -26,7 +26,13 @@ from longread_server.calls.cache import (
 from longread_server.calls.pipeline import Pipeline
 from longread_server.calls.resilience import Resilience, build_resilience, redis_gate
 from longread_server.calls.stages import pipeline_stages
-from longread_server.config import Config, ConfigError, UpstreamConfig, load_config
+from longread_server.config import (
+    Config,
+    ConfigError,
+    UpstreamConfig,
+    load_config,
+    request_bytes_limit,
+)
 from longread_server.domain import ModelInfo, VendorKind
 from longread_server.embedded_sandbox import EmbeddedSandbox, start_sandbox
 from longread_server.plan.catalog import Catalog
@@ -52,6 +58,10 @@ _SANDBOX_UPSTREAMS = (
     ("moonshot", VendorKind.OPENAI_COMPATIBLE),
     ("gemini", VendorKind.OPENAI_COMPATIBLE),
 )
+
+
+# gRPC's message length options are 32-bit signed integers.
+_GRPC_MAX_LENGTH = 2**31 - 1
 
 
 def sandbox_upstreams(base_url: str) -> list[UpstreamConfig]:
@@ -192,9 +202,12 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
     if tel.client_spans:
         _instrument_clients(tel, http, redis)
 
+    # gRPC takes requests up to twice the limit, so that the servicer can refuse the ones over
+    # it with the limit named (api/convert.py decoder); above that, gRPC refuses on its own.
+    max_request = request_bytes_limit(cfg)
     opts = [
-        ("grpc.max_receive_message_length", cfg.server.max_message_bytes),
-        ("grpc.max_send_message_length", cfg.server.max_message_bytes),
+        ("grpc.max_receive_message_length", min(2 * max_request, _GRPC_MAX_LENGTH)),
+        ("grpc.max_send_message_length", max_request),
         ("grpc.keepalive_time_ms", cfg.server.keepalive_time_ms),
         ("grpc.keepalive_timeout_ms", cfg.server.keepalive_timeout_ms),
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
@@ -221,7 +234,9 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
         options=opts,
         maximum_concurrent_rpcs=cfg.server.max_concurrent_rpcs or None,
     )
-    health_servicer = register(server, servicer, reflection_on=cfg.server.reflection)
+    health_servicer = register(
+        server, servicer, reflection_on=cfg.server.reflection, max_request_bytes=max_request
+    )
     creds = _server_credentials(cfg)
     if creds is None:
         port = server.add_insecure_port(cfg.listen)

@@ -36,7 +36,10 @@ class ConfigError(ValueError):
 class ServerConfig:
     """gRPC server options."""
 
-    max_message_bytes: int = 16 * 1024 * 1024  # a 1M-token document is ~4-8 MB of text
+    # The largest request accepted, in bytes; 0: what the [limits] allow in any script
+    # (``request_bytes_limit``). Larger requests, up to twice this, are refused with
+    # INVALID_ARGUMENT and the limit; beyond that gRPC itself refuses them.
+    max_message_bytes: int = 0
     grace_s: float = 15.0  # graceful drain on SIGTERM
     keepalive_time_ms: int = 20_000
     keepalive_timeout_ms: int = 10_000
@@ -105,7 +108,9 @@ class LimitsConfig:
 
     max_document_chars: int = 8_000_000
     max_document_tokens: int = 2_000_000
-    max_instruction_chars: int = 100_000
+    max_instruction_chars: int = 100_000  # also the system prompt's limit
+    max_history_turns: int = 256
+    max_history_chars: int = 1_000_000  # all turns together
     default_output_tokens: int = 2048  # single pass and reduce calls
     map_output_tokens: int = 1024  # each map call
     default_chunk_tokens: int = 16_000  # chunk size when the document does not fit one call
@@ -373,10 +378,36 @@ def _validate(cfg: Config) -> None:
         log.warning("server.http_client is ignored: upstream calls always use httpx")
     if cfg.server.upstream_max_connections < 0:
         raise ConfigError("server.upstream_max_connections must be 0 (no cap) or positive")
-    for name in ("max_document_chars", "max_document_tokens", "default_chunk_tokens"):
+    for name in (
+        "max_document_chars",
+        "max_document_tokens",
+        "max_instruction_chars",
+        "max_history_turns",
+        "max_history_chars",
+        "default_chunk_tokens",
+    ):
         if getattr(cfg.limits, name) <= 0:
             raise ConfigError(f"limits.{name} must be positive")
+    if cfg.server.max_message_bytes < 0:
+        raise ConfigError("server.max_message_bytes must be 0 (from the limits) or positive")
     _validate_resilience(cfg.resilience)
+
+
+# UTF-8 needs at most 4 bytes a character; the request's other fields (names, options,
+# labels, stop sequences, each bounded in api/convert.py) fit in the margin.
+_UTF8_MAX = 4
+_FIELDS_MARGIN = 1024 * 1024
+
+
+def request_bytes_limit(cfg: Config) -> int:
+    """The largest request the gateway takes: ``server.max_message_bytes``, or (0) enough for
+    every character limit filled with 4-byte characters, so that the limits in characters
+    hold whatever the script."""
+    if cfg.server.max_message_bytes:
+        return cfg.server.max_message_bytes
+    lim = cfg.limits
+    chars = lim.max_document_chars + 2 * lim.max_instruction_chars + lim.max_history_chars
+    return _UTF8_MAX * chars + _FIELDS_MARGIN
 
 
 def _build(cls: type[Any], data: Mapping[str, Any], where: str) -> Any:

@@ -293,3 +293,21 @@ class OverRequestBudget(Exception):
         super().__init__(
             f"estimated cost ${estimated_usd:.6f} exceeds the request's budget of ${max_usd:.6f}"
         )
+
+
+def too_large(field: str, what: str, size: int | None, limit: int, unit: str) -> InvalidRequest:
+    """DOCUMENT_TOO_LARGE, worded one way for every size limit (bytes, characters, tokens).
+
+    ``size`` None: counting stopped at the limit, so only "more than" is known.
+    """
+    told = f"more than {limit}" if size is None else str(size)
+    description = f"is {told} {unit}; the limit is {limit} {unit}"
+    metadata = {"limit": str(limit), "unit": unit}
+    if size is not None:
+        metadata["size"] = str(size)
+    return InvalidRequest(
+        [FieldViolation(field, description, "DOCUMENT_TOO_LARGE")],
+        "DOCUMENT_TOO_LARGE",
+        metadata=metadata,
+        message=f"{what} {description}",
+    )

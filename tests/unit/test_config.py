@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from longread_server.config import ConfigError, load_config
+from longread_server.config import ConfigError, load_config, request_bytes_limit
 from longread_server.domain import VendorKind
 
 
@@ -22,7 +22,8 @@ def test_defaults_use_sandbox_without_keys() -> None:
     cfg = load_config(env={})
     assert cfg.listen == "127.0.0.1:50051"
     assert not cfg.upstreams and cfg.use_sandbox and not cfg.auth_enabled
-    assert cfg.server.max_message_bytes >= 8 * 1024 * 1024
+    # The default request limit holds the character limits in any script (4 bytes a char).
+    assert request_bytes_limit(cfg) >= 4 * cfg.limits.max_document_chars
 
 
 def test_vendor_keys_from_environment_configure_upstreams() -> None:

@@ -21,7 +21,9 @@ from longread.v1 import analysis_service_pb2_grpc as svc_grpc
 from longread.v1 import types_pb2 as pb
 
 DEFAULT_TARGET = "localhost:50051"
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Above a default server's refusal ceiling (twice its request limit), so an oversized request
+# gets the server's answer, which names the limit, rather than a bare local RESOURCE_EXHAUSTED.
+MAX_MESSAGE_BYTES = 128 * 1024 * 1024
 _OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

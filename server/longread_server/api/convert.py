@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
 
 from google.protobuf import duration_pb2
+from google.protobuf.message import DecodeError
+from google.protobuf.message import Message as ProtoMessage
 from longread.v1 import analysis_service_pb2 as svc
 from longread.v1 import types_pb2 as pb
 
 from longread_server.api.errors import Violations
 from longread_server.config import LimitsConfig
-from longread_server.domain import Message, ModelInfo, ModelPreference, Usage
+from longread_server.domain import (
+    InvalidRequest,
+    Message,
+    ModelInfo,
+    ModelPreference,
+    Usage,
+    too_large,
+)
 from longread_server.plan.catalog import Price
 from longread_server.plan.chunker import TextChunk
 from longread_server.plan.planner import JobPlan, JobSpec, ModelFit, Strategy
@@ -67,29 +79,115 @@ _PREFERENCES = {
     pb.MODEL_PREFERENCE_CHEAPEST: ModelPreference.CHEAPEST,
     pb.MODEL_PREFERENCE_LARGEST_CONTEXT: ModelPreference.LARGEST_CONTEXT,
 }
+# Bounds on what a request may carry besides the document, so that no field can make the
+# gateway (or an error that names it) carry megabytes. OpenAI's chat API takes at most 4 stop
+# sequences (platform.openai.com/docs/api-reference/chat/create, `stop`); 1,000 characters a
+# sequence is Amazon Bedrock's documented bound for Claude's stop sequences.
 MAX_STOP = 4
+MAX_STOP_CHARS = 1000
+MAX_NAME_CHARS = 256  # model.vendor, model.model
+MAX_ID_CHARS = 1024  # document.id
+MAX_MEDIA_TYPE_CHARS = 255  # RFC 6838: 127 for the type and for the subtype
+MAX_LABELS = 64
+MAX_LABEL_KEY_CHARS = 128
+MAX_LABEL_VALUE_CHARS = 1024
+# google.protobuf.Duration's own range (google/protobuf/duration.proto): about 10,000 years.
+_DURATION_MAX_SECONDS = 315_576_000_000
 
 
-def parse_request(req: AnyRequest, limits: LimitsConfig) -> JobRequest:
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    """A request whose bytes are not a message of its type, or over the size limit. The
+    servicer sees it in place of the request and answers with ``error``."""
+
+    error: InvalidRequest
+
+
+RequestT = TypeVar("RequestT", bound=ProtoMessage)
+
+
+def decoder(
+    message_type: type[RequestT], max_bytes: int
+) -> Callable[[bytes], RequestT | Undecodable]:
+    """The request deserializer of one method: never raises, so gRPC never answers UNKNOWN
+    for bad bytes on its own; the RPC answers INVALID_ARGUMENT through the servicer."""
+    name = message_type.DESCRIPTOR.full_name
+
+    def decode(raw: bytes) -> RequestT | Undecodable:
+        if len(raw) > max_bytes:
+            return Undecodable(
+                too_large("document.text", "the request", len(raw), max_bytes, "bytes")
+            )
+        try:
+            return message_type.FromString(raw)
+        except DecodeError:
+            # Python protobuf's message says no more than the type; never echo the bytes.
+            return Undecodable(
+                InvalidRequest(
+                    [],
+                    "MALFORMED_REQUEST",
+                    message=f"the request is not a valid {name} (undecodable protobuf, "
+                    "or a string field that is not UTF-8)",
+                )
+            )
+
+    return decode
+
+
+def _check_chars(v: Violations, path: str, value: str, limit: int) -> bool:
+    if len(value) > limit:
+        v.add(path, f"is {len(value)} characters; the limit is {limit} characters")
+        return False
+    return True
+
+
+def _ttl(v: Violations, d: duration_pb2.Duration) -> float | None:
+    """A Duration as seconds, refused unless it is valid by its own spec and positive."""
+    if not (
+        -_DURATION_MAX_SECONDS <= d.seconds <= _DURATION_MAX_SECONDS
+        and -999_999_999 <= d.nanos <= 999_999_999
+        and not (d.seconds > 0 > d.nanos or d.seconds < 0 < d.nanos)
+    ):
+        v.add(
+            "cache.ttl",
+            "is not a valid Duration: seconds within +-315576000000, nanos within +-999999999, "
+            "both of one sign",
+        )
+        return None
+    ttl = d.seconds + d.nanos / 1e9
+    if ttl <= 0:
+        v.add("cache.ttl", "must be positive")
+        return None
+    return ttl
+
+
+def parse_request(req: AnyRequest | Undecodable, limits: LimitsConfig) -> JobRequest:
     """Validates the fields that need no catalog lookup; reports every violation at once."""
+    if isinstance(req, Undecodable):
+        raise req.error
     v = Violations()
     text = req.document.text
     if not text or text.isspace():  # (strip() would copy a whole document to find out)
         v.add("document.text", "must not be empty")
     elif len(text) > limits.max_document_chars:
-        v.reason = "DOCUMENT_TOO_LARGE"
-        v.add(
-            "document.text",
-            f"is {len(text)} characters; the limit is {limits.max_document_chars}",
-            "DOCUMENT_TOO_LARGE",
+        v.add_error(
+            too_large(
+                "document.text", "the document", len(text), limits.max_document_chars, "characters"
+            )
         )
-    instruction = req.instruction.strip()
-    if not instruction:
-        v.add("instruction", "must not be empty")
-    elif len(instruction) > limits.max_instruction_chars:
-        v.add("instruction", f"is longer than {limits.max_instruction_chars} characters")
+    _check_chars(v, "document.id", req.document.id, MAX_ID_CHARS)
+    _check_chars(v, "document.media_type", req.document.media_type, MAX_MEDIA_TYPE_CHARS)
+    instruction = req.instruction
+    if _check_chars(v, "instruction", instruction, limits.max_instruction_chars):
+        instruction = instruction.strip()
+        if not instruction:
+            v.add("instruction", "must not be empty")
+    vendor, model = req.model.vendor, req.model.model
+    _check_chars(v, "model.vendor", vendor, MAX_NAME_CHARS)
+    _check_chars(v, "model.model", model, MAX_NAME_CHARS)
 
     g = req.generation
+    _check_chars(v, "generation.system_prompt", g.system_prompt, limits.max_instruction_chars)
     temperature = g.temperature if g.HasField("temperature") else None
     if temperature is not None and not (0.0 <= temperature <= 2.0):
         v.add("generation.temperature", f"must be in [0, 2], got {temperature}")
@@ -101,9 +199,12 @@ def parse_request(req: AnyRequest, limits: LimitsConfig) -> JobRequest:
         v.add("generation.max_output_tokens", f"must be positive, got {max_out}")
     if len(g.stop) > MAX_STOP:
         v.add("generation.stop", f"at most {MAX_STOP} stop sequences, got {len(g.stop)}")
-    for i, s in enumerate(g.stop):
-        if not s:
-            v.add(f"generation.stop[{i}]", "must not be empty")
+    else:
+        for i, s in enumerate(g.stop):
+            if not s:
+                v.add(f"generation.stop[{i}]", "must not be empty")
+            else:
+                _check_chars(v, f"generation.stop[{i}]", s, MAX_STOP_CHARS)
     seed = g.seed if g.HasField("seed") else None
 
     c = req.chunking
@@ -126,14 +227,19 @@ def parse_request(req: AnyRequest, limits: LimitsConfig) -> JobRequest:
         v.add("budget.max_cost_usd", f"must not be negative, got {budget}")
 
     history: list[Message] = []
-    for i, turn in enumerate(req.history):
-        role = _ROLES.get(turn.role)
-        if role is None:
-            v.add(f"history[{i}].role", "must be ROLE_USER or ROLE_ASSISTANT")
-        elif not turn.text.strip():
-            v.add(f"history[{i}].text", "must not be empty")
-        else:
-            history.append(Message(role, turn.text))  # type: ignore[arg-type]
+    if len(req.history) > limits.max_history_turns:
+        v.add("history", f"at most {limits.max_history_turns} turns, got {len(req.history)}")
+    elif sum(len(t.text) for t in req.history) > limits.max_history_chars:
+        v.add("history", f"is longer than {limits.max_history_chars} characters in all")
+    else:
+        for i, turn in enumerate(req.history):
+            role = _ROLES.get(turn.role)
+            if role is None:
+                v.add(f"history[{i}].role", "must be ROLE_USER or ROLE_ASSISTANT")
+            elif not turn.text.strip():
+                v.add(f"history[{i}].text", "must not be empty")
+            else:
+                history.append(Message(role, turn.text))  # type: ignore[arg-type]
 
     cache_mode = "default"
     ttl: float | None = None
@@ -144,10 +250,16 @@ def parse_request(req: AnyRequest, limits: LimitsConfig) -> JobRequest:
         else:
             cache_mode = _CACHE_MODES[req.cache.mode]
         if req.cache.HasField("ttl"):
-            ttl = req.cache.ttl.seconds + req.cache.ttl.nanos / 1e9
-            if ttl <= 0:
-                v.add("cache.ttl", "must be positive")
+            ttl = _ttl(v, req.cache.ttl)
         labels = dict(req.labels)
+        if len(labels) > MAX_LABELS:
+            v.add("labels", f"at most {MAX_LABELS} labels, got {len(labels)}")
+        else:
+            for key, value in labels.items():
+                if len(key) > MAX_LABEL_KEY_CHARS:
+                    v.add("labels", f"a key is longer than {MAX_LABEL_KEY_CHARS} characters")
+                else:
+                    _check_chars(v, f"labels[{key}]", value, MAX_LABEL_VALUE_CHARS)
     v.raise_if_any()
 
     spec = JobSpec(
@@ -163,8 +275,8 @@ def parse_request(req: AnyRequest, limits: LimitsConfig) -> JobRequest:
     )
     return JobRequest(
         spec=spec,
-        vendor=req.model.vendor.strip(),
-        model=req.model.model.strip(),
+        vendor=vendor.strip(),
+        model=model.strip(),
         preference=_PREFERENCES[req.model.preference],
         sampling=Sampling(temperature=temperature, top_p=top_p, stop=tuple(g.stop), seed=seed),
         cache_mode=cache_mode,

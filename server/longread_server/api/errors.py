@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
+import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -33,6 +35,18 @@ log = logging.getLogger(__name__)
 DOMAIN = "longread.dev"
 
 
+MAX_MESSAGE_CHARS = 1024
+MAX_FIELD_CHARS = 256
+MAX_VIOLATIONS = 32
+
+
+def clip(text: str, limit: int) -> str:
+    """``text``, or its start and how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 32]}... ({len(text) - limit + 32} more characters)"
+
+
 @dataclass(frozen=True, slots=True)
 class QuotaViolation:
     subject: str
@@ -53,14 +67,22 @@ class ServiceError(Exception):
         quota: Sequence[QuotaViolation] = (),
         metadata: Mapping[str, str] | None = None,
     ) -> None:
+        # Texts may quote the request (a model name, a label): bounded here, once for every
+        # error, so no input can make a status outgrow gRPC's trailer limit (8 KiB by default).
+        message = clip(message, MAX_MESSAGE_CHARS)
         super().__init__(message)
         self.code = code
         self.reason = reason
         self.message = message
-        self.violations = tuple(violations)
+        self.violations = tuple(
+            FieldViolation(
+                clip(v.field, MAX_FIELD_CHARS), clip(v.description, MAX_FIELD_CHARS), v.reason
+            )
+            for v in violations
+        )[:MAX_VIOLATIONS]
         self.retry_after_s = retry_after_s
         self.quota = tuple(quota)
-        self.metadata = dict(metadata or {})
+        self.metadata = {k: clip(v, MAX_FIELD_CHARS) for k, v in (metadata or {}).items()}
 
     def to_status(self) -> grpc.Status:
         details: list[any_pb2.Any] = []
@@ -100,12 +122,15 @@ def invalid(violations: Sequence[FieldViolation], reason: str = "INVALID_FIELD")
 
 
 def _from_invalid(e: InvalidRequest) -> ServiceError:
+    metadata = e.metadata
+    if not metadata and e.violations:
+        metadata = {"fields": ",".join(v.field for v in e.violations)}
     return ServiceError(
         grpc.StatusCode.INVALID_ARGUMENT,
         e.reason,
         e.message,
         violations=e.violations,
-        metadata=e.metadata or {"fields": ",".join(v.field for v in e.violations)},
+        metadata=metadata,
     )
 
 
@@ -115,13 +140,20 @@ class Violations:
 
     items: list[FieldViolation] = field(default_factory=list)
     reason: str = "INVALID_FIELD"
+    metadata: dict[str, str] = field(default_factory=dict)
 
     def add(self, field_path: str, description: str, reason: str = "") -> None:
         self.items.append(FieldViolation(field_path, description, reason))
 
+    def add_error(self, e: InvalidRequest) -> None:
+        """Takes in a whole refusal (e.g. ``domain.too_large``): its violations, and its
+        reason and metadata for the response."""
+        self.items.extend(e.violations)
+        self.reason, self.metadata = e.reason, e.metadata
+
     def raise_if_any(self) -> None:
         if self.items:
-            raise invalid(self.items, self.reason)
+            raise _from_invalid(InvalidRequest(self.items, self.reason, metadata=self.metadata))
 
 
 _UPSTREAM_CODES: dict[ErrorKind, tuple[grpc.StatusCode, str]] = {
@@ -184,11 +216,44 @@ def from_rejection(err: CallRejected) -> ServiceError:
     )
 
 
+class _Faults:
+    """Logs unexpected exceptions with their traceback, at most ``burst`` of them per
+    ``interval_s``: a request that trips a bug on every call must not flood the log. The rest
+    are counted and the count is logged with the next one that is let through."""
+
+    def __init__(self, burst: int = 10, interval_s: float = 60.0) -> None:
+        self.burst = burst
+        self.interval_s = interval_s
+        self._window_start = -math.inf
+        self._logged = 0
+        self.suppressed = 0
+
+    def log(self, err: BaseException, error_id: str) -> None:
+        now = time.monotonic()
+        if now - self._window_start >= self.interval_s:
+            self._window_start, self._logged = now, 0
+        if self._logged >= self.burst:
+            self.suppressed += 1
+            return
+        self._logged += 1
+        more = f" ({self.suppressed} more not logged)" if self.suppressed else ""
+        self.suppressed = 0
+        log.error("unexpected error %s%s", error_id, more, exc_info=err)
+
+
+_FAULTS = _Faults()
+
+
 def internal(err: BaseException) -> ServiceError:
+    """INTERNAL with an id that the server's log line carries (never the exception's text,
+    which may quote the request)."""
+    error_id = uuid.uuid4().hex[:16]
+    _FAULTS.log(err, error_id)
     return ServiceError(
         grpc.StatusCode.INTERNAL,
         "INTERNAL",
-        f"internal error ({type(err).__name__}); the server log has details",
+        f"internal error {error_id} ({type(err).__name__}); the server log has details",
+        metadata={"error_id": error_id},
     )
 
 
@@ -218,5 +283,4 @@ def to_service_error(e: Exception) -> ServiceError:
         return from_upstream(e, "upstream", "")
     if isinstance(e, CallRejected):
         return from_rejection(e)
-    log.exception("unexpected error")
     return internal(e)

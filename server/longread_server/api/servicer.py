@@ -20,6 +20,7 @@ from longread.v1 import analysis_service_pb2_grpc as svc_grpc
 
 from longread_server.api import convert
 from longread_server.api.auth import Authenticator
+from longread_server.api.convert import Undecodable
 from longread_server.api.errors import code_name, to_service_error
 from longread_server.api.rpc_record import RpcRecord
 from longread_server.config import Config
@@ -54,18 +55,23 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
 
     # ---- RPCs ----
 
+    # Each method takes its request or, for bytes that are not one, an ``Undecodable`` (see
+    # ``registry.analysis_handlers``), which converting turns into INVALID_ARGUMENT.
+
     async def Estimate(
-        self, request: svc.EstimateRequest, context: Context
+        self, request: svc.EstimateRequest | Undecodable, context: Context
     ) -> svc.EstimateResponse:
         rec = self._record("Estimate", context)
         return await self._guarded(context, rec, self._estimate(request, context, rec))
 
-    async def Analyze(self, request: svc.AnalyzeRequest, context: Context) -> svc.AnalyzeResponse:
+    async def Analyze(
+        self, request: svc.AnalyzeRequest | Undecodable, context: Context
+    ) -> svc.AnalyzeResponse:
         rec = self._record("Analyze", context)
         return await self._guarded(context, rec, self._analyze(request, context, rec))
 
     async def Stream(
-        self, request: svc.StreamRequest, context: Context
+        self, request: svc.StreamRequest | Undecodable, context: Context
     ) -> AsyncIterator[svc.StreamResponse]:
         rec = self._record("Stream", context)
         try:
@@ -90,7 +96,7 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
     # ---- conversion and delegation ----
 
     async def _estimate(
-        self, request: svc.EstimateRequest, context: Context, rec: RpcRecord
+        self, request: svc.EstimateRequest | Undecodable, context: Context, rec: RpcRecord
     ) -> svc.EstimateResponse:
         started, tenant, deadline = self._admit(context, rec)
         job = convert.parse_request(request, self._cfg.limits)
@@ -99,7 +105,7 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
         return convert.estimate(est)
 
     async def _analyze(
-        self, request: svc.AnalyzeRequest, context: Context, rec: RpcRecord
+        self, request: svc.AnalyzeRequest | Undecodable, context: Context, rec: RpcRecord
     ) -> svc.AnalyzeResponse:
         prep = await self._prepare(request, context, rec)
         result: JobResult | None = None
@@ -111,7 +117,10 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
         return convert.result(result)
 
     async def _prepare(
-        self, request: svc.AnalyzeRequest | svc.StreamRequest, context: Context, rec: RpcRecord
+        self,
+        request: svc.AnalyzeRequest | svc.StreamRequest | Undecodable,
+        context: Context,
+        rec: RpcRecord,
     ) -> PreparedJob:
         started, tenant, deadline = self._admit(context, rec)
         job = convert.parse_request(request, self._cfg.limits)

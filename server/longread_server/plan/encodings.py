@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from longread_server.memo import Memo
 from longread_server.plan.chunker import token_lengths
-from longread_server.plan.tokenizers import Tokenizer
+from longread_server.plan.tokenizers import Tokenizer, TooManyTokens
 
 
 class EncodingMemo:
@@ -31,11 +31,17 @@ class EncodingMemo:
     def misses(self) -> int:
         return self._memo.misses
 
-    def token_lengths(self, tokenizer: Tokenizer, text: str) -> Sequence[int]:
-        """``token_lengths(tokenizer, tokenizer.encode(text))``, remembered by the text's
-        digest (documents of one encoding share an entry, whatever the model's name)."""
+    def token_lengths(self, tokenizer: Tokenizer, text: str, limit: int) -> Sequence[int]:
+        """``token_lengths(tokenizer, tokenizer.encode_at_most(text, limit))``, remembered by
+        the text's digest (documents of one encoding share an entry, whatever the model's
+        name). Raises ``TooManyTokens`` (and remembers nothing) over ``limit``; a document
+        remembered under a larger limit is checked against this one."""
         digest = hashlib.blake2b(tokenizer.encoding_name.encode(), digest_size=16)
         digest.update(text.encode("utf-8", "surrogatepass"))
-        return self._memo.get_or_make(
-            digest.digest(), lambda: token_lengths(tokenizer, tokenizer.encode(text))
+        lens = self._memo.get_or_make(
+            digest.digest(),
+            lambda: token_lengths(tokenizer, tokenizer.encode_at_most(text, limit)),
         )
+        if len(lens) > limit:
+            raise TooManyTokens(limit)
+        return lens

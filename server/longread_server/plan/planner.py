@@ -234,6 +234,10 @@ def _whole(text: str, tokens: int) -> TextChunk:
     )
 
 
+# A character is at most 4 UTF-8 bytes and a token at least 1.
+MIN_CHUNK_TOKENS = 4
+
+
 def _chunk(
     plan: JobPlan,
     spec: JobSpec,
@@ -252,9 +256,16 @@ def _chunk(
             field="chunking.max_chunk_tokens",
             reason="INVALID_FIELD",
         )
+    if chunk_tokens < MIN_CHUNK_TOKENS:
+        raise PlanError(
+            f"max_chunk_tokens must be at least {MIN_CHUNK_TOKENS}, so that a chunk holds any "
+            "one character (the chunker never splits one)",
+            field="chunking.max_chunk_tokens",
+            reason="INVALID_FIELD",
+        )
     if spec.overlap_tokens >= chunk_tokens:
         raise PlanError(
-            "overlap_tokens must be smaller than max_chunk_tokens",
+            f"overlap_tokens must be smaller than the chunk size ({chunk_tokens} tokens)",
             field="chunking.overlap_tokens",
             reason="INVALID_FIELD",
         )

@@ -18,7 +18,8 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
-from collections.abc import Sequence
+import unicodedata
+from collections.abc import Iterator, Sequence
 
 import tiktoken
 
@@ -113,6 +114,30 @@ class Tokenizer:
     def count(self, text: str) -> int:
         return len(self._encode(text)) if text else 0
 
+    def encode_at_most(self, text: str, limit: int) -> list[int]:
+        """``encode(text)``, but raises ``TooManyTokens`` as soon as more than ``limit``
+        tokens are counted: refusing a document costs about what counting ``limit`` tokens
+        costs, not what encoding all of it would (time, and a list of every token).
+
+        A token is at least one UTF-8 byte, so a text of at most ``limit // 4`` characters
+        cannot be over the limit and is encoded whole. Longer texts are encoded in pieces cut
+        where the encoding's pre-tokenizer always splits (``_piece_ends``), so the pieces'
+        tokens, put together, are exactly the whole text's.
+        """
+        if len(text) <= limit // 4 or self._encoding.name not in _SPLIT_KNOWN:
+            tokens = self._encode(text)
+            if len(tokens) > limit:
+                raise TooManyTokens(limit)
+            return tokens
+        tokens = []
+        start = 0
+        for end in _piece_ends(text, _PIECE_CHARS):
+            tokens += self._encode(text[start:end])
+            if len(tokens) > limit:
+                raise TooManyTokens(limit)
+            start = end
+        return tokens
+
     def decode_bytes(self, tokens: Sequence[int]) -> bytes:
         """The UTF-8 bytes of ``tokens``; a slice may start or end inside a character."""
         return self._encoding.decode_bytes(tokens)
@@ -124,6 +149,62 @@ class Tokenizer:
         if lengths is None:
             lengths = self._lengths = _shared_table(self._encoding)
         return lengths
+
+
+class TooManyTokens(ValueError):
+    """The text has more than ``limit`` tokens (counting stopped there)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"more than {limit} tokens")
+        self.limit = limit
+
+
+# Encodings whose pre-tokenizer pattern is known to split at the places ``_piece_ends`` cuts
+# (cl100k_base's pattern in tiktoken's openai_public.py; o200k_base's splits there too, and
+# joins this set once an offline copy can test it). Others are encoded whole.
+_SPLIT_KNOWN = _CL100K_NAMES
+_PIECE_CHARS = 1 << 18
+_PIECE_SEARCH_CHARS = 1 << 12
+# Candidates for a cut; each is checked exactly in ``_splits_at``.
+_CUT_CANDIDATE = re.compile(r"\n(?=\w)|\w(?=[^\w\s])")
+
+
+def _splits_at(text: str, p: int) -> bool:
+    """Whether every pre-token of ``text`` ends or starts at ``p`` under the cl100k_base (and
+    o200k_base) pattern, so encoding ``text[:p]`` and ``text[p:]`` apart gives the same tokens:
+
+    * after a line feed, before a letter: no alternative of either pattern takes a line feed
+      and then a letter (the optional lead-in of a word excludes CR and LF; the whitespace
+      alternatives take whitespace only);
+    * after a letter, before punctuation or a symbol other than the apostrophe: a run of
+      letters ends at a character that is not a letter (or, in o200k_base, a mark), and only
+      the contraction suffixes ('s, 't, ...) continue a word past it.
+    """
+    before, after = text[p - 1], text[p]
+    if before == "\n":
+        return after.isalpha()
+    return before.isalpha() and after != "'" and unicodedata.category(after)[0] in "PS"
+
+
+def _piece_ends(text: str, size: int) -> Iterator[int]:
+    """Ends of consecutive pieces of about ``size`` characters, each at a place where
+    ``_splits_at``; the last is ``len(text)``. A stretch with no such place (a long run of
+    digits or spaces) stays in one piece."""
+    n = len(text)
+    at = size
+    while at < n:
+        cut = 0
+        for m in _CUT_CANDIDATE.finditer(text, at, min(n, at + _PIECE_SEARCH_CHARS)):
+            p = m.start() + 1
+            if p < n and _splits_at(text, p):
+                cut = p
+                break
+        if cut:
+            yield cut
+            at = cut + size
+        else:
+            at += _PIECE_SEARCH_CHARS
+    yield n
 
 
 def _shared_table(encoding: tiktoken.Encoding) -> tuple[int, ...]:

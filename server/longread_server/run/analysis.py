@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from longread_server.calls.budget import BudgetLedger, exceeded
 from longread_server.calls.pipeline import CallContext
 from longread_server.domain import (
+    FieldViolation,
+    InvalidRequest,
     LlmRequest,
     Message,
     ModelCallFailed,
@@ -114,6 +116,7 @@ class Analysis:
                         "gen_ai.request.model": plan.model.model,
                     }
                 )
+        self._check_sampling(request, plan.model.vendor)
         warnings: list[JobWarning] = []
         if run:
             if not plan.within_budget:
@@ -129,6 +132,22 @@ class Analysis:
             planning_s=time.monotonic() - started,
             warnings=warnings,
         )
+
+    def _check_sampling(self, request: JobRequest, vendor: str) -> None:
+        """Ranges that depend on the vendor (the request's own were checked on arrival)."""
+        temperature = request.sampling.temperature
+        if temperature is None:
+            return
+        limit = self._runner.pipeline.adapter(vendor).max_temperature
+        if temperature > limit:
+            raise InvalidRequest(
+                [
+                    FieldViolation(
+                        "generation.temperature",
+                        f"must be in [0, {limit:g}] for {vendor}, got {temperature:g}",
+                    )
+                ]
+            )
 
     async def run(self, prep: PreparedJob, *, streaming: bool) -> AsyncGenerator[RunEvent, None]:
         """The job's events: the plan first, the result last."""

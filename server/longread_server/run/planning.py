@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import replace
 
-from longread_server.domain import FieldViolation, InvalidRequest
+from longread_server.domain import FieldViolation, InvalidRequest, too_large
 from longread_server.memo import OFFLOAD_MIN_CHARS, REMEMBER_MAX_CHARS, Memo
 from longread_server.plan.chunker import token_lengths
 from longread_server.plan.encodings import EncodingMemo
@@ -25,7 +25,7 @@ from longread_server.plan.planner import (
     plan_job,
     quick_fit,
 )
-from longread_server.plan.tokenizers import Tokenizer, get_tokenizer
+from longread_server.plan.tokenizers import Tokenizer, TooManyTokens, get_tokenizer
 from longread_server.run.models import ModelResolver
 from longread_server.run.request import JobRequest
 
@@ -71,20 +71,6 @@ class Planning:
         tokenizer = get_tokenizer("cl100k_base")
         lens = self._token_lengths(tokenizer, request.spec.text)
         doc_tokens = len(lens)
-        if doc_tokens > self._max_tokens:
-            limit = self._max_tokens
-            raise InvalidRequest(
-                [
-                    FieldViolation(
-                        "document.text",
-                        f"has {doc_tokens} tokens; the limit is {limit}",
-                        "DOCUMENT_TOO_LARGE",
-                    )
-                ],
-                "DOCUMENT_TOO_LARGE",
-                message=f"the document has {doc_tokens} tokens; the limit is {limit}",
-                metadata={"document_tokens": str(doc_tokens), "limit": str(limit)},
-            )
         overhead = overhead_tokens(request.spec, tokenizer)
         fits: list[ModelFit] = []
         if with_fits or self.models.needs_fits(request.model, request.preference):
@@ -119,7 +105,12 @@ class Planning:
 
     def _token_lengths(self, tokenizer: Tokenizer, text: str) -> Sequence[int]:
         """The byte length of each of the document's tokens: remembered for long documents
-        (Estimate, then Analyze, tokenizes once); short ones are planned from scratch."""
-        if len(text) > REMEMBER_MAX_CHARS:
-            return self.encodings.token_lengths(tokenizer, text)
-        return token_lengths(tokenizer, tokenizer.encode(text))
+        (Estimate, then Analyze, tokenizes once); short ones are planned from scratch. A
+        document over the token limit is refused as soon as counting passes the limit."""
+        limit = self._max_tokens
+        try:
+            if len(text) > REMEMBER_MAX_CHARS:
+                return self.encodings.token_lengths(tokenizer, text, limit)
+            return token_lengths(tokenizer, tokenizer.encode_at_most(text, limit))
+        except TooManyTokens:
+            raise too_large("document.text", "the document", None, limit, "tokens") from None

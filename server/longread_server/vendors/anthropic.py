@@ -179,6 +179,8 @@ class AnthropicAdapter:
     """The Messages API over the shared client."""
 
     kind = VendorKind.ANTHROPIC
+    # "Ranges from 0.0 to 1.0" (docs.anthropic.com/en/api/messages, `temperature`).
+    max_temperature = 1.0
 
     def __init__(
         self,

@@ -20,6 +20,9 @@ class VendorAdapter(Protocol):
 
     name: str  # the upstream's configured name, e.g. "openai", "deepseek"
     kind: VendorKind
+    # The largest sampling temperature the vendor documents; a request above it is refused
+    # before any call rather than sent to fail (or, worse, be clamped unseen).
+    max_temperature: float
 
     def build_payload(self, req: LlmRequest) -> dict[str, Any]:
         """The exact JSON body ``call`` sends for ``req`` (cache keys are derived from it)."""

@@ -202,6 +202,11 @@ class OpenAIAdapter:
     """Chat Completions over the shared client; ``compatible=True`` for other servers that
     speak the protocol (they get ``max_tokens`` and no ``prompt_cache_key``)."""
 
+    # "Between 0 and 2" (platform.openai.com/docs/api-reference/chat/create, `temperature`);
+    # OpenAI-compatible servers take the same range (DeepSeek's and Gemini's documented
+    # ranges are [0, 2] too).
+    max_temperature = 2.0
+
     def __init__(
         self,
         client: HttpClient,

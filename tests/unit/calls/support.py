@@ -25,6 +25,7 @@ from tests.clock import FakeClock
 class FakeAdapter:
     name = "fake"
     kind = VendorKind.OPENAI
+    max_temperature = 2.0
 
     def build_payload(self, req: LlmRequest) -> dict[str, Any]:
         return {}

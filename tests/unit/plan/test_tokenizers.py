@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from longread_server.plan import tokenizers
 from longread_server.plan.tokenizers import (
     O200K_ERROR,
@@ -89,3 +91,59 @@ def test_counts_and_byte_lengths_agree_with_the_encoding() -> None:
     assert sum(lengths[t] for t in ids) == len(text.encode())
     assert all(lengths[t] == len(enc.decode_single_token_bytes(t)) for t in ids)
     assert tok.splits_like_cl100k
+
+
+# ---- bounded encoding: pieces cut where the pre-tokenizer splits anyway ----
+
+_ALPHABET = st.sampled_from(
+    [
+        *"ab Zé\n\r\t .,;:!?'\"-_()0123456789",
+        "港",
+        "口",
+        "。",
+        "，",
+        "．",
+        "\u0301",
+        "😀",
+        "\u0964",
+        "ا",
+        "\u00a0",
+        "\u3000",
+        "\x0c",
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_ALPHABET, min_size=1, max_size=400).map("".join))
+def test_bounded_encoding_is_the_whole_encoding(text: str) -> None:
+    tok = get_tokenizer("cl100k_base")
+    with pytest.MonkeyPatch.context() as mp:
+        # Pieces of a few characters, so that most texts are cut many times.
+        mp.setattr(tokenizers, "_PIECE_CHARS", 3)
+        mp.setattr(tokenizers, "_PIECE_SEARCH_CHARS", 8)
+        whole = tok.encode(text)
+        assert tok.encode_at_most(text, 4 * len(text)) == whole
+        if whole:
+            with pytest.raises(tokenizers.TooManyTokens):
+                tok.encode_at_most(text, len(whole) - 1)
+
+
+def test_a_long_document_over_the_limit_stops_counting_early() -> None:
+    tok = get_tokenizer("cl100k_base")
+    text = "Ships leave the harbour at nine.\nTides turn twice a day, and港口九点关闭。\n" * 40_000
+    whole = tok.encode(text)
+    assert tok.encode_at_most(text, len(whole)) == whole
+    seen: list[int] = []
+    encode = tok._encode
+
+    def counting(piece: str) -> list[int]:
+        seen.append(len(piece))
+        return encode(piece)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tok, "_encode", counting)
+        with pytest.raises(tokenizers.TooManyTokens):
+            tok.encode_at_most(text, len(whole) // 10)
+    # It stopped after about a tenth of the text, in pieces.
+    assert len(seen) > 1 and sum(seen) < len(text) / 5

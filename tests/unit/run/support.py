@@ -43,6 +43,7 @@ class ScriptedAdapter:
     ``vendors/base.py``: a non-streaming request gets its text as one delta."""
 
     kind = VendorKind.OPENAI
+    max_temperature = 2.0
 
     def __init__(self, name: str = "openai", reply: Reply | None = None, hold: int = 0) -> None:
         self.name = name

@@ -86,7 +86,7 @@ async def test_only_huge_documents_are_planned_in_a_worker_thread(
     assert (thread is not threading.current_thread()) == offloaded
 
 
-async def test_a_document_over_the_token_limit_is_refused_with_its_count() -> None:
+async def test_a_document_over_the_token_limit_is_refused_with_the_limit() -> None:
     text = text_of(600)
     tokens = get_tokenizer("cl100k_base").count(text)
     with pytest.raises(InvalidRequest) as info:
@@ -94,7 +94,12 @@ async def test_a_document_over_the_token_limit_is_refused_with_its_count() -> No
     e = info.value
     assert e.reason == "DOCUMENT_TOO_LARGE"
     assert [(v.field, v.reason) for v in e.violations] == [("document.text", "DOCUMENT_TOO_LARGE")]
-    assert e.metadata == {"document_tokens": str(tokens), "limit": str(tokens - 1)}
+    # Counting stops at the limit, so the error knows "more than", not the count; it is
+    # worded as the character limit is.
+    assert e.metadata == {"limit": str(tokens - 1), "unit": "tokens"}
+    assert e.violations[0].description == (
+        f"is more than {tokens - 1} tokens; the limit is {tokens - 1} tokens"
+    )
     # At the limit exactly, it is planned.
     plan, _ = await planning(max_tokens=tokens).plan(request(text), with_fits=False)
     assert plan.document_tokens == tokens
