@@ -8,12 +8,12 @@ import logging
 import signal
 import sys
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health
 from redis.asyncio import Redis
 
+from longread_server import preflight
 from longread_server.api.auth import Authenticator
 from longread_server.api.registry import register, serving
 from longread_server.api.servicer import AnalysisServicer
@@ -159,11 +159,16 @@ class Gateway:
 def _server_credentials(cfg: Config) -> grpc.ServerCredentials | None:
     if not cfg.tls.enabled:
         return None
-    key = Path(cfg.tls.key_file).read_bytes()
-    cert = Path(cfg.tls.cert_file).read_bytes()
-    ca = Path(cfg.tls.client_ca_file).read_bytes() if cfg.tls.client_ca_file else None
+    # Checked again here, not only by load_config: a config may be built in code, and gRPC
+    # would report an unusable file only as a failure to bind.
+    try:
+        files = preflight.tls_files(cfg.tls.cert_file, cfg.tls.key_file, cfg.tls.client_ca_file)
+    except preflight.Unusable as e:
+        raise ConfigError(e.why, setting=f"tls.{e.what}") from None
     return grpc.ssl_server_credentials(
-        [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+        [(files.key, files.cert)],
+        root_certificates=files.client_ca,
+        require_client_auth=files.client_ca is not None,
     )
 
 
@@ -238,12 +243,15 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
         server, servicer, reflection_on=cfg.server.reflection, max_request_bytes=max_request
     )
     creds = _server_credentials(cfg)
-    if creds is None:
-        port = server.add_insecure_port(cfg.listen)
-    else:
-        port = server.add_secure_port(cfg.listen, creds)
+    try:
+        if creds is None:
+            port = server.add_insecure_port(cfg.listen)
+        else:
+            port = server.add_secure_port(cfg.listen, creds)
+    except RuntimeError:  # gRPC's core has logged why
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {cfg.listen}")
+        raise ConfigError(f"cannot listen on {cfg.listen}", setting="listen")
     await server.start()
     await serving(health_servicer)
     log.info("longread listening on port %d (%s)", port, "tls" if creds else "plaintext")
@@ -294,14 +302,30 @@ def _instrument_clients(tel: Telemetry, http: UpstreamHttp, redis: Redis | None)
 
 
 def main(config_path: str | None = None, listen: str | None = None) -> int:
-    """``longread serve``: 0 after a graceful stop; 2, with one line, for a config error."""
+    """``longread serve``: 0 after a graceful stop; 2, with one line on stderr naming the
+    setting and where it was given, when a setting, a file it names or an address cannot be
+    used."""
+    cfg: Config | None = None
     try:
         cfg = load_config(config_path)
-        configure_logging(cfg.telemetry.json_logs, cfg.telemetry.log_level)
         if listen:
             cfg.listen = listen
+            cfg.origins.note("listen", "--host/--port")
+        _check_listen(cfg.listen)
+        configure_logging(cfg.telemetry.json_logs, cfg.telemetry.log_level)
         asyncio.run(serve(cfg))
     except ConfigError as e:
-        print(f"longread: configuration error: {e}", file=sys.stderr)
+        if cfg is not None:
+            cfg.origins.locate(e)
+        print(f"longread: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _check_listen(address: str) -> None:
+    """Before anything starts (and logs): an address in use fails here in one line, where
+    gRPC would fail later, after its own lines on stderr."""
+    try:
+        preflight.probe_listen(address)
+    except preflight.Unusable as e:
+        raise ConfigError(e.why, setting="listen") from None

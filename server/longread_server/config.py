@@ -1,17 +1,27 @@
 """Typed configuration: defaults, then a TOML file, then ``LONGREAD_*`` environment variables.
 
-Environment variables name a field by its path with ``__`` between levels, e.g.
+Environment variables name a setting by its path with ``__`` between levels, e.g.
 ``LONGREAD_LISTEN=0.0.0.0:50051`` or ``LONGREAD_SERVER__GRACE_S=10``. Values are parsed by the
-field's type (lists as comma-separated text). Upstreams, tenants and catalog overrides are
-lists of tables and come from the file only; API keys are read from the environment variable
-each upstream or tenant names, never stored in the file.
+setting's type: a list of strings as comma-separated text or a JSON array, a table (e.g.
+``LONGREAD_SERVER``) as a JSON object of the keys it changes, a list of tables (upstreams,
+tenants, models) as a JSON array of objects that replaces the file's. One entry of upstreams
+or tenants is reached by its name: ``LONGREAD_UPSTREAMS__OPENAI__TIMEOUT_S=30`` changes the
+upstream named ``openai`` (``-`` and ``.`` in a name are ``_`` in a variable), or adds it when
+the variables give what an entry needs (``KIND`` and ``BASE_URL``; for a well-known vendor
+its defaults). API keys come from the environment: the variable each upstream or tenant names
+(``api_key_env``, ``api_keys_env``), or ``LONGREAD_UPSTREAMS__<NAME>__API_KEY`` itself.
+
+Every error is a :class:`ConfigError` naming the setting and where it was given.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
+import json
 import logging
 import os
+import re
 import tomllib
 import types
 import typing
@@ -20,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from longread_server import preflight
 from longread_server.domain import VendorKind
 
 ENV_PREFIX = "LONGREAD_"
@@ -29,7 +40,20 @@ log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
-    """The configuration is invalid; the message names the field."""
+    """The configuration is invalid: ``why``, about ``setting`` (a path such as
+    ``tls.cert_file``) as ``source`` gave it (a file, an environment variable, a flag)."""
+
+    def __init__(self, why: str, *, setting: str = "", source: str = "") -> None:
+        super().__init__(why)
+        self.why = why
+        self.setting = setting
+        self.source = source
+
+    def __str__(self) -> str:
+        if not self.setting:
+            return self.why
+        where = f"{self.setting} ({self.source})" if self.source else self.setting
+        return f"{where}: {self.why}"
 
 
 @dataclass
@@ -286,6 +310,48 @@ def _validate_resilience(r: ResilienceConfig) -> None:
 # --- end resilience ---
 
 
+# The last step of a setting's path: ``.name`` or ``[index]``.
+_LAST_STEP = re.compile(r"(?:\.[a-z0-9_]+|\[[^\]]*\])$")
+# A message that begins with the setting it is about: "cache.ttl_s must be positive".
+_LEADING_SETTING = re.compile(r"([a-z_][a-z0-9_]*(?:\.[a-z0-9_]+|\[\d+\])*)(?::\s+|\s+)(?=\S)")
+
+
+@dataclass
+class Origins:
+    """Where each setting was given: ``in <file>``, an environment variable, a flag."""
+
+    given: dict[str, str] = field(default_factory=dict)  # setting path -> source
+
+    def note(self, setting: str, source: str) -> None:
+        self.given[setting] = source
+
+    def source(self, setting: str) -> str:
+        """Where ``setting``, or the table or list it is in, was given; for a table, where the
+        settings in it were; "default" for none."""
+        path = setting
+        while path:
+            if path in self.given:
+                return self.given[path]
+            path = _LAST_STEP.sub("", path) if _LAST_STEP.search(path) else ""
+        within = {s for k, s in self.given.items() if k.startswith((setting + ".", setting + "["))}
+        return ", ".join(sorted(within)) or "default"
+
+    def locate(self, err: ConfigError) -> ConfigError:
+        """``err`` with the source of its setting (for a message that begins with a setting's
+        path, that setting's)."""
+        if err.source:
+            return err
+        if not err.setting:
+            m = _LEADING_SETTING.match(err.why)
+            if m is None or not _is_setting(m.group(1)):
+                return err
+            err.setting, err.why = m.group(1), err.why[m.end() :]
+        source = self.source(err.setting)
+        if source != "default" or _is_setting(err.setting):
+            err.source = source
+        return err
+
+
 @dataclass
 class Config:
     """Everything the gateway reads at start-up."""
@@ -316,6 +382,9 @@ class Config:
             return not self.upstreams
         return self.sandbox.enabled
 
+    # Not a setting: where load_config found each one, to name it in an error at start-up.
+    origins: Origins = field(default_factory=Origins, init=False, repr=False, compare=False)
+
 
 # Upstreams configured from the usual vendor environment variables when the file names none.
 _WELL_KNOWN = (
@@ -335,38 +404,72 @@ _WELL_KNOWN = (
 def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
     """Builds the config from defaults, the TOML file (if any) and the environment."""
     env = os.environ if env is None else env
+    origins = Origins()
+    try:
+        cfg = _load(path, env, origins)
+    except ConfigError as e:
+        origins.locate(e)
+        raise
+    cfg.origins = origins
+    return cfg
+
+
+def _load(path: str | Path | None, env: Mapping[str, str], origins: Origins) -> Config:
     data: dict[str, Any] = {}
+    from_env = not path and bool(env.get(ENV_PREFIX + "CONFIG"))
     path = path or env.get(ENV_PREFIX + "CONFIG") or None
     if path:
-        try:
-            with open(path, "rb") as f:
-                data = tomllib.load(f)
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            raise ConfigError(f"cannot read config file {path}: {e}") from e
+        data = _read_file(str(path), ENV_PREFIX + "CONFIG" if from_env else "")
+        _note_file(data, "", f"in {path}", origins)
     cfg: Config = _build(Config, data, "")
-    _apply_env(cfg, env)
+    entries = _apply_env(cfg, env, origins)
+    left = _apply_entries(cfg, entries, origins, last=False)
     if not cfg.upstreams:
-        cfg.upstreams = [
-            UpstreamConfig(name=n, kind=k, base_url=u, api_key_env=e)
-            for n, k, u, e in _WELL_KNOWN
-            if env.get(e)
-        ]
+        named = {e.key for e in left if e.list_name == "upstreams"}
+        for n, k, u, e in _WELL_KNOWN:
+            if env.get(e) or n in named:
+                origins.note(f"upstreams[{len(cfg.upstreams)}]", e)
+                cfg.upstreams.append(UpstreamConfig(name=n, kind=k, base_url=u, api_key_env=e))
+    _apply_entries(cfg, left, origins, last=True)
     for up in cfg.upstreams:
-        if up.api_key_env:
+        if up.api_key_env and not up.api_key:
             up.api_key = env.get(up.api_key_env, "")
-    for t in cfg.tenants:
-        if t.api_keys_env:
+    for i, t in enumerate(cfg.tenants):
+        if t.api_keys_env and not t.api_keys:
             t.api_keys = [k.strip() for k in env.get(t.api_keys_env, "").split(",") if k.strip()]
         if not t.api_keys:
-            raise ConfigError(f"tenant {t.name!r}: no API keys (set {t.api_keys_env or '?'})")
+            where = f"{t.api_keys_env} is unset or empty" if t.api_keys_env else "set api_keys_env"
+            raise ConfigError(f"{t.name!r} has no API keys: {where}", setting=f"tenants[{i}]")
     _validate(cfg)
+    _check_usable(cfg)
     return cfg
+
+
+def _read_file(path: str, source: str) -> dict[str, Any]:
+    where = f"config file {path}"
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(
+            f"cannot read it: {e.strerror or e}", setting=where, source=source
+        ) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"not valid TOML: {e}", setting=where, source=source) from None
+
+
+def _note_file(data: Mapping[str, Any], prefix: str, source: str, origins: Origins) -> None:
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            _note_file(value, f"{prefix}{key}.", source, origins)
+        else:
+            origins.note(prefix + key, source)
 
 
 def _validate(cfg: Config) -> None:
     names = [u.name for u in cfg.upstreams]
     if len(set(names)) != len(names):
-        raise ConfigError(f"upstream names must be unique: {names}")
+        raise ConfigError(f"names must be unique: {names}", setting="upstreams")
     if cfg.tls.client_ca_file and not cfg.tls.enabled:
         raise ConfigError("tls.client_ca_file needs tls.cert_file and tls.key_file")
     if not 0 < cfg.telemetry.sampling_ratio <= 1:
@@ -387,9 +490,11 @@ def _validate(cfg: Config) -> None:
         "default_chunk_tokens",
     ):
         if getattr(cfg.limits, name) <= 0:
-            raise ConfigError(f"limits.{name} must be positive")
+            raise ConfigError("must be positive", setting=f"limits.{name}")
     if cfg.server.max_message_bytes < 0:
-        raise ConfigError("server.max_message_bytes must be 0 (from the limits) or positive")
+        raise ConfigError(
+            "must be 0 (from the limits) or positive", setting="server.max_message_bytes"
+        )
     _validate_resilience(cfg.resilience)
 
 
@@ -410,20 +515,84 @@ def request_bytes_limit(cfg: Config) -> int:
     return _UTF8_MAX * chars + _FIELDS_MARGIN
 
 
+def _check_usable(cfg: Config) -> None:
+    """What the settings point at, checked now: gRPC, Redis or the exporters would fail on
+    it later without naming the setting."""
+    tls = cfg.tls
+    if bool(tls.cert_file) != bool(tls.key_file):
+        given, other = ("cert_file", "key_file") if tls.cert_file else ("key_file", "cert_file")
+        raise ConfigError(f"needs tls.{other} as well", setting=f"tls.{given}")
+    if tls.enabled:
+        try:
+            preflight.tls_files(tls.cert_file, tls.key_file, tls.client_ca_file)
+        except preflight.Unusable as e:
+            raise ConfigError(e.why, setting=f"tls.{e.what}") from None
+    checks = (
+        ("listen", cfg.listen, preflight.split_listen),
+        ("redis_url", cfg.redis_url, preflight.check_redis_url),
+        ("telemetry.otlp_endpoint", cfg.telemetry.otlp_endpoint, preflight.check_otlp_endpoint),
+    )
+    for setting, value, check in checks:
+        if value:
+            try:
+                check(value)
+            except preflight.Unusable as e:
+                raise ConfigError(e.why, setting=setting) from None
+    for setting, port in (
+        ("telemetry.prometheus_port", cfg.telemetry.prometheus_port),
+        ("sandbox.port", cfg.sandbox.port),
+    ):
+        if port > 65535:
+            raise ConfigError(f"{port} is not a port (0 to 65535)", setting=setting)
+
+
+def _fields(cls: type[Any]) -> dict[str, Any]:
+    """The settings of a config table: its fields' types, without those load_config fills."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
+
+
+def _table_of_list(tp: Any) -> type[Any] | None:
+    """``X`` for ``list[X]`` where X is a table, else None."""
+    if typing.get_origin(tp) is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(item, type) and dataclasses.is_dataclass(item):
+            return item
+    return None
+
+
+def _is_setting(path: str) -> bool:
+    tp: Any = Config
+    for part in re.sub(r"\[[^\]]*\]", "", path).split("."):
+        if not (isinstance(tp, type) and dataclasses.is_dataclass(tp)):
+            return False
+        fields = _fields(tp)
+        if part not in fields:
+            return False
+        tp = _table_of_list(fields[part]) or fields[part]
+    return True
+
+
 def _build(cls: type[Any], data: Mapping[str, Any], where: str) -> Any:
     """Builds dataclass ``cls`` from a TOML table, rejecting unknown keys."""
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{where.rstrip('.') or 'config'}: expected a table")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(data) - set(fields)
+        raise ConfigError("expected a table", setting=where.rstrip(".") or "config")
+    hints = _fields(cls)
+    unknown = sorted(set(data) - set(hints))
     if unknown:
-        raise ConfigError(f"{where.rstrip('.') or 'config'}: unknown keys {sorted(unknown)}")
+        also = f" (nor {', '.join(unknown[1:])})" if unknown[1:] else ""
+        raise ConfigError(f"unknown setting{also}", setting=where + unknown[0])
+    missing = [
+        f.name for f in dataclasses.fields(cls) if f.name not in data and f.init and _required(f)
+    ]
+    if missing:
+        raise ConfigError(f"missing {', '.join(missing)}", setting=where.rstrip(".") or "config")
     kwargs = {k: _convert(hints[k], v, f"{where}{k}") for k, v in data.items()}
-    try:
-        return cls(**kwargs)
-    except TypeError as e:
-        raise ConfigError(f"{where.rstrip('.') or 'config'}: {e}") from e
+    return cls(**kwargs)
+
+
+def _required(f: dataclasses.Field[Any]) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:
@@ -434,7 +603,7 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     if origin is list:
         (item,) = typing.get_args(tp)
         if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list")
+            raise ConfigError("expected a list", setting=where)
         return [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _build(tp, value, where + ".")
@@ -443,23 +612,28 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             return VendorKind(value)
         except ValueError:
             kinds = [k.value for k in VendorKind]
-            raise ConfigError(f"{where}: {value!r} is not one of {kinds}") from None
+            raise ConfigError(f"{value!r} is not one of {kinds}", setting=where) from None
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp in (int, float, str, bool) and not (
         isinstance(value, tp) and not (tp is int and isinstance(value, bool))
     ):
-        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+        raise ConfigError(f"expected {tp.__name__}, got {value!r}", setting=where)
     return value
 
 
 def _parse_env(tp: Any, text: str, where: str) -> Any:
+    """The value of a scalar setting, or a list of them, from a variable's text."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return None if text.lower() in ("", "none", "auto") else _parse_env(args[0], text, where)
     if origin is list:
-        return [s.strip() for s in text.split(",") if s.strip()]
+        if text.lstrip().startswith("["):
+            return _convert(tp, _json(text, where, "a JSON array"), where)
+        return _convert(tp, [s.strip() for s in text.split(",") if s.strip()], where)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return _convert(tp, text, where)
     try:
         if tp is bool:
             if text.lower() in ("1", "true", "yes", "on"):
@@ -470,23 +644,155 @@ def _parse_env(tp: Any, text: str, where: str) -> Any:
         if tp in (int, float, str):
             return tp(text)
     except ValueError:
-        raise ConfigError(f"{where}: cannot parse {text!r} as {tp.__name__}") from None
-    raise ConfigError(f"{where}: cannot be set from the environment")
+        raise ConfigError(f"cannot parse {text!r} as {tp.__name__}", setting=where) from None
+    raise ConfigError("cannot be set from the environment", setting=where)
 
 
-def _apply_env(cfg: Config, env: Mapping[str, str]) -> None:
-    for key, text in env.items():
-        if not key.startswith(ENV_PREFIX) or key in _CLIENT_ENV:
-            continue
-        path = key[len(ENV_PREFIX) :].lower().split("__")
-        target: Any = cfg
-        for part in path[:-1]:
-            target = getattr(target, part, None)
-        name = path[-1]
-        if not dataclasses.is_dataclass(target) or name not in {
-            f.name for f in dataclasses.fields(target)
-        }:
-            log.warning("ignoring unknown setting %s", key)
-            continue
-        tp = typing.get_type_hints(type(target))[name]
-        setattr(target, name, _parse_env(tp, text, key))
+def _json(text: str, where: str, expected: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        # Not the text itself: it may hold an API key.
+        why = f"expected {expected}: {e.msg} at line {e.lineno} column {e.colno}"
+        raise ConfigError(why, setting=where) from None
+
+
+def _merge(table: Any, data: Any, where: str) -> None:
+    """Sets the keys of a JSON object on a config table (and on the tables within it)."""
+    if not isinstance(data, dict):
+        raise ConfigError("expected a JSON object", setting=where)
+    fields = _fields(type(table))
+    for key, value in data.items():
+        if key not in fields:
+            raise ConfigError("unknown setting", setting=f"{where}.{key}")
+        current = getattr(table, key)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            _merge(current, value, f"{where}.{key}")
+        else:
+            setattr(table, key, _convert(fields[key], value, f"{where}.{key}"))
+
+
+@dataclass
+class _Entry:
+    """The ``LONGREAD_<LIST>__<NAME>__<SETTING>`` variables of one named entry of a list."""
+
+    list_name: str  # "upstreams"
+    table: type[Any]
+    key: str  # the name as the variables spell it, in lower case
+    values: dict[str, tuple[str, str]] = field(default_factory=dict)  # setting -> var, text
+
+
+def _apply_env(cfg: Config, env: Mapping[str, str], origins: Origins) -> list[_Entry]:
+    """Applies the ``LONGREAD_*`` variables but those of named entries, which it returns."""
+    entries: dict[tuple[str, str], _Entry] = {}
+    ours = [k for k in env if k.startswith(ENV_PREFIX) and k not in _CLIENT_ENV]
+    # A whole table before the settings in it, so that the narrower variable wins.
+    for var in sorted(ours, key=lambda k: (k.count("__"), k)):
+        parts = var[len(ENV_PREFIX) :].lower().split("__")
+        table: Any = cfg
+        setting = ""
+        for i, part in enumerate(parts):
+            fields = _fields(type(table))
+            path = f"{setting}.{part}" if setting else part
+            if part not in fields:
+                if i == 0:
+                    # Not ours, e.g. the LONGREAD_PORT that Kubernetes sets for a Service
+                    # named longread.
+                    log.warning("ignoring unknown setting %s", var)
+                    break
+                raise ConfigError("unknown setting", setting=path, source=var)
+            setting, tp, rest = path, fields[part], parts[i + 1 :]
+            if not rest:
+                origins.note(setting, var)
+                _set_from_env(table, part, tp, env[var], setting)
+                break
+            item = _table_of_list(tp)
+            if item is not None:
+                _collect_entry(entries, setting, item, rest, var, env[var])
+                break
+            table = getattr(table, part)
+            if not dataclasses.is_dataclass(table):
+                raise ConfigError("has no settings under it", setting=setting, source=var)
+    return list(entries.values())
+
+
+def _set_from_env(table: Any, name: str, tp: Any, text: str, setting: str) -> None:
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        _merge(getattr(table, name), _json(text, setting, "a JSON object"), setting)
+    elif _table_of_list(tp) is not None:
+        value = _json(text, setting, "a JSON array of objects")
+        setattr(table, name, _convert(tp, value, setting))
+    else:
+        setattr(table, name, _parse_env(tp, text, setting))
+
+
+def _collect_entry(
+    entries: dict[tuple[str, str], _Entry],
+    setting: str,
+    table: type[Any],
+    rest: list[str],
+    var: str,
+    text: str,
+) -> None:
+    whole = ENV_PREFIX + setting.upper()
+    if "name" not in _fields(table):
+        raise ConfigError(
+            f"its entries have no name: give the whole list as JSON in {whole}",
+            setting=setting,
+            source=var,
+        )
+    if len(rest) != 2 or not rest[0]:
+        raise ConfigError(f"expected {whole}__<NAME>__<SETTING>", setting=setting, source=var)
+    key, name = rest
+    if name not in _fields(table):
+        raise ConfigError("unknown setting", setting=f"{setting}[{key}].{name}", source=var)
+    entry = entries.setdefault((setting, key), _Entry(setting, table, key))
+    entry.values[name] = (var, text)
+
+
+def _env_key(name: str) -> str:
+    """A name as a variable spells it (in lower case): ``my-llm`` is ``MY_LLM``."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower())
+
+
+def _apply_entries(
+    cfg: Config, entries: list[_Entry], origins: Origins, *, last: bool
+) -> list[_Entry]:
+    """Sets the variables of each entry on the entry of that name, or adds the entry when
+    they give what it needs; returns the others, which are errors when ``last``."""
+    left = []
+    for e in entries:
+        items: list[Any] = getattr(cfg, e.list_name)
+        found = [i for i, item in enumerate(items) if _env_key(item.name) == e.key]
+        first_var = min(var for var, _ in e.values.values())
+        if len(found) > 1:
+            names = [items[i].name for i in found]
+            why = f"names {names} are spelt alike in variables: rename one"
+            raise ConfigError(why, setting=f"{e.list_name}[{e.key}]", source=first_var)
+        index = found[0] if found else len(items)
+        if not found:
+            required = [
+                f.name
+                for f in dataclasses.fields(e.table)
+                if f.init and _required(f) and f.name not in e.values and f.name != "name"
+            ]
+            if required and not last:
+                left.append(e)
+                continue
+            if required:
+                prefix = f"{ENV_PREFIX}{e.list_name.upper()}__{e.key.upper()}__"
+                also = " and ".join(prefix + r.upper() for r in required)
+                why = f"no entry named {e.key!r}: to add one, set {also}"
+                raise ConfigError(why, setting=f"{e.list_name}[{e.key}]", source=first_var)
+        hints = _fields(e.table)
+        values = {}
+        for name, (var, text) in sorted(e.values.items()):
+            setting = f"{e.list_name}[{index}].{name}"
+            origins.note(setting, var)
+            values[name] = _parse_env(hints[name], text, setting)
+        if found:
+            for name, value in values.items():
+                setattr(items[index], name, value)
+        else:
+            items.append(e.table(**{"name": e.key, **values}))
+    return left

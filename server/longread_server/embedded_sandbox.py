@@ -8,6 +8,7 @@ without the emulator then fails with a configuration error that says what to do.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable
 from importlib.metadata import entry_points
 from typing import Protocol, cast
@@ -51,4 +52,9 @@ def find_sandbox() -> StartSandbox:
 async def start_sandbox(cfg: EmbeddedSandboxConfig) -> EmbeddedSandbox:
     """Starts the emulator on loopback with the ``[sandbox]`` settings."""
     start = find_sandbox()
-    return await start(host="127.0.0.1", port=cfg.port, latency_ms=cfg.latency_ms)
+    try:
+        return await start(host="127.0.0.1", port=cfg.port, latency_ms=cfg.latency_ms)
+    except OSError as e:  # its port in use
+        reason = os.strerror(e.errno) if e.errno else str(e)
+        why = f"cannot start the sandbox on 127.0.0.1:{cfg.port}: {reason}"
+        raise ConfigError(why, setting="sandbox.port") from None

@@ -112,7 +112,7 @@ def requests(draw: st.DrawFn, cls: type[Any]) -> Any:
     req.model.model = draw(
         mostly(st.sampled_from(MODELS), st.one_of(st.sampled_from(ODD_MODELS), SHORT))
     )
-    req.model.preference = draw(mostly(st.integers(0, 2), st.integers(-1, 4)))  # type: ignore[assignment]
+    req.model.preference = draw(mostly(st.integers(0, 2), st.integers(-1, 4)))
     g = req.generation
     if draw(st.booleans()):
         g.temperature = draw(_floats(0, 2))
@@ -129,15 +129,15 @@ def requests(draw: st.DrawFn, cls: type[Any]) -> Any:
     c = req.chunking
     c.max_chunk_tokens = draw(mostly(st.sampled_from([0, 0, 4, 16, 64, 2000]), INT32))
     c.overlap_tokens = draw(mostly(st.sampled_from([0, 0, 2, 8]), INT32))
-    c.strategy = draw(mostly(st.integers(0, 4), st.integers(-1, 6)))  # type: ignore[assignment]
+    c.strategy = draw(mostly(st.integers(0, 4), st.integers(-1, 6)))
     req.budget.max_cost_usd = draw(
         mostly(st.sampled_from([0.0, 1.0, 1e-9]), st.sampled_from([-1.0, math.nan, math.inf]))
     )
     for _ in range(draw(mostly(st.integers(0, 2), st.integers(0, 4)))):
         role = draw(mostly(st.integers(1, 2), st.integers(-1, 3)))
-        req.history.add(role=role, text=draw(mostly(st.just("Earlier turn."), SHORT)))  # type: ignore[arg-type]
+        req.history.add(role=role, text=draw(mostly(st.just("Earlier turn."), SHORT)))
     if cls is not svc.EstimateRequest:
-        req.cache.mode = draw(mostly(st.integers(0, 3), st.integers(-1, 5)))  # type: ignore[assignment]
+        req.cache.mode = draw(mostly(st.integers(0, 3), st.integers(-1, 5)))
         if draw(st.booleans()):
             req.cache.ttl.seconds = draw(mostly(st.integers(1, 3600), st.integers(-5, 10**13)))
             req.cache.ttl.nanos = draw(mostly(st.just(0), st.integers(-(10**9), 10**9)))
@@ -326,7 +326,7 @@ def _not_utf8(b: bytes) -> bool:
 
 async def test_bytes_that_are_not_a_request_get_invalid_argument(fuzz_gateway: Gateway) -> None:
     def run(channel: grpc.Channel, tally: Tally, config: settings) -> None:
-        methods = [
+        methods: list[grpc.UnaryUnaryMultiCallable[bytes, bytes]] = [
             channel.unary_unary(f"/longread.v1.AnalysisService/{m}")
             for m in ("Estimate", "Analyze")
         ]
@@ -353,7 +353,9 @@ async def test_undecodable_and_oversized_requests_are_explained(fuzz_gateway: Ga
         f"127.0.0.1:{fuzz_gateway.port}",
         options=[("grpc.max_send_message_length", 256 * 1024 * 1024)],
     )
-    estimate = channel.unary_unary("/longread.v1.AnalysisService/Estimate")
+    estimate: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+        "/longread.v1.AnalysisService/Estimate"
+    )
     try:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await estimate(b"\x12\x02\xff\xfe", timeout=10)

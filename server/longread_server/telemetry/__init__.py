@@ -13,6 +13,7 @@ instruments), ``logs`` (JSON lines). This module builds a gateway's :class:`Tele
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -123,9 +124,14 @@ def setup(
 
             registry = CollectorRegistry()
             readers.append(PrometheusMetricReader(registry=registry))
-            server, _ = start_http_server(
-                cfg.prometheus_port, addr=cfg.prometheus_host, registry=registry
-            )
+            try:
+                server, _ = start_http_server(
+                    cfg.prometheus_port, addr=cfg.prometheus_host, registry=registry
+                )
+            except OSError as e:  # in use, or a host that is not this machine's
+                where = f"{cfg.prometheus_host}:{cfg.prometheus_port}"
+                why = f"cannot listen on {where}: {os.strerror(e.errno) if e.errno else e}"
+                raise ConfigError(why, setting="telemetry.prometheus_port") from None
             tel._prometheus_server = server
             tel.prometheus_port = server.server_port
     if readers:

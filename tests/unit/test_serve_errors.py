@@ -1,0 +1,89 @@
+"""``longread serve`` with a setting it cannot use: one line on stderr, exit code 2."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def taken() -> Iterator[int]:
+    """A port another server listens on."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+def serve(env: dict[str, str], *args: str) -> str:
+    """The one line ``longread serve`` prints before it exits with 2."""
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("LONGREAD_", "OTEL_")) and not k.endswith("_API_KEY")
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "longread.cli", "serve", *args],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    return lines[0]
+
+
+def test_a_missing_tls_file(tmp_path: Path) -> None:
+    env = {
+        "LONGREAD_TLS__CERT_FILE": str(tmp_path / "server.pem"),
+        "LONGREAD_TLS__KEY_FILE": str(tmp_path / "server.key"),
+    }
+    assert serve(env, "--port", "0") == (
+        f"longread: tls.cert_file (LONGREAD_TLS__CERT_FILE): cannot read "
+        f"{tmp_path / 'server.pem'}: No such file or directory"
+    )
+
+
+def test_a_port_in_use(taken: int) -> None:
+    assert serve({}, "--port", str(taken)) == (
+        f"longread: listen (--host/--port): cannot listen on 127.0.0.1:{taken}: "
+        "Address already in use"
+    )
+    assert serve({"LONGREAD_LISTEN": f"127.0.0.1:{taken}"}).startswith(
+        "longread: listen (LONGREAD_LISTEN): cannot listen on"
+    )
+
+
+def test_a_list_from_the_environment_that_is_not_json() -> None:
+    assert serve({"LONGREAD_UPSTREAMS": "openai,anthropic"}, "--port", "0") == (
+        "longread: upstreams (LONGREAD_UPSTREAMS): expected a JSON array of objects: "
+        "Expecting value at line 1 column 1"
+    )
+
+
+def test_a_sandbox_port_in_use(taken: int) -> None:
+    assert serve({"LONGREAD_SANDBOX__PORT": str(taken)}, "--port", "0") == (
+        f"longread: sandbox.port (LONGREAD_SANDBOX__PORT): cannot start the sandbox on "
+        f"127.0.0.1:{taken}: Address already in use"
+    )
+
+
+def test_a_metrics_port_in_use(taken: int) -> None:
+    env = {
+        "LONGREAD_TELEMETRY__METRICS": "true",
+        "LONGREAD_TELEMETRY__PROMETHEUS": "true",
+        "LONGREAD_TELEMETRY__PROMETHEUS_PORT": str(taken),
+    }
+    assert serve(env, "--port", "0").startswith(
+        "longread: telemetry.prometheus_port (LONGREAD_TELEMETRY__PROMETHEUS_PORT): cannot listen"
+    )
