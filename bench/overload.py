@@ -202,7 +202,7 @@ def main() -> dict[str, Any]:
         for name, port in ports.items():
             _load.wait_idle([variants[name]])
             log(f"2x for {OVERLOAD_S:g}s: {name}")
-            with RetryInfoProbe(port, KEYS["victim"]) as probe:
+            with RetryInfoProbe(port, KEYS["flood"]) as probe:
                 res = summarize(
                     ghz_run(port, key=KEYS["flood"], rps=2 * sustainable, seconds=OVERLOAD_S),
                     OVERLOAD_S,
