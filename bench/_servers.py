@@ -101,10 +101,12 @@ def gateway(
     cpu: int | None = None,
     env: dict[str, str] | None = None,
     serve: Sequence[str] = ("longread.cli", "serve"),
+    extra_config: str = "",
 ) -> Proc:
     """A gateway whose upstreams all point at the sandbox on ``sandbox_port``; other settings
-    come from ``env`` (``LONGREAD_TELEMETRY__TRACES=true``...). ``serve``: the module and
-    arguments that run it (``--config FILE`` is added)."""
+    come from ``env`` (``LONGREAD_TELEMETRY__TRACES=true``...) and ``extra_config`` (TOML
+    appended to the file, e.g. tenants). ``serve``: the module and arguments that run it
+    (``--config FILE`` is added)."""
     base = f"http://127.0.0.1:{sandbox_port}"
     config = f"""
 listen = "127.0.0.1:{port}"
@@ -120,6 +122,7 @@ name = "anthropic"
 kind = "anthropic"
 base_url = "{base}"
 api_key_env = "BENCH_KEY"
+{extra_config}
 """
     fd, path = tempfile.mkstemp(suffix=".toml", prefix="longread-bench-")
     with os.fdopen(fd, "w") as f:

@@ -31,6 +31,7 @@ def gateway_config(sandbox: Sandbox, **changes: object) -> Config:
     cfg = Config(listen="127.0.0.1:0", upstreams=sandbox_upstreams(sandbox.base_url))
     cfg.sandbox.enabled = False
     cfg.server.grace_s = 0.5
+    cfg.server.drain_delay_s = 0.0
     for k, v in changes.items():
         setattr(cfg, k, v)
     return cfg

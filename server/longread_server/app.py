@@ -14,6 +14,7 @@ from grpc_health.v1 import health
 from redis.asyncio import Redis
 
 from longread_server import preflight
+from longread_server.api.admission import Admission, LoopLag
 from longread_server.api.auth import Authenticator
 from longread_server.api.registry import register, serving
 from longread_server.api.servicer import AnalysisServicer
@@ -49,6 +50,9 @@ from longread_server.vendors import make_adapter
 from longread_server.vendors.transport import UpstreamHttp, upstream_client
 
 log = logging.getLogger("longread")
+
+# After the grace period's cut, the time left for the cut RPCs to send their statuses.
+_CUT_WRITE_S = 0.5
 
 # The upstream names the built-in sandbox stands in for, with the protocol each speaks.
 _SANDBOX_UPSTREAMS = (
@@ -138,11 +142,28 @@ class Gateway:
     resilience: Resilience | None = None  # rate limits, breakers, retries (state, stats)
     ledger: BudgetLedger | None = None  # tenants' monthly spend
     encodings: EncodingMemo | None = None  # recent long documents' encodings
+    admission: Admission | None = None  # the AnalysisService's RPCs: limit, shares, drain
+    loop_lag: LoopLag | None = None  # what the admission limit is steered by
 
     async def stop(self, grace: float | None = None) -> None:
-        """Drains: health says NOT_SERVING, in-flight RPCs finish (up to ``grace``)."""
+        """Drains. Health says NOT_SERVING at once, and keeps answering so to the end (the
+        server stops accepting RPCs only when the drain is over); new RPCs are served for
+        ``server.drain_delay_s``, then refused with DRAINING; in-flight RPCs get ``grace``
+        seconds, and those still running are then ended with UNAVAILABLE and DRAINING."""
+        grace = self.cfg.server.grace_s if grace is None else grace
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(self.cfg.server.grace_s if grace is None else grace)
+        adm = self.admission
+        if adm is not None:
+            if self.cfg.server.drain_delay_s > 0:
+                await asyncio.sleep(self.cfg.server.drain_delay_s)
+            adm.close()
+            if not await adm.drained(grace):
+                log.warning("drain: grace period over, ending %d RPCs", adm.cut())
+                await adm.drained(_CUT_WRITE_S)
+            grace = _CUT_WRITE_S  # for what remains: health watches, reflection
+        await self.server.stop(grace)
+        if self.loop_lag is not None:
+            self.loop_lag.stop()
         if self.cache is not None:
             await self.cache.aclose()
         await self.http.aclose()
@@ -203,7 +224,8 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
     )
     runner = JobRunner(Pipeline(adapters, stages, tel), tel, resilience.concurrency)
     analysis = build_analysis(cfg, catalog, runner, ledger, tel)
-    servicer = AnalysisServicer(cfg, analysis, Authenticator(cfg.tenants), tel)
+    admission = Admission(cfg.admission)
+    servicer = AnalysisServicer(cfg, analysis, Authenticator(cfg.tenants), tel, admission)
     if tel.client_spans:
         _instrument_clients(tel, http, redis)
 
@@ -253,6 +275,10 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
     if port == 0:
         raise ConfigError(f"cannot listen on {cfg.listen}", setting="listen")
     await server.start()
+    loop_lag = None
+    if admission.limit is not None:
+        loop_lag = LoopLag(admission.limit, cfg.admission.sample_interval_ms / 1000)
+        loop_lag.start()
     await serving(health_servicer)
     log.info("longread listening on port %d (%s)", port, "tls" if creds else "plaintext")
     return Gateway(
@@ -268,6 +294,8 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
         resilience=resilience,
         ledger=ledger,
         encodings=analysis.planning.encodings,
+        admission=admission,
+        loop_lag=loop_lag,
     )
 
 
@@ -281,7 +309,11 @@ async def serve(cfg: Config) -> None:
             loop.add_signal_handler(sig, stop.set)
     print(f"longread serving on {cfg.listen.rsplit(':', 1)[0]}:{gw.port}", flush=True)
     await stop.wait()
-    log.info("draining (grace %.1fs)", cfg.server.grace_s)
+    log.info(
+        "draining (NOT_SERVING; new RPCs served for %.1fs, then in-flight ones get %.1fs)",
+        cfg.server.drain_delay_s,
+        cfg.server.grace_s,
+    )
     await gw.stop()
 
 

@@ -64,7 +64,10 @@ class ServerConfig:
     # (``request_bytes_limit``). Larger requests, up to twice this, are refused with
     # INVALID_ARGUMENT and the limit; beyond that gRPC itself refuses them.
     max_message_bytes: int = 0
-    grace_s: float = 15.0  # graceful drain on SIGTERM
+    grace_s: float = 15.0  # graceful drain on SIGTERM: how long in-flight RPCs may run on
+    # From SIGTERM, health says NOT_SERVING while new RPCs are still served for this long (so
+    # balancers and health-watching clients move away first); the grace period follows.
+    drain_delay_s: float = 1.0
     keepalive_time_ms: int = 20_000
     keepalive_timeout_ms: int = 10_000
     max_connection_age_ms: int = 0  # 0: unlimited
@@ -76,6 +79,31 @@ class ServerConfig:
     # Chose between two upstream clients; there is one now (httpx). Still accepted, with a
     # warning, so configs written for older versions load.
     http_client: str = ""
+
+
+@dataclass
+class AdmissionConfig:
+    """Admission control of the AnalysisService's RPCs (``api/admission.py``): a concurrency
+    limit adapted to the event loop's lag, refusals beyond it, a fair share per tenant."""
+
+    enabled: bool = True
+    target_lag_ms: float = 5.0  # the loop's ready-queue delay the limit is steered to
+    initial_limit: int = 64
+    min_limit: int = 8
+    max_limit: int = 10_000
+    window_s: float = 0.1  # the limit is updated once per window
+    sample_interval_ms: float = 5.0  # one lag sample per interval
+    retry_after_s: float = 0.5  # RetryInfo of a refusal (OVERLOADED)
+    drain_retry_after_s: float = 1.0  # RetryInfo of a refusal or cut while draining (DRAINING)
+
+    def validate(self) -> None:
+        for name in ("target_lag_ms", "window_s", "sample_interval_ms"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"admission.{name} must be positive")
+        if not 1 <= self.min_limit <= self.initial_limit <= self.max_limit:
+            raise ConfigError("admission: 1 <= min_limit <= initial_limit <= max_limit")
+        if self.retry_after_s < 0 or self.drain_retry_after_s < 0:
+            raise ConfigError("admission: retry delays must not be negative")
 
 
 @dataclass
@@ -361,6 +389,7 @@ class Config:
     default_vendor: str = ""
     redis_url: str = ""
     server: ServerConfig = field(default_factory=ServerConfig)
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
@@ -475,6 +504,9 @@ def _validate(cfg: Config) -> None:
     if not 0 < cfg.telemetry.sampling_ratio <= 1:
         raise ConfigError("telemetry.sampling_ratio must be in (0, 1]")
     cfg.cache.validate()
+    cfg.admission.validate()
+    if cfg.server.drain_delay_s < 0 or cfg.server.grace_s < 0:
+        raise ConfigError("server.drain_delay_s and server.grace_s must not be negative")
     if cfg.server.http_client not in ("", "lean", "httpx"):
         raise ConfigError(f"server.http_client: {cfg.server.http_client!r} is not lean or httpx")
     if cfg.server.http_client:

@@ -195,6 +195,8 @@ _REJECTION_CODES = {
     "BUDGET_EXCEEDED": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "UPSTREAM_UNAVAILABLE": grpc.StatusCode.UNAVAILABLE,
     "NOT_CACHED": grpc.StatusCode.FAILED_PRECONDITION,
+    "OVERLOADED": grpc.StatusCode.RESOURCE_EXHAUSTED,  # admission control (api/admission.py)
+    "DRAINING": grpc.StatusCode.UNAVAILABLE,
 }
 
 

@@ -19,11 +19,12 @@ from longread.v1 import analysis_service_pb2 as svc
 from longread.v1 import analysis_service_pb2_grpc as svc_grpc
 
 from longread_server.api import convert
+from longread_server.api.admission import Admission
 from longread_server.api.auth import Authenticator
 from longread_server.api.convert import Undecodable
 from longread_server.api.errors import code_name, to_service_error
 from longread_server.api.rpc_record import RpcRecord
-from longread_server.config import Config
+from longread_server.config import AdmissionConfig, Config
 from longread_server.plan.planner import JobPlan
 from longread_server.run.analysis import Analysis, PreparedJob
 from longread_server.run.events import JobResult, RunEvent
@@ -47,11 +48,13 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
         analysis: Analysis,
         auth: Authenticator,
         telemetry: Telemetry | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self._cfg = cfg
         self._analysis = analysis
         self._auth = auth
         self._tel = telemetry or disabled()
+        self._admission = admission or Admission(AdmissionConfig(enabled=False))
 
     # ---- RPCs ----
 
@@ -77,20 +80,25 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
         try:
             prep = await self._prepare(request, context, rec)
             plan_pb = convert.plan(prep.plan)
+            ticket = self._admission.current()
             # Closed here and now when grpc closes this Stream, not when the event loop
             # finalizes the abandoned generator: the job's upstream calls stop at once.
             async with contextlib.aclosing(
                 self._ahead(self._run(prep, rec, streaming=True))
             ) as evs:
                 async for ev in evs:
-                    yield convert.stream_event(ev, plan_pb)
+                    with self._admission.sending(ticket):
+                        yield convert.stream_event(ev, plan_pb)
             rec.finish("OK")
         except asyncio.CancelledError:
-            rec.finish("CANCELLED")
-            raise
+            if not self._admission.was_cut():
+                rec.finish("CANCELLED")
+                raise
+            await self._abort(context, rec, self._admission.cut_error())
         except Exception as e:
             await self._abort(context, rec, e)
         finally:
+            self._admission.release()
             rec.finish("CANCELLED")  # closed early by grpc; no-op once finished
 
     # ---- conversion and delegation ----
@@ -141,6 +149,7 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
         """When the RPC started, its tenant and its deadline (time.monotonic() seconds)."""
         started = time.monotonic()
         rec.tenant = self._auth.tenant(rec.metadata)
+        self._admission.admit(rec.tenant)  # released when the RPC ends (_guarded, Stream)
         remaining = context.time_remaining()
         return started, rec.tenant, None if remaining is None else started + remaining
 
@@ -165,11 +174,16 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
         try:
             out = await work
         except asyncio.CancelledError:
-            rec.finish("CANCELLED")
-            raise
+            if not self._admission.was_cut():
+                rec.finish("CANCELLED")
+                raise
+            await self._abort(context, rec, self._admission.cut_error())
+            raise AssertionError("unreachable") from None
         except Exception as e:
             await self._abort(context, rec, e)
             raise AssertionError("unreachable") from None
+        finally:
+            self._admission.release()
         rec.finish("OK")
         return out
 

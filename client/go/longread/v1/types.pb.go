@@ -400,6 +400,12 @@ const (
 	ErrorReason_ERROR_REASON_DOES_NOT_FIT ErrorReason = 10
 	// An unexpected server fault.
 	ErrorReason_ERROR_REASON_INTERNAL ErrorReason = 11
+	// The gateway is at its concurrency limit (or this tenant is over its share of it) and
+	// refused the call before doing any work; see RetryInfo. Status RESOURCE_EXHAUSTED.
+	ErrorReason_ERROR_REASON_OVERLOADED ErrorReason = 12
+	// The server is shutting down: the call was refused, or cut at the end of the drain's
+	// grace period; another replica can serve it. See RetryInfo. Status UNAVAILABLE.
+	ErrorReason_ERROR_REASON_DRAINING ErrorReason = 13
 )
 
 // Enum value maps for ErrorReason.
@@ -417,6 +423,8 @@ var (
 		9:  "ERROR_REASON_NOT_CACHED",
 		10: "ERROR_REASON_DOES_NOT_FIT",
 		11: "ERROR_REASON_INTERNAL",
+		12: "ERROR_REASON_OVERLOADED",
+		13: "ERROR_REASON_DRAINING",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":          0,
@@ -431,6 +439,8 @@ var (
 		"ERROR_REASON_NOT_CACHED":           9,
 		"ERROR_REASON_DOES_NOT_FIT":         10,
 		"ERROR_REASON_INTERNAL":             11,
+		"ERROR_REASON_OVERLOADED":           12,
+		"ERROR_REASON_DRAINING":             13,
 	}
 )
 
@@ -1865,7 +1875,7 @@ const file_longread_v1_types_proto_rawDesc = "" +
 	"\tSTAGE_MAP\x10\x02\x12\x12\n" +
 	"\x0eSTAGE_COLLAPSE\x10\x03\x12\x10\n" +
 	"\fSTAGE_REDUCE\x10\x04\x12\x10\n" +
-	"\fSTAGE_REFINE\x10\x05*\x95\x03\n" +
+	"\fSTAGE_REFINE\x10\x05*\xcd\x03\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aERROR_REASON_INVALID_FIELD\x10\x01\x12#\n" +
@@ -1879,7 +1889,9 @@ const file_longread_v1_types_proto_rawDesc = "" +
 	"\x17ERROR_REASON_NOT_CACHED\x10\t\x12\x1d\n" +
 	"\x19ERROR_REASON_DOES_NOT_FIT\x10\n" +
 	"\x12\x19\n" +
-	"\x15ERROR_REASON_INTERNAL\x10\vBb\n" +
+	"\x15ERROR_REASON_INTERNAL\x10\v\x12\x1b\n" +
+	"\x17ERROR_REASON_OVERLOADED\x10\f\x12\x19\n" +
+	"\x15ERROR_REASON_DRAINING\x10\rBb\n" +
 	"\x0fdev.longread.v1B\n" +
 	"TypesProtoP\x01ZAgithub.com/longread-dev/longread/client/go/longread/v1;longreadv1b\x06proto3"
 

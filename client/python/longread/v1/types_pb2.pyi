@@ -226,6 +226,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The document cannot be analysed with the chosen model and strategy."""
     ERROR_REASON_INTERNAL: _ErrorReason.ValueType  # 11
     """An unexpected server fault."""
+    ERROR_REASON_OVERLOADED: _ErrorReason.ValueType  # 12
+    """The gateway is at its concurrency limit (or this tenant is over its share of it) and
+    refused the call before doing any work; see RetryInfo. Status RESOURCE_EXHAUSTED.
+    """
+    ERROR_REASON_DRAINING: _ErrorReason.ValueType  # 13
+    """The server is shutting down: the call was refused, or cut at the end of the drain's
+    grace period; another replica can serve it. See RetryInfo. Status UNAVAILABLE.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The closed set of ErrorInfo reasons (domain "longread.dev") this service returns."""
@@ -254,6 +262,14 @@ ERROR_REASON_DOES_NOT_FIT: ErrorReason.ValueType  # 10
 """The document cannot be analysed with the chosen model and strategy."""
 ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 11
 """An unexpected server fault."""
+ERROR_REASON_OVERLOADED: ErrorReason.ValueType  # 12
+"""The gateway is at its concurrency limit (or this tenant is over its share of it) and
+refused the call before doing any work; see RetryInfo. Status RESOURCE_EXHAUSTED.
+"""
+ERROR_REASON_DRAINING: ErrorReason.ValueType  # 13
+"""The server is shutting down: the call was refused, or cut at the end of the drain's
+grace period; another replica can serve it. See RetryInfo. Status UNAVAILABLE.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final

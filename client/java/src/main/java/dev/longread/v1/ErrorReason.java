@@ -111,6 +111,24 @@ public enum ErrorReason
    * <code>ERROR_REASON_INTERNAL = 11;</code>
    */
   ERROR_REASON_INTERNAL(11),
+  /**
+   * <pre>
+   * The gateway is at its concurrency limit (or this tenant is over its share of it) and
+   * refused the call before doing any work; see RetryInfo. Status RESOURCE_EXHAUSTED.
+   * </pre>
+   *
+   * <code>ERROR_REASON_OVERLOADED = 12;</code>
+   */
+  ERROR_REASON_OVERLOADED(12),
+  /**
+   * <pre>
+   * The server is shutting down: the call was refused, or cut at the end of the drain's
+   * grace period; another replica can serve it. See RetryInfo. Status UNAVAILABLE.
+   * </pre>
+   *
+   * <code>ERROR_REASON_DRAINING = 13;</code>
+   */
+  ERROR_REASON_DRAINING(13),
   UNRECOGNIZED(-1),
   ;
 
@@ -219,6 +237,24 @@ public enum ErrorReason
    * <code>ERROR_REASON_INTERNAL = 11;</code>
    */
   public static final int ERROR_REASON_INTERNAL_VALUE = 11;
+  /**
+   * <pre>
+   * The gateway is at its concurrency limit (or this tenant is over its share of it) and
+   * refused the call before doing any work; see RetryInfo. Status RESOURCE_EXHAUSTED.
+   * </pre>
+   *
+   * <code>ERROR_REASON_OVERLOADED = 12;</code>
+   */
+  public static final int ERROR_REASON_OVERLOADED_VALUE = 12;
+  /**
+   * <pre>
+   * The server is shutting down: the call was refused, or cut at the end of the drain's
+   * grace period; another replica can serve it. See RetryInfo. Status UNAVAILABLE.
+   * </pre>
+   *
+   * <code>ERROR_REASON_DRAINING = 13;</code>
+   */
+  public static final int ERROR_REASON_DRAINING_VALUE = 13;
 
 
   public final int getNumber() {
@@ -257,6 +293,8 @@ public enum ErrorReason
       case 9: return ERROR_REASON_NOT_CACHED;
       case 10: return ERROR_REASON_DOES_NOT_FIT;
       case 11: return ERROR_REASON_INTERNAL;
+      case 12: return ERROR_REASON_OVERLOADED;
+      case 13: return ERROR_REASON_DRAINING;
       default: return null;
     }
   }
