@@ -406,6 +406,9 @@ const (
 	// The server is shutting down: the call was refused, or cut at the end of the drain's
 	// grace period; another replica can serve it. See RetryInfo. Status UNAVAILABLE.
 	ErrorReason_ERROR_REASON_DRAINING ErrorReason = 13
+	// The request's bytes are not a message of its type (or a string field is not UTF-8).
+	// Status INVALID_ARGUMENT.
+	ErrorReason_ERROR_REASON_MALFORMED_REQUEST ErrorReason = 14
 )
 
 // Enum value maps for ErrorReason.
@@ -425,6 +428,7 @@ var (
 		11: "ERROR_REASON_INTERNAL",
 		12: "ERROR_REASON_OVERLOADED",
 		13: "ERROR_REASON_DRAINING",
+		14: "ERROR_REASON_MALFORMED_REQUEST",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":          0,
@@ -441,6 +445,7 @@ var (
 		"ERROR_REASON_INTERNAL":             11,
 		"ERROR_REASON_OVERLOADED":           12,
 		"ERROR_REASON_DRAINING":             13,
+		"ERROR_REASON_MALFORMED_REQUEST":    14,
 	}
 )
 
@@ -1875,7 +1880,7 @@ const file_longread_v1_types_proto_rawDesc = "" +
 	"\tSTAGE_MAP\x10\x02\x12\x12\n" +
 	"\x0eSTAGE_COLLAPSE\x10\x03\x12\x10\n" +
 	"\fSTAGE_REDUCE\x10\x04\x12\x10\n" +
-	"\fSTAGE_REFINE\x10\x05*\xcd\x03\n" +
+	"\fSTAGE_REFINE\x10\x05*\xf1\x03\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aERROR_REASON_INVALID_FIELD\x10\x01\x12#\n" +
@@ -1891,7 +1896,8 @@ const file_longread_v1_types_proto_rawDesc = "" +
 	"\x12\x19\n" +
 	"\x15ERROR_REASON_INTERNAL\x10\v\x12\x1b\n" +
 	"\x17ERROR_REASON_OVERLOADED\x10\f\x12\x19\n" +
-	"\x15ERROR_REASON_DRAINING\x10\rBb\n" +
+	"\x15ERROR_REASON_DRAINING\x10\r\x12\"\n" +
+	"\x1eERROR_REASON_MALFORMED_REQUEST\x10\x0eBb\n" +
 	"\x0fdev.longread.v1B\n" +
 	"TypesProtoP\x01ZAgithub.com/longread-dev/longread/client/go/longread/v1;longreadv1b\x06proto3"
 

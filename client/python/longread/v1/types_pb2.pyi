@@ -234,6 +234,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The server is shutting down: the call was refused, or cut at the end of the drain's
     grace period; another replica can serve it. See RetryInfo. Status UNAVAILABLE.
     """
+    ERROR_REASON_MALFORMED_REQUEST: _ErrorReason.ValueType  # 14
+    """The request's bytes are not a message of its type (or a string field is not UTF-8).
+    Status INVALID_ARGUMENT.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The closed set of ErrorInfo reasons (domain "longread.dev") this service returns."""
@@ -269,6 +273,10 @@ refused the call before doing any work; see RetryInfo. Status RESOURCE_EXHAUSTED
 ERROR_REASON_DRAINING: ErrorReason.ValueType  # 13
 """The server is shutting down: the call was refused, or cut at the end of the drain's
 grace period; another replica can serve it. See RetryInfo. Status UNAVAILABLE.
+"""
+ERROR_REASON_MALFORMED_REQUEST: ErrorReason.ValueType  # 14
+"""The request's bytes are not a message of its type (or a string field is not UTF-8).
+Status INVALID_ARGUMENT.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

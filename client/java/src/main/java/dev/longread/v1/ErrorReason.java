@@ -129,6 +129,15 @@ public enum ErrorReason
    * <code>ERROR_REASON_DRAINING = 13;</code>
    */
   ERROR_REASON_DRAINING(13),
+  /**
+   * <pre>
+   * The request's bytes are not a message of its type (or a string field is not UTF-8).
+   * Status INVALID_ARGUMENT.
+   * </pre>
+   *
+   * <code>ERROR_REASON_MALFORMED_REQUEST = 14;</code>
+   */
+  ERROR_REASON_MALFORMED_REQUEST(14),
   UNRECOGNIZED(-1),
   ;
 
@@ -255,6 +264,15 @@ public enum ErrorReason
    * <code>ERROR_REASON_DRAINING = 13;</code>
    */
   public static final int ERROR_REASON_DRAINING_VALUE = 13;
+  /**
+   * <pre>
+   * The request's bytes are not a message of its type (or a string field is not UTF-8).
+   * Status INVALID_ARGUMENT.
+   * </pre>
+   *
+   * <code>ERROR_REASON_MALFORMED_REQUEST = 14;</code>
+   */
+  public static final int ERROR_REASON_MALFORMED_REQUEST_VALUE = 14;
 
 
   public final int getNumber() {
@@ -295,6 +313,7 @@ public enum ErrorReason
       case 11: return ERROR_REASON_INTERNAL;
       case 12: return ERROR_REASON_OVERLOADED;
       case 13: return ERROR_REASON_DRAINING;
+      case 14: return ERROR_REASON_MALFORMED_REQUEST;
       default: return null;
     }
   }
