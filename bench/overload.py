@@ -174,7 +174,11 @@ def main() -> dict[str, Any]:
         procs.append(_servers.sandbox(sp, "--latency-ms", str(UPSTREAM_MS), cpu=LOADGEN_CPU))
         variants = {
             "admission": _servers.gateway(
-                on_port, sp, cpu=SERVER_CPU, env=TENANT_ENV, extra_config=TENANTS
+                on_port,
+                sp,
+                cpu=SERVER_CPU,
+                env={**TENANT_ENV, "LONGREAD_ADMISSION__ENABLED": "true"},
+                extra_config=TENANTS,
             ),
             "no_admission": _servers.gateway(
                 off_port,

@@ -86,7 +86,9 @@ class AdmissionConfig:
     """Admission control of the AnalysisService's RPCs (``api/admission.py``): a concurrency
     limit adapted to the event loop's lag, refusals beyond it, a fair share per tenant."""
 
-    enabled: bool = True
+    # Off by default: a burst of RPCs that mostly wait on their vendor (long streams) is no
+    # overload, yet a lag spike (a long document planned on the loop) can cut the limit below it.
+    enabled: bool = False
     target_lag_ms: float = 5.0  # the loop's ready-queue delay the limit is steered to
     initial_limit: int = 64
     min_limit: int = 8

@@ -52,7 +52,7 @@ async def slow_sandbox() -> AsyncIterator[Sandbox]:
 
 async def pinned_gateway(sb: Sandbox, limit: int, **changes: Any) -> Gateway:
     tenants = [TenantConfig(name=n, api_keys=[k]) for n, k in TENANT_KEYS.items()]
-    admission = AdmissionConfig(initial_limit=limit, min_limit=limit, max_limit=limit)
+    admission = AdmissionConfig(enabled=True, initial_limit=limit, min_limit=limit, max_limit=limit)
     return await start(gateway_config(sb, tenants=tenants, admission=admission, **changes))
 
 

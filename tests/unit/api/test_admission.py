@@ -9,7 +9,9 @@ from longread_server.api.errors import to_service_error
 from longread_server.config import AdmissionConfig
 from longread_server.domain import CallRejected
 
-CFG = AdmissionConfig(target_lag_ms=5.0, initial_limit=100, min_limit=8, max_limit=400)
+CFG = AdmissionConfig(
+    enabled=True, target_lag_ms=5.0, initial_limit=100, min_limit=8, max_limit=400
+)
 
 
 def test_lag_over_the_target_cuts_by_the_ratio_at_most_by_half() -> None:
@@ -47,7 +49,7 @@ def test_observe_updates_once_per_window() -> None:
 
 
 async def test_fair_share_and_release() -> None:
-    adm = Admission(AdmissionConfig(initial_limit=8, min_limit=8, max_limit=8))
+    adm = Admission(AdmissionConfig(enabled=True, initial_limit=8, min_limit=8, max_limit=8))
     tickets = [adm.admit("flood") for _ in range(8)]
     assert tickets and adm.in_flight == 8
     with pytest.raises(CallRejected) as info:
