@@ -130,6 +130,8 @@ class AnthropicDialect:
         stream = body.get("stream") or False
         if not isinstance(stream, bool):
             raise ApiError(400, _INVALID, "stream: Input should be a valid boolean")
+        _unit_interval("temperature", body.get("temperature"))
+        _unit_interval("top_p", body.get("top_p"))
         sources: list[tuple[str, str]] = []
         blocks = self._tools_and_system(body, sources)
         for index, message in enumerate(messages):
@@ -444,6 +446,19 @@ def _ttl(cache_control: object) -> str | None:
     if not isinstance(cache_control, dict):
         return None
     return str(cache_control.get("ttl") or "5m")
+
+
+def _unit_interval(name: str, value: object) -> None:
+    """``temperature`` "ranges from 0.0 to 1.0", ``top_p`` is a probability
+    (docs.anthropic.com/en/api/messages); absent is the vendor's default."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ApiError(400, _INVALID, f"{name}: Input should be a valid number")
+    if value < 0:
+        raise ApiError(400, _INVALID, f"{name}: Input should be greater than or equal to 0")
+    if value > 1:
+        raise ApiError(400, _INVALID, f"{name}: Input should be less than or equal to 1")
 
 
 def _max_tokens(value: object) -> int:

@@ -49,6 +49,31 @@ async def expect_error(coro: object, code: grpc.StatusCode) -> object:
             "INVALID_FIELD",
         ),
         (DOC, Q, Options(stop=["a", "b", "c", "d", "e"]), "generation.stop", "INVALID_FIELD"),
+        (DOC, Q, Options(stop=["x" * 1001]), "generation.stop[0]", "INVALID_FIELD"),
+        # Anthropic's temperature ranges from 0 to 1 (OpenAI's to 2): refused, not forwarded.
+        (
+            DOC,
+            Q,
+            Options(model="claude-haiku-4-5", temperature=1.5),
+            "generation.temperature",
+            "INVALID_FIELD",
+        ),
+        (DOC, Q, Options(model="m" * 1_000_000), "model.model", "INVALID_FIELD"),
+        (DOC, Q, Options(document_id="d" * 1_000_000), "document.id", "INVALID_FIELD"),
+        (
+            DOC,
+            Q,
+            Options(max_chunk_tokens=3, strategy="map_reduce"),
+            "chunking.max_chunk_tokens",
+            "INVALID_FIELD",
+        ),
+        (
+            DOC,
+            Q,
+            Options(overlap_tokens=2**31 - 1, strategy="map_reduce"),
+            "chunking.overlap_tokens",
+            "INVALID_FIELD",
+        ),
         (DOC, Q, Options(max_cost_usd=-1), "budget.max_cost_usd", "INVALID_FIELD"),
         (
             DOC,
@@ -70,6 +95,9 @@ async def test_invalid_argument_with_field_violations(
         d = await expect_error(call(text, question, options=opts), grpc.StatusCode.INVALID_ARGUMENT)
         assert field in [f for f, _ in d.field_violations], d  # type: ignore[attr-defined]
         assert d.reason == reason  # type: ignore[attr-defined]
+        # However long the input it quotes, the status stays small (gRPC's trailers are
+        # limited to 8 KiB by default; over it, the caller would see only "Stream removed").
+        assert len(d.message) <= 1024  # type: ignore[attr-defined]
 
 
 async def test_stream_rejects_bad_input_with_status_not_event(client: AsyncClient) -> None:

@@ -303,3 +303,24 @@ async def test_configured_api_key_is_enforced() -> None:
                 model=MODEL, max_tokens=MAX_TOKENS, messages=user(PROMPT)
             )
         assert text_of(message) == ANSWER
+
+
+@pytest.mark.parametrize(("field", "value"), [("temperature", 1.5), ("top_p", -0.1)])
+async def test_sampling_outside_the_documented_range_is_refused(
+    claude: anthropic.AsyncAnthropic, field: str, value: float
+) -> None:
+    """Anthropic's temperature ranges from 0.0 to 1.0 (OpenAI's to 2): the emulator refuses
+    what the vendor refuses, so a gateway that forwarded 1.5 would fail here too."""
+    with pytest.raises(anthropic.BadRequestError) as info:
+        await claude.messages.create(
+            model="claude-haiku-4-5",
+            max_tokens=16,
+            messages=user(PROMPT),
+            extra_body={field: value},
+        )
+    assert info.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+    assert field in info.value.message
+    ok = await claude.messages.create(
+        model="claude-haiku-4-5", max_tokens=16, messages=user(PROMPT), extra_body={field: 1.0}
+    )
+    assert ok.content

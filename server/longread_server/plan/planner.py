@@ -137,11 +137,19 @@ def plan_job(
     map_output = min(spec.max_output_tokens or defaults.map_output_tokens, model.max_output_tokens)
     call_limit = _shrink(model.context_window - output_tokens, error) - base
     map_limit = _shrink(model.context_window - map_output, error) - base - spec.overlap_tokens
-    if call_limit <= 0 or map_limit <= 0:
+    if call_limit <= 0:
         raise PlanError(
             f"{model.model} has a {model.context_window}-token context: too small for the "
             f"instruction and system prompt ({base} tokens) plus {output_tokens} output tokens",
             field="instruction",
+        )
+    if map_limit <= 0:
+        # The prompt fits a call; with the overlap on top of it, a chunk does not.
+        raise PlanError(
+            f"overlap_tokens ({spec.overlap_tokens}) leaves no room for a chunk in a call to "
+            f"{model.model} ({model.context_window}-token context)",
+            field="chunking.overlap_tokens",
+            reason="INVALID_FIELD",
         )
     fits = doc_tokens <= call_limit
     strategy = spec.strategy
