@@ -4,9 +4,10 @@ Run ``.venv/bin/python -m bench.chunking [--runs N] [--size N]``. Prints one JSO
 
 Texts are generated here (``bench._common``): ~1 MB of English-like markdown (a quarter of
 it hard-wrapped), the same fully hard-wrapped, ~1 MB of hard-wrapped prose paged like text
-extracted from a PDF (form feeds, running headers, page numbers), and ~300 KB of Chinese-
-like text without newlines, once with the ideographic and once with the fullwidth full stop.
-Every chunker gets 512-token chunks of cl100k_base and is judged by the same functions: wall
+extracted from a PDF (form feeds, running headers, page numbers), and ~300 KB of
+Chinese-like text without newlines, once with the ideographic and once with the fullwidth
+full stop. Every chunker gets 512-token chunks of cl100k_base and is judged by the same
+functions: wall
 time (best of N, run round-robin, a fresh chunker per run so memo caches do not carry over),
 chunk count, the largest chunk re-counted with ``encode_ordinary``, and the share of clean
 chunk ends (``clean_end``). Peers missing from the environment are reported as unavailable
