@@ -7,10 +7,9 @@ it hard-wrapped), the same fully hard-wrapped, ~1 MB of hard-wrapped prose paged
 extracted from a PDF (form feeds, running headers, page numbers), and ~300 KB of
 Chinese-like text without newlines, once with the ideographic and once with the fullwidth
 full stop. Every chunker gets 512-token chunks of cl100k_base and is judged by the same
-functions: wall
-time (best of N, run round-robin, a fresh chunker per run so memo caches do not carry over),
-chunk count, the largest chunk re-counted with ``encode_ordinary``, and the share of clean
-chunk ends (``clean_end``). Peers missing from the environment are reported as unavailable
+functions: wall time (best of N, run round-robin, a fresh chunker per run so memo caches do
+not carry over), chunk count, the largest chunk re-counted with ``encode_ordinary``, and the
+share of clean chunk ends (``clean_end``). Peers missing from the environment are reported as unavailable
 rather than failing the run.
 """
 
