@@ -9,8 +9,8 @@ Chinese-like text without newlines, once with the ideographic and once with the 
 full stop. Every chunker gets 512-token chunks of cl100k_base and is judged by the same
 functions: wall time (best of N, run round-robin, a fresh chunker per run so memo caches do
 not carry over), chunk count, the largest chunk re-counted with ``encode_ordinary``, and the
-share of clean chunk ends (``clean_end``). Peers missing from the environment are reported as unavailable
-rather than failing the run.
+share of clean chunk ends (``clean_end``). Peers missing from the environment are reported as
+unavailable rather than failing the run.
 """
 
 from __future__ import annotations
