@@ -57,11 +57,9 @@ def _zipf_weights(n: int) -> list[float]:
     return [1.0 / (i + 1) ** 0.9 for i in range(n)]
 
 
-def english_corpus(size: int = 1_000_000, seed: int = 7, wrapped: float = 0.25) -> str:
-    """~``size`` characters of English-like markdown: chapters, sections, paragraphs of
-    sentences (some quoted, some questions), a few lists; a ``wrapped`` share of sections is
-    hard-wrapped at 72 columns like plain-text documents."""
-    rng = random.Random(seed)
+def _english_sentences(rng: random.Random) -> Callable[[], str]:
+    """A maker of English-like sentences: Zipf-weighted words, some names, numbers and
+    decimals, a few commas, semicolons and colons; some quoted, some questions."""
     words, weights = _EN_WORDS, _zipf_weights(len(_EN_WORDS))
 
     def sentence() -> str:
@@ -91,19 +89,32 @@ def english_corpus(size: int = 1_000_000, seed: int = 7, wrapped: float = 0.25) 
             return f"({text}.)"
         return text + "."
 
+    return sentence
+
+
+def _wrap(text: str, width: int = 72) -> list[str]:
+    lines, line = [], ""
+    for w in text.split(" "):
+        if line and len(line) + 1 + len(w) > width:
+            lines.append(line)
+            line = w
+        else:
+            line = f"{line} {w}" if line else w
+    lines.append(line)
+    return lines
+
+
+def english_corpus(size: int = 1_000_000, seed: int = 7, wrapped: float = 0.25) -> str:
+    """~``size`` characters of English-like markdown: chapters, sections, paragraphs of
+    sentences (some quoted, some questions), a few lists; a ``wrapped`` share of sections is
+    hard-wrapped at 72 columns like plain-text documents."""
+    rng = random.Random(seed)
+    words, weights = _EN_WORDS, _zipf_weights(len(_EN_WORDS))
+    sentence = _english_sentences(rng)
+
     def paragraph(wrap: bool) -> str:
         text = " ".join(sentence() for _ in range(rng.randint(2, 9)))
-        if not wrap:
-            return text
-        lines, line = [], ""
-        for w in text.split(" "):
-            if line and len(line) + 1 + len(w) > 72:
-                lines.append(line)
-                line = w
-            else:
-                line = f"{line} {w}" if line else w
-        lines.append(line)
-        return "\n".join(lines)
+        return "\n".join(_wrap(text)) if wrap else text
 
     def title(k: int) -> str:
         return " ".join(w.capitalize() for w in rng.choices(words, weights, k=k))
@@ -124,12 +135,65 @@ def english_corpus(size: int = 1_000_000, seed: int = 7, wrapped: float = 0.25) 
     return "\n\n".join(blocks)[:size].rstrip() + "\n"
 
 
-def chinese_corpus(size_bytes: int = 300_000, seed: int = 11) -> str:
+def paged_corpus(size: int = 1_000_000, seed: int = 13, page_lines: int = 44) -> str:
+    """~``size`` characters of English-like prose as text extracted from a PDF of a book:
+    paragraphs hard-wrapped at 72 columns (some set apart by a blank line), chapters
+    starting on a new page, and pages of ``page_lines`` lines separated by a form feed, each
+    with a running header (the book's title on even pages, the chapter's on odd ones, the page
+    number on the outer side) and a footer page number in one of the usual forms. Sentences and
+    paragraphs run on over page breaks as they fall."""
+    rng = random.Random(seed)
+    words, weights = _EN_WORDS, _zipf_weights(len(_EN_WORDS))
+    sentence = _english_sentences(rng)
+    book = " ".join(w.upper() for w in rng.choices(words, weights, k=3))
+    footers = ["{n}", "- {n} -", "Page {n}", "{n} of {total}", "\u2014 {n} \u2014"]
+    footer = rng.choice(footers)
+    total = size // (page_lines * 60)
+    body: list[tuple[str, str]] = []  # (chapter title, line); "" lines are paragraph gaps
+    chapter, count = 0, 0
+    while count < size:
+        chapter += 1
+        title = " ".join(w.capitalize() for w in rng.choices(words, weights, k=3))
+        body.append((title, f"\fCHAPTER {chapter}"))
+        body.append((title, ""))
+        body.append((title, title.upper()))
+        body.append((title, ""))
+        for _ in range(rng.randint(12, 40)):
+            lines = _wrap(" ".join(sentence() for _ in range(rng.randint(2, 8))))
+            body.extend((title, line) for line in lines)
+            count += sum(len(line) + 1 for line in lines)
+            if rng.random() < 0.3:
+                body.append((title, ""))
+    pages: list[str] = []
+    page: list[str] = []
+    title = ""
+    for chapter_title, line in body:
+        if line.startswith("\f") or len(page) == page_lines:
+            if page:
+                pages.append(_page(page, len(pages) + 1, book, title, footer, total))
+            page = []
+            line = line.removeprefix("\f")
+        title = chapter_title
+        if page or line:
+            page.append(line)
+    pages.append(_page(page, len(pages) + 1, book, title, footer, total))
+    return "\f".join(pages) + "\f"
+
+
+def _page(lines: list[str], n: int, book: str, chapter: str, footer: str, total: int) -> str:
+    head = f"{n}{' ' * 8}{book}" if n % 2 == 0 else f"{chapter}{' ' * 8}{n}"
+    foot = footer.format(n=n, total=total).center(72).rstrip()
+    return "\n".join([head, "", *lines, "", foot]) + "\n"
+
+
+def chinese_corpus(size_bytes: int = 300_000, seed: int = 11, full_stop: str = "\u3002") -> str:
     """~``size_bytes`` UTF-8 bytes of Chinese-like text with no newlines: sentences of clauses
-    ending in the CJK full stop, exclamation/question marks or semicolon, some quoted."""
+    ending in ``full_stop`` (the ideographic full stop, or the fullwidth one some texts use),
+    exclamation/question marks or semicolon, some quoted."""
     rng = random.Random(seed)
     words, weights = _ZH_WORDS, _zipf_weights(len(_ZH_WORDS))
     clause_marks = ["\uff0c"] * 8 + ["\u3001", "\uff1a"]
+    ends = [full_stop if e == "\u3002" else e for e in _ZH_ENDS]
     parts: list[str] = []
     total = 0
     while total < size_bytes:
@@ -138,7 +202,7 @@ def chinese_corpus(size_bytes: int = 300_000, seed: int = 11) -> str:
             for _ in range(rng.randint(1, 4))
         ]
         body = "".join(c + rng.choice(clause_marks) for c in clauses[:-1]) + clauses[-1]
-        end = rng.choice(_ZH_ENDS)
+        end = rng.choice(ends)
         if rng.random() < 0.12:
             opening, closing = rng.choice(_ZH_OPEN_CLOSE)
             sentence = f"{opening}{body}{end}{closing}"

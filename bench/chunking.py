@@ -3,8 +3,10 @@
 Run ``.venv/bin/python -m bench.chunking [--runs N] [--size N]``. Prints one JSON object.
 
 Texts are generated here (``bench._common``): ~1 MB of English-like markdown (a quarter of
-it hard-wrapped), the same fully hard-wrapped, and ~300 KB of Chinese-like text without
-newlines. Every chunker gets 512-token chunks of cl100k_base and is judged by the same
+it hard-wrapped), the same fully hard-wrapped, ~1 MB of hard-wrapped prose paged like text
+extracted from a PDF (form feeds, running headers, page numbers), and ~300 KB of
+Chinese-like text without newlines, once with the ideographic and once with the fullwidth
+full stop. Every chunker gets 512-token chunks of cl100k_base and is judged by the same
 functions: wall time (best of N, run round-robin, a fresh chunker per run so memo caches do
 not carry over), chunk count, the largest chunk re-counted with ``encode_ordinary``, and the
 share of clean chunk ends (``clean_end``). Peers missing from the environment are reported as
@@ -25,21 +27,85 @@ from typing import Any
 from longread_server.plan.chunker import chunk_text
 from longread_server.plan.tokenizers import get_tokenizer, offline_encoding
 
-from bench._common import Contender, chinese_corpus, english_corpus, race
+from bench._common import Contender, chinese_corpus, english_corpus, paged_corpus, race
 
 CHUNK_TOKENS = 512
 OVERLAP_TOKENS = 64
-_TERMINATORS = frozenset(".!?\u2026\u3002\uff01\uff1f\uff1b")
+# The judge's own tables (kept apart from the chunker's, so it cannot agree with it by
+# construction): sentence ends of the major scripts; the Latin ones and the ellipsis end a
+# sentence only before whitespace.
 _LATIN_TERMINATORS = frozenset(".!?\u2026")
+_TERMINATORS = _LATIN_TERMINATORS | frozenset(
+    "\u3002\uff0e\uff61\uff01\uff1f\uff1b"  # CJK
+    "\u0964\u0965"  # Devanagari
+    "\u06d4\u061f"  # Arabic
+    "\u0589"  # Armenian
+    "\u1362\u1367\u1368"  # Ethiopic
+    "\u104b"  # Myanmar
+    "\u0f0d\u0f0e"  # Tibetan
+    "\u17d4\u17d5"  # Khmer
+)
 _CLOSERS = frozenset("\"')]}\u00bb\u201d\u2019\u300d\u300f\uff09\u3011\u300b\u3009\u3015")
+_PAGE_FURNITURE_CHARS = 60  # running headers, footers, page numbers are short lines
 
 Spans = list[tuple[int, int]]
+
+
+def _ends_sentence(text: str, j: int, spaced: bool) -> bool:
+    """Whether ``text[:j]`` (no trailing whitespace) ends with a sentence terminator and its
+    closing quotes/brackets; ``spaced``: whitespace follows (Latin terminators need it)."""
+    i = j
+    while i > 0 and text[i - 1] in _CLOSERS:
+        i -= 1
+    if i == 0 or text[i - 1] not in _TERMINATORS:
+        return False
+    return text[i - 1] not in _LATIN_TERMINATORS or spaced
+
+
+def _line_at(text: str, pos: int) -> tuple[int, int]:
+    """The line (between newlines or form feeds) holding ``pos``."""
+    a = max(text.rfind("\n", 0, pos), text.rfind("\f", 0, pos)) + 1
+    ends = [e for e in (text.find("\n", pos), text.find("\f", pos)) if e >= 0]
+    return a, min(ends, default=len(text))
+
+
+def _alone(text: str, a: int, b: int) -> bool:
+    """Whether line ``text[a:b]`` looks like page furniture: short, not ending a sentence, with
+    only blank lines or a page break between it and the lines above and below."""
+    line = text[a:b].strip()
+    if not line or len(line) > _PAGE_FURNITURE_CHARS or _ends_sentence(line, len(line), True):
+        return False
+    above, below = text[max(0, a - 2) : a], text[b : b + 2]
+    blank_above = a == 0 or "\f" in above or above.count("\n") + above.count("\f") >= 2
+    blank_below = b >= len(text) or "\f" in below or below.count("\n") + below.count("\f") >= 2
+    return blank_above and blank_below
+
+
+def _past_furniture(text: str, pos: int, step: int) -> tuple[int, bool]:
+    """From ``pos`` (just past text, going ``step`` -1 back or +1 forward) over whitespace and
+    lines of page furniture: where text resumes, and whether a form feed was crossed."""
+    n, crossed = len(text), False
+    for _ in range(8):
+        while 0 < pos < n and text[pos if step > 0 else pos - 1].isspace():
+            crossed |= text[pos if step > 0 else pos - 1] == "\f"
+            pos += step
+        if pos <= 0 or pos >= n:
+            break
+        a, b = _line_at(text, pos - 1 if step < 0 else pos)
+        if not _alone(text, a, b):
+            break
+        pos = a if step < 0 else b
+    return pos, crossed
 
 
 def clean_end(text: str, end: int) -> bool:
     """Whether a chunk ending at ``end`` ends cleanly: at the end of the text (whitespace
     aside), at a paragraph break (a blank line between this chunk and the next text), or after
     a sentence terminator with its closing quotes/brackets (Latin ones followed by whitespace).
+
+    A page break (a form feed, with the running header, footer and page number around it) is
+    not a paragraph break: an end there is clean only when the text before the page's
+    furniture ends a sentence.
     """
     n = len(text)
     j = end
@@ -50,14 +116,14 @@ def clean_end(text: str, end: int) -> bool:
         k += 1
     if k >= n:
         return True
+    if "\f" in text[max(0, j - 400) : k + 400]:
+        before, crossed_back = _past_furniture(text, end, -1)
+        after, crossed_on = _past_furniture(text, end, 1)
+        if crossed_back or crossed_on:
+            return before == 0 or after >= n or _ends_sentence(text, before, True)
     if text.count("\n", j, k) >= 2:
         return True
-    i = j
-    while i > 0 and text[i - 1] in _CLOSERS:
-        i -= 1
-    if i == 0 or text[i - 1] not in _TERMINATORS:
-        return False
-    return text[i - 1] not in _LATIN_TERMINATORS or k > j
+    return _ends_sentence(text, j, k > j)
 
 
 def summarize(text: str, spans: Spans, count: Callable[[str], int]) -> dict[str, Any]:
@@ -176,7 +242,7 @@ def measure(name: str, text: str, runs: int, slow_runs: int) -> dict[str, Any]:
 
 def _targets(name: str, r: dict[str, Any]) -> dict[str, bool]:
     ratios, ours = r["ratios"], r["ours"]
-    floor = 0.94 if name.startswith("chinese") else 0.98
+    floor = 0.94 if name == "chinese_no_newlines" else 0.98
     peers = [
         r[p]["clean_end_share"]
         for p in ("semchunk", "semantic_text_splitter")
@@ -207,6 +273,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         # corpus the peers were measured on in reference/chunking-anchors.md.
         "english_wrapped": english_corpus(args.size, wrapped=1.0),
         "chinese_no_newlines": chinese_corpus(args.zh_bytes),
+        # Text as extracted from a PDF of a book: hard-wrapped, with form feeds, running
+        # headers and page numbers between pages, sentences running on over them.
+        "english_paged": paged_corpus(args.size),
+        # Chinese whose full stop is the fullwidth one (U+FF0E), as in some texts.
+        "chinese_fullwidth_stop": chinese_corpus(args.zh_bytes, full_stop="\uff0e"),
     }
     report: dict[str, Any] = {
         "benchmark": "chunking",

@@ -138,19 +138,47 @@ def _alt(chars: str) -> bytes:
 # Closing quotes and brackets: ASCII, guillemet, curly quotes, CJK corner/fullwidth/lenticular/
 # angle/tortoise-shell brackets.
 _CLOSERS = _alt("\"')]}\u00bb\u201d\u2019\u300d\u300f\uff09\u3011\u300b\u3009\u3015")
-_CJK_ENDS = "\u3002\uff01\uff1f\uff1b"  # full stop, exclamation, question mark, semicolon
-_CJK_CLAUSES = "\uff0c\u3001\uff1a"  # comma, enumeration comma, colon
-_CJK_END = _alt(_CJK_ENDS)
-_CJK_CLAUSE = _alt(_CJK_CLAUSES)
+# Sentence ends of the major scripts. Unicode defines them as the Sentence_Terminal property
+# (UAX #29, "Sentence Boundaries"; PropList.txt); the whole property spans some 170 characters
+# of historic and minor scripts too, and each terminator costs a backward search per window, so
+# the chunker takes the stops of the scripts long documents are written in (tests check every
+# one against the property). They end a sentence wherever they stand: these scripts are written
+# without spaces (CJK, Myanmar, Khmer) or use the mark for nothing else.
+_STOPS = (
+    "\u3002\uff0e\uff61\uff01\uff1f"  # CJK full stops (ideographic, full/halfwidth), ! and ?
+    "\u0964\u0965"  # Devanagari danda and double danda (shared by Bengali, Gurmukhi, ...)
+    "\u06d4\u061f"  # Arabic full stop (Urdu) and question mark
+    "\u0589"  # Armenian full stop
+    "\u1362\u1367\u1368"  # Ethiopic full stop, question mark, paragraph separator
+    "\u104b"  # Myanmar section: its full stop
+    "\u17d4\u17d5"  # Khmer khan and bariyoosan
+    # Not Sentence_Terminal, but where these texts end sentences: Chinese prose separates
+    # sentences with the fullwidth semicolon; Tibetan has no other stop than the shad and the
+    # double shad, which close clauses and sentences alike.
+    "\uff1b\u0f0d\u0f0e"
+)
+# The fullwidth full stop is also the decimal point of fullwidth numbers.
+_DIGIT = rb"(?:[0-9]|\xef\xbc[\x90-\x99])"
+_STOP = rb"(?:" + _alt(_STOPS.replace("\uff0e", "")) + rb"|\xef\xbc\x8e(?!" + _DIGIT + rb"))"
+# Terminators that end a sentence only before whitespace: "." also ends abbreviations and
+# decimals, and "…" (like "...") also marks a pause inside a sentence.
+_SPACED_ENDS = (".", "!", "?", "\u2026")
+_SPACED_END = rb"(?:[.!?]|" + _alt("\u2026") + rb")"
+# Clause marks: ASCII ones before whitespace; anywhere the CJK comma, enumeration comma and
+# colon (fullwidth and halfwidth), the Arabic comma and semicolon, Armenian comma, Ethiopic
+# comma, semicolon and colon, and the Myanmar little section (Sentence_Terminal, but Burmese
+# uses it where other scripts put a comma).
+_CLAUSE_MARKS = "\uff0c\u3001\uff1a\uff64\u060c\u061b\u055d\u1363\u1364\u1365\u104a"
+_CLAUSE_MARK = _alt(_CLAUSE_MARKS)
 _SPACE = rb"[ \t\n\r\f\v]"
-# Where a sentence ends: Latin terminators before whitespace, CJK ones anywhere; closing
+# Where a sentence ends: the spaced terminators before whitespace, the stops anywhere; closing
 # quotes and brackets stay with the sentence. The cut goes right after the match.
 _SENTENCE = re.compile(
-    rb"(?:[.!?]+(?:" + _CLOSERS + rb")*(?=" + _SPACE + rb"|\Z)"
-    rb"|(?:" + _CJK_END + rb")+(?:" + _CLOSERS + rb")*)"
+    rb"(?:" + _SPACED_END + rb"+(?:" + _CLOSERS + rb")*(?=" + _SPACE + rb"|\Z)"
+    rb"|" + _STOP + rb"+(?:" + _CLOSERS + rb")*)"
 )
 _CLAUSE = re.compile(
-    rb"(?:[,;:]+(?:" + _CLOSERS + rb")*(?=" + _SPACE + rb")|(?:" + _CJK_CLAUSE + rb")+)"
+    rb"(?:[,;:]+(?:" + _CLOSERS + rb")*(?=" + _SPACE + rb")|(?:" + _CLAUSE_MARK + rb")+)"
 )
 # A blank-line run; the cut goes after its last newline.
 _PARAGRAPH = re.compile(rb"\n(?:[ \t\r\f\v]*\n)+")
@@ -163,7 +191,7 @@ _HEADING = re.compile(
     rb"|[ \t]*\r?\n(?=[ \t]*+(?P<title>[^\s][^\n]{0,79}+)\n[ \t]*\r?\n))"
 )
 _ATX_LINE = re.compile(rb" {0,3}#{1,6}(?:[ \t\r]|\Z)")
-_TITLE_ENDS = (*(c.encode() for c in ".!?,;:-*|\\" + _CJK_ENDS + _CJK_CLAUSES),)
+_TITLE_ENDS = (*(c.encode() for c in ".!?,;:-*|\\\u2026" + _STOPS + _CLAUSE_MARKS),)
 
 # Where an overlap may start (after skipping whitespace), best first.
 _OVERLAP_STARTS = ((_PARAGRAPH, _SENTENCE), (_CLAUSE,), (_WORD,))
@@ -189,25 +217,39 @@ _HINT = re.compile(
     rb"|\xe2[\x80\x81][\x80-\xbf]|\xe3\x80[\x80-\xbf]|\xef[\xbc\xbd][\x80-\xbf]"
 )
 # A run of sentence (clause) terminators with its closing quotes, matched where rfind found one.
-_SENTENCE_AT = re.compile(rb"(?:[.!?]+|(?:" + _CJK_END + rb")+)(?:" + _CLOSERS + rb")*")
-_CLAUSE_AT = re.compile(rb"(?:[,;:]+|(?:" + _CJK_CLAUSE + rb")+)(?:" + _CLOSERS + rb")*")
-_SENTENCE_TAIL = re.compile(rb"(?:[.!?]|" + _CJK_END + rb")(?:" + _CLOSERS + rb")*[ \t\r]*\Z")
+_SENTENCE_AT = re.compile(rb"(?:" + _SPACED_END + rb"|" + _STOP + rb")+(?:" + _CLOSERS + rb")*")
+_CLAUSE_AT = re.compile(rb"(?:[,;:]+|(?:" + _CLAUSE_MARK + rb")+)(?:" + _CLOSERS + rb")*")
+_SENTENCE_TAIL = re.compile(
+    rb"(?:" + _SPACED_END + rb"|" + _STOP + rb")(?:" + _CLOSERS + rb")*[ \t\r]*\Z"
+)
 _LATIN_ENDS = (b".", b"!", b"?")
 _LATIN_CLAUSES = (b",", b";", b":")
-_CJK_END_BYTES = tuple(c.encode() for c in _CJK_ENDS)
-_CJK_CLAUSE_BYTES = tuple(c.encode() for c in _CJK_CLAUSES)
+_STOP_BYTES = tuple(c.encode() for c in _STOPS)
+_SPACED_END_BYTES = tuple(c.encode() for c in _SPACED_ENDS if not c.isascii())
+_CLAUSE_MARK_BYTES = tuple(c.encode() for c in _CLAUSE_MARKS)
 
 
 class _Doc:
     """The document as UTF-8 bytes plus one encoding of it, with exact span counting."""
 
-    __slots__ = ("bytes_per_token", "data", "encode", "exact_pieces", "lens", "n", "ntok")
+    __slots__ = (
+        "bytes_per_token",
+        "data",
+        "encode",
+        "exact_pieces",
+        "lens",
+        "n",
+        "ntok",
+        "scan",
+    )
 
     def __init__(
         self, text: str, data: bytes, tokenizer: Tokenizer, lens: Sequence[int] | None = None
     ) -> None:
         self.data = data
         self.n = len(data)
+        # What boundary searches read: the same bytes, page furniture blanked (see _page_view).
+        self.scan = _page_view(data)
         self.encode: Callable[[str], list[int]] = tokenizer.encode
         # The byte length of every token of the document: only lengths are needed from here
         # on, so the ids are never kept (and the garbage collector never walks them).
@@ -444,6 +486,173 @@ class _Body(NamedTuple):
 
 
 # ---------------------------------------------------------------------------------------------
+# Page breaks
+#
+# Text extracted from paged documents (PDFs, scanned books) carries the pages' furniture into
+# the text: a form feed between pages, a running header or footer and a page number beside
+# it, blank lines around them. Read as they stand, they make a blank line (a paragraph break)
+# and short lines alone between blank lines (headings) in the middle of a sentence that runs
+# on over the page, so cuts would go there. The boundary searches therefore read a copy of
+# the document in which each page break's furniture is blanked out: turned into spaces, byte
+# for byte, so every offset, every count and every character stays where it was.
+#
+# A page break is a paragraph break only when the text before it ends a sentence: a
+# paragraph can end at the foot of a page, but one that ends mid-sentence goes on over it.
+# Then the break reads as a blank line before the next page's text (the furniture stays with
+# the page it belongs to); otherwise as one line break, as in a hard-wrapped paragraph.
+#
+# Furniture is recognised only beside a form feed, past blank lines, at most two lines on
+# each side: a bare page number ("12", "- 12 -", "Page 12", "12 of 300", "xiv"), or a short
+# line that recurs beside other page breaks, its numbers aside (a running header or footer).
+# A line beside only one page break cannot be told from a heading that starts a page, so it
+# is left as text, except at the top of a page where the sentence before runs on: no heading
+# can stand there, and a short line set apart by a blank line is taken for a header. (Not at
+# the foot of a page: the first line of a paragraph that goes on over the page looks the same
+# as a footer there.)
+
+_PAGE_NUMBER = re.compile(
+    r"[-\u2010-\u2014(\[|]?\s*(?:(?:page|pg\.?|p\.)\s*)?"
+    r"(?:\d{1,5}|(?=[ivxlcdm])m{0,3}(?:cm|cd|d?c{0,3})(?:xc|xl|l?x{0,3})(?:ix|iv|v?i{0,3}))"
+    r"(?:\s*(?:of|/)\s*\d{1,5})?\s*[-\u2010-\u2014)\]|]?\.?",
+    re.IGNORECASE,
+)
+_NOT_LETTERS = re.compile(r"[\W\d_]+")
+_PAGE_LINE_BYTES = 120  # longer lines are text: headers and footers are short
+_PAGE_LINES = 2  # furniture lines on each side of a form feed
+_PAGE_SKIP = 64  # lines walked on each side of a form feed, blank ones included
+_BLANK, _FURNITURE, _TEXT = 0, 1, 2
+
+
+def _page_view(data: bytes) -> bytes:
+    """``data`` with the furniture of every page break blanked (see above); ``data`` itself
+    when it has no form feed."""
+    if b"\f" not in data:
+        return data
+    n = len(data)
+
+    def line_before(end: int) -> int:
+        """Start of the line ending at ``end`` (a newline or form feed, or ``n``); lines longer
+        than a header are cut short (they are text either way)."""
+        floor = max(0, end - _PAGE_LINE_BYTES - 1)
+        return max(data.rfind(b"\n", floor, end), data.rfind(b"\f", floor, end), floor - 1) + 1
+
+    def line_after(start: int) -> int:
+        """End of the line starting at ``start`` (as ``line_before``)."""
+        ceiling = min(n, start + _PAGE_LINE_BYTES + 1)
+        ends = (data.find(b"\n", start, ceiling), data.find(b"\f", start, ceiling))
+        return min((e for e in ends if e >= 0), default=ceiling)
+
+    def signature(a: int, b: int) -> str:
+        """A line with its numbers and punctuation dropped: the same for every page."""
+        return " ".join(_NOT_LETTERS.sub(" ", data[a:b].decode("utf-8", "replace")).split())
+
+    def lines(feed: int, backward: bool) -> list[tuple[int, int]]:
+        """The lines next to the form feed at ``feed``, nearest first, up to one past the
+        furniture there can be (blank lines aside, up to a bound)."""
+        found: list[tuple[int, int]] = []
+        pos, shown = feed, 0
+        while shown <= _PAGE_LINES and len(found) < _PAGE_SKIP:
+            if backward:
+                if pos <= 0:
+                    break
+                a = line_before(pos)
+                b, pos = pos, a - 1
+            else:
+                if pos + 1 >= n:
+                    break
+                a, b = pos + 1, line_after(pos + 1)
+                pos = b
+            found.append((a, b))
+            shown += bool(data[a:b].strip())
+        return found
+
+    feeds = _feeds(data)
+    near = [(lines(f, True), lines(f, False)) for f in feeds]
+    # Running headers and footers: short lines that recur beside page breaks (counted by
+    # place, so one line between two close page breaks is still one).
+    seen: dict[str, set[int]] = {}
+    for sides in near:
+        for side in sides:
+            shown = 0
+            for a, b in side:
+                if not data[a:b].strip():
+                    continue
+                if b - a <= _PAGE_LINE_BYTES and (sig := signature(a, b)):
+                    seen.setdefault(sig, set()).add(a)
+                shown += 1
+                if shown == _PAGE_LINES:
+                    break
+    running = {sig for sig, places in seen.items() if len(places) > 1}
+
+    def kind(a: int, b: int) -> int:
+        if b - a > _PAGE_LINE_BYTES:
+            return _TEXT
+        line = data[a:b].decode("utf-8", "replace").strip()
+        if not line:
+            return _BLANK
+        if _PAGE_NUMBER.fullmatch(line) or signature(a, b) in running:
+            return _FURNITURE
+        return _TEXT
+
+    def edge(side: list[tuple[int, int]], backward: bool, default: int, loose: bool) -> int:
+        """Where the furniture on one side of a form feed ends: the newline or form feed that
+        ends the text before (``backward``), or the start of the text after. ``loose``: a
+        sentence runs on over the page break, so no heading can stand there, and a short line
+        set apart by a blank line is furniture too (a header or footer seen only once)."""
+        shown = 0
+        for i, (a, b) in enumerate(side):
+            k = kind(a, b)
+            if (
+                k == _TEXT
+                and loose
+                and b - a <= _PAGE_LINE_BYTES
+                and i + 1 < len(side)
+                and not data[side[i + 1][0] : side[i + 1][1]].strip()
+                and not _SENTENCE_TAIL.search(data, a, b)
+            ):
+                k = _FURNITURE
+            if k == _FURNITURE:
+                shown += 1
+            if k == _TEXT or shown > _PAGE_LINES:
+                return b if backward else a
+        return default
+
+    def ends_sentence(start: int) -> bool:
+        """Whether the text before ``start`` ends a sentence (the start of the text does)."""
+        return start <= 0 or bool(
+            _SENTENCE_TAIL.search(data, max(line_before(start), start - 64), start)
+        )
+
+    view = bytearray(data)
+    last_end = -1
+    for f, (before, after) in zip(feeds, near, strict=True):
+        if f < last_end:
+            continue  # within the previous page break (a blank page)
+        first = before[-1][0] if before else 0
+        # Furniture shared with the previous page break (a short page) stays with it.
+        start = max(edge(before, True, first, loose=False), last_end)
+        finished = ends_sentence(start)
+        end = edge(after, False, after[-1][1] + 1 if after else n, loose=not finished)
+        end = min(max(end, f + 1), n)
+        view[start:end] = b" " * (end - start)
+        view[end - 1] = 0x0A
+        if finished and end - start > 1:
+            view[start] = 0x0A
+        last_end = end
+    return bytes(view)
+
+
+def _feeds(data: bytes) -> list[int]:
+    """Offsets of the form feeds in ``data``."""
+    found = []
+    i = data.find(b"\f")
+    while i >= 0:
+        found.append(i)
+        i = data.find(b"\f", i + 1)
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
 # Cut selection
 
 
@@ -456,7 +665,7 @@ def _sections(doc: _Doc, min_bytes: int) -> tuple[list[int], list[int]]:
     prefers to cut at headings). The rule looks only at the two headings around a section,
     so an edit cannot move hard cuts anywhere else.
     """
-    data = doc.data
+    data = doc.scan
     found = set()
     for m in _HEADING.finditer(data):
         if m.lastgroup == "atx":
@@ -499,20 +708,31 @@ def _last_match(pattern: re.Pattern[bytes], data: bytes, lo: int, hi: int) -> in
 class _Cutter:
     """Finds the best boundary in a window of the document."""
 
-    __slots__ = ("clause_terms", "doc", "heads", "sentence_terms")
+    __slots__ = ("clause_terms", "data", "doc", "heads", "sentence_terms")
 
     def __init__(self, doc: _Doc, heads: list[int]) -> None:
         self.doc = doc
+        self.data = doc.scan  # boundaries are looked for with page furniture blanked
         self.heads = heads
         # Terminators to look for, as (bytes, ends a sentence even without a space after it);
-        # CJK ones first in documents that can hold them.
+        # the stops first in documents that can hold them. A stop whose lead byte the
+        # document lacks cannot occur in it: one memchr spares a search in every window.
         latin_ends = tuple((t, False) for t in _LATIN_ENDS)
         latin_clauses = tuple((t, False) for t in _LATIN_CLAUSES)
-        if doc.data.isascii():
+        data = doc.data
+        if data.isascii():
             self.sentence_terms, self.clause_terms = latin_ends, latin_clauses
         else:
-            self.sentence_terms = tuple((t, True) for t in _CJK_END_BYTES) + latin_ends
-            self.clause_terms = tuple((t, True) for t in _CJK_CLAUSE_BYTES) + latin_clauses
+            leads = {t[:1] for t in (*_STOP_BYTES, *_SPACED_END_BYTES, *_CLAUSE_MARK_BYTES)}
+            present = {lead for lead in leads if lead in data}
+            self.sentence_terms = (
+                tuple((t, True) for t in _STOP_BYTES if t[:1] in present)
+                + tuple((t, False) for t in _SPACED_END_BYTES if t[:1] in present)
+                + latin_ends
+            )
+            self.clause_terms = (
+                tuple((t, True) for t in _CLAUSE_MARK_BYTES if t[:1] in present) + latin_clauses
+            )
 
     def best(self, a: int, lo: int, hi: int) -> int:
         """The best cut in ``(a, hi]``: best level in ``(lo, hi]``, then in ``(a, lo]``."""
@@ -529,7 +749,7 @@ class _Cutter:
 
     def _levels(self, lo: int, hi: int) -> int:
         """The last boundary of the best level in ``(lo, hi]``; -1 if there is none."""
-        doc, data = self.doc, self.doc.data
+        doc, data = self.doc, self.data
         i = bisect.bisect_right(self.heads, hi)
         if i and self.heads[i - 1] > lo:
             return self.heads[i - 1]
@@ -553,7 +773,7 @@ class _Cutter:
 
     def _sentence_line(self, lo: int, nl: int) -> int:
         """After the last newline at or before ``nl`` that ends a sentence; -1 if none."""
-        data = self.doc.data
+        data = self.data
         for _ in range(_LOOK):
             if _SENTENCE_TAIL.search(data, max(lo, nl - 16), nl):
                 return nl + 1
@@ -565,9 +785,9 @@ class _Cutter:
     def _last_end(
         self, pattern: re.Pattern[bytes], terms: tuple[tuple[bytes, bool], ...], lo: int, hi: int
     ) -> int:
-        """End of the last run of terminators in ``(lo, hi]``: Latin ones must be followed by
-        whitespace, CJK ones need not. -1 if there is none."""
-        data, n = self.doc.data, self.doc.n
+        """End of the last run of terminators in ``(lo, hi]``: the spaced ones must be followed
+        by whitespace, the stops need not. -1 if there is none."""
+        data, n = self.data, self.doc.n
         best, floor = -1, lo - 8
         for term, anywhere in terms:
             j = hi
@@ -575,18 +795,21 @@ class _Cutter:
                 i = data.rfind(term, floor, j)
                 if i < 0:
                     break
+                j = i
+                # No match: a fullwidth full stop used as a decimal point.
                 m = pattern.match(data, i)
-                end = m.end() if m else i + 1
+                if m is None:
+                    continue
+                end = m.end()
                 if lo < end <= hi and (anywhere or end == n or data[end] in _WS_BYTES):
                     if end > best:
                         best, floor = end, i  # later terms must end after this one
                     break
-                j = i
         return best
 
     def _word_cut(self, lo: int, hi: int) -> int:
         """Before the last run of spaces or tabs in ``(lo, hi]``; -1 if none."""
-        data = self.doc.data
+        data = self.data
         b = max(data.rfind(b" ", lo, hi), data.rfind(b"\t", lo, hi))
         while b > lo and data[b - 1] in b" \t\f\v":
             b -= 1
@@ -699,7 +922,7 @@ def _overlap_start(
     lo = max(prev.start, s - doc.span_bytes(k - back, back))
     # Counts add up across a hard split point: sent = overlap + body.
     joins_hard = doc.exact_pieces and doc.split_kind(start) == _HARD
-    data = doc.data
+    data = doc.scan
 
     def fits(b: int) -> int:
         """Sent tokens with the overlap starting at ``b``; 0 when it does not fit."""
