@@ -740,12 +740,24 @@ class _Cutter:
         if hi > lo:
             c = self._levels(lo, hi)
             if c > 0:
-                return c
+                return self._on_char(a, c)
         if lo > a:
             c = self._levels(a, lo)
             if c > 0:
-                return c
+                return self._on_char(a, c)
         return self._char_cut(a, hi)
+
+    def _on_char(self, a: int, c: int) -> int:
+        """``c``, or the nearest character boundary after ``a``: in the page view, furniture
+        is blanked byte for byte, so a multi-byte character there reads as several spaces
+        with places between them where the text itself cannot be cut."""
+        doc = self.doc
+        if self.data is doc.data or c >= doc.n:
+            return c
+        start = doc.char_start(c)
+        if start == c:
+            return c
+        return start if start > a else doc.next_char(start)
 
     def _levels(self, lo: int, hi: int) -> int:
         """The last boundary of the best level in ``(lo, hi]``; -1 if there is none."""

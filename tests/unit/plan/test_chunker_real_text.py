@@ -241,3 +241,12 @@ def test_the_page_view_keeps_every_offset(text: str) -> None:
     view = chunker._page_view(data)
     assert len(view) == len(data)
     assert all(v == d or v in b" \n" for v, d in zip(view, data, strict=True))
+
+
+@pytest.mark.parametrize("text", ["\u3000the\n\x0cthe", "thethe\x0c\u3002thethe"])
+def test_blanked_furniture_is_never_cut_inside_a_character(text: str) -> None:
+    """Page furniture is blanked byte for byte for the boundary searches; a multi-byte
+    character there must still be cut whole (found by the property test below)."""
+    for limit in range(4, 9):
+        chunks = chunk_text(text, TOK, limit, 0)
+        assert "".join(text[c.start : c.end] for c in chunks) == text
