@@ -83,7 +83,8 @@ def kind_for_vendor_error(vendor_type: str, vendor_code: str) -> ErrorKind | Non
             kind = _VENDOR_KINDS.get(name.lower())
             if kind is not None:
                 return kind
-    if vendor_code.isdigit() and len(vendor_code) == 3:
+    # isdigit() alone also accepts digits int() refuses (superscripts such as "²").
+    if vendor_code.isascii() and vendor_code.isdigit() and len(vendor_code) == 3:
         return kind_for_status(int(vendor_code))
     return None
 

@@ -48,6 +48,9 @@ def test_vendor_error_names() -> None:
     assert kind_for_vendor_error("BadRequestError", "400") is ErrorKind.BAD_REQUEST
     assert kind_for_vendor_error("", "503") is ErrorKind.OVERLOADED
     assert kind_for_vendor_error("something_new", "") is None
+    # Digits that are not ASCII are no status (int() refuses superscripts).
+    assert kind_for_vendor_error("", "\u00b2\u00b2\u00b2") is None
+    assert stream_error("up", {"error": {"code": "\u00b2\u00b2\u00b2"}}).kind is ErrorKind.SERVER
 
 
 def test_classify_prefers_status_except_billing_and_overload() -> None:
