@@ -150,7 +150,7 @@ def details_from_body(body: bytes) -> ErrorDetails:
     if text[:1] in ("{", "["):
         try:
             return details_from_object(json.loads(text))
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than json can read
             pass
     return ErrorDetails(message=text[:_MAX_MESSAGE])
 
@@ -200,11 +200,14 @@ def malformed(upstream: str, what: str) -> UpstreamError:
 
 
 def load_json(upstream: str, data: str | bytes) -> Any:
-    """``json.loads`` that fails as an ``UpstreamError`` (CONNECTION), never a ValueError."""
+    """``json.loads`` that fails as an ``UpstreamError`` (CONNECTION), never a ValueError or a
+    RecursionError."""
     try:
         return json.loads(data)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
         raise malformed(upstream, f"invalid JSON ({exc})") from None
+    except RecursionError:  # json's C decoder recurses once per nesting level
+        raise malformed(upstream, "JSON nested too deeply") from None
 
 
 def transport_error(upstream: str, exc: Exception) -> UpstreamError:

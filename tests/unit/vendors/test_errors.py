@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from longread_server.domain import ErrorKind
+from longread_server.domain import ErrorKind, UpstreamError
 from longread_server.vendors.errors import (
     classify,
     details_from_body,
     kind_for_status,
     kind_for_vendor_error,
+    load_json,
     status_error,
     stream_error,
     transport_error,
@@ -91,6 +92,15 @@ def test_bodies_nested_flat_and_plain() -> None:
     assert details_from_body(b"").message == ""
     assert details_from_body(b"[1, 2]").message == "[1, 2]"
     assert len(details_from_body(b"x" * 100_000).message) == 1000
+    # Deeper than json can read: plain text, not a RecursionError.
+    assert details_from_body(b"[" * 100_000).message == "[" * 1000
+
+
+def test_load_json_fails_as_a_connection_error_also_when_too_deep() -> None:
+    for data in (b"{", b"\xff", b"[" * 100_000, b'{"a":' * 100_000):
+        with pytest.raises(UpstreamError) as caught:
+            load_json("up", data)
+        assert caught.value.kind is ErrorKind.CONNECTION
 
 
 def test_status_error_with_empty_body_uses_reason() -> None:
