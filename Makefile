@@ -1,4 +1,4 @@
-# The one entry point: make install | generate | run | demo | test | lint | bench
+# The one entry point: make install | generate | run | demo | test | lint | bench (| fuzz, mk/fuzz.mk)
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python

@@ -321,7 +321,7 @@ def _json_text(text: Any) -> Any:
     try:
         parsed = json.loads(text)
         return canonical_json(parsed)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):  # nested deeper than we can read: as text
         return text
 
 

@@ -83,7 +83,8 @@ def kind_for_vendor_error(vendor_type: str, vendor_code: str) -> ErrorKind | Non
             kind = _VENDOR_KINDS.get(name.lower())
             if kind is not None:
                 return kind
-    if vendor_code.isdigit() and len(vendor_code) == 3:
+    # isdigit() alone also accepts digits int() refuses (superscripts such as "²").
+    if vendor_code.isascii() and vendor_code.isdigit() and len(vendor_code) == 3:
         return kind_for_status(int(vendor_code))
     return None
 
@@ -149,7 +150,7 @@ def details_from_body(body: bytes) -> ErrorDetails:
     if text[:1] in ("{", "["):
         try:
             return details_from_object(json.loads(text))
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than json can read
             pass
     return ErrorDetails(message=text[:_MAX_MESSAGE])
 
@@ -199,11 +200,14 @@ def malformed(upstream: str, what: str) -> UpstreamError:
 
 
 def load_json(upstream: str, data: str | bytes) -> Any:
-    """``json.loads`` that fails as an ``UpstreamError`` (CONNECTION), never a ValueError."""
+    """``json.loads`` that fails as an ``UpstreamError`` (CONNECTION), never a ValueError or a
+    RecursionError."""
     try:
         return json.loads(data)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
         raise malformed(upstream, f"invalid JSON ({exc})") from None
+    except RecursionError:  # json's C decoder recurses once per nesting level
+        raise malformed(upstream, "JSON nested too deeply") from None
 
 
 def transport_error(upstream: str, exc: Exception) -> UpstreamError:

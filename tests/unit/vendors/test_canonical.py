@@ -262,6 +262,14 @@ def test_non_json_tool_arguments_are_kept_verbatim() -> None:
         OPENAI, with_args('{"b":[1,2],"a":1.0}')
     )
     assert key(OPENAI, with_args("not json")) != key(OPENAI, with_args('"not json"'))
+    # Arguments nested deeper than json (or the canonical form) can recurse: kept verbatim.
+    for deep in ("[" * 100_000, "[" * 900 + "]" * 900):
+        assert (
+            canonicalize(OPENAI, with_args(deep))["messages"][0]["tool_calls"][0]["function"][
+                "arguments"
+            ]
+            == deep
+        )
 
 
 def test_adapter_payloads_key_like_plain_ones() -> None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from longread_server.domain import ErrorKind
+from longread_server.domain import ErrorKind, UpstreamError
 from longread_server.vendors.errors import (
     classify,
     details_from_body,
     kind_for_status,
     kind_for_vendor_error,
+    load_json,
     status_error,
     stream_error,
     transport_error,
@@ -48,6 +49,9 @@ def test_vendor_error_names() -> None:
     assert kind_for_vendor_error("BadRequestError", "400") is ErrorKind.BAD_REQUEST
     assert kind_for_vendor_error("", "503") is ErrorKind.OVERLOADED
     assert kind_for_vendor_error("something_new", "") is None
+    # Digits that are not ASCII are no status (int() refuses superscripts).
+    assert kind_for_vendor_error("", "\u00b2\u00b2\u00b2") is None
+    assert stream_error("up", {"error": {"code": "\u00b2\u00b2\u00b2"}}).kind is ErrorKind.SERVER
 
 
 def test_classify_prefers_status_except_billing_and_overload() -> None:
@@ -88,6 +92,15 @@ def test_bodies_nested_flat_and_plain() -> None:
     assert details_from_body(b"").message == ""
     assert details_from_body(b"[1, 2]").message == "[1, 2]"
     assert len(details_from_body(b"x" * 100_000).message) == 1000
+    # Deeper than json can read: plain text, not a RecursionError.
+    assert details_from_body(b"[" * 100_000).message == "[" * 1000
+
+
+def test_load_json_fails_as_a_connection_error_also_when_too_deep() -> None:
+    for data in (b"{", b"\xff", b"[" * 100_000, b'{"a":' * 100_000):
+        with pytest.raises(UpstreamError) as caught:
+            load_json("up", data)
+        assert caught.value.kind is ErrorKind.CONNECTION
 
 
 def test_status_error_with_empty_body_uses_reason() -> None:

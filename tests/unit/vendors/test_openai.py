@@ -432,6 +432,16 @@ async def test_unexpected_json_shape_is_a_connection_error() -> None:
     assert error.kind is ErrorKind.CONNECTION
 
 
+async def test_json_nested_too_deeply_is_a_connection_error() -> None:
+    response, _ = stream_response(sse_body(chunk("a"), "data: " + "[" * 100_000 + "\n\n"))
+    deltas, error = await run_error(response)
+    assert deltas == ["a"]
+    assert (error.kind, error.streamed) == (ErrorKind.CONNECTION, True)
+    response, _ = stream_response(b"[" * 100_000, status=500)
+    _, error = await run_error(response)
+    assert (error.kind, error.status) == (ErrorKind.SERVER, 500)
+
+
 async def test_non_object_json_events_are_skipped() -> None:
     response, _ = stream_response(sse_body("data: 42\n\n", chunk("a"), chunk(finish="stop")))
     deltas, _, _ = await run(response)
