@@ -21,8 +21,14 @@ from longread_server.calls.resilience_metrics import (
     ResilienceObserver,
 )
 from longread_server.calls.retry import RetryPolicy, RetryStage
-from longread_server.calls.timeouts import AttemptTimeouts
-from longread_server.config import Config, ResilienceConfig
+from longread_server.calls.timeouts import (
+    AttemptLimits,
+    AttemptPolicy,
+    AttemptTimeouts,
+    LimitsOverride,
+    override,
+)
+from longread_server.config import AttemptOverride, Config, ResilienceConfig
 from longread_server.plan.catalog import Catalog
 from longread_server.state.breakers import BreakerParams, BreakerStore, LocalBreakers
 from longread_server.state.buckets import BucketStore, LocalBuckets
@@ -49,6 +55,41 @@ def breaker_params(r: ResilienceConfig) -> BreakerParams:
         half_open_calls=b.half_open_calls,
         half_open_max_s=b.half_open_max_s,
     )
+
+
+# Config names -> AttemptLimits fields (the two ceilings keep their older config names).
+_LIMIT_FIELDS = {
+    "first_event_base_s": "first_event_base_s",
+    "first_event_per_1k_prompt_s": "first_event_per_1k_prompt_s",
+    "first_event_per_1k_output_s": "first_event_per_1k_output_s",
+    "first_event_timeout_s": "first_event_max_s",
+    "idle_timeout_s": "idle_s",
+    "hedge_after_s": "hedge_after_s",
+}
+
+
+def attempt_policy(r: ResilienceConfig) -> AttemptPolicy:
+    """The per-attempt limits of every (upstream, model), from ``[resilience]`` and
+    ``[resilience.attempt]`` with its overrides."""
+    a = r.attempt
+    default = AttemptLimits(
+        first_event_base_s=a.first_event_base_s,
+        first_event_per_1k_prompt_s=a.first_event_per_1k_prompt_s,
+        first_event_per_1k_output_s=a.first_event_per_1k_output_s,
+        first_event_max_s=r.first_event_timeout_s,
+        idle_s=r.idle_timeout_s,
+        hedge_after_s=a.hedge_after_s,
+    )
+    return AttemptPolicy(default, [_override(o) for o in a.overrides])
+
+
+def _override(o: AttemptOverride) -> LimitsOverride:
+    changes = {
+        field: value
+        for name, field in _LIMIT_FIELDS.items()
+        if (value := getattr(o, name)) is not None
+    }
+    return override(o.upstream, o.models, **changes)
 
 
 @dataclass(slots=True)
@@ -149,6 +190,7 @@ def build_resilience(
         clock,
     )
     params = breaker_params(r)
+    attempts = attempt_policy(r)
     retry = RetryStage(
         RetryPolicy(r.retry.max_attempts, r.retry.base_s, r.retry.cap_s),
         budget_ratio=r.retry.budget_ratio,
@@ -194,7 +236,7 @@ def build_resilience(
         fallback=fallback,
         upstream_limit=upstream_limit,
         breaker=breaker,
-        timeouts=AttemptTimeouts(r.first_event_timeout_s, r.idle_timeout_s),
+        timeouts=AttemptTimeouts(attempts),
         buckets=buckets,
         breakers=breakers,
         breaker_params=params,
