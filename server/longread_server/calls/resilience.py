@@ -1,5 +1,5 @@
-"""Builds the resilience stages (rate limits, fallback, retry, breaker, attempt timeouts) and
-their state from the config; ``calls/stages.py`` puts them in the pipeline's order."""
+"""Builds the resilience stages (rate limits, fallback, retry, hedge, breaker, attempt
+timeouts) and their state from the config; ``calls/stages.py`` puts them in the pipeline's order."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from longread_server.calls.breaker import BreakerStage
 from longread_server.calls.concurrency import AdaptiveConcurrency, ConcurrencyParams
 from longread_server.calls.fallback import FallbackStage
+from longread_server.calls.hedge import HedgeStage
 from longread_server.calls.limits import Quota, RateLimitStage, make_quota
 from longread_server.calls.pipeline import Call
 from longread_server.calls.resilience_metrics import (
@@ -107,6 +108,7 @@ class Resilience:
     breaker_params: BreakerParams
     concurrency: AdaptiveConcurrency
     retry: RetryStage
+    hedge: HedgeStage | None  # None unless some upstream or model hedges
     health: RedisGate | None  # None without Redis
     tenant_quotas: dict[str, Quota]
     upstream_quotas: dict[str, Quota]  # filled as calls arrive: "upstream" or "upstream/model"
@@ -242,6 +244,9 @@ def build_resilience(
         breaker_params=params,
         concurrency=concurrency,
         retry=retry,
+        hedge=HedgeStage(attempts, retry.budget, r.min_call_s, observer)
+        if attempts.may_hedge
+        else None,
         health=health,
         tenant_quotas=tenant_quotas,
         upstream_quotas=upstream_quotas,
