@@ -476,9 +476,8 @@ async def test_14b_hung_upstream_opens_the_breaker(sb: Sandbox, gateways: Make, 
     assert sb.stats.requests < 60 + sb.stats.disconnects  # open: some calls never sent
     bound = time_to_fail_bound()
     assert all(r.elapsed_s < bound for r in results), max(r.elapsed_s for r in results)
-    first_fast = next(i for i, r in enumerate(results) if r in fast)
     row.notes = (
-        f"breaker opened {view.opens}x; {len(fast)} requests failed fast (circuit open), the "
-        f"first was request {first_fast}; slowest request "
+        f"breaker opened {view.opens}x after {sb.stats.requests} upstream attempts in all; "
+        f"{len(fast)} requests failed fast (circuit open); slowest request "
         f"{max(r.elapsed_s for r in results):.2f}s (bound {bound:.1f}s)"
     )
