@@ -298,6 +298,59 @@ class ConcurrencyConfig:
 
 
 @dataclass
+class AttemptOverride:
+    """``[[resilience.attempt.overrides]]``: other attempt limits for one upstream, or for some
+    of its models. Unset fields keep the value from before; later overrides win."""
+
+    upstream: str = ""  # "": every upstream
+    models: list[str] = field(default_factory=list)  # shell-style patterns; empty: every model
+    first_event_base_s: float | None = None
+    first_event_per_1k_prompt_s: float | None = None
+    first_event_per_1k_output_s: float | None = None
+    first_event_timeout_s: float | None = None
+    idle_timeout_s: float | None = None
+    hedge_after_s: float | None = None
+
+
+# Models that reason before their first visible token (a streamed answer included): minutes
+# are normal, so they get a longer first-event allowance than the rest.
+REASONING_MODELS = ["gpt-5*", "o1*", "o3*", "o4*", "deepseek-reasoner", "gemini-2.5-pro"]
+
+
+def _reasoning_override() -> list[AttemptOverride]:
+    return [
+        AttemptOverride(
+            models=list(REASONING_MODELS), first_event_base_s=120.0, first_event_timeout_s=600.0
+        )
+    ]
+
+
+@dataclass
+class AttemptConfig:
+    """``[resilience.attempt]``: how long one attempt may wait for its first event, derived
+    from the prompt (``calls/timeouts.py``), and the hedged attempt (``calls/hedge.py``).
+
+    The first-event limit of an attempt is ``first_event_base_s`` + ``first_event_per_1k_prompt_s``
+    per 1,000 prompt tokens (+ ``first_event_per_1k_output_s`` per 1,000 ``max_output_tokens``
+    when the call does not stream), at most ``resilience.first_event_timeout_s``."""
+
+    # Connection, vendor queueing and a short prefill: a healthy vendor's first token for a
+    # short prompt comes within a second or two, its slow tail within several; 20 s is far
+    # past that, so a timeout says "hung", not "busy".
+    first_event_base_s: float = 20.0
+    # Prefill: assumes at worst 5,000 prompt tokens/s (vendors run far faster); a 100K-token
+    # prompt gets 20 s more.
+    first_event_per_1k_prompt_s: float = 0.2
+    # A non-streaming answer's first byte comes once it has all been generated: assumes at
+    # worst 20 output tokens/s, over the whole max_output_tokens.
+    first_event_per_1k_output_s: float = 50.0
+    # > 0: a second attempt when the first has sent no event after this many seconds, the
+    # first to answer wins (the other is closed). Doubles upstream spend for those calls.
+    hedge_after_s: float = 0.0
+    overrides: list[AttemptOverride] = field(default_factory=_reasoning_override)
+
+
+@dataclass
 class ResilienceConfig:
     """Rate limits, circuit breakers, retries, timeouts and shared-state failover."""
 
@@ -306,7 +359,9 @@ class ResilienceConfig:
     upstream_limits_per_model: bool = False  # upstream buckets per (upstream, model)
     throttle_default_s: float = 1.0  # hold after a vendor 429 that says nothing about when
     throttle_max_s: float = 60.0  # the longest hold a 429 may ask for
-    first_event_timeout_s: float = 300.0  # per attempt: time to the first event (0: none)
+    # Per attempt: the ceiling of the first-event limit derived in [resilience.attempt]
+    # (0: no first-event limit but the deadline).
+    first_event_timeout_s: float = 300.0
     idle_timeout_s: float = 60.0  # per attempt: longest gap between streamed events (0: none)
     fail_open: bool = True  # Redis down: use local state (True) or refuse calls (False)
     redis_timeout_s: float = 0.25  # per Redis operation of the cache, limits, breakers, budgets
@@ -315,6 +370,28 @@ class ResilienceConfig:
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
     concurrency: ConcurrencyConfig = field(default_factory=ConcurrencyConfig)
+    attempt: AttemptConfig = field(default_factory=AttemptConfig)
+
+
+def _validate_attempt(r: ResilienceConfig) -> None:
+    a = r.attempt
+    tables = [("resilience", r), ("resilience.attempt", a)]
+    tables += [(f"resilience.attempt.overrides[{i}]", o) for i, o in enumerate(a.overrides)]
+    for where, table in tables:
+        for name in _ATTEMPT_SECONDS:
+            value = getattr(table, name, None)
+            if value is not None and value < 0:
+                raise ConfigError(f"{where}.{name} must not be negative")
+
+
+_ATTEMPT_SECONDS = (
+    "first_event_base_s",
+    "first_event_per_1k_prompt_s",
+    "first_event_per_1k_output_s",
+    "first_event_timeout_s",
+    "idle_timeout_s",
+    "hedge_after_s",
+)
 
 
 def _validate_resilience(r: ResilienceConfig) -> None:
@@ -335,6 +412,7 @@ def _validate_resilience(r: ResilienceConfig) -> None:
         raise ConfigError("resilience.concurrency: min >= 1, backoff in (0, 1)")
     if not 0 < r.local_limit_share <= 1:
         raise ConfigError("resilience.local_limit_share must be in (0, 1]")
+    _validate_attempt(r)
 
 
 # --- end resilience ---

@@ -173,6 +173,7 @@ class UpstreamError(Exception):
         request_id: str = "",
         streamed: bool = False,
         unsent: bool = False,
+        cut_by_deadline: bool = False,
     ) -> None:
         super().__init__(message)
         self.kind = kind
@@ -188,6 +189,9 @@ class UpstreamError(Exception):
         # True when the attempt never reached the upstream (the caller's deadline had passed
         # before it could start): says nothing about the upstream's health.
         self.unsent = unsent
+        # True when the caller's deadline, not a limit of the attempt's own, ended the
+        # attempt while the upstream was still within its time: no verdict on its health.
+        self.cut_by_deadline = cut_by_deadline
 
     def __repr__(self) -> str:
         return (

@@ -24,6 +24,7 @@ from longread.client import AsyncClient, ErrorDetails, Options, error_details
 from longread_sandbox import Sandbox, SandboxConfig
 from longread_server.app import Gateway, start
 from longread_server.config import (
+    AttemptConfig,
     BreakerConfig,
     ConcurrencyConfig,
     Config,
@@ -57,6 +58,7 @@ def resilience(
     breaker: dict[str, Any] | None = None,
     retry: dict[str, Any] | None = None,
     concurrency: dict[str, Any] | None = None,
+    attempt: dict[str, Any] | None = None,
     **top: Any,
 ) -> ResilienceConfig:
     """Chaos defaults: a breaker that only opens when a scenario asks, fast retries."""
@@ -66,6 +68,7 @@ def resilience(
         breaker=BreakerConfig(**b),
         retry=RetryConfig(**r),
         concurrency=ConcurrencyConfig(**(concurrency or {})),
+        attempt=AttemptConfig(**(attempt or {})),
         **top,
     )
 

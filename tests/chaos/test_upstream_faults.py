@@ -164,8 +164,10 @@ async def test_03b_per_try_timeout_then_retry_within_the_deadline(
 async def test_04_blackhole_ends_at_the_deadline_and_leaks_nothing(
     sb: Sandbox, gateways: Make, row: Row
 ) -> None:
-    """An upstream that never answers: every call ends with DEADLINE_EXCEEDED at its deadline,
-    every upstream connection is closed, no task is left, and the breaker counted them."""
+    """An upstream that never answers, under deadlines shorter than an attempt's own
+    first-event limit: every call ends with DEADLINE_EXCEEDED at its deadline, every upstream
+    connection is closed, no task is left, and the breaker counted none of them (the callers
+    gave up first; a hang that outlives the attempt's limit is counted, see test_14)."""
     gw = await gateways()
     baseline = len(gateway_tasks(sb))
     sb.configure(fault_rate=1.0, fault_kind="timeout")
@@ -178,8 +180,8 @@ async def test_04_blackhole_ends_at_the_deadline_and_leaks_nothing(
     await settled(sb, baseline)
     assert sb.stats.disconnects == sb.stats.requests == 10
     view = await breaker_view(gw)
-    assert view.failures == 10
-    row.notes = f"all closed upstream; breaker counted {view.failures} failures"
+    assert (view.calls, view.failures) == (0, 0)
+    row.notes = "all closed upstream; deadline cuts not counted by the breaker"
 
 
 async def test_05_reset_after_the_first_token_is_not_retried(
@@ -393,4 +395,89 @@ async def test_map_fanout_backs_off_on_429_and_recovers(
     row.notes = (
         f"limit cut {lim.decreases}x on 429s, back to {lim.limit} of 8 after "
         f"{sb.stats.requests} calls; peak upstream concurrency {max(peak)}"
+    )
+
+
+# A hung upstream, on 30 % of calls: the attempt's own first-event limit, derived from the
+# request (base + per 1K prompt tokens + per 1K output tokens unstreamed), capped here at 0.4 s.
+HUNG_LIMIT_S = 0.4
+HUNG_ATTEMPTS = 3
+HUNG_SEED = 12  # the sandbox's fault RNG: 10 of its first 30 and 18 of its first 60 draws hang
+
+
+def hung_resilience(**breaker: Any) -> Any:
+    return resilience(
+        first_event_timeout_s=HUNG_LIMIT_S,
+        attempt={"first_event_base_s": 0.3, "first_event_per_1k_prompt_s": 0.2},
+        retry={"max_attempts": HUNG_ATTEMPTS, "budget_min_retries": 1000},
+        breaker=breaker or None,
+    )
+
+
+def time_to_fail_bound() -> float:
+    """Attempt limit x attempts, the backoffs between them (cap 0.2 s), and a margin for a
+    loaded machine: far below the 10 s deadline a hang would otherwise hold a request for."""
+    return HUNG_LIMIT_S * HUNG_ATTEMPTS + 0.2 * (HUNG_ATTEMPTS - 1) + 1.0
+
+
+async def test_14a_hung_upstream_fails_within_attempt_limit_times_attempts(
+    sb: Sandbox, gateways: Make, row: Row
+) -> None:
+    """30 % of upstream calls hang (accept, never answer). Every request ends well before
+    its 10 s deadline: a hung attempt is cut at its own limit and retried, so a request fails
+    only when all its attempts hang, within limit x attempts; every cut attempt is a breaker
+    failure; requests that met no hang are as fast as without faults."""
+    gw = await gateways(resilience=hung_resilience())
+    baseline = len(gateway_tasks(sb))
+    sb.configure(fault_rate=0.3, fault_kind="timeout", seed=HUNG_SEED)
+    async with client_for(gw) as client:
+        results = await fire(client, [doc(str(i)) for i in range(40)], concurrency=10, timeout=10)
+    row.add(results)
+    row.upstream = sb.stats.requests
+    await settled(sb, baseline)
+    hung = sb.stats.disconnects  # the hung attempts the gateway gave up on
+    failed = [r.elapsed_s for r in results if not r.ok]
+    assert hung >= 8
+    assert sb.stats.requests == 40 + hung - len(failed)  # a hang is retried, but not the last
+    bound = time_to_fail_bound()
+    assert all(r.elapsed_s < bound for r in results), max(r.elapsed_s for r in results)
+    assert all(r.ok or r.code == "DEADLINE_EXCEEDED" for r in results)
+    view = await breaker_view(gw)
+    assert (view.calls, view.failures) == (sb.stats.requests, hung)
+    # A request that met a hang took at least one attempt limit; one that met none did not.
+    retried = [r for r in results if r.ok and r.elapsed_s >= HUNG_LIMIT_S]
+    fast = sorted(r.elapsed_s for r in results if r.ok and r.elapsed_s < HUNG_LIMIT_S)
+    assert 1 <= len(retried) <= hung and len(fast) + len(retried) + len(failed) == 40
+    assert len(fast) >= 40 - hung
+    row.notes = (
+        f"{hung} hung attempts cut and counted by the breaker ({view.failures}); "
+        f"retried ok slowest {max(r.elapsed_s for r in retried):.2f}s; "
+        f"failed {len(failed)} (slowest {max(failed, default=0):.2f}s); "
+        f"unaffected median {statistics.median(fast) * 1000:.0f} ms; bound {bound:.1f}s"
+    )
+
+
+async def test_14b_hung_upstream_opens_the_breaker(sb: Sandbox, gateways: Make, row: Row) -> None:
+    """The same 30 % hangs with a breaker set to open at 20 % upstream faults over 20
+    attempts: the cut attempts open it, and from then on requests fail fast (UNAVAILABLE,
+    circuit open) instead of waiting for a hang; no request waits past limit x attempts."""
+    gw = await gateways(resilience=hung_resilience(window_size=20, min_calls=20, failure_rate=0.2))
+    baseline = len(gateway_tasks(sb))
+    sb.configure(fault_rate=0.3, fault_kind="timeout", seed=HUNG_SEED)
+    async with client_for(gw) as client:
+        results = await fire(client, [doc(str(i)) for i in range(60)], concurrency=5, timeout=10)
+    row.add(results)
+    row.upstream = sb.stats.requests
+    await settled(sb, baseline)
+    view = await breaker_view(gw)
+    assert view.opens >= 1
+    fast = [r for r in results if r.details and r.details.metadata.get("circuit") == "open"]
+    assert fast and all(r.code == "UNAVAILABLE" for r in fast)
+    assert sb.stats.requests < 60 + sb.stats.disconnects  # open: some calls never sent
+    bound = time_to_fail_bound()
+    assert all(r.elapsed_s < bound for r in results), max(r.elapsed_s for r in results)
+    row.notes = (
+        f"breaker opened {view.opens}x after {sb.stats.requests} upstream attempts in all; "
+        f"{len(fast)} requests failed fast (circuit open); slowest request "
+        f"{max(r.elapsed_s for r in results):.2f}s (bound {bound:.1f}s)"
     )

@@ -15,8 +15,12 @@ Classification (what the breaker is told):
   that ends without an outcome (cancelled, refused further in) or that was never sent
   because the caller's deadline had already passed (under overload requests wait in the
   gateway, and counting them would open the breaker against a healthy upstream): its permit
-  is given back. An attempt that was sent and then ran out of deadline still counts (a
-  blackholed upstream must open the breaker);
+  is given back;
+* an attempt cut by the caller's deadline while still inside its own time limits is ignored
+  too: a short deadline says nothing about a healthy upstream that needs longer (a long
+  prompt's prefill). An attempt that runs past its own first-event or idle limit
+  (``calls/timeouts.py``) is a TIMEOUT failure: that is how a hung upstream opens the
+  breaker;
 * slow means the *first event* (headers to first token, or the whole answer when not
   streaming) took at least ``slow_call_s``: total duration depends on the output length,
   time to first event on the upstream's health.
@@ -50,7 +54,7 @@ CIRCUIT = "circuit"  # metadata key that marks a rejection as the breaker's
 
 def classify(err: UpstreamError, *, slow: bool) -> Outcome:
     """The breaker outcome of an attempt that failed with ``err``."""
-    if err.unsent:
+    if err.unsent or err.cut_by_deadline:
         return Outcome.IGNORED
     if err.kind.upstream_fault:
         return Outcome.of(failed=True, slow=slow)

@@ -1,5 +1,5 @@
-"""Builds the resilience stages (rate limits, fallback, retry, breaker, attempt timeouts) and
-their state from the config; ``calls/stages.py`` puts them in the pipeline's order."""
+"""Builds the resilience stages (rate limits, fallback, retry, hedge, breaker, attempt
+timeouts) and their state from the config; ``calls/stages.py`` puts them in the pipeline's order."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from longread_server.calls.breaker import BreakerStage
 from longread_server.calls.concurrency import AdaptiveConcurrency, ConcurrencyParams
 from longread_server.calls.fallback import FallbackStage
+from longread_server.calls.hedge import HedgeStage
 from longread_server.calls.limits import Quota, RateLimitStage, make_quota
 from longread_server.calls.pipeline import Call
 from longread_server.calls.resilience_metrics import (
@@ -21,8 +22,14 @@ from longread_server.calls.resilience_metrics import (
     ResilienceObserver,
 )
 from longread_server.calls.retry import RetryPolicy, RetryStage
-from longread_server.calls.timeouts import AttemptTimeouts
-from longread_server.config import Config, ResilienceConfig
+from longread_server.calls.timeouts import (
+    AttemptLimits,
+    AttemptPolicy,
+    AttemptTimeouts,
+    LimitsOverride,
+    override,
+)
+from longread_server.config import AttemptOverride, Config, ResilienceConfig
 from longread_server.plan.catalog import Catalog
 from longread_server.state.breakers import BreakerParams, BreakerStore, LocalBreakers
 from longread_server.state.buckets import BucketStore, LocalBuckets
@@ -51,6 +58,41 @@ def breaker_params(r: ResilienceConfig) -> BreakerParams:
     )
 
 
+# Config names -> AttemptLimits fields (the two ceilings keep their older config names).
+_LIMIT_FIELDS = {
+    "first_event_base_s": "first_event_base_s",
+    "first_event_per_1k_prompt_s": "first_event_per_1k_prompt_s",
+    "first_event_per_1k_output_s": "first_event_per_1k_output_s",
+    "first_event_timeout_s": "first_event_max_s",
+    "idle_timeout_s": "idle_s",
+    "hedge_after_s": "hedge_after_s",
+}
+
+
+def attempt_policy(r: ResilienceConfig) -> AttemptPolicy:
+    """The per-attempt limits of every (upstream, model), from ``[resilience]`` and
+    ``[resilience.attempt]`` with its overrides."""
+    a = r.attempt
+    default = AttemptLimits(
+        first_event_base_s=a.first_event_base_s,
+        first_event_per_1k_prompt_s=a.first_event_per_1k_prompt_s,
+        first_event_per_1k_output_s=a.first_event_per_1k_output_s,
+        first_event_max_s=r.first_event_timeout_s,
+        idle_s=r.idle_timeout_s,
+        hedge_after_s=a.hedge_after_s,
+    )
+    return AttemptPolicy(default, [_override(o) for o in a.overrides])
+
+
+def _override(o: AttemptOverride) -> LimitsOverride:
+    changes = {
+        field: value
+        for name, field in _LIMIT_FIELDS.items()
+        if (value := getattr(o, name)) is not None
+    }
+    return override(o.upstream, o.models, **changes)
+
+
 @dataclass(slots=True)
 class Resilience:
     """The resilience stages (put in order by ``calls/stages.py``) and their state, which
@@ -66,6 +108,7 @@ class Resilience:
     breaker_params: BreakerParams
     concurrency: AdaptiveConcurrency
     retry: RetryStage
+    hedge: HedgeStage | None  # None unless some upstream or model hedges
     health: RedisGate | None  # None without Redis
     tenant_quotas: dict[str, Quota]
     upstream_quotas: dict[str, Quota]  # filled as calls arrive: "upstream" or "upstream/model"
@@ -149,6 +192,7 @@ def build_resilience(
         clock,
     )
     params = breaker_params(r)
+    attempts = attempt_policy(r)
     retry = RetryStage(
         RetryPolicy(r.retry.max_attempts, r.retry.base_s, r.retry.cap_s),
         budget_ratio=r.retry.budget_ratio,
@@ -194,12 +238,15 @@ def build_resilience(
         fallback=fallback,
         upstream_limit=upstream_limit,
         breaker=breaker,
-        timeouts=AttemptTimeouts(r.first_event_timeout_s, r.idle_timeout_s),
+        timeouts=AttemptTimeouts(attempts),
         buckets=buckets,
         breakers=breakers,
         breaker_params=params,
         concurrency=concurrency,
         retry=retry,
+        hedge=HedgeStage(attempts, retry.budget, r.min_call_s, observer)
+        if attempts.may_hedge
+        else None,
         health=health,
         tenant_quotas=tenant_quotas,
         upstream_quotas=upstream_quotas,

@@ -8,6 +8,7 @@ is seen to change. ``MetricsObserver`` turns that into the gateway's metrics:
 * ``longread.resilience.rejections`` (counter) by ``longread.reason`` (rate_limited,
   over_capacity, circuit_open, state_unavailable) and ``longread.limit``/``longread.upstream``;
 * ``longread.resilience.retries`` (counter) by upstream and ``error.type``;
+* ``longread.resilience.hedges`` (counter) by upstream: hedged attempts started;
 * gauges read at collection: ``longread.breaker.state`` (0 closed, 1 half-open, 2 open) and
   ``longread.concurrency.limit`` per upstream, ``longread.state.degraded`` (1 while Redis is
   failing and local state stands in) and ``longread.state.redis_errors``.
@@ -34,6 +35,9 @@ class ResilienceObserver:
     def retried(self, upstream: str, error: str) -> None:
         """An attempt failed with ``error`` and is being retried."""
 
+    def hedged(self, upstream: str) -> None:
+        """An attempt had sent nothing for too long and a second one was started beside it."""
+
     def breaker(self, upstream: str, state: str) -> None:
         """``upstream``'s breaker was seen in ``state``."""
 
@@ -57,6 +61,11 @@ class MetricsObserver(ResilienceObserver):
         self._retries = meter.create_counter(
             "longread.resilience.retries", unit="{attempt}", description="Retried attempts"
         )
+        self._hedges = meter.create_counter(
+            "longread.resilience.hedges",
+            unit="{attempt}",
+            description="Hedged attempts: started beside an attempt that had not answered",
+        )
         self.breakers: dict[str, str] = {}
         instruments.observe(
             "longread.breaker.state",
@@ -78,6 +87,9 @@ class MetricsObserver(ResilienceObserver):
 
     def retried(self, upstream: str, error: str) -> None:
         self._retries.add(1, {"longread.upstream": upstream, "error.type": error})
+
+    def hedged(self, upstream: str) -> None:
+        self._hedges.add(1, {"longread.upstream": upstream})
 
     def breaker(self, upstream: str, state: str) -> None:
         self.breakers[upstream] = state

@@ -1,7 +1,8 @@
 """The order of the call pipeline's stages, outermost first: written here and nowhere else.
 
     cache -> single-flight -> tenant budget -> tenant rate limit -> fallback -> retry
-      -> upstream rate limit -> circuit breaker -> attempt timeouts -> (the vendor adapter)
+      -> hedge -> upstream rate limit -> circuit breaker -> attempt timeouts
+      -> (the vendor adapter)
 
 Why this order:
 
@@ -15,7 +16,11 @@ Why this order:
   upstream's buckets (the vendor counts it), every 429 slows the upstream down, every attempt
   is an outcome for the breaker, and a retry never slips past an open circuit (resilience4j's
   recommended order also puts Retry outside CircuitBreaker);
-* timeouts are per attempt, innermost.
+* the hedge (off by default) is a second attempt beside a silent first one, so it sits
+  where retry does, just inside it: each hedged attempt is paid for in the upstream's
+  buckets, meets the breaker and has its own timeouts, and hedges draw on the retry budget;
+* timeouts are per attempt, innermost, so that a hung attempt is a TIMEOUT the breaker
+  counts.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ def pipeline_stages(
         resilience.tenant_limit,
         resilience.fallback,
         resilience.retry,
+        resilience.hedge,
         resilience.upstream_limit,
         resilience.breaker,
         resilience.timeouts,

@@ -27,8 +27,12 @@ The settings, and why:
 * an idle connection is not reused after 5 s: a peer or a NAT on the way may have dropped it
   without a word, and a request sent on it would only fail at the read timeout;
 * the keep-alive race: a request sent on a reused connection that the server closed while it
-  sat idle (no byte of a response came back) is sent once more on a fresh connection, as a
-  browser does; a failure after any byte of the response arrived is never retried here;
+  sat idle (no byte of a response came back, and the close came within
+  ``RACE_WINDOW_S`` of the request) is sent once more on a fresh connection, as a browser
+  does; a failure after any byte of the response arrived is never retried here, nor is a
+  close long after the request: that is an upstream that took the request and hung up, and
+  sending it again would hide the hang from the breaker and double the wait inside one
+  attempt;
 * the environment is honoured: ``HTTP_PROXY``/``HTTPS_PROXY``/``ALL_PROXY`` with ``NO_PROXY``
   (read by httpx; those URLs go through httpx's own proxy transports, capped by the same
   number), and ``SSL_CERT_FILE``/``SSL_CERT_DIR`` (httpx's default TLS context);
@@ -66,6 +70,9 @@ from longread_server.memo import Memo
 
 DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
 KEEPALIVE_EXPIRY_S = 5.0
+# A close that crossed our request on the wire arrives within a round trip of sending it; one
+# second covers slow links, and is far below any upstream's own give-up time.
+RACE_WINDOW_S = 1.0
 DEFAULT_MAX_CONNECTIONS = 1000
 
 _READ = 64 * 1024
@@ -524,17 +531,18 @@ class LeanTransport(httpx.AsyncBaseTransport):
                 raise _Stale from e
             raise httpx.WriteError(str(e) or type(e).__name__) from None
         read_timeout = timeouts.get("read")
+        sent = time.monotonic()
         while True:
             try:
                 event = await _next_event(conn, read_timeout)
             except (httpx.ReadError, httpx.RemoteProtocolError):
-                if retriable and not conn.heard:
+                if retriable and not conn.heard and time.monotonic() - sent < RACE_WINDOW_S:
                     raise _Stale from None
                 raise
             if type(event) is h11.Response:
                 return event
             if type(event) is h11.ConnectionClosed:
-                if retriable:
+                if retriable and time.monotonic() - sent < RACE_WINDOW_S:
                     raise _Stale
                 raise httpx.RemoteProtocolError("the server closed the connection, no response")
             # InformationalResponse (100 Continue...): keep reading

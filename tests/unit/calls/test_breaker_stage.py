@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 from longread_server.calls.breaker import CIRCUIT, BreakerStage, classify
 from longread_server.calls.fallback import FallbackStage
 from longread_server.calls.tasks import drain
-from longread_server.calls.timeouts import AttemptTimeouts
+from longread_server.calls.timeouts import AttemptLimits, AttemptTimeouts
 from longread_server.config import UpstreamConfig
-from longread_server.domain import CallRejected, ErrorKind, UpstreamError, VendorKind
+from longread_server.domain import (
+    CallRejected,
+    ErrorKind,
+    LlmEvent,
+    TextDelta,
+    UpstreamError,
+    VendorKind,
+)
 from longread_server.plan.catalog import Catalog
 from longread_server.state.breakers import BreakerParams, LocalBreakers, Outcome
 
@@ -47,9 +55,47 @@ def test_only_upstream_faults_are_failures(kind: ErrorKind, outcome: Outcome) ->
     assert classify(err(kind), slow=False) is outcome
 
 
-def test_an_attempt_never_sent_is_not_counted() -> None:
+def test_an_attempt_never_sent_or_cut_by_the_deadline_is_not_counted() -> None:
     assert classify(err(ErrorKind.TIMEOUT, unsent=True), slow=False) is Outcome.IGNORED
+    assert classify(err(ErrorKind.TIMEOUT, cut_by_deadline=True), slow=True) is Outcome.IGNORED
     assert classify(err(ErrorKind.TIMEOUT), slow=False) is Outcome.FAILURE
+
+
+async def _hangs(call: object) -> AsyncIterator[LlmEvent]:
+    await asyncio.Event().wait()
+    yield TextDelta("never")  # pragma: no cover
+
+
+async def test_hung_attempts_open_it_through_their_first_event_limit() -> None:
+    """An upstream that accepts and never answers: each attempt ends at its own first-event
+    limit as a TIMEOUT failure, so min_calls of them open the breaker, and the next call
+    fails fast without reaching the upstream."""
+    clock = FakeClock()
+    breakers = LocalBreakers(clock)
+    timeouts = AttemptTimeouts(AttemptLimits.fixed(0.02, 5))
+    nxt = chain([BreakerStage(breakers, P, 10.0, clock), timeouts], _hangs)
+    for _ in range(P.min_calls):
+        with pytest.raises(UpstreamError) as e:
+            await collect(nxt, make_call(deadline=time.monotonic() + 30))
+        assert e.value.kind is ErrorKind.TIMEOUT and not e.value.cut_by_deadline
+    assert (await breakers.view("openai", P)).state == "open"
+    with pytest.raises(CallRejected):
+        await collect(nxt, make_call())
+
+
+async def test_attempts_cut_by_the_callers_deadline_never_open_it() -> None:
+    """The same hang under deadlines shorter than the attempt's own limit: the caller gave
+    up first, which says nothing about the upstream (it may need longer for a long prompt)."""
+    clock = FakeClock()
+    breakers = LocalBreakers(clock)
+    timeouts = AttemptTimeouts(AttemptLimits.fixed(30, 5), deadline_margin_s=0.0)
+    nxt = chain([BreakerStage(breakers, P, 10.0, clock), timeouts], _hangs)
+    for _ in range(2 * P.min_calls):
+        with pytest.raises(UpstreamError) as e:
+            await collect(nxt, make_call(deadline=time.monotonic() + 0.02))
+        assert e.value.cut_by_deadline
+    view = await breakers.view("openai", P)
+    assert view.state == "closed" and view.calls == 0
 
 
 async def test_calls_whose_deadline_passed_in_the_gateway_never_open_it() -> None:

@@ -122,3 +122,16 @@ def test_the_whole_pipeline_order() -> None:
         AttemptTimeouts,
     ]
     assert stages[3] is res.tenant_limit and stages[6] is res.upstream_limit
+
+
+def test_the_hedge_stage_sits_just_inside_retry_when_configured() -> None:
+    from longread_server.calls.hedge import HedgeStage
+    from longread_server.config import AttemptOverride
+
+    cfg = Config()
+    assert build_resilience(cfg, {}, Catalog.builtin()).hedge is None  # off by default
+    cfg.resilience.attempt.overrides.append(AttemptOverride(models=["x*"], hedge_after_s=3))
+    res = build_resilience(cfg, {}, Catalog.builtin())
+    kinds = [type(s) for s in pipeline_stages(res)]
+    assert kinds[kinds.index(RetryStage) + 1] is HedgeStage
+    assert kinds[kinds.index(HedgeStage) + 1] is RateLimitStage

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
+from collections.abc import AsyncIterator
 
 import pytest
+from longread_server.calls.breaker import BreakerStage
+from longread_server.calls.pipeline import Call, CallStage
 from longread_server.calls.retry import RetryBudget, RetryPolicy, RetryStage
-from longread_server.domain import CallRejected, ErrorKind, TextDelta, UpstreamError
+from longread_server.calls.timeouts import AttemptLimits, AttemptTimeouts
+from longread_server.domain import CallRejected, ErrorKind, LlmEvent, TextDelta, UpstreamError
+from longread_server.state.breakers import BreakerParams, LocalBreakers
 
 from tests.clock import FakeClock
 from tests.unit.calls.support import Attempt, Upstream, chain, collect, err, make_call, ok
@@ -131,3 +138,53 @@ async def test_budget_caps_retries_when_everything_fails() -> None:
             await collect(nxt, make_call())
     assert len(upstream.calls) <= 100 * 1.2 + 3
     assert s.budget("openai").denied > 0
+
+
+async def _hangs(call: Call) -> AsyncIterator[LlmEvent]:
+    await asyncio.Event().wait()
+    yield TextDelta("never")  # pragma: no cover
+
+
+async def test_a_hung_upstream_fails_within_attempt_limit_times_attempts() -> None:
+    """Every attempt hangs: each ends at its own first-event limit, so the call fails after
+    about max_attempts x the limit (plus the short backoffs), and each was a breaker failure."""
+    limit = 0.05
+    breakers = LocalBreakers()
+    params = BreakerParams(window_size=100, min_calls=100)
+    calls: list[Call] = []
+
+    async def hangs(call: Call) -> AsyncIterator[LlmEvent]:
+        calls.append(call)
+        async for ev in _hangs(call):
+            yield ev  # pragma: no cover
+
+    stages: list[CallStage] = [
+        RetryStage(RetryPolicy(max_attempts=3, base_s=0.001, cap_s=0.001), min_call_s=0.01),
+        BreakerStage(breakers, params),
+        AttemptTimeouts(AttemptLimits.fixed(limit, 5)),
+    ]
+    t0 = time.monotonic()
+    with pytest.raises(UpstreamError) as info:
+        await collect(chain(stages, hangs), make_call())
+    elapsed = time.monotonic() - t0
+    assert info.value.kind is ErrorKind.TIMEOUT and len(calls) == 3
+    assert 3 * limit <= elapsed < 3 * limit + 1.0  # generous: a loaded machine is slow
+    assert (await breakers.view("openai", params)).failures == 3
+
+
+async def test_the_deadline_cuts_the_last_hung_attempt_and_it_is_not_counted() -> None:
+    """Attempts of 0.2 s under a 0.5 s deadline: two run out their own limit (failures), the
+    third is cut by the deadline (the caller's, not counted), and the call ends by then."""
+    breakers = LocalBreakers()
+    params = BreakerParams(window_size=100, min_calls=100)
+    stages: list[CallStage] = [
+        RetryStage(RetryPolicy(max_attempts=3, base_s=0.001, cap_s=0.001), min_call_s=0.01),
+        BreakerStage(breakers, params),
+        AttemptTimeouts(AttemptLimits.fixed(0.2, 5)),
+    ]
+    t0 = time.monotonic()
+    with pytest.raises(UpstreamError) as info:
+        await collect(chain(stages, _hangs), make_call(deadline=t0 + 0.5))
+    assert info.value.cut_by_deadline and time.monotonic() - t0 < 0.5 + 1.0
+    view = await breakers.view("openai", params)
+    assert (view.calls, view.failures) == (2, 2)

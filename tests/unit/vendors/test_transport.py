@@ -637,3 +637,31 @@ async def test_the_direct_path_times_out_as_httpx_does() -> None:
             async with direct.stream("POST", url, content=b"{}", headers={}, timeout=0.2):
                 pass
         await direct.aclose()
+
+
+async def test_a_close_long_after_the_request_is_a_failure_not_the_race(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A reused connection whose server takes the request, says nothing and hangs up later
+    is not the keep-alive race: the request is not sent again (that would hide the hang and
+    double the wait), the caller sees the failure."""
+    monkeypatch.setattr(transport, "RACE_WINDOW_S", 0.05)
+    served = 0
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        nonlocal served
+        while await read_request(r):
+            served += 1
+            if served == 2:
+                await asyncio.sleep(0.2)  # hung, then gives up
+                return
+            w.write(ok(b"hi"))
+            await w.drain()
+
+    async with serve(handler) as (state, port):
+        client = upstream_client()
+        assert await post(client, port) == (200, b"hi")
+        with pytest.raises(httpx.RemoteProtocolError):
+            await post(client, port)
+        await client.aclose()
+    assert state.connections == 1 and served == 2
