@@ -517,6 +517,7 @@ _PAGE_NUMBER = re.compile(
     re.IGNORECASE,
 )
 _NOT_LETTERS = re.compile(r"[\W\d_]+")
+_LINE_END = re.compile(rb"[\n\f]")
 _PAGE_LINE_BYTES = 120  # longer lines are text: headers and footers are short
 _PAGE_LINES = 2  # furniture lines on each side of a form feed
 _PAGE_SKIP = 64  # lines walked on each side of a form feed, blank ones included
@@ -539,12 +540,18 @@ def _page_view(data: bytes) -> bytes:
     def line_after(start: int) -> int:
         """End of the line starting at ``start`` (as ``line_before``)."""
         ceiling = min(n, start + _PAGE_LINE_BYTES + 1)
-        ends = (data.find(b"\n", start, ceiling), data.find(b"\f", start, ceiling))
-        return min((e for e in ends if e >= 0), default=ceiling)
+        end = _LINE_END.search(data, start, ceiling)
+        return ceiling if end is None else end.start()
+
+    signatures: dict[tuple[int, int], str] = {}  # every line near a form feed is read twice
 
     def signature(a: int, b: int) -> str:
         """A line with its numbers and punctuation dropped: the same for every page."""
-        return " ".join(_NOT_LETTERS.sub(" ", data[a:b].decode("utf-8", "replace")).split())
+        sig = signatures.get((a, b))
+        if sig is None:
+            text = data[a:b].decode("utf-8", "replace")
+            sig = signatures[a, b] = " ".join(_NOT_LETTERS.sub(" ", text).split())
+        return sig
 
     def lines(feed: int, backward: bool) -> list[tuple[int, int]]:
         """The lines next to the form feed at ``feed``, nearest first, up to one past the
