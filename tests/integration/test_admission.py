@@ -137,12 +137,13 @@ async def test_a_flooding_tenant_does_not_starve_another(slow_sandbox: Sandbox) 
 async def test_drain_not_serving_in_flight_finish_and_the_cut_get_details(
     slow_sandbox: Sandbox,
 ) -> None:
-    gw = await start(gateway_config(slow_sandbox))
+    budgeted = TenantConfig(name="acme", api_keys=["k-acme"], monthly_budget_usd=100.0)
+    gw = await start(gateway_config(slow_sandbox, tenants=[budgeted]))
     gw.cfg.server.drain_delay_s = 0.3
     adm = gw.admission
-    assert adm is not None
+    assert adm is not None and gw.ledger is not None
     target = f"127.0.0.1:{gw.port}"
-    async with AsyncClient(target) as c:
+    async with AsyncClient(target, api_key="k-acme") as c:
         finishing = asyncio.create_task(c.analyze(doc(), Q, options=BYPASS, timeout=30))
         # Streams deltas, then goes silent: still running when the grace period ends.
         stalled_events: list[svc.StreamResponse] = []
@@ -170,7 +171,8 @@ async def test_drain_not_serving_in_flight_finish_and_the_cut_get_details(
         assert await health_status(gw.port) == health_pb2.HealthCheckResponse.NOT_SERVING
 
         # In flight within the grace period: finishes.
-        assert "1998" in (await finishing).text
+        finished = await finishing
+        assert "1998" in finished.text
         # Still running at its end: cut, with details from our own error mapping.
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stalling
@@ -181,3 +183,6 @@ async def test_drain_not_serving_in_flight_finish_and_the_cut_get_details(
         assert stalled_events  # it was streaming when it was cut
         await stopping
     assert adm.in_flight == 0
+    # The cut Stream is charged too: the prompt the upstream read and the answer so far.
+    spent = (await gw.ledger.state("acme")).spent_usd
+    assert spent > finished.cost.total_usd * 1.5

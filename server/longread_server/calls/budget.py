@@ -13,6 +13,7 @@ what it spends itself (a budget is an accounting limit; refusing every call woul
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -20,8 +21,17 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from longread_server.calls.pipeline import Call, Next
-from longread_server.domain import CallRejected, Finish, LlmEvent, Operation
+from longread_server.domain import (
+    CallRejected,
+    Finish,
+    LlmEvent,
+    ModelInfo,
+    Operation,
+    TextDelta,
+    Usage,
+)
 from longread_server.plan.catalog import Catalog, price
+from longread_server.plan.tokenizers import get_tokenizer
 from longread_server.state.gate import SHARED, RedisGate
 
 WARN_SHARE = 0.8
@@ -130,7 +140,8 @@ def exceeded(tenant: str, state: BudgetState, extra_usd: float = 0.0) -> CallRej
 
 
 class BudgetStage:
-    """Refuses calls once a tenant's budget is spent; charges each finished call's cost."""
+    """Refuses calls once a tenant's budget is spent; charges each call's cost: a finished
+    call's reported usage, and a call ended early what the upstream had read and written."""
 
     def __init__(self, ledger: BudgetLedger, catalog: Catalog) -> None:
         self._ledger = ledger
@@ -147,7 +158,32 @@ class BudgetStage:
         if state.remaining_usd <= 0:
             raise exceeded(tenant, state)
         model = self._catalog.get(call.vendor, call.req.model)
-        async for ev in nxt(call):
-            if isinstance(ev, Finish) and not ev.cached and model is not None:
-                await self._ledger.charge(tenant, price(model, ev.usage).total_usd)
-            yield ev
+        streamed: list[str] | None = None  # the answer so far, once the upstream has answered
+        try:
+            async for ev in nxt(call):
+                if isinstance(ev, Finish):
+                    streamed = None
+                    if not ev.cached and model is not None:
+                        await self._ledger.charge(tenant, price(model, ev.usage).total_usd)
+                elif isinstance(ev, TextDelta):
+                    if streamed is None:
+                        streamed = []
+                    streamed.append(ev.text)
+                yield ev
+        finally:
+            if streamed is not None and model is not None:
+                # Ended after the upstream had read the prompt and begun to answer, but before
+                # it reported usage (the caller cancelled, the drain cut it, the stream broke):
+                # the vendor bills what it read and wrote, so the tenant is charged for it.
+                await self._charge_unfinished(tenant, model, call, "".join(streamed))
+
+    async def _charge_unfinished(
+        self, tenant: str, model: ModelInfo, call: Call, text: str
+    ) -> None:
+        usage = Usage(
+            input_tokens=call.req.estimated_prompt_tokens,
+            output_tokens=get_tokenizer(model.tokenizer).count(text),
+            calls=1,
+        )
+        with contextlib.suppress(Exception):  # never mask how the call ended
+            await self._ledger.charge(tenant, price(model, usage).total_usd)
