@@ -21,7 +21,7 @@ from typing import Any
 from longread_server.domain import VendorKind
 from longread_server.vendors.canonical import KeyParts, cache_key, canonical_json, canonicalize
 
-from tests.unit.vendors.payloads import shuffled_keys
+from tests.unit.vendors.payloads import OPENAI_DEFAULTS, shuffled_keys
 
 OPENAI, ANTHROPIC = VendorKind.OPENAI, VendorKind.ANTHROPIC
 # Payloads are built by the adapters and are shallow; deeper documents only measure Python's
@@ -205,17 +205,7 @@ def _openai_rewrites(c: Payload) -> list[Rewrite]:
                 "safety_identifier": "s",
             }
         ),
-        _defaults(
-            {
-                "temperature": 1.0,
-                "top_p": 1,
-                "n": 1,
-                "presence_penalty": 0.0,
-                "frequency_penalty": 0,
-                "logprobs": False,
-                "response_format": {"type": "text"},
-            }
-        ),
+        _defaults(OPENAI_DEFAULTS),
         _padded,
         _as_text_block,
         _stop_set("stop"),

@@ -169,3 +169,15 @@ def shuffled_keys(value: Any, rng: random.Random) -> Any:
     if isinstance(value, list):
         return [shuffled_keys(v, rng) for v in value]
     return value
+
+
+# Request fields OpenAI documents with these defaults: sent or not, the same request.
+OPENAI_DEFAULTS = {
+    "temperature": 1.0,
+    "top_p": 1,
+    "n": 1,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0,
+    "logprobs": False,
+    "response_format": {"type": "text"},
+}

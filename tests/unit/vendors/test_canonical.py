@@ -27,6 +27,7 @@ from longread_server.vendors.canonical import (
 from longread_server.vendors.openai import OpenAIAdapter
 
 from .payloads import (
+    OPENAI_DEFAULTS,
     anthropic_payloads,
     anthropic_tools,
     json_objects,
@@ -101,16 +102,6 @@ def test_canonical_json_is_compact_sorted_and_rejects_nan() -> None:
 
 # ---- the listed equivalences ----
 
-_OPENAI_DEFAULTS = {
-    "temperature": 1.0,
-    "top_p": 1,
-    "n": 1,
-    "presence_penalty": 0.0,
-    "frequency_penalty": 0,
-    "logprobs": False,
-    "response_format": {"type": "text"},
-}
-
 
 def openai_equivalent(p: Payload, rng: random.Random) -> Payload:
     """Another spelling of the same Chat Completions request."""
@@ -154,7 +145,7 @@ def openai_equivalent(p: Payload, rng: random.Random) -> Payload:
             q["parallel_tool_calls"] = True
     elif rng.random() < 0.5:
         q["tool_choice"] = rng.choice(["none", "auto"])
-    for name, value in _OPENAI_DEFAULTS.items():
+    for name, value in OPENAI_DEFAULTS.items():
         if name not in q and rng.random() < 0.5:
             q[name] = value
     if rng.random() < 0.3:
