@@ -170,7 +170,8 @@ async def test_estimate_then_analyze_of_a_long_document_tokenizes_it_once(
     gateway: Gateway, client: AsyncClient
 ) -> None:
     """The usual flow for a long document: Estimate, then Analyze (here with another model and
-    chunk size). The second plans from the remembered encoding: same counts, same cuts."""
+    chunk size). The second plans from the remembered encoding: same counts, same cuts. A model
+    of another encoding (o200k_base) counts the document once more, with its own."""
     report = generate_report(300_000) + "(estimate then analyze)"
     memo = gateway.encodings
     assert memo is not None
@@ -179,7 +180,7 @@ async def test_estimate_then_analyze_of_a_long_document_tokenizes_it_once(
     est = await client.estimate(report, DEMO_QUESTION, options=small)
     assert (memo.hits, memo.misses) == (hits, misses + 1)
     analyzed = await client.analyze(
-        report, DEMO_QUESTION, options=Options(model="gpt-4o-mini", strategy="map_reduce")
+        report, DEMO_QUESTION, options=Options(model="claude-sonnet-4-5", strategy="map_reduce")
     )
     assert (memo.hits, memo.misses) == (hits + 1, misses + 1)
     fresh = get_tokenizer("cl100k_base").count(report)
@@ -189,3 +190,8 @@ async def test_estimate_then_analyze_of_a_long_document_tokenizes_it_once(
     assert [(c.start, c.end, c.tokens) for c in again.plan.chunks] == [
         (c.start, c.end, c.tokens) for c in est.plan.chunks
     ]
+    o200k = await client.analyze(
+        report, DEMO_QUESTION, options=Options(model="gpt-4o-mini", strategy="map_reduce")
+    )
+    assert o200k.plan.tokens_exact
+    assert o200k.plan.document_tokens == get_tokenizer("gpt-4o-mini").count(report) != fresh

@@ -9,17 +9,24 @@ from importlib import resources
 
 from longread_server.domain import ModelInfo, Usage
 
-# Relative error of cl100k_base counts for models whose own tokenizer has no offline encoding.
-# OpenAI's o200k models count within ~10 % of cl100k on English and fewer tokens on CJK;
-# other vendors' tokenizers differ more (Claude counts ~10-20 % more than cl100k on English).
+# Relative error of cl100k_base counts for models whose own tokenizer they are not. OpenAI's
+# o200k models count within ~10 % of cl100k on English and fewer tokens on CJK (so cl100k errs
+# on the safe side there); other vendors' tokenizers differ more (Claude counts ~10-20 % more
+# than cl100k on English).
 TOKEN_ERROR_BY_VENDOR = {"openai": 0.10, "anthropic": 0.20}
 DEFAULT_TOKEN_ERROR = 0.25
 
 
 def token_error(model: ModelInfo) -> float:
-    """The relative error bound of this model's token counts (0 when exact)."""
+    """The relative error bound of this model's token counts made with its own ``tokenizer``
+    (0 when that is exact)."""
     if model.tokens_exact:
         return 0.0
+    return estimate_error(model)
+
+
+def estimate_error(model: ModelInfo) -> float:
+    """The relative error bound of a cl100k_base count for this model, exact or not."""
     return TOKEN_ERROR_BY_VENDOR.get(model.vendor, DEFAULT_TOKEN_ERROR)
 
 

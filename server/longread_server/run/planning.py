@@ -67,23 +67,33 @@ class Planning:
         )
 
     def plan_now(self, request: JobRequest, with_fits: bool) -> tuple[JobPlan, list[ModelFit]]:
-        """Counts tokens once, resolves the model, plans the job."""
-        tokenizer = get_tokenizer("cl100k_base")
-        lens = self._token_lengths(tokenizer, request.spec.text)
-        doc_tokens = len(lens)
-        overhead = overhead_tokens(request.spec, tokenizer)
+        """Counts tokens, resolves the model, plans the job. The plan counts with the model's
+        own encoding (exact for OpenAI's cl100k and o200k models); every served model's fit,
+        when asked for or needed to choose, is taken from one cl100k_base count, each within
+        its stated error."""
+        spec = request.spec
         fits: list[ModelFit] = []
+        counted: tuple[Tokenizer, Sequence[int]] | None = None
         if with_fits or self.models.needs_fits(request.model, request.preference):
+            cl100k = get_tokenizer("cl100k_base")
+            counted = (cl100k, self._token_lengths(cl100k, spec.text))
+            doc_tokens = len(counted[1])
+            overhead = overhead_tokens(spec, cl100k)
             fits = sorted(
                 (
-                    quick_fit(request.spec, m, doc_tokens, overhead, self._defaults)
+                    quick_fit(spec, m, doc_tokens, overhead, self._defaults, cl100k.encoding_name)
                     for m in self.models.models
                 ),
                 key=lambda f: (f.calls == 0, f.estimated_cost.total_usd, f.model.model),
             )
         model = self.models.resolve(request.vendor, request.model, request.preference, fits)
+        tokenizer = get_tokenizer(model.tokenizer)
+        if counted is not None and counted[0].encoding_name == tokenizer.encoding_name:
+            lens = counted[1]
+        else:
+            lens = self._token_lengths(tokenizer, spec.text)
         try:
-            plan = plan_job(request.spec, model, tokenizer, self._defaults, lens=lens)
+            plan = plan_job(spec, model, tokenizer, self._defaults, lens=lens)
         except PlanError as e:
             raise plan_error(e) from e
         return plan, fits
@@ -91,7 +101,7 @@ class Planning:
     async def replan_exact(self, request: JobRequest, plan: JobPlan, exact: int) -> JobPlan:
         """``plan`` again with the vendor's own count of the document's tokens; the cuts come
         from the remembered encoding."""
-        tokenizer = get_tokenizer("cl100k_base")
+        tokenizer = get_tokenizer(plan.model.tokenizer)
 
         def replan() -> JobPlan:
             lens = self._token_lengths(tokenizer, request.spec.text)

@@ -95,7 +95,9 @@ async def test_estimate_plans_and_prices_without_a_model_call() -> None:
     assert r.plan.model.model == "gpt-4.1-mini"  # the configured default
     assert r.plan.estimated_cost.total_usd > 0
     assert r.candidates and {c.model.vendor for c in r.candidates} == {"openai"}
-    assert [w.code for w in r.warnings] == ["TOKENS_ESTIMATED"]
+    # gpt-4.1-mini counts with o200k_base, offline and exactly: nothing to warn about.
+    assert r.plan.tokens_exact and r.plan.token_error == 0.0
+    assert [w.code for w in r.warnings] == []
     assert s.adapter.requests == []
 
 
