@@ -42,7 +42,7 @@ from longread_server.plan.planner import PlanDefaults
 from longread_server.run.analysis import Analysis
 from longread_server.run.models import ModelResolver
 from longread_server.run.planning import Planning
-from longread_server.run.runner import JobRunner
+from longread_server.run.runner import JobRunner, PromptCaching
 from longread_server.state.redis import connect
 from longread_server.telemetry import Telemetry, configure_logging
 from longread_server.telemetry import setup as setup_telemetry
@@ -92,6 +92,9 @@ def build_catalog(cfg: Config) -> Catalog:
             output_per_mtok=m.output_per_mtok,
             cached_input_per_mtok=m.cached_input_per_mtok,
             cache_write_per_mtok=m.cache_write_per_mtok,
+            cache_write_1h_per_mtok=m.cache_write_1h_per_mtok,
+            cache_min_tokens=m.cache_min_tokens,
+            prompt_cache_retention=m.prompt_cache_retention,
             tokenizer=m.tokenizer,
             tokens_exact=m.tokens_exact,
         )
@@ -222,7 +225,8 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
     stages = pipeline_stages(
         resilience, cache=response_cache, budget=BudgetStage(ledger, catalog), telemetry=tel
     )
-    runner = JobRunner(Pipeline(adapters, stages, tel), tel, resilience.concurrency)
+    caching = PromptCaching(cfg.cache.vendor_ttl, cfg.cache.vendor_extended_retention)
+    runner = JobRunner(Pipeline(adapters, stages, tel), tel, resilience.concurrency, caching)
     analysis = build_analysis(cfg, catalog, runner, ledger, tel)
     admission = Admission(cfg.admission)
     servicer = AnalysisServicer(cfg, analysis, Authenticator(cfg.tenants), tel, admission)

@@ -189,8 +189,15 @@ class CacheConfig:
     local_fallback: bool = True  # while Redis is down, use the in-process LRU
     lock_ttl_s: float = 30.0  # single-flight lease; renewed while the call runs
     flight_wait_s: float = 600.0  # a waiter on another replica's call gives up after this
+    # Vendor prompt caching (not this cache): the lifetime of Anthropic cache breakpoints,
+    # "5m" (writes at 1.25x input) or "1h" (2x), or "off" for no breakpoints; and whether
+    # OpenAI models that support it get extended (24h) retention.
+    vendor_ttl: str = "5m"
+    vendor_extended_retention: bool = True
 
     def validate(self) -> None:
+        if self.vendor_ttl not in ("5m", "1h", "off"):
+            raise ConfigError('cache.vendor_ttl must be "5m", "1h" or "off"')
         for name in ("max_bytes", "ttl_s", "max_ttl_s", "max_entry_bytes", "lock_ttl_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"cache.{name} must be positive")
@@ -249,6 +256,9 @@ class CatalogOverride:
     output_per_mtok: float
     cached_input_per_mtok: float = 0.0
     cache_write_per_mtok: float = 0.0  # 0: the input price
+    cache_write_1h_per_mtok: float = 0.0  # 0: cache_write_per_mtok
+    cache_min_tokens: int = 0  # the shortest prefix the vendor caches (Anthropic)
+    prompt_cache_retention: str = ""  # OpenAI extended retention the model accepts ("24h")
     tokenizer: str = "cl100k_base"
     tokens_exact: bool = False
 

@@ -55,6 +55,10 @@ class LlmRequest:
     cache_prefix_messages: int = 0
     # Groups vendor prompt caching (OpenAI prompt_cache_key), e.g. per document.
     prompt_cache_key: str = ""
+    # Lifetime of Anthropic cache breakpoints: "5m" (the vendor's default) or "1h".
+    cache_ttl: str = "5m"
+    # OpenAI ``prompt_cache_retention`` ("24h"), sent only when the model supports it ("": not).
+    prompt_cache_retention: str = ""
     # Prompt tokens as the planner counted them (0: unknown). Rate limits reserve this plus
     # max_output_tokens before the call, without tokenizing the prompt again.
     estimated_prompt_tokens: int = 0
@@ -69,6 +73,8 @@ class Usage:
     output_tokens: int = 0
     cached_input_tokens: int = 0
     cache_write_tokens: int = 0
+    # The part of cache_write_tokens written with a 1-hour TTL (Anthropic prices it apart).
+    cache_write_1h_tokens: int = 0
     calls: int = 0
 
     def add(self, other: Usage) -> None:
@@ -76,6 +82,7 @@ class Usage:
         self.output_tokens += other.output_tokens
         self.cached_input_tokens += other.cached_input_tokens
         self.cache_write_tokens += other.cache_write_tokens
+        self.cache_write_1h_tokens += other.cache_write_1h_tokens
         self.calls += other.calls
 
 
@@ -250,6 +257,12 @@ class ModelInfo:
     # Input written to the vendor's prompt cache (Anthropic: 1.25x input for 5-minute
     # writes); 0: the input price (vendors that do not charge for writes).
     cache_write_per_mtok: float = 0.0
+    # Input written with a 1-hour TTL (Anthropic: 2x input); 0: cache_write_per_mtok.
+    cache_write_1h_per_mtok: float = 0.0
+    # The shortest prefix the vendor caches, in tokens (Anthropic: per model; 0: none asked).
+    cache_min_tokens: int = 0
+    # OpenAI extended prompt cache retention the model accepts ("24h"; "": in-memory only).
+    prompt_cache_retention: str = ""
 
 
 class ModelPreference(enum.StrEnum):

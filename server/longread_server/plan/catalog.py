@@ -55,15 +55,19 @@ def price(model: ModelInfo, usage: Usage) -> Price:
 
     Input read from the vendor's prompt cache is priced at ``cached_input_per_mtok`` (under
     ``cached_input_usd``); input written to it at ``cache_write_per_mtok`` (Anthropic charges
-    1.25x input for 5-minute writes; 0 means the plain input price), counted in ``input_usd``
-    since it is uncached input; the rest at the input price.
+    1.25x input for 5-minute writes; 0 means the plain input price), the 1-hour part of it at
+    ``cache_write_1h_per_mtok`` (2x input), counted in ``input_usd`` since it is uncached
+    input; the rest at the input price.
     """
     cached = min(usage.cached_input_tokens, usage.input_tokens)
     written = min(usage.cache_write_tokens, usage.input_tokens - cached)
+    written_1h = min(usage.cache_write_1h_tokens, written)
     plain = max(0, usage.input_tokens - cached - written)
     write_price = model.cache_write_per_mtok or model.input_per_mtok
+    write_1h_price = model.cache_write_1h_per_mtok or write_price
+    writes = (written - written_1h) * write_price + written_1h * write_1h_price
     return Price(
-        input_usd=(plain * model.input_per_mtok + written * write_price) / 1e6,
+        input_usd=(plain * model.input_per_mtok + writes) / 1e6,
         output_usd=usage.output_tokens * model.output_per_mtok / 1e6,
         cached_input_usd=cached * model.cached_input_per_mtok / 1e6,
     )

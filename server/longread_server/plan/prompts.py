@@ -1,12 +1,24 @@
 """The prompts of each strategy step. Pure text; the planner counts their tokens.
 
-The instruction always comes after a ``Question:`` marker. In single-pass, reduce, refine and
-select prompts it comes last, so answers stay on the question even when the document is long.
-Map prompts are built for caching instead: the first message (the task and the question) is
-identical across the map calls of a job, so vendor prompt caching can reuse the system prompt
-plus that message (``MAP_CACHE_PREFIX``), and the second message is the chunk alone, with no
-"part i of n": a map call depends only on its chunk, the question and the settings, so the
-gateway's response cache can reuse it when an unrelated part of the document changes.
+The instruction always comes after a ``Question:`` marker, and last, so answers stay on the
+question even when the document is long.
+
+Single-pass and map prompts put the document first, in a message of its own, and the question
+after it: vendor prompt caching matches prompts by their prefix, so system prompt + document
+(``SINGLE_CACHE_PREFIX``, ``MAP_CACHE_PREFIX`` messages) is the same for every question asked
+of one document, and a second question reads the document from the vendor's cache instead of
+paying for it again. Both vendors ask for exactly this: static content first, variable content
+last (https://docs.claude.com/en/docs/build-with-claude/prompt-caching,
+https://platform.openai.com/docs/guides/prompt-caching). A map call's document
+message is its chunk alone, with no "part i of n": a map call depends only on its chunk, the
+question and the settings, so the gateway's response cache can reuse it when an unrelated part
+of the document changes, and chunk boundaries do not depend on the question, so the vendor's
+cache of each chunk serves every question. History sits between the document and the question
+(the conversation is about the document; the document stays the shared prefix).
+
+Reduce, refine and select prompts carry text that depends on the question (notes, the answer
+so far, the passages chosen for it): nothing in them outlives the question, so they are not
+arranged for caching.
 """
 
 from __future__ import annotations
@@ -20,13 +32,17 @@ DEFAULT_SYSTEM = (
     "You analyse documents. Answer only from the text you are given, precisely and concisely."
 )
 
-_SINGLE = "<document>\n{document}\n</document>\n\nQuestion: {instruction}"
+_DOCUMENT = "<document>\n{document}\n</document>"
+_QUESTION = "Question: {instruction}"
+_MAP_PART = "<document_part>\n{document}\n</document_part>"
 _MAP_TASK = (
-    "You will be given an excerpt of a longer document. Extract what in it is relevant to the "
-    "question; if nothing is, say so in one sentence.\n\nQuestion: {instruction}"
+    "The text above is an excerpt of a longer document. Extract what in it is relevant to the "
+    "question, from this excerpt only; if nothing is, say so in one sentence.\n\n"
+    "Question: {instruction}"
 )
-_MAP_PART = "<document_part>\n{document}\n</document_part>\n\nAnswer from this excerpt only."
-# Messages of a map call that form the prefix shared by every map call of a job.
+# Leading messages that are the same for every question on one document (the document, or
+# the chunk): where vendor prompt caching puts its breakpoint.
+SINGLE_CACHE_PREFIX = 1
 MAP_CACHE_PREFIX = 1
 _REDUCE = (
     "These are notes taken from {parts} parts of a document, in order. Combine them into one "
@@ -40,14 +56,19 @@ def system_prompt(custom: str) -> str:
 
 
 def single(document: str, instruction: str, history: Sequence[Message] = ()) -> list[Message]:
-    return [*history, Message("user", _SINGLE.format(document=document, instruction=instruction))]
+    """The document (the cacheable prefix), the conversation so far, then the question."""
+    return [
+        Message("user", _DOCUMENT.format(document=document)),
+        *history,
+        Message("user", _QUESTION.format(instruction=instruction)),
+    ]
 
 
 def map_step(document: str, instruction: str) -> list[Message]:
-    """The shared task message (the cacheable prefix), then the chunk."""
+    """The chunk (the cacheable prefix), then the task and the question."""
     return [
-        Message("user", _MAP_TASK.format(instruction=instruction)),
         Message("user", _MAP_PART.format(document=document)),
+        Message("user", _MAP_TASK.format(instruction=instruction)),
     ]
 
 

@@ -56,6 +56,15 @@ class Sampling:
     seed: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class PromptCaching:
+    """How calls ask for vendor prompt caching (``[cache]`` ``vendor_ttl``,
+    ``vendor_extended_retention``)."""
+
+    ttl: str = "5m"  # Anthropic breakpoint lifetime: "5m", "1h", or "off" (no breakpoints)
+    extended_retention: bool = True  # OpenAI prompt_cache_retention where the model has it
+
+
 @dataclass(slots=True)
 class Job:
     spec: JobSpec
@@ -91,8 +100,10 @@ class JobRunner:
         pipeline: Pipeline,
         telemetry: Telemetry | None = None,
         concurrency: AdaptiveConcurrency | None = None,
+        prompt_caching: PromptCaching | None = None,
     ) -> None:
         self._pipeline = pipeline
+        self._caching = prompt_caching or PromptCaching()
         # Map fan-out per upstream adapts to 429s and latency (calls/concurrency.py).
         self._concurrency = concurrency or AdaptiveConcurrency()
         self._tel = telemetry or disabled()
@@ -145,6 +156,8 @@ class JobRunner:
                     messages,
                     plan.output_tokens,
                     prompt_tokens=plan.document_tokens + plan.overhead_tokens,
+                    cache_prefix=prompts.SINGLE_CACHE_PREFIX,
+                    cache_prefix_tokens=plan.document_tokens,
                 )
             ) as evs:
                 async for ev in evs:
@@ -265,6 +278,7 @@ class JobRunner:
                         job.plan.map_output_tokens,
                         read=(chunk.start, chunk.end),
                         cache_prefix=prompts.MAP_CACHE_PREFIX,
+                        cache_prefix_tokens=chunk.tokens,
                         prompt_tokens=chunk.tokens + job.plan.overhead_tokens,
                     )
                 ) as evs,
@@ -354,16 +368,27 @@ class JobRunner:
         stream_answer: bool | None = None,
         cache_prefix: int = 0,
         prompt_tokens: int = 0,
+        cache_prefix_tokens: int = 0,
     ) -> AsyncGenerator[RunEvent, None]:
         """One model call: CallStarted, deltas (of the answer's own call only), CallDone.
-        ``cache_prefix``: leading messages shared with other calls (vendor prompt caching)."""
+        ``cache_prefix``: leading messages shared with other calls (vendor prompt caching),
+        ``cache_prefix_tokens`` the planner's count of the document text in them."""
         final_stage = (
             stage in (JobStage.SINGLE, JobStage.REDUCE) if stream_answer is None else stream_answer
         )
         if not job.prompt_cache_key:
             job.prompt_cache_key = prompts.document_cache_key(job.spec.text)
+        model = job.plan.model
+        # Anthropic caches a marked prefix only from the model's minimum length on ("Shorter
+        # prompts cannot be cached, even if marked with cache_control",
+        # https://docs.claude.com/en/docs/build-with-claude/prompt-caching): mark it only
+        # where the document alone reaches that (the system prompt and markup add a few tokens
+        # more, and cl100k counts Claude text low, so the real prefix is longer still).
+        if self._caching.ttl == "off" or cache_prefix_tokens < model.cache_min_tokens:
+            cache_prefix = 0
+        retention = model.prompt_cache_retention if self._caching.extended_retention else ""
         req = Request(
-            model=job.plan.model.model,
+            model=model.model,
             messages=tuple(messages),
             max_output_tokens=max_output_tokens,
             system=prompts.system_prompt(job.spec.system),
@@ -374,6 +399,8 @@ class JobRunner:
             stream=final_stage and job.streaming,
             cache_prefix_messages=cache_prefix,
             prompt_cache_key=job.prompt_cache_key,
+            cache_ttl=self._caching.ttl,
+            prompt_cache_retention=retention,
             estimated_prompt_tokens=prompt_tokens,
         )
         yield CallStarted(stage, index, of)

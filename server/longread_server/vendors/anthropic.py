@@ -14,7 +14,19 @@ accepted as the end; EOF before one is a broken stream (CONNECTION).
 Usage: Anthropic's ``input_tokens`` excludes cached tokens, ours includes them, so
 ``input = input_tokens + cache_creation_input_tokens + cache_read_input_tokens``,
 ``cached_input_tokens = cache_read_input_tokens`` and
-``cache_write_tokens = cache_creation_input_tokens``.
+``cache_write_tokens = cache_creation_input_tokens``, of which
+``cache_creation.ephemeral_1h_input_tokens`` are 1-hour writes (priced at 2x input, 5-minute
+ones at 1.25x).
+
+Prompt caching (https://docs.claude.com/en/docs/build-with-claude/prompt-caching): the request
+says how many leading messages are stable (``cache_prefix_messages``, the document; the runner
+sets it only where that prefix reaches the model's minimum cacheable length), and the one
+breakpoint goes on the last block of that prefix. It caches tools, system and those messages
+together ("the cache prefix is created in the following order: tools, system, then messages"),
+so one breakpoint is enough, well under the limit of 4; a breakpoint of its own on the short
+system prompt would be below the minimum and cache nothing. ``cache_ttl`` "1h" asks for the
+1-hour lifetime (``{"type": "ephemeral", "ttl": "1h"}``); "5m" is the default and sends no
+``ttl``.
 """
 
 from __future__ import annotations
@@ -46,7 +58,11 @@ _STOP_REASONS = {
     "refusal": "content_filter",
 }
 
-_EPHEMERAL = {"type": "ephemeral"}
+
+def _cache_control(ttl: str) -> dict[str, str]:
+    if ttl == "1h":
+        return {"type": "ephemeral", "ttl": "1h"}
+    return {"type": "ephemeral"}  # 5 minutes, the vendor's default
 
 
 def normalize_stop_reason(reason: str) -> str:
@@ -66,12 +82,13 @@ def _str(value: Any) -> str:
 class _UsageCounts:
     """Anthropic's usage counters as they accumulate over a stream."""
 
-    __slots__ = ("cache_creation", "cache_read", "input", "output")
+    __slots__ = ("cache_creation", "cache_creation_1h", "cache_read", "input", "output")
 
     def __init__(self) -> None:
         self.input = 0
         self.output = 0
         self.cache_creation = 0
+        self.cache_creation_1h = 0
         self.cache_read = 0
 
     def update(self, usage: Any) -> None:
@@ -90,6 +107,11 @@ class _UsageCounts:
         value = usage.get("cache_read_input_tokens")
         if type(value) is int:
             self.cache_read = value
+        split = usage.get("cache_creation")
+        if isinstance(split, dict):
+            value = split.get("ephemeral_1h_input_tokens")
+            if type(value) is int:
+                self.cache_creation_1h = value
 
     def normalized(self) -> Usage:
         return Usage(
@@ -97,6 +119,7 @@ class _UsageCounts:
             output_tokens=self.output,
             cached_input_tokens=self.cache_read,
             cache_write_tokens=self.cache_creation,
+            cache_write_1h_tokens=min(self.cache_creation_1h, self.cache_creation),
             calls=1,
         )
 
@@ -213,14 +236,8 @@ class AnthropicAdapter:
         messages: list[dict[str, Any]] = [
             {"role": m.role, "content": [{"type": "text", "text": m.content}]} for m in req.messages
         ]
-        messages[prefix - 1]["content"][-1]["cache_control"] = dict(_EPHEMERAL)
+        messages[prefix - 1]["content"][-1]["cache_control"] = _cache_control(req.cache_ttl)
         return messages
-
-    def _system(self, req: LlmRequest) -> list[dict[str, Any]]:
-        block: dict[str, Any] = {"type": "text", "text": req.system}
-        if req.cache_prefix_messages > 0:
-            block["cache_control"] = dict(_EPHEMERAL)
-        return [block]
 
     def build_payload(self, req: LlmRequest) -> dict[str, Any]:
         payload: dict[str, Any] = {
@@ -229,7 +246,7 @@ class AnthropicAdapter:
             "messages": self._messages(req),
         }
         if req.system:
-            payload["system"] = self._system(req)
+            payload["system"] = req.system
         if req.stop:
             payload["stop_sequences"] = list(req.stop)
         if req.temperature is not None:
@@ -260,7 +277,7 @@ class AnthropicAdapter:
         """The ``count_tokens`` body: what the prompt is, without generation settings."""
         payload: dict[str, Any] = {"model": req.model, "messages": self._messages(req)}
         if req.system:
-            payload["system"] = self._system(req)
+            payload["system"] = req.system
         return payload
 
     async def count_tokens(

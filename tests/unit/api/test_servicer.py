@@ -112,7 +112,7 @@ async def test_analyze_answers_with_one_unstreamed_call_for_the_tenant() -> None
     assert r.plan.strategy == pb.STRATEGY_SINGLE_PASS
     (call,) = s.recorder.calls
     assert call.ctx.tenant == "acme" and dict(call.ctx.labels) == {"team": "docs"}
-    assert not call.req.stream and DOC in call.req.messages[-1].content
+    assert not call.req.stream and DOC in call.req.messages[0].content
     # The RPC's deadline bounds the upstream call.
     (timeout,) = s.adapter.timeouts
     assert timeout is not None and 0 < timeout <= 30.0

@@ -155,8 +155,8 @@ def step_of(req: LlmRequest) -> str:
         return "notes"
     if "These passages were selected" in last:
         return "select"
-    if "<document_part>" in last:
-        return "map"
+    if "<document_part>" in req.messages[0].content:
+        return "map"  # the chunk first (the cacheable prefix), the task and question after
     return "single"
 
 

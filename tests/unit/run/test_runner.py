@@ -35,7 +35,7 @@ from longread_server.run.events import (
     PlanReady,
     RunEvent,
 )
-from longread_server.run.runner import Job, JobRunner, Sampling
+from longread_server.run.runner import Job, JobRunner, PromptCaching, Sampling
 
 from tests.clock import FakeClock
 from tests.unit.calls.support import Attempt, err
@@ -95,7 +95,7 @@ def offset_note(doc: str) -> Reply:
     def reply(req: LlmRequest) -> Attempt:
         step = step_of(req)
         if step == "map":
-            part = req.messages[-1].content.split("<document_part>\n", 1)[1]
+            part = req.messages[0].content.split("<document_part>\n", 1)[1]
             part = part.split("\n</document_part>", 1)[0]
             return answer(f"note@{doc.index(part)}", input_tokens=50, output_tokens=10)
         if step == "notes" and req.max_output_tokens == DEFAULTS.map_output_tokens:
@@ -140,11 +140,55 @@ async def test_single_pass_streams_the_answer_between_start_and_done() -> None:
     assert result.cache_status is CacheStatus.MISS
     assert result.timings.planning_s == 0.25 and result.timings.first_token_s > 0
     (req,) = adapter.requests
-    # The whole document and the question go in one streamed call with the job's sampling.
-    assert doc in req.messages[-1].content and Q in req.messages[-1].content
+    # The whole document and the question go in one streamed call with the job's sampling,
+    # the document first (the prefix every question on it shares), the question last.
+    assert doc in req.messages[0].content and Q in req.messages[-1].content
     assert req.stream and req.max_output_tokens == plan.output_tokens
     assert (req.temperature, req.top_p, req.stop, req.seed) == (0.3, 0.9, ("END",), 11)
     assert req.estimated_prompt_tokens == plan.document_tokens + plan.overhead_tokens
+
+
+@pytest.mark.parametrize(
+    ("words", "caching", "prefix", "ttl"),
+    [
+        (2000, PromptCaching(), 1, "5m"),  # the document reaches the minimum: marked
+        (2000, PromptCaching(ttl="1h"), 1, "1h"),
+        (100, PromptCaching(), 0, "5m"),  # below the minimum: a mark would cache nothing
+        (2000, PromptCaching(ttl="off"), 0, "off"),
+    ],
+)
+async def test_the_document_prefix_is_marked_only_where_the_vendor_would_cache_it(
+    words: int, caching: PromptCaching, prefix: int, ttl: str
+) -> None:
+    claude = replace(model("claude-x", "anthropic"), cache_min_tokens=1024)
+    spec, plan = planned(numbered_words(words), m=claude)
+    assert plan.strategy is Strategy.SINGLE_PASS
+    adapter = ScriptedAdapter("anthropic", reply=lambda req: answer("ok"))
+    concurrency = AdaptiveConcurrency(clock=FakeClock())
+    runner = JobRunner(
+        Pipeline({adapter.name: adapter}), concurrency=concurrency, prompt_caching=caching
+    )
+    job = make_job(spec, plan)
+    async with contextlib.aclosing(runner.run(job)) as events:
+        _ = [ev async for ev in events]
+    (req,) = adapter.requests
+    assert (req.cache_prefix_messages, req.cache_ttl) == (prefix, ttl)
+    assert "<document>" in req.messages[0].content and "Question:" in req.messages[-1].content
+
+
+async def test_extended_retention_only_where_the_model_has_it() -> None:
+    for retention, enabled, sent in [("24h", True, "24h"), ("24h", False, ""), ("", True, "")]:
+        gpt = replace(model(), prompt_cache_retention=retention)
+        spec, plan = planned(numbered_words(40), m=gpt)
+        adapter = ScriptedAdapter(reply=lambda req: answer("ok"))
+        runner = JobRunner(
+            Pipeline({adapter.name: adapter}),
+            concurrency=AdaptiveConcurrency(clock=FakeClock()),
+            prompt_caching=PromptCaching(extended_retention=enabled),
+        )
+        async with contextlib.aclosing(runner.run(make_job(spec, plan))) as events:
+            _ = [ev async for ev in events]
+        assert adapter.requests[0].prompt_cache_retention == sent
 
 
 async def test_without_streaming_the_call_is_not_streamed_and_the_answer_comes_whole() -> None:
@@ -385,7 +429,7 @@ async def test_an_upstream_error_mid_map_fails_the_job_and_cancels_the_other_cal
     failing = plan.chunks[1].sent(doc)
 
     def reply(req: LlmRequest) -> Attempt | None:
-        if failing in req.messages[-1].content:
+        if failing in req.messages[0].content:
             return Attempt(error=err(ErrorKind.SERVER, status=500))
         return None  # the other maps hang until cancelled
 
@@ -472,6 +516,6 @@ async def test_trimmed_history_and_a_truncated_answer_are_warned_about() -> None
         "HISTORY_TRIMMED",
         "OUTPUT_TRUNCATED",
     ]
-    # The most recent turns that fit are sent, before the document.
+    # The most recent turns that fit are sent, between the document and the question.
     sent = adapter.requests[0].messages
-    assert list(sent[:-1]) == list(turns[len(turns) - plan.history_kept :])
+    assert list(sent[1:-1]) == list(turns[len(turns) - plan.history_kept :])

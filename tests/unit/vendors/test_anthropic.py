@@ -121,7 +121,7 @@ async def test_full_payload_without_caching() -> None:
                 {"role": "user", "content": "a"},
                 {"role": "assistant", "content": "b"},
             ],
-            "system": [{"type": "text", "text": "sys"}],
+            "system": "sys",
             "stop_sequences": ["END"],
             "temperature": 0.0,
             "top_p": 0.9,
@@ -129,7 +129,9 @@ async def test_full_payload_without_caching() -> None:
         }
 
 
-async def test_cache_control_on_system_and_last_prefix_message() -> None:
+async def test_one_breakpoint_on_the_last_prefix_message_and_none_on_the_system() -> None:
+    """The breakpoint caches tools, system and the marked messages together: one is enough,
+    and one on the short system prompt alone would be below the minimum and cache nothing."""
     req = LlmRequest(
         model="claude-x",
         messages=(
@@ -145,7 +147,7 @@ async def test_cache_control_on_system_and_last_prefix_message() -> None:
     ephemeral = {"type": "ephemeral"}
     async with httpx.AsyncClient() as client:
         payload = make(client).build_payload(req)
-    assert payload["system"] == [{"type": "text", "text": "sys", "cache_control": ephemeral}]
+    assert payload["system"] == "sys"
     assert payload["messages"] == [
         {"role": "user", "content": [{"type": "text", "text": "the document"}]},
         {
@@ -153,6 +155,26 @@ async def test_cache_control_on_system_and_last_prefix_message() -> None:
             "content": [{"type": "text", "text": "noted", "cache_control": ephemeral}],
         },
         {"role": "user", "content": [{"type": "text", "text": "the question"}]},
+    ]
+
+
+async def test_one_hour_ttl_is_asked_for_on_the_breakpoint() -> None:
+    req = LlmRequest(
+        model="claude-x",
+        messages=(Message("user", "the document"), Message("user", "the question")),
+        max_output_tokens=50,
+        cache_prefix_messages=1,
+        cache_ttl="1h",
+    )
+    async with httpx.AsyncClient() as client:
+        payload = make(client).build_payload(req)
+    marked = [b for m in payload["messages"] for b in m["content"] if "cache_control" in b]
+    assert marked == [
+        {
+            "type": "text",
+            "text": "the document",
+            "cache_control": {"type": "ephemeral", "ttl": "1h"},
+        }
     ]
 
 
@@ -513,7 +535,7 @@ async def test_count_tokens() -> None:
     assert request.headers["x-api-key"] == "sk-ant-test"
     body = upstream.last_json
     assert set(body) == {"model", "messages", "system"}
-    assert body["system"][0]["cache_control"] == {"type": "ephemeral"}
+    assert body["messages"][0]["content"][0]["cache_control"] == {"type": "ephemeral"}
 
 
 async def test_count_tokens_errors() -> None:
