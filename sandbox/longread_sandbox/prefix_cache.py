@@ -8,6 +8,12 @@ OpenAI (automatic caching) is approximated: a prompt of at least 1024 tokens is 
 128-token boundary from 1024 on; ``cached_tokens`` is the longest boundary seen before. That
 is "the largest multiple of 128 not above the shared prefix", OpenAI's documented behaviour,
 minus its routing and eviction randomness.
+
+Anthropic (explicit ``cache_control`` breakpoints, at most 4) follows
+https://docs.claude.com/en/docs/build-with-claude/prompt-caching: a marked prefix is cached
+only from the model's minimum cacheable length on (shorter ones are processed uncached, with
+no error and no write), a later request reads the longest marked prefix it shares exactly, and
+an entry lives 5 minutes (or 1 hour with ``"ttl": "1h"``), refreshed by every hit.
 """
 
 from __future__ import annotations
@@ -22,6 +28,27 @@ OPENAI_CACHE_STEP = 128
 OPENAI_TTL_S = 600.0
 ANTHROPIC_TTL_S = {"5m": 300.0, "1h": 3600.0}
 MAX_ENTRIES = 200_000
+
+# Minimum cacheable prompt length by model family (the vendor's table, "Cache limitations");
+# the first matching prefix wins, anything else gets the common 1024.
+ANTHROPIC_MIN_CACHEABLE = (
+    ("claude-opus-4-6", 4096),
+    ("claude-opus-4-5", 4096),
+    ("claude-haiku-4-5", 4096),
+    ("claude-sonnet-4-6", 2048),
+    ("claude-3-5-haiku", 2048),
+    ("claude-3-haiku", 2048),
+    ("claude-haiku-3", 2048),
+)
+ANTHROPIC_MIN_CACHEABLE_DEFAULT = 1024
+
+
+def anthropic_min_cacheable(model: str) -> int:
+    """The shortest prefix (tokens) the vendor caches for ``model``."""
+    for prefix, tokens in ANTHROPIC_MIN_CACHEABLE:
+        if model.startswith(prefix):
+            return tokens
+    return ANTHROPIC_MIN_CACHEABLE_DEFAULT
 
 
 class PrefixCache:
@@ -78,10 +105,11 @@ class Breakpoints:
     and including the last block fed.
     """
 
-    __slots__ = ("_digest", "marks", "tokens")
+    __slots__ = ("_digest", "_min_tokens", "marks", "tokens")
 
     def __init__(self, model: str) -> None:
         self._digest = hashlib.blake2b(model.encode(), digest_size=16)
+        self._min_tokens = anthropic_min_cacheable(model)
         self.tokens = 0
         self.marks: list[tuple[bytes, int, str]] = []  # (digest, prefix tokens, ttl)
 
@@ -90,7 +118,10 @@ class Breakpoints:
         self.tokens += tokens
 
     def mark(self, ttl: str) -> None:
-        self.marks.append((self._digest.digest(), self.tokens, ttl))
+        # A breakpoint on a prefix below the minimum counts against the limit of 4 (checked by
+        # the caller) but caches nothing.
+        if self.tokens >= self._min_tokens:
+            self.marks.append((self._digest.digest(), self.tokens, ttl))
 
     def resolve(self, cache: PrefixCache) -> tuple[int, int, bool]:
         """``(read_tokens, write_tokens, write_is_1h)``; remembers every marked prefix."""

@@ -8,7 +8,7 @@ import pytest
 from anthropic.types import MessageParam, TextBlock, TextBlockParam
 from longread_sandbox import Sandbox, SandboxConfig
 
-from .documents import ANSWER, DOC, ENCODING, PROMPT, long_document, prompt_tokens, tokens
+from .documents import ANSWER, ENCODING, PROMPT, long_document, prompt_tokens, tokens
 
 MODEL = "claude-sonnet-4-6"
 MAX_TOKENS = 256  # the SDK refuses large max_tokens for non-streaming calls
@@ -109,7 +109,7 @@ async def test_same_request_same_answer(claude: anthropic.AsyncAnthropic) -> Non
 
 
 async def test_cache_control_writes_then_reads(claude: anthropic.AsyncAnthropic) -> None:
-    doc = long_document(20)
+    doc = long_document(100)  # over Sonnet 4.6's 2048-token minimum
     system: list[TextBlockParam] = [
         {"type": "text", "text": "You answer from the document."},
         {"type": "text", "text": doc, "cache_control": {"type": "ephemeral"}},
@@ -140,21 +140,91 @@ async def test_cache_control_writes_then_reads(claude: anthropic.AsyncAnthropic)
 
 
 async def test_cache_control_on_message_block_and_1h_ttl(claude: anthropic.AsyncAnthropic) -> None:
+    doc = long_document(100)
     messages: list[MessageParam] = [
         {
             "role": "user",
             "content": [
-                {"type": "text", "text": DOC, "cache_control": {"type": "ephemeral", "ttl": "1h"}},
-                {"type": "text", "text": "When was the Eiffel Tower completed?"},
+                {"type": "text", "text": doc, "cache_control": {"type": "ephemeral", "ttl": "1h"}},
+                {"type": "text", "text": "How many mills in region 7?"},
             ],
         }
     ]
     first = await claude.messages.create(model=MODEL, max_tokens=MAX_TOKENS, messages=messages)
     second = await claude.messages.create(model=MODEL, max_tokens=MAX_TOKENS, messages=messages)
     assert first.usage.cache_creation is not None
-    assert first.usage.cache_creation.ephemeral_1h_input_tokens == tokens(DOC) + 3
-    assert second.usage.cache_read_input_tokens == tokens(DOC) + 3
-    assert text_of(first) == ANSWER  # the question is the last block's paragraph
+    assert first.usage.cache_creation.ephemeral_1h_input_tokens == tokens(doc) + 3
+    assert first.usage.cache_creation.ephemeral_5m_input_tokens == 0
+    assert second.usage.cache_read_input_tokens == tokens(doc) + 3
+
+
+async def test_a_marked_prefix_below_the_model_minimum_caches_nothing(
+    claude: anthropic.AsyncAnthropic,
+) -> None:
+    """Shorter prefixes than the model's minimum are processed uncached, without an error:
+    Sonnet 4.6 needs 2048 tokens, Sonnet 4.5 1024, Haiku 4.5 4096."""
+    doc = long_document(60)
+    size = tokens(doc) + 3
+    assert 1024 <= size < 2048
+    messages: list[MessageParam] = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": doc, "cache_control": {"type": "ephemeral"}},
+                {"type": "text", "text": "How many mills in region 7?"},
+            ],
+        }
+    ]
+    for model, cached in [
+        ("claude-sonnet-4-6", False),
+        ("claude-haiku-4-5", False),
+        ("claude-sonnet-4-5", True),
+    ]:
+        for _ in range(2):
+            last = await claude.messages.create(
+                model=model, max_tokens=MAX_TOKENS, messages=messages
+            )
+        assert last.usage.cache_read_input_tokens == (size if cached else 0), model
+        assert last.usage.cache_creation_input_tokens == 0
+        if not cached:  # the whole prompt is plain input
+            assert last.usage.input_tokens > size
+
+
+async def test_only_the_exact_prefix_is_read_and_a_changed_document_is_written_again(
+    claude: anthropic.AsyncAnthropic,
+) -> None:
+    """Two breakpoints (system, document): a new document keeps the system prefix's entry
+    only if that prefix is itself long enough; here it is not, so the new document is a
+    full write, and the first document is still read back afterwards."""
+    system = "You answer from the document."
+
+    def ask(doc: str, question: str) -> list[MessageParam]:
+        return [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": doc, "cache_control": {"type": "ephemeral"}},
+                    {"type": "text", "text": question},
+                ],
+            }
+        ]
+
+    one, two = long_document(100), long_document(101)
+    a = await claude.messages.create(
+        model=MODEL, max_tokens=MAX_TOKENS, system=system, messages=ask(one, "Mills?")
+    )
+    b = await claude.messages.create(
+        model=MODEL, max_tokens=MAX_TOKENS, system=system, messages=ask(two, "Mills?")
+    )
+    c = await claude.messages.create(
+        model=MODEL, max_tokens=MAX_TOKENS, system=system, messages=ask(one, "Bridges?")
+    )
+    assert a.usage.cache_creation_input_tokens > 0 and a.usage.cache_read_input_tokens == 0
+    # two starts with one's text but the marked prefix ends elsewhere: no partial read
+    assert b.usage.cache_read_input_tokens == 0
+    assert b.usage.cache_creation_input_tokens > a.usage.cache_creation_input_tokens
+    assert c.usage.cache_read_input_tokens == a.usage.cache_creation_input_tokens
+    assert c.usage.cache_creation_input_tokens == 0
 
 
 @pytest.mark.parametrize(
