@@ -14,7 +14,7 @@ from typing import Any
 
 from .completion import Completion
 from .ids import IdSource
-from .prefix_cache import PrefixCache
+from .prefix_cache import OPENAI_MIN_CACHED, OPENAI_RETENTION_S, PrefixCache
 from .protocol import ApiError, ChatRequest, Headers
 from .ratelimit import RateSnapshot, go_duration
 from .tokens import PER_MESSAGE_TOKENS, PER_REPLY_TOKENS, Tokenizer
@@ -186,9 +186,18 @@ class OpenAIDialect:
             )
         if options is not None and not isinstance(options, dict):
             raise _invalid_type("stream_options", "an object", options)
+        retention = body.get("prompt_cache_retention")
+        if retention is not None and retention not in OPENAI_RETENTION_S:
+            raise ApiError(
+                400,
+                "invalid_request_error",
+                f"Invalid value: '{retention}'. Supported values are: 'in_memory' and '24h'.",
+                param="prompt_cache_retention",
+            )
         cached = 0
-        if prompt_tokens >= 1024:
-            cached = self._cache.openai_cached_tokens(model, _sequence(encoded))
+        if prompt_tokens >= OPENAI_MIN_CACHED:
+            ttl_s = OPENAI_RETENTION_S[retention or "in_memory"]
+            cached = self._cache.openai_cached_tokens(model, _sequence(encoded), ttl_s)
         return ChatRequest(
             model=model,
             sources=sources,

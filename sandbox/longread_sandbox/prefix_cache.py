@@ -25,7 +25,10 @@ from collections.abc import Callable, Sequence
 
 OPENAI_MIN_CACHED = 1024
 OPENAI_CACHE_STEP = 128
-OPENAI_TTL_S = 600.0
+OPENAI_TTL_S = 600.0  # in-memory retention: "5 to 10 minutes of inactivity"
+# ``prompt_cache_retention``: "in_memory" (the default) or "24h", extended retention
+# (https://platform.openai.com/docs/guides/prompt-caching).
+OPENAI_RETENTION_S = {"in_memory": OPENAI_TTL_S, "24h": 24 * 3600.0}
 ANTHROPIC_TTL_S = {"5m": 300.0, "1h": 3600.0}
 MAX_ENTRIES = 200_000
 
@@ -78,7 +81,9 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self._expiry)
 
-    def openai_cached_tokens(self, model: str, token_ids: Sequence[int]) -> int:
+    def openai_cached_tokens(
+        self, model: str, token_ids: Sequence[int], ttl_s: float = OPENAI_TTL_S
+    ) -> int:
         """Cached prompt tokens for an OpenAI-style prompt, and remember its prefixes."""
         total = len(token_ids)
         if total < OPENAI_MIN_CACHED:
@@ -94,7 +99,7 @@ class PrefixCache:
                 cached = boundary
             else:
                 missed = True
-            self.store(key, OPENAI_TTL_S)
+            self.store(key, ttl_s)
         return cached
 
 

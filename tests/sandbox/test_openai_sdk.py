@@ -272,6 +272,47 @@ async def test_prompt_caching_reports_cached_tokens(oai: openai.AsyncOpenAI) -> 
     assert other_cached <= other.usage.prompt_tokens - 5  # the different tail is not cached
 
 
+async def test_a_shared_document_prefix_is_read_in_128_token_steps_with_24h_retention(
+    oai: openai.AsyncOpenAI,
+) -> None:
+    """The gateway's shape: system, the document, then the question. A second question on
+    the document reads the prefix up to the last 128-token boundary it shares; the key and
+    the 24h retention are accepted on a model that supports them."""
+    doc = long_document(120)
+
+    async def ask(question: str) -> openai.types.CompletionUsage:
+        completion = await oai.chat.completions.create(
+            model="gpt-5",
+            messages=[
+                {"role": "system", "content": "You answer from the document."},
+                {"role": "user", "content": f"<document>\n{doc}\n</document>"},
+                {"role": "user", "content": f"Question: {question}"},
+            ],
+            prompt_cache_key="lr-doc-1",
+            prompt_cache_retention="24h",
+        )
+        assert completion.usage is not None
+        return completion.usage
+
+    first, second = await ask("How many mills in region 7?"), await ask("Which river floods?")
+    assert first.prompt_tokens_details is not None and second.prompt_tokens_details is not None
+    assert first.prompt_tokens_details.cached_tokens == 0
+    cached = second.prompt_tokens_details.cached_tokens or 0
+    shared = prompt_tokens("You answer from the document.", f"<document>\n{doc}\n</document>")
+    assert cached >= 1024 and cached % 128 == 0
+    assert shared - 3 - 128 < cached <= shared  # the whole shared prefix, to the step below
+
+
+async def test_an_unknown_retention_is_refused(oai: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        await oai.chat.completions.create(
+            model=MODEL,
+            messages=user(PROMPT),
+            extra_body={"prompt_cache_retention": "forever"},
+        )
+    assert caught.value.param == "prompt_cache_retention"
+
+
 async def test_short_prompts_are_never_cached(oai: openai.AsyncOpenAI) -> None:
     for _ in range(2):
         completion = await oai.chat.completions.create(model=MODEL, messages=user(PROMPT))

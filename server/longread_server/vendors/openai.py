@@ -251,6 +251,11 @@ class OpenAIAdapter:
             payload["stream_options"] = {"include_usage": True}
         if req.prompt_cache_key and not self._compatible:
             payload["prompt_cache_key"] = req.prompt_cache_key
+        # Extended retention keeps cached prefixes up to 24 hours at no extra charge, on the
+        # models that support it (the catalog's prompt_cache_retention); others refuse it
+        # (https://platform.openai.com/docs/guides/prompt-caching).
+        if req.prompt_cache_retention and not self._compatible:
+            payload["prompt_cache_retention"] = req.prompt_cache_retention
         return payload
 
     def call(

@@ -114,6 +114,7 @@ async def test_full_payload_openai_proper() -> None:
         stop=("END", "STOP"),
         seed=0,
         prompt_cache_key="doc-1",
+        prompt_cache_retention="24h",
     )
     async with httpx.AsyncClient() as client:
         payload = OpenAIAdapter(client, name="o", base_url=BASE, api_key="k").build_payload(req)
@@ -133,19 +134,24 @@ async def test_full_payload_openai_proper() -> None:
         "stream": True,
         "stream_options": {"include_usage": True},
         "prompt_cache_key": "doc-1",
+        "prompt_cache_retention": "24h",
     }
 
 
 async def test_compatible_payload_uses_max_tokens_and_no_cache_key() -> None:
     req = LlmRequest(
-        model="llama3", messages=REQ.messages, max_output_tokens=64, prompt_cache_key="doc-1"
+        model="llama3",
+        messages=REQ.messages,
+        max_output_tokens=64,
+        prompt_cache_key="doc-1",
+        prompt_cache_retention="24h",
     )
     async with httpx.AsyncClient() as client:
         compat = OpenAIAdapter(client, name="ollama", base_url=BASE, api_key="", compatible=True)
         payload = compat.build_payload(req)
     assert payload["max_tokens"] == 64
     assert "max_completion_tokens" not in payload
-    assert "prompt_cache_key" not in payload
+    assert "prompt_cache_key" not in payload and "prompt_cache_retention" not in payload
     assert payload["stream_options"] == {"include_usage": True}
 
 
