@@ -464,6 +464,31 @@ def _choices(value: object) -> int:
 
 
 def _usage(request: ChatRequest, completion: Completion) -> dict[str, Any]:
+    return _cache_fields(request, _openai_usage(request, completion))
+
+
+def _cache_fields(request: ChatRequest, usage: dict[str, Any]) -> dict[str, Any]:
+    """Cache hits where each OpenAI-compatible vendor reports them (the same prefix rules for
+    all): DeepSeek adds ``prompt_cache_hit_tokens``/``prompt_cache_miss_tokens``
+    (https://api-docs.deepseek.com/guides/kv_cache); Moonshot's Kimi puts ``cached_tokens`` at
+    the top level of ``usage`` (https://platform.moonshot.ai/docs/api/chat); Gemini's
+    OpenAI-compatible endpoint uses ``prompt_tokens_details.cached_tokens`` as OpenAI does
+    (https://ai.google.dev/gemini-api/docs/openai)."""
+    model = request.model
+    hit = request.cache_read_tokens
+    if model.startswith("deepseek"):
+        usage["prompt_cache_hit_tokens"] = hit
+        usage["prompt_cache_miss_tokens"] = request.prompt_tokens - hit
+    elif model.startswith(("kimi", "moonshot")):
+        del usage["prompt_tokens_details"]
+        usage["cached_tokens"] = hit
+    elif model.startswith("gemini"):
+        usage["prompt_tokens_details"] = {"cached_tokens": hit}
+        del usage["completion_tokens_details"]
+    return usage
+
+
+def _openai_usage(request: ChatRequest, completion: Completion) -> dict[str, Any]:
     completion_tokens = completion.tokens * request.choices
     return {
         "prompt_tokens": request.prompt_tokens,

@@ -193,9 +193,8 @@ async def test_a_marked_prefix_below_the_model_minimum_caches_nothing(
 async def test_only_the_exact_prefix_is_read_and_a_changed_document_is_written_again(
     claude: anthropic.AsyncAnthropic,
 ) -> None:
-    """Two breakpoints (system, document): a new document keeps the system prefix's entry
-    only if that prefix is itself long enough; here it is not, so the new document is a
-    full write, and the first document is still read back afterwards."""
+    """The entry is the exact marked prefix: a document that merely starts like a cached one
+    is written in full, and the first document is still read back afterwards."""
     system = "You answer from the document."
 
     def ask(doc: str, question: str) -> list[MessageParam]:
@@ -219,11 +218,12 @@ async def test_only_the_exact_prefix_is_read_and_a_changed_document_is_written_a
     c = await claude.messages.create(
         model=MODEL, max_tokens=MAX_TOKENS, system=system, messages=ask(one, "Bridges?")
     )
-    assert a.usage.cache_creation_input_tokens > 0 and a.usage.cache_read_input_tokens == 0
+    written = a.usage.cache_creation_input_tokens or 0
+    assert written > 0 and a.usage.cache_read_input_tokens == 0
     # two starts with one's text but the marked prefix ends elsewhere: no partial read
     assert b.usage.cache_read_input_tokens == 0
-    assert b.usage.cache_creation_input_tokens > a.usage.cache_creation_input_tokens
-    assert c.usage.cache_read_input_tokens == a.usage.cache_creation_input_tokens
+    assert (b.usage.cache_creation_input_tokens or 0) > written
+    assert c.usage.cache_read_input_tokens == written
     assert c.usage.cache_creation_input_tokens == 0
 
 

@@ -303,6 +303,38 @@ async def test_a_shared_document_prefix_is_read_in_128_token_steps_with_24h_rete
     assert shared - 3 - 128 < cached <= shared  # the whole shared prefix, to the step below
 
 
+@pytest.mark.parametrize(
+    ("model", "where"),
+    [
+        ("deepseek-chat", "prompt_cache_hit_tokens"),
+        ("kimi-k2-0905-preview", "cached_tokens"),
+        ("gemini-2.5-flash", "prompt_tokens_details"),
+    ],
+)
+async def test_compatible_vendors_report_cache_hits_in_their_own_fields(
+    oai: openai.AsyncOpenAI, model: str, where: str
+) -> None:
+    doc = long_document(80)
+    for question in ("Mills?", "Bridges?"):
+        completion = await oai.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": doc}, *user(question)]
+        )
+    usage = completion.usage
+    assert usage is not None
+    extra = usage.model_extra or {}
+    if where == "prompt_cache_hit_tokens":
+        hit = extra["prompt_cache_hit_tokens"]
+        assert hit + extra["prompt_cache_miss_tokens"] == usage.prompt_tokens
+    elif where == "cached_tokens":
+        hit = extra["cached_tokens"]
+        assert usage.prompt_tokens_details is None
+    else:
+        assert usage.prompt_tokens_details is not None
+        hit = usage.prompt_tokens_details.cached_tokens or 0
+        assert "prompt_cache_hit_tokens" not in extra and "cached_tokens" not in extra
+    assert hit >= 1024 and hit % 128 == 0
+
+
 async def test_an_unknown_retention_is_refused(oai: openai.AsyncOpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         await oai.chat.completions.create(

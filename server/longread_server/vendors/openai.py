@@ -9,8 +9,12 @@ Reading tolerates the known deviations (reference §1, §4):
 * usage may come in the top-level ``usage`` of any chunk (last non-null wins; DeepSeek puts
   it on the last content chunk, OpenAI on a trailing ``choices: []`` chunk) or in
   ``choices[0].usage`` (Moonshot); none at all (old Ollama) gives zero usage;
-* cached input is ``prompt_tokens_details.cached_tokens``, else DeepSeek's
-  ``prompt_cache_hit_tokens``, else Moonshot's top-level ``cached_tokens``;
+* cached input is ``prompt_tokens_details.cached_tokens`` (OpenAI,
+  https://platform.openai.com/docs/guides/prompt-caching; Gemini's OpenAI-compatible endpoint,
+  https://ai.google.dev/gemini-api/docs/openai), else DeepSeek's ``prompt_cache_hit_tokens``
+  (https://api-docs.deepseek.com/guides/kv_cache), else Moonshot's top-level ``cached_tokens``
+  (https://platform.moonshot.ai/docs/api/chat); ``prompt_tokens`` includes the hits for all
+  of them, and the catalog's ``cached_input_per_mtok`` prices them;
 * ``data: [DONE]`` (prefix match) and EOF both end the stream, but EOF with neither
   ``[DONE]`` nor a ``finish_reason`` is a broken stream (CONNECTION, "stream ended early");
 * a data object with ``error`` (or an ``event: error``) is a mid-stream failure;
