@@ -73,9 +73,9 @@ class Usage:
     output_tokens: int = 0
     cached_input_tokens: int = 0
     cache_write_tokens: int = 0
+    calls: int = 0
     # The part of cache_write_tokens written with a 1-hour TTL (Anthropic prices it apart).
     cache_write_1h_tokens: int = 0
-    calls: int = 0
 
     def add(self, other: Usage) -> None:
         self.input_tokens += other.input_tokens
