@@ -148,14 +148,14 @@ class FloorServicer(svc_grpc.AnalysisServiceServicer):
                 yield line
 
     def _body(self, request: Any, stream: bool) -> bytes:
-        prompt = (
-            f"<document>\n{request.document.text}\n</document>\n\nQuestion: {request.instruction}"
-        )
+        # The gateway's single-pass shape: the document, then the question (plan/prompts.py).
+        document = f"<document>\n{request.document.text}\n</document>"
         payload: dict[str, Any] = {
             "model": request.model.model or "gpt-4.1-mini",
             "messages": [
                 {"role": "system", "content": SYSTEM},
-                {"role": "user", "content": prompt},
+                {"role": "user", "content": document},
+                {"role": "user", "content": f"Question: {request.instruction}"},
             ],
             "max_completion_tokens": 2048,
         }

@@ -96,13 +96,14 @@ async def ttft_part(sb_port: int, gw_port: int, fl_port: int) -> dict[str, Any]:
     )
 
     def body_for(text: str) -> bytes:
-        prompt = f"<document>\n{text}\n</document>\n\nQuestion: {QUESTION}"
+        # The gateway's single-pass shape: the document, then the question (plan/prompts.py).
         return json.dumps(
             {
                 "model": MODEL,
                 "messages": [
                     {"role": "system", "content": sysmsg},
-                    {"role": "user", "content": prompt},
+                    {"role": "user", "content": f"<document>\n{text}\n</document>"},
+                    {"role": "user", "content": f"Question: {QUESTION}"},
                 ],
                 "max_completion_tokens": 2048,
                 "stream": True,

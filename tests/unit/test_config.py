@@ -140,3 +140,15 @@ def test_upstream_connection_cap(tmp_path: Path, caplog: pytest.LogCaptureFixtur
     assert load_config(env=env).server.upstream_max_connections == 0  # no cap
     with pytest.raises(ConfigError, match="upstream_max_connections"):
         load_config(write(tmp_path, "[server]\nupstream_max_connections = -1\n"), env={})
+
+
+def test_vendor_prompt_caching_settings(tmp_path: Path) -> None:
+    assert load_config(None, env={}).cache.vendor_ttl == "5m"
+    path = tmp_path / "c.toml"
+    path.write_text('[cache]\nvendor_ttl = "1h"\nvendor_extended_retention = false\n')
+    cache = load_config(path, env={}).cache
+    assert (cache.vendor_ttl, cache.vendor_extended_retention) == ("1h", False)
+    assert load_config(None, env={"LONGREAD_CACHE__VENDOR_TTL": "off"}).cache.vendor_ttl == "off"
+    path.write_text('[cache]\nvendor_ttl = "2h"\n')
+    with pytest.raises(ConfigError, match=r"cache\.vendor_ttl"):
+        load_config(path, env={})
