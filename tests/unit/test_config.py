@@ -26,6 +26,18 @@ def test_defaults_use_sandbox_without_keys() -> None:
     assert request_bytes_limit(cfg) >= 4 * cfg.limits.max_document_chars
 
 
+def test_vendor_prompt_caching_settings(tmp_path: Path) -> None:
+    assert load_config(None, env={}).cache.vendor_ttl == "5m"
+    path = tmp_path / "c.toml"
+    path.write_text('[cache]\nvendor_ttl = "1h"\nvendor_extended_retention = false\n')
+    cache = load_config(path, env={}).cache
+    assert (cache.vendor_ttl, cache.vendor_extended_retention) == ("1h", False)
+    assert load_config(None, env={"LONGREAD_CACHE__VENDOR_TTL": "off"}).cache.vendor_ttl == "off"
+    path.write_text('[cache]\nvendor_ttl = "2h"\n')
+    with pytest.raises(ConfigError, match=r"cache\.vendor_ttl"):
+        load_config(path, env={})
+
+
 def test_vendor_keys_from_environment_configure_upstreams() -> None:
     cfg = load_config(env={"OPENAI_API_KEY": "sk-1", "ANTHROPIC_API_KEY": "ak-1"})
     assert {u.name: u.api_key for u in cfg.upstreams} == {"openai": "sk-1", "anthropic": "ak-1"}
@@ -140,15 +152,3 @@ def test_upstream_connection_cap(tmp_path: Path, caplog: pytest.LogCaptureFixtur
     assert load_config(env=env).server.upstream_max_connections == 0  # no cap
     with pytest.raises(ConfigError, match="upstream_max_connections"):
         load_config(write(tmp_path, "[server]\nupstream_max_connections = -1\n"), env={})
-
-
-def test_vendor_prompt_caching_settings(tmp_path: Path) -> None:
-    assert load_config(None, env={}).cache.vendor_ttl == "5m"
-    path = tmp_path / "c.toml"
-    path.write_text('[cache]\nvendor_ttl = "1h"\nvendor_extended_retention = false\n')
-    cache = load_config(path, env={}).cache
-    assert (cache.vendor_ttl, cache.vendor_extended_retention) == ("1h", False)
-    assert load_config(None, env={"LONGREAD_CACHE__VENDOR_TTL": "off"}).cache.vendor_ttl == "off"
-    path.write_text('[cache]\nvendor_ttl = "2h"\n')
-    with pytest.raises(ConfigError, match=r"cache\.vendor_ttl"):
-        load_config(path, env={})
