@@ -219,7 +219,17 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
     # One Redis gate for the cache, budget ledger, rate limits and breakers: one view of its
     # health, so one Redis outage costs one timeout per interval for all of them.
     gate = redis_gate(cfg) if redis is not None else None
-    ledger = BudgetLedger({t.name: t.monthly_budget_usd for t in cfg.tenants}, redis, health=gate)
+    ledger = BudgetLedger(
+        {t.name: t.monthly_budget_usd for t in cfg.tenants},
+        redis,
+        health=gate,
+        state_dir=cfg.budget.state_dir or None,
+    )
+    if ledger.volatile:
+        log.warning(
+            "tenant budgets are kept in memory only: a restart forgets this month's spend "
+            "(set redis_url, or budget.state_dir for a state file)"
+        )
     response_cache = build_response_cache(cfg.cache, redis, gate)
     observe_cache(response_cache, tel)
     resilience = build_resilience(cfg, adapters, catalog, redis, telemetry=tel, health=gate)

@@ -199,6 +199,15 @@ class CacheConfig:
 
 
 @dataclass
+class BudgetConfig:
+    """Tenants' monthly budgets (calls/budget.py); the caps are ``tenants[].monthly_budget_usd``."""
+
+    # Where spend is kept across restarts when there is no Redis (one gateway per directory);
+    # empty: in process only, and the gateway warns at start-up that spend is volatile.
+    state_dir: str = ""
+
+
+@dataclass
 class TelemetryConfig:
     """OpenTelemetry traces and metrics, and logs. Everything that costs is off by default."""
 
@@ -473,6 +482,7 @@ class Config:
     tls: TlsConfig = field(default_factory=TlsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     sandbox: EmbeddedSandboxConfig = field(default_factory=EmbeddedSandboxConfig)
     upstreams: list[UpstreamConfig] = field(default_factory=list)
