@@ -47,6 +47,7 @@ _MEMO_MAX_TOKENS = 2_000_000
 
 
 _lock = threading.Lock()
+_loaded: dict[str, tiktoken.Encoding] = {}
 
 
 def encoding_for(model: str) -> str:
@@ -55,9 +56,24 @@ def encoding_for(model: str) -> str:
     return O200K if _O200K_MODELS.match(key) else ENCODING_NAME
 
 
-@functools.cache
 def _encoding(name: str = ENCODING_NAME) -> tiktoken.Encoding:
-    return _o200k() if name == O200K else tiktoken.get_encoding(name)
+    """The encoding ``name``, loaded once per process; a caller that arrives while another
+    loads it waits for that load."""
+    encoding = _loaded.get(name)
+    if encoding is None:
+        with _lock:
+            encoding = _loaded.get(name)
+            if encoding is None:
+                encoding = _o200k() if name == O200K else tiktoken.get_encoding(name)
+                _loaded[name] = encoding
+    return encoding
+
+
+def load_in_background() -> None:
+    """Loads o200k_base in a thread (once per process). Loading takes about a second, which the
+    first request for a GPT-4o-family model would otherwise spend blocking the event loop."""
+    if O200K not in _loaded:
+        threading.Thread(target=_encoding, args=(O200K,), name="o200k-load", daemon=True).start()
 
 
 def _o200k() -> tiktoken.Encoding:
@@ -80,14 +96,13 @@ def _o200k() -> tiktoken.Encoding:
         return ranks
 
     # The definition calls the module's loader by name; swap it for this one call only (the
-    # lock keeps two threads from swapping at once).
-    with _lock:
-        loader = openai_public.load_tiktoken_bpe
-        openai_public.load_tiktoken_bpe = local_ranks
-        try:
-            spec = openai_public.o200k_base()
-        finally:
-            openai_public.load_tiktoken_bpe = loader
+    # caller holds _lock, so no other thread swaps it meanwhile).
+    loader = openai_public.load_tiktoken_bpe
+    openai_public.load_tiktoken_bpe = local_ranks
+    try:
+        spec = openai_public.o200k_base()
+    finally:
+        openai_public.load_tiktoken_bpe = loader
     return tiktoken.Encoding(**spec)
 
 
