@@ -4,12 +4,13 @@ answer is labelled and cached (under the key of the request that answered)."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import pytest
 from longread_server.calls.breaker import CIRCUIT
 from longread_server.calls.cache import CacheStage, build_response_cache
 from longread_server.calls.fallback import FallbackStage, chains_from, trigger
-from longread_server.calls.pipeline import Call
+from longread_server.calls.pipeline import Call, CallStage
 from longread_server.calls.singleflight import SingleFlightStage
 from longread_server.config import CacheConfig, FallbackChainConfig, UpstreamConfig
 from longread_server.domain import (
@@ -75,7 +76,7 @@ def routed(upstream: Upstream) -> list[tuple[str, str]]:
     return [(c.vendor, c.req.model) for c in upstream.calls]
 
 
-def finish_of(events: list[object]) -> Finish:
+def finish_of(events: Sequence[object]) -> Finish:
     last = events[-1]
     assert isinstance(last, Finish)
     return last
@@ -230,7 +231,7 @@ async def test_the_answer_is_cached_under_the_answering_requests_key_only() -> N
     key holds the answer, and is read when the call falls back again."""
     cache = build_response_cache(CacheConfig())
     fb = dataclasses.replace(stage(fallback="anthropic"), cache=cache)
-    stages = [CacheStage(cache), SingleFlightStage(cache), fb]
+    stages: list[CallStage] = [CacheStage(cache), SingleFlightStage(cache), fb]
     call = make_call()
     failing = Upstream([Attempt(error=err(ErrorKind.SERVER)), Attempt(ok("from haiku"))])
     first = await collect(chain(stages, failing), call)
