@@ -18,11 +18,13 @@ from longread.client import AsyncClient, Options
 from longread_sandbox import Sandbox
 from longread_server.app import Gateway, sandbox_upstreams
 from longread_server.calls.cache import decode_answer
-from longread_server.config import FallbackChainConfig
+from longread_server.config import FallbackChainConfig, TelemetryConfig
 from longread_server.domain import Usage
 from longread_server.plan.catalog import Catalog, price
+from longread_server.telemetry import setup
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from tests.chaos.conftest import QUESTION, Row, client_for, doc, resilience
+from tests.chaos.conftest import QUESTION, Row, client_for, doc, points, resilience
 
 Make = Callable[..., Any]
 PRIMARY = ("openai", "gpt-4o-mini")  # a 128K window: claude-haiku-4-5's 200K fits more
@@ -123,7 +125,9 @@ async def test_fallback_table(sb: Sandbox, gateways: Make, row: Row) -> None:
     # does not open here: each trigger is the one under test.
     cfg = resilience(retry={"max_attempts": 3, "budget_ratio": 1.0, "budget_min_retries": 100})
     cfg.fallback = [chain]
-    gw = await gateways(upstreams=sandbox_upstreams(sb.base_url), resilience=cfg)
+    reader = InMemoryMetricReader()
+    tel = setup(TelemetryConfig(metrics=True), metric_readers=[reader])
+    gw = await gateways(upstreams=sandbox_upstreams(sb.base_url), resilience=cfg, telemetry=tel)
     cases = [
         ("429 x3 (after retries)", ["429"] * 3, "rate_limited", False),
         ("503 x3 (after retries)", ["503"] * 3, "upstream_error", True),
@@ -149,6 +153,16 @@ async def test_fallback_table(sb: Sandbox, gateways: Make, row: Row) -> None:
             table_row(trigger, reason, first, key, later, later2)
             row.sent += 3
             row.ok += 3
+
+    # The telemetry says so too: one reroute per trigger, from the model asked to the one sent.
+    taken = points(reader, "longread.resilience.fallbacks")
+    assert sorted((a["longread.reason"], v) for a, v in taken) == [
+        ("context_overflow", 1),
+        ("rate_limited", 1),
+        ("upstream_error", 1),
+    ]
+    assert all(a["longread.fallback.model"] == "/".join(FALLBACK) for a, _ in taken)
+    assert all(a["gen_ai.request.model"] == "/".join(PRIMARY) for a, _ in taken)
 
     # An open circuit: trip openai's breaker (those calls opt out of the fallback), then ask.
     cfg = resilience(breaker={"window_size": 4, "min_calls": 4}, retry={"max_attempts": 1})

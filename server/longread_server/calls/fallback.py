@@ -42,6 +42,7 @@ from longread_server.calls.breaker import CIRCUIT
 from longread_server.calls.cache import ResponseCache, replay
 from longread_server.calls.limits import prompt_tokens
 from longread_server.calls.pipeline import Call, Next
+from longread_server.calls.resilience_metrics import NULL_OBSERVER, ResilienceObserver
 from longread_server.config import FALLBACK_TRIGGERS, FallbackChainConfig, UpstreamConfig
 from longread_server.domain import (
     CallRejected,
@@ -121,6 +122,7 @@ class FallbackStage:
     # The response cache, to read and store a fallback's answer under its own key
     # (``calls/stages.py`` sets it when the pipeline has a cache).
     cache: ResponseCache | None = None
+    observer: ResilienceObserver = NULL_OBSERVER
 
     def chain_for(self, call: Call) -> Chain | None:
         if call.ctx.labels.get(OPT_OUT_LABEL, "").lower() in _OFF:
@@ -211,6 +213,11 @@ class FallbackStage:
             tried.add((alt.vendor, alt.req.model))
             note = FallbackNote(reason, call.vendor, call.req.model, info, detail[:200])
             _record(note)
+            self.observer.fell_back(
+                note.reason.value,
+                f"{call.vendor}/{call.req.model}",
+                f"{alt.vendor}/{alt.req.model}",
+            )
             passed_on = False
             try:
                 async for ev in self._answer(alt, nxt, note):

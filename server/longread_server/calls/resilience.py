@@ -233,7 +233,14 @@ def build_resilience(
     chains = chains_from(cfg.upstreams, r.fallback)
     fallback = (
         FallbackStage(
-            breakers, params, upstreams, adapters, catalog, chains, breaker_on=breaker is not None
+            breakers,
+            params,
+            upstreams,
+            adapters,
+            catalog,
+            chains,
+            breaker_on=breaker is not None,
+            observer=observer,
         )
         if chains
         else None
