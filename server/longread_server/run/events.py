@@ -94,14 +94,18 @@ def tokens_estimated(plan: JobPlan) -> JobWarning | None:
     )
 
 
+def fallback_kind(n: FallbackNote) -> tuple[str, ...]:
+    """What makes two reroutes the same for a warning: from where, to where, why."""
+    return (n.from_upstream, n.from_model, n.model.vendor, n.model.model, n.reason.value)
+
+
 def fallbacks_taken(notes: list[FallbackNote]) -> list[JobWarning]:
     """One FALLBACK warning per (model asked for, model that answered, reason), with how many
     calls it covers, in the order they first happened."""
-    counts: dict[tuple[str, str, str, str, str], tuple[FallbackNote, int]] = {}
+    counts: dict[tuple[str, ...], tuple[FallbackNote, int]] = {}
     for n in notes:
-        key = (n.from_upstream, n.from_model, n.model.vendor, n.model.model, n.reason.value)
-        first, count = counts.get(key, (n, 0))
-        counts[key] = (first, count + 1)
+        first, count = counts.get(fallback_kind(n), (n, 0))
+        counts[fallback_kind(n)] = (first, count + 1)
     return [
         JobWarning(
             "FALLBACK",

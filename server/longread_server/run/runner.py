@@ -42,6 +42,7 @@ from longread_server.run.events import (
     PlanReady,
     RunEvent,
     Timings,
+    fallback_kind,
     fallbacks_taken,
     history_trimmed,
 )
@@ -214,7 +215,6 @@ class JobRunner:
             warnings.append(
                 JobWarning("OUTPUT_TRUNCATED", "the answer reached max_output_tokens and was cut")
             )
-        warnings += fallbacks_taken(tally.fallbacks)
         for w in warnings:
             yield w
         now = time.monotonic()
@@ -242,7 +242,8 @@ class JobRunner:
                 planning_s=job.planning_s,
                 first_token_s=(tally.first_token_at - job.started) if tally.first_token_at else 0.0,
             ),
-            warnings=[*job.warnings, *warnings],
+            # Streamed as each kind of reroute first happened (``_call``); counted here.
+            warnings=[*job.warnings, *warnings, *fallbacks_taken(tally.fallbacks)],
         )
 
     async def _map(
@@ -407,9 +408,13 @@ class JobRunner:
                     step.set_attribute("longread.fallback.reason", finish.fallback.reason.value)
                     step.set_attribute("longread.model", finish.fallback.model.model)
         tally.calls += 1
-        answered_by = finish.fallback.model if finish.fallback is not None else job.plan.model
-        if finish.fallback is not None:
-            tally.fallbacks.append(finish.fallback)
+        note = finish.fallback
+        answered_by = note.model if note is not None else job.plan.model
+        first_of_its_kind = note is not None and all(
+            fallback_kind(n) != fallback_kind(note) for n in tally.fallbacks
+        )
+        if note is not None:
+            tally.fallbacks.append(note)
         if finish.cached:
             tally.hits += 1
         else:
@@ -430,6 +435,12 @@ class JobRunner:
         if stage in (JobStage.MAP, JobStage.REFINE):
             tally.outputs.append(out)
         yield CallDone(out)
+        if note is not None and first_of_its_kind:
+            # A Stream learns which model answered when it happens, not only in the result.
+            yield JobWarning(
+                "FALLBACK",
+                f"{stage.value} {index}: answered by a fallback model: {note.describe()}",
+            )
 
     def _step_span(
         self, stage: JobStage, index: int, of: int, start: int, end: int

@@ -82,3 +82,8 @@ async def test_map_calls_rerouted_are_priced_apart_from_the_primarys() -> None:
     assert result.model == result.plan.model  # the reduce, which gave the answer, was not rerouted
     (warning,) = [w for w in result.warnings if w.code == "FALLBACK"]
     assert warning.message.startswith(f"{len(maps)} call(s) answered by a fallback model")
+    # The Stream heard of it once, right after the first rerouted call, not once per call.
+    streamed = [ev for ev in events[:-1] if isinstance(ev, JobWarning) and ev.code == "FALLBACK"]
+    assert len(streamed) == 1 and streamed[0].message.startswith("map ")
+    first = next(i for i, ev in enumerate(events) if isinstance(ev, CallDone))
+    assert events[first + 1] == streamed[0]
