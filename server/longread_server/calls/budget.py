@@ -352,8 +352,10 @@ class BudgetStage:
             async for ev in nxt(call):
                 if isinstance(ev, Finish):
                     finished, streamed = True, None
-                    if not ev.cached and model is not None:
-                        await charge(price(model, ev.usage).total_usd)
+                    # A fallback's usage is priced at the rates of the model that answered.
+                    paid = ev.fallback.model if ev.fallback is not None else model
+                    if not ev.cached and paid is not None:
+                        await charge(price(paid, ev.usage).total_usd)
                 elif isinstance(ev, TextDelta):
                     if streamed is None:
                         streamed = []
