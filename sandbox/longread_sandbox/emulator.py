@@ -23,7 +23,7 @@ from .prefix_cache import PrefixCache
 from .protocol import Dialect
 from .settings import SandboxConfig
 from .stats import SandboxStats
-from .tokens import Tokenizer
+from .tokens import Tokenizer, load_in_background
 
 CONTROL_PREFIX = "/_sandbox/"
 # Listed by GET /v1/models next to every model the sandbox has been asked for.
@@ -52,6 +52,7 @@ class Sandbox:
             script=parse_script(self.config.script),
         )
         tokenizer = Tokenizer()
+        load_in_background()
         ids = IdSource()
         self._cache = PrefixCache()
         self._openai = OpenAIDialect(tokenizer, self._cache, ids)

@@ -123,7 +123,7 @@ class VendorEndpoints:
                 extractive_answer(chat.sources),
                 max_tokens=chat.max_tokens,
                 stop=chat.stop,
-                tokenizer=self._tokenizer,
+                tokenizer=self._tokenizer.for_model(chat.model),
             )
             await _sleep_until(answer_at)
             self._count_usage(chat, completion)
@@ -237,7 +237,7 @@ class VendorEndpoints:
     ) -> None:
         """Send the answer as SSE; pace it, and break it if a mid-stream fault is due."""
         frames = dialect.stream_frames(chat, completion)
-        pieces = completion.pieces(self._tokenizer, self._config.delta_tokens)
+        pieces = completion.pieces(self._tokenizer.for_model(chat.model), self._config.delta_tokens)
         self._stats.streams += 1
         self._stats.by_status[200] += 1
         pace = knobs.tokens_per_s

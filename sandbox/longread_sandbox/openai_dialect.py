@@ -17,7 +17,7 @@ from .ids import IdSource
 from .prefix_cache import OPENAI_MIN_CACHED, OPENAI_RETENTION_S, PrefixCache
 from .protocol import ApiError, ChatRequest, Headers
 from .ratelimit import RateSnapshot, go_duration
-from .tokens import PER_MESSAGE_TOKENS, PER_REPLY_TOKENS, Tokenizer
+from .tokens import PER_MESSAGE_TOKENS, PER_NAME_TOKENS, PER_REPLY_TOKENS, Tokenizer
 
 DEFAULT_MAX_TOKENS = 4096
 MAX_STOP_SEQUENCES = 4
@@ -158,7 +158,8 @@ class OpenAIDialect:
                 param="messages",
                 code="empty_array",
             )
-        encode = self._tokenizer.encode
+        # Billed as OpenAI bills: the model's own encoding, its documented chat framing (tokens.py).
+        encode = self._tokenizer.for_model(model).encode
         sources: list[tuple[str, str]] = []
         encoded: list[tuple[int, Sequence[int]]] = []
         prompt_tokens = PER_REPLY_TOKENS
@@ -171,7 +172,12 @@ class OpenAIDialect:
             role, text, images = _message(index, message)
             ids: Sequence[int] = encode(text) if text else ()
             encoded.append((_ROLE_MARKS[role], ids))
-            prompt_tokens += PER_MESSAGE_TOKENS + len(ids) + images * IMAGE_TOKENS
+            prompt_tokens += (
+                PER_MESSAGE_TOKENS + len(encode(role)) + len(ids) + images * IMAGE_TOKENS
+            )
+            name = message.get("name") if isinstance(message, dict) else None
+            if isinstance(name, str) and name:
+                prompt_tokens += PER_NAME_TOKENS + len(encode(name))
             sources.append((role, text))
         stream = body.get("stream") or False
         if not isinstance(stream, bool):

@@ -39,6 +39,7 @@ from longread_server.embedded_sandbox import EmbeddedSandbox, start_sandbox
 from longread_server.plan.catalog import Catalog
 from longread_server.plan.encodings import EncodingMemo
 from longread_server.plan.planner import PlanDefaults
+from longread_server.plan.tokenizers import get_tokenizer
 from longread_server.run.analysis import Analysis
 from longread_server.run.models import ModelResolver
 from longread_server.run.planning import Planning
@@ -214,11 +215,24 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
         for up in cfg.upstreams
     }
     catalog = build_catalog(cfg)
+    # Loading an encoding takes up to ~0.7 s (o200k_base): at start-up, not in the first
+    # request that needs it.
+    await asyncio.to_thread(_load_tokenizers, catalog)
     redis = connect(cfg.redis_url) if cfg.redis_url else None
     # One Redis gate for the cache, budget ledger, rate limits and breakers: one view of its
     # health, so one Redis outage costs one timeout per interval for all of them.
     gate = redis_gate(cfg) if redis is not None else None
-    ledger = BudgetLedger({t.name: t.monthly_budget_usd for t in cfg.tenants}, redis, health=gate)
+    ledger = BudgetLedger(
+        {t.name: t.monthly_budget_usd for t in cfg.tenants},
+        redis,
+        health=gate,
+        state_dir=cfg.budget.state_dir or None,
+    )
+    if ledger.volatile:
+        log.warning(
+            "tenant budgets are kept in memory only: a restart forgets this month's spend "
+            "(set redis_url, or budget.state_dir for a state file)"
+        )
     response_cache = build_response_cache(cfg.cache, redis, gate)
     observe_cache(response_cache, tel)
     resilience = build_resilience(cfg, adapters, catalog, redis, telemetry=tel, health=gate)
@@ -319,6 +333,11 @@ async def serve(cfg: Config) -> None:
         cfg.server.grace_s,
     )
     await gw.stop()
+
+
+def _load_tokenizers(catalog: Catalog) -> None:
+    for name in {m.tokenizer for m in catalog.models()}:
+        get_tokenizer(name).token_byte_lengths  # noqa: B018 (builds the table)
 
 
 def _http_client(cfg: Config) -> UpstreamHttp:

@@ -137,7 +137,9 @@ class UpstreamConfig:
     tokens_per_minute: float = 0.0
     burst_requests: float = 0.0
     burst_tokens: float = 0.0
-    fallback: str = ""  # another upstream to use while this one's circuit is open
+    # Shorthand for a one-entry fallback chain of this upstream's calls (see
+    # FallbackChainConfig): another upstream, or "upstream/model".
+    fallback: str = ""
     api_key: str = ""  # resolved from api_key_env at load time, never from the file
 
 
@@ -203,6 +205,15 @@ class CacheConfig:
                 raise ConfigError(f"cache.{name} must be positive")
         if self.flight_wait_s < 0:
             raise ConfigError("cache.flight_wait_s must not be negative")
+
+
+@dataclass
+class BudgetConfig:
+    """Tenants' monthly budgets (calls/budget.py); the caps are ``tenants[].monthly_budget_usd``."""
+
+    # Where spend is kept across restarts when there is no Redis (one gateway per directory);
+    # empty: in process only, and the gateway warns at start-up that spend is volatile.
+    state_dir: str = ""
 
 
 @dataclass
@@ -360,6 +371,21 @@ class AttemptConfig:
     overrides: list[AttemptOverride] = field(default_factory=_reasoning_override)
 
 
+FALLBACK_TRIGGERS = ("circuit_open", "rate_limited", "upstream_error", "context_overflow")
+
+
+@dataclass
+class FallbackChainConfig:
+    """``[[resilience.fallback]]``: where a call goes when its model cannot answer. Entries are
+    "upstream" (the same model there, else the first of its ``models`` that fits) or
+    "upstream/model", tried in order. A chain for a ``model`` wins over one for its upstream."""
+
+    chain: list[str]
+    upstream: str = ""  # the chain of this upstream's calls...
+    model: str = ""  # ...or of this model's (on ``upstream``, or on any when it is "")
+    on: list[str] = field(default_factory=lambda: list(FALLBACK_TRIGGERS))
+
+
 @dataclass
 class ResilienceConfig:
     """Rate limits, circuit breakers, retries, timeouts and shared-state failover."""
@@ -381,6 +407,26 @@ class ResilienceConfig:
     retry: RetryConfig = field(default_factory=RetryConfig)
     concurrency: ConcurrencyConfig = field(default_factory=ConcurrencyConfig)
     attempt: AttemptConfig = field(default_factory=AttemptConfig)
+    fallback: list[FallbackChainConfig] = field(default_factory=list)
+
+
+def _validate_fallback(cfg: Config) -> None:
+    names = {u.name for u in cfg.upstreams}
+    chains = [(f"upstreams[{i}].fallback", [u.fallback]) for i, u in enumerate(cfg.upstreams)]
+    for i, f in enumerate(cfg.resilience.fallback):
+        where = f"resilience.fallback[{i}]"
+        if not f.upstream and not f.model:
+            raise ConfigError("needs upstream or model (whose calls it is for)", setting=where)
+        if f.upstream and f.upstream not in names:
+            raise ConfigError(f"unknown upstream {f.upstream!r}", setting=f"{where}.upstream")
+        unknown = sorted(set(f.on) - set(FALLBACK_TRIGGERS))
+        if unknown:
+            raise ConfigError(f"{unknown} not in {list(FALLBACK_TRIGGERS)}", setting=f"{where}.on")
+        chains.append((f"{where}.chain", f.chain))
+    for where, chain in chains:
+        for entry in chain:
+            if entry and entry.split("/", 1)[0] not in names:
+                raise ConfigError(f"{entry!r}: no upstream of that name", setting=where)
 
 
 def _validate_attempt(r: ResilienceConfig) -> None:
@@ -483,6 +529,7 @@ class Config:
     tls: TlsConfig = field(default_factory=TlsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     sandbox: EmbeddedSandboxConfig = field(default_factory=EmbeddedSandboxConfig)
     upstreams: list[UpstreamConfig] = field(default_factory=list)
@@ -618,6 +665,7 @@ def _validate(cfg: Config) -> None:
             "must be 0 (from the limits) or positive", setting="server.max_message_bytes"
         )
     _validate_resilience(cfg.resilience)
+    _validate_fallback(cfg)
 
 
 # UTF-8 needs at most 4 bytes a character; the request's other fields (names, options,

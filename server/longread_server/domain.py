@@ -102,6 +102,9 @@ class Finish:
     model: str = ""  # the model the vendor reports
     response_id: str = ""
     cached: bool = False  # answered from the gateway's response cache, not upstream
+    # Set when a model of the call's fallback chain answered instead of the one asked for:
+    # usage is that model's, so it is priced and reported as that model's.
+    fallback: FallbackNote | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +266,31 @@ class ModelInfo:
     cache_min_tokens: int = 0
     # OpenAI extended prompt cache retention the model accepts ("24h"; "": in-memory only).
     prompt_cache_retention: str = ""
+
+
+class FallbackReason(enum.StrEnum):
+    """Why a call left the model it asked for for the next one in its fallback chain."""
+
+    CIRCUIT_OPEN = "circuit_open"  # the upstream's breaker refused the call
+    RATE_LIMITED = "rate_limited"  # still 429 (or held by its Retry-After) after the retries
+    UPSTREAM_ERROR = "upstream_error"  # still 5xx / overloaded after the retries
+    CONTEXT_OVERFLOW = "context_overflow"  # the vendor said the prompt exceeds the window
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackNote:
+    """Which model answered a call instead of the one asked for, and why."""
+
+    reason: FallbackReason
+    from_upstream: str
+    from_model: str
+    model: ModelInfo  # the model that answered (its upstream is ``model.vendor``)
+    detail: str = ""  # the error that made the call move on
+
+    def describe(self) -> str:
+        to = f"{self.model.vendor}/{self.model.model}"
+        why = f"{self.reason.value}: {self.detail}" if self.detail else self.reason.value
+        return f"{self.from_upstream}/{self.from_model} -> {to} ({why})"
 
 
 class ModelPreference(enum.StrEnum):

@@ -11,7 +11,7 @@ from longread.client import AsyncClient, Options, build_request, error_details
 from longread.v1 import analysis_service_pb2 as svc
 from longread_sandbox import Sandbox
 from longread_server.app import Gateway, start
-from longread_server.config import LimitsConfig
+from longread_server.config import LimitsConfig, TenantConfig
 
 from tests.conftest import TENANT_KEYS, gateway_config
 
@@ -203,3 +203,64 @@ async def test_request_built_by_hand_works(client: AsyncClient) -> None:
     req = build_request(svc.AnalyzeRequest, DOC, Q, Options(model="gpt-4.1-nano"))
     r = await client.analyze(request=req)
     assert r.model.model == "gpt-4.1-nano"
+
+
+# ---- whose limit: the vendor's 429, or one of the gateway's own buckets ----
+
+
+async def test_a_vendor_429_names_the_upstream_and_its_retry_after(sandbox: Sandbox) -> None:
+    """Retries exhausted on a vendor that answers 429 with Retry-After (the emulator's: 1 s):
+    the status names the upstream and the wait it asked for. The next call, refused while the
+    upstream is held (its requests_per_minute bucket drained by that 429), names the vendor's
+    limit too, not the gateway's bucket."""
+    cfg = gateway_config(sandbox)
+    cfg.resilience.retry.max_attempts = 2  # one retry, after the Retry-After's second
+    for up in cfg.upstreams:
+        up.requests_per_minute = 600  # our own limit of the upstream: far from reached
+    gw = await start(cfg)
+    opts = Options(model="gpt-4.1-mini", cache="bypass")
+    try:
+        async with AsyncClient(f"127.0.0.1:{gw.port}") as c:
+            d = await expect_error(
+                c.analyze(f"{DOC} [[sandbox-fault:429]]", Q, options=opts, timeout=30),
+                grpc.StatusCode.UNAVAILABLE,
+            )
+            assert d.metadata["limit_owner"] == "upstream"  # type: ignore[attr-defined]
+            assert d.metadata["upstream_status"] == "429"  # type: ignore[attr-defined]
+            assert d.message.startswith(  # type: ignore[attr-defined]
+                "upstream openai (gpt-4.1-mini) is rate limiting (HTTP 429, retry after 1.00s)"
+            )
+            assert d.retry_after_s == pytest.approx(1.0)  # type: ignore[attr-defined]
+            # Held for that second: a call that cannot wait it is refused before sending.
+            d = await expect_error(
+                c.analyze(DOC, Q, options=opts, timeout=0.8), grpc.StatusCode.RESOURCE_EXHAUSTED
+            )
+        assert d.reason == "RATE_LIMITED"  # type: ignore[attr-defined]
+        assert d.metadata["limit_owner"] == "upstream"  # type: ignore[attr-defined]
+        subject = d.quota_violations[0][0]  # type: ignore[attr-defined]
+        assert subject == "upstream:openai/throttled"
+        assert d.message.startswith("upstream 'openai' is rate limiting")  # type: ignore[attr-defined]
+        assert "requests_per_minute" not in d.message  # type: ignore[attr-defined]
+    finally:
+        await gw.stop(0.5)
+
+
+async def test_our_own_bucket_names_our_limit(sandbox: Sandbox) -> None:
+    tenant = TenantConfig(name="metered", api_keys=["k-metered"], requests_per_minute=1)
+    gw = await start(gateway_config(sandbox, tenants=[tenant]))
+    try:
+        async with AsyncClient(f"127.0.0.1:{gw.port}", api_key="k-metered") as c:
+            opts = Options(model="gpt-4.1-mini", cache="bypass")
+            await c.analyze(DOC, Q, options=opts, timeout=30)
+            d = await expect_error(
+                c.analyze(DOC, Q, options=opts, timeout=1.5), grpc.StatusCode.RESOURCE_EXHAUSTED
+            )
+        assert d.reason == "RATE_LIMITED"  # type: ignore[attr-defined]
+        assert d.metadata["limit_owner"] == "gateway"  # type: ignore[attr-defined]
+        subject = d.quota_violations[0][0]  # type: ignore[attr-defined]
+        assert subject == "tenant:metered/requests_per_minute"
+        assert d.message.startswith(  # type: ignore[attr-defined]
+            "the gateway's own limit tenant:metered/requests_per_minute is exhausted"
+        )
+    finally:
+        await gw.stop(0.5)

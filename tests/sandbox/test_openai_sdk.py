@@ -9,7 +9,15 @@ import pytest
 from longread_sandbox import Sandbox, SandboxConfig
 from openai.types.chat import ChatCompletionMessageParam
 
-from .documents import ANSWER, BEST_SENTENCE, ENCODING, PROMPT, long_document, prompt_tokens, tokens
+from .documents import (
+    ANSWER,
+    BEST_SENTENCE,
+    O200K,
+    PROMPT,
+    long_document,
+    o200k_tokens,
+    openai_prompt_tokens,
+)
 
 MODEL = "gpt-4o-mini"
 
@@ -37,8 +45,13 @@ async def test_non_streaming_answer_usage_and_request_id(oai: openai.AsyncOpenAI
     assert choice.finish_reason == "stop"
     usage = completion.usage
     assert usage is not None
-    assert usage.prompt_tokens == prompt_tokens("You answer from the text.", PROMPT)
-    assert usage.completion_tokens == tokens(ANSWER)
+    assert usage.prompt_tokens == openai_prompt_tokens(
+        [
+            {"role": "system", "content": "You answer from the text."},
+            {"role": "user", "content": PROMPT},
+        ]
+    )
+    assert usage.completion_tokens == o200k_tokens(ANSWER)
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
     assert usage.prompt_tokens_details is not None
     assert usage.prompt_tokens_details.cached_tokens == 0
@@ -79,7 +92,7 @@ async def test_max_tokens_truncates_with_finish_reason_length(oai: openai.AsyncO
     )
     assert completion.choices[0].finish_reason == "length"
     assert completion.usage is not None and completion.usage.completion_tokens == 5
-    expected = ENCODING.decode(ENCODING.encode(ANSWER)[:5])
+    expected = O200K.decode(O200K.encode_ordinary(ANSWER)[:5])
     assert completion.choices[0].message.content == expected
     stream = await oai.chat.completions.create(
         model=MODEL,
@@ -101,7 +114,9 @@ async def test_stop_sequence_cuts_the_answer(oai: openai.AsyncOpenAI) -> None:
     content = completion.choices[0].message.content
     assert content == ANSWER[: ANSWER.index("1889")]
     assert completion.choices[0].finish_reason == "stop"
-    assert completion.usage is not None and completion.usage.completion_tokens == tokens(content)
+    assert completion.usage is not None and completion.usage.completion_tokens == o200k_tokens(
+        content
+    )
 
 
 async def test_same_request_same_answer(oai: openai.AsyncOpenAI) -> None:
@@ -116,7 +131,7 @@ async def test_n_choices(oai: openai.AsyncOpenAI) -> None:
     completion = await oai.chat.completions.create(model=MODEL, messages=user(PROMPT), n=2)
     assert [c.index for c in completion.choices] == [0, 1]
     assert completion.usage is not None
-    assert completion.usage.completion_tokens == 2 * tokens(ANSWER)
+    assert completion.usage.completion_tokens == 2 * o200k_tokens(ANSWER)
     stream = await oai.chat.completions.create(model=MODEL, messages=user(PROMPT), n=2, stream=True)
     texts = ["", ""]
     async for chunk in stream:
@@ -372,3 +387,24 @@ async def test_configured_api_key_is_enforced() -> None:
         ) as right:
             completion = await right.chat.completions.create(model=MODEL, messages=user(PROMPT))
         assert completion.choices[0].message.content == ANSWER
+
+
+async def test_prompt_tokens_are_billed_with_the_models_encoding_and_openais_framing(
+    oai: openai.AsyncOpenAI,
+) -> None:
+    """OpenAI's documented chat framing (3 per message, 1 per name, 3 for the reply) over the
+    model's own encoding: o200k_base for GPT-4o / GPT-4.1, cl100k_base for GPT-4 Turbo."""
+    chinese = "港口九点关闭，渡轮每小时一班。第二条生产线推迟了十一周。" * 20
+    messages: list[ChatCompletionMessageParam] = [
+        {"role": "system", "content": "You answer from the text."},
+        {"role": "user", "content": chinese, "name": "analyst"},
+        {"role": "assistant", "content": "Noted."},
+        {"role": "user", "content": PROMPT},
+    ]
+    plain = [{k: str(v) for k, v in m.items()} for m in messages]
+    for model, o200k in (("gpt-4.1-mini", True), ("gpt-4o-mini", True), ("gpt-4-turbo", False)):
+        completion = await oai.chat.completions.create(model=model, messages=messages)
+        assert completion.usage is not None
+        assert completion.usage.prompt_tokens == openai_prompt_tokens(plain, o200k=o200k), model
+    # The encodings really differ on this prompt, so the check above tells them apart.
+    assert openai_prompt_tokens(plain) < openai_prompt_tokens(plain, o200k=False) * 0.8

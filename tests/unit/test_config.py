@@ -152,3 +152,44 @@ def test_upstream_connection_cap(tmp_path: Path, caplog: pytest.LogCaptureFixtur
     assert load_config(env=env).server.upstream_max_connections == 0  # no cap
     with pytest.raises(ConfigError, match="upstream_max_connections"):
         load_config(write(tmp_path, "[server]\nupstream_max_connections = -1\n"), env={})
+
+
+_UPSTREAMS = """
+[[upstreams]]
+name = "openai"
+kind = "openai"
+base_url = "http://x/v1"
+fallback = "anthropic"
+
+[[upstreams]]
+name = "anthropic"
+kind = "anthropic"
+base_url = "http://y"
+"""
+
+
+def test_fallback_chains(tmp_path: Path) -> None:
+    text = (
+        _UPSTREAMS
+        + """
+[[resilience.fallback]]
+model = "gpt-4o"
+chain = ["openai/gpt-4.1", "anthropic/claude-haiku-4-5"]
+on = ["context_overflow", "circuit_open"]
+"""
+    )
+    cfg = load_config(write(tmp_path, text), env={})
+    (chain,) = cfg.resilience.fallback
+    assert chain.model == "gpt-4o" and chain.chain[1] == "anthropic/claude-haiku-4-5"
+    assert cfg.upstreams[0].fallback == "anthropic"
+    bad = {
+        'chain = ["nowhere/gpt-4o"]\nupstream = "openai"': "nowhere",
+        'chain = ["anthropic"]': "needs upstream or model",
+        'chain = ["anthropic"]\nupstream = "openai"\non = ["teapot"]': "teapot",
+    }
+    for table, message in bad.items():
+        with pytest.raises(ConfigError, match=message):
+            load_config(write(tmp_path, _UPSTREAMS + "[[resilience.fallback]]\n" + table), env={})
+    unknown = _UPSTREAMS.replace('fallback = "anthropic"', 'fallback = "azure"')
+    with pytest.raises(ConfigError, match="azure"):
+        load_config(write(tmp_path, unknown), env={})

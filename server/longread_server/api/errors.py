@@ -181,10 +181,21 @@ def from_upstream(err: UpstreamError, vendor: str, model: str) -> ServiceError:
     retry = err.retry_after_s if err.kind.retryable else None
     if retry is None and err.kind.retryable:
         retry = 1.0
+    message = f"upstream {vendor} ({model}) failed: {err.message}"
+    if err.kind is ErrorKind.RATE_LIMITED:
+        # The vendor's limit, not the gateway's: say whose, and when the vendor said to retry.
+        meta["limit_owner"] = "upstream"
+        after = (
+            f"retry after {err.retry_after_s:.2f}s"
+            if err.retry_after_s is not None
+            else "no retry-after given"
+        )
+        status = f"HTTP {err.status}" if err.status is not None else "rate limited"
+        message = f"upstream {vendor} ({model}) is rate limiting ({status}, {after}): {err.message}"
     return ServiceError(
         code,
         reason,
-        f"upstream {vendor} ({model}) failed: {err.message}",
+        message,
         retry_after_s=retry,
         metadata=meta,
     )

@@ -1,25 +1,39 @@
 """Per-tenant monthly budgets: stop spending at the cap, warn at 80 %.
 
-A ledger keeps what each tenant spent this calendar month (UTC). Jobs are checked up front
-against their estimate (the servicer), and every model call is checked again and charged with
-its real cost as it finishes (the pipeline stage), so concurrent jobs cannot overrun the cap
-by more than the calls already in flight. With Redis configured the ledger is shared by all
-replicas (INCRBYFLOAT on a per-month key). Its Redis work goes through the gateway's one Redis
-gate (``state/gate.py``), with the cache, rate limits and breakers: a short timeout, and Redis
-left alone for a while after it fails, so a dead Redis costs one timeout per interval, not two
-per call. The ledger always fails open: while Redis is unavailable each replica checks and counts
-what it spends itself (a budget is an accounting limit; refusing every call would be worse).
+A ledger keeps what each tenant spent this calendar month (UTC). A job reserves its estimate
+before its first call (``BudgetLedger.reserve``: check and add in one step, a Lua script on
+Redis across replicas, one synchronous step in process otherwise), so concurrent jobs cannot
+all pass a check that each of them alone would pass: spend stays within the cap plus what one
+job spends over its estimate. The job's calls are charged against its reservation (the
+pipeline stage), and when the job ends, however it ends, the reservation is settled to what
+its calls cost: the unused part is given back, an overrun was charged as it happened. A call
+is charged for what the upstream consumed: a finished call its reported usage; every attempt
+the vendor received and did not refuse its prompt, and an answer cut short what it streamed.
+
+With Redis configured the ledger is shared by all replicas (a per-month key). Its Redis work
+goes through the gateway's one Redis gate (``state/gate.py``), with the cache, rate limits and
+breakers: a short timeout, and Redis left alone for a while after it fails, so a dead Redis
+costs one timeout per interval, not two per call. The ledger always fails open: while Redis is
+unavailable each replica checks and counts what it spends itself (a budget is an accounting
+limit; refusing every call would be worse). Without Redis, spend lives in process, and in a
+state file when ``budget.state_dir`` is set, so a restart does not forget it; a reservation is
+written there as it is taken, so a crash mid-job keeps the estimate charged, never less.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
+import logging
+import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from redis.asyncio import Redis
 
+from longread_server.calls.limits import prompt_tokens
 from longread_server.calls.pipeline import Call, Next
 from longread_server.domain import (
     CallRejected,
@@ -32,14 +46,31 @@ from longread_server.domain import (
 )
 from longread_server.plan.catalog import Catalog, price
 from longread_server.plan.tokenizers import get_tokenizer
-from longread_server.state.gate import SHARED, RedisGate
+from longread_server.state.gate import LOCAL, SHARED, RedisGate
 
+log = logging.getLogger(__name__)
 WARN_SHARE = 0.8
 _KEY_TTL_S = 40 * 24 * 3600  # a month's key outlives the month, then expires
+STATE_FILE = "budget-spend.json"
+_MONTHS_KEPT = 2  # the state file keeps this month and the last (a job may span the change)
+
+# KEYS[1]: the month's spend. ARGV: amount, cap, ttl_s. -> {1, spent after} | {0, spent}
+# Check and add in one step: two replicas cannot both take the last of the budget.
+_RESERVE = """
+local spent = tonumber(redis.call('GET', KEYS[1]) or '0')
+if spent + tonumber(ARGV[1]) > tonumber(ARGV[2]) then return {0, tostring(spent)} end
+local after = redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+return {1, tostring(after)}
+"""
 
 
 def month_of(now: dt.datetime) -> str:
     return now.strftime("%Y-%m")
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +90,7 @@ class BudgetState:
 
 
 class BudgetLedger:
-    """Monthly spend per tenant, in process or shared through Redis."""
+    """Monthly spend per tenant, in process (and its state file) or shared through Redis."""
 
     def __init__(
         self,
@@ -67,13 +98,26 @@ class BudgetLedger:
         redis: Redis | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         health: RedisGate | None = None,
+        state_dir: str | Path | None = None,
     ) -> None:
         self._caps = {t: c for t, c in caps.items() if c > 0}
         self._redis = redis
         self._clock = clock
+        # Without Redis: all of the tenant's spend; with it: this replica's part, used while
+        # Redis is unavailable.
         self._local: dict[tuple[str, str], float] = {}
         # The gateway passes the gate its other shared state uses; alone, one of its own.
         self.health = health or RedisGate()
+        self._file = Path(state_dir) / STATE_FILE if state_dir else None
+        self._save_failed = False
+        if self._file is not None:
+            self._load(self._file)
+        self._reserve_script = redis.register_script(_RESERVE) if redis is not None else None
+
+    @property
+    def volatile(self) -> bool:
+        """True when a restart would forget what tenants with a cap have spent."""
+        return bool(self._caps) and self._redis is None and self._file is None
 
     def cap(self, tenant: str) -> float:
         return self._caps.get(tenant, 0.0)
@@ -104,25 +148,158 @@ class BudgetLedger:
     async def charge(self, tenant: str, usd: float) -> None:
         if usd <= 0 or not self.cap(tenant):
             return
+        await self.book(self._key(tenant), usd, usd, SHARED)
+
+    async def reserve(self, tenant: str, usd: float) -> Reservation | None:
+        """Takes ``usd`` of ``tenant``'s budget for a job, or refuses (BUDGET_EXCEEDED) when
+        less is left; None for a tenant without a cap."""
+        cap = self.cap(tenant)
+        if not cap:
+            return None
+        usd = max(0.0, usd)
         key = self._key(tenant)
-        self._local[key] = self._local.get(key, 0.0) + usd
+
+        def take_local() -> tuple[bool, float]:
+            spent = self._local.get(key, 0.0)
+            if spent + usd > cap:
+                return False, spent
+            self.book_local(key, usd)
+            return True, spent
+
+        redis, script = self._redis, self._reserve_script
+        if redis is None or script is None:
+            (taken, spent), where = take_local(), LOCAL
+        else:
+
+            async def shared() -> tuple[bool, float]:
+                args: list[str | float] = [repr(usd), repr(cap), _KEY_TTL_S]
+                reply = await script(keys=[self._redis_key(key)], args=args)
+                if int(reply[0]) == 0:
+                    return False, float(_text(reply[1]))
+                # Also this replica's part, should Redis fail before the settlement.
+                self.book_local(key, usd)
+                return True, float(_text(reply[1])) - usd
+
+            async def local() -> tuple[bool, float]:
+                return take_local()
+
+            (taken, spent), where = await self.health.run(shared, local, fail_open=True)
+        if not taken:
+            raise exceeded(tenant, BudgetState(cap, spent), usd)
+        return Reservation(self, key, usd, where, BudgetState(cap, max(0.0, spent)))
+
+    async def book(
+        self, key: tuple[str, str], local_usd: float, shared_usd: float, where: str
+    ) -> None:
+        """Adds ``local_usd`` in process and ``shared_usd`` in Redis (when ``where`` is shared
+        and Redis is up); negative amounts give back."""
+        self.book_local(key, local_usd)
         redis = self._redis
-        if redis is None:
+        if redis is None or not shared_usd:
             return
 
         async def add() -> None:
             rkey = self._redis_key(key)
             async with redis.pipeline(transaction=True) as p:
-                p.incrbyfloat(rkey, usd)
+                p.incrbyfloat(rkey, shared_usd)
                 p.expire(rkey, _KEY_TTL_S)
                 await p.execute()
 
         # Skipped while Redis is known to be down (counted as dropped): the local ledger has it.
-        await self.health.settle(SHARED, add)
+        await self.health.settle(where, add)
+
+    def book_local(self, key: tuple[str, str], usd: float) -> None:
+        """Adds to the in-process ledger (and its state file)."""
+        if not usd:
+            return
+        self._local[key] = max(0.0, self._local.get(key, 0.0) + usd)
+        if self._file is not None:
+            self._save(self._file)
+
+    def _load(self, path: Path) -> None:
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as e:
+            # Refusing to start would stop every tenant; starting from zero is what a gateway
+            # without a state file does, and the log says so.
+            log.warning("budget state %s is unreadable (%r); spend starts from zero", path, e)
+            return
+        for month, spend in data.get("spend", {}).items():
+            for tenant, usd in spend.items():
+                self._local[(str(tenant), str(month))] = float(usd)
+
+    def _save(self, path: Path) -> None:
+        months = sorted({m for _, m in self._local})[-_MONTHS_KEPT:]
+        spend: dict[str, dict[str, float]] = {m: {} for m in months}
+        for (tenant, month), usd in self._local.items():
+            if month in spend:
+                spend[month][tenant] = usd
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps({"version": 1, "spend": spend}, sort_keys=True))
+            os.replace(tmp, path)  # a reader (or a crash) sees the old file or the new one
+        except OSError as e:
+            if not self._save_failed:
+                log.warning("budget state %s cannot be written (%r)", path, e)
+            self._save_failed = True
+        else:
+            self._save_failed = False
 
     @staticmethod
     def _redis_key(key: tuple[str, str]) -> str:
         return f"longread:budget:{key[1]}:{key[0]}"
+
+
+class Reservation:
+    """A job's share of its tenant's budget, taken before its first call and settled when it
+    ends: its calls are charged here, and reach the ledger only beyond what was reserved."""
+
+    def __init__(
+        self,
+        ledger: BudgetLedger,
+        key: tuple[str, str],
+        usd: float,
+        where: str,
+        before: BudgetState,
+    ) -> None:
+        self._ledger = ledger
+        self._key = key
+        self.reserved_usd = usd
+        self.where = where  # where the reservation was taken: Redis (shared) or in process
+        self.before = before  # the tenant's budget just before it
+        self.used_usd = 0.0
+        self._covered = usd  # in the ledger for this job: the reservation, then any overrun
+        self.settled = False
+
+    @property
+    def covers(self) -> bool:
+        return not self.settled and self.used_usd < self.reserved_usd
+
+    async def charge(self, usd: float) -> None:
+        if usd <= 0:
+            return
+        if self.settled:  # a call that outlived its job (a cancelled map call settling late)
+            await self._ledger.book(self._key, usd, usd, SHARED)
+            return
+        self.used_usd += usd
+        over = self.used_usd - self._covered
+        if over > 0:
+            self._covered = self.used_usd
+            await self._ledger.book(self._key, over, over, SHARED)
+
+    async def settle(self) -> None:
+        """Gives back what the job did not use (once)."""
+        if self.settled:
+            return
+        self.settled = True
+        local = self.used_usd - self._covered
+        # A reservation Redis never saw (taken while it was down) is not given back there;
+        # the job's real cost is added instead.
+        shared = local if self.where == SHARED else local + self.reserved_usd
+        await self._ledger.book(self._key, local, shared, SHARED)
 
 
 def exceeded(tenant: str, state: BudgetState, extra_usd: float = 0.0) -> CallRejected:
@@ -140,8 +317,10 @@ def exceeded(tenant: str, state: BudgetState, extra_usd: float = 0.0) -> CallRej
 
 
 class BudgetStage:
-    """Refuses calls once a tenant's budget is spent; charges each call's cost: a finished
-    call's reported usage, and a call ended early what the upstream had read and written."""
+    """Refuses calls once a tenant's budget is spent (unless the job's reservation still
+    covers them); charges each call what the upstream consumed: a finished call its reported
+    usage, a call ended early its prompt and the answer so far, and every other attempt the
+    vendor received (a retried timeout, a losing hedge) its prompt."""
 
     def __init__(self, ledger: BudgetLedger, catalog: Catalog) -> None:
         self._ledger = ledger
@@ -154,36 +333,55 @@ class BudgetStage:
             async for ev in nxt(call):
                 yield ev
             return
-        state = await self._ledger.state(tenant)
-        if state.remaining_usd <= 0:
-            raise exceeded(tenant, state)
+        spend = call.ctx.budget
+        if spend is None or not spend.covers:
+            state = await self._ledger.state(tenant)
+            if state.remaining_usd <= 0:
+                raise exceeded(tenant, state)
+
+        async def charge(usd: float) -> None:
+            if spend is not None:
+                await spend.charge(usd)
+            else:
+                await self._ledger.charge(tenant, usd)
+
         model = self._catalog.get(call.vendor, call.req.model)
+        finished = False
         streamed: list[str] | None = None  # the answer so far, once the upstream has answered
         try:
             async for ev in nxt(call):
                 if isinstance(ev, Finish):
-                    streamed = None
-                    if not ev.cached and model is not None:
-                        await self._ledger.charge(tenant, price(model, ev.usage).total_usd)
+                    finished, streamed = True, None
+                    # A fallback's usage is priced at the rates of the model that answered.
+                    paid = ev.fallback.model if ev.fallback is not None else model
+                    if not ev.cached and paid is not None:
+                        await charge(price(paid, ev.usage).total_usd)
                 elif isinstance(ev, TextDelta):
                     if streamed is None:
                         streamed = []
                     streamed.append(ev.text)
                 yield ev
         finally:
-            if streamed is not None and model is not None:
-                # Ended after the upstream had read the prompt and begun to answer, but before
-                # it reported usage (the caller cancelled, the drain cut it, the stream broke):
-                # the vendor bills what it read and wrote, so the tenant is charged for it.
-                await self._charge_unfinished(tenant, model, call, "".join(streamed))
+            if model is not None:
+                usd = self._unreported_usd(model, call, finished, streamed)
+                if usd > 0:
+                    with contextlib.suppress(Exception):  # never mask how the call ended
+                        await charge(usd)
 
-    async def _charge_unfinished(
-        self, tenant: str, model: ModelInfo, call: Call, text: str
-    ) -> None:
+    @staticmethod
+    def _unreported_usd(
+        model: ModelInfo, call: Call, finished: bool, streamed: list[str] | None
+    ) -> float:
+        """What the vendor bills that no usage reported: the prompt of every attempt it
+        received and did not refuse (cancelled or timed out while it worked, before or after
+        answering), and the text of an answer cut short before its usage came."""
+        prompts = call.meter.sent - call.meter.refused - (1 if finished else 0)
+        if streamed is not None:
+            prompts = max(prompts, 1)  # the answering attempt read its prompt, whatever came next
+        output = get_tokenizer(model.tokenizer).count("".join(streamed)) if streamed else 0
+        if prompts <= 0 and not output:
+            return 0.0
         usage = Usage(
-            input_tokens=call.req.estimated_prompt_tokens,
-            output_tokens=get_tokenizer(model.tokenizer).count(text),
-            calls=1,
+            input_tokens=max(0, prompts) * prompt_tokens(call.req), output_tokens=output, calls=1
         )
-        with contextlib.suppress(Exception):  # never mask how the call ended
-            await self._ledger.charge(tenant, price(model, usage).total_usd)
+        return price(model, usage).total_usd

@@ -333,6 +333,15 @@ class ResponseCache:
         await self.store.put(key, raw, ttl_s)
         self.stats.stores += 1
 
+    async def keep(self, ctx: CallContext, key: str, deltas: list[str], finish: Finish) -> None:
+        """Stores a complete answer under ``key``, as the call's policy allows."""
+        if ctx.cache_mode == "no_store":
+            self.stats.store_skipped += 1
+            return
+        raw = self.encode_for_store(CachedAnswer.of(deltas, finish))
+        if raw is not None:
+            await self.write(key, raw, self.ttl(ctx))
+
 
 def not_cached(call: Call) -> CallRejected:
     return CallRejected(

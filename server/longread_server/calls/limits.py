@@ -254,13 +254,26 @@ class RateLimitStage:
         if isinstance(decision, Limited):
             name = quota.name_of(decision.key)
             self.observer.rejected("rate_limited", name)
+            wait = decision.retry_after_s
+            if decision.key in quota.holds:
+                # Held after the vendor's own 429: its limit, not one of ours.
+                message = (
+                    f"upstream {call.vendor!r} is rate limiting (it answered 429 and asked to "
+                    f"wait): retry after {wait:.2f}s, more than the call's deadline allows"
+                )
+                owner = "upstream"
+            else:
+                message = (
+                    f"the gateway's own limit {name} is exhausted: the call would have to "
+                    f"wait {wait:.2f}s, more than its deadline allows"
+                )
+                owner = "gateway"
             raise CallRejected(
                 "RATE_LIMITED",
-                f"{name} is exhausted: the call would have to wait "
-                f"{decision.retry_after_s:.2f}s, more than its deadline allows",
-                retry_after_s=decision.retry_after_s,
+                message,
+                retry_after_s=wait,
                 quota_subject=name,
-                metadata={"vendor": call.vendor},
+                metadata={"vendor": call.vendor, "limit_owner": owner},
             )
         self.observer.waited(self.limit, decision.wait_s)
         return decision

@@ -30,6 +30,25 @@ from longread_server.telemetry import Instruments, Telemetry, current_span, disa
 from longread_server.vendors.base import VendorAdapter
 
 
+class JobSpend(Protocol):
+    """What a job has reserved of its tenant's budget (``calls/budget.py``): its calls are
+    charged against it, and need no check of the ledger while it covers them."""
+
+    @property
+    def covers(self) -> bool: ...
+
+    async def charge(self, usd: float) -> None: ...
+
+
+@dataclass(slots=True)
+class CallMeter:
+    """What one call did at the vendor, over all its attempts (retries, hedges): shared by
+    every ``replace(call, attempt=n)``, so the stages outside see what the ones inside did."""
+
+    sent: int = 0  # attempts handed to the vendor adapter
+    refused: int = 0  # of those, the ones the vendor answered with an error (nothing billed)
+
+
 @dataclass(frozen=True, slots=True)
 class CallContext:
     """Who is calling and until when; flows from the gRPC request into every stage."""
@@ -39,6 +58,7 @@ class CallContext:
     cache_mode: str = "default"  # default | bypass | no_store | only_if_cached
     cache_ttl_s: float | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
+    budget: JobSpend | None = None  # the job's reservation of its tenant's budget
 
     def remaining(self) -> float | None:
         """Seconds left before the deadline (None: no deadline)."""
@@ -56,6 +76,7 @@ class Call:
     req: LlmRequest
     ctx: CallContext
     attempt: int = 0  # 0 for the first try; a retry stage passes replace(call, attempt=n)
+    meter: CallMeter = field(default_factory=CallMeter)
 
 
 Next = Callable[[Call], AsyncIterator[LlmEvent]]
@@ -112,11 +133,15 @@ def _sender(tel: Telemetry) -> Next:
                         span.set_attribute("gen_ai.usage.input_tokens", count.input_tokens)
                     yield count
                     return
+                call.meter.sent += 1
                 async for event in call.adapter.call(req, timeout=remaining):
                     if isinstance(event, Finish):
                         _record_finish(span, inst, base, event)
                     yield event
         except UpstreamError as e:
+            # The vendor answered with an error (nothing billed) or never saw the request.
+            if e.status is not None or e.unsent:
+                call.meter.refused += 1
             inst.upstream_errors.add(1, {**base, "error.type": e.kind.value})
             span.set_status(Status(StatusCode.ERROR, e.kind.value))
             span.set_attribute("error.type", e.kind.value)

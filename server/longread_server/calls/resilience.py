@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from longread_server.calls.breaker import BreakerStage
 from longread_server.calls.concurrency import AdaptiveConcurrency, ConcurrencyParams
-from longread_server.calls.fallback import FallbackStage
+from longread_server.calls.fallback import FallbackStage, chains_from
 from longread_server.calls.hedge import HedgeStage
 from longread_server.calls.limits import Quota, RateLimitStage, make_quota
 from longread_server.calls.pipeline import Call
@@ -99,7 +99,7 @@ class Resilience:
     operators and tests look at."""
 
     tenant_limit: RateLimitStage
-    fallback: FallbackStage | None  # None with the breaker off
+    fallback: FallbackStage | None  # None without a fallback chain
     upstream_limit: RateLimitStage
     breaker: BreakerStage | None
     timeouts: AttemptTimeouts
@@ -227,10 +227,24 @@ def build_resilience(
         observer=observer,
         tracer=tracer,
     )
-    fallback = breaker = None
+    breaker = None
     if r.breaker.enabled:
-        fallback = FallbackStage(breakers, params, upstreams, adapters, catalog)
         breaker = BreakerStage(breakers, params, r.breaker.slow_call_s, clock, observer)
+    chains = chains_from(cfg.upstreams, r.fallback)
+    fallback = (
+        FallbackStage(
+            breakers,
+            params,
+            upstreams,
+            adapters,
+            catalog,
+            chains,
+            breaker_on=breaker is not None,
+            observer=observer,
+        )
+        if chains
+        else None
+    )
     if isinstance(observer, MetricsObserver):
         _gauges(observer, concurrency, health)
     return Resilience(

@@ -9,6 +9,9 @@ is seen to change. ``MetricsObserver`` turns that into the gateway's metrics:
   over_capacity, circuit_open, state_unavailable) and ``longread.limit``/``longread.upstream``;
 * ``longread.resilience.retries`` (counter) by upstream and ``error.type``;
 * ``longread.resilience.hedges`` (counter) by upstream: hedged attempts started;
+* ``longread.resilience.fallbacks`` (counter) by ``longread.reason`` (circuit_open,
+  rate_limited, upstream_error, context_overflow), ``gen_ai.request.model`` (the model asked
+  for, as upstream/model) and ``longread.fallback.model`` (the one sent to instead);
 * gauges read at collection: ``longread.breaker.state`` (0 closed, 1 half-open, 2 open) and
   ``longread.concurrency.limit`` per upstream, ``longread.state.degraded`` (1 while Redis is
   failing and local state stands in) and ``longread.state.redis_errors``.
@@ -41,6 +44,9 @@ class ResilienceObserver:
     def breaker(self, upstream: str, state: str) -> None:
         """``upstream``'s breaker was seen in ``state``."""
 
+    def fell_back(self, reason: str, asked: str, sent_to: str) -> None:
+        """A call asked of ``asked`` was sent to ``sent_to`` (both upstream/model)."""
+
 
 NULL_OBSERVER = ResilienceObserver()
 
@@ -65,6 +71,11 @@ class MetricsObserver(ResilienceObserver):
             "longread.resilience.hedges",
             unit="{attempt}",
             description="Hedged attempts: started beside an attempt that had not answered",
+        )
+        self._fallbacks = meter.create_counter(
+            "longread.resilience.fallbacks",
+            unit="{call}",
+            description="Calls sent down their fallback chain, by reason and model",
         )
         self.breakers: dict[str, str] = {}
         instruments.observe(
@@ -93,3 +104,11 @@ class MetricsObserver(ResilienceObserver):
 
     def breaker(self, upstream: str, state: str) -> None:
         self.breakers[upstream] = state
+
+    def fell_back(self, reason: str, asked: str, sent_to: str) -> None:
+        attrs = {
+            "longread.reason": reason,
+            "gen_ai.request.model": asked,
+            "longread.fallback.model": sent_to,
+        }
+        self._fallbacks.add(1, attrs)

@@ -140,11 +140,11 @@ class RetryStage:
             if err.kind is ErrorKind.RATE_LIMITED and err.retry_after_s is not None:
                 raise CallRejected(
                     "RATE_LIMITED",
-                    f"upstream {call.vendor!r} is rate limiting: it asks to wait "
-                    f"{err.retry_after_s:.2f}s, past the call's deadline",
+                    f"upstream {call.vendor!r} is rate limiting (it answered 429): retry "
+                    f"after {err.retry_after_s:.2f}s, past the call's deadline",
                     retry_after_s=err.retry_after_s,
                     quota_subject=f"upstream:{call.vendor}/throttled",
-                    metadata={"vendor": call.vendor},
+                    metadata={"vendor": call.vendor, "limit_owner": "upstream"},
                 ) from err
             raise err
         if not budget.try_retry():

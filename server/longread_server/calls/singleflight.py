@@ -251,13 +251,11 @@ class SingleFlightStage:
             yield ev
 
     async def _store(self, call: Call, key: str, deltas: list[str], finish: Finish) -> None:
-        cache = self._cache
-        if call.ctx.cache_mode == "no_store":
-            cache.stats.store_skipped += 1
+        if finish.fallback is not None:
+            # Another model answered: ``key`` is the primary request's, and the fallback
+            # stage has stored the answer under the key of the request that gave it.
             return
-        raw = cache.encode_for_store(CachedAnswer.of(deltas, finish))
-        if raw is not None:
-            await cache.write(key, raw, cache.ttl(call.ctx))
+        await self._cache.keep(call.ctx, key, deltas, finish)
 
     def _close(self, fid: str, flight: _Flight) -> None:
         if self._flights.get(fid) is flight:

@@ -11,7 +11,10 @@ Why this order:
 * the tenant's budget and rate limit count what the tenant asked for: once per call, whatever
   the retries below;
 * the fallback decides before the upstream's limits and breaker, so a rerouted call meets the
-  fallback's own;
+  fallback's own, and outside retry, so it takes over only once the retries are spent. It is
+  inside the cache, which keyed the primary's request: the fallback reads and stores its
+  answer under the key of the request that answered (it is given the cache for that), and
+  single-flight does not store an answer another model gave under the primary's key;
 * retry sits outside the upstream's limits and breaker, so every attempt is paid for in the
   upstream's buckets (the vendor counts it), every 429 slows the upstream down, every attempt
   is an outcome for the breaker, and a retry never slips past an open circuit (resilience4j's
@@ -25,8 +28,11 @@ Why this order:
 
 from __future__ import annotations
 
+import dataclasses
+
 from longread_server.calls.budget import BudgetStage
 from longread_server.calls.cache import CacheStage, ResponseCache
+from longread_server.calls.fallback import FallbackStage
 from longread_server.calls.pipeline import CallStage
 from longread_server.calls.resilience import Resilience
 from longread_server.calls.singleflight import SingleFlightStage
@@ -47,7 +53,7 @@ def pipeline_stages(
         SingleFlightStage(cache) if cache is not None else None,
         budget,
         resilience.tenant_limit,
-        resilience.fallback,
+        _with_cache(resilience.fallback, cache),
         resilience.retry,
         resilience.hedge,
         resilience.upstream_limit,
@@ -55,3 +61,10 @@ def pipeline_stages(
         resilience.timeouts,
     ]
     return [stage for stage in order if stage is not None]
+
+
+def _with_cache(stage: FallbackStage | None, cache: ResponseCache | None) -> FallbackStage | None:
+    """The fallback stage reading and storing its answers in this pipeline's cache."""
+    if stage is None or cache is None:
+        return stage
+    return dataclasses.replace(stage, cache=cache)

@@ -240,6 +240,7 @@ class _Doc:
         "lens",
         "n",
         "ntok",
+        "o200k",
         "scan",
     )
 
@@ -258,7 +259,9 @@ class _Doc:
         # Undershoots the tokens in a span a little (~80 % of a span's bytes at the mean), so
         # a walk's first jump rarely passes its target.
         self.bytes_per_token = 1.25 * self.n / max(1, self.ntok)
-        self.exact_pieces = tokenizer.splits_like_cl100k
+        pretokenizer = tokenizer.pretokenizer
+        self.exact_pieces = pretokenizer is not None
+        self.o200k = pretokenizer == "o200k"
 
     # -- characters ---------------------------------------------------------------------------
 
@@ -301,8 +304,9 @@ class _Doc:
             return _HARD
         data = self.data
         x, y = data[b - 1], data[b]
+        o200k = self.o200k
         if x < 0x80 and y < 0x80:
-            return _ASCII_KINDS[x << 7 | y]
+            return (_ASCII_KINDS_O200K if o200k else _ASCII_KINDS)[x << 7 | y]
         if x < 0x80:
             prev = chr(x)
         else:
@@ -311,11 +315,11 @@ class _Doc:
                 j -= 1
             prev = data[j:b].decode("utf-8")
         nxt = self.char_at(b)
-        kind = _KINDS.get((prev, nxt))
+        kind = _KINDS.get((prev, nxt, o200k))
         if kind is None:
             if len(_KINDS) > 1 << 16:
                 _KINDS.clear()
-            kind = _KINDS[prev, nxt] = _kind(prev, nxt)
+            kind = _KINDS[prev, nxt, o200k] = _kind(prev, nxt, o200k)
         return kind
 
     # -- tokens -------------------------------------------------------------------------------
@@ -446,8 +450,10 @@ class _Doc:
         return -1, -1
 
 
-def _kind(prev: str, nxt: str) -> int:
-    """``_Doc.split_kind`` between two characters."""
+def _kind(prev: str, nxt: str, o200k: bool = False) -> int:
+    """``_Doc.split_kind`` between two characters (``o200k``: under o200k_base's pattern)."""
+    if o200k and prev.isalpha() and (nxt == "'" or unicodedata.category(nxt)[0] == "M"):
+        return 0  # o200k_base: a word runs on into its marks and its contraction
     if nxt.isalpha():
         if prev.isalpha():
             return 0
@@ -470,7 +476,9 @@ def _known(ch: str) -> bool:
 
 
 _ASCII_KINDS = bytes(_kind(chr(i >> 7), chr(i & 0x7F)) for i in range(1 << 14))
-_KINDS: dict[tuple[str, str], int] = {}  # split kinds of non-ASCII character pairs, memoized
+_ASCII_KINDS_O200K = bytes(_kind(chr(i >> 7), chr(i & 0x7F), True) for i in range(1 << 14))
+# Split kinds of non-ASCII character pairs (and the pattern), memoized.
+_KINDS: dict[tuple[str, str, bool], int] = {}
 
 _Anchor = tuple[int, int]  # (token index, byte offset where that token starts)
 

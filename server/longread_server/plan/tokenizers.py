@@ -105,7 +105,7 @@ class Tokenizer:
     a limit of N real tokens is safe at ``N / (1 + error)`` counted tokens.
     """
 
-    __slots__ = ("_cl100k", "_encode", "_encoding", "_lengths", "error", "exact", "name")
+    __slots__ = ("_encode", "_encoding", "_lengths", "error", "exact", "name")
 
     def __init__(
         self,
@@ -124,7 +124,6 @@ class Tokenizer:
         self.error = float(error)
         self._encoding = encoding if encoding is not None else offline_encoding()
         self._encode = self._encoding.encode_ordinary
-        self._cl100k = self._encoding.name in _CL100K_NAMES
         self._lengths: tuple[int, ...] | None = None
 
     def __repr__(self) -> str:
@@ -135,13 +134,13 @@ class Tokenizer:
         return self._encoding.name
 
     @property
-    def splits_like_cl100k(self) -> bool:
-        """True when the encoding pre-splits text with cl100k_base's pattern.
-
-        The chunker relies on that pattern to prove that token counts taken from one encoding
-        of the whole document are exact for a span; for other encodings it re-encodes spans.
-        """
-        return self._cl100k
+    def pretokenizer(self) -> str | None:
+        """ "cl100k" or "o200k" when the encoding pre-splits text with that known pattern, else
+        None. The chunker relies on the pattern to prove that token counts taken from one
+        encoding of the whole document are exact for a span; for other encodings it re-encodes
+        spans."""
+        name = self._encoding.name
+        return "cl100k" if name in _CL100K_NAMES else "o200k" if name == O200K else None
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``; special-token strings are encoded as ordinary text."""

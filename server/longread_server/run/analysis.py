@@ -13,8 +13,9 @@ import time
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 
-from longread_server.calls.budget import BudgetLedger, exceeded
+from longread_server.calls.budget import BudgetLedger, Reservation
 from longread_server.calls.pipeline import CallContext
+from longread_server.calls.tasks import detach
 from longread_server.domain import (
     FieldViolation,
     InvalidRequest,
@@ -104,7 +105,7 @@ class Analysis:
         run: bool = True,
     ) -> PreparedJob:
         """Plans ``request``; for a run (``run``), also admits it against the request's own
-        budget and the tenant's monthly one."""
+        budget (the tenant's monthly one is reserved when the job runs)."""
         with current_span(self._tel.tracer.start_span("plan"), current=False) as span:
             plan, fits = await self.planning.plan(request, with_fits=not run)
             if span.is_recording():
@@ -117,11 +118,8 @@ class Analysis:
                     }
                 )
         self._check_sampling(request, plan.model.vendor)
-        warnings: list[JobWarning] = []
-        if run:
-            if not plan.within_budget:
-                raise OverRequestBudget(plan.estimated_cost.total_usd, request.spec.max_cost_usd)
-            warnings = await self._check_tenant_budget(tenant, plan)
+        if run and not plan.within_budget:
+            raise OverRequestBudget(plan.estimated_cost.total_usd, request.spec.max_cost_usd)
         return PreparedJob(
             request=request,
             tenant=tenant,
@@ -130,7 +128,6 @@ class Analysis:
             deadline=deadline,
             started=started,
             planning_s=time.monotonic() - started,
-            warnings=warnings,
         )
 
     def _check_sampling(self, request: JobRequest, vendor: str) -> None:
@@ -150,15 +147,29 @@ class Analysis:
             )
 
     async def run(self, prep: PreparedJob, *, streaming: bool) -> AsyncGenerator[RunEvent, None]:
-        """The job's events: the plan first, the result last."""
+        """The job's events: the plan first, the result last. The job's estimate is reserved
+        of the tenant's budget before its first call (refused: BUDGET_EXCEEDED, nothing
+        called) and settled to what its calls cost when it ends, however it ends."""
+        spend = await self._reserve(prep)
+        job = self._job(prep, streaming, spend)
+        ended = False
         try:
-            async with contextlib.aclosing(self._runner.run(self._job(prep, streaming))) as evs:
+            async with contextlib.aclosing(self._runner.run(job)) as evs:
                 async for ev in evs:
                     yield ev
+            ended = True
         except UpstreamError as e:
             raise ModelCallFailed(e, prep.plan.model.vendor, prep.plan.model.model) from e
+        finally:
+            if spend is not None:
+                if ended:
+                    await spend.settle()
+                else:
+                    # Cancelled, cut by the drain or failed: settling must not wait on Redis
+                    # in a task that is being cancelled (calls/tasks.py).
+                    detach(spend.settle())
 
-    def _job(self, prep: PreparedJob, streaming: bool) -> Job:
+    def _job(self, prep: PreparedJob, streaming: bool, spend: Reservation | None) -> Job:
         request = prep.request
         vendor = prep.plan.model.vendor
         ctx = CallContext(
@@ -167,6 +178,7 @@ class Analysis:
             cache_mode=request.cache_mode,
             cache_ttl_s=request.cache_ttl_s,
             labels=request.labels,
+            budget=spend,
         )
         return Job(
             spec=request.spec,
@@ -181,25 +193,22 @@ class Analysis:
             streaming=streaming,
         )
 
-    async def _check_tenant_budget(self, tenant: str, plan: JobPlan) -> list[JobWarning]:
-        """Refuses a job whose estimate exceeds what the tenant has left this month; warns
-        when the job takes the tenant past 80 % of its budget."""
-        state = await self._ledger.state(tenant)
-        if not state.cap_usd:
-            return []
-        needed = plan.estimated_cost.total_usd
-        if needed > state.remaining_usd:
-            raise exceeded(tenant, state, needed)
-        if state.warns_after(needed):
-            share = (state.spent_usd + needed) / state.cap_usd
-            return [
+    async def _reserve(self, prep: PreparedJob) -> Reservation | None:
+        """Reserves the job's estimate of what the tenant has left this month, or refuses it;
+        warns when the job takes the tenant past 80 % of its budget."""
+        needed = prep.plan.estimated_cost.total_usd
+        spend = await self._ledger.reserve(prep.tenant, needed)
+        if spend is not None and spend.before.warns_after(needed):
+            before = spend.before
+            share = (before.spent_usd + needed) / before.cap_usd
+            prep.warnings.append(
                 JobWarning(
                     "BUDGET_80_PERCENT",
-                    f"tenant {tenant!r} will have used up to {share:.0%} of its monthly budget "
-                    f"(${state.cap_usd:.2f}) after this job",
+                    f"tenant {prep.tenant!r} will have used up to {share:.0%} of its monthly "
+                    f"budget (${before.cap_usd:.2f}) after this job",
                 )
-            ]
-        return []
+            )
+        return spend
 
     async def _count_exactly(self, prep: PreparedJob) -> None:
         """Re-plans with the vendor's own token count, where the upstream has a counting

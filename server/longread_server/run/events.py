@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from longread_server.domain import ModelInfo, Usage
+from longread_server.domain import FallbackNote, ModelInfo, Usage
 from longread_server.plan.catalog import Price
 from longread_server.plan.planner import JobPlan
 
@@ -56,6 +56,9 @@ class CallOutput:
     usage: Usage
     cached: bool
     finish_reason: str
+    # The model that answered (None: the plan's); with ``fallback``, why it was not the plan's.
+    model: ModelInfo | None = None
+    fallback: FallbackNote | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +92,27 @@ def tokens_estimated(plan: JobPlan) -> JobWarning | None:
         f"{plan.model.model} has no offline tokenizer here: counts use cl100k_base and may be "
         f"off by up to {plan.token_error:.0%}",
     )
+
+
+def fallback_kind(n: FallbackNote) -> tuple[str, ...]:
+    """What makes two reroutes the same for a warning: from where, to where, why."""
+    return (n.from_upstream, n.from_model, n.model.vendor, n.model.model, n.reason.value)
+
+
+def fallbacks_taken(notes: list[FallbackNote]) -> list[JobWarning]:
+    """One FALLBACK warning per (model asked for, model that answered, reason), with how many
+    calls it covers, in the order they first happened."""
+    counts: dict[tuple[str, ...], tuple[FallbackNote, int]] = {}
+    for n in notes:
+        first, count = counts.get(fallback_kind(n), (n, 0))
+        counts[fallback_kind(n)] = (first, count + 1)
+    return [
+        JobWarning(
+            "FALLBACK",
+            f"{count} call(s) answered by a fallback model: {n.describe()}",
+        )
+        for n, count in counts.values()
+    ]
 
 
 @dataclass(slots=True)

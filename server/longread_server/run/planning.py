@@ -9,15 +9,18 @@ changed after planning, so one can serve many requests.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Sequence
 from dataclasses import replace
 
 from longread_server.domain import FieldViolation, InvalidRequest, too_large
 from longread_server.memo import OFFLOAD_MIN_CHARS, REMEMBER_MAX_CHARS, Memo
+from longread_server.plan.catalog import estimate_error
 from longread_server.plan.chunker import token_lengths
 from longread_server.plan.encodings import EncodingMemo
 from longread_server.plan.planner import (
     JobPlan,
+    JobSpec,
     ModelFit,
     PlanDefaults,
     PlanError,
@@ -31,6 +34,24 @@ from longread_server.run.request import JobRequest
 
 PLANS = 1024
 ENCODINGS = 8
+# The two encodings' token ratio is measured on up to RATIO_SLICES slices of RATIO_SLICE_CHARS
+# characters spread over the document (the whole of a shorter one); fits scaled by it carry
+# RATIO_MARGIN more error, for what the slices miss.
+RATIO_SLICES = 16
+RATIO_SLICE_CHARS = 4096
+RATIO_MARGIN = 0.05
+
+
+def _encoding_ratio(text: str, counter: Tokenizer, other: Tokenizer) -> float:
+    """Tokens of ``other`` per token of ``counter`` on ``text``, from samples of it."""
+    if len(text) <= RATIO_SLICES * RATIO_SLICE_CHARS:
+        sample = text
+    else:
+        step = len(text) // RATIO_SLICES
+        sample = "\n".join(
+            text[i * step : i * step + RATIO_SLICE_CHARS] for i in range(RATIO_SLICES)
+        )
+    return other.count(sample) / max(1, counter.count(sample))
 
 
 def plan_error(e: PlanError) -> InvalidRequest:
@@ -68,35 +89,50 @@ class Planning:
 
     def plan_now(self, request: JobRequest, with_fits: bool) -> tuple[JobPlan, list[ModelFit]]:
         """Counts tokens, resolves the model, plans the job. The plan counts with the model's
-        own encoding (exact for OpenAI's cl100k and o200k models); every served model's fit,
-        when asked for or needed to choose, is taken from one cl100k_base count, each within
-        its stated error."""
+        own encoding (exact for OpenAI's cl100k and o200k models). Every served model's fit,
+        when asked for or needed to choose, comes from that one count: scaled, for a model of
+        the other encoding, by the two encodings' ratio on samples of the document
+        (``_encoding_ratio``), within the model's error plus the sampling's."""
         spec = request.spec
+        needs_fits = self.models.needs_fits(request.model, request.preference)
+        model = (
+            None
+            if needs_fits
+            else self.models.resolve(request.vendor, request.model, request.preference, [])
+        )
+        counter = get_tokenizer(model.tokenizer if model else "cl100k_base")
+        lens = self._token_lengths(counter, spec.text)
         fits: list[ModelFit] = []
-        counted: tuple[Tokenizer, Sequence[int]] | None = None
-        if with_fits or self.models.needs_fits(request.model, request.preference):
-            cl100k = get_tokenizer("cl100k_base")
-            counted = (cl100k, self._token_lengths(cl100k, spec.text))
-            doc_tokens = len(counted[1])
-            overhead = overhead_tokens(spec, cl100k)
-            fits = sorted(
-                (
-                    quick_fit(spec, m, doc_tokens, overhead, self._defaults, cl100k.encoding_name)
-                    for m in self.models.models
-                ),
-                key=lambda f: (f.calls == 0, f.estimated_cost.total_usd, f.model.model),
-            )
-        model = self.models.resolve(request.vendor, request.model, request.preference, fits)
+        if with_fits or needs_fits:
+            fits = self._fits(spec, counter, len(lens))
+        if model is None:
+            model = self.models.resolve(request.vendor, request.model, request.preference, fits)
         tokenizer = get_tokenizer(model.tokenizer)
-        if counted is not None and counted[0].encoding_name == tokenizer.encoding_name:
-            lens = counted[1]
-        else:
+        if tokenizer.encoding_name != counter.encoding_name:
             lens = self._token_lengths(tokenizer, spec.text)
         try:
             plan = plan_job(spec, model, tokenizer, self._defaults, lens=lens)
         except PlanError as e:
             raise plan_error(e) from e
         return plan, fits
+
+    def _fits(self, spec: JobSpec, counter: Tokenizer, doc_tokens: int) -> list[ModelFit]:
+        """Every served model's fit from one count of the document, cheapest first."""
+        overhead = overhead_tokens(spec, counter)
+        ratios: dict[str, float] = {}
+        fits = []
+        for m in self.models.models:
+            own = get_tokenizer(m.tokenizer)
+            if own.encoding_name == counter.encoding_name:
+                fits.append(quick_fit(spec, m, doc_tokens, overhead, self._defaults))
+                continue
+            name = own.encoding_name
+            if name not in ratios:
+                ratios[name] = _encoding_ratio(spec.text, counter, own)
+            error = (0.0 if m.tokens_exact else estimate_error(m)) + RATIO_MARGIN
+            tokens = math.ceil(doc_tokens * ratios[name])
+            fits.append(quick_fit(spec, m, tokens, overhead, self._defaults, error))
+        return sorted(fits, key=lambda f: (f.calls == 0, f.estimated_cost.total_usd, f.model.model))
 
     async def replan_exact(self, request: JobRequest, plan: JobPlan, exact: int) -> JobPlan:
         """``plan`` again with the vendor's own count of the document's tokens; the cuts come

@@ -19,6 +19,7 @@ from longread_server.calls.concurrency import AdaptiveConcurrency
 from longread_server.calls.pipeline import CallContext, Pipeline
 from longread_server.domain import (
     ErrorKind,
+    FallbackNote,
     Finish,
     Message,
     TextDelta,
@@ -27,7 +28,7 @@ from longread_server.domain import (
 )
 from longread_server.domain import LlmRequest as Request
 from longread_server.plan import prompts
-from longread_server.plan.catalog import price
+from longread_server.plan.catalog import Price, price
 from longread_server.plan.planner import JobPlan, JobSpec, Strategy
 from longread_server.run.events import (
     AnswerDelta,
@@ -41,6 +42,8 @@ from longread_server.run.events import (
     PlanReady,
     RunEvent,
     Timings,
+    fallback_kind,
+    fallbacks_taken,
     history_trimmed,
 )
 from longread_server.telemetry import Telemetry, current_span, disabled
@@ -90,6 +93,9 @@ class _Tally:
     hits: int = 0
     calls: int = 0
     first_token_at: float = 0.0
+    # Each call priced at the rates of the model that answered it (a fallback's, if one did).
+    cost: Price = field(default_factory=Price)
+    fallbacks: list[FallbackNote] = field(default_factory=list)
 
 
 class JobRunner:
@@ -238,10 +244,10 @@ class JobRunner:
         yield JobResult(
             text=final.text,
             plan=plan,
-            model=plan.model,
+            model=final.model or plan.model,  # the model that gave the answer
             chunk_outputs=sorted(tally.outputs, key=lambda o: o.index),
             usage=tally.usage,
-            cost=price(plan.model, tally.usage),
+            cost=tally.cost,
             cache_status=cache_status,
             finish_reason=final.finish_reason,
             timings=Timings(
@@ -249,7 +255,8 @@ class JobRunner:
                 planning_s=job.planning_s,
                 first_token_s=(tally.first_token_at - job.started) if tally.first_token_at else 0.0,
             ),
-            warnings=[*job.warnings, *warnings],
+            # Streamed as each kind of reroute first happened (``_call``); counted here.
+            warnings=[*job.warnings, *warnings, *fallbacks_taken(tally.fallbacks)],
         )
 
     async def _map(
@@ -424,11 +431,22 @@ class JobRunner:
                 raise UpstreamError(ErrorKind.CONNECTION, "the model call ended without a result")
             if step is not None:
                 step.set_attribute("longread.cache.hit", finish.cached)
+                if finish.fallback is not None:
+                    step.set_attribute("longread.fallback.reason", finish.fallback.reason.value)
+                    step.set_attribute("longread.model", finish.fallback.model.model)
         tally.calls += 1
+        note = finish.fallback
+        answered_by = note.model if note is not None else job.plan.model
+        first_of_its_kind = note is not None and all(
+            fallback_kind(n) != fallback_kind(note) for n in tally.fallbacks
+        )
+        if note is not None:
+            tally.fallbacks.append(note)
         if finish.cached:
             tally.hits += 1
         else:
             tally.usage.add(replace(finish.usage, calls=1))
+            tally.cost += price(answered_by, finish.usage)
         out = CallOutput(
             stage=stage,
             index=index,
@@ -438,10 +456,18 @@ class JobRunner:
             usage=finish.usage,
             cached=finish.cached,
             finish_reason=finish.finish_reason,
+            model=answered_by,
+            fallback=finish.fallback,
         )
         if stage in (JobStage.MAP, JobStage.REFINE):
             tally.outputs.append(out)
         yield CallDone(out)
+        if note is not None and first_of_its_kind:
+            # A Stream learns which model answered when it happens, not only in the result.
+            yield JobWarning(
+                "FALLBACK",
+                f"{stage.value} {index}: answered by a fallback model: {note.describe()}",
+            )
 
     def _step_span(
         self, stage: JobStage, index: int, of: int, start: int, end: int

@@ -121,11 +121,14 @@ class LocalBuckets:
             left = self._holds.get(key, now) - now
             if left > wait:
                 wait, worst = left, key
+        held = worst  # the hold in force, if any
         states = [self._get(spec, now) for spec, _ in items]
         for (spec, cost), (level, stamp) in zip(items, states, strict=True):
             w = wait_for(level, stamp, now, cost, spec)
             if w > wait:
-                wait, worst = w, spec.key
+                # A bucket stamped in the future was drained by a hold (a vendor's 429): the
+                # wait is the vendor's doing, and the refusal names the hold, not our limit.
+                wait, worst = w, held if held and stamp > now else spec.key
         if wait > max_wait_s:
             return Limited(wait, worst)
         for (spec, cost), (level, stamp) in zip(items, states, strict=True):

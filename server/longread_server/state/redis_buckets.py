@@ -68,6 +68,7 @@ for j = nb + 1, #KEYS do
   local untl = tonumber(redis.call('GET', KEYS[j]))
   if untl ~= nil and untl - now > wait then wait, worst = untl - now, KEYS[j] end
 end
+local held = worst
 local levels, stamps = {}, {}
 for i = 1, nb do
   local rate, burst, cost = tonumber(ARGV[3 + 3 * i - 2]), tonumber(ARGV[3 + 3 * i - 1]),
@@ -75,7 +76,11 @@ for i = 1, nb do
   local level, stamp = load(KEYS[i], rate, burst, now)
   levels[i], stamps[i] = level, stamp
   local w = math.max(0, stamp - now) + math.max(0, (cost - level) / rate)
-  if w > wait then wait, worst = w, KEYS[i] end
+  if w > wait then
+    wait, worst = w, KEYS[i]
+    -- drained by a hold (a vendor's 429): the hold is the reason, as in LocalBuckets
+    if held ~= '' and stamp > now then worst = held end
+  end
 end
 if wait > max_wait then return {1, tostring(wait), worst} end
 for i = 1, nb do

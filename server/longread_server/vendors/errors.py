@@ -64,6 +64,31 @@ _VENDOR_KINDS = {
     "notfounderror": ErrorKind.NOT_FOUND,
 }
 
+# How vendors say a prompt does not fit the model's context window. The error's kind is
+# BAD_REQUEST either way (retrying the same prompt cannot help); recognising it lets the
+# fallback stage move the call to a model with a larger window. OpenAI and Moonshot send the
+# code ``context_length_exceeded``; Anthropic says "prompt is too long: N tokens > M maximum";
+# vLLM and other OpenAI-compatible servers say "maximum context length" in the message.
+_OVERFLOW_CODES = frozenset({"context_length_exceeded"})
+_OVERFLOW_WORDS = (
+    "prompt is too long",
+    "maximum context length",
+    "context length",
+    "context window",
+    "exceeds the maximum number of tokens",
+)
+
+
+def is_context_overflow(err: UpstreamError) -> bool:
+    """Whether ``err`` is the vendor refusing a prompt longer than the model's window."""
+    if err.kind is not ErrorKind.BAD_REQUEST:
+        return False
+    if err.vendor_code.lower() in _OVERFLOW_CODES:
+        return True
+    text = err.message.lower()
+    return any(words in text for words in _OVERFLOW_WORDS)
+
+
 _MAX_MESSAGE = 1000  # characters of a plain-text error body kept in the message
 
 

@@ -92,6 +92,23 @@ def test_upstream_errors(kind: ErrorKind, code: grpc.StatusCode, retry: bool) ->
     assert err.metadata["upstream_request_id"] == "req_1" and err.metadata["vendor"] == "openai"
 
 
+def test_a_vendor_429_names_the_upstream_and_its_retry_after() -> None:
+    vendor_text = "Rate limit reached for requests per min (RPM)"
+    err = from_upstream(
+        UpstreamError(ErrorKind.RATE_LIMITED, vendor_text, status=429, retry_after_s=2.5),
+        "openai",
+        "gpt-4o",
+    )
+    assert (err.code, err.reason) == (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE")
+    assert err.message.startswith(
+        "upstream openai (gpt-4o) is rate limiting (HTTP 429, retry after 2.50s)"
+    )
+    assert vendor_text in err.message and err.retry_after_s == 2.5
+    assert err.metadata["limit_owner"] == "upstream"
+    quiet = from_upstream(UpstreamError(ErrorKind.RATE_LIMITED, "slow down"), "anthropic", "m")
+    assert "no retry-after given" in quiet.message and quiet.retry_after_s == 1.0
+
+
 def test_authenticator() -> None:
     open_auth = Authenticator([])
     assert not open_auth.enabled and open_auth.tenant(None) == LOCAL_TENANT

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from longread_server.calls.breaker import CIRCUIT, BreakerStage, classify
-from longread_server.calls.fallback import FallbackStage
+from longread_server.calls.fallback import FallbackStage, chains_from
 from longread_server.calls.tasks import drain
 from longread_server.calls.timeouts import AttemptLimits, AttemptTimeouts
 from longread_server.config import UpstreamConfig
@@ -184,17 +184,20 @@ def fallback_stage(breakers: LocalBreakers, models: list[str]) -> FallbackStage:
         "anthropic": UpstreamConfig("anthropic", VendorKind.ANTHROPIC, "http://y", models=models),
     }
     adapters = {"openai": FakeAdapter(), "anthropic": FakeAdapter()}
-    return FallbackStage(breakers, P, upstreams, adapters, Catalog.builtin())
+    chains = chains_from(upstreams.values(), [])
+    return FallbackStage(breakers, P, upstreams, adapters, Catalog.builtin(), chains)
 
 
 def test_fallback_model_is_the_same_or_the_first_that_fits() -> None:
     stage = fallback_stage(LocalBreakers(FakeClock()), ["claude-haiku-4-5", "claude-sonnet-4-6"])
-    alt = stage.reroute(make_call())
-    assert alt is not None and alt.vendor == "anthropic" and alt.req.model == "claude-haiku-4-5"
-    assert stage.reroute(make_call(labels={"fallback": "off"})) is None
+    found = stage.reroute(make_call(), "anthropic")
+    assert found is not None
+    alt, info = found
+    assert alt.vendor == "anthropic" and alt.req.model == "claude-haiku-4-5" == info.model
+    assert stage.chain_for(make_call(labels={"fallback": "off"})) is None
     huge = make_call(estimated_prompt_tokens=5_000_000)
-    assert stage.reroute(huge) is None  # fits no fallback model: fail fast instead
-    assert fallback_stage(LocalBreakers(FakeClock()), []).reroute(make_call()) is None
+    assert stage.reroute(huge, "anthropic") is None  # fits no fallback model: fail fast instead
+    assert fallback_stage(LocalBreakers(FakeClock()), []).reroute(make_call(), "anthropic") is None
 
 
 async def test_open_circuit_goes_to_the_fallback() -> None:

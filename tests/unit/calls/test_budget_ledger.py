@@ -1,12 +1,20 @@
-"""The budget ledger fails open, even behind a Redis gate set to fail closed."""
+"""The budget ledger: reservations (atomic in process and on Redis), their settlement, the
+state file that keeps spend across restarts, and failing open behind a fail-closed gate."""
 
 from __future__ import annotations
 
-from longread_server.calls.budget import BudgetLedger
+import asyncio
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+from longread_server.calls.budget import STATE_FILE, BudgetLedger, month_of
+from longread_server.domain import CallRejected
 from longread_server.state.gate import GatePolicy, RedisGate
 from longread_server.state.redis import connect
 
-from tests.redis_server import free_port
+from tests.redis_server import RedisServer, free_port
 
 
 async def test_a_dead_redis_leaves_the_ledger_counting_locally_under_fail_closed() -> None:
@@ -20,3 +28,113 @@ async def test_a_dead_redis_leaves_the_ledger_counting_locally_under_fail_closed
         assert gate.errors == 1 and gate.degraded
     finally:
         await redis.aclose()
+
+
+# ---- reservations: check and add in one step, settled to what the job used ----
+
+
+async def test_a_reservation_is_refused_when_less_than_it_is_left() -> None:
+    ledger = BudgetLedger({"t": 1.0})
+    first = await ledger.reserve("t", 0.6)
+    assert first is not None and first.before.spent_usd == 0.0
+    with pytest.raises(CallRejected) as info:
+        await ledger.reserve("t", 0.6)
+    assert info.value.reason == "BUDGET_EXCEEDED"
+    assert info.value.metadata["needed_usd"] == "0.600000"
+    assert (await ledger.state("t")).spent_usd == pytest.approx(0.6)
+    assert await ledger.reserve("other", 1e9) is None  # no cap, nothing to reserve
+
+
+async def test_settling_gives_back_the_unused_part_and_an_overrun_is_charged_at_once() -> None:
+    ledger = BudgetLedger({"t": 1.0})
+    under = await ledger.reserve("t", 0.5)
+    over = await ledger.reserve("t", 0.25)
+    assert under is not None and over is not None
+    await under.charge(0.1)
+    assert under.covers
+    await over.charge(0.2)
+    await over.charge(0.2)  # 0.15 beyond its reservation: in the ledger now
+    assert not over.covers
+    assert (await ledger.state("t")).spent_usd == pytest.approx(0.9)
+    await under.settle()
+    await over.settle()
+    await under.settle()  # once only
+    assert (await ledger.state("t")).spent_usd == pytest.approx(0.5)
+    await under.charge(0.05)  # a call that outlived its job still pays
+    assert (await ledger.state("t")).spent_usd == pytest.approx(0.55)
+
+
+async def test_redis_reservations_are_atomic_across_ledgers(redis_server: RedisServer) -> None:
+    """Two replicas, 20 concurrent reservations of 1.49 against a cap of 5: three fit."""
+    redis = connect(redis_server.url)
+    try:
+        await redis.delete("longread:budget:" + month_of(dt.datetime.now(dt.UTC)) + ":atomic")
+        ledgers = [BudgetLedger({"atomic": 5.0}, redis) for _ in range(2)]
+
+        async def one(i: int) -> bool:
+            try:
+                await ledgers[i % 2].reserve("atomic", 1.49)
+            except CallRejected:
+                return False
+            return True
+
+        taken = await asyncio.gather(*(one(i) for i in range(20)))
+        assert sum(taken) == 3
+        assert (await ledgers[0].state("atomic")).spent_usd == pytest.approx(3 * 1.49)
+    finally:
+        await redis.aclose()
+
+
+async def test_a_reservation_taken_while_redis_was_down_reaches_redis_as_the_jobs_cost(
+    redis_server: RedisServer,
+) -> None:
+    gate = RedisGate(GatePolicy(timeout_s=0.5, retry_s=0.0))
+    tenant = "down-then-up"
+    dead = connect(f"redis://127.0.0.1:{free_port()}")
+    live = connect(redis_server.url)
+    try:
+        await live.delete("longread:budget:" + month_of(dt.datetime.now(dt.UTC)) + ":" + tenant)
+        ledger = BudgetLedger({tenant: 1.0}, dead, health=gate)
+        spend = await ledger.reserve(tenant, 0.5)
+        assert spend is not None and spend.where == "local"
+        await spend.charge(0.2)
+        # Redis comes back before the job ends (the same ledger, now pointed at a live one).
+        ledger._redis = live
+        await spend.settle()
+        assert (await ledger.state(tenant)).spent_usd == pytest.approx(0.2)
+    finally:
+        await dead.aclose()
+        await live.aclose()
+
+
+# ---- the state file: spend survives a restart without Redis ----
+
+
+async def test_spend_survives_a_restart_in_the_state_file(tmp_path: Path) -> None:
+    ledger = BudgetLedger({"t": 1.0}, state_dir=tmp_path)
+    assert not ledger.volatile
+    await ledger.charge("t", 0.25)
+    spend = await ledger.reserve("t", 0.5)
+    assert spend is not None
+    # A crash mid-job: the next gateway still counts the whole reservation.
+    again = BudgetLedger({"t": 1.0}, state_dir=tmp_path)
+    assert (await again.state("t")).spent_usd == pytest.approx(0.75)
+    await spend.charge(0.1)
+    await spend.settle()
+    after = BudgetLedger({"t": 1.0}, state_dir=tmp_path)
+    assert (await after.state("t")).spent_usd == pytest.approx(0.35)
+    data = json.loads((tmp_path / STATE_FILE).read_text())
+    assert data["version"] == 1
+
+
+async def test_an_unreadable_state_file_starts_from_zero(tmp_path: Path) -> None:
+    (tmp_path / STATE_FILE).write_text("{not json")
+    ledger = BudgetLedger({"t": 1.0}, state_dir=tmp_path)
+    assert (await ledger.state("t")).spent_usd == 0.0
+    await ledger.charge("t", 0.5)  # and overwrites it with good state
+    assert (await BudgetLedger({"t": 1.0}, state_dir=tmp_path).state("t")).spent_usd == 0.5
+
+
+def test_without_redis_or_a_state_dir_a_capped_ledger_is_volatile() -> None:
+    assert BudgetLedger({"t": 1.0}).volatile
+    assert not BudgetLedger({}).volatile  # nothing to forget

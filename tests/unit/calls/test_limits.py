@@ -106,6 +106,8 @@ async def test_refuses_at_once_when_the_wait_does_not_fit(
     assert e.reason == "RATE_LIMITED" and not e.permanent
     assert e.retry_after_s == pytest.approx(1.0)
     assert e.quota_subject == "tenant:acme/requests_per_minute"
+    assert e.metadata["limit_owner"] == "gateway"
+    assert e.message.startswith("the gateway's own limit tenant:acme/requests_per_minute")
     assert len(upstream.calls) == 3 and clock.sleeps == []
     status = from_rejection(e)
     assert status.code == grpc.StatusCode.RESOURCE_EXHAUSTED and status.quota
@@ -170,7 +172,12 @@ async def test_a_429_holds_the_upstream_and_tells_listeners(
     with pytest.raises(CallRejected) as info:
         await collect(nxt, make_call(deadline=clock.now() + 3))
     assert info.value.retry_after_s == pytest.approx(7.1)  # 7 s, then refill one request
-    assert info.value.quota_subject == "upstream:openai/requests_per_minute"
+    # The vendor's limit, named as the vendor's, with its retry-after; not our bucket's.
+    e = info.value
+    assert e.quota_subject == "upstream:openai/throttled"
+    assert e.metadata["limit_owner"] == "upstream"
+    assert "upstream 'openai' is rate limiting" in e.message and "retry after 7.10s" in e.message
+    assert "requests_per_minute" not in e.message
     # ...and when it can wait, it waits them.
     await collect(nxt, make_call(deadline=clock.now() + 30))
     assert clock.sleeps == [pytest.approx(7.1)]

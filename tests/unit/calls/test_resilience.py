@@ -60,6 +60,7 @@ def test_invalid_values_are_refused(key: str, value: str) -> None:
 
 def test_stage_order_and_in_process_state() -> None:
     cfg = Config(tenants=[TenantConfig("acme", api_keys=["k"], requests_per_minute=60)])
+    cfg.upstreams = _with_fallback()
     res = build_resilience(cfg, {}, Catalog.builtin())
     kinds = [type(s) for s in pipeline_stages(res)]
     assert kinds == [
@@ -78,11 +79,22 @@ def test_stage_order_and_in_process_state() -> None:
     assert set(res.tenant_quotas) == {"acme"}
 
 
+def _with_fallback() -> list[UpstreamConfig]:
+    return [
+        UpstreamConfig("openai", VendorKind.OPENAI, "http://x", fallback="anthropic"),
+        UpstreamConfig("anthropic", VendorKind.ANTHROPIC, "http://y"),
+    ]
+
+
 def test_breaker_can_be_turned_off() -> None:
     cfg = Config()
     cfg.resilience.breaker.enabled = False
     kinds = [type(s) for s in pipeline_stages(build_resilience(cfg, {}, Catalog.builtin()))]
     assert BreakerStage not in kinds and FallbackStage not in kinds
+    # A chain still serves 429s, 5xx and overflows without a breaker.
+    cfg.upstreams = _with_fallback()
+    kinds = [type(s) for s in pipeline_stages(build_resilience(cfg, {}, Catalog.builtin()))]
+    assert BreakerStage not in kinds and FallbackStage in kinds
 
 
 async def test_upstream_buckets_per_model_when_asked() -> None:
@@ -107,7 +119,7 @@ def test_the_whole_pipeline_order() -> None:
     from longread_server.config import CacheConfig
 
     catalog = Catalog.builtin()
-    res = build_resilience(Config(), {}, catalog)
+    res = build_resilience(Config(upstreams=_with_fallback()), {}, catalog)
     budget = BudgetStage(BudgetLedger({}), catalog)
     stages = pipeline_stages(res, cache=build_response_cache(CacheConfig()), budget=budget)
     assert [type(s) for s in stages] == [

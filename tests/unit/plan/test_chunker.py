@@ -196,7 +196,7 @@ def test_other_encodings_fall_back_to_encoding_every_span() -> None:
         special_tokens={},
     )
     tok = Tokenizer("words_only", exact=False, error=0.5, encoding=words_only)
-    assert not tok.splits_like_cl100k
+    assert tok.pretokenizer is None
     rng = random.Random(10)
     text = "\n\n".join(paragraph(rng) for _ in range(15)) + " 世界和平。" * 30
     for limit, overlap in [(60, 0), (80, 20)]:

@@ -13,6 +13,7 @@ from longread_server.plan.tokenizers import get_tokenizer
 from .support import check_chunks
 
 TOK = get_tokenizer("cl100k_base")
+O200K = get_tokenizer("o200k_base")
 
 # Pieces that stress the tokenizer's pre-splitting: words, contractions, digits, punctuation
 # runs, every kind of whitespace, CJK text and punctuation, closing quotes, emoji with joiners,
@@ -46,6 +47,16 @@ def test_every_chunk_keeps_every_promise(text: str, sizes: tuple[int, int]) -> N
     result = chunk_text(text, TOK, limit, overlap)
     check_chunks(text, result, TOK, limit, overlap)
     assert chunk_text(text, TOK, limit, overlap) == result  # deterministic
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=texts, sizes=limits())
+def test_every_o200k_chunk_keeps_every_promise(text: str, sizes: tuple[int, int]) -> None:
+    """The same promises under o200k_base, whose pattern lets a word run on into its marks
+    and contraction (where cl100k_base splits): counts are proven from one encoding there
+    too, and every chunk is re-counted here."""
+    limit, overlap = sizes
+    check_chunks(text, chunk_text(text, O200K, limit, overlap), O200K, limit, overlap)
 
 
 @settings(max_examples=60, deadline=None)

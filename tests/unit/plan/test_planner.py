@@ -113,8 +113,9 @@ def test_bm25_and_select() -> None:
 def test_quick_fit_matches_plan_for_single_pass() -> None:
     spec = JobSpec(text=generate_report(20_000), instruction=DEMO_QUESTION)
     m = model("gpt-4.1-mini")
-    n = TOK.count(spec.text)
-    plan = plan_job(spec, m, TOK)
+    own = get_tokenizer(m.tokenizer)  # as planning does: the model's own encoding
+    n = own.count(spec.text)
+    plan = plan_job(spec, m, own)
     fit = quick_fit(spec, m, n, plan.overhead_tokens, PlanDefaults())
     assert fit.fits_single_pass and fit.calls == 1
     assert fit.estimated_cost.total_usd == pytest.approx(plan.estimated_cost.total_usd)

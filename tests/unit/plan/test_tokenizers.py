@@ -91,7 +91,8 @@ def test_counts_and_byte_lengths_agree_with_the_encoding() -> None:
     ids = tok.encode(text)
     assert sum(lengths[t] for t in ids) == len(text.encode())
     assert all(lengths[t] == len(enc.decode_single_token_bytes(t)) for t in ids)
-    assert tok.splits_like_cl100k
+    assert tok.pretokenizer == "cl100k"
+    assert get_tokenizer("gpt-4o").pretokenizer == "o200k"
 
 
 # ---- bounded encoding: pieces cut where the pre-tokenizer splits anyway ----

@@ -3,12 +3,14 @@ model call through the pipeline) and the run's upstream failures named by vendor
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from typing import Any
 
 import pytest
-from longread_server.calls.budget import BudgetLedger
+from longread_server.calls import tasks
+from longread_server.calls.budget import BudgetLedger, BudgetStage
 from longread_server.calls.pipeline import Pipeline
 from longread_server.domain import (
     CallRejected,
@@ -18,11 +20,12 @@ from longread_server.domain import (
     ModelInfo,
     Operation,
     OverRequestBudget,
+    Usage,
 )
-from longread_server.plan.catalog import Catalog
+from longread_server.plan.catalog import Catalog, price
 from longread_server.plan.planner import JobSpec, PlanDefaults
 from longread_server.run.analysis import Analysis, PreparedJob
-from longread_server.run.events import JobResult
+from longread_server.run.events import JobResult, RunEvent
 from longread_server.run.models import ModelResolver
 from longread_server.run.planning import Planning
 from longread_server.run.request import JobRequest
@@ -50,11 +53,13 @@ class Setup:
         self.openai = ScriptedAdapter("openai")
         self.anthropic = CountingAdapter("anthropic", count=4321)
         self.recorder = Recorder()
-        pipeline = Pipeline({"openai": self.openai, "anthropic": self.anthropic}, [self.recorder])
-        models = ModelResolver(
-            Catalog.builtin([EXACT_CLAUDE]), {"openai": (), "anthropic": ()}, "gpt-4.1-mini"
-        )
+        self.catalog = Catalog.builtin([EXACT_CLAUDE])
         self.ledger = BudgetLedger({"acme": CAP})
+        pipeline = Pipeline(
+            {"openai": self.openai, "anthropic": self.anthropic},
+            [self.recorder, BudgetStage(self.ledger, self.catalog)],
+        )
+        models = ModelResolver(self.catalog, {"openai": (), "anthropic": ()}, "gpt-4.1-mini")
         self.analysis = Analysis(
             Planning(models, PlanDefaults(), 2_000_000),
             JobRunner(pipeline),
@@ -67,6 +72,13 @@ class Setup:
 
     async def prepare(self, req: JobRequest, tenant: str = "acme") -> PreparedJob:
         return await self.analysis.prepare(req, tenant, started=time.monotonic(), deadline=None)
+
+    async def run(self, prep: PreparedJob) -> list[RunEvent]:
+        async with contextlib.aclosing(self.analysis.run(prep, streaming=True)) as evs:
+            return [ev async for ev in evs]
+
+    async def spent(self, tenant: str = "acme") -> float:
+        return (await self.ledger.state(tenant)).spent_usd
 
 
 def request(**kw: Any) -> JobRequest:
@@ -93,14 +105,16 @@ async def test_a_job_over_its_own_budget_is_refused_before_any_call() -> None:
 # ---- the tenant's monthly budget ----
 
 
-async def test_a_job_the_tenant_cannot_afford_this_month_is_refused() -> None:
+async def test_a_job_the_tenant_cannot_afford_this_month_is_refused_before_any_call() -> None:
     s = Setup()
     await s.ledger.charge("acme", CAP - 1e-6)
+    prep = await s.prepare(request())
     with pytest.raises(CallRejected) as info:
-        await s.prepare(request())
+        await s.run(prep)
     e = info.value
     assert e.reason == "BUDGET_EXCEEDED" and e.quota_subject == "tenant:acme/monthly_budget_usd"
     assert float(e.metadata["spent_usd"]) == pytest.approx(CAP - 1e-6)
+    assert s.openai.requests == []
     # An estimate spends nothing, so it is answered anyway.
     assert (await s.estimate(request())).plan is not None
 
@@ -113,8 +127,12 @@ async def test_a_job_taking_the_tenant_past_80_percent_is_warned_about(
     await s.ledger.charge("acme", spent * CAP)
     prep = await s.prepare(request())
     assert prep.plan.estimated_cost.total_usd < 0.1 * CAP  # the premise: a cheap job
+    events = await s.run(prep)
     codes = [w.code for w in prep.warnings]
     assert codes == (["BUDGET_80_PERCENT"] if warned else [])
+    result = events[-1]
+    assert isinstance(result, JobResult)
+    assert [w.code for w in result.warnings] == codes
     if warned:
         assert "'acme'" in prep.warnings[0].message and "80%" in prep.warnings[0].message
 
@@ -122,7 +140,65 @@ async def test_a_job_taking_the_tenant_past_80_percent_is_warned_about(
 async def test_a_tenant_without_a_cap_is_never_refused_or_warned() -> None:
     s = Setup()
     await s.ledger.charge("globex", 1e9)
-    assert (await s.prepare(request(), tenant="globex")).warnings == []
+    prep = await s.prepare(request(), tenant="globex")
+    await s.run(prep)
+    assert prep.warnings == []
+
+
+def call_usd(s: Setup, input_tokens: int, output_tokens: int = 0) -> float:
+    model = s.catalog.get("openai", "gpt-4.1-mini")
+    assert model is not None
+    return price(model, Usage(input_tokens, output_tokens, calls=1)).total_usd
+
+
+async def test_a_finished_job_is_settled_to_what_its_calls_cost() -> None:
+    s = Setup()
+    prep = await s.prepare(request())
+    estimate = prep.plan.estimated_cost.total_usd
+    assert estimate != pytest.approx(call_usd(s, 100, 20))  # the premise: they differ
+    await s.run(prep)
+    # answer()'s usage: 100 prompt tokens, 20 output tokens.
+    assert await s.spent() == pytest.approx(call_usd(s, 100, 20))
+
+
+async def test_a_job_the_vendor_refused_costs_nothing() -> None:
+    s = Setup()
+    s.openai.reply = lambda req: Attempt(error=err(ErrorKind.SERVER, status=500))
+    prep = await s.prepare(request())
+    with pytest.raises(ModelCallFailed):
+        await s.run(prep)
+    await tasks.drain()
+    assert len(s.openai.requests) == 1
+    assert await s.spent() == 0.0
+
+
+async def test_concurrent_jobs_reserve_their_estimates_and_cancelled_ones_pay_their_prompts() -> (
+    None
+):
+    """Three jobs, room for two estimates: the third is refused before any call, although no
+    call has been charged yet; the two are cancelled while the vendor works on their prompts,
+    and are charged those prompts, not their whole estimates."""
+    s = Setup()
+    s.openai.reply = lambda req: None  # the vendor never answers
+    preps = [await s.prepare(request()) for _ in range(3)]
+    estimate = preps[0].plan.estimated_cost.total_usd
+    await s.ledger.charge("acme", CAP - 2.5 * estimate)
+    runs = [asyncio.ensure_future(s.run(p)) for p in preps]
+    for _ in range(50):  # loop turns for the jobs to plan, reserve and call
+        await asyncio.sleep(0)
+    assert len(s.openai.requests) == 2
+    refused = [r for r in runs if r.done()]
+    assert len(refused) == 1
+    assert isinstance(refused[0].exception(), CallRejected)
+    assert await s.spent() == pytest.approx(CAP - 0.5 * estimate)  # two reserved
+    for r in runs:
+        r.cancel()
+    await asyncio.gather(*runs, return_exceptions=True)
+    await tasks.drain()
+    assert len(s.openai.requests) == 2
+    prompt = s.openai.requests[0].estimated_prompt_tokens
+    assert prompt > 0
+    assert await s.spent() == pytest.approx(CAP - 2.5 * estimate + 2 * call_usd(s, prompt))
 
 
 # ---- the exact count ----

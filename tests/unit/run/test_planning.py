@@ -141,3 +141,34 @@ async def test_replanning_with_the_vendors_count_makes_the_plan_exact() -> None:
     assert exact.document_tokens == plan.document_tokens + 77
     assert exact.estimated_input_tokens > plan.estimated_input_tokens
     assert not plan.tokens_exact  # the remembered plan is left as it was
+
+
+CHINESE = "港口九点关闭，渡轮每小时一班。第二条生产线推迟了十一周，因为轴承没有通过验收。" * 4000
+
+
+async def test_the_plan_counts_with_the_models_own_encoding() -> None:
+    """gpt-4.1-mini counts with o200k_base, exactly; on Chinese that is far fewer tokens than
+    cl100k_base, so plan, cost and limits would otherwise be off by the difference."""
+    plan, _ = await planning().plan(request(CHINESE, model="gpt-4.1-mini"), with_fits=False)
+    assert plan.tokens_exact and plan.token_error == 0.0
+    assert plan.document_tokens == get_tokenizer("o200k_base").count(CHINESE)
+    assert plan.document_tokens < 0.8 * get_tokenizer("cl100k_base").count(CHINESE)
+    claude, _ = await planning().plan(request(CHINESE, model="claude-haiku-4-5"), with_fits=False)
+    assert claude.document_tokens == get_tokenizer("cl100k_base").count(CHINESE)
+
+
+async def test_fits_of_the_other_encoding_come_from_the_sampled_ratio() -> None:
+    """Estimate's fits come from one count: a model of the other encoding gets it scaled by
+    the encodings' ratio on samples of the document, close to its own count."""
+    p = planning()
+    text = CHINESE[: len(CHINESE) // 2]  # sampled (longer than the slices), far from any limit
+    _, from_o200k = await p.plan(request(text, model="gpt-4.1-mini"), with_fits=True)
+    _, from_cl100k = await p.plan(request(text, model="claude-haiku-4-5"), with_fits=True)
+    by_model = {f.model.model: f for f in from_cl100k}
+    # Within the margin the scaled fit adds (a tighter limit: a few more map calls at most).
+    for fit in from_o200k:
+        other = by_model[fit.model.model]
+        assert fit.fits_single_pass == other.fits_single_pass, fit.model.model
+        assert abs(fit.calls - other.calls) <= max(1, 0.1 * other.calls), fit.model.model
+        cost, cost_other = fit.estimated_cost.total_usd, other.estimated_cost.total_usd
+        assert cost == pytest.approx(cost_other, rel=0.1), fit.model.model

@@ -91,6 +91,7 @@ async def test_hold_blocks_and_drained_buckets_restart_empty(
     await buckets.hold(HOLD, 7.0, [RPM])
     d = await buckets.reserve([(RPM, 1)], [HOLD], max_wait_s=5)
     assert isinstance(d, Limited) and d.retry_after_s == pytest.approx(8.0)  # 7 s + 1 token
+    assert d.key == HOLD  # the wait is the hold's doing (a vendor 429), not the bucket's
     clock.advance(7.0)
     assert await buckets.peek(RPM) == pytest.approx(0.0)  # no refill during the hold
     clock.advance(1.0)
