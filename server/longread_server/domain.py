@@ -55,6 +55,9 @@ class LlmRequest:
     cache_prefix_messages: int = 0
     # Groups vendor prompt caching (OpenAI prompt_cache_key), e.g. per document.
     prompt_cache_key: str = ""
+    # The planner's count of the document text in that prefix: a fallback to another model
+    # keeps the breakpoint only if this reaches that model's minimum cacheable length.
+    cache_prefix_tokens: int = 0
     # Lifetime of Anthropic cache breakpoints: "5m" (the vendor's default) or "1h".
     cache_ttl: str = "5m"
     # OpenAI ``prompt_cache_retention`` ("24h"), sent only when the model supports it ("": not).

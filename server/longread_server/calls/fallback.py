@@ -51,6 +51,7 @@ from longread_server.domain import (
     FallbackReason,
     Finish,
     LlmEvent,
+    LlmRequest,
     ModelInfo,
     Operation,
     TextDelta,
@@ -161,7 +162,7 @@ class FallbackStage:
                 and info.context_window > above_window
                 and info.max_output_tokens >= call.req.max_output_tokens
             ):
-                req = call.req if m == call.req.model else dataclasses.replace(call.req, model=m)
+                req = call.req if m == call.req.model else _for_model(call.req, info)
                 return Call(vendor=name, adapter=adapter, req=req, ctx=call.ctx), info
         return None
 
@@ -272,3 +273,14 @@ def _record(note: FallbackNote) -> None:
     }
     trace.get_current_span().add_event("fallback", attrs)
     log.info("fallback: %s", note.describe())
+
+
+def _for_model(req: LlmRequest, info: ModelInfo) -> LlmRequest:
+    """``req`` for another model, with vendor prompt caching asked for as that model allows:
+    the breakpoint only where the document reaches its minimum cacheable length, extended
+    retention only where it has it (a model without it may refuse the parameter)."""
+    prefix = req.cache_prefix_messages if req.cache_prefix_tokens >= info.cache_min_tokens else 0
+    retention = info.prompt_cache_retention if req.prompt_cache_retention else ""
+    return dataclasses.replace(
+        req, model=info.model, cache_prefix_messages=prefix, prompt_cache_retention=retention
+    )

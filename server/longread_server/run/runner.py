@@ -405,6 +405,7 @@ class JobRunner:
             seed=job.sampling.seed,
             stream=final_stage and job.streaming,
             cache_prefix_messages=cache_prefix,
+            cache_prefix_tokens=cache_prefix_tokens,
             prompt_cache_key=job.prompt_cache_key,
             cache_ttl=self._caching.ttl,
             prompt_cache_retention=retention,

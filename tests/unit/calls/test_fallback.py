@@ -260,3 +260,33 @@ async def _key(cache: object, call: Call) -> str:
     key = await cache.key(call)  # type: ignore[attr-defined]
     assert isinstance(key, str)
     return key
+
+
+def test_a_fallback_model_gets_prompt_caching_only_as_it_allows() -> None:
+    from longread_server.calls.fallback import _for_model
+    from longread_server.domain import LlmRequest, Message
+
+    catalog = Catalog.builtin()
+    req = LlmRequest(
+        model="gpt-5",
+        messages=(Message("user", "<document>...</document>"), Message("user", "Question: q")),
+        max_output_tokens=100,
+        cache_prefix_messages=1,
+        cache_prefix_tokens=2000,
+        prompt_cache_retention="24h",
+    )
+
+    def moved(vendor: str, model: str) -> tuple[int, str]:
+        info = catalog.get(vendor, model)
+        assert info is not None
+        out = _for_model(req, info)
+        assert out.model == model
+        return out.cache_prefix_messages, out.prompt_cache_retention
+
+    assert moved("anthropic", "claude-sonnet-4-5") == (1, "")  # 2000 >= 1024
+    assert moved("anthropic", "claude-haiku-4-5") == (0, "")  # 2000 < 4096: no breakpoint
+    assert moved("openai", "gpt-4.1") == (1, "24h")
+    assert moved("openai", "gpt-4o") == (1, "")  # no extended retention there
+    off = dataclasses.replace(req, prompt_cache_retention="")  # turned off by configuration
+    info = catalog.get("openai", "gpt-4.1")
+    assert info is not None and _for_model(off, info).prompt_cache_retention == ""
