@@ -143,8 +143,9 @@ def _rpc_error(err: grpc.RpcError, a: argparse.Namespace) -> CliError:
             FAILED,
         )
     what = f"{d.code.name}: {d.message}"
-    # The gateway often quotes a violation in the message already; say each thing once.
-    extra = [f"{f}: {desc}" for f, desc in d.field_violations if desc not in d.message]
+    # The gateway's message usually quotes its violations already (and in full, where the
+    # detail is clipped); say each thing once.
+    extra = [f"{f}: {desc}" for f, desc in d.field_violations if f"{f}: " not in d.message]
     if extra:
         what += " (" + "; ".join(extra) + ")"
     hint = _HINTS.get(d.code, "the gateway's log has the details of this request")
