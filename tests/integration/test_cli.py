@@ -144,3 +144,12 @@ async def test_sandbox_forwards_its_flags() -> None:
     # The emulator's own parser reports it (its usage line, then the error).
     r = await longread("sandbox", "--no-such-flag")
     assert r.code == 2 and "--no-such-flag" in r.err and "Traceback" not in r.err
+
+
+async def test_progress_for_every_stage(gateway: Gateway) -> None:
+    doc = " ".join(f"Sentence {i} says the plant was delayed by the flood." for i in range(400))
+    args = ["analyze", "-", "-q", "Why was it delayed?", "--progress", "--cache", "bypass"]
+    args += ["--strategy", "map_reduce", "--chunk-tokens", "300"]
+    r = await longread(*args, "--target", f"127.0.0.1:{gateway.port}", stdin=doc.encode())
+    assert r.code == 0, r.err
+    assert "map      [" in r.err and "reduce   [" in r.err, r.err

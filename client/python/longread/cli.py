@@ -214,10 +214,8 @@ def cmd_analyze(a: argparse.Namespace) -> int:
                         f"{len(p.chunks)} chunk(s), ~${p.estimated_cost.total_usd:.4f}",
                         file=err,
                     )
-                elif kind == "chunk_started" and ev.chunk_started.stage in (
-                    pb.STAGE_MAP,
-                    pb.STAGE_COLLAPSE,
-                ):
+                elif kind == "chunk_started":
+                    # Every stage has a bar (map, collapse, reduce, refine), not only map.
                     totals[ev.chunk_started.stage] = ev.chunk_started.of
                 elif kind == "chunk_done" and ev.chunk_done.stage in totals:
                     stage = ev.chunk_done.stage
