@@ -15,7 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from longread_server.app import Gateway
+from longread_sandbox import Sandbox
+from longread_server.app import Gateway, start
+from longread_server.config import TlsConfig
+
+from tests.certs import make_certs
+from tests.conftest import gateway_config
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -153,3 +158,27 @@ async def test_progress_for_every_stage(gateway: Gateway) -> None:
     r = await longread(*args, "--target", f"127.0.0.1:{gateway.port}", stdin=doc.encode())
     assert r.code == 0, r.err
     assert "map      [" in r.err and "reduce   [" in r.err, r.err
+
+
+async def test_tls_on_every_client_command(sandbox: Sandbox, tmp_path: Path) -> None:
+    certs = make_certs(tmp_path)
+    tls = TlsConfig(
+        cert_file=str(certs["server.pem"]),
+        key_file=str(certs["server.key"]),
+        client_ca_file=str(certs["ca.pem"]),
+    )
+    gw = await start(gateway_config(sandbox, tls=tls))
+    try:
+        target = ("--target", f"localhost:{gw.port}")
+        mtls = ("--ca", str(certs["ca.pem"]), "--cert", str(certs["client.pem"]))
+        mtls += ("--key", str(certs["client.key"]))
+        r = await longread("health", *target, *mtls)
+        assert (r.code, r.out.strip()) == (0, "SERVING"), r.err
+        for cmd in ("estimate", "analyze"):
+            r = await longread(cmd, "-", "-q", "When?", "--json", *target, *mtls, stdin=b"x")
+            assert r.code == 0, r.err
+        # Without the client certificate the handshake fails: one line, exit 1.
+        r = await longread("health", *target, "--ca", str(certs["ca.pem"]))
+        one_error_line(r, 1)
+    finally:
+        await gw.stop(0.5)

@@ -118,8 +118,37 @@ def _options(a: argparse.Namespace) -> Options:
     )
 
 
+def _pem(path: str, flag: str) -> bytes | None:
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise CliError(
+            f"{flag} {path}: {e.strerror}", f"pass a readable PEM file to {flag}"
+        ) from None
+
+
+def _tls(a: argparse.Namespace) -> tuple[bool, bytes | None, bytes | None, bytes | None]:
+    """(secure, CA, client certificate, client key) from the flags or their environment."""
+    ca, cert, key = _pem(a.ca, "--ca"), _pem(a.cert, "--cert"), _pem(a.key, "--key")
+    if (cert is None) != (key is None):
+        raise CliError("--cert and --key go together", "pass both, or neither")
+    return bool(a.tls or ca or cert), ca, cert, key
+
+
 def _client(a: argparse.Namespace) -> Client:
-    return Client(a.target, api_key=a.api_key or None, timeout=a.timeout)
+    secure, ca, cert, key = _tls(a)
+    return Client(
+        a.target,
+        api_key=a.api_key or None,
+        timeout=a.timeout,
+        secure=secure,
+        root_certificates=ca,
+        cert_chain=cert,
+        private_key=key,
+    )
 
 
 _HINTS = {
@@ -258,7 +287,10 @@ def cmd_health(a: argparse.Namespace) -> int:
     """Exit 0 when the server's gRPC health service says SERVING (container health checks)."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(a.target) as ch:
+    secure, ca, cert, key = _tls(a)
+    creds = grpc.ssl_channel_credentials(ca, key, cert) if secure else None
+    ch = grpc.secure_channel(a.target, creds) if creds else grpc.insecure_channel(a.target)
+    with ch:
         try:
             stub: Any = health_pb2_grpc.HealthStub(ch)  # the stubs' types omit Check
             r = stub.Check(health_pb2.HealthCheckRequest(service=a.service), timeout=a.timeout)
@@ -308,6 +340,28 @@ def _target(p: argparse.ArgumentParser) -> None:
         "--target",
         default=os.environ.get("LONGREAD_TARGET", "localhost:50051"),
         help="the gateway's host:port (env LONGREAD_TARGET)",
+    )
+    env = os.environ.get
+    p.add_argument(
+        "--tls",
+        action="store_true",
+        default=env("LONGREAD_TLS", "") not in ("", "0"),
+        help="TLS with the system's CAs (env LONGREAD_TLS=1; implied by --ca or --cert)",
+    )
+    p.add_argument(
+        "--ca",
+        default=env("LONGREAD_TLS_CA", ""),
+        help="PEM CA to verify the gateway with (env LONGREAD_TLS_CA)",
+    )
+    p.add_argument(
+        "--cert",
+        default=env("LONGREAD_TLS_CERT", ""),
+        help="PEM client certificate for mTLS, with --key (env LONGREAD_TLS_CERT)",
+    )
+    p.add_argument(
+        "--key",
+        default=env("LONGREAD_TLS_KEY", ""),
+        help="PEM private key of --cert (default: env LONGREAD_TLS_KEY)",
     )
 
 
