@@ -170,8 +170,8 @@ async def test_tls_on_every_client_command(sandbox: Sandbox, tmp_path: Path) -> 
     gw = await start(gateway_config(sandbox, tls=tls))
     try:
         target = ("--target", f"localhost:{gw.port}")
-        mtls = ("--ca", str(certs["ca.pem"]), "--cert", str(certs["client.pem"]))
-        mtls += ("--key", str(certs["client.key"]))
+        mtls = ["--ca", str(certs["ca.pem"]), "--cert", str(certs["client.pem"])]
+        mtls += ["--key", str(certs["client.key"])]
         r = await longread("health", *target, *mtls)
         assert (r.code, r.out.strip()) == (0, "SERVING"), r.err
         for cmd in ("estimate", "analyze"):
