@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from longread_server.config import TlsConfig
+
 
 def make_certs(tmp: Path) -> dict[str, Path]:
     """A CA, a server cert for 127.0.0.1/localhost and a client cert, made with openssl."""
@@ -59,3 +61,13 @@ def make_certs(tmp: Path) -> dict[str, Path]:
             "san.cnf",
         )
     return {p.stem + p.suffix: p for p in tmp.iterdir()}
+
+
+def mutual_tls(certs: dict[str, Path]) -> TlsConfig:
+    """The gateway's TLS settings for ``make_certs``' files: its certificate, and clients must
+    present one signed by the test CA."""
+    return TlsConfig(
+        cert_file=str(certs["server.pem"]),
+        key_file=str(certs["server.key"]),
+        client_ca_file=str(certs["ca.pem"]),
+    )

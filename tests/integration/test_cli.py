@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 from longread_sandbox import Sandbox
 from longread_server.app import Gateway, start
-from longread_server.config import TlsConfig
 
-from tests.certs import make_certs
+from tests.certs import make_certs, mutual_tls
 from tests.conftest import gateway_config
 
 pytestmark = pytest.mark.timeout(120)
@@ -162,12 +161,7 @@ async def test_progress_for_every_stage(gateway: Gateway) -> None:
 
 async def test_tls_on_every_client_command(sandbox: Sandbox, tmp_path: Path) -> None:
     certs = make_certs(tmp_path)
-    tls = TlsConfig(
-        cert_file=str(certs["server.pem"]),
-        key_file=str(certs["server.key"]),
-        client_ca_file=str(certs["ca.pem"]),
-    )
-    gw = await start(gateway_config(sandbox, tls=tls))
+    gw = await start(gateway_config(sandbox, tls=mutual_tls(certs)))
     try:
         target = ("--target", f"localhost:{gw.port}")
         mtls = ["--ca", str(certs["ca.pem"]), "--cert", str(certs["client.pem"])]

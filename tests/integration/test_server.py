@@ -17,9 +17,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from longread.client import AsyncClient, Options
 from longread_sandbox import Sandbox
 from longread_server.app import Gateway, start
-from longread_server.config import TlsConfig
 
-from tests.certs import make_certs
+from tests.certs import make_certs, mutual_tls
 from tests.conftest import gateway_config
 
 DOC = "The bridge opened in 1932. It carries two rail tracks and a footpath."
@@ -64,12 +63,7 @@ async def test_graceful_drain_finishes_in_flight_work(sandbox: Sandbox) -> None:
 
 async def test_mutual_tls(sandbox: Sandbox, tmp_path: Path) -> None:
     certs = make_certs(tmp_path)
-    tls = TlsConfig(
-        cert_file=str(certs["server.pem"]),
-        key_file=str(certs["server.key"]),
-        client_ca_file=str(certs["ca.pem"]),
-    )
-    gw = await start(gateway_config(sandbox, tls=tls))
+    gw = await start(gateway_config(sandbox, tls=mutual_tls(certs)))
     try:
         target = f"localhost:{gw.port}"
         ca = certs["ca.pem"].read_bytes()
