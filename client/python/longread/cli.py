@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import importlib
 import os
 import sys
 from collections.abc import Sequence
@@ -315,24 +316,22 @@ _NO_SANDBOX = CliError(
 )
 
 
-def cmd_sandbox(a: argparse.Namespace) -> int:
+def _sandbox(module: str) -> Any:
+    """A module of the emulator's package, or the one-line error saying how to install it."""
     try:
-        from longread_sandbox import main
+        return importlib.import_module(module)
     except ModuleNotFoundError as e:
         if e.name != "longread_sandbox":
             raise
         raise _NO_SANDBOX from None
-    return main(a.rest)
+
+
+def cmd_sandbox(a: argparse.Namespace) -> int:
+    return int(_sandbox("longread_sandbox").main(a.rest))
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    try:
-        from longread_sandbox.demo import main
-    except ModuleNotFoundError as e:
-        if e.name != "longread_sandbox":
-            raise
-        raise _NO_SANDBOX from None
-    return main()
+    return int(_sandbox("longread_sandbox.demo").main())
 
 
 def _target(p: argparse.ArgumentParser) -> None:
