@@ -54,6 +54,11 @@ class Knobs:
         )
 
 
+def _refusal(exc: ApiError | ValueError) -> ApiError:
+    """The vendor's 400 for a body it cannot take (a malformed value is invalid_request_error)."""
+    return exc if isinstance(exc, ApiError) else ApiError(400, "invalid_request_error", str(exc))
+
+
 async def _sleep_until(when: float) -> None:
     delay = when - asyncio.get_running_loop().time()
     if delay > 0:
@@ -100,12 +105,8 @@ class VendorEndpoints:
             self._stats.by_model[chat.model] += 1
             knobs = Knobs.resolve(request.headers, self._config)
             fault = self._planner.choose(request.headers.get(FAULT_HEADER), chat.sources)
-        except ApiError as error:
-            await self.error(dialect, exchange, error, request_id)
-            return
-        except ValueError as exc:
-            invalid = ApiError(400, "invalid_request_error", str(exc))
-            await self.error(dialect, exchange, invalid, request_id)
+        except (ApiError, ValueError) as exc:
+            await self.error(dialect, exchange, _refusal(exc), request_id)
             return
         if fault is not None:
             self._stats.by_fault[fault.label] += 1
@@ -148,12 +149,8 @@ class VendorEndpoints:
         try:
             counted = dialect.parse_count(self._body(dialect, request))
             knobs = Knobs.resolve(request.headers, self._config)
-        except ApiError as error:
-            await self.error(dialect, exchange, error, request_id)
-            return
-        except ValueError as exc:
-            invalid = ApiError(400, "invalid_request_error", str(exc))
-            await self.error(dialect, exchange, invalid, request_id)
+        except (ApiError, ValueError) as exc:
+            await self.error(dialect, exchange, _refusal(exc), request_id)
             return
         self._stats.by_model[counted.model] += 1
         if knobs.latency_s > 0:
