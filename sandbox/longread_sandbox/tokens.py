@@ -78,7 +78,9 @@ def load_in_background() -> None:
 
 def _o200k() -> tiktoken.Encoding:
     """o200k_base as tiktoken defines it (pattern, special tokens, the SHA-256 of its ranks),
-    with the ranks taken from the bpe-openai package instead of the network."""
+    with the ranks taken from the bpe-openai package instead of the network. The gateway
+    loads it the same way in a function of its own: the emulator stands in for the vendor and
+    never imports the gateway (an import contract), so the two cannot share one."""
     from tiktoken_ext import openai_public
 
     raw = resources.files("bpe_openai.data").joinpath("o200k_base.tiktoken.gz").read_bytes()
