@@ -112,6 +112,8 @@ class BudgetLedger:
         self._save_failed = False
         if self._file is not None:
             self._load(self._file)
+            with contextlib.suppress(OSError):  # reported by the first save that fails
+                self._file.parent.mkdir(parents=True, exist_ok=True)
         self._reserve_script = redis.register_script(_RESERVE) if redis is not None else None
 
     @property
@@ -238,7 +240,6 @@ class BudgetLedger:
                 spend[month][tenant] = usd
         tmp = path.with_name(path.name + ".tmp")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
             tmp.write_text(json.dumps({"version": 1, "spend": spend}, sort_keys=True))
             os.replace(tmp, path)  # a reader (or a crash) sees the old file or the new one
         except OSError as e:
