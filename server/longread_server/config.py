@@ -218,12 +218,20 @@ class BudgetConfig:
 
 @dataclass
 class TelemetryConfig:
-    """OpenTelemetry traces and metrics, and logs. Everything that costs is off by default."""
+    """OpenTelemetry traces, metrics and logs. Everything that costs is off by default.
+
+    The standard ``OTEL_*`` variables mean what they mean to the OpenTelemetry SDK and win over
+    the setting they overlap (``telemetry/settings.py`` resolves both in one place)."""
 
     traces: bool = False
     metrics: bool = False
-    otlp_endpoint: str = ""  # e.g. "http://collector:4317": traces and metrics over OTLP/gRPC
+    logs: bool = False  # log records over OTLP too, beside the JSON lines
+    otlp_endpoint: str = ""  # e.g. "http://collector:4317": every signal that is on, over OTLP
+    otlp_protocol: str = "grpc"  # or "http/protobuf" (then e.g. "http://collector:4318")
     sampling_ratio: float = 1.0  # of new traces; a caller's sampled traceparent is honoured
+    # SDK span processors to add, each "package.module:name" of a SpanProcessor, its class, or
+    # a function of no arguments returning one (they run off the event loop: tracing.py).
+    span_processors: list[str] = field(default_factory=list)
     record_content: bool = False  # documents, prompts and answers on spans (opt-in)
     # A span per upstream HTTP request (httpx) and per Redis command, under the model-call
     # and state spans: one more span per call, off unless asked for.

@@ -107,7 +107,19 @@ def test_client_variables_are_not_server_settings() -> None:
         (
             "[telemetry]\ntraces = true\notlp_endpoint = 'https://localhost:4317'\n",
             {"OTEL_EXPORTER_OTLP_CLIENT_KEY": __file__},
-            "telemetry.otlp_endpoint (in {path}): OTEL_EXPORTER_OTLP_CLIENT_KEY and",
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY and OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE go",
+        ),
+        (
+            "[telemetry]\ntraces = true\n",
+            {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "half"},
+            "OTEL_TRACES_SAMPLER_ARG: expected a ratio from 0 to 1",
+        ),
+        ("", {"OTEL_TRACES_EXPORTER": "zipkin"}, "OTEL_TRACES_EXPORTER: no traces exporter"),
+        (
+            "[telemetry]\notlp_protocol = 'http/json'\nmetrics = true\n"
+            "otlp_endpoint = 'http://localhost:4318'\n",
+            {},
+            "telemetry.otlp_protocol (in {path}): expected grpc or http/protobuf",
         ),
     ],
 )

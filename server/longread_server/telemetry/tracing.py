@@ -1,19 +1,20 @@
 """A lean OpenTelemetry tracer: the OpenTelemetry trace API, implemented for the hot path.
 
 Why not the SDK's ``TracerProvider``: a cache-miss Analyze is a few milliseconds of the
-gateway's CPU, and the SDK's spans (locks around attributes, span limits, a processor chain,
-a ReadableSpan copy at the end, then a tree of protobuf objects to encode) cost a multiple of
-the 5 % budget at 100 % sampling (``bench.tracing_cost`` and ``bench.telemetry`` measure it;
-the README has the figures). These spans are plain slotted objects: attributes in a dict,
-ended spans handed to the sinks as they are, and encoded by ``telemetry.encode`` straight
-from these objects.
+gateway's CPU, and the SDK's spans (locks around attributes, a processor chain, a ReadableSpan
+copy at the end, then a tree of protobuf objects to encode) cost a multiple of the 5 % budget at
+100 % sampling (``bench.tracing_cost`` and ``bench.telemetry`` measure it). These spans are
+plain slotted objects: attributes in a dict, ended spans handed to the sinks as they are, and
+encoded by ``telemetry.encode`` straight from these objects.
 
-It is still OpenTelemetry everywhere it matters: spans are ``opentelemetry.trace.Span``s
+It is still OpenTelemetry wherever a user can tell: spans are ``opentelemetry.trace.Span``s
 carried in the API's context, so ``propagate.inject``/``extract``, ``use_span``,
 ``get_current_span`` and instrumentations (httpx, Redis) given this provider work unchanged;
-sampling is the SDK's ``ParentBased(TraceIdRatioBased(ratio))`` rule; export is OTLP; and any
-SDK ``SpanExporter`` can be attached (``ExporterSink``, which hands it SDK ``ReadableSpan``s;
-the tests use the in-memory exporter that way).
+sampling is any SDK ``Sampler`` (the standard ones decided without a call, any other asked
+for every span, as the SDK does); the SDK's ``SpanLimits`` apply; and the SDK's own span
+processors can be added (:meth:`LeanTracerProvider.add_span_processor`): they see each span
+start, and each ended span as an SDK ``ReadableSpan`` on a thread of their own, so no
+processor's exporter ever runs on the event loop.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import random
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from contextvars import ContextVar, Token
@@ -31,8 +33,15 @@ from typing import Any, Protocol
 from opentelemetry import context as context_api
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event, ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExporter
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits, SpanProcessor
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    Decision,
+    ParentBased,
+    Sampler,
+    TraceIdRatioBased,
+)
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
     Link,
@@ -102,8 +111,6 @@ def scope_of(key: int) -> tuple[Resource, InstrumentationScope | None]:
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 _UNSET = Status(StatusCode.UNSET)
-_MAX_ATTRIBUTES = 128  # the SDK's default span limits
-_MAX_EVENTS = 128
 # Attribute values kept as they are; anything else goes through _clean.
 _PRIMITIVE = frozenset((str, int, bool, float))
 _STRINGS = frozenset((str,))
@@ -147,6 +154,30 @@ def _clean(value: Any) -> Any:
     return str(value)
 
 
+def _truncate(value: Any, limit: int) -> Any:
+    """``value`` with every string in it cut to ``limit`` characters, as the SDK's
+    attribute value length limit does (other types are left as they are)."""
+    if type(value) is str:
+        return value[:limit]
+    if type(value) is tuple:
+        return tuple(v[:limit] if type(v) is str else v for v in value)
+    return value
+
+
+def _limited(attributes: types.Attributes, count: int, length: int | None) -> dict[str, Any]:
+    """An event's or a link's attributes within the span limits: the first ``count``, their
+    strings cut to ``length``."""
+    out: dict[str, Any] = {}
+    for key, value in (attributes or {}).items():
+        if value is None:
+            continue
+        if len(out) >= count:
+            break
+        value = _clean(value)
+        out[key] = value if length is None else _truncate(value, length)
+    return out
+
+
 class SpanSink(Protocol):
     def on_end(self, span: LeanSpan) -> None: ...
     def force_flush(self, timeout_millis: int = 30000) -> bool: ...
@@ -167,6 +198,7 @@ class LeanSpan(trace.Span):
         "_tracer",
         "dropped_attributes",
         "dropped_events",
+        "dropped_links",
         "end_time",
         "kind",
         "parent",
@@ -205,7 +237,8 @@ class LeanSpan(trace.Span):
         self._attributes: dict[str, Any] = {}
         # Most spans have no events or links: no list (a tracked object) until one is added.
         self._events: list[Event] | None = None
-        self._links: list[Link] | None = list(links) if links else None
+        self._links: list[Link] | None = None
+        self.dropped_links = 0
         self._status = _UNSET
         self.start_time = start_time
         self.end_time: int | None = None
@@ -214,6 +247,8 @@ class LeanSpan(trace.Span):
         self.dropped_events = 0
         if attributes:
             self.set_attributes(attributes)
+        for link in links or ():
+            self.add_link(link.context, link.attributes)
 
     # ---- what exporters read (the names of the SDK's ReadableSpan) ----
 
@@ -249,8 +284,6 @@ class LeanSpan(trace.Span):
     def instrumentation_scope(self) -> InstrumentationScope:
         return self._tracer.scope
 
-    dropped_links = 0
-
     def readable(self) -> ReadableSpan:
         """This span as the SDK's ReadableSpan, for SDK exporters."""
         return ReadableSpan(
@@ -285,12 +318,10 @@ class LeanSpan(trace.Span):
         if self.end_time is not None:
             return
         attrs = self._attributes
-        if len(attrs) + len(attributes) > _MAX_ATTRIBUTES:
+        tracer = self._tracer
+        if len(attrs) + len(attributes) > tracer.max_attributes or tracer.max_length is not None:
             for key, value in attributes.items():
-                if len(attrs) >= _MAX_ATTRIBUTES and key not in attrs:
-                    self.dropped_attributes += 1
-                else:
-                    self.set_attribute(key, value)
+                self.set_attribute(key, value)
             return
         if "" not in attributes and _PRIMITIVE.issuperset(map(type, attributes.values())):
             attrs.update(attributes)  # the usual case, checked and copied without a loop
@@ -303,30 +334,40 @@ class LeanSpan(trace.Span):
         if self.end_time is not None or value is None or not key:
             return
         attrs = self._attributes
-        if len(attrs) >= _MAX_ATTRIBUTES and key not in attrs:
+        tracer = self._tracer
+        if len(attrs) >= tracer.max_attributes and key not in attrs:
             self.dropped_attributes += 1
             return
         t = type(value)
-        attrs[key] = value if t is str or t is int or t is bool else _clean(value)
+        value = value if t is str or t is int or t is bool else _clean(value)
+        if tracer.max_length is not None:
+            value = _truncate(value, tracer.max_length)
+        attrs[key] = value
 
     def add_event(
         self, name: str, attributes: types.Attributes = None, timestamp: int | None = None
     ) -> None:
         if self.end_time is not None:
             return
+        tracer = self._tracer
         if self._events is None:
             self._events = []
-        elif len(self._events) >= _MAX_EVENTS:
+        if len(self._events) >= tracer.max_events:
             self.dropped_events += 1
             return
-        attrs = {k: _clean(v) for k, v in (attributes or {}).items() if v is not None}
+        attrs = _limited(attributes, tracer.max_event_attributes, tracer.max_event_length)
         self._events.append(Event(name, attrs, timestamp or _time_ns()))
 
     def add_link(self, context: SpanContext, attributes: types.Attributes = None) -> None:
         if self.end_time is None and context.is_valid:
             if self._links is None:
                 self._links = []
-            self._links.append(Link(context, attributes))
+            tracer = self._tracer
+            if len(self._links) >= tracer.max_links:
+                self.dropped_links += 1
+                return
+            attrs = _limited(attributes, tracer.max_link_attributes, tracer.max_event_length)
+            self._links.append(Link(context, attrs))
 
     def update_name(self, name: str) -> None:
         if self.end_time is None:
@@ -427,6 +468,15 @@ class LeanTracer(trace.Tracer):
         self.scope = scope
         self.scope_key = scope_key(provider.resource, scope)
         self.sinks = provider.sinks  # the provider's list: sinks added later are in it too
+        self.starts = provider.starts  # the processors' on_start, likewise
+        limits = provider.limits
+        self.max_attributes: int = _bound(limits.max_span_attributes)
+        self.max_length: int | None = limits.max_span_attribute_length
+        self.max_events: int = _bound(limits.max_events)
+        self.max_links: int = _bound(limits.max_links)
+        self.max_event_attributes: int = _bound(limits.max_event_attributes)
+        self.max_link_attributes: int = _bound(limits.max_link_attributes)
+        self.max_event_length: int | None = limits.max_attribute_length
 
     def start_span(
         self,
@@ -441,11 +491,16 @@ class LeanTracer(trace.Tracer):
     ) -> trace.Span:
         parent_span = (_get_context() if context is None else context).get(_SPAN_KEY)
         span_id = _getrandbits(64) or 1
-        if type(parent_span) is UnsampledSpan:  # left out by the sampler: so are its children
+        provider = self.provider
+        if provider.rule is None:  # a sampler of the user's: asked for every span
+            span = self._ask_sampler(
+                name, context, parent_span, span_id, kind, attributes, links, start_time
+            )
+        elif type(parent_span) is UnsampledSpan:  # left out by the sampler: so are its children
+            # (true of every standard sampler: a child has its parent's trace id and flags)
             return UnsampledSpan(parent_span.trace_id, span_id, parent_span.state)
-        start = start_time or _time_ns()
-        if type(parent_span) is LeanSpan:  # a span of ours: sampled, local (the usual case)
-            return LeanSpan(
+        elif type(parent_span) is LeanSpan:  # a span of ours: sampled, local (the usual case)
+            span = LeanSpan(
                 name,
                 parent_span.trace_id,
                 span_id,
@@ -455,21 +510,68 @@ class LeanTracer(trace.Tracer):
                 kind,
                 attributes,
                 links,
-                start,
+                start_time or _time_ns(),
                 self,
             )
-        # Anything else in the context: the API's rule (not a span means no parent).
+        else:
+            # Anything else in the context: the API's rule (not a span means no parent).
+            if not isinstance(parent_span, trace.Span):
+                parent_span = trace.INVALID_SPAN
+            parent = parent_span.get_span_context()
+            if parent.is_valid:
+                trace_id, state = parent.trace_id, parent.trace_state or None
+                if provider.parent_based:
+                    sampled = parent.trace_flags.sampled
+                else:
+                    sampled = (trace_id & 0xFFFFFFFFFFFFFFFF) < provider.bound
+            else:
+                trace_id, state = _getrandbits(128) or 1, None
+                sampled = (trace_id & 0xFFFFFFFFFFFFFFFF) < provider.bound
+            if not sampled:
+                return UnsampledSpan(trace_id, span_id, state)
+            span = LeanSpan(
+                name,
+                trace_id,
+                span_id,
+                state,
+                parent if parent.is_valid else None,
+                parent.is_valid and parent.is_remote,
+                kind,
+                attributes,
+                links,
+                start_time or _time_ns(),
+                self,
+            )
+        if self.starts and isinstance(span, LeanSpan):
+            for on_start in self.starts:
+                on_start(span, context)
+        return span
+
+    def _ask_sampler(
+        self,
+        name: str,
+        context: context_api.Context | None,
+        parent_span: object,
+        span_id: int,
+        kind: SpanKind,
+        attributes: types.Attributes,
+        links: Sequence[Link] | None,
+        start_time: int | None,
+    ) -> trace.Span:
+        """A span as the SDK makes it with any sampler: the sampler decides, may add
+        attributes and replace the trace state. A span it would only record (RECORD_ONLY) is
+        left out: nothing here reads spans that are not exported."""
         if not isinstance(parent_span, trace.Span):
             parent_span = trace.INVALID_SPAN
         parent = parent_span.get_span_context()
-        if parent.is_valid:
-            trace_id, state = parent.trace_id, parent.trace_state or None
-            sampled = parent.trace_flags.sampled
-        else:
-            trace_id, state = _getrandbits(128) or 1, None
-            sampled = (trace_id & 0xFFFFFFFFFFFFFFFF) < self.provider.bound
-        if not sampled:
+        trace_id = parent.trace_id if parent.is_valid else _getrandbits(128) or 1
+        result = self.provider.sampler.should_sample(
+            context, trace_id, name, kind, attributes, links
+        )
+        state = result.trace_state or (parent.trace_state if parent.is_valid else None) or None
+        if result.decision is not Decision.RECORD_AND_SAMPLE:
             return UnsampledSpan(trace_id, span_id, state)
+        merged = {**(attributes or {}), **(result.attributes or {})}
         return LeanSpan(
             name,
             trace_id,
@@ -478,9 +580,9 @@ class LeanTracer(trace.Tracer):
             parent if parent.is_valid else None,
             parent.is_valid and parent.is_remote,
             kind,
-            attributes,
+            merged,
             links,
-            start,
+            start_time or _time_ns(),
             self,
         )
 
@@ -545,19 +647,75 @@ class CurrentSpan:
             span.end()
 
 
+def _bound(limit: int | None) -> int:
+    """A count limit of ``SpanLimits`` as a number (None: unlimited)."""
+    return (1 << 62) if limit is None else limit
+
+
+def sampling_rule(sampler: Sampler) -> tuple[int, bool] | None:
+    """The decision of a standard sampler as (bound, parent_based): sample a new trace when
+    its id's low 64 bits are under the bound (``TraceIdRatioBased``'s rule, ALWAYS_ON and
+    ALWAYS_OFF its ends), and a child of a remote parent as the parent was sampled when
+    parent-based, by the same bound otherwise. None for any other sampler (including a
+    ``ParentBased`` with delegates of its own), which is then asked for every span."""
+    parent_based = isinstance(sampler, ParentBased)
+    if isinstance(sampler, ParentBased):
+        # Its delegates are not public: read them defensively (another SDK version without
+        # them only costs the fast path).
+        delegates = vars(sampler)
+        defaults = (
+            delegates.get("_remote_parent_sampled") is ALWAYS_ON
+            and delegates.get("_remote_parent_not_sampled") is ALWAYS_OFF
+            and delegates.get("_local_parent_sampled") is ALWAYS_ON
+            and delegates.get("_local_parent_not_sampled") is ALWAYS_OFF
+        )
+        root = delegates.get("_root")
+        if not defaults or not isinstance(root, Sampler):
+            return None
+        sampler = root
+    if sampler is ALWAYS_ON:
+        return 1 << 64, parent_based
+    if sampler is ALWAYS_OFF:
+        return 0, parent_based
+    if type(sampler) is TraceIdRatioBased:
+        return sampler.bound, parent_based
+    return None
+
+
 class LeanTracerProvider(trace.TracerProvider):
     """Tracers for one gateway; ended spans go to its sinks."""
 
-    def __init__(self, resource: Resource, sampling_ratio: float = 1.0) -> None:
+    def __init__(
+        self,
+        resource: Resource,
+        sampler: Sampler | float = 1.0,
+        limits: SpanLimits | None = None,
+    ) -> None:
         self.resource = resource
-        # TraceIdRatioBased's rule: sample when the trace id's low 64 bits are under the bound.
-        self.bound = round(min(max(sampling_ratio, 0.0), 1.0) * (1 << 64))
+        if not isinstance(sampler, Sampler):  # a ratio of new traces
+            sampler = ParentBased(TraceIdRatioBased(min(max(sampler, 0.0), 1.0)))
+        self.sampler = sampler
+        self.rule = sampling_rule(sampler)
+        self.bound, self.parent_based = self.rule or (0, False)
+        self.limits = limits or SpanLimits()
         self.sinks: list[SpanSink] = []
+        self.starts: list[Callable[[LeanSpan, context_api.Context | None], None]] = []
+        self._processors: ProcessorSink | None = None
         self._tracers: dict[tuple[str, str | None, str | None], LeanTracer] = {}
         self._lock = threading.Lock()
 
     def add_sink(self, sink: SpanSink) -> None:
         self.sinks.append(sink)
+
+    def add_span_processor(self, processor: SpanProcessor) -> None:
+        """An SDK span processor (``BatchSpanProcessor``, ``SimpleSpanProcessor``, one's own):
+        ``on_start`` with the span as it starts, ``on_end`` with each ended span as a
+        ``ReadableSpan``, on the processors' own thread (:class:`ProcessorSink`)."""
+        if self._processors is None:
+            self._processors = ProcessorSink()
+            self.add_sink(self._processors)
+        self._processors.processors.append(processor)
+        self.starts.append(processor.on_start)  # type: ignore[arg-type]
 
     def get_tracer(
         self,
@@ -587,20 +745,72 @@ class LeanTracerProvider(trace.TracerProvider):
             sink.shutdown()
 
 
-class ExporterSink:
-    """Hands each ended span to an SDK ``SpanExporter`` as a ReadableSpan, synchronously."""
+class ProcessorSink:
+    """Hands ended spans to SDK span processors on a thread of its own.
 
-    def __init__(self, exporter: SpanExporter) -> None:
-        self._exporter = exporter
+    ``on_end`` only appends the span to a bounded queue (the oldest dropped, and counted, if
+    the processors cannot keep up); the thread makes each an SDK ``ReadableSpan`` and calls
+    every processor's ``on_end`` with it. A ``SimpleSpanProcessor`` exports right there, so
+    its exporter runs on this thread, never on the event loop; a ``BatchSpanProcessor``
+    queues it for its own."""
+
+    def __init__(self, max_queue: int = 8192) -> None:
+        self.processors: list[SpanProcessor] = []
+        self._queue: deque[LeanSpan] = deque(maxlen=max_queue)
+        self._max_queue = max_queue
+        self.dropped = 0
+        self._wake = threading.Condition()
+        self._busy = False
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="longread-spans", daemon=True)
+        self._thread.start()
 
     def on_end(self, span: LeanSpan) -> None:
-        self._exporter.export([span.readable()])
+        q = self._queue
+        if len(q) == self._max_queue:
+            self.dropped += 1
+        q.append(span)
+        if not self._busy:
+            with self._wake:
+                self._wake.notify_all()
+
+    def _run(self) -> None:
+        q = self._queue
+        while True:
+            with self._wake:
+                self._busy = False
+                self._wake.notify_all()  # a flush waiting for an empty queue
+                while not q and not self._stop:
+                    self._wake.wait()
+                if not q and self._stop:
+                    return
+                self._busy = True
+            while q:
+                readable = q.popleft().readable()
+                for processor in self.processors:
+                    try:
+                        processor.on_end(readable)
+                    except Exception:  # one processor's fault must not stop the others
+                        log.exception("span processor %r failed", processor)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self._exporter.force_flush(timeout_millis)
+        deadline = time.monotonic() + timeout_millis / 1000
+        with self._wake:
+            self._wake.notify_all()
+            while self._queue or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._wake.wait(left):
+                    return False
+        return all(p.force_flush(timeout_millis) for p in self.processors)
 
     def shutdown(self) -> None:
-        self._exporter.shutdown()
+        self.force_flush()
+        with self._wake:
+            self._stop = True
+            self._wake.notify_all()
+        self._thread.join(5)
+        for processor in self.processors:
+            processor.shutdown()
 
 
 def current_span(

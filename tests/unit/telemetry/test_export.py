@@ -3,9 +3,12 @@ exporters are built from."""
 
 from __future__ import annotations
 
+import gzip
+import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ from longread_server.telemetry import setup
 from longread_server.telemetry.encode import flatten
 from longread_server.telemetry.export import OtlpBatcher, OtlpSettings, metric_exporter
 from longread_server.telemetry.tracing import LeanTracerProvider
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.metrics.v1 import (
     metrics_service_pb2,
     metrics_service_pb2_grpc,
@@ -283,13 +287,13 @@ def test_settings_are_each_signals_own_variables_first(tmp_path: Path) -> None:
     assert metrics.headers == (("authorization", "metrics"),)
     assert (traces.root_certificates, metrics.root_certificates) == (b"roots", b"metrics roots")
     assert (traces.timeout_s, metrics.timeout_s) == (4.0, 2.5)
-    assert traces.compression == metrics.compression == grpc.Compression.Gzip
+    assert traces.compression == metrics.compression == "gzip"
     plain = OtlpSettings.resolve("http://collector:4317", "METRICS", env)
     assert (plain.target, plain.secure, plain.root_certificates) == ("collector:4317", False, None)
     assert OtlpSettings.resolve("grpc://collector:4317", "TRACES", {}).target == "collector:4317"
     assert OtlpSettings.resolve("collector:4317", "TRACES", {}).target == "collector:4317"
     defaults = OtlpSettings.resolve("http://collector:4317", "METRICS", {})
-    assert (defaults.headers, defaults.timeout_s, defaults.compression) == ((), 10.0, None)
+    assert (defaults.headers, defaults.timeout_s, defaults.compression) == ((), 10.0, "")
     for bad, message in (
         ({"OTEL_EXPORTER_OTLP_METRICS_TIMEOUT": "soon"}, "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT"),
         ({"OTEL_EXPORTER_OTLP_COMPRESSION": "zstd"}, "OTEL_EXPORTER_OTLP_COMPRESSION"),
@@ -332,7 +336,8 @@ def test_metrics_are_sent_with_the_same_headers_and_mutual_tls_as_spans(tmp_path
     }
     try:
         reader = PeriodicExportingMetricReader(
-            metric_exporter(f"https://localhost:{port}", env), export_interval_millis=3_600_000
+            metric_exporter(OtlpSettings.resolve(f"https://localhost:{port}", "METRICS", env)),
+            export_interval_millis=3_600_000,
         )
         provider = MeterProvider(metric_readers=[reader])
         provider.get_meter("test").create_counter("longread.test").add(1)
@@ -348,5 +353,101 @@ def test_a_wrong_tls_setting_stops_the_gateway_for_metrics_too(
 ) -> None:
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem")
     cfg = TelemetryConfig(metrics=True, otlp_endpoint="https://localhost:4317")
-    with pytest.raises(ConfigError, match=r"telemetry\.otlp_endpoint: OTEL_EXPORTER_OTLP_CERT"):
+    with pytest.raises(ConfigError, match=r"^OTEL_EXPORTER_OTLP_CERTIFICATE: cannot read"):
         setup(cfg)
+
+
+def test_endpoints_and_protocols_resolve_as_the_sdk_exporters_read_them() -> None:
+    """The general endpoint gets the signal's path over HTTP; a signal's own endpoint is
+    used as it is; the protocol is each signal's own variable first; gRPC's TLS follows
+    the scheme, then ``INSECURE``."""
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318/",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": "https://logs.example:443/custom/path",
+        "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "grpc",
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "metrics:4317",
+    }
+    traces = OtlpSettings.resolve("", "TRACES", env)
+    assert (traces.protocol, traces.endpoint, traces.secure) == (
+        "http/protobuf",
+        "http://collector:4318/v1/traces",
+        False,
+    )
+    logs = OtlpSettings.resolve("", "LOGS", env)
+    assert (logs.endpoint, logs.secure) == ("https://logs.example:443/custom/path", True)
+    metrics = OtlpSettings.resolve("", "METRICS", env)
+    # From a variable, a target without a scheme is TLS (the SDK's rule)...
+    assert (metrics.protocol, metrics.target, metrics.secure) == ("grpc", "metrics:4317", True)
+    plain = OtlpSettings.resolve("", "METRICS", {**env, "OTEL_EXPORTER_OTLP_INSECURE": "true"})
+    assert not plain.secure
+    # ... and from the configured endpoint plaintext, as documented for it.
+    assert not OtlpSettings.resolve("collector:4317", "TRACES", {}).secure
+    assert OtlpSettings.resolve("", "TRACES", {}).endpoint == "http://localhost:4317"
+    http = OtlpSettings.resolve("", "TRACES", {}, protocol="http/protobuf")
+    assert http.endpoint == "http://localhost:4318/v1/traces"
+    for bad, message in (
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, "OTEL_EXPORTER_OTLP_PROTOCOL"),
+        (
+            {"OTEL_EXPORTER_OTLP_COMPRESSION": "deflate"},  # not over gRPC
+            "OTEL_EXPORTER_OTLP_COMPRESSION",
+        ),
+        (
+            {
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "collector:4318",
+            },
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        ),
+    ):
+        with pytest.raises(ValueError, match=message):
+            OtlpSettings.resolve("", "TRACES", bad)
+
+
+class _HttpReceiver(ThreadingHTTPServer):
+    """POSTs as an OTLP/HTTP collector receives them: path, headers, the body inflated."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, dict[str, str], bytes]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                if self.headers.get("content-encoding") == "gzip":
+                    body = gzip.decompress(body)
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                receiver.requests.append((self.path, headers, body))
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+def test_spans_go_over_http_protobuf_gzipped_as_the_sdk_exporter_sends_them() -> None:
+    rx = _HttpReceiver()
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{rx.server_port}",
+        "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip",
+        "OTEL_EXPORTER_OTLP_HEADERS": "x-team=search",
+    }
+    try:
+        batcher = OtlpBatcher(interval_s=30, env=env, protocol="http/protobuf")
+        spans = sample_spans()
+        for span in spans:
+            batcher.on_end(span)
+        batcher.shutdown()
+    finally:
+        rx.shutdown()
+    ((path, headers, body),) = rx.requests
+    assert path == "/v1/traces"
+    assert headers["content-type"] == "application/x-protobuf"
+    assert headers["content-encoding"] == "gzip" and headers["x-team"] == "search"
+    received = trace_service_pb2.ExportTraceServiceRequest.FromString(body)
+    assert received == encode_spans(spans)

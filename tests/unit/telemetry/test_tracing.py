@@ -2,16 +2,44 @@
 
 from __future__ import annotations
 
+import io
+import json
+import random
+import threading
+from collections.abc import Sequence
 from typing import Any
+from unittest.mock import patch
 
 import pytest
+from longread_server.telemetry import tracing
 from longread_server.telemetry.encode import encode_request
-from longread_server.telemetry.tracing import ExporterSink, LeanSpan, LeanTracerProvider
+from longread_server.telemetry.tracing import LeanSpan, LeanTracerProvider
 from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import (
+    ReadableSpan,
+    Span,
+    SpanLimits,
+    SpanProcessor,
+    TracerProvider,
+)
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExportResult,
+)
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    ParentBased,
+    Sampler,
+    TraceIdRatioBased,
+)
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 
@@ -159,19 +187,120 @@ def test_attributes_are_cleaned_and_frozen_at_end() -> None:
     assert span.name == "s" and not span.is_recording()
 
 
-def test_sdk_exporters_get_readable_spans() -> None:
+def test_sdk_processors_get_readable_spans_off_the_calling_thread() -> None:
+    """The SDK's own processors accept our spans (the batch processor and the console
+    exporter's ``to_json`` need a real ReadableSpan), and their exporters run on a thread
+    of their own, never the one that ended the span (the event loop's, in the gateway)."""
+    threads: list[int] = []
+
+    class Recording(InMemorySpanExporter):
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            threads.append(threading.get_ident())
+            return super().export(spans)
+
     tp = LeanTracerProvider(Resource.create({"service.name": "test"}))
-    memory = InMemorySpanExporter()
-    tp.add_sink(ExporterSink(memory))
+    simple, batched = Recording(), InMemorySpanExporter()
+    console = io.StringIO()
+    tp.add_span_processor(SimpleSpanProcessor(simple))
+    tp.add_span_processor(BatchSpanProcessor(batched, schedule_delay_millis=10))
+    tp.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(out=console)))
     tracer = tp.get_tracer("t", "2.0")
     with tracer.start_as_current_span("root", attributes={"a": 1}) as root:
         root.add_event("note", {"k": "v"})
+    assert tp.force_flush()
+    for memory in (simple, batched):
+        (span,) = memory.get_finished_spans()
+        assert span.name == "root" and dict(span.attributes or {}) == {"a": 1}
+        assert span.resource.attributes["service.name"] == "test"
+        assert span.instrumentation_scope is not None
+        assert span.instrumentation_scope.version == "2.0"
+        assert [e.name for e in span.events] == ["note"]
+    assert json.loads(console.getvalue())["name"] == "root"
+    assert threads and threading.get_ident() not in threads
+    tp.shutdown()
+
+
+def test_a_processor_sees_each_span_start_and_may_add_to_it() -> None:
+    class Stamp(SpanProcessor):
+        def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+            span.set_attribute("stamped", True)
+
+    tp = LeanTracerProvider(Resource.create({"service.name": "test"}))
+    memory = InMemorySpanExporter()
+    tp.add_span_processor(Stamp())
+    tp.add_span_processor(SimpleSpanProcessor(memory))
+    with tp.get_tracer("t").start_as_current_span("root"):
+        pass
+    tp.force_flush()
     (span,) = memory.get_finished_spans()
-    assert span.name == "root" and dict(span.attributes or {}) == {"a": 1}
-    assert span.resource.attributes["service.name"] == "test"
-    assert span.instrumentation_scope is not None
-    assert span.instrumentation_scope.version == "2.0"
-    assert [e.name for e in span.events] == ["note"]
+    assert (span.attributes or {})["stamped"] is True
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [
+        ALWAYS_ON,
+        ALWAYS_OFF,
+        TraceIdRatioBased(0.5),
+        ParentBased(ALWAYS_OFF),
+        ParentBased(TraceIdRatioBased(0.5)),
+        ParentBased(ALWAYS_ON, remote_parent_sampled=ALWAYS_OFF),  # delegates of its own
+    ],
+    ids=str,
+)
+def test_sampling_decides_as_the_sdk_provider_with_the_same_sampler(sampler: Sampler) -> None:
+    """The same trace ids through the SDK's provider and ours: the same spans kept, for new
+    traces and for remote parents sampled or not."""
+    sink = Sink()
+    ours = LeanTracerProvider(Resource.create({}), sampler)
+    ours.add_sink(sink)
+    memory = InMemorySpanExporter()
+    sdk = TracerProvider(sampler=sampler)
+    sdk.add_span_processor(SimpleSpanProcessor(memory))
+    rng = random.Random(7)
+    for _ in range(200):
+        trace_id = rng.getrandbits(128) or 1
+        for flags in (None, 0, 1):
+            context = None
+            if flags is not None:
+                remote = SpanContext(trace_id, 99, True, TraceFlags(flags))
+                context = trace.set_span_in_context(trace.NonRecordingSpan(remote))
+            for tp in (ours, sdk):
+                # The SDK's provider takes a new trace's id from ``random``: both get the same.
+                tracer = tp.get_tracer("t")
+                ids = patch("random.getrandbits", lambda n, t=trace_id: t if n == 128 else 5)
+                ours_ids = patch.object(
+                    tracing, "_getrandbits", lambda n, t=trace_id: t if n == 128 else 5
+                )
+                with ids, ours_ids, tracer.start_as_current_span("s", context=context):
+                    tracer.start_span("child").end()
+    kept_sdk = sorted((s.context.trace_id, s.name) for s in memory.get_finished_spans())
+    kept_ours = sorted((s.trace_id, s.name) for s in sink.spans)
+    assert kept_ours == kept_sdk
+    assert 0 < len(kept_ours) < 1200 or sampler in (ALWAYS_ON, ALWAYS_OFF)
+
+
+def test_span_limits_as_the_sdk_reads_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "3")
+    monkeypatch.setenv("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT", "5")
+    monkeypatch.setenv("OTEL_SPAN_EVENT_COUNT_LIMIT", "2")
+    monkeypatch.setenv("OTEL_SPAN_LINK_COUNT_LIMIT", "1")
+    monkeypatch.setenv("OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT", "1")
+    tp = LeanTracerProvider(Resource.create({}), 1.0, SpanLimits())
+    sink = Sink()
+    tp.add_sink(sink)
+    link = Link(SpanContext(1, 2, True, TraceFlags(1)))
+    with tp.get_tracer("t").start_as_current_span("s", links=[link, link]) as span:
+        span.set_attributes({"a": "abcdefgh", "b": ("long value", 1), "c": 3})
+        span.set_attribute("d", "x")
+        for n in range(3):
+            span.add_event("e", {"k": n, "j": n})
+    (ended,) = sink.spans
+    assert dict(ended.attributes) == {"a": "abcde", "b": ("long ", 1), "c": 3}
+    assert ended.dropped_attributes == 1
+    assert len(ended.events) == 2 and ended.dropped_events == 1
+    assert all(len(e.attributes or {}) == 1 for e in ended.events)
+    assert len(ended.links) == 1 and ended.dropped_links == 1
 
 
 def test_lean_spans_encode_as_the_official_encoder_encodes_their_sdk_form() -> None:
