@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from concurrent import futures
@@ -19,7 +20,7 @@ from longread.v1 import types_pb2 as pb
 from longread_sandbox import Sandbox
 from longread_sandbox.sample import DEMO_QUESTION, generate_report
 from longread_server.app import Gateway, start
-from longread_server.config import TelemetryConfig, TenantConfig
+from longread_server.config import ConfigError, TelemetryConfig, TenantConfig
 from longread_server.telemetry import JsonFormatter, setup
 from longread_server.telemetry.tracing import LeanTracerProvider
 from opentelemetry import trace
@@ -29,7 +30,7 @@ from opentelemetry.proto.collector.trace.v1 import (
 )
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tests.conftest import gateway_config
@@ -420,3 +421,50 @@ async def test_the_exact_count_is_traced_as_a_model_call(traced: tuple[Gateway, 
     assert attrs["gen_ai.operation.name"] == "count_tokens"
     assert attrs["gen_ai.provider.name"] == "anthropic"
     assert attrs["gen_ai.usage.input_tokens"] == est.plan.document_tokens
+
+
+class SlowExporter(InMemorySpanExporter):
+    """An exporter that takes 50 ms a call, remembering the threads it was called on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: set[int] = set()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.threads.add(threading.get_ident())
+        time.sleep(0.05)
+        return super().export(spans)
+
+
+SLOW = SlowExporter()
+
+
+def slow_processor() -> SimpleSpanProcessor:
+    """``telemetry.span_processors`` names this function (a factory of a processor)."""
+    return SimpleSpanProcessor(SLOW)
+
+
+async def test_span_processors_from_the_settings_run_off_the_event_loop(sandbox: Sandbox) -> None:
+    """A processor named in ``telemetry.span_processors`` gets every span of an RPC as an SDK
+    ReadableSpan; its exporter (synchronous, slow) never runs on the event loop's thread."""
+    cfg = gateway_config(sandbox)
+    cfg.telemetry.span_processors = [f"{__name__}:slow_processor"]
+    gw = await start(cfg)
+    try:
+        assert gw.telemetry.tracing  # a processor alone turns tracing on
+        async with AsyncClient(f"127.0.0.1:{gw.port}") as c:
+            await c.analyze("The tide turns at four.", "When does the tide turn?")
+        loop_thread = threading.get_ident()
+    finally:
+        await gw.stop(0.5)  # flushes the processors
+    names = {s.name for s in SLOW.get_finished_spans()}
+    assert "longread.v1.AnalysisService/Analyze" in names
+    assert any(n.startswith("chat ") for n in names)
+    assert SLOW.threads and loop_thread not in SLOW.threads
+
+
+async def test_a_span_processor_that_is_not_one_stops_the_start(sandbox: Sandbox) -> None:
+    cfg = gateway_config(sandbox)
+    cfg.telemetry.span_processors = ["json:dumps"]
+    with pytest.raises(ConfigError, match=r"telemetry\.span_processors"):
+        await start(cfg)
