@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import grpc
@@ -37,7 +37,6 @@ from longread_server.telemetry.encode import FinishedSpan, encode_flat, flatten
 from longread_server.telemetry.tracing import FlatSpan
 
 if TYPE_CHECKING:
-    from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
     from opentelemetry.sdk._logs.export import LogRecordExporter
     from opentelemetry.sdk.metrics.export import MetricExporter
 
@@ -46,6 +45,7 @@ _EXPORT_BACKOFF = Backoff(0.5)
 log = logging.getLogger(__name__)
 
 _EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+T = TypeVar("T")
 
 Signal = Literal["TRACES", "METRICS", "LOGS"]
 Protocol = Literal["grpc", "http/protobuf"]
@@ -262,73 +262,48 @@ def _compression(env: Mapping[str, str], signal: Signal, protocol: Protocol) -> 
 
 def metric_exporter(s: OtlpSettings) -> MetricExporter:
     """The SDK's OTLP metric exporter (gRPC or HTTP) for ``s``."""
-    if s.protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
-            OTLPMetricExporter as GrpcMetricExporter,
-        )
-
-        return GrpcMetricExporter(
-            endpoint=s.target,
-            insecure=not s.secure,
-            credentials=s.credentials() if s.secure else None,
-            headers=s.headers,
-            timeout=s.timeout_s,
-            compression=_grpc_compression(s),
-        )
+    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
+        OTLPMetricExporter as OverGrpc,
+    )
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
-        OTLPMetricExporter as HttpMetricExporter,
+        OTLPMetricExporter as OverHttp,
     )
 
-    return HttpMetricExporter(
-        endpoint=s.endpoint,
-        certificate_file=s.certificate_file,
-        client_key_file=s.client_key_file,
-        client_certificate_file=s.client_certificate_file,
-        headers=dict(s.headers),
-        timeout=s.timeout_s,
-        compression=_http_compression(s),
-    )
+    return _sdk_exporter(s, OverGrpc, OverHttp)
 
 
 def log_exporter(s: OtlpSettings) -> LogRecordExporter:
     """The SDK's OTLP log record exporter (gRPC or HTTP) for ``s``."""
-    if s.protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import (
-            OTLPLogExporter as GrpcLogExporter,
-        )
+    from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter as OverGrpc
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as OverHttp
 
-        return GrpcLogExporter(
+    return _sdk_exporter(s, OverGrpc, OverHttp)
+
+
+def _sdk_exporter(s: OtlpSettings, over_grpc: Callable[..., T], over_http: Callable[..., T]) -> T:
+    """One of the SDK's OTLP exporters, given every setting (so it reads no variable its own
+    way)."""
+    if s.protocol == "grpc":
+        return over_grpc(
             endpoint=s.target,
             insecure=not s.secure,
             credentials=s.credentials() if s.secure else None,
             headers=s.headers,
             timeout=s.timeout_s,
-            compression=_grpc_compression(s),
+            # Never None: the SDK would read the variables again.
+            compression=grpc.Compression.Gzip if s.compression else grpc.Compression.NoCompression,
         )
-    from opentelemetry.exporter.otlp.proto.http._log_exporter import (
-        OTLPLogExporter as HttpLogExporter,
-    )
+    from opentelemetry.exporter.otlp.proto.http import Compression
 
-    return HttpLogExporter(
+    return over_http(
         endpoint=s.endpoint,
         certificate_file=s.certificate_file,
         client_key_file=s.client_key_file,
         client_certificate_file=s.client_certificate_file,
         headers=dict(s.headers),
         timeout=s.timeout_s,
-        compression=_http_compression(s),
+        compression=Compression(s.compression or "none"),
     )
-
-
-def _grpc_compression(s: OtlpSettings) -> grpc.Compression:
-    # Never None: the SDK would read the variables again.
-    return grpc.Compression.Gzip if s.compression else grpc.Compression.NoCompression
-
-
-def _http_compression(s: OtlpSettings) -> HttpCompression:
-    from opentelemetry.exporter.otlp.proto.http import Compression
-
-    return Compression(s.compression or "none")
 
 
 def _env_int(env: Mapping[str, str], name: str, default: int) -> int:

@@ -529,19 +529,9 @@ class LeanTracer(trace.Tracer):
                 sampled = (trace_id & 0xFFFFFFFFFFFFFFFF) < provider.bound
             if not sampled:
                 return UnsampledSpan(trace_id, span_id, state)
-            span = LeanSpan(
-                name,
-                trace_id,
-                span_id,
-                state,
-                parent if parent.is_valid else None,
-                parent.is_valid and parent.is_remote,
-                kind,
-                attributes,
-                links,
-                start_time or _time_ns(),
-                self,
-            )
+            span = self._span(name, trace_id, span_id, state, parent, kind, attributes, links)
+            if start_time:
+                span.start_time = start_time
         if self.starts and isinstance(span, LeanSpan):
             for on_start in self.starts:
                 on_start(span, context)
@@ -572,17 +562,35 @@ class LeanTracer(trace.Tracer):
         if result.decision is not Decision.RECORD_AND_SAMPLE:
             return UnsampledSpan(trace_id, span_id, state)
         merged = {**(attributes or {}), **(result.attributes or {})}
+        span = self._span(name, trace_id, span_id, state, parent, kind, merged, links)
+        if start_time:
+            span.start_time = start_time
+        return span
+
+    def _span(
+        self,
+        name: str,
+        trace_id: int,
+        span_id: int,
+        state: TraceState | None,
+        parent: SpanContext,
+        kind: SpanKind,
+        attributes: types.Attributes,
+        links: Sequence[Link] | None,
+    ) -> LeanSpan:
+        """A sampled span under ``parent`` (INVALID_SPAN_CONTEXT: none)."""
+        valid = parent.is_valid
         return LeanSpan(
             name,
             trace_id,
             span_id,
             state,
-            parent if parent.is_valid else None,
-            parent.is_valid and parent.is_remote,
+            parent if valid else None,
+            valid and parent.is_remote,
             kind,
-            merged,
+            attributes,
             links,
-            start_time or _time_ns(),
+            _time_ns(),
             self,
         )
 
