@@ -147,6 +147,8 @@ def _sender(tel: Telemetry) -> Next:
             span.set_attribute("error.type", e.kind.value)
             if e.status is not None:
                 span.set_attribute("http.response.status_code", e.status)
+            if tel.record_content and e.detail:  # the vendor's words may quote the prompt
+                span.set_attribute("longread.upstream.error_detail", e.detail)
             raise
         except BaseException as e:
             span.set_status(Status(StatusCode.ERROR, type(e).__name__))

@@ -77,7 +77,7 @@ def test_retry_info_and_quota_failure() -> None:
         (ErrorKind.OVERLOADED, grpc.StatusCode.UNAVAILABLE, True),
         (ErrorKind.BAD_REQUEST, grpc.StatusCode.INVALID_ARGUMENT, False),
         (ErrorKind.NOT_FOUND, grpc.StatusCode.NOT_FOUND, False),
-        (ErrorKind.AUTH, grpc.StatusCode.INTERNAL, False),
+        (ErrorKind.AUTH, grpc.StatusCode.FAILED_PRECONDITION, False),
         (ErrorKind.TIMEOUT, grpc.StatusCode.DEADLINE_EXCEEDED, True),
     ],
 )

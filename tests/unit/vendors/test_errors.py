@@ -103,12 +103,12 @@ def test_load_json_fails_as_a_connection_error_also_when_too_deep() -> None:
         assert caught.value.kind is ErrorKind.CONNECTION
 
 
-def test_status_error_with_empty_body_uses_reason() -> None:
+def test_status_error_names_the_status_by_its_standard_phrase() -> None:
     error = status_error(
-        "up", 502, httpx.Headers(), b"", request_id="", rate_limits=None, reason="Bad Gateway"
+        "up", 502, httpx.Headers(), b"", request_id="", rate_limits=None, reason="Whatever"
     )
     assert error.kind is ErrorKind.SERVER
-    assert error.message == "up: HTTP 502: Bad Gateway"
+    assert error.message == "up: HTTP 502 Bad Gateway"  # not the phrase the server chose
 
 
 def test_stream_errors_default_to_server() -> None:
@@ -116,7 +116,7 @@ def test_stream_errors_default_to_server() -> None:
     assert stream_error("up", "boom").kind is ErrorKind.SERVER
     error = stream_error("up", {"error": {"type": "server_error", "message": "oops"}})
     assert (error.kind, error.status, error.vendor_type) == (ErrorKind.SERVER, None, "server_error")
-    assert "oops" in error.message
+    assert error.message == "up: error in response (server_error)" and error.detail == "oops"
 
 
 @pytest.mark.parametrize(
