@@ -676,3 +676,17 @@ async def test_retry_after_http_date() -> None:
     _, error = await run_error(httpx.Response(503, text="busy", headers={"retry-after": date}))
     assert error.kind is ErrorKind.OVERLOADED
     assert error.retry_after_s == 0.0
+
+
+async def test_an_error_detail_never_holds_the_requests_key() -> None:
+    """A body that quotes the key (a proxy echoing the request's headers) is scrubbed with the
+    credentials the request carried, before the error leaves the adapter."""
+    body = {"error": {"message": "bad header Bearer k-secret-9999 in request", "type": "x"}}
+    upstream = FakeUpstream(json_response(body, status=400))
+    async with upstream.client() as client:
+        named = OpenAIAdapter(
+            client, name="openai", base_url="http://up.test/v1", api_key="k-secret-9999"
+        )
+        _, error = await collect_error(named.call(REQ))
+    assert error.detail == "bad header Bearer [redacted] in request"
+    assert "9999" not in error.message
