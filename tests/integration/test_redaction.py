@@ -311,7 +311,10 @@ def check_paths(sandbox: Sandbox, run: Run) -> None:
         assert refused.metadata["upstream"] == model[0]
         assert refused.metadata["upstream_status"] == "401"
         assert f"upstream {model[0]!r} refused the gateway's credentials" in refused.message
-    assert run.traces > 0 and b"http.response.status_code" in b"".join(run.otlp)
+    spans = b"".join(run.otlp)
+    assert run.traces > 0 and b"http.response.status_code" in spans
+    assert b"longread.upstream.error_code" in spans and b"invalid_prompt" in spans
+    assert b"longread.upstream.request_id" in spans
     assert b"longread_rpc_duration" in run.prometheus
     access = [line for line in run.logs if '"logger": "longread.access"' in line]
     assert len(access) == len(run.outcomes) + 1
