@@ -38,7 +38,8 @@ from tests.conftest import gateway_config
 # Letters, digits and dashes only: no encoding on the way (JSON, protobuf, Prometheus text,
 # HTML escaping) can change how it is spelled, so a plain search finds every copy.
 MARKER = "QUOKKA-7Y3M-CONTENT"
-# Label values and the like are the caller's metadata, which the gateway may record.
+# Label values are the caller's metadata, which the gateway may record (as it records the
+# vendor and model names, which must name a served model for a call to reach the upstream).
 LABEL_VALUE = "label-value-NOT-CONTENT"
 UPSTREAM_KEY = "sk-redact-upstream-9QxZ7wVkJ3pL"
 TENANT_KEY = "tenant-key-redact-M4rk"
@@ -315,6 +316,7 @@ def check_paths(sandbox: Sandbox, run: Run) -> None:
     assert run.traces > 0 and b"http.response.status_code" in spans
     assert b"longread.upstream.error_code" in spans and b"invalid_prompt" in spans
     assert b"longread.upstream.request_id" in spans
+    assert len(run.otlp) > run.traces  # metric exports came too
     assert b"longread_rpc_duration" in run.prometheus
     access = [line for line in run.logs if '"logger": "longread.access"' in line]
     assert len(access) == len(run.outcomes) + 1
