@@ -20,7 +20,9 @@ Per-request headers: ``x-sandbox-fault: <kind>``, ``x-sandbox-latency-ms``,
 ``x-sandbox-ttft-ms``, ``x-sandbox-tokens-per-s``, ``x-sandbox-retry-after-ms``,
 ``x-sandbox-tag`` (counted in stats). Fault kinds: an HTTP status (400 401 402 403 404 408 409
 413 422 429 500 502 503 504 529) or ``timeout``, ``reset``, ``malformed``, ``midstream_error``,
-``stall``; also as a prompt marker ``[[sandbox-fault:<kind>]]`` or ``[[sandbox-fault:<kind>*N]]``.
+``stall``, and the ones that quote the prompt back (``echo_400``, ``html_502``,
+``midstream_echo``); also as a prompt marker ``[[sandbox-fault:<kind>]]`` or
+``[[sandbox-fault:<kind>*N]]``.
 See ``faults`` for the precedence and ``settings.SandboxConfig`` for the knobs.
 """
 

@@ -387,8 +387,11 @@ class AnthropicFrames:
             + b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
         )
 
-    def error(self) -> bytes:
-        return b"event: error\ndata: " + _OVERLOADED + b"\n\n"
+    def error(self, message: str = "") -> bytes:
+        if not message:
+            return b"event: error\ndata: " + _OVERLOADED + b"\n\n"
+        error = {"type": "api_error", "message": message}
+        return _event("error", {"type": "error", "error": error})
 
     def malformed(self) -> bytes:
         return (

@@ -8,6 +8,7 @@ faults) is decided here, so it behaves identically for OpenAI and Anthropic traf
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import math
 from collections.abc import Mapping
@@ -17,7 +18,7 @@ from typing import Any
 from .answer import extractive_answer
 from .anthropic_dialect import AnthropicDialect
 from .completion import Completion, shape_completion
-from .faults import MIDSTREAM_KINDS, Fault, FaultPlanner
+from .faults import MIDSTREAM_KINDS, Fault, FaultPlanner, echo
 from .http_server import Exchange, Request
 from .ids import IdSource
 from .protocol import ApiError, ChatRequest, Dialect, Headers
@@ -27,6 +28,7 @@ from .stats import SandboxStats
 from .tokens import Tokenizer
 
 JSON = b"application/json"
+HTML = b"text/html; charset=utf-8"
 EVENT_STREAM = b"text/event-stream; charset=utf-8"
 RETRY_HINT_STATUSES = frozenset({429, 503, 529})
 FAULT_HEADER = "x-sandbox-fault"
@@ -118,7 +120,8 @@ class VendorEndpoints:
         try:
             if fault is not None and (fault.kind not in MIDSTREAM_KINDS or not chat.stream):
                 await _sleep_until(answer_at)
-                await self._fault_before_answer(dialect, exchange, fault, knobs, request_id)
+                quote = echo(chat.sources)
+                await self._fault_before_answer(dialect, exchange, fault, knobs, request_id, quote)
                 return
             completion = shape_completion(
                 extractive_answer(chat.sources),
@@ -206,10 +209,36 @@ class VendorEndpoints:
             raise dialect.invalid_json() from None
 
     async def _fault_before_answer(
-        self, dialect: Dialect, exchange: Exchange, fault: Fault, knobs: Knobs, request_id: str
+        self,
+        dialect: Dialect,
+        exchange: Exchange,
+        fault: Fault,
+        knobs: Knobs,
+        request_id: str,
+        quote: str,
     ) -> None:
         kind = fault.kind
-        if kind in ("timeout", "stall"):
+        if kind == "echo_400":
+            error = ApiError(
+                400,
+                "invalid_request_error",
+                f"Invalid prompt: '{quote}' could not be processed.",
+                param="messages",
+                code="invalid_prompt",
+            )
+            await self.error(dialect, exchange, error, request_id)
+        elif kind == "html_502":
+            page = (
+                "<html><head><title>502 Bad Gateway</title></head><body>"
+                "<h1>502 Bad Gateway</h1><p>The server could not answer the request "
+                f"<pre>{html.escape(quote)}</pre></p></body></html>"
+            )
+            headers = self._headers(dialect, request_id, self.rate.record(0, 0), HTML)
+            await self._send(exchange, 502, headers, page.encode())
+        elif kind == "midstream_echo":  # not streaming: the error comes as the answer's status
+            error = ApiError(500, "server_error", f"The model failed on: '{quote}'")
+            await self.error(dialect, exchange, error, request_id)
+        elif kind in ("timeout", "stall"):
             if await exchange.hang(self._config.hang_max_s):
                 self._stats.disconnects += 1
         elif kind == "reset":
@@ -265,6 +294,10 @@ class VendorEndpoints:
                     return
                 if fault.kind == "midstream_error":
                     await exchange.send(frames.error(), last=True)
+                    return
+                if fault.kind == "midstream_echo":
+                    quote = f"The model failed on: '{echo(chat.sources)}'"
+                    await exchange.send(frames.error(quote), last=True)
                     return
                 await exchange.send(frames.malformed())  # and carry on, as a buggy proxy would
             if index == len(pieces):

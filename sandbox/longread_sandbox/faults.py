@@ -13,6 +13,12 @@ Kinds: an HTTP status (``429``, ``500``, ``503``, ``529`` and other 4xx/5xx) ans
 vendor's error body, or ``timeout`` (never answer), ``reset`` (TCP reset; mid-stream when
 streaming), ``malformed`` (invalid JSON), ``midstream_error`` (error event after HTTP 200),
 ``stall`` (stream a few deltas, then go silent).
+
+Three kinds quote the prompt back, as vendors and the proxies in front of them do, so a
+test can check that a gateway never records what an upstream echoes: ``echo_400`` (the
+vendor's 400 whose message quotes the prompt), ``html_502`` (a proxy's HTML error page that
+quotes it) and ``midstream_echo`` (an error event after HTTP 200 that quotes it; a 500 when not
+streaming). ``echo`` gives the quote.
 """
 
 from __future__ import annotations
@@ -23,12 +29,24 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-NAMED_KINDS = frozenset({"timeout", "reset", "malformed", "midstream_error", "stall"})
+NAMED_KINDS = frozenset(
+    {
+        "timeout",
+        "reset",
+        "malformed",
+        "midstream_error",
+        "stall",
+        "echo_400",
+        "html_502",
+        "midstream_echo",
+    }
+)
 STATUS_KINDS = frozenset(
     {400, 401, 402, 403, 404, 408, 409, 413, 422, 429, 500, 502, 503, 504, 529}
 )
 # Faults that let the stream start and break it partway.
-MIDSTREAM_KINDS = frozenset({"reset", "malformed", "midstream_error", "stall"})
+MIDSTREAM_KINDS = frozenset({"reset", "malformed", "midstream_error", "stall", "midstream_echo"})
+ECHO_CHARS = 200  # of each prompt part quoted by an echoing fault
 MARKER_PREFIX = "[[sandbox-fault:"
 _MARKER = re.compile(r"\[\[sandbox-fault:([a-z_0-9]+)(?:\*(\d+))?\]\]")
 
@@ -137,3 +155,8 @@ class FaultPlanner:
             self._marker_hits[key] = used + 1
             return fault
         return None
+
+
+def echo(sources: Sequence[tuple[str, str]]) -> str:
+    """The prompt as an echoing fault quotes it: the start of each of its parts."""
+    return " | ".join(text[:ECHO_CHARS] for _, text in sources if text)

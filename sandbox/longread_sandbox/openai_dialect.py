@@ -349,9 +349,9 @@ class OpenAIFrames:
         out.append(b"data: [DONE]\n\n")
         return b"".join(out)
 
-    def error(self) -> bytes:
-        type_, message, param, code = _FAULTS[500]
-        inner = {"message": message, "type": type_, "param": param, "code": code}
+    def error(self, message: str = "") -> bytes:
+        type_, usual, param, code = _FAULTS[500]
+        inner = {"message": message or usual, "type": type_, "param": param, "code": code}
         return b"data: " + _dumps({"error": inner}).encode() + b"\n\n"
 
     def malformed(self) -> bytes:

@@ -68,8 +68,9 @@ class StreamFrames(Protocol):
         """Everything after the last delta, including the final usage."""
         ...
 
-    def error(self) -> bytes:
-        """A mid-stream error event (sent after HTTP 200)."""
+    def error(self, message: str = "") -> bytes:
+        """A mid-stream error event (sent after HTTP 200); ``message``: its text, instead of
+        the vendor's usual one (an echoing fault's quote of the prompt)."""
         ...
 
     def malformed(self) -> bytes:

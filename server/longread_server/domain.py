@@ -153,6 +153,10 @@ _RETRYABLE = frozenset(
         ErrorKind.CONNECTION,
     }
 )
+# AUTH is not among them on purpose: a refused key says nothing about the upstream's health,
+# and an open circuit would turn the one answer that names the fix (the gateway's
+# credentials for that upstream, FAILED_PRECONDITION) into UNAVAILABLE, which callers retry,
+# and would send the traffic of every tenant to fallbacks until it closes again.
 _UPSTREAM_FAULTS = frozenset(
     {ErrorKind.OVERLOADED, ErrorKind.SERVER, ErrorKind.TIMEOUT, ErrorKind.CONNECTION}
 )
@@ -187,10 +191,19 @@ class UpstreamError(Exception):
         streamed: bool = False,
         unsent: bool = False,
         cut_by_deadline: bool = False,
+        detail: str = "",
     ) -> None:
         super().__init__(message)
         self.kind = kind
+        # What happened, from the parts of the answer that are not content: the upstream's
+        # name, the HTTP status, the vendor's error type and code. It is the exception's text,
+        # so it is what tracebacks, span events and client errors carry.
         self.message = message
+        # The vendor's own words (its error message, or a body that is not JSON): vendors
+        # quote the request in them (the prompt of a refused request, a masked key), so they
+        # are never part of ``message``; they are recorded only where content is
+        # (``telemetry.record_content``), and never for a refused key (``vendors.errors``).
+        self.detail = detail
         self.status = status
         self.vendor_type = vendor_type
         self.vendor_code = vendor_code

@@ -104,6 +104,29 @@ async def test_midstream_error_events(http: httpx.AsyncClient) -> None:
     assert json.loads(data)["error"]["type"] == "server_error"
 
 
+async def test_echoing_faults_quote_the_prompt(http: httpx.AsyncClient) -> None:
+    quote = PROMPT[:40]
+    echo = {"x-sandbox-fault": "echo_400"}
+    response = await http.post("/v1/chat/completions", json=CHAT, headers=OPENAI_HEADERS | echo)
+    error = response.json()["error"]
+    assert response.status_code == 400 and error["code"] == "invalid_prompt"
+    assert quote in error["message"]
+    page = {"x-sandbox-fault": "html_502"}
+    response = await http.post("/v1/messages", json=MESSAGES, headers=ANTHROPIC_HEADERS | page)
+    assert response.status_code == 502
+    assert response.headers["content-type"].startswith("text/html")
+    assert "<title>502 Bad Gateway</title>" in response.text
+    mid = {"x-sandbox-fault": "midstream_echo"}
+    response = await http.post(
+        "/v1/messages", json={**MESSAGES, "stream": True}, headers=ANTHROPIC_HEADERS | mid
+    )
+    name, data = sse_events(response.text)[-1]
+    assert response.status_code == 200 and name == "error"
+    assert quote in json.loads(data)["error"]["message"]
+    response = await http.post("/v1/chat/completions", json=CHAT, headers=OPENAI_HEADERS | mid)
+    assert response.status_code == 500 and quote in response.json()["error"]["message"]
+
+
 async def test_rate_limit_and_id_headers(http: httpx.AsyncClient) -> None:
     response = await http.post("/v1/chat/completions", json=CHAT, headers=OPENAI_HEADERS)
     headers = response.headers

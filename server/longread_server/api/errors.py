@@ -164,25 +164,41 @@ _UPSTREAM_CODES: dict[ErrorKind, tuple[grpc.StatusCode, str]] = {
     ErrorKind.TIMEOUT: (grpc.StatusCode.DEADLINE_EXCEEDED, "UPSTREAM_UNAVAILABLE"),
     ErrorKind.BAD_REQUEST: (grpc.StatusCode.INVALID_ARGUMENT, "UPSTREAM_REJECTED"),
     ErrorKind.NOT_FOUND: (grpc.StatusCode.NOT_FOUND, "UNKNOWN_MODEL"),
-    # The gateway's own vendor credentials or account are at fault, not the caller.
-    ErrorKind.AUTH: (grpc.StatusCode.INTERNAL, "UPSTREAM_REJECTED"),
+    # The gateway's own credentials for that upstream were refused: not the caller's fault,
+    # not a bug (INTERNAL), and not something a retry fixes (UNAVAILABLE); the configuration
+    # must change first, which is what FAILED_PRECONDITION says.
+    ErrorKind.AUTH: (grpc.StatusCode.FAILED_PRECONDITION, "UPSTREAM_AUTH_FAILED"),
     ErrorKind.BILLING: (grpc.StatusCode.RESOURCE_EXHAUSTED, "UPSTREAM_REJECTED"),
     ErrorKind.OTHER: (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE"),
 }
 
 
-def from_upstream(err: UpstreamError, vendor: str, model: str) -> ServiceError:
+def from_upstream(
+    err: UpstreamError, vendor: str, model: str, *, content: bool = False
+) -> ServiceError:
+    """The status for a model call that failed upstream. Its message is the error's message
+    (the upstream, HTTP status, vendor error type and code: never content); the vendor's own
+    words (``err.detail``, which may quote the prompt) are added only when ``content``
+    (``telemetry.record_content``) says content may be shown."""
     code, reason = _UPSTREAM_CODES[err.kind]
     meta = {"vendor": vendor, "model": model, "upstream_error": err.kind.value}
     if err.status is not None:
         meta["upstream_status"] = str(err.status)
+    if err.vendor_code or err.vendor_type:
+        meta["upstream_error_code"] = err.vendor_code or err.vendor_type
     if err.request_id:
         meta["upstream_request_id"] = err.request_id
     retry = err.retry_after_s if err.kind.retryable else None
     if retry is None and err.kind.retryable:
         retry = 1.0
     message = f"upstream {vendor} ({model}) failed: {err.message}"
-    if err.kind is ErrorKind.RATE_LIMITED:
+    if err.kind is ErrorKind.AUTH:
+        meta["upstream"] = vendor
+        message = (
+            f"upstream {vendor!r} refused the gateway's credentials for it ({err.message}); "
+            f"the key configured for {vendor!r} must be fixed, retrying will not help"
+        )
+    elif err.kind is ErrorKind.RATE_LIMITED:
         # The vendor's limit, not the gateway's: say whose, and when the vendor said to retry.
         meta["limit_owner"] = "upstream"
         after = (
@@ -192,6 +208,8 @@ def from_upstream(err: UpstreamError, vendor: str, model: str) -> ServiceError:
         )
         status = f"HTTP {err.status}" if err.status is not None else "rate limited"
         message = f"upstream {vendor} ({model}) is rate limiting ({status}, {after}): {err.message}"
+    if content and err.detail:
+        message = f"{message}: {err.detail}"
     return ServiceError(
         code,
         reason,
@@ -274,8 +292,9 @@ def code_name(code: grpc.StatusCode) -> str:
     return str(code_pb2.Code.Name(code.value[0]))
 
 
-def to_service_error(e: Exception) -> ServiceError:
-    """The status for any failure; unexpected ones are logged and become INTERNAL."""
+def to_service_error(e: Exception, *, content: bool = False) -> ServiceError:
+    """The status for any failure; unexpected ones are logged and become INTERNAL.
+    ``content``: whether an upstream's own error text may be quoted (``from_upstream``)."""
     if isinstance(e, ServiceError):
         return e
     if isinstance(e, InvalidRequest):
@@ -291,9 +310,9 @@ def to_service_error(e: Exception) -> ServiceError:
             },
         )
     if isinstance(e, ModelCallFailed):
-        return from_upstream(e.error, e.vendor, e.model)
+        return from_upstream(e.error, e.vendor, e.model, content=content)
     if isinstance(e, UpstreamError):
-        return from_upstream(e, "upstream", "")
+        return from_upstream(e, "upstream", "", content=content)
     if isinstance(e, CallRejected):
         return from_rejection(e)
     return internal(e)

@@ -191,7 +191,7 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
         """Ends the RPC with the status for ``e``. Re-raises grpc's own abort exception."""
         if isinstance(e, grpc.aio.AbortError):
             raise e
-        err = to_service_error(e)
+        err = to_service_error(e, content=self._cfg.telemetry.record_content)
         rec.finish(code_name(err.code), err.reason)
         await context.abort_with_status(err.to_status())
 

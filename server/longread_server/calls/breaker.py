@@ -10,7 +10,9 @@ Classification (what the breaker is told):
 * an upstream fault (``ErrorKind.upstream_fault``: 5xx, 529, timeouts, resets, broken
   streams) is a failure;
 * any other answer from the upstream (400, 401, 404, 402...) is a success: the upstream is
-  up, the request was wrong, and such errors must never open the breaker;
+  up, the request was wrong, and such errors must never open the breaker. A refused key
+  (401/403) included: an open circuit would answer UNAVAILABLE, which callers retry, in place
+  of the FAILED_PRECONDITION that names the upstream whose credentials to fix;
 * a 429 is ignored (rate limits handle it; reference: do not count 429s), and so is a call
   that ends without an outcome (cancelled, refused further in) or that was never sent
   because the caller's deadline had already passed (under overload requests wait in the

@@ -147,6 +147,14 @@ def _sender(tel: Telemetry) -> Next:
             span.set_attribute("error.type", e.kind.value)
             if e.status is not None:
                 span.set_attribute("http.response.status_code", e.status)
+            # What the vendor said that is not content (its text may quote the prompt, so it
+            # is recorded only with the content).
+            if e.vendor_code or e.vendor_type:
+                span.set_attribute("longread.upstream.error_code", e.vendor_code or e.vendor_type)
+            if e.request_id:
+                span.set_attribute("longread.upstream.request_id", e.request_id)
+            if tel.record_content and e.detail:
+                span.set_attribute("longread.upstream.error_detail", e.detail)
             raise
         except BaseException as e:
             span.set_status(Status(StatusCode.ERROR, type(e).__name__))

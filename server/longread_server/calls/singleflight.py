@@ -167,9 +167,11 @@ def encode_error(error: BaseException) -> bytes:
             "vendor_code": error.vendor_code,
             "retry_after_s": error.retry_after_s,
             "request_id": error.request_id,
+            "detail": error.detail,  # shared state, as answers are: not telemetry
         }
     else:
-        doc = {"t": "upstream", "kind": "other", "message": f"{type(error).__name__}: {error}"}
+        # Only the type: the text of an exception we did not make may quote the request.
+        doc = {"t": "upstream", "kind": "other", "message": type(error).__name__}
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
@@ -194,6 +196,7 @@ def decode_error(raw: bytes) -> Exception:
             vendor_code=str(doc.get("vendor_code") or ""),
             retry_after_s=doc.get("retry_after_s"),
             request_id=str(doc.get("request_id") or ""),
+            detail=str(doc.get("detail") or ""),
         )
     except (ValueError, KeyError, TypeError, AttributeError):
         return UpstreamError(ErrorKind.OTHER, "the same call failed on another replica")

@@ -4,13 +4,23 @@ Three sources: an HTTP error status with a body (nested ``{"error":{...}}``, fla
 ``{"object":"error","message":...,"code":400}``, or plain text), an error object inside an
 otherwise successful stream, and a transport failure (httpx exceptions never leave
 ``vendors/``). The ``ErrorKind`` decides retries and breaker accounting downstream.
+
+Redaction: vendors quote the request in their error messages (the prompt of a refused
+request, an HTML page from a proxy that echoes it, a mid-stream error about the text) and
+OpenAI quotes a masked key in its 401. So an error's ``message`` (its exception text, which
+tracebacks, spans and client errors carry) is built only from what is not content: the
+upstream's name, the HTTP status, the vendor's error type and code, each of those only when it
+looks like an identifier. The vendor's own words go to ``detail``, recorded only where content
+is; a refused key's body is dropped altogether, so no setting can put a key fragment anywhere.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 import httpx
@@ -85,11 +95,39 @@ def is_context_overflow(err: UpstreamError) -> bool:
         return False
     if err.vendor_code.lower() in _OVERFLOW_CODES:
         return True
-    text = err.message.lower()
+    text = err.detail.lower()
     return any(words in text for words in _OVERFLOW_WORDS)
 
 
-_MAX_MESSAGE = 1000  # characters of a plain-text error body kept in the message
+_MAX_MESSAGE = 1000  # characters of a plain-text error body kept in the detail
+
+# What a vendor's error type or code, or a request id, looks like: an identifier. Anything
+# else in those fields (a sentence, a quote of the request) is not kept: they go into the
+# error's message, which is never content.
+_IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}")
+_REDACTED = "[redacted]"
+
+
+def identifier(value: str) -> str:
+    """``value`` if it looks like an identifier (a vendor error code, a request id), else ""."""
+    return value if _IDENTIFIER.fullmatch(value) else ""
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every word that holds a secret's last four characters replaced: the
+    secret itself, and a masked form that shows its end (``sk-ab****wxyz``)."""
+    for secret in secrets:
+        tail = secret[-4:]
+        if len(secret) >= 4 and tail in text:
+            text = re.sub(r"\S*" + re.escape(tail) + r"\S*", _REDACTED, text)
+    return text
+
+
+def summary(upstream: str, head: str, vendor_type: str, vendor_code: str) -> str:
+    """An error's message: ``head`` ("HTTP 400 Bad Request") and the vendor's error type and
+    code, never its text."""
+    named = ", ".join(dict.fromkeys(n for n in (vendor_type, vendor_code) if n))
+    return f"{upstream}: {head} ({named})" if named else f"{upstream}: {head}"
 
 
 def kind_for_status(status: int) -> ErrorKind:
@@ -150,7 +188,7 @@ def details_from_object(obj: Any) -> ErrorDetails:
     ``{"error": "text"}``, or a flat ``{"message", "type", "code"}`` (older vLLM)."""
     if not isinstance(obj, dict):
         return ErrorDetails(message=_text(obj)[:_MAX_MESSAGE])
-    request_id = _text(obj.get("request_id"))
+    request_id = identifier(_text(obj.get("request_id")))
     inner = obj.get("error")
     if isinstance(inner, str):
         return ErrorDetails(message=inner, request_id=request_id)
@@ -163,8 +201,8 @@ def details_from_object(obj: Any) -> ErrorDetails:
             code = details.get("error_code")  # Anthropic 2.x detail
     return ErrorDetails(
         message=_text(obj.get("message")),
-        vendor_type=_text(obj.get("type")),
-        vendor_code=_text(code),
+        vendor_type=identifier(_text(obj.get("type"))),
+        vendor_code=identifier(_text(code)),
         request_id=request_id,
     )
 
@@ -190,19 +228,31 @@ def status_error(
     rate_limits: RateLimitInfo | None,
     reason: str = "",
 ) -> UpstreamError:
-    """The error for a non-2xx response."""
+    """The error for a non-2xx response. ``reason`` (the status line's phrase, which the
+    server chose) is not used: the standard phrase of the status is."""
     details = details_from_body(body)
-    message = details.message or reason or "no details"
+    kind = classify(status, details.vendor_type, details.vendor_code)
+    try:
+        head = f"HTTP {status} {HTTPStatus(status).phrase}"
+    except ValueError:  # a status the standard does not name (Anthropic's 529)
+        head = f"HTTP {status}"
     return UpstreamError(
-        classify(status, details.vendor_type, details.vendor_code),
-        f"{upstream}: HTTP {status}: {message}",
+        kind,
+        summary(upstream, head, details.vendor_type, details.vendor_code),
         status=status,
         vendor_type=details.vendor_type,
         vendor_code=details.vendor_code,
         retry_after_s=parse_retry_after(headers),
         rate_limits=rate_limits,
-        request_id=request_id or details.request_id,
+        request_id=identifier(request_id) or details.request_id,
+        detail=_detail(kind, details.message),
     )
+
+
+def _detail(kind: ErrorKind, text: str) -> str:
+    # A refused key's body is where vendors quote the key (OpenAI: "Incorrect API key
+    # provided: sk-ab****wxyz"): not kept at all, so no setting can record it.
+    return "" if kind is ErrorKind.AUTH else text
 
 
 def stream_error(upstream: str, obj: Any) -> UpstreamError:
@@ -212,15 +262,17 @@ def stream_error(upstream: str, obj: Any) -> UpstreamError:
     kind = kind_for_vendor_error(details.vendor_type, details.vendor_code) or ErrorKind.SERVER
     return UpstreamError(
         kind,
-        f"{upstream}: error in response: {details.message or 'no details'}",
+        summary(upstream, "error in response", details.vendor_type, details.vendor_code),
         vendor_type=details.vendor_type,
         vendor_code=details.vendor_code,
         request_id=details.request_id,
+        detail=_detail(kind, details.message),
     )
 
 
 def malformed(upstream: str, what: str) -> UpstreamError:
-    """A response we cannot read: retryable, like a broken connection."""
+    """A response we cannot read: retryable, like a broken connection. ``what`` is ours
+    (never a quote of the response)."""
     return UpstreamError(ErrorKind.CONNECTION, f"{upstream}: malformed response: {what}")
 
 
@@ -229,19 +281,23 @@ def load_json(upstream: str, data: str | bytes) -> Any:
     RecursionError."""
     try:
         return json.loads(data)
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-        raise malformed(upstream, f"invalid JSON ({exc})") from None
+    except json.JSONDecodeError as exc:  # its text says where, never what
+        raise malformed(upstream, f"invalid JSON ({exc.msg} at {exc.pos})") from None
+    except ValueError:  # UnicodeDecodeError, whose text quotes the bytes
+        raise malformed(upstream, "invalid JSON (not UTF-8)") from None
     except RecursionError:  # json's C decoder recurses once per nesting level
         raise malformed(upstream, "JSON nested too deeply") from None
 
 
 def transport_error(upstream: str, exc: Exception) -> UpstreamError:
-    """The error for an httpx failure: timeouts are TIMEOUT, the rest CONNECTION."""
+    """The error for an httpx failure: timeouts are TIMEOUT, the rest CONNECTION. Its text is
+    the detail, not the message: a protocol error quotes the bytes it could not take (h11
+    quotes a header value it refuses, the key of an ``authorization`` header with a stray
+    newline; a status line it cannot parse, which may be the start of a page)."""
     if isinstance(exc, httpx.TimeoutException):
         kind = ErrorKind.TIMEOUT
     elif isinstance(exc, httpx.HTTPError):
         kind = ErrorKind.CONNECTION
     else:  # httpx.InvalidURL, httpx.StreamError: configuration or misuse, not the network
         kind = ErrorKind.OTHER
-    detail = str(exc) or "no details"
-    return UpstreamError(kind, f"{upstream}: {type(exc).__name__}: {detail}")
+    return UpstreamError(kind, f"{upstream}: {type(exc).__name__}", detail=str(exc))

@@ -7,6 +7,9 @@ have in common:
 
 * httpx exceptions become TIMEOUT / CONNECTION errors; an unexpected JSON shape is
   CONNECTION; ``streamed`` is set on any error raised after a ``TextDelta`` was yielded;
+* an error leaves without the exception it came from (``from None``: a traceback prints
+  the text of its cause, and an httpx error's text may quote a header or the response) and
+  with the request's credentials scrubbed from its ``detail`` (``vendors.errors.scrub``);
 * the response is always closed (``async with``), also when the consumer stops early or the
   task is cancelled; ``CancelledError`` is never caught;
 * ``Finish`` (and a non-streaming answer) is yielded only after the response is closed, so
@@ -25,7 +28,13 @@ from typing import Any, Protocol
 import httpx
 
 from longread_server.domain import ErrorKind, Finish, LlmEvent, TextDelta, UpstreamError
-from longread_server.vendors.errors import load_json, malformed, transport_error
+from longread_server.vendors.errors import (
+    identifier,
+    load_json,
+    malformed,
+    scrub,
+    transport_error,
+)
 from longread_server.vendors.sse import ServerSentEvent, SSEDecoder
 from longread_server.vendors.transport import HttpClient
 
@@ -54,6 +63,28 @@ class ResponseParser(Protocol):
     def parse_body(self, body: bytes) -> tuple[str, Finish]:
         """Read a whole non-streaming JSON body: the answer text and the final event."""
         ...
+
+
+# Request headers that carry a credential, and the schemes written before it.
+_CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "x-goog-api-key"})
+_SCHEMES = ("bearer ", "basic ")
+
+
+def _secrets(headers: Mapping[str, str]) -> list[str]:
+    out: list[str] = []
+    for name, value in headers.items():
+        if name.lower() in _CREDENTIAL_HEADERS:
+            value = value.strip()
+            if value[:7].lower().startswith(_SCHEMES):
+                value = value.split(None, 1)[-1]
+            out.append(value)
+    return out
+
+
+def _redacted(error: UpstreamError, headers: Mapping[str, str]) -> UpstreamError:
+    if error.detail:
+        error.detail = scrub(error.detail, _secrets(headers))
+    return error
 
 
 def encode_json(payload: dict[str, Any]) -> bytes:
@@ -112,8 +143,10 @@ async def post_json(
                     response, await _read_body(response, upstream, deadline, _MAX_ERROR_BODY)
                 )
             raw = await _read_body(response, upstream, deadline, None)
+    except UpstreamError as exc:
+        raise _redacted(exc, headers) from None
     except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as exc:
-        raise transport_error(upstream, exc) from exc
+        raise _redacted(transport_error(upstream, exc), headers) from None
     return load_json(upstream, raw)
 
 
@@ -155,7 +188,7 @@ async def exchange(
         async with client.stream(
             "POST", url, content=body, headers=headers, timeout=timeout
         ) as response:
-            request_id = response.headers.get(request_id_header, "")
+            request_id = identifier(response.headers.get(request_id_header, ""))
             if not response.is_success:
                 raise error_from_response(
                     response, await _read_body(response, upstream, deadline, _MAX_ERROR_BODY)
@@ -195,18 +228,19 @@ async def exchange(
         exc.streamed = exc.streamed or streamed
         if not exc.request_id:
             exc.request_id = request_id
-        raise
+        raise _redacted(exc, headers) from None
     except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as exc:
         error = transport_error(upstream, exc)
         error.streamed = streamed
         error.request_id = request_id
-        raise error from exc
+        raise _redacted(error, headers) from None
     except (AttributeError, TypeError, KeyError, IndexError) as exc:
-        # JSON of an unexpected shape (e.g. a list where an object belongs).
-        error = malformed(upstream, f"unexpected structure ({type(exc).__name__}: {exc})")
+        # JSON of an unexpected shape (e.g. a list where an object belongs). The exception's
+        # text may quote the JSON (a KeyError's key): only its type is named.
+        error = malformed(upstream, f"unexpected structure ({type(exc).__name__})")
         error.streamed = streamed
         error.request_id = request_id
-        raise error from exc
+        raise error from None
     if text:
         yield TextDelta(text)
     yield finish

@@ -77,7 +77,7 @@ def test_retry_info_and_quota_failure() -> None:
         (ErrorKind.OVERLOADED, grpc.StatusCode.UNAVAILABLE, True),
         (ErrorKind.BAD_REQUEST, grpc.StatusCode.INVALID_ARGUMENT, False),
         (ErrorKind.NOT_FOUND, grpc.StatusCode.NOT_FOUND, False),
-        (ErrorKind.AUTH, grpc.StatusCode.INTERNAL, False),
+        (ErrorKind.AUTH, grpc.StatusCode.FAILED_PRECONDITION, False),
         (ErrorKind.TIMEOUT, grpc.StatusCode.DEADLINE_EXCEEDED, True),
     ],
 )
@@ -121,3 +121,26 @@ def test_authenticator() -> None:
         with pytest.raises(ServiceError) as info:
             auth.tenant(md)
         assert info.value.code == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_the_vendors_words_reach_the_caller_only_when_content_may_be_shown() -> None:
+    failed = UpstreamError(
+        ErrorKind.BAD_REQUEST,
+        "openai: HTTP 400 Bad Request (invalid_request_error)",
+        status=400,
+        vendor_code="invalid_prompt",
+        detail="Invalid prompt: 'the secret plan'",
+    )
+    hidden = from_upstream(failed, "openai", "gpt-4o")
+    assert "secret" not in hidden.message
+    assert hidden.metadata["upstream_error_code"] == "invalid_prompt"
+    shown = from_upstream(failed, "openai", "gpt-4o", content=True)
+    assert shown.message.endswith(": Invalid prompt: 'the secret plan'")
+
+
+def test_a_refused_upstream_key_names_the_upstream_and_is_a_precondition() -> None:
+    refused = UpstreamError(ErrorKind.AUTH, "deepseek: HTTP 401 Unauthorized", status=401)
+    err = from_upstream(refused, "deepseek", "deepseek-chat", content=True)
+    assert (err.code, err.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "UPSTREAM_AUTH_FAILED")
+    assert err.metadata["upstream"] == "deepseek" and err.retry_after_s is None
+    assert err.message.startswith("upstream 'deepseek' refused the gateway's credentials")

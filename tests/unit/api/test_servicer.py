@@ -240,7 +240,7 @@ async def test_a_tenant_over_its_monthly_budget_is_resource_exhausted() -> None:
     [
         (ErrorKind.OVERLOADED, grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE", True),
         (ErrorKind.BAD_REQUEST, grpc.StatusCode.INVALID_ARGUMENT, "UPSTREAM_REJECTED", False),
-        (ErrorKind.AUTH, grpc.StatusCode.INTERNAL, "UPSTREAM_REJECTED", False),
+        (ErrorKind.AUTH, grpc.StatusCode.FAILED_PRECONDITION, "UPSTREAM_AUTH_FAILED", False),
     ],
 )
 async def test_an_upstream_failure_names_vendor_and_model(
@@ -256,12 +256,15 @@ async def test_an_upstream_failure_names_vendor_and_model(
     info = details["ErrorInfo"]
     assert isinstance(info, error_details_pb2.ErrorInfo)
     assert info.reason == reason
+    # A refused key names the upstream whose credentials to fix.
+    named = {"upstream": "openai"} if kind is ErrorKind.AUTH else {}
     assert dict(info.metadata) == {
         "vendor": "openai",
         "model": "gpt-4.1-mini",
         "upstream_error": kind.value,
         "upstream_status": "503",
         "upstream_request_id": "req-7",
+        **named,
     }
     assert ("RetryInfo" in details) == retry
 

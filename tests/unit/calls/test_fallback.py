@@ -48,7 +48,8 @@ OVERFLOW_OPENAI = UpstreamError(
 )
 OVERFLOW_ANTHROPIC = UpstreamError(
     ErrorKind.BAD_REQUEST,
-    "prompt is too long: 210000 tokens > 200000 maximum",
+    "anthropic: HTTP 400 Bad Request (invalid_request_error)",
+    detail="prompt is too long: 210000 tokens > 200000 maximum",  # the vendor's words
     status=400,
     vendor_type="invalid_request_error",
 )
@@ -85,7 +86,9 @@ def finish_of(events: Sequence[object]) -> Finish:
 def test_vendors_context_overflow_errors_are_recognised() -> None:
     assert is_context_overflow(OVERFLOW_OPENAI) and is_context_overflow(OVERFLOW_ANTHROPIC)
     assert not is_context_overflow(err(ErrorKind.BAD_REQUEST))  # any other 400
-    assert not is_context_overflow(UpstreamError(ErrorKind.SERVER, "prompt is too long"))
+    assert not is_context_overflow(
+        UpstreamError(ErrorKind.SERVER, "x", detail="prompt is too long")
+    )
 
 
 @pytest.mark.parametrize(

@@ -484,7 +484,11 @@ async def test_error_statuses(status: int, error_type: str, kind: ErrorKind) -> 
     assert error.status == status
     assert error.vendor_type == error_type
     assert error.request_id == "req_body"  # no request-id header: the body's
-    assert error.message == f"anthropic: HTTP {status}: It went wrong"
+    # The vendor's words are the detail (a refused key's are dropped); the message is what
+    # is not content: the status and the vendor's error type.
+    assert error.message.startswith(f"anthropic: HTTP {status}")
+    assert error.message.endswith(f"({error_type})") and "It went wrong" not in error.message
+    assert error.detail == ("" if kind is ErrorKind.AUTH else "It went wrong")
 
 
 async def test_overloaded_529_with_headers() -> None:
@@ -511,7 +515,8 @@ async def test_cloudflare_413_plain_text() -> None:
         httpx.Response(413, text="<html>413 Request Entity Too Large</html>")
     )
     assert error.kind is ErrorKind.BAD_REQUEST
-    assert "413 Request Entity Too Large" in error.message
+    assert error.message == "anthropic: HTTP 413 Request Entity Too Large"
+    assert error.detail == "<html>413 Request Entity Too Large</html>"
 
 
 # --- count_tokens ---------------------------------------------------------------------------

@@ -8,9 +8,11 @@ from longread_server.domain import ErrorKind, UpstreamError
 from longread_server.vendors.errors import (
     classify,
     details_from_body,
+    identifier,
     kind_for_status,
     kind_for_vendor_error,
     load_json,
+    scrub,
     status_error,
     stream_error,
     transport_error,
@@ -103,12 +105,12 @@ def test_load_json_fails_as_a_connection_error_also_when_too_deep() -> None:
         assert caught.value.kind is ErrorKind.CONNECTION
 
 
-def test_status_error_with_empty_body_uses_reason() -> None:
+def test_status_error_names_the_status_by_its_standard_phrase() -> None:
     error = status_error(
-        "up", 502, httpx.Headers(), b"", request_id="", rate_limits=None, reason="Bad Gateway"
+        "up", 502, httpx.Headers(), b"", request_id="", rate_limits=None, reason="Whatever"
     )
     assert error.kind is ErrorKind.SERVER
-    assert error.message == "up: HTTP 502: Bad Gateway"
+    assert error.message == "up: HTTP 502 Bad Gateway"  # not the phrase the server chose
 
 
 def test_stream_errors_default_to_server() -> None:
@@ -116,7 +118,7 @@ def test_stream_errors_default_to_server() -> None:
     assert stream_error("up", "boom").kind is ErrorKind.SERVER
     error = stream_error("up", {"error": {"type": "server_error", "message": "oops"}})
     assert (error.kind, error.status, error.vendor_type) == (ErrorKind.SERVER, None, "server_error")
-    assert "oops" in error.message
+    assert error.message == "up: error in response (server_error)" and error.detail == "oops"
 
 
 @pytest.mark.parametrize(
@@ -133,3 +135,57 @@ def test_stream_errors_default_to_server() -> None:
 )
 def test_transport_errors(exc: Exception, kind: ErrorKind) -> None:
     assert transport_error("up", exc).kind is kind
+
+
+# --- redaction ------------------------------------------------------------------------------
+
+
+def test_an_error_message_never_carries_the_vendors_words() -> None:
+    body = (
+        b'{"error":{"message":"Invalid prompt: \'the secret plan\'","type":"invalid_request_error",'
+        b'"code":"invalid_prompt"},"request_id":"req_7"}'
+    )
+    error = status_error("up", 400, httpx.Headers(), body, request_id="", rate_limits=None)
+    assert error.message == "up: HTTP 400 Bad Request (invalid_request_error, invalid_prompt)"
+    assert str(error) == error.message and "secret" not in repr(error)
+    assert error.detail == "Invalid prompt: 'the secret plan'" and error.request_id == "req_7"
+    page = b"<html><title>502</title><pre>the secret plan</pre></html>"
+    error = status_error("up", 502, httpx.Headers(), page, request_id="", rate_limits=None)
+    assert error.message == "up: HTTP 502 Bad Gateway" and "secret plan" in error.detail
+
+
+def test_type_code_and_request_id_are_kept_only_when_they_are_identifiers() -> None:
+    assert identifier("rate_limit_exceeded") == "rate_limit_exceeded"
+    assert identifier("req_018EeWyXxfu5pfWkrYcMdjWG") == "req_018EeWyXxfu5pfWkrYcMdjWG"
+    assert identifier("the secret plan") == "" and identifier("") == ""
+    body = b'{"error":{"message":"m","type":"the secret plan","code":"x y"},"request_id":"a b"}'
+    error = status_error("up", 400, httpx.Headers(), body, request_id="", rate_limits=None)
+    assert (error.vendor_type, error.vendor_code, error.request_id) == ("", "", "")
+    assert error.message == "up: HTTP 400 Bad Request"
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_refused_keys_answer_is_dropped(status: int) -> None:
+    body = (
+        b'{"error":{"message":"Incorrect API key provided: sk-ab****wxyz.",'
+        b'"type":"invalid_request_error","code":"invalid_api_key"}}'
+    )
+    error = status_error("up", status, httpx.Headers(), body, request_id="", rate_limits=None)
+    assert error.kind is ErrorKind.AUTH and error.detail == ""
+    assert "wxyz" not in error.message and error.vendor_code == "invalid_api_key"
+    streamed = stream_error("up", {"error": {"type": "authentication_error", "message": "wxyz"}})
+    assert streamed.kind is ErrorKind.AUTH and streamed.detail == ""
+
+
+def test_scrub_replaces_every_word_that_ends_like_a_secret() -> None:
+    key = "sk-live-abcdefgh1234"
+    text = f"key {key} or sk-li*********1234, not 123 nor abcdefgh"
+    assert scrub(text, [key]) == "key [redacted] or [redacted] not 123 nor abcdefgh"
+    assert scrub("nothing here", [key, "", "abc"]) == "nothing here"
+
+
+def test_a_transport_errors_text_is_detail_only() -> None:
+    # h11 quotes a header value it refuses: the key, when it ends with a stray newline.
+    exc = httpx.LocalProtocolError("Illegal header value b'Bearer sk-live-abcd1234\\n'")
+    error = transport_error("up", exc)
+    assert error.message == "up: LocalProtocolError" and "abcd1234" in error.detail

@@ -391,7 +391,8 @@ async def test_mid_stream_error_after_text() -> None:
     assert error.status is None
     assert error.streamed
     assert error.request_id == "req_42"
-    assert "The server had an error" in error.message
+    assert "The server had an error" in error.detail
+    assert error.message == "openai: error in response (server_error)"
 
 
 async def test_vllm_mid_stream_error_followed_by_done() -> None:
@@ -615,7 +616,8 @@ async def test_rate_limit_error_with_headers() -> None:
         remaining_tokens=0,
         reset_tokens_s=3.89,
     )
-    assert "Please try again in 3.89s" in error.message
+    assert "Please try again in 3.89s" in error.detail
+    assert error.message == "openai: HTTP 429 Too Many Requests (tokens, rate_limit_exceeded)"
 
 
 async def test_insufficient_quota_is_billing_not_rate_limited() -> None:
@@ -644,14 +646,15 @@ async def test_flat_vllm_error_body() -> None:
     assert error.kind is ErrorKind.BAD_REQUEST
     assert error.vendor_type == "BadRequestError"
     assert error.vendor_code == "400"
-    assert "maximum context length is 2048" in error.message
+    assert "maximum context length is 2048" in error.detail
 
 
 async def test_plain_text_error_body() -> None:
     response = httpx.Response(502, text="upstream connect error", headers={"retry-after": "2"})
     _, error = await run_error(response)
     assert error.kind is ErrorKind.SERVER
-    assert error.message == "openai: HTTP 502: upstream connect error"
+    assert error.message == "openai: HTTP 502 Bad Gateway"
+    assert error.detail == "upstream connect error"
     assert error.retry_after_s == 2.0
 
 
@@ -673,3 +676,17 @@ async def test_retry_after_http_date() -> None:
     _, error = await run_error(httpx.Response(503, text="busy", headers={"retry-after": date}))
     assert error.kind is ErrorKind.OVERLOADED
     assert error.retry_after_s == 0.0
+
+
+async def test_an_error_detail_never_holds_the_requests_key() -> None:
+    """A body that quotes the key (a proxy echoing the request's headers) is scrubbed with the
+    credentials the request carried, before the error leaves the adapter."""
+    body = {"error": {"message": "bad header Bearer k-secret-9999 in request", "type": "x"}}
+    upstream = FakeUpstream(json_response(body, status=400))
+    async with upstream.client() as client:
+        named = OpenAIAdapter(
+            client, name="openai", base_url="http://up.test/v1", api_key="k-secret-9999"
+        )
+        _, error = await collect_error(named.call(REQ))
+    assert error.detail == "bad header Bearer [redacted] in request"
+    assert "9999" not in error.message

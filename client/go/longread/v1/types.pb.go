@@ -409,6 +409,10 @@ const (
 	// The request's bytes are not a message of its type (or a string field is not UTF-8).
 	// Status INVALID_ARGUMENT.
 	ErrorReason_ERROR_REASON_MALFORMED_REQUEST ErrorReason = 14
+	// An upstream refused the gateway's own credentials for it (the vendor's 401 or 403): the
+	// gateway's configuration must change, not the request; ErrorInfo metadata "upstream" names
+	// the upstream as configured. Status FAILED_PRECONDITION.
+	ErrorReason_ERROR_REASON_UPSTREAM_AUTH_FAILED ErrorReason = 15
 )
 
 // Enum value maps for ErrorReason.
@@ -429,6 +433,7 @@ var (
 		12: "ERROR_REASON_OVERLOADED",
 		13: "ERROR_REASON_DRAINING",
 		14: "ERROR_REASON_MALFORMED_REQUEST",
+		15: "ERROR_REASON_UPSTREAM_AUTH_FAILED",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":          0,
@@ -446,6 +451,7 @@ var (
 		"ERROR_REASON_OVERLOADED":           12,
 		"ERROR_REASON_DRAINING":             13,
 		"ERROR_REASON_MALFORMED_REQUEST":    14,
+		"ERROR_REASON_UPSTREAM_AUTH_FAILED": 15,
 	}
 )
 
@@ -1880,7 +1886,7 @@ const file_longread_v1_types_proto_rawDesc = "" +
 	"\tSTAGE_MAP\x10\x02\x12\x12\n" +
 	"\x0eSTAGE_COLLAPSE\x10\x03\x12\x10\n" +
 	"\fSTAGE_REDUCE\x10\x04\x12\x10\n" +
-	"\fSTAGE_REFINE\x10\x05*\xf1\x03\n" +
+	"\fSTAGE_REFINE\x10\x05*\x98\x04\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aERROR_REASON_INVALID_FIELD\x10\x01\x12#\n" +
@@ -1897,7 +1903,8 @@ const file_longread_v1_types_proto_rawDesc = "" +
 	"\x15ERROR_REASON_INTERNAL\x10\v\x12\x1b\n" +
 	"\x17ERROR_REASON_OVERLOADED\x10\f\x12\x19\n" +
 	"\x15ERROR_REASON_DRAINING\x10\r\x12\"\n" +
-	"\x1eERROR_REASON_MALFORMED_REQUEST\x10\x0eBb\n" +
+	"\x1eERROR_REASON_MALFORMED_REQUEST\x10\x0e\x12%\n" +
+	"!ERROR_REASON_UPSTREAM_AUTH_FAILED\x10\x0fBb\n" +
 	"\x0fdev.longread.v1B\n" +
 	"TypesProtoP\x01ZAgithub.com/longread-dev/longread/client/go/longread/v1;longreadv1b\x06proto3"
 

@@ -238,6 +238,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The request's bytes are not a message of its type (or a string field is not UTF-8).
     Status INVALID_ARGUMENT.
     """
+    ERROR_REASON_UPSTREAM_AUTH_FAILED: _ErrorReason.ValueType  # 15
+    """An upstream refused the gateway's own credentials for it (the vendor's 401 or 403): the
+    gateway's configuration must change, not the request; ErrorInfo metadata "upstream" names
+    the upstream as configured. Status FAILED_PRECONDITION.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The closed set of ErrorInfo reasons (domain "longread.dev") this service returns."""
@@ -277,6 +282,11 @@ grace period; another replica can serve it. See RetryInfo. Status UNAVAILABLE.
 ERROR_REASON_MALFORMED_REQUEST: ErrorReason.ValueType  # 14
 """The request's bytes are not a message of its type (or a string field is not UTF-8).
 Status INVALID_ARGUMENT.
+"""
+ERROR_REASON_UPSTREAM_AUTH_FAILED: ErrorReason.ValueType  # 15
+"""An upstream refused the gateway's own credentials for it (the vendor's 401 or 403): the
+gateway's configuration must change, not the request; ErrorInfo metadata "upstream" names
+the upstream as configured. Status FAILED_PRECONDITION.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

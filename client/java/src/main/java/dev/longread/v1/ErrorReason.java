@@ -138,6 +138,16 @@ public enum ErrorReason
    * <code>ERROR_REASON_MALFORMED_REQUEST = 14;</code>
    */
   ERROR_REASON_MALFORMED_REQUEST(14),
+  /**
+   * <pre>
+   * An upstream refused the gateway's own credentials for it (the vendor's 401 or 403): the
+   * gateway's configuration must change, not the request; ErrorInfo metadata "upstream" names
+   * the upstream as configured. Status FAILED_PRECONDITION.
+   * </pre>
+   *
+   * <code>ERROR_REASON_UPSTREAM_AUTH_FAILED = 15;</code>
+   */
+  ERROR_REASON_UPSTREAM_AUTH_FAILED(15),
   UNRECOGNIZED(-1),
   ;
 
@@ -273,6 +283,16 @@ public enum ErrorReason
    * <code>ERROR_REASON_MALFORMED_REQUEST = 14;</code>
    */
   public static final int ERROR_REASON_MALFORMED_REQUEST_VALUE = 14;
+  /**
+   * <pre>
+   * An upstream refused the gateway's own credentials for it (the vendor's 401 or 403): the
+   * gateway's configuration must change, not the request; ErrorInfo metadata "upstream" names
+   * the upstream as configured. Status FAILED_PRECONDITION.
+   * </pre>
+   *
+   * <code>ERROR_REASON_UPSTREAM_AUTH_FAILED = 15;</code>
+   */
+  public static final int ERROR_REASON_UPSTREAM_AUTH_FAILED_VALUE = 15;
 
 
   public final int getNumber() {
@@ -314,6 +334,7 @@ public enum ErrorReason
       case 12: return ERROR_REASON_OVERLOADED;
       case 13: return ERROR_REASON_DRAINING;
       case 14: return ERROR_REASON_MALFORMED_REQUEST;
+      case 15: return ERROR_REASON_UPSTREAM_AUTH_FAILED;
       default: return null;
     }
   }

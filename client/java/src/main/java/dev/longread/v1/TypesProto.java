@@ -208,7 +208,7 @@ public final class TypesProto extends com.google.protobuf.GeneratedFile {
       "_PARTIAL\020\003\022\027\n\023CACHE_STATUS_BYPASS\020\004*w\n\005S" +
       "tage\022\025\n\021STAGE_UNSPECIFIED\020\000\022\020\n\014STAGE_SIN" +
       "GLE\020\001\022\r\n\tSTAGE_MAP\020\002\022\022\n\016STAGE_COLLAPSE\020\003" +
-      "\022\020\n\014STAGE_REDUCE\020\004\022\020\n\014STAGE_REFINE\020\005*\361\003\n" +
+      "\022\020\n\014STAGE_REDUCE\020\004\022\020\n\014STAGE_REFINE\020\005*\230\004\n" +
       "\013ErrorReason\022\034\n\030ERROR_REASON_UNSPECIFIED" +
       "\020\000\022\036\n\032ERROR_REASON_INVALID_FIELD\020\001\022#\n\037ER" +
       "ROR_REASON_DOCUMENT_TOO_LARGE\020\002\022\036\n\032ERROR" +
@@ -221,10 +221,11 @@ public final class TypesProto extends com.google.protobuf.GeneratedFile {
       "ON_DOES_NOT_FIT\020\n\022\031\n\025ERROR_REASON_INTERN" +
       "AL\020\013\022\033\n\027ERROR_REASON_OVERLOADED\020\014\022\031\n\025ERR" +
       "OR_REASON_DRAINING\020\r\022\"\n\036ERROR_REASON_MAL" +
-      "FORMED_REQUEST\020\016Bb\n\017dev.longread.v1B\nTyp" +
-      "esProtoP\001ZAgithub.com/longread-dev/longr" +
-      "ead/client/go/longread/v1;longreadv1b\006pr" +
-      "oto3"
+      "FORMED_REQUEST\020\016\022%\n!ERROR_REASON_UPSTREA" +
+      "M_AUTH_FAILED\020\017Bb\n\017dev.longread.v1B\nType" +
+      "sProtoP\001ZAgithub.com/longread-dev/longre" +
+      "ad/client/go/longread/v1;longreadv1b\006pro" +
+      "to3"
     };
     descriptor = com.google.protobuf.Descriptors.FileDescriptor
       .internalBuildGeneratedFileFrom(descriptorData,
