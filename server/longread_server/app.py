@@ -367,7 +367,9 @@ def main(config_path: str | None = None, listen: str | None = None) -> int:
             cfg.listen = listen
             cfg.origins.note("listen", "--host/--port")
         _check_listen(cfg.listen)
-        configure_logging(cfg.telemetry.json_logs, cfg.telemetry.log_level)
+        configure_logging(
+            cfg.telemetry.json_logs, cfg.telemetry.log_level, cfg.telemetry.record_content
+        )
         asyncio.run(serve(cfg))
     except ConfigError as e:
         if cfg is not None:

@@ -232,7 +232,10 @@ class TelemetryConfig:
     # SDK span processors to add, each "package.module:name" of a SpanProcessor, its class, or
     # a function of no arguments returning one (they run off the event loop: tracing.py).
     span_processors: list[str] = field(default_factory=list)
-    record_content: bool = False  # documents, prompts and answers on spans (opt-in)
+    # Content on spans and in logs (opt-in): documents, prompts, answers, an upstream's error
+    # text (also in the status a client gets), exception messages not worded by the gateway.
+    # Keys never, whatever this says.
+    record_content: bool = False
     # A span per upstream HTTP request (httpx) and per Redis command, under the model-call
     # and state spans: one more span per call, off unless asked for.
     client_spans: bool = False

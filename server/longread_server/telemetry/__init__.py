@@ -129,7 +129,9 @@ def setup(
         *(SimpleSpanProcessor(exporter) for exporter in span_exporters),
     ]
     if s.exporters["traces"] or processors:
-        tp = LeanTracerProvider(s.resource, s.sampler, s.span_limits)
+        tp = LeanTracerProvider(
+            s.resource, s.sampler, s.span_limits, record_content=cfg.record_content
+        )
         for name in s.exporters["traces"]:
             if name in OTLP_NAMES:
                 # Our batcher and encoder: the same bytes as the SDK's OTLP exporter, for less

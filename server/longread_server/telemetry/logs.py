@@ -10,9 +10,22 @@ from typing import Any
 
 from opentelemetry import trace
 
+from longread_server.telemetry import redact
+
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line, with the trace and span of the record's context."""
+    """One JSON object per line, with the trace and span of the record's context. A logged
+    exception's message is written only where ``telemetry.redact`` allows it."""
+
+    def __init__(self, record_content: bool = False) -> None:
+        super().__init__()
+        self.record_content = record_content
+
+    def formatException(self, ei: Any) -> str:
+        _, exc, _ = ei
+        if exc is None:
+            return super().formatException(ei)
+        return redact.stacktrace(exc, self.record_content).rstrip("\n")
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
@@ -34,10 +47,10 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str, ensure_ascii=False)
 
 
-def configure_logging(json_logs: bool, level: str = "INFO") -> None:
+def configure_logging(json_logs: bool, level: str = "INFO", record_content: bool = False) -> None:
     handler = logging.StreamHandler()
     if json_logs:
-        handler.setFormatter(JsonFormatter())
+        handler.setFormatter(JsonFormatter(record_content))
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     root = logging.getLogger()

@@ -23,7 +23,6 @@ import logging
 import random
 import threading
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
@@ -53,6 +52,8 @@ from opentelemetry.trace import (
     TraceState,
 )
 from opentelemetry.util import types
+
+from longread_server.telemetry import redact
 
 log = logging.getLogger(__name__)
 
@@ -389,13 +390,11 @@ class LeanSpan(trace.Span):
         timestamp: int | None = None,
         escaped: bool = False,
     ) -> None:
-        stack = "".join(
-            traceback.format_exception(type(exception), exception, exception.__traceback__)
-        )
+        content = self._tracer.provider.record_content
         attrs: dict[str, Any] = {
             "exception.type": type(exception).__qualname__,
-            "exception.message": str(exception),
-            "exception.stacktrace": stack,
+            "exception.message": redact.message(exception, content),
+            "exception.stacktrace": redact.stacktrace(exception, content),
             "exception.escaped": str(escaped),
         }
         if attributes:
@@ -650,7 +649,8 @@ class CurrentSpan:
             if self._record:
                 span.record_exception(exc)
             if self._set_status:
-                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+                content = type(span) is LeanSpan and span._tracer.provider.record_content
+                span.set_status(Status(StatusCode.ERROR, redact.describe(exc, content)))
         if self._end:
             span.end()
 
@@ -698,8 +698,12 @@ class LeanTracerProvider(trace.TracerProvider):
         resource: Resource,
         sampler: Sampler | float = 1.0,
         limits: SpanLimits | None = None,
+        *,
+        record_content: bool = False,
     ) -> None:
         self.resource = resource
+        # Exception messages on spans (telemetry.redact): only with content recording on.
+        self.record_content = record_content
         if not isinstance(sampler, Sampler):  # a ratio of new traces
             sampler = ParentBased(TraceIdRatioBased(min(max(sampler, 0.0), 1.0)))
         self.sampler = sampler
