@@ -39,7 +39,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,8 +68,9 @@ BASE_ENV: dict[str, str] = {
 }
 
 # The gateway's telemetry is off by default: these two switches are what a user adds to the
-# standard variables. Where and how to export is left to the variables. The [server] lines
-# only make the test quick (no drain delay on SIGTERM).
+# standard variables. Where and how to export is left to the variables. The rest is test
+# plumbing: no drain delay on SIGTERM, and one emulator for every gateway of the run (an
+# embedded one costs each gateway a quarter of its start-up CPU).
 GATEWAY_TOML = """\
 [telemetry]
 traces = true
@@ -78,6 +79,12 @@ metrics = true
 [server]
 drain_delay_s = 0
 grace_s = 2
+
+[[upstreams]]
+name = "openai"
+kind = "openai"
+base_url = "{sandbox}/v1"
+api_key = "sandbox"
 """
 
 # Diagnosis only (``python -m tests.otel_conformance --endpoint-in-toml``), never in the
@@ -86,15 +93,14 @@ grace_s = 2
 ENDPOINT_IN_TOML = False
 
 
-def gateway_toml(env: Mapping[str, str]) -> str:
+def gateway_toml(env: Mapping[str, str], sandbox: str) -> str:
+    toml = GATEWAY_TOML.replace("{sandbox}", sandbox)
     endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get(
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
     )
     if not (ENDPOINT_IN_TOML and endpoint):
-        return GATEWAY_TOML
-    return GATEWAY_TOML.replace(
-        "[telemetry]\n", f"[telemetry]\notlp_endpoint = {json.dumps(endpoint)}\n"
-    )
+        return toml
+    return toml.replace("[telemetry]\n", f"[telemetry]\notlp_endpoint = {json.dumps(endpoint)}\n")
 
 
 # A remote parent, as a caller would send it in each propagation format.
@@ -976,13 +982,37 @@ def run_reference(row: Row) -> Observation:
 DOCUMENT = "The night shift logged three alarms. Each was checked and cleared by dawn. " * 20
 
 
-def run_gateway(row: Row) -> Observation:
+@contextlib.contextmanager
+def emulator() -> Iterator[str]:
+    """The vendor emulator (``longread sandbox``) in a subprocess, for every gateway of a run:
+    its base URL."""
+    exe = Path(sys.executable).with_name("longread")
+    with tempfile.TemporaryDirectory(prefix="longread-otel-sandbox-") as tmp:
+        out = Path(tmp, "stdout")
+        with out.open("wb") as fo:
+            proc = subprocess.Popen(
+                [str(exe), "sandbox", "--port", "0"],
+                stdin=subprocess.DEVNULL,
+                stdout=fo,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            m = _wait_for(out, r"listening on (http://[^\s]+)", proc, PROCESS_WAIT_S)
+            if m is None:
+                raise RuntimeError(f"longread sandbox did not start: {out.read_text()}")
+            yield m.group(1)
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+def run_gateway(row: Row, sandbox: str) -> Observation:
     o = Observation("gateway")
     prom = free_port()
     with _receiver(row) as rec, tempfile.TemporaryDirectory(prefix="longread-otel-gw-") as tmp:
         toml = Path(tmp, "longread.toml")
         env = side_env(row, rec, prom)
-        toml.write_text(gateway_toml(env))
+        toml.write_text(gateway_toml(env, sandbox))
         out, err = Path(tmp, "stdout"), Path(tmp, "stderr")
         exe = Path(sys.executable).with_name("longread")
         with out.open("wb") as fo, err.open("wb") as fe:
@@ -1015,35 +1045,27 @@ def run_gateway(row: Row) -> Observation:
     return o
 
 
-def run_row(row: Row, pool: ThreadPoolExecutor | None = None) -> RowResult:
+def run_row(row: Row, sandbox: str, sides: ThreadPoolExecutor) -> RowResult:
     """Both sides of ``row`` at once, then each check on each side."""
     start = time.monotonic()
-    own = pool is None
-    pool = pool or ThreadPoolExecutor(2)
-    try:
-        ref_f = pool.submit(run_reference, row)
-        gw_f = pool.submit(run_gateway, row)
-        ref, gw = ref_f.result(), gw_f.result()
-    finally:
-        if own:
-            pool.shutdown()
+    ref_f = sides.submit(run_reference, row)
+    gw_f = sides.submit(run_gateway, row, sandbox)
+    ref, gw = ref_f.result(), gw_f.result()
     checks = [CheckResult(c.what, c.probe(ref), c.probe(gw)) for c in row.checks]
     return RowResult(row, ref, gw, checks, time.monotonic() - start)
 
 
-def run_rows(rows: Sequence[Row], parallel: int | None = None) -> dict[str, RowResult]:
-    """Every row, ``parallel`` rows at a time (both sides of a row run together). Sides spend
-    most of their time starting up and waiting on sockets and timers, so a few rows per
-    core keep the machine busy without one side starving the other."""
-    parallel = parallel or 3
-    sides = ThreadPoolExecutor(2 * parallel)
-    rows_pool = ThreadPoolExecutor(parallel)
-    try:
-        futures = {r.id: rows_pool.submit(run_row, r, sides) for r in rows}
+def run_rows(rows: Sequence[Row], parallel: int = 3) -> dict[str, RowResult]:
+    """Every row, ``parallel`` rows at a time (both sides of a row run together). A side
+    spends much of its time waiting (on sockets, batch delays, stalled receivers, the
+    shutdown), so a few rows at once keep two cores busy."""
+    with (
+        emulator() as sandbox,
+        ThreadPoolExecutor(2 * parallel) as sides,
+        ThreadPoolExecutor(parallel) as rows_pool,
+    ):
+        futures = {r.id: rows_pool.submit(run_row, r, sandbox, sides) for r in rows}
         return {rid: f.result() for rid, f in futures.items()}
-    finally:
-        rows_pool.shutdown()
-        sides.shutdown()
 
 
 # --- the table, as Markdown ---
