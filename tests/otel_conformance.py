@@ -121,6 +121,7 @@ class Observation:
     side: str  # "reference" or "gateway"
     requests: list[Received] = field(default_factory=list)
     grpc_compressed: list[tuple[str, bool]] = field(default_factory=list)
+    connections: dict[str, int] = field(default_factory=dict)
     stdout: str = ""
     stderr: str = ""
     exit_code: int | None = None
@@ -202,6 +203,11 @@ class RowResult:
 def ran(o: Observation) -> object:
     """Both sides must have run to the end: started, served or scraped, exited 0."""
     return "exit 0" if o.exit_code == 0 and not o.error else f"exit {o.exit_code} {o.error}".strip()
+
+
+def connected(o: Observation) -> object:
+    """Which gRPC listeners the side connected to, requests or not (a failed handshake)."""
+    return ",".join(sorted(k for k, n in o.connections.items() if n)) or "none"
 
 
 def signals(o: Observation) -> object:
@@ -386,6 +392,7 @@ WHERE = Check("where each signal arrived", where)
 SPANS = Check("spans received", spans_received)
 CONTINUES = Check("a span continues the carrier's trace", continues_carrier)
 CONSOLE = Check("console output on stdout", console)
+CONNECTED = Check("gRPC listeners it connected to", connected)
 
 
 def _rows() -> list[Row]:
@@ -430,7 +437,12 @@ def _rows() -> list[Row]:
 
     # The SDK switched off.
     row(
-        "sdk-disabled", "OTEL_SDK_DISABLED", "true", {"OTEL_SDK_DISABLED": "true"}, SIGNALS_RECEIVED
+        "sdk-disabled",
+        "OTEL_SDK_DISABLED",
+        "true",
+        {"OTEL_SDK_DISABLED": "true"},
+        SIGNALS_RECEIVED,
+        CONNECTED,
     )
 
     # Samplers: no parent unless the row gives a carrier.
@@ -730,6 +742,7 @@ def _rows() -> list[Row]:
         "unset, the receiver requires one (grpc, TIMEOUT=1)",
         {"OTEL_EXPORTER_OTLP_ENDPOINT": grpc_tls, **ca, "OTEL_EXPORTER_OTLP_TIMEOUT": "1"},
         SIGNALS_RECEIVED,
+        CONNECTED,
         tls=True,
         mutual=True,
     )
@@ -746,6 +759,7 @@ def _rows() -> list[Row]:
         "unset, endpoint host:port without a scheme (grpc, TIMEOUT=1)",
         {"OTEL_EXPORTER_OTLP_ENDPOINT": "localhost:{grpc}", "OTEL_EXPORTER_OTLP_TIMEOUT": "1"},
         SIGNALS_RECEIVED,
+        CONNECTED,
     )
 
     # Batch span and log record processors and the periodic metric reader, each pair of
@@ -947,6 +961,7 @@ def _finish(
     rec.settle(rec.stall_s + 2)
     o.requests = list(rec.requests)
     o.grpc_compressed = list(rec.grpc_compressed)
+    o.connections = dict(rec.connections)
     o.stdout = out.read_text(errors="replace")
     o.stderr = err.read_text(errors="replace")
 

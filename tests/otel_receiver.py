@@ -10,8 +10,10 @@ each signal somewhere else and see where it went:
   compressed-flag byte (``Receiver.grpc_compressed``);
 - ``http``: OTLP/HTTP, ``POST`` of ``application/x-protobuf`` on any path, ``gzip`` bodies
   decoded. The signal is the path's last segment (``/v1/traces``, ``/custom/traces``);
-- with ``tls``, ``grpc_tls`` and ``http_tls`` the same over TLS, and with ``mutual`` they
-  refuse a client without a certificate signed by the test CA (tests/certs.py).
+- with ``certs``, ``grpc_tls`` and ``http_tls`` the same over TLS, and with ``mutual`` they
+  refuse a client without a certificate signed by the test CA (tests/certs.py). The gRPC
+  ports count connections (``Receiver.connections``), so that an exporter whose handshake
+  failed still shows it tried.
 
 ``stall_s`` holds every request that long before answering, and notes whether the client was
 still waiting at the end (``Received.abandoned``): how a test sees an exporter's timeout.
@@ -129,6 +131,9 @@ class Receiver:
     stall_s: float = 0.0
     requests: list[Received] = field(default_factory=list)
     grpc_compressed: list[tuple[str, bool]] = field(default_factory=list)  # (listener, flag)
+    # TCP connections per gRPC listener: an exporter that tried, even if TLS or the
+    # handshake then failed and no request arrived.
+    connections: dict[str, int] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _inflight: int = 0
@@ -140,7 +145,8 @@ class Receiver:
             self.ports[name] = self._relay(name, inner)
         self.ports["http"] = self._http_server("http", None)
         if self.certs is not None:
-            self.ports["grpc_tls"] = self._grpc_server("grpc_tls", self.certs)
+            inner = self._grpc_server("grpc_tls", self.certs)
+            self.ports["grpc_tls"] = self._relay("grpc_tls", inner, sniff=False)
             self.ports["http_tls"] = self._http_server("http_tls", self.certs)
 
     def close(self) -> None:
@@ -240,10 +246,11 @@ class Receiver:
         self._closers.append(close)
         return port
 
-    def _relay(self, name: str, inner_port: int) -> int:
-        """A TCP relay to ``inner_port`` that notes the compressed flag of each gRPC message
-        the client sends (the first byte of the message's 5-byte prefix, at the start of the
-        first DATA frame of each HTTP/2 stream)."""
+    def _relay(self, name: str, inner_port: int, sniff: bool = True) -> int:
+        """A TCP relay to ``inner_port`` that counts connections and, with ``sniff`` (not
+        through TLS), notes the compressed flag of each gRPC message the client sends (the
+        first byte of the message's 5-byte prefix, at the start of the first DATA frame of
+        each HTTP/2 stream)."""
         listener = socket.create_server(("127.0.0.1", 0))
         port: int = listener.getsockname()[1]
         closing = threading.Event()
@@ -290,12 +297,14 @@ class Receiver:
                     client, _ = listener.accept()
                 except OSError:
                     return
+                with self._lock:
+                    self.connections[name] = self.connections.get(name, 0) + 1
                 try:
                     upstream = socket.create_connection(("127.0.0.1", inner_port))
                 except OSError:
                     client.close()
                     continue
-                for args in ((client, upstream, True), (upstream, client, False)):
+                for args in ((client, upstream, sniff), (upstream, client, False)):
                     threading.Thread(target=pump, args=args, daemon=True).start()
 
         threading.Thread(target=accept, daemon=True).start()
