@@ -332,9 +332,9 @@ class OtlpBatcher:
 
     An export call costs the process about the same CPU whatever its size, so the defaults
     favour large, infrequent batches: every 5 s (the SDK's default delay) or 2048 spans. The
-    SDK's variables set them: ``OTEL_BSP_SCHEDULE_DELAY`` and ``OTEL_BSP_EXPORT_TIMEOUT``
-    (ms), ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE`` and ``OTEL_BSP_MAX_QUEUE_SIZE``; a call is bounded by
-    ``OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`` (seconds) as well.
+    SDK's variables set them: ``OTEL_BSP_SCHEDULE_DELAY`` (ms), ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``
+    and ``OTEL_BSP_MAX_QUEUE_SIZE``; a call is bounded by ``OTEL_EXPORTER_OTLP_TRACES_TIMEOUT``
+    (seconds), as the SDK's exporter bounds it.
 
     Where and how to send (gRPC or HTTP, headers, compression, TLS files) is
     :meth:`OtlpSettings.resolve`'s, for the traces signal, as it is for the other signals.
@@ -366,11 +366,10 @@ class OtlpBatcher:
             settings = OtlpSettings.resolve(endpoint, "TRACES", env, protocol=protocol)
         self.settings = settings
         if timeout_s is None:
-            # Each call as the OTLP exporter bounds it (OTEL_EXPORTER_OTLP_TRACES_TIMEOUT), and
-            # within the batch processor's bound when one is set (OTEL_BSP_EXPORT_TIMEOUT).
+            # Each call as the SDK's OTLP exporter bounds it (OTEL_EXPORTER_OTLP_TRACES_TIMEOUT).
+            # Its batch processor reads OTEL_BSP_EXPORT_TIMEOUT but does not cut a call with
+            # it, and the conformance suite holds us to what the SDK does.
             timeout_s = self.settings.timeout_s
-            if env.get("OTEL_BSP_EXPORT_TIMEOUT", "").strip():
-                timeout_s = min(timeout_s, _env_int(env, "OTEL_BSP_EXPORT_TIMEOUT", 0) / 1000)
         self._transport: _GrpcTransport | _HttpTransport
         if self.settings.protocol == "grpc":
             self._transport = _GrpcTransport(self.settings)

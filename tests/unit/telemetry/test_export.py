@@ -132,7 +132,7 @@ def test_batcher_settings_come_from_the_sdk_variables(receiver: tuple[_Receiver,
     _, port = receiver
     env = {
         "OTEL_BSP_SCHEDULE_DELAY": "250",
-        "OTEL_BSP_EXPORT_TIMEOUT": "3000",
+        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "3",  # seconds, as the SDK's exporter reads it
         "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "64",
         "OTEL_BSP_MAX_QUEUE_SIZE": "128",
     }
