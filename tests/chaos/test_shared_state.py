@@ -90,7 +90,7 @@ async def test_08c_redis_stalled_costs_one_short_timeout(
     async with client_for(gw) as client:
         await fire(client, [doc() for _ in range(3)])
         pauser = connect(own_redis.url)
-        await pauser.execute_command("CLIENT", "PAUSE", "1500", "ALL")  # type: ignore[no-untyped-call]
+        await pauser.execute_command("CLIENT", "PAUSE", "1500", "ALL")
         during = await fire(client, [doc() for _ in range(10)], concurrency=5, timeout=3)
         await pauser.aclose()
     row.add(during)
