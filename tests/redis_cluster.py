@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +90,9 @@ class RedisClusterServer:
                 "",
                 "--appendonly",
                 "no",
+                # A replica syncs as soon as it attaches, not after the default 5 s wait.
+                "--repl-diskless-sync-delay",
+                "0",
                 "--dir",
                 str(node.dir),
             ],
@@ -113,8 +117,8 @@ class RedisClusterServer:
         self._until(lambda: self.command(node, "PING").strip() == "PONG", f"{node.address} up")
 
     @staticmethod
-    def _until(check: object, what: str, within: float = 60.0) -> None:
-        assert callable(check)
+    def _until(check: Callable[[], bool], what: str, within: float = 60.0) -> None:
+        """Polls ``check``; the bound only turns a hang into an error."""
         deadline = time.monotonic() + within
         while not check():
             if time.monotonic() > deadline:
@@ -125,15 +129,16 @@ class RedisClusterServer:
         return [n for n in self.nodes if n.proc is not None]
 
     def wait_healthy(self) -> None:
-        """Every live node says the cluster is ok, sees the same masters, and every master has
-        a replica with its link up (so that it could take over)."""
+        """Every live node says the cluster is ok and sees the same masters, as many as the
+        cluster was made with, and every replica's link to its master is up (so that it
+        could take over)."""
 
         def healthy() -> bool:
             live = self.alive()
             if any("cluster_state:ok" not in self.command(n, "CLUSTER", "INFO") for n in live):
                 return False
             views = {tuple(sorted(self._masters_seen_by(n))) for n in live}
-            if len(views) != 1:
+            if len(views) != 1 or len(views.pop()) != self.masters:
                 return False
             replicas = [n for n in live if self.role(n) == "slave"]
             return all(
@@ -183,6 +188,12 @@ class RedisClusterServer:
                 if f"master_port:{master.port}" in info.split():
                     return node
         raise RuntimeError(f"{master.address} has no live replica")
+
+    def flush(self) -> None:
+        """Empties every master (a test that needs fresh state on the session's cluster)."""
+        for node in self.alive():
+            if self.role(node) == "master":
+                self.command(node, "FLUSHALL")
 
     def kill(self, node: Node) -> None:
         """SIGKILL: as abrupt as a crash. The node stays down."""

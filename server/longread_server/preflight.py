@@ -183,10 +183,11 @@ def redis_target(url: str) -> RedisTarget:
         end = min(end, at) if at >= 0 else end
     auth, _, hosts = rest[:end].rpartition("@")
     nodes: list[tuple[str, int]] = []
+    default_port = 26379 if kind == "sentinel" else 6379
     for entry in hosts.split(","):
         parts = urlsplit(f"//{entry.strip()}")
         try:
-            port = parts.port or 6379
+            port = parts.port or default_port
         except ValueError:
             raise ValueError(f"{entry!r}: {_NOT_A_PORT}") from None
         if not parts.hostname:
@@ -197,10 +198,10 @@ def redis_target(url: str) -> RedisTarget:
     service = ""
     if kind == "sentinel":
         if not path:
-            raise ValueError(f"{url!r} names no Sentinel service (.../service_name[/db])")
+            raise ValueError("names no Sentinel service (.../service_name[/db])")
         service, path = path[0], path[1:]
     elif path and path != ["0"]:
-        raise ValueError(f"{url!r}: a Redis Cluster has only database 0")
+        raise ValueError("a Redis Cluster has only database 0")
     query = f"?{tail.query}" if tail.query else ""
     data_tail = f"/{path[0] if path else 0}{query}"
     target = RedisTarget(kind, scheme, auth + "@" if auth else "", tuple(nodes), data_tail, service)
