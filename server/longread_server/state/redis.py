@@ -99,7 +99,6 @@ async def warm_up(client: RedisClient, timeout_s: float = WARM_UP_S) -> None:
 
 def _cluster(target: RedisTarget, options: dict[str, Any]) -> RedisCluster:
     (host, port), others = target.nodes[0], target.nodes[1:]
-    options.pop("health_check_interval")  # each node's connections check on use anyway
     return RedisCluster.from_url(
         target.node_url(host, port),
         startup_nodes=[ClusterNode(h, p) for h, p in others],
