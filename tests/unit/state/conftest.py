@@ -1,6 +1,7 @@
 """Both backends of each piece of state, driven by the same fake clock.
 
-The Redis backends run their real Lua scripts on the real test redis-server; the fake clock
+The Redis backends run their real Lua scripts on the real test redis-server, and again on the
+test Redis Cluster (each script routed to the node owning its keys' slot); the fake clock
 reaches them through the scripts' ``now_ms`` override, so one test checks the in-process
 arithmetic and the Lua arithmetic alike, with no sleeping.
 """
