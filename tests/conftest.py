@@ -14,6 +14,7 @@ from longread_sandbox import Sandbox, SandboxConfig
 from longread_server.app import Gateway, sandbox_upstreams, start
 from longread_server.config import Config, TenantConfig
 
+from tests.redis_cluster import RedisClusterServer
 from tests.redis_server import RedisServer
 
 TENANT_KEYS = {"acme": "test-key-acme", "globex": "test-key-globex"}
@@ -65,3 +66,25 @@ def redis_server() -> Iterator[RedisServer]:
     server.start()
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServer]:
+    """A real Redis Cluster (3 masters, 3 replicas) on loopback for the whole session, started
+    by the first test that asks for it."""
+    cluster = RedisClusterServer()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture(params=["node", "cluster"])
+def shared_redis(request: pytest.FixtureRequest) -> RedisServer | RedisClusterServer:
+    """The session's Redis as one node, then as a cluster: tests of shared state that take
+    this run on both (``.url`` is the ``redis_url`` to use)."""
+    server: RedisServer | RedisClusterServer = request.getfixturevalue(
+        "redis_server" if request.param == "node" else "redis_cluster"
+    )
+    return server

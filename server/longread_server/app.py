@@ -11,7 +11,6 @@ from dataclasses import dataclass, replace
 
 import grpc
 from grpc_health.v1 import health
-from redis.asyncio import Redis
 
 from longread_server import preflight
 from longread_server.api.admission import Admission, LoopLag
@@ -44,7 +43,7 @@ from longread_server.run.analysis import Analysis
 from longread_server.run.models import ModelResolver
 from longread_server.run.planning import Planning
 from longread_server.run.runner import JobRunner, PromptCaching
-from longread_server.state.redis import connect
+from longread_server.state.redis import RedisClient, connect, warm_up
 from longread_server.telemetry import Telemetry, configure_logging
 from longread_server.telemetry import setup as setup_telemetry
 from longread_server.vendors import make_adapter
@@ -141,7 +140,7 @@ class Gateway:
     health: health.aio.HealthServicer
     telemetry: Telemetry
     sandbox: EmbeddedSandbox | None = None
-    redis: Redis | None = None  # shared by every piece of replicated state
+    redis: RedisClient | None = None  # shared by every piece of replicated state
     cache: ResponseCache | None = None  # response cache + single-flight (stats)
     resilience: Resilience | None = None  # rate limits, breakers, retries (state, stats)
     ledger: BudgetLedger | None = None  # tenants' monthly spend
@@ -219,6 +218,8 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
     # request that needs it.
     await asyncio.to_thread(_load_tokenizers, catalog)
     redis = connect(cfg.redis_url) if cfg.redis_url else None
+    if redis is not None:
+        await warm_up(redis)
     # One Redis gate for the cache, budget ledger, rate limits and breakers: one view of its
     # health, so one Redis outage costs one timeout per interval for all of them.
     gate = redis_gate(cfg) if redis is not None else None
@@ -345,7 +346,7 @@ def _http_client(cfg: Config) -> UpstreamHttp:
     return UpstreamHttp(upstream_client(cfg.server.upstream_max_connections))
 
 
-def _instrument_clients(tel: Telemetry, http: UpstreamHttp, redis: Redis | None) -> None:
+def _instrument_clients(tel: Telemetry, http: UpstreamHttp, redis: RedisClient | None) -> None:
     """Client spans under each model-call attempt (httpx) and state operation (redis)."""
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 

@@ -205,6 +205,10 @@ class CacheConfig:
                 raise ConfigError(f"cache.{name} must be positive")
         if self.flight_wait_s < 0:
             raise ConfigError("cache.flight_wait_s must not be negative")
+        if "{" in self.redis_prefix or "}" in self.redis_prefix:
+            # A brace would become the Redis Cluster hash tag of every key: all answers in one
+            # slot, or (with "{}") an answer's keys in different slots, which scripts refuse.
+            raise ConfigError("cache.redis_prefix must not contain { or }")
 
 
 @dataclass
@@ -534,6 +538,10 @@ class Config:
     listen: str = "127.0.0.1:50051"
     default_model: str = "gpt-4.1-mini"
     default_vendor: str = ""
+    # Shared state across replicas: redis://host:port/db (rediss:// for TLS) for one node,
+    # redis+cluster://host:port[,host:port...] for a Redis Cluster (the nodes to start from),
+    # redis+sentinel://host:port[,host:port...]/service[/db] for a master found through
+    # Sentinel (state/redis.py).
     redis_url: str = ""
     server: ServerConfig = field(default_factory=ServerConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)

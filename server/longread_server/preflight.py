@@ -16,7 +16,7 @@ import re
 import socket
 import ssl
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from redis.connection import parse_url
 
@@ -141,10 +141,78 @@ def probe_listen(address: str) -> None:
     raise Unusable("address", f"cannot listen on {address}: {why}")
 
 
+# The schemes of a Redis Cluster and of a master found through Sentinel, each with the scheme
+# of the data nodes' own connections.
+REDIS_CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+REDIS_SENTINEL_SCHEMES = {"redis+sentinel": "redis", "rediss+sentinel": "rediss"}
+
+
+@dataclass(frozen=True, slots=True)
+class RedisTarget:
+    """What ``redis_url`` names: one node, a cluster (the nodes to start from) or a master
+    found through Sentinel (the sentinels, and the master's ``service`` name)."""
+
+    kind: str  # "node", "cluster" or "sentinel"
+    scheme: str  # of the data nodes: redis or rediss
+    auth: str  # "user:password@" or ""
+    nodes: tuple[tuple[str, int], ...]
+    tail: str  # of a data node's URL: /db and the query
+    service: str = ""  # Sentinel's name of the master
+
+    def node_url(self, host: str, port: int) -> str:
+        """The URL of one data node (auth, path and query kept)."""
+        netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return f"{self.scheme}://{self.auth}{netloc}{self.tail}"
+
+
+def redis_target(url: str) -> RedisTarget:
+    """Parses ``redis_url``; raises ValueError naming what is wrong."""
+    scheme, _, rest = url.partition("://")
+    scheme = scheme.lower()
+    kind = "node"
+    if scheme in REDIS_CLUSTER_SCHEMES:
+        kind, scheme = "cluster", REDIS_CLUSTER_SCHEMES[scheme]
+    elif scheme in REDIS_SENTINEL_SCHEMES:
+        kind, scheme = "sentinel", REDIS_SENTINEL_SCHEMES[scheme]
+    if kind == "node":
+        parse_url(url)  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+        return RedisTarget("node", scheme, "", (), "")
+    end = len(rest)
+    for mark in "/?#":
+        at = rest.find(mark)
+        end = min(end, at) if at >= 0 else end
+    auth, _, hosts = rest[:end].rpartition("@")
+    nodes: list[tuple[str, int]] = []
+    default_port = 26379 if kind == "sentinel" else 6379
+    for entry in hosts.split(","):
+        parts = urlsplit(f"//{entry.strip()}")
+        try:
+            port = parts.port or default_port
+        except ValueError:
+            raise ValueError(f"{entry!r}: {_NOT_A_PORT}") from None
+        if not parts.hostname:
+            raise ValueError(f"{entry!r} names no host")
+        nodes.append((parts.hostname, port))
+    tail = urlsplit(rest[end:])
+    path = [unquote(p) for p in tail.path.split("/") if p]
+    service = ""
+    if kind == "sentinel":
+        if not path:
+            raise ValueError("names no Sentinel service (.../service_name[/db])")
+        service, path = path[0], path[1:]
+    elif path and path != ["0"]:
+        raise ValueError("a Redis Cluster has only database 0")
+    query = f"?{tail.query}" if tail.query else ""
+    data_tail = f"/{path[0] if path else 0}{query}"
+    target = RedisTarget(kind, scheme, auth + "@" if auth else "", tuple(nodes), data_tail, service)
+    parse_url(target.node_url(*nodes[0]))  # type: ignore[no-untyped-call]
+    return target
+
+
 def check_redis_url(url: str) -> None:
     """A URL the Redis client can connect with (whether Redis is up is not checked)."""
     try:
-        parse_url(url)  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+        redis_target(url)
     except ValueError as e:
         raise Unusable("url", str(e)) from None
 

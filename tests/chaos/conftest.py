@@ -35,6 +35,7 @@ from longread_server.telemetry import Telemetry
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from tests.conftest import gateway_config
+from tests.redis_cluster import RedisClusterServer
 from tests.redis_server import RedisServer
 
 QUESTION = "When was the harbour dredged?"
@@ -227,6 +228,23 @@ async def own_redis() -> AsyncIterator[RedisServer]:
     server.start()
     yield server
     server.close()
+
+
+@pytest.fixture(params=["node", "cluster"])
+async def fresh_redis(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[RedisServer | RedisClusterServer]:
+    """An empty Redis, one node (the scenario's own) then the session's cluster, flushed: for
+    scenarios about sharing state that do not kill it."""
+    if request.param == "node":
+        server = RedisServer()
+        server.start()
+        yield server
+        server.close()
+        return
+    cluster: RedisClusterServer = request.getfixturevalue("redis_cluster")
+    await asyncio.to_thread(cluster.flush)
+    yield cluster
 
 
 def points(reader: InMemoryMetricReader, name: str) -> list[tuple[dict[str, Any], float]]:

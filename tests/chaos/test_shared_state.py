@@ -23,6 +23,7 @@ from longread_server.config import UpstreamConfig
 from longread_server.state.redis import connect
 
 from tests.chaos.conftest import Row, client_for, doc, fire, resilience
+from tests.redis_cluster import RedisClusterServer
 from tests.redis_server import RedisServer
 
 Make = Callable[..., Any]
@@ -90,7 +91,7 @@ async def test_08c_redis_stalled_costs_one_short_timeout(
     async with client_for(gw) as client:
         await fire(client, [doc() for _ in range(3)])
         pauser = connect(own_redis.url)
-        await pauser.execute_command("CLIENT", "PAUSE", "1500", "ALL")  # type: ignore[no-untyped-call]
+        await pauser.execute_command("CLIENT", "PAUSE", "1500", "ALL")
         during = await fire(client, [doc() for _ in range(10)], concurrency=5, timeout=3)
         await pauser.aclose()
     row.add(during)
@@ -160,7 +161,7 @@ async def test_redis_killed_mid_load_keeps_serving_and_recovers(
 
 
 async def test_breaker_state_is_shared_across_replicas(
-    sb: Sandbox, gateways: Make, own_redis: RedisServer, row: Row
+    sb: Sandbox, gateways: Make, fresh_redis: RedisServer | RedisClusterServer, row: Row
 ) -> None:
     """Replica A sees the upstream fail and opens the breaker; replica B, sharing Redis,
     fails fast without ever calling the upstream."""
@@ -169,8 +170,8 @@ async def test_breaker_state_is_shared_across_replicas(
         retry={"max_attempts": 1},
         redis_timeout_s=1.0,  # a busy CI machine must not look like a failing Redis
     )
-    a = await gateways(redis_url=own_redis.url, resilience=cfg)
-    b = await gateways(redis_url=own_redis.url, resilience=cfg)
+    a = await gateways(redis_url=fresh_redis.url, resilience=cfg)
+    b = await gateways(redis_url=fresh_redis.url, resilience=cfg)
     sb.configure(fault_rate=1.0, fault_kind="503")
     async with client_for(a) as ca, client_for(b) as cb:
         tripped = await fire(ca, [doc() for _ in range(4)])
@@ -232,13 +233,13 @@ async def port_of(proc: subprocess.Popen[str]) -> int:
 
 
 async def test_10_three_replicas_share_one_bucket(
-    sb: Sandbox, own_redis: RedisServer, tmp_path: Path, row: Row
+    sb: Sandbox, fresh_redis: RedisServer | RedisClusterServer, tmp_path: Path, row: Row
 ) -> None:
     """3 gateway processes x 10 concurrent calls, one Redis: admitted <= burst + rate * t."""
     rate_per_s, burst = 2.0, 5
     config = tmp_path / "longread.toml"
     config.write_text(
-        CONFIG.format(redis=own_redis.url, sandbox=sb.base_url, rpm=rate_per_s * 60, burst=burst)
+        CONFIG.format(redis=fresh_redis.url, sandbox=sb.base_url, rpm=rate_per_s * 60, burst=burst)
     )
     procs = [spawn(config) for _ in range(3)]
     try:

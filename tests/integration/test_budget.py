@@ -19,6 +19,7 @@ from longread_server.app import Gateway, start
 from longread_server.config import CatalogOverride, TenantConfig
 
 from tests.conftest import gateway_config
+from tests.redis_cluster import RedisClusterServer
 from tests.redis_server import RedisServer
 
 DOC = "The ferry to Marsh Island leaves at seven. The return trip departs at noon. " * 4
@@ -29,10 +30,10 @@ OPTS = Options(model="claude-opus-4-1", max_output_tokens=100, cache="bypass")
 
 
 async def test_tenant_budget_warns_then_stops_across_replicas(
-    sandbox: Sandbox, redis_server: RedisServer
+    sandbox: Sandbox, shared_redis: RedisServer | RedisClusterServer
 ) -> None:
     tenant = TenantConfig(name="thrifty", api_keys=["k-thrifty"], monthly_budget_usd=0.02)
-    cfg = gateway_config(sandbox, tenants=[tenant], redis_url=redis_server.url)
+    cfg = gateway_config(sandbox, tenants=[tenant], redis_url=shared_redis.url)
     replicas = [await start(cfg), await start(cfg)]
     try:
         clients = [
@@ -179,17 +180,25 @@ def _check_refusals(refused: list[grpc.aio.AioRpcError], tenant: str) -> None:
         assert d.quota_violations[0][0] == f"tenant:{tenant}/monthly_budget_usd"
 
 
-@pytest.mark.parametrize("shared", [False, True], ids=["one-gateway", "two-gateways-redis"])
+@pytest.mark.parametrize(
+    "redis",
+    ["", "redis_server", "redis_cluster"],
+    ids=["one-gateway", "two-gateways-redis", "two-gateways-cluster"],
+)
 async def test_twenty_concurrent_jobs_never_overrun_the_cap(
-    slow_sandbox: Sandbox, redis_server: RedisServer, shared: bool
+    request: pytest.FixtureRequest, slow_sandbox: Sandbox, redis: str
 ) -> None:
     sandbox = slow_sandbox
+    shared = bool(redis)
+    server: RedisServer | RedisClusterServer | None = (
+        request.getfixturevalue(redis) if redis else None
+    )
     tenant = f"burst-{uuid.uuid4().hex[:8]}"  # a fresh month's key in the shared Redis
     cfg = gateway_config(
         sandbox,
         tenants=[TenantConfig(name=tenant, api_keys=[f"k-{tenant}"], monthly_budget_usd=CAP_USD)],
         models=[PRICEY],
-        redis_url=redis_server.url if shared else "",
+        redis_url=server.url if server is not None else "",
     )
     # Budgets fail open when Redis is slower than its timeout (each replica then counts
     # alone); a loaded test machine must not look like a slow Redis here.
@@ -204,7 +213,7 @@ async def test_twenty_concurrent_jobs_never_overrun_the_cap(
         for gw in replicas:
             await gw.stop(0.5)
     print(  # the figures the issue asks to show (pytest -s)
-        f"\n{'two gateways, Redis' if shared else 'one gateway'}: cap ${CAP_USD:.2f}, "
+        f"\n{'two gateways, ' + redis if shared else 'one gateway'}: cap ${CAP_USD:.2f}, "
         f"20 jobs of ${JOB_USD:.2f}: {ran} ran, {len(refused)} refused (BUDGET_EXCEEDED), "
         f"{calls} upstream calls, spent ${spent:.4f}"
     )

@@ -40,6 +40,7 @@ from longread_server.state.redis import connect
 from longread_server.vendors.openai import OpenAIAdapter
 
 from tests.conftest import TENANT_KEYS, gateway_config
+from tests.redis_cluster import RedisClusterServer
 from tests.redis_server import RedisServer
 
 Q = "When was the lamp converted to electricity?"
@@ -164,14 +165,18 @@ api_key_env = "TEST_SANDBOX_KEY"
             await r.proc.wait()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["node", "cluster"])
 async def three_replicas(
-    tmp_path_factory: pytest.TempPathFactory, sandbox: Sandbox, redis_server: RedisServer
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, sandbox: Sandbox
 ) -> AsyncIterator[list[Replica]]:
-    """Three ``longread serve`` processes sharing the sandbox and Redis (a short lease, so a
-    crashed replica's lease expires quickly; live owners renew theirs)."""
+    """Three ``longread serve`` processes sharing the sandbox and Redis, one node then a
+    cluster (a short lease, so a crashed replica's lease expires quickly; live owners renew
+    theirs)."""
+    redis: RedisServer | RedisClusterServer = request.getfixturevalue(
+        "redis_server" if request.param == "node" else "redis_cluster"
+    )
     tmp = tmp_path_factory.mktemp("replicas")
-    async with replicas(tmp, sandbox, redis_server.url, 3, lock_ttl_s=0.5) as procs:
+    async with replicas(tmp, sandbox, redis.url, 3, lock_ttl_s=0.5) as procs:
         yield procs
 
 
@@ -282,13 +287,13 @@ async def test_policy_modes(client: AsyncClient, sandbox: Sandbox) -> None:
 
 
 async def test_ttl_override_is_the_stored_entrys_ttl(
-    sandbox: Sandbox, redis_server: RedisServer
+    sandbox: Sandbox, shared_redis: RedisServer | RedisClusterServer
 ) -> None:
     prefix = f"ttl-test:{uuid.uuid4().hex[:8]}:"
     gw = await start(
-        gateway_config(sandbox, redis_url=redis_server.url, cache=CacheConfig(redis_prefix=prefix))
+        gateway_config(sandbox, redis_url=shared_redis.url, cache=CacheConfig(redis_prefix=prefix))
     )
-    raw = connect(redis_server.url)
+    raw = connect(shared_redis.url)
     try:
         async with AsyncClient(f"127.0.0.1:{gw.port}") as c:
             await c.analyze(doc(), Q, options=Options(cache_ttl_s=42))

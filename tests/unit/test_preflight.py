@@ -117,6 +117,13 @@ def test_the_listen_probe(taken: int) -> None:
         ("REDIS_URL", "unix:///run/redis.sock", True),
         ("REDIS_URL", "localhost:6379", False),
         ("REDIS_URL", "redis://localhost:port", False),
+        ("REDIS_URL", "redis+cluster://10.0.0.1:7000,10.0.0.2:7000", True),
+        ("REDIS_URL", "rediss+cluster://u:p@[fd00::1]:7000/0?ssl_cert_reqs=none", True),
+        ("REDIS_URL", "redis+cluster://10.0.0.1:7000,10.0.0.2:port", False),
+        ("REDIS_URL", "redis+cluster://10.0.0.1:7000/1", False),  # a cluster has db 0 only
+        ("REDIS_URL", "redis+cluster://:7000", False),
+        ("REDIS_URL", "redis+sentinel://s1:26379,s2:26379/mymaster/2", True),
+        ("REDIS_URL", "redis+sentinel://s1:26379", False),  # which master?
         ("TELEMETRY__OTLP_ENDPOINT", "http://collector:4317", True),
         ("TELEMETRY__OTLP_ENDPOINT", "collector:4317", True),
         ("TELEMETRY__OTLP_ENDPOINT", "dns:///collector:4317", True),
@@ -133,3 +140,19 @@ def test_urls_are_checked_at_load(setting: str, value: str, ok: bool) -> None:
         return
     with pytest.raises(ConfigError, match=rf"\(LONGREAD_{setting}\): "):
         load_config(None, env)
+
+
+def test_what_a_redis_url_names() -> None:
+    node = preflight.redis_target("redis://localhost:6379/0")
+    assert node.kind == "node"
+    cluster = preflight.redis_target("rediss+cluster://u:p%40ss@a:7000,[fd00::1]:7001,b?x=1")
+    assert cluster.kind == "cluster" and cluster.scheme == "rediss"
+    assert cluster.nodes == (("a", 7000), ("fd00::1", 7001), ("b", 6379))
+    assert cluster.node_url("fd00::1", 7001) == "rediss://u:p%40ss@[fd00::1]:7001/0?x=1"
+    sentinel = preflight.redis_target("redis+sentinel://s1:26379,s2/my%20master/3")
+    assert (sentinel.kind, sentinel.service, sentinel.nodes) == (
+        "sentinel",
+        "my master",
+        (("s1", 26379), ("s2", 26379)),  # Sentinel's own default port
+    )
+    assert sentinel.node_url("m", 6379) == "redis://m:6379/3"

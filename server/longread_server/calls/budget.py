@@ -31,8 +31,6 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from redis.asyncio import Redis
-
 from longread_server.calls.limits import prompt_tokens
 from longread_server.calls.pipeline import Call, Next
 from longread_server.domain import (
@@ -47,6 +45,7 @@ from longread_server.domain import (
 from longread_server.plan.catalog import Catalog, price
 from longread_server.plan.tokenizers import get_tokenizer
 from longread_server.state.gate import LOCAL, SHARED, RedisGate
+from longread_server.state.redis import RedisClient
 
 log = logging.getLogger(__name__)
 WARN_SHARE = 0.8
@@ -95,7 +94,7 @@ class BudgetLedger:
     def __init__(
         self,
         caps: Mapping[str, float],
-        redis: Redis | None = None,
+        redis: RedisClient | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         health: RedisGate | None = None,
         state_dir: str | Path | None = None,

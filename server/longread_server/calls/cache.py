@@ -33,8 +33,6 @@ from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.asyncio import Redis
-
 from longread_server.calls.pipeline import Call, CallContext, Next
 from longread_server.config import CacheConfig
 from longread_server.domain import (
@@ -50,6 +48,7 @@ from longread_server.memo import OFFLOAD_MIN_CHARS, REMEMBER_MAX_CHARS, Memo
 from longread_server.state.cache_store import CacheStore, MemoryCacheStore
 from longread_server.state.failover import FailoverStore
 from longread_server.state.gate import RedisGate
+from longread_server.state.redis import RedisClient
 from longread_server.state.redis_cache import RedisCache
 from longread_server.telemetry import Telemetry, current_span, disabled
 from longread_server.vendors.canonical import KeyParts, cache_key
@@ -432,7 +431,7 @@ def observe_cache(cache: ResponseCache, telemetry: Telemetry) -> None:
 
 
 def build_response_cache(
-    cfg: CacheConfig, redis: Redis | None = None, gate: RedisGate | None = None
+    cfg: CacheConfig, redis: RedisClient | None = None, gate: RedisGate | None = None
 ) -> ResponseCache:
     """The in-process store, or Redis first with the in-process store as its fallback.
     ``gate``: the Redis gate the gateway's other shared state uses (one view of Redis's

@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from opentelemetry import trace
-from redis.asyncio import Redis
 
 from longread_server.calls.breaker import BreakerStage
 from longread_server.calls.concurrency import AdaptiveConcurrency, ConcurrencyParams
@@ -36,6 +35,7 @@ from longread_server.state.buckets import BucketStore, LocalBuckets
 from longread_server.state.clock import SYSTEM_CLOCK, Clock
 from longread_server.state.failover import FailoverBreakers, FailoverBuckets
 from longread_server.state.gate import GatePolicy, RedisGate
+from longread_server.state.redis import RedisClient
 from longread_server.state.redis_breakers import RedisBreakers
 from longread_server.state.redis_buckets import RedisBuckets
 from longread_server.telemetry import Telemetry
@@ -127,7 +127,7 @@ def build_resilience(
     cfg: Config,
     adapters: Mapping[str, VendorAdapter],
     catalog: Catalog,
-    redis: Redis | None = None,
+    redis: RedisClient | None = None,
     *,
     clock: Clock = SYSTEM_CLOCK,
     rng: random.Random | None = None,

@@ -5,7 +5,8 @@ gateway's one Redis gate (``gate.RedisGate``: timeouts, fail open or closed, whe
 again, counters): rate-limit buckets, circuit breakers, and the response cache's values.
 
 Local fallback buckets enforce ``local_share`` of each limit (set it to 1/replicas to keep
-the fleet-wide total while Redis is down); a reservation or permit is always settled on the
+the fleet-wide total while Redis is down; a Redis Cluster master that fails is such an outage
+until its replica is promoted); a reservation or permit is always settled on the
 backend that granted it. The response cache always fails open (a cache must never refuse a
 call), to this process's LRU, or to no cache when ``cache.local_fallback`` is off.
 """

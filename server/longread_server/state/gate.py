@@ -24,10 +24,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from redis.exceptions import RedisError
-
 from longread_server.backoff import Backoff
 from longread_server.state.clock import SYSTEM_CLOCK, Clock
+from longread_server.state.redis import REDIS_FAILURES
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -36,7 +35,7 @@ T = TypeVar("T")
 SHARED = "shared"
 LOCAL = "local"
 
-_FAILURES = (RedisError, OSError, TimeoutError)
+_FAILURES = REDIS_FAILURES
 
 
 class StateUnavailable(Exception):

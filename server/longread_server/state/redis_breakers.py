@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from redis.asyncio import Redis
-
 from longread_server.state.breakers import (
     HALF_OPEN_RETRY_S,
     BreakerParams,
@@ -20,6 +18,7 @@ from longread_server.state.breakers import (
     Outcome,
     Permit,
 )
+from longread_server.state.redis import RedisClient
 
 # KEYS: state hash, window. ARGV: op, now_ms|'', window type, window size, effective min calls,
 # failure rate, slow rate, open_ms, backoff, open_max_ms, half-open calls, half-open max ms,
@@ -161,7 +160,7 @@ class RedisBreakers:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         *,
         prefix: str = "longread:",
         now_ms: Callable[[], float] | None = None,
@@ -171,7 +170,10 @@ class RedisBreakers:
         self._now_ms = now_ms
 
     def _keys(self, name: str) -> list[str]:
-        base = f"{self._prefix}cb:{{{name}}}"
+        # The hash tag (Redis Cluster) keeps both keys in one slot; it starts with "cb:" so
+        # that no name, not even one starting with "}", makes it empty (an empty tag is no
+        # tag: each key would be hashed whole, to different slots).
+        base = f"{self._prefix}{{cb:{name}}}"
         return [base, base + ":w"]
 
     def _args(self, op: str, params: BreakerParams) -> list[str]:

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from redis.asyncio import Redis
-
 from longread_server.state.buckets import (
     BucketSpec,
     Decision,
@@ -25,6 +23,7 @@ from longread_server.state.buckets import (
     Limited,
     Never,
 )
+from longread_server.state.redis import RedisClient
 
 # Shared by every script: the clock and the refill rule.
 _PRELUDE = """
@@ -151,7 +150,7 @@ class RedisBuckets:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         *,
         prefix: str = "longread:",
         now_ms: Callable[[], float] | None = None,

@@ -22,8 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
+
+from longread_server.state.redis import RedisClient
 
 DEFAULT_PREFIX = "longread:cache:"
 
@@ -84,7 +85,7 @@ def _ms(seconds: float) -> int:
 class RedisCache:
     """The Redis side of the response cache: a ``RemoteStore`` plus single-flight leases."""
 
-    def __init__(self, redis: Redis, prefix: str = DEFAULT_PREFIX) -> None:
+    def __init__(self, redis: RedisClient, prefix: str = DEFAULT_PREFIX) -> None:
         self._redis = redis
         self._prefix = prefix
         self._join = redis.register_script(_JOIN)

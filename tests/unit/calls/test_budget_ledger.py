@@ -14,6 +14,7 @@ from longread_server.domain import CallRejected
 from longread_server.state.gate import GatePolicy, RedisGate
 from longread_server.state.redis import connect
 
+from tests.redis_cluster import RedisClusterServer
 from tests.redis_server import RedisServer, free_port
 
 
@@ -64,9 +65,11 @@ async def test_settling_gives_back_the_unused_part_and_an_overrun_is_charged_at_
     assert (await ledger.state("t")).spent_usd == pytest.approx(0.55)
 
 
-async def test_redis_reservations_are_atomic_across_ledgers(redis_server: RedisServer) -> None:
+async def test_redis_reservations_are_atomic_across_ledgers(
+    shared_redis: RedisServer | RedisClusterServer,
+) -> None:
     """Two replicas, 20 concurrent reservations of 1.49 against a cap of 5: three fit."""
-    redis = connect(redis_server.url)
+    redis = connect(shared_redis.url)
     try:
         await redis.delete("longread:budget:" + month_of(dt.datetime.now(dt.UTC)) + ":atomic")
         ledgers = [BudgetLedger({"atomic": 5.0}, redis) for _ in range(2)]
@@ -86,12 +89,12 @@ async def test_redis_reservations_are_atomic_across_ledgers(redis_server: RedisS
 
 
 async def test_a_reservation_taken_while_redis_was_down_reaches_redis_as_the_jobs_cost(
-    redis_server: RedisServer,
+    shared_redis: RedisServer | RedisClusterServer,
 ) -> None:
     gate = RedisGate(GatePolicy(timeout_s=0.5, retry_s=0.0))
     tenant = "down-then-up"
     dead = connect(f"redis://127.0.0.1:{free_port()}")
-    live = connect(redis_server.url)
+    live = connect(shared_redis.url)
     try:
         await live.delete("longread:budget:" + month_of(dt.datetime.now(dt.UTC)) + ":" + tenant)
         ledger = BudgetLedger({tenant: 1.0}, dead, health=gate)
@@ -100,8 +103,9 @@ async def test_a_reservation_taken_while_redis_was_down_reaches_redis_as_the_job
         await spend.charge(0.2)
         # Redis comes back before the job ends (the same ledger, now pointed at a live one).
         ledger._redis = live
-        await spend.settle()
+        await spend.settle()  # a transaction (INCRBYFLOAT, EXPIRE) on the tenant's key
         assert (await ledger.state(tenant)).spent_usd == pytest.approx(0.2)
+        assert gate.dropped == 0 and not gate.degraded
     finally:
         await dead.aclose()
         await live.aclose()

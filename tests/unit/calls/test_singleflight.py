@@ -35,6 +35,7 @@ from longread_server.domain import (
 from longread_server.state.redis import connect
 from longread_server.vendors.openai import OpenAIAdapter
 
+from tests.redis_cluster import RedisClusterServer
 from tests.redis_server import RedisServer, free_port
 
 DELTAS = ["The lamp ", "was converted ", "in 1926."]
@@ -274,10 +275,10 @@ def prefix() -> str:
 
 
 async def test_a_replica_waits_for_another_replicas_answer(
-    redis_server: RedisServer, prefix: str
+    shared_redis: RedisServer | RedisClusterServer, prefix: str
 ) -> None:
-    a = replica(redis_server.url, prefix)
-    b = replica(redis_server.url, prefix)
+    a = replica(shared_redis.url, prefix)
+    b = replica(shared_redis.url, prefix)
     a.upstream.hold = asyncio.Event()
     first = asyncio.create_task(a.ask())
     await a.upstream.started.wait()
@@ -296,15 +297,15 @@ async def test_a_replica_waits_for_another_replicas_answer(
 
 
 async def test_a_crashed_owners_lease_expires_and_a_waiter_takes_over(
-    redis_server: RedisServer, prefix: str
+    shared_redis: RedisServer | RedisClusterServer, prefix: str
 ) -> None:
-    b = replica(redis_server.url, prefix, lock_ttl_s=5.0)
+    b = replica(shared_redis.url, prefix, lock_ttl_s=5.0)
     # A replica took the lease for this call and died: only its lease is left, for 300 ms.
     req = LlmRequest("gpt-4.1-mini", (Message("user", "When was the lamp converted?"),), 64)
     key = b.cache.key_now(
         replace_call(b, req, CallContext(tenant="acme"))  # the key the gateway computes
     )
-    raw = connect(redis_server.url)
+    raw = connect(shared_redis.url)
     await raw.set(f"{prefix}{{{key}}}:lock", "dead-replica-token", px=300)
     events = await b.ask()
     assert text_of(events) == TEXT and b.upstream.calls == 1
@@ -321,10 +322,10 @@ def replace_call(r: Replica, req: LlmRequest, ctx: CallContext) -> Any:
 
 
 async def test_the_owners_error_reaches_waiters_on_other_replicas(
-    redis_server: RedisServer, prefix: str
+    shared_redis: RedisServer | RedisClusterServer, prefix: str
 ) -> None:
-    a = replica(redis_server.url, prefix)
-    b = replica(redis_server.url, prefix)
+    a = replica(shared_redis.url, prefix)
+    b = replica(shared_redis.url, prefix)
     a.upstream.hold = asyncio.Event()
     a.upstream.fail = UpstreamError(ErrorKind.RATE_LIMITED, "slow down", status=429)
     first = asyncio.create_task(a.ask())
@@ -340,10 +341,10 @@ async def test_the_owners_error_reaches_waiters_on_other_replicas(
 
 
 async def test_the_lease_is_renewed_while_the_owner_calls(
-    redis_server: RedisServer, prefix: str
+    shared_redis: RedisServer | RedisClusterServer, prefix: str
 ) -> None:
-    a = replica(redis_server.url, prefix, lock_ttl_s=0.15)
-    b = replica(redis_server.url, prefix, lock_ttl_s=0.15)
+    a = replica(shared_redis.url, prefix, lock_ttl_s=0.15)
+    b = replica(shared_redis.url, prefix, lock_ttl_s=0.15)
     a.upstream.hold = asyncio.Event()
     first = asyncio.create_task(a.ask())
     await a.upstream.started.wait()
@@ -354,20 +355,24 @@ async def test_the_lease_is_renewed_while_the_owner_calls(
     assert text_of(await waiting) == TEXT and text_of(await first) == TEXT
 
 
-async def test_redis_down_serves_from_local_state_and_counts(prefix: str) -> None:
-    r = replica(f"redis://127.0.0.1:{free_port()}/0", prefix)  # nothing listens there
+# A cluster client that reaches no node raises an error of its own (not a RedisError).
+@pytest.mark.parametrize("scheme", ["redis", "redis+cluster"])
+async def test_redis_down_serves_from_local_state_and_counts(prefix: str, scheme: str) -> None:
+    r = replica(f"{scheme}://127.0.0.1:{free_port()}/0", prefix)  # nothing listens there
     assert text_of(await r.ask()) == TEXT
     assert finish_of(await r.ask()).cached  # the local fallback kept it
     assert r.upstream.calls == 1 and r.cache.stats.redis_errors >= 1
-    r2 = replica(f"redis://127.0.0.1:{free_port()}/0", prefix, local_fallback=False)
+    r2 = replica(f"{scheme}://127.0.0.1:{free_port()}/0", prefix, local_fallback=False)
     await r2.ask()
     await r2.ask()
     assert r2.upstream.calls == 2  # served uncached, never failed
 
 
-async def test_bypass_and_no_store_with_redis(redis_server: RedisServer, prefix: str) -> None:
-    a = replica(redis_server.url, prefix)
-    b = replica(redis_server.url, prefix)
+async def test_bypass_and_no_store_with_redis(
+    shared_redis: RedisServer | RedisClusterServer, prefix: str
+) -> None:
+    a = replica(shared_redis.url, prefix)
+    b = replica(shared_redis.url, prefix)
     await a.ask(mode="no_store")
     with pytest.raises(CallRejected):
         await b.ask(mode="only_if_cached")

@@ -15,11 +15,11 @@ from longread_server.state.buckets import (
     LocalBuckets,
     Never,
 )
-from longread_server.state.redis import connect
+from longread_server.state.redis import RedisClient, connect
 from longread_server.state.redis_buckets import RedisBuckets
-from redis.asyncio import Redis
 
 from tests.clock import FakeClock
+from tests.redis_cluster import RedisClusterServer
 from tests.redis_server import RedisServer
 
 RPM = BucketSpec("rl:{t}:rpm", rate_per_s=1.0, burst=5.0)  # 60/min, burst 5
@@ -112,17 +112,21 @@ async def test_hold_applies_without_buckets(buckets: BucketStore, clock: FakeClo
     assert await buckets.reserve([], [HOLD], max_wait_s=0) == Grant(0.0)
 
 
-async def test_redis_keys_expire_when_full(redis: Redis, clock: FakeClock, prefix: str) -> None:
-    store = RedisBuckets(redis, prefix=prefix, now_ms=clock.now_ms)
+async def test_redis_keys_expire_when_full(
+    shared_client: RedisClient, clock: FakeClock, prefix: str
+) -> None:
+    store = RedisBuckets(shared_client, prefix=prefix, now_ms=clock.now_ms)
     await store.reserve([(RPM, 3)], [], max_wait_s=0)
-    ttl = await redis.pttl(prefix + RPM.key)
+    ttl = await shared_client.pttl(prefix + RPM.key)
     assert 3000 < ttl <= 4000  # 3 s to refill 3 tokens at 1/s, plus a 1 s margin
 
 
-async def test_redis_reservations_are_atomic(redis_server: RedisServer, prefix: str) -> None:
+async def test_redis_reservations_are_atomic(
+    shared_redis: RedisServer | RedisClusterServer, prefix: str
+) -> None:
     """200 concurrent reservations from 5 clients on Redis time: exactly the burst admitted."""
     spec = BucketSpec("rl:{atomic}:rpm", rate_per_s=0.001, burst=25.0)
-    conns = [connect(redis_server.url, socket_timeout_s=5) for _ in range(5)]
+    conns = [connect(shared_redis.url, socket_timeout_s=5) for _ in range(5)]
     try:
         clients = [RedisBuckets(c, prefix=prefix) for c in conns]
         results = await asyncio.gather(

@@ -10,10 +10,9 @@ from longread_server.state.breakers import BreakerParams, LocalBreakers, Outcome
 from longread_server.state.buckets import BucketSpec, Grant, Limited, LocalBuckets
 from longread_server.state.failover import FailoverBreakers, FailoverBuckets
 from longread_server.state.gate import GatePolicy, RedisGate, StateUnavailable
-from longread_server.state.redis import connect
+from longread_server.state.redis import RedisClient, connect
 from longread_server.state.redis_breakers import RedisBreakers
 from longread_server.state.redis_buckets import RedisBuckets
-from redis.asyncio import Redis
 
 from tests.clock import FakeClock
 from tests.redis_server import RedisServer
@@ -31,13 +30,15 @@ def own_redis() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-async def client(own_redis: RedisServer) -> AsyncIterator[Redis]:
+async def client(own_redis: RedisServer) -> AsyncIterator[RedisClient]:
     r = connect(own_redis.url, socket_timeout_s=5)
     yield r
     await r.aclose()
 
 
-def stores(client: Redis, clock: FakeClock, **policy: object) -> tuple[FailoverBuckets, RedisGate]:
+def stores(
+    client: RedisClient, clock: FakeClock, **policy: object
+) -> tuple[FailoverBuckets, RedisGate]:
     # A generous default timeout: a busy CI machine must not look like a failing Redis.
     policy = {"timeout_s": 1.0, **policy}
     health = RedisGate(GatePolicy(**policy), clock)  # type: ignore[arg-type]
@@ -46,7 +47,7 @@ def stores(client: Redis, clock: FakeClock, **policy: object) -> tuple[FailoverB
 
 
 async def test_fails_open_to_local_state_and_recovers(
-    own_redis: RedisServer, client: Redis
+    own_redis: RedisServer, client: RedisClient
 ) -> None:
     clock = FakeClock()
     store, health = stores(client, clock, retry_s=5.0)
@@ -68,7 +69,9 @@ async def test_fails_open_to_local_state_and_recovers(
     assert not health.degraded and health.recoveries == 1
 
 
-async def test_settles_on_the_backend_that_granted(own_redis: RedisServer, client: Redis) -> None:
+async def test_settles_on_the_backend_that_granted(
+    own_redis: RedisServer, client: RedisClient
+) -> None:
     clock = FakeClock()
     store, _ = stores(client, clock)
     own_redis.stop()
@@ -79,20 +82,22 @@ async def test_settles_on_the_backend_that_granted(own_redis: RedisServer, clien
     assert await local.peek(SPEC) == await store._local.peek(SPEC)  # full again
 
 
-async def test_fail_closed_refuses(own_redis: RedisServer, client: Redis) -> None:
+async def test_fail_closed_refuses(own_redis: RedisServer, client: RedisClient) -> None:
     store, _ = stores(client, FakeClock(), fail_open=False)
     own_redis.stop()
     with pytest.raises(StateUnavailable):
         await store.reserve([(SPEC, 1)], [], 0)
 
 
-async def test_a_stalled_redis_costs_one_timeout(own_redis: RedisServer, client: Redis) -> None:
+async def test_a_stalled_redis_costs_one_timeout(
+    own_redis: RedisServer, client: RedisClient
+) -> None:
     """A Redis that accepts but does not answer (CLIENT PAUSE) trips the short timeout."""
     clock = FakeClock()
     store, health = stores(client, clock, timeout_s=0.05, retry_s=5.0)
     await store.reserve([(SPEC, 1)], [], 0)
     pauser = connect(own_redis.url)
-    await pauser.execute_command("CLIENT", "PAUSE", "500", "ALL")  # type: ignore[no-untyped-call]
+    await pauser.execute_command("CLIENT", "PAUSE", "500", "ALL")
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     assert await store.reserve([(SPEC, 1)], [], 0) == Grant(0.0, "local")
@@ -103,7 +108,7 @@ async def test_a_stalled_redis_costs_one_timeout(own_redis: RedisServer, client:
     await pauser.aclose()  # the pause ends by itself; this server is discarded
 
 
-async def test_breaker_fails_over_too(own_redis: RedisServer, client: Redis) -> None:
+async def test_breaker_fails_over_too(own_redis: RedisServer, client: RedisClient) -> None:
     clock = FakeClock()
     health = RedisGate(GatePolicy(timeout_s=1.0, retry_s=5.0), clock)
     breakers = FailoverBreakers(RedisBreakers(client), health, local=LocalBreakers(clock))
