@@ -5,6 +5,9 @@ configured: W3C Trace Context and Baggage by default, B3 when asked for."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 
@@ -163,3 +166,25 @@ async def test_baggage_alone_is_taken_from_the_caller(
     (sent,) = sandbox.trace_headers
     assert sent["baggage"] == "team=search"
     assert sent["traceparent"].split("-")[1] == f"{server.context.trace_id:032x}"
+
+
+@pytest.mark.parametrize(
+    ("names", "fields"),
+    [
+        ("b3multi", {"x-b3-traceid", "x-b3-spanid", "x-b3-sampled"}),
+        ("b3", {"b3"}),
+        ("tracecontext,baggage", {"traceparent", "tracestate", "baggage"}),
+    ],
+)
+def test_otel_propagators_decides_what_the_server_reads(names: str, fields: set[str]) -> None:
+    """The variable as an operator sets it, read at import in a fresh process: the B3
+    propagators are installed with the gateway, and their fields are what it extracts."""
+    code = (
+        "from longread_server.api.rpc_record import _trace_fields;"
+        "print(','.join(sorted(_trace_fields())))"
+    )
+    env = {**os.environ, "OTEL_PROPAGATORS": names}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert set(out.stdout.strip().split(",")) == fields
