@@ -22,6 +22,7 @@ from longread_server.domain import (
     LlmEvent,
     LlmRequest,
     Operation,
+    TextDelta,
     TokenCount,
     UpstreamError,
 )
@@ -145,8 +146,12 @@ def _sender(tel: Telemetry, peers: Mapping[str, Peer]) -> Next:
                     yield count
                     return
                 call.meter.sent += 1
+                waiting = req.stream  # for the first chunk of a streamed answer
                 async for event in call.adapter.call(req, timeout=remaining):
-                    if isinstance(event, Finish):
+                    if waiting and type(event) is TextDelta:
+                        waiting = False
+                        _record_first_chunk(span, inst, base, time.perf_counter() - started)
+                    elif isinstance(event, Finish):
                         _record_finish(span, inst, base, event)
                     yield event
         except UpstreamError as e:
@@ -190,6 +195,14 @@ def _peer_of(adapter: VendorAdapter) -> Peer:
 
 def _prompt_text(req: LlmRequest) -> str:
     return "\n\n".join([req.system, *(m.content for m in req.messages)])
+
+
+def _record_first_chunk(
+    span: trace.Span, inst: Instruments, base: dict[str, str | int], seconds: float
+) -> None:
+    inst.time_to_first_chunk.record(seconds, base)
+    if span.is_recording():
+        span.set_attribute("gen_ai.response.time_to_first_chunk", seconds)
 
 
 def _record_finish(
