@@ -189,7 +189,8 @@ def _counter(call: Call) -> Callable[..., Awaitable[int]]:
 
 
 def _peer_of(adapter: VendorAdapter) -> Peer:
-    """An upstream the pipeline was given no peer for (tests): its protocol's provider."""
+    """An upstream the pipeline was given no peer for (tests, a stage's own adapter): its
+    protocol's provider."""
     return Peer.of(adapter.kind, "")
 
 
@@ -246,7 +247,10 @@ class Pipeline:
         (``Peer.of`` its kind and base URL); an upstream without one is named by its
         protocol."""
         self._adapters = dict(adapters)
-        chain: Next = _sender(telemetry or disabled(), dict(peers or {}))
+        named = dict(peers or {})
+        for name, adapter in self._adapters.items():
+            named.setdefault(name, _peer_of(adapter))
+        chain: Next = _sender(telemetry or disabled(), named)
         for stage in reversed(stages):
             chain = _wrap(stage, chain)
         self._chain = chain
