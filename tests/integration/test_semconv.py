@@ -116,14 +116,12 @@ async def test_model_calls_carry_the_genai_conventions(
     assert usage == {"input", "output"}
 
 
-async def test_a_streamed_call_measures_its_first_chunk(
+async def test_a_streamed_call_has_its_first_chunk_on_its_span(
     recorded: tuple[Gateway, Recorded],
 ) -> None:
     gw, r = recorded
     r.spans.clear()
     model = "claude-sonnet-4-5"
-    ttfc = gen_ai_metrics.GEN_AI_CLIENT_OPERATION_TIME_TO_FIRST_CHUNK
-    before = sum(p.count for p in r.points(ttfc))
     async with AsyncClient(f"127.0.0.1:{gw.port}") as c:
         await c.analyze(_doc(), "When?", options=Options(model=model))  # not streamed
         async for _ in c.stream(_doc(), "When?", options=Options(model=model)):
@@ -136,15 +134,6 @@ async def test_a_streamed_call_measures_its_first_chunk(
     (whole,) = [a for a in chats if not a[gen_ai.GEN_AI_REQUEST_STREAM]]
     assert 0 < streamed[gen_ai.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] < 10
     assert gen_ai.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK not in whole
-    points = [
-        p for p in r.points(ttfc) if dict(p.attributes).get(gen_ai.GEN_AI_REQUEST_MODEL) == model
-    ]
-    (point,) = points
-    assert dict(point.attributes)[gen_ai.GEN_AI_PROVIDER_NAME] == "anthropic"
-    after = sum(
-        p.count for p in r.points(gen_ai_metrics.GEN_AI_CLIENT_OPERATION_TIME_TO_FIRST_CHUNK)
-    )
-    assert after - before == 1  # the streamed call only
 
 
 async def test_a_failed_attempt_has_its_error_type_on_its_duration(

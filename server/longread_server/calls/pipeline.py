@@ -146,11 +146,15 @@ def _sender(tel: Telemetry, peers: Mapping[str, Peer]) -> Next:
                     yield count
                     return
                 call.meter.sent += 1
-                waiting = req.stream  # for the first chunk of a streamed answer
+                # A streamed answer's first chunk, on the span only: the conventions'
+                # histogram of it (gen_ai.client.operation.time_to_first_chunk) would be one
+                # more SDK recording per call, as much CPU as the call's token usage.
+                waiting = req.stream and span.is_recording()
                 async for event in call.adapter.call(req, timeout=remaining):
                     if waiting and type(event) is TextDelta:
                         waiting = False
-                        _record_first_chunk(span, inst, base, time.perf_counter() - started)
+                        first = time.perf_counter() - started
+                        span.set_attribute("gen_ai.response.time_to_first_chunk", first)
                     elif isinstance(event, Finish):
                         _record_finish(span, inst, base, event)
                     yield event
@@ -196,14 +200,6 @@ def _peer_of(adapter: VendorAdapter) -> Peer:
 
 def _prompt_text(req: LlmRequest) -> str:
     return "\n\n".join([req.system, *(m.content for m in req.messages)])
-
-
-def _record_first_chunk(
-    span: trace.Span, inst: Instruments, base: dict[str, str | int], seconds: float
-) -> None:
-    inst.time_to_first_chunk.record(seconds, base)
-    if span.is_recording():
-        span.set_attribute("gen_ai.response.time_to_first_chunk", seconds)
 
 
 def _record_finish(

@@ -120,12 +120,6 @@ class Instruments:
             description="Duration of one upstream model call attempt",
             explicit_bucket_boundaries_advisory=_SECONDS,
         )
-        self.time_to_first_chunk = meter.create_histogram(
-            "gen_ai.client.operation.time_to_first_chunk",
-            unit="s",
-            description="From sending a streamed model call attempt to its first answer chunk",
-            explicit_bucket_boundaries_advisory=_SECONDS,
-        )
         self.time_to_first_token = meter.create_histogram(
             "longread.time_to_first_token",
             unit="s",
@@ -166,7 +160,6 @@ class Instruments:
         if batch is not None:
             self.token_usage = _BatchedHistogram(self.token_usage, batch)
             self.operation_duration = _BatchedHistogram(self.operation_duration, batch)
-            self.time_to_first_chunk = _BatchedHistogram(self.time_to_first_chunk, batch)
             self.time_to_first_token = _BatchedHistogram(self.time_to_first_token, batch)
             self.rpc_duration = _BatchedHistogram(self.rpc_duration, batch)
             self.limiter_wait = _BatchedHistogram(self.limiter_wait, batch)
