@@ -9,6 +9,7 @@ are deterministic and show which text a call was given. Usage::
     AsyncOpenAI(base_url=sandbox.openai_base_url, api_key="any")  # .../v1
     AsyncAnthropic(base_url=sandbox.base_url, api_key="any")
     sandbox.stats.by_status[429]; sandbox.configure(script=["503", None]); sandbox.reset()
+    sandbox.trace_headers[-1]  # the last model request's traceparent, baggage, b3...
     await sandbox.stop()
 
 Endpoints: ``POST /v1/chat/completions`` (OpenAI, JSON or SSE), ``POST /v1/messages``

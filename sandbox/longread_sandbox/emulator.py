@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import deque
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
@@ -34,6 +35,23 @@ ADVERTISED_MODELS = (
     "claude-haiku-4-5",
 )
 
+# Trace-context headers a client may send (W3C Trace Context and Baggage, B3 single and
+# multi): kept per request (control plane aside) in ``Sandbox.trace_headers``.
+TRACE_HEADERS = (
+    "traceparent",
+    "tracestate",
+    "baggage",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+)
+# How many requests' trace headers are kept: enough for a test's few calls, bounded for a
+# long-running emulator.
+TRACE_HEADERS_KEPT = 256
+
 Route = Callable[[Request, Exchange], Awaitable[None]]
 
 
@@ -43,6 +61,9 @@ class Sandbox:
     def __init__(self, config: SandboxConfig | None = None) -> None:
         self.config = config or SandboxConfig()
         self.stats = SandboxStats()
+        # The trace-context headers of the last requests, control plane aside (oldest first;
+        # ``{}`` for a request that sent none): shows whether and what a client propagates.
+        self.trace_headers: deque[dict[str, str]] = deque(maxlen=TRACE_HEADERS_KEPT)
         self._idle = asyncio.Event()
         self._idle.set()
         self._planner = FaultPlanner(
@@ -132,11 +153,13 @@ class Sandbox:
         planner.kind = Fault.parse(self.config.fault_kind)
 
     def reset(self) -> None:
-        """Zero the counters and forget scripts, counted markers, cached prefixes, rate usage.
+        """Zero the counters and forget scripts, counted markers, cached prefixes, rate usage
+        and the trace headers received.
 
         Knobs keep their values; set them back with ``configure``.
         """
         self.stats.reset()
+        self.trace_headers.clear()
         self._planner.reset()
         self._cache.clear()
         self._endpoints.rate.reset()
@@ -160,6 +183,7 @@ class Sandbox:
         stats.requests += 1
         stats.by_endpoint[request.path] += 1
         headers = request.headers
+        self.trace_headers.append({k: headers[k] for k in TRACE_HEADERS if k in headers})
         tag = headers.get("x-sandbox-tag")
         if tag is not None:
             stats.by_tag[tag] += 1

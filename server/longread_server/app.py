@@ -47,6 +47,7 @@ from longread_server.state.redis import RedisClient, connect, warm_up
 from longread_server.telemetry import Telemetry, configure_logging
 from longread_server.telemetry import setup as setup_telemetry
 from longread_server.vendors import make_adapter
+from longread_server.vendors.peer import Peer
 from longread_server.vendors.transport import UpstreamHttp, upstream_client
 
 log = logging.getLogger("longread")
@@ -241,7 +242,9 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
         resilience, cache=response_cache, budget=BudgetStage(ledger, catalog), telemetry=tel
     )
     caching = PromptCaching(cfg.cache.vendor_ttl, cfg.cache.vendor_extended_retention)
-    runner = JobRunner(Pipeline(adapters, stages, tel), tel, resilience.concurrency, caching)
+    peers = {up.name: Peer.of(up.kind, up.base_url, up.provider) for up in cfg.upstreams}
+    pipeline = Pipeline(adapters, stages, tel, peers)
+    runner = JobRunner(pipeline, tel, resilience.concurrency, caching)
     analysis = build_analysis(cfg, catalog, runner, ledger, tel)
     admission = Admission(cfg.admission)
     servicer = AnalysisServicer(cfg, analysis, Authenticator(cfg.tenants), tel, admission)

@@ -140,6 +140,9 @@ class UpstreamConfig:
     # Shorthand for a one-entry fallback chain of this upstream's calls (see
     # FallbackChainConfig): another upstream, or "upstream/model".
     fallback: str = ""
+    # gen_ai.provider.name in this upstream's telemetry; empty: the well-known provider of
+    # base_url's host, else the protocol's (vendors/peer.py has the rule).
+    provider: str = ""
     api_key: str = ""  # resolved from api_key_env at load time, never from the file
 
 

@@ -78,9 +78,12 @@ def children(spans: Sequence[ReadableSpan], parent: ReadableSpan) -> list[Readab
     return [s for s in spans if s.parent is not None and s.parent.span_id == parent.context.span_id]
 
 
-async def test_span_tree_of_a_chunked_analyze(traced: tuple[Gateway, Traced]) -> None:
+async def test_span_tree_of_a_chunked_analyze(
+    traced: tuple[Gateway, Traced], sandbox: Sandbox
+) -> None:
     gw, t = traced
     t.spans.clear()
+    sandbox.trace_headers.clear()
     doc = generate_report(60_000)
     opts = Options(model="gpt-4o-mini", strategy="map_reduce", max_chunk_tokens=4000)
     async with AsyncClient(f"127.0.0.1:{gw.port}", api_key=SECRET_KEY) as c:
@@ -126,11 +129,17 @@ async def test_span_tree_of_a_chunked_analyze(traced: tuple[Gateway, Traced]) ->
         assert a["gen_ai.provider.name"] == "openai"
         assert a["gen_ai.operation.name"] == "chat"
         assert a["gen_ai.request.model"] == "gpt-4o-mini"
+        assert (a["server.address"], a["server.port"]) == ("127.0.0.1", sandbox.port)
         assert a["gen_ai.usage.input_tokens"] > 0 and a["gen_ai.usage.output_tokens"] > 0
         assert a["longread.tenant"] == "acme" and a["longread.attempt"] == 0
         assert a["gen_ai.response.finish_reasons"] == ("stop",)
         http_spans = children(spans, chat)
         assert [s.name for s in http_spans] == ["POST"]  # httpx instrumentation below
+    # With client spans, the vendor's parent is the httpx span: its instrumentation writes
+    # the request's trace context over the one the gateway wrote for the model call.
+    posts = {f"{s.context.span_id:016x}" for s in spans if s.name == "POST"}
+    sent = [h["traceparent"].split("-")[2] for h in sandbox.trace_headers]
+    assert len(sent) == len(posts) == r.usage.calls and set(sent) == posts
     tokens: list[Any] = [(s.attributes or {})["gen_ai.usage.input_tokens"] for s in chats]
     assert sum(tokens) == r.usage.input_tokens
 
@@ -162,7 +171,7 @@ async def test_metrics_recorded(traced: tuple[Gateway, Traced]) -> None:
         "gen_ai.client.token.usage",
         "gen_ai.client.operation.duration",
         "longread.rpc.duration",
-        "longread.cost",
+        "longread.cost.usd",
     } <= names
 
 
@@ -386,13 +395,15 @@ async def test_server_spans_from_the_grpc_instrumentation_when_asked(sandbox: Sa
     try:
         async with AsyncClient(f"127.0.0.1:{gw.port}") as c:
             with tracer.start_as_current_span("caller work") as span:
-                await c.analyze("The tide turns at four.", "When does the tide turn?")
+                opts = Options(labels={"team": "search"})
+                await c.analyze("The tide turns at four.", "When?", options=opts)
                 caller = span.get_span_context()
     finally:
         await gw.stop(0.5)
     spans = memory.get_finished_spans()
     (server,) = [s for s in spans if s.kind == trace.SpanKind.SERVER]
     assert server.name == "/longread.v1.AnalysisService/Analyze"  # the interceptor's name
+    assert dict(server.attributes or {})["longread.label.team"] == "search"
     assert server.instrumentation_scope is not None
     assert server.instrumentation_scope.name == "opentelemetry.instrumentation.grpc"
     assert server.context.trace_id == caller.trace_id

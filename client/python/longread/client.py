@@ -170,8 +170,9 @@ def _metadata(
 
 
 def _with_trace(md: tuple[tuple[str, str | bytes], ...]) -> tuple[tuple[str, str | bytes], ...]:
-    """Adds ``traceparent`` (and ``tracestate``) of the caller's current span, so the
-    server's spans join the caller's trace. Unchanged when there is no active span."""
+    """Adds the caller's trace context as the configured propagators write it
+    (``OTEL_PROPAGATORS``: ``traceparent``, ``tracestate`` and ``baggage`` by default), so
+    the server's spans join the caller's trace. Unchanged when there is nothing to send."""
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     if not carrier:

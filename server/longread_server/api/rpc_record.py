@@ -9,15 +9,20 @@ wraps every servicer context, which costs CPU on every RPC (``bench.telemetry`` 
 while this record already sees the method, the metadata and the final status. It follows the
 OpenTelemetry RPC conventions: name ``longread.v1.AnalysisService/Analyze``, kind SERVER,
 ``rpc.system``/``rpc.service``/``rpc.method``/``rpc.grpc.status_code``, and it continues the
-caller's trace from ``traceparent`` metadata. ``telemetry.grpc_instrumentation`` hands the
-server span to the interceptor instead (``app.py``).
+caller's trace from the metadata the configured propagators read (``OTEL_PROPAGATORS``:
+``traceparent`` by default, ``b3``, ``x-b3-*``...). ``telemetry.grpc_instrumentation`` hands
+the server span to the interceptor instead (``app.py``).
+
+The request's labels are echoed on the server span as ``longread.label.<key>``, bounded
+(``MAX_LABEL_ATTRIBUTES``, ``MAX_LABEL_ATTRIBUTE_CHARS``), and never on metrics: a label's
+values are the caller's to choose, and each distinct value would be a time series of its own.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from contextvars import Token
 from dataclasses import dataclass, field
 
@@ -39,6 +44,40 @@ _SERVER_ERRORS = frozenset(
 )
 _CODES = {c.name: c.value[0] for c in grpc.StatusCode}
 
+LABEL_PREFIX = "longread.label."
+# A request may carry 64 labels of up to 1,024 characters (api/convert.py); on a span that
+# is up to 64 KiB more per RPC, and backends cap the attributes of one span (the SDK's
+# default limit is 128). Labels identify a request (team, job, experiment), which takes a
+# few short values: 32 of them, cut at 256 characters, keep that and bound the span. The
+# labels kept are the first in key order, so one request's span shows the same ones each time.
+MAX_LABEL_ATTRIBUTES = 32
+MAX_LABEL_ATTRIBUTE_CHARS = 256
+
+# The metadata keys the configured propagators read, per propagator (the global textmap
+# is set at import from OTEL_PROPAGATORS, or by a program that embeds the gateway).
+_fields_of: tuple[object, frozenset[str]] = (None, frozenset())
+
+
+def _trace_fields() -> frozenset[str]:
+    global _fields_of
+    textmap = propagate.get_global_textmap()
+    if _fields_of[0] is not textmap:
+        # gRPC metadata keys are lower case.
+        _fields_of = (textmap, frozenset(f.lower() for f in textmap.fields))
+    return _fields_of[1]
+
+
+def label_attributes(labels: Mapping[str, str]) -> dict[str, str | int]:
+    """The span attributes for ``labels``, within the bounds above; how many were left out
+    is ``longread.labels.dropped``."""
+    keys = sorted(labels)
+    attrs: dict[str, str | int] = {
+        LABEL_PREFIX + k: labels[k][:MAX_LABEL_ATTRIBUTE_CHARS] for k in keys[:MAX_LABEL_ATTRIBUTES]
+    }
+    if len(keys) > MAX_LABEL_ATTRIBUTES:
+        attrs["longread.labels.dropped"] = len(keys) - MAX_LABEL_ATTRIBUTES
+    return attrs
+
 
 @dataclass(slots=True)
 class RpcRecord:
@@ -57,12 +96,13 @@ class RpcRecord:
     token: Token[Context] | None = None
 
     def open_span(self) -> None:
-        """Starts the server span as the current span, as a child of the caller's
-        ``traceparent`` (in ``metadata``) if there is one. Only when tracing is on."""
+        """Starts the server span as the current span, as a child of the caller's trace (in
+        ``metadata``) if there is one. Only when tracing is on."""
         parent = None
         metadata = self.metadata
+        fields = _trace_fields()
         for key, _ in metadata or ():
-            if key == "traceparent":  # a caller's trace to continue
+            if key in fields:  # a caller's trace (or baggage) to continue
                 carrier = {k: v for k, v in metadata or () if isinstance(v, str)}
                 parent = propagate.extract(carrier)
                 break
@@ -73,6 +113,15 @@ class RpcRecord:
             attributes={"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": self.method},
         )
         self.token = attach_span(self.span, parent)
+
+    def note_labels(self, labels: Mapping[str, str]) -> None:
+        """Echoes the request's labels on the server span: ours, or the gRPC
+        instrumentation's (then the current span) when it makes the server span."""
+        if not labels or not self.tel.tracing:
+            return
+        span = self.span if self.span is not None else trace.get_current_span()
+        if span.is_recording():
+            span.set_attributes(label_attributes(labels))
 
     def finish(self, code: str, reason: str = "") -> None:
         if self.done:

@@ -132,6 +132,7 @@ class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
     ) -> PreparedJob:
         started, tenant, deadline = self._admit(context, rec)
         job = convert.parse_request(request, self._cfg.limits)
+        rec.note_labels(job.labels)
         prep = await self._analysis.prepare(job, tenant, started=started, deadline=deadline)
         self._note_plan(rec, prep.plan)
         return prep

@@ -403,7 +403,8 @@ class CacheStage:
 
 
 def observe_cache(cache: ResponseCache, telemetry: Telemetry) -> None:
-    """Exports the cache's size, evictions and Redis errors as observable gauges."""
+    """Exports the cache's size (a gauge), its evictions and Redis errors (counters: totals
+    since start)."""
     store = cache.local_store
 
     def size() -> list[tuple[float, dict[str, str]]]:
@@ -421,8 +422,8 @@ def observe_cache(cache: ResponseCache, telemetry: Telemetry) -> None:
 
     inst = telemetry.instruments
     inst.observe("longread.cache.bytes", size, "By", "Bytes held by the in-process cache")
-    inst.observe("longread.cache.evictions", evictions, "{entry}", "Entries evicted (LRU)")
-    inst.observe(
+    inst.observe_total("longread.cache.evictions", evictions, "{entry}", "Entries evicted (LRU)")
+    inst.observe_total(
         "longread.cache.redis_errors",
         redis_errors,
         "{error}",

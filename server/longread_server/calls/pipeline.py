@@ -22,12 +22,14 @@ from longread_server.domain import (
     LlmEvent,
     LlmRequest,
     Operation,
+    TextDelta,
     TokenCount,
     UpstreamError,
-    VendorKind,
 )
 from longread_server.telemetry import Instruments, Telemetry, current_span, disabled
 from longread_server.vendors.base import VendorAdapter
+from longread_server.vendors.peer import Peer
+from longread_server.vendors.transport import send_trace_context
 
 
 class JobSpend(Protocol):
@@ -93,10 +95,11 @@ class UnknownUpstream(LookupError):
     """No adapter is configured under that name."""
 
 
-def _sender(tel: Telemetry) -> Next:
+def _sender(tel: Telemetry, peers: Mapping[str, Peer]) -> Next:
     """The innermost step: one attempt at the vendor, bounded by the call's deadline, traced
-    as a GenAI client span (``chat {model}``) and measured."""
-    tracer, inst = tel.tracer, tel.instruments
+    as a GenAI client span (``chat {model}``) and measured. With tracing on, the span's
+    context goes upstream with the request (``vendors/transport.py``)."""
+    tracer, inst, tracing = tel.tracer, tel.instruments, tel.tracing
 
     async def send(call: Call) -> AsyncIterator[LlmEvent]:
         remaining = call.ctx.remaining()
@@ -105,28 +108,37 @@ def _sender(tel: Telemetry) -> Next:
                 ErrorKind.TIMEOUT, "deadline passed before the call started", unsent=True
             )
         req = call.req
-        provider = _provider_name(call)
-        base = {"gen_ai.provider.name": provider, "gen_ai.request.model": req.model}
-        span = tracer.start_span(f"{req.operation.value} {req.model}", kind=SpanKind.CLIENT)
+        peer = peers.get(call.vendor) or _peer_of(call.adapter)
+        operation = req.operation.value
+        # What the GenAI conventions put on the span and on its metrics alike.
+        base = {
+            **peer.attributes,
+            "gen_ai.operation.name": operation,
+            "gen_ai.request.model": req.model,
+        }
+        span = tracer.start_span(f"{operation} {req.model}", kind=SpanKind.CLIENT)
         if span.is_recording():
             span.set_attributes(
                 {
                     **base,
-                    "gen_ai.operation.name": req.operation.value,
                     "gen_ai.request.max_tokens": req.max_output_tokens,
+                    "gen_ai.request.stream": req.stream,
                     "longread.upstream": call.vendor,
                     "longread.tenant": call.ctx.tenant,
                     "longread.attempt": call.attempt,
-                    "longread.stream": req.stream,
                 }
             )
             if req.temperature is not None:
                 span.set_attribute("gen_ai.request.temperature", req.temperature)
             if tel.record_content:
                 span.set_attribute("longread.prompt", _prompt_text(req))
+        error = ""
         started = time.perf_counter()
         try:
-            with current_span(span, end_on_exit=False, current=tel.client_spans):
+            with (
+                current_span(span, end_on_exit=False, current=tel.client_spans),
+                send_trace_context(span if tracing else None),
+            ):
                 if req.operation is Operation.COUNT_TOKENS:
                     count = TokenCount(await _counter(call)(req, timeout=remaining))
                     if span.is_recording():
@@ -134,15 +146,24 @@ def _sender(tel: Telemetry) -> Next:
                     yield count
                     return
                 call.meter.sent += 1
+                # A streamed answer's first chunk, on the span only: the conventions'
+                # histogram of it (gen_ai.client.operation.time_to_first_chunk) would be one
+                # more SDK recording per call, as much CPU as the call's token usage.
+                waiting = req.stream and span.is_recording()
                 async for event in call.adapter.call(req, timeout=remaining):
-                    if isinstance(event, Finish):
+                    if waiting and type(event) is TextDelta:
+                        waiting = False
+                        first = time.perf_counter() - started
+                        span.set_attribute("gen_ai.response.time_to_first_chunk", first)
+                    elif isinstance(event, Finish):
                         _record_finish(span, inst, base, event)
                     yield event
         except UpstreamError as e:
             # The vendor answered with an error (nothing billed) or never saw the request.
             if e.status is not None or e.unsent:
                 call.meter.refused += 1
-            inst.upstream_errors.add(1, {**base, "error.type": e.kind.value})
+            error = e.kind.value
+            inst.upstream_errors.add(1, {**base, "error.type": error})
             span.set_status(Status(StatusCode.ERROR, e.kind.value))
             span.set_attribute("error.type", e.kind.value)
             if e.status is not None:
@@ -157,11 +178,14 @@ def _sender(tel: Telemetry) -> Next:
                 span.set_attribute("longread.upstream.error_detail", e.detail)
             raise
         except BaseException as e:
+            error = type(e).__name__
             span.set_status(Status(StatusCode.ERROR, type(e).__name__))
             span.set_attribute("error.type", type(e).__name__)
             raise
         finally:
-            inst.operation_duration.record(time.perf_counter() - started, base)
+            # The conventions ask for error.type on the duration of a failed operation.
+            took = time.perf_counter() - started
+            inst.operation_duration.record(took, {**base, "error.type": error} if error else base)
             span.end()
 
     return send
@@ -176,9 +200,10 @@ def _counter(call: Call) -> Callable[..., Awaitable[int]]:
     return count
 
 
-def _provider_name(call: Call) -> str:
-    kind = call.adapter.kind
-    return call.vendor if kind is VendorKind.OPENAI_COMPATIBLE else kind.value
+def _peer_of(adapter: VendorAdapter) -> Peer:
+    """An upstream the pipeline was given no peer for (tests, a stage's own adapter): its
+    protocol's provider."""
+    return Peer.of(adapter.kind, "")
 
 
 def _prompt_text(req: LlmRequest) -> str:
@@ -186,7 +211,7 @@ def _prompt_text(req: LlmRequest) -> str:
 
 
 def _record_finish(
-    span: trace.Span, inst: Instruments, base: dict[str, str], event: Finish
+    span: trace.Span, inst: Instruments, base: dict[str, str | int], event: Finish
 ) -> None:
     u = event.usage
     inst.token_usage.record(u.input_tokens, {**base, "gen_ai.token.type": "input"})
@@ -220,9 +245,16 @@ class Pipeline:
         adapters: Mapping[str, VendorAdapter],
         stages: Sequence[CallStage] = (),
         telemetry: Telemetry | None = None,
+        peers: Mapping[str, Peer] | None = None,
     ) -> None:
+        """``peers``: each upstream's provider and address for telemetry, by upstream name
+        (``Peer.of`` its kind and base URL); an upstream without one is named by its
+        protocol."""
         self._adapters = dict(adapters)
-        chain: Next = _sender(telemetry or disabled())
+        named = dict(peers or {})
+        for name, adapter in self._adapters.items():
+            named.setdefault(name, _peer_of(adapter))
+        chain: Next = _sender(telemetry or disabled(), named)
         for stage in reversed(stages):
             chain = _wrap(stage, chain)
         self._chain = chain

@@ -14,7 +14,8 @@ is seen to change. ``MetricsObserver`` turns that into the gateway's metrics:
   for, as upstream/model) and ``longread.fallback.model`` (the one sent to instead);
 * gauges read at collection: ``longread.breaker.state`` (0 closed, 1 half-open, 2 open) and
   ``longread.concurrency.limit`` per upstream, ``longread.state.degraded`` (1 while Redis is
-  failing and local state stands in) and ``longread.state.redis_errors``.
+  failing and local state stands in); and a counter read at collection,
+  ``longread.state.redis_errors`` (a total since start).
 """
 
 from __future__ import annotations
@@ -89,6 +90,9 @@ class MetricsObserver(ResilienceObserver):
 
     def observe(self, name: str, gauge: Gauge, description: str) -> None:
         self._inst.observe(name, gauge, description=description)
+
+    def observe_total(self, name: str, total: Gauge, unit: str, description: str) -> None:
+        self._inst.observe_total(name, total, unit=unit, description=description)
 
     def waited(self, limit: str, seconds: float) -> None:
         self._inst.limiter_wait.record(seconds, {"longread.limit": limit})

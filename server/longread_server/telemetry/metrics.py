@@ -132,8 +132,13 @@ class Instruments:
             description="gRPC request duration by outcome",
             explicit_bucket_boundaries_advisory=_SECONDS,
         )
+        # Currencies are no UCUM unit: "USD" as the unit is exported to Prometheus verbatim
+        # (``longread_cost_USD_total``). The name says the currency; the unit is an annotation
+        # ({USD}), which the Prometheus exporter leaves out: ``longread_cost_usd_total``.
         self.cost = meter.create_counter(
-            "longread.cost", unit="USD", description="Cost of upstream calls by tenant and model"
+            "longread.cost.usd",
+            unit="{USD}",
+            description="Cost of upstream calls in US dollars, by tenant and model",
         )
         self.upstream_errors = meter.create_counter(
             "longread.upstream.errors",
@@ -186,3 +191,19 @@ class Instruments:
             return [Observation(v, attrs) for v, attrs in callback()]
 
         self.meter.create_observable_gauge(name, [read], unit=unit, description=description)
+
+    def observe_total(
+        self,
+        name: str,
+        callback: Callable[[], Iterable[tuple[float, dict[str, str]]]],
+        unit: str = "1",
+        description: str = "",
+    ) -> None:
+        """Registers an observable counter read at collection time: for a count that only
+        grows (evictions, errors), which readers then see as monotonic (a rate can be taken;
+        Prometheus names it ``..._total``). ``callback`` yields (total, attributes) pairs."""
+
+        def read(_: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(v, attrs) for v, attrs in callback()]
+
+        self.meter.create_observable_counter(name, [read], unit=unit, description=description)

@@ -40,7 +40,14 @@ The settings, and why:
   a stream, and a model's answer is small next to the prompt we send;
 * no cookie jar: a cookie a vendor sets (CDN affinity, bot checks) would otherwise be sent
   back on the next call, whichever tenant it is for;
-* HTTP/1.1 only, no redirects (an API endpoint that redirects is misconfigured).
+* HTTP/1.1 only, no redirects (an API endpoint that redirects is misconfigured);
+* with tracing on, each request carries the trace context of the model call it is an attempt
+  of (``traceparent``, ``tracestate``, ``baggage``: whatever the configured propagators,
+  ``OTEL_PROPAGATORS``, write), so a vendor or a proxy that traces joins the caller's trace.
+  The pipeline names the call's span with ``send_trace_context`` rather than making it the
+  current span: a current span would become the parent of whatever the code reading the
+  call's events starts meanwhile. With tracing off nothing is set, and a request costs one
+  context-variable lookup more.
 
 Failures are httpx's exceptions (``ConnectError``, ``ConnectTimeout``, ``ReadTimeout``,
 ``WriteTimeout``, ``PoolTimeout``, ``RemoteProtocolError``...); ``vendors/errors.py`` turns them
@@ -54,7 +61,14 @@ import collections
 import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import (
+    AbstractAsyncContextManager,
+    AbstractContextManager,
+    asynccontextmanager,
+    nullcontext,
+    suppress,
+)
+from contextvars import ContextVar, Token
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any, Protocol
 
@@ -64,6 +78,7 @@ import httpx
 # httpx reads the proxy variables only when it builds its own transport; with ours, its reading
 # of them (the same NO_PROXY rules) is asked for here and the proxy transports mounted by hand.
 from httpx._utils import get_environment_proxies
+from opentelemetry import propagate, trace
 
 from longread_server import __version__
 from longread_server.memo import Memo
@@ -77,6 +92,39 @@ DEFAULT_MAX_CONNECTIONS = 1000
 
 _READ = 64 * 1024
 _Origin = tuple[bytes, bytes, int]  # scheme, host, port
+
+# The span whose context goes upstream with a request (see the module docstring).
+_UPSTREAM_SPAN: ContextVar[trace.Span | None] = ContextVar("longread_upstream_span", default=None)
+_NOTHING: AbstractContextManager[None] = nullcontext()
+
+
+class _SendingTraceContext:
+    __slots__ = ("_span", "_token")
+
+    def __init__(self, span: trace.Span) -> None:
+        self._span = span
+        self._token: Token[trace.Span | None] | None = None
+
+    def __enter__(self) -> None:
+        self._token = _UPSTREAM_SPAN.set(self._span)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            # Exited in another context (an async generator closed by whoever finalized it):
+            # that context never saw the value, so there is nothing to undo there.
+            with suppress(ValueError):
+                _UPSTREAM_SPAN.reset(self._token)
+
+
+def send_trace_context(span: trace.Span | None) -> AbstractContextManager[None]:
+    """While inside, requests sent from this context carry ``span``'s trace context (and the
+    context's baggage); ``None``: nothing is sent (tracing off)."""
+    return _NOTHING if span is None else _SendingTraceContext(span)
+
+
+def _inject(headers: httpx.Headers, span: trace.Span) -> None:
+    # The current context keeps the caller's baggage; the span replaces its current span.
+    propagate.inject(headers, context=trace.set_span_in_context(span))
 
 
 class HttpClient(Protocol):
@@ -144,6 +192,9 @@ class UpstreamHttp:
         request = httpx.Request(
             method, parsed, content=content, headers=merged, extensions=extensions
         )
+        span = _UPSTREAM_SPAN.get()
+        if span is not None:  # into the request's own copy of the headers
+            _inject(request.headers, span)
         response = await self._transport(request.url).handle_async_request(request)
         response.request = request
         try:

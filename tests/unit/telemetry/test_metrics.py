@@ -44,12 +44,12 @@ def test_a_collection_sees_every_recording_made_before_it() -> None:
     points = _points(reader)
     (hist,) = points["longread.rpc.duration"]
     assert (hist.count, hist.sum, dict(hist.attributes)) == (2, 1.0, {"rpc.method": "Analyze"})
-    (cost,) = points["longread.cost"]
+    (cost,) = points["longread.cost.usd"]
     assert cost.value == 0.5
     (batched,) = points["longread.telemetry.batched"]
     assert batched.value == 3
     inst.cost.add(0.25, {"longread.tenant": "acme"})
-    (cost,) = _points(reader)["longread.cost"]
+    (cost,) = _points(reader)["longread.cost.usd"]
     assert cost.value == 0.75  # cumulative, as before
 
 
