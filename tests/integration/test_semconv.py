@@ -17,21 +17,20 @@ from longread_sandbox import Sandbox
 from longread_server.api.rpc_record import MAX_LABEL_ATTRIBUTE_CHARS, MAX_LABEL_ATTRIBUTES
 from longread_server.app import Gateway, start
 from longread_server.config import TelemetryConfig
-from longread_server.telemetry import setup
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.semconv._incubating.metrics import gen_ai_metrics
 from opentelemetry.semconv.attributes import error_attributes, server_attributes
 
 from tests.conftest import gateway_config
+from tests.unit.telemetry.support import FlushedMemory, setup_with_memory
 
 ANALYZE = "longread.v1.AnalysisService/Analyze"
 
 
 class Recorded:
     def __init__(self) -> None:
-        self.spans = InMemorySpanExporter()
+        self.spans = FlushedMemory()
         self.metrics = InMemoryMetricReader()
 
     def points(self, name: str) -> list[Any]:
@@ -63,7 +62,7 @@ async def recorded(sandbox: Sandbox) -> AsyncIterator[tuple[Gateway, Recorded]]:
     # The emulator's "gemini" upstream, named as the operator would for Google's endpoint.
     (gemini,) = [up for up in cfg.upstreams if up.name == "gemini"]
     gemini.provider = gen_ai.GenAiProviderNameValues.GCP_GEMINI.value
-    tel = setup(cfg.telemetry, span_exporters=[r.spans], metric_readers=[r.metrics])
+    tel = setup_with_memory(cfg.telemetry, r.spans, metric_readers=[r.metrics])
     gw = await start(cfg, telemetry=tel)
     yield gw, r
     await gw.stop(0.5)

@@ -22,7 +22,6 @@ from longread_sandbox.sample import DEMO_QUESTION, generate_report
 from longread_server.app import Gateway, start
 from longread_server.config import ConfigError, TelemetryConfig, TenantConfig
 from longread_server.telemetry import JsonFormatter, setup
-from longread_server.telemetry.tracing import LeanTracerProvider
 from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1 import (
     trace_service_pb2,
@@ -34,21 +33,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tests.conftest import gateway_config
+from tests.unit.telemetry.support import FlushedMemory, setup_with_memory
 
 SECRET_TEXT = "ZEBRA-MARKER-7781 is the codeword of the night shift."
 SECRET_KEY = "sk-MARKER-KEY-0042"
-
-
-class FlushedMemory(InMemorySpanExporter):
-    """The spans ended so far: exporters run on the processors' thread, so the provider is
-    flushed before they are read."""
-
-    provider: LeanTracerProvider | None = None
-
-    def get_finished_spans(self) -> tuple[ReadableSpan, ...]:
-        if self.provider is not None:
-            assert self.provider.force_flush(5_000)
-        return super().get_finished_spans()
 
 
 class Traced:
@@ -63,8 +51,7 @@ async def traced(sandbox: Sandbox) -> AsyncIterator[tuple[Gateway, Traced]]:
     tenants = [TenantConfig(name="acme", api_keys=[SECRET_KEY])]
     cfg = gateway_config(sandbox, tenants=tenants)
     cfg.telemetry.client_spans = True  # httpx spans under each model call
-    tel = setup(cfg.telemetry, span_exporters=[t.spans], metric_readers=[t.metrics])
-    t.spans.provider = tel.tracer_provider
+    tel = setup_with_memory(cfg.telemetry, t.spans, metric_readers=[t.metrics])
     gw = await start(cfg, telemetry=tel)
     yield gw, t
     await gw.stop(0.5)

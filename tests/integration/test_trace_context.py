@@ -15,7 +15,6 @@ import pytest
 from longread.client import AsyncClient, Options
 from longread_sandbox import Sandbox
 from longread_server.app import Gateway, start
-from longread_server.telemetry import setup
 from opentelemetry import baggage, context, propagate, trace
 from opentelemetry.propagators.b3 import B3MultiFormat, B3SingleFormat
 from opentelemetry.propagators.textmap import TextMapPropagator
@@ -23,16 +22,17 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tests.conftest import gateway_config
+from tests.unit.telemetry.support import FlushedMemory, setup_with_memory
 
 
 @pytest.fixture(scope="module")
 async def traced(sandbox: Sandbox) -> AsyncIterator[tuple[Gateway, InMemorySpanExporter]]:
     """Tracing on, and no client spans: the context the vendor sees is the gateway's own
     doing, not the httpx instrumentation's."""
-    spans = InMemorySpanExporter()
+    spans = FlushedMemory()
     cfg = gateway_config(sandbox)
     assert not cfg.telemetry.client_spans
-    gw = await start(cfg, telemetry=setup(cfg.telemetry, span_exporters=[spans]))
+    gw = await start(cfg, telemetry=setup_with_memory(cfg.telemetry, spans))
     yield gw, spans
     await gw.stop(0.5)
 
@@ -97,8 +97,8 @@ async def test_a_trace_the_sampler_left_out_goes_upstream_as_not_sampled(
 ) -> None:
     cfg = gateway_config(sandbox)
     cfg.telemetry.sampling_ratio = 0.0
-    spans = InMemorySpanExporter()
-    gw = await start(cfg, telemetry=setup(cfg.telemetry, span_exporters=[spans]))
+    spans = FlushedMemory()
+    gw = await start(cfg, telemetry=setup_with_memory(cfg.telemetry, spans))
     sandbox.trace_headers.clear()
     try:
         async with AsyncClient(f"127.0.0.1:{gw.port}") as c:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from longread_server.config import TelemetryConfig
+from longread_server.telemetry import Telemetry, setup
+from longread_server.telemetry.tracing import LeanTracerProvider
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -57,3 +62,22 @@ def sample_spans() -> list[ReadableSpan]:
                 ok.set_status(Status(StatusCode.OK))
         out += memory.get_finished_spans()
     return out
+
+
+class FlushedMemory(InMemorySpanExporter):
+    """An in-memory exporter behind the gateway's span processors: they run on a thread of
+    their own, so the provider is flushed before the spans are read."""
+
+    provider: LeanTracerProvider | None = None
+
+    def get_finished_spans(self) -> tuple[ReadableSpan, ...]:
+        if self.provider is not None:
+            assert self.provider.force_flush(5_000)
+        return super().get_finished_spans()
+
+
+def setup_with_memory(cfg: TelemetryConfig, memory: FlushedMemory, **more: Any) -> Telemetry:
+    """``telemetry.setup`` with ``memory`` as a span exporter that flushes when read."""
+    tel = setup(cfg, span_exporters=[memory], **more)
+    memory.provider = tel.tracer_provider
+    return tel
