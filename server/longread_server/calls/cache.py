@@ -422,12 +422,15 @@ def observe_cache(cache: ResponseCache, telemetry: Telemetry) -> None:
 
     inst = telemetry.instruments
     inst.observe("longread.cache.bytes", size, "By", "Bytes held by the in-process cache")
-    inst.observe_total("longread.cache.evictions", evictions, "{entry}", "Entries evicted (LRU)")
-    inst.observe_total(
+    inst.observe(
+        "longread.cache.evictions", evictions, "{entry}", "Entries evicted (LRU)", total=True
+    )
+    inst.observe(
         "longread.cache.redis_errors",
         redis_errors,
         "{error}",
         "Redis errors of the shared state (one gate), served uncached or from local state",
+        total=True,
     )
 
 

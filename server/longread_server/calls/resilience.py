@@ -285,9 +285,10 @@ def _gauges(
             lambda: [(float(health.degraded), {})],
             "1 while Redis is failing and local state stands in for it",
         )
-        observer.observe_total(
+        observer.observe(
             "longread.state.redis_errors",
             lambda: [(float(health.errors), {})],
-            "{error}",
             "Redis operations of the shared state (one gate) that failed or timed out",
+            unit="{error}",
+            total=True,
         )

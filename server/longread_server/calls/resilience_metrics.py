@@ -88,11 +88,10 @@ class MetricsObserver(ResilienceObserver):
             description="Circuit breaker state per upstream: 0 closed, 1 half-open, 2 open",
         )
 
-    def observe(self, name: str, gauge: Gauge, description: str) -> None:
-        self._inst.observe(name, gauge, description=description)
-
-    def observe_total(self, name: str, total: Gauge, unit: str, description: str) -> None:
-        self._inst.observe_total(name, total, unit=unit, description=description)
+    def observe(
+        self, name: str, gauge: Gauge, description: str, *, unit: str = "1", total: bool = False
+    ) -> None:
+        self._inst.observe(name, gauge, unit=unit, description=description, total=total)
 
     def waited(self, limit: str, seconds: float) -> None:
         self._inst.limiter_wait.record(seconds, {"longread.limit": limit})

@@ -183,27 +183,16 @@ class Instruments:
         callback: Callable[[], Iterable[tuple[float, dict[str, str]]]],
         unit: str = "1",
         description: str = "",
+        *,
+        total: bool = False,
     ) -> None:
-        """Registers an observable gauge read at collection time (breaker state, cache
-        bytes...). ``callback`` yields (value, attributes) pairs."""
+        """Registers an instrument read at collection time: ``callback`` yields (value,
+        attributes) pairs. A gauge (breaker state, cache bytes...), or with ``total`` an
+        observable counter, for a count that only grows (evictions, errors): readers then see
+        it as monotonic (a rate can be taken; Prometheus names it ``..._total``)."""
 
         def read(_: CallbackOptions) -> Iterable[Observation]:
             return [Observation(v, attrs) for v, attrs in callback()]
 
-        self.meter.create_observable_gauge(name, [read], unit=unit, description=description)
-
-    def observe_total(
-        self,
-        name: str,
-        callback: Callable[[], Iterable[tuple[float, dict[str, str]]]],
-        unit: str = "1",
-        description: str = "",
-    ) -> None:
-        """Registers an observable counter read at collection time: for a count that only
-        grows (evictions, errors), which readers then see as monotonic (a rate can be taken;
-        Prometheus names it ``..._total``). ``callback`` yields (total, attributes) pairs."""
-
-        def read(_: CallbackOptions) -> Iterable[Observation]:
-            return [Observation(v, attrs) for v, attrs in callback()]
-
-        self.meter.create_observable_counter(name, [read], unit=unit, description=description)
+        make = self.meter.create_observable_counter if total else self.meter.create_observable_gauge
+        make(name, [read], unit=unit, description=description)
