@@ -46,7 +46,7 @@ chart: install $(TOOLS)/.helm-$(HELM_VERSION) $(TOOLS)/chartcheck
 	$(TOOLS)/helm template longread $(CHART) --namespace longread \
 	  --kube-version $(CHART_KUBE_VERSION) -f $(CHART)/ci/full-values.yaml > $(CHART_OUT)/full.yaml
 	$(TOOLS)/chartcheck -gateway-config $(CHART_OUT) $(CHART_OUT)/default.yaml $(CHART_OUT)/full.yaml
-	$(PY) $(CHART_CHECK)/load_config.py $(CHART_OUT)/default.json $(CHART_OUT)/full.json
+	$(PY) $(CHART_CHECK)/load_config.py --serve $(CHART_OUT)/default.json $(CHART_OUT)/full.json
 
 image-check: install
 	$(PY) deploy/image/check_build.py

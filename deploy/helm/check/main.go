@@ -407,6 +407,8 @@ func checkServiceMonitor(sm *monitoringv1.ServiceMonitor, services map[string]*c
 type GatewayConfig struct {
 	TOML string            `json:"toml"`
 	Env  map[string]string `json:"env"`
+	// The health service each probe asks about, by probe (startup, readiness, liveness).
+	Probes map[string]string `json:"probes"`
 }
 
 func writeGatewayConfig(objs []Object, path string) error {
@@ -423,6 +425,12 @@ func writeGatewayConfig(objs []Object, path string) error {
 	}
 	pod := deploy.Spec.Template.Spec
 	c := pod.Containers[0]
+	out.Probes = map[string]string{}
+	for name, p := range map[string]*corev1.Probe{
+		"startup": c.StartupProbe, "readiness": c.ReadinessProbe, "liveness": c.LivenessProbe,
+	} {
+		out.Probes[name] = *p.GRPC.Service // Check has made sure each is a gRPC probe with one
+	}
 	out.Env = map[string]string{}
 	for _, e := range c.Env {
 		out.Env[e.Name] = e.Value
