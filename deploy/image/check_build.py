@@ -5,7 +5,9 @@ machine's Python standing for the base image's (the same minor version is requir
 the Dockerfile's own, run by /bin/sh with the stage's ARGs and ENVs, their absolute paths moved
 under the stage's directory; the ones that change the system's users (groupadd, useradd) are
 reported and skipped. Then the runtime stage's ENTRYPOINT is run as the image would run it: its
-version, `health --help`, and a gateway started, asked for its health and stopped with SIGTERM.
+version, `health --help`, and a gateway started, asked for its health and stopped with SIGTERM,
+on a read-only root filesystem but for a temporary directory (as the Helm chart runs it) where
+this machine allows a mount namespace.
 
 It reports the context's size before and after .dockerignore and what the runtime stage installed.
 What it cannot check: the base image itself (its Python patch release, its system libraries),
@@ -343,11 +345,17 @@ def smoke(stage: Stage, version: str) -> None:
         "LONGREAD_TELEMETRY__PROMETHEUS": "true",
         "LONGREAD_TELEMETRY__PROMETHEUS_HOST": "127.0.0.1",
         "LONGREAD_TELEMETRY__PROMETHEUS_PORT": str(free_port()),
+        "HOME": str(stage.path("/app")),  # the image user's home, not writable
     }
-    with tempfile.TemporaryDirectory() as cwd:
-        proc = subprocess.Popen(
-            [*stage.entrypoint], env=serve_env, cwd=cwd, stderr=subprocess.PIPE, text=True
-        )
+    with tempfile.TemporaryDirectory() as writable:
+        # The only writable place, as in the Helm chart's pods: an emptyDir at /tmp.
+        serve_env["TMPDIR"] = writable
+        command = read_only_root(writable) + stage.entrypoint
+        log = Path(writable) / "serve.log"  # a file: a pipe nobody reads could fill and block
+        with log.open("w") as out:
+            proc = subprocess.Popen(
+                command, env=serve_env, cwd=stage.path("/app"), stdout=out, stderr=out
+            )
         try:
             deadline = time.monotonic() + 60
             while True:
@@ -360,14 +368,45 @@ def smoke(stage: Stage, version: str) -> None:
                 if health.returncode == 0:
                     break
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"the gateway did not become healthy: {proc.stderr.read()}")
+                    raise SystemExit(f"the gateway did not become healthy: {log.read_text()}")
                 time.sleep(0.5)
-            print(f"-- {' '.join(stage.entrypoint)}: health {health.stdout.strip() or 'ok'}")
+            where = "a read-only root filesystem" if command != stage.entrypoint else "a root"
+            print(f"-- {' '.join(stage.entrypoint)} on {where}: health {health.stdout.strip()}")
         finally:
             proc.send_signal(signal.SIGTERM)
             code = proc.wait(timeout=60)
-        assert code == 0, f"the gateway exited {code} after SIGTERM"
+        assert code == 0, f"the gateway exited {code} after SIGTERM: {log.read_text()}"
         print("-- SIGTERM: drained and exited 0")
+        wrote = [p for p in Path(writable).iterdir() if p != log]
+        size = sum(du(p)[1] if p.is_dir() else p.stat().st_size for p in wrote)
+        names = ", ".join(sorted(p.name for p in wrote)) or "nothing"
+        print(f"-- written to its /tmp (the chart's emptyDir): {names}, {mib(size)}")
+
+
+def read_only_root(writable: str) -> list[str]:
+    """A prefix that runs a command with the whole filesystem read-only but ``writable``, in a
+    mount namespace of its own (as root, where namespaces are allowed); [] where that cannot be
+    had, and the run is then on a writable root."""
+    prefix = [
+        "unshare",
+        "--mount",
+        "sh",
+        "-c",
+        'mount --make-rprivate / && mount --bind "$0" "$0" && mount -o remount,bind,ro / '
+        '&& exec "$@"',
+        writable,
+    ]
+    try:
+        # access(2) says EROFS for / inside, even to root: the remount took.
+        probe = subprocess.run(
+            [*prefix, "sh", "-c", "test ! -w /"], capture_output=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    if probe.returncode != 0:
+        print("-- no mount namespace here: the gateway runs on a writable root")
+        return []
+    return prefix
 
 
 def du(path: Path) -> tuple[int, int]:
