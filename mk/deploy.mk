@@ -44,9 +44,11 @@ chart: install $(TOOLS)/.helm-$(HELM_VERSION) $(TOOLS)/chartcheck
 	cd $(CHART_CHECK) && go vet ./... && go test ./...
 	$(TOOLS)/helm lint --strict $(CHART)
 	$(TOOLS)/helm lint --strict $(CHART) -f $(CHART)/ci/full-values.yaml
-	@# values.schema.json refuses a misspelt value (helm would ignore it otherwise).
-	@if $(TOOLS)/helm template longread $(CHART) --set autoscaling.enable=false >/dev/null 2>&1; \
-	then echo "values.schema.json let a misspelt value through"; exit 1; fi
+	@# Values the chart refuses: a misspelt key (values.schema.json; helm would ignore it
+	@# otherwise), a liveness probe that would restart a pod while it drains.
+	@for bad in autoscaling.enable=false server.graceSeconds=60; do \
+	  if $(TOOLS)/helm template longread $(CHART) --set $$bad >/dev/null 2>&1; \
+	  then echo "the chart accepted --set $$bad"; exit 1; fi; done
 	rm -rf $(CHART_OUT) && mkdir -p $(CHART_OUT)
 	$(TOOLS)/helm template longread $(CHART) --namespace longread \
 	  --kube-version $(CHART_KUBE_VERSION) > $(CHART_OUT)/default.yaml
