@@ -82,7 +82,7 @@ func main() {
 			if err == nil {
 				fmt.Printf("%s: %d objects valid:", path, len(objs))
 				for _, o := range objs {
-					fmt.Printf(" %s/%s", o.Key[bytes.LastIndexByte([]byte(o.Key), '/')+1:], o.Name)
+					fmt.Printf(" %s/%s", o.Key[strings.LastIndexByte(o.Key, '/')+1:], o.Name)
 				}
 				fmt.Println()
 			}
