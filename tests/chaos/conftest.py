@@ -108,10 +108,29 @@ def row(request: pytest.FixtureRequest) -> Iterator[Row]:
     ROWS.append(r)
 
 
+@dataclass
+class Transitions:
+    """What a health watcher saw for one service name while a scenario ran."""
+
+    scenario: str
+    service: str
+    seen: list[str]
+    cause: str
+
+
+TRANSITIONS: list[Transitions] = []
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
+    tr = terminalreporter
+    if TRANSITIONS:
+        tr.section("health transitions")
+        tr.write_line(f"{'scenario':<36} {'service':<28} {'cause':<34} seen")
+        for t in TRANSITIONS:
+            service = repr(t.service)
+            tr.write_line(f"{t.scenario:<36} {service:<28} {t.cause:<34} {' -> '.join(t.seen)}")
     if not ROWS:
         return
-    tr = terminalreporter
     tr.section("chaos scenarios")
     head = f"{'scenario':<44} {'sent':>5} {'ok':>5} {'upstream':>8}  failed by status / notes"
     tr.write_line(head)
