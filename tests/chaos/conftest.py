@@ -126,10 +126,10 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     tr = terminalreporter
     if TRANSITIONS:
         tr.section("health transitions")
-        tr.write_line(f"{'scenario':<36} {'service':<28} {'cause':<34} seen")
+        tr.write_line(f"{'scenario':<36} {'service':<30} {'cause':<36} seen")
         for t in TRANSITIONS:
             service = repr(t.service)
-            tr.write_line(f"{t.scenario:<36} {service:<28} {t.cause:<34} {' -> '.join(t.seen)}")
+            tr.write_line(f"{t.scenario:<36} {service:<30} {t.cause:<36} {' -> '.join(t.seen)}")
     if not ROWS:
         return
     tr.section("chaos scenarios")

@@ -31,7 +31,7 @@ from grpc_health.v1 import health, health_pb2
 
 from longread_server.api.registry import SERVICE_NAME
 from longread_server.state.breakers import OPEN, BreakerParams, BreakerStore
-from longread_server.state.gate import SHARED, RedisGate
+from longread_server.state.gate import SHARED, RedisGate, StateUnavailable
 
 log = logging.getLogger("longread.health")
 
@@ -133,7 +133,10 @@ class Readiness:
         if self._breakers is None or not self._upstreams:
             return False
         for name in self._upstreams:
-            view = await self._breakers.view(name, self._params)
+            try:
+                view = await self._breakers.view(name, self._params)
+            except StateUnavailable:  # failing closed on a dead Redis: that is Redis's reason
+                return False
             # Open and still waiting: once the wait is over the next call probes the upstream,
             # and a replica that took no traffic would never probe.
             if view.state != OPEN or not view.rejecting:
