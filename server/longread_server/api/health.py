@@ -66,6 +66,7 @@ class Readiness:
         self._upstreams = tuple(upstreams)
         self._task: asyncio.Task[None] | None = None
         self._draining = False
+        self._stopping = False
         self.status = SERVING
         self.reasons: list[str] = []  # why NOT_SERVING, as last evaluated
 
@@ -81,6 +82,7 @@ class Readiness:
         await self._set(NOT_SERVING)
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -88,7 +90,9 @@ class Readiness:
             self._task = None
 
     async def _run(self) -> None:
-        while True:
+        # The flag as well as the cancel: should a cancel be lost inside an evaluation (it
+        # awaits Redis through code that catches errors), the loop still ends at its next turn.
+        while not self._stopping:
             await asyncio.sleep(self._interval_s)
             try:
                 await self.evaluate()
