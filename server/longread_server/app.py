@@ -15,7 +15,8 @@ from grpc_health.v1 import health
 from longread_server import preflight
 from longread_server.api.admission import Admission, LoopLag
 from longread_server.api.auth import Authenticator
-from longread_server.api.registry import register, serving
+from longread_server.api.health import LIVENESS, SERVING, LoopWatchdog, Readiness
+from longread_server.api.registry import register
 from longread_server.api.servicer import AnalysisServicer
 from longread_server.calls.budget import BudgetLedger, BudgetStage
 from longread_server.calls.cache import (
@@ -43,6 +44,7 @@ from longread_server.run.analysis import Analysis
 from longread_server.run.models import ModelResolver
 from longread_server.run.planning import Planning
 from longread_server.run.runner import JobRunner, PromptCaching
+from longread_server.state.gate import RedisGate
 from longread_server.state.redis import RedisClient, connect, warm_up
 from longread_server.telemetry import Telemetry, configure_logging
 from longread_server.telemetry import setup as setup_telemetry
@@ -148,6 +150,8 @@ class Gateway:
     encodings: EncodingMemo | None = None  # recent long documents' encodings
     admission: Admission | None = None  # the AnalysisService's RPCs: limit, shares, drain
     loop_lag: LoopLag | None = None  # what the admission limit is steered by
+    readiness: Readiness | None = None  # health "" and the AnalysisService
+    watchdog: LoopWatchdog | None = None  # health "liveness"
 
     async def stop(self, grace: float | None = None) -> None:
         """Drains. Health says NOT_SERVING at once, and keeps answering so to the end (the
@@ -155,7 +159,10 @@ class Gateway:
         ``server.drain_delay_s``, then refused with DRAINING; in-flight RPCs get ``grace``
         seconds, and those still running are then ended with UNAVAILABLE and DRAINING."""
         grace = self.cfg.server.grace_s if grace is None else grace
-        await self.health.enter_graceful_shutdown()
+        if self.readiness is not None:
+            await self.readiness.drain()
+        else:
+            await self.health.enter_graceful_shutdown()
         adm = self.admission
         if adm is not None:
             if self.cfg.server.drain_delay_s > 0:
@@ -166,6 +173,8 @@ class Gateway:
                 await adm.drained(_CUT_WRITE_S)
             grace = _CUT_WRITE_S  # for what remains: health watches, reflection
         await self.server.stop(grace)
+        if self.watchdog is not None:
+            await asyncio.to_thread(self.watchdog.stop)
         if self.loop_lag is not None:
             self.loop_lag.stop()
         if self.cache is not None:
@@ -262,8 +271,7 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ("grpc.so_reuseport", 0),
     ]
-    if cfg.server.max_connection_age_ms:
-        opts.append(("grpc.max_connection_age_ms", cfg.server.max_connection_age_ms))
+    opts.extend(connection_age_options(cfg))
     # The server span of each RPC is started by the servicer (api/rpc_record.py), or, when asked
     # for, by the OpenTelemetry gRPC instrumentation's interceptor; health checks are not
     # traced either way.
@@ -301,7 +309,7 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
     if admission.limit is not None:
         loop_lag = LoopLag(admission.limit, cfg.admission.sample_interval_ms / 1000)
         loop_lag.start()
-    await serving(health_servicer)
+    readiness, watchdog = await _start_health(cfg, health_servicer, gate, redis, resilience)
     log.info("longread listening on port %d (%s)", port, "tls" if creds else "plaintext")
     return Gateway(
         cfg,
@@ -318,7 +326,52 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
         encodings=analysis.planning.encodings,
         admission=admission,
         loop_lag=loop_lag,
+        readiness=readiness,
+        watchdog=watchdog,
     )
+
+
+def connection_age_options(cfg: Config) -> list[tuple[str, int]]:
+    """gRPC's options for ``server.max_connection_age_s`` and its grace (absent: no limit)."""
+    s = cfg.server
+    if s.max_connection_age_ms:
+        log.warning("server.max_connection_age_ms is the older spelling of max_connection_age_s")
+    age_ms = s.max_connection_age_ms or round(s.max_connection_age_s * 1000)
+    opts = []
+    if age_ms > 0:
+        opts.append(("grpc.max_connection_age_ms", min(age_ms, _GRPC_MAX_LENGTH)))
+        if s.max_connection_age_grace_s > 0:
+            grace_ms = round(s.max_connection_age_grace_s * 1000)
+            opts.append(("grpc.max_connection_age_grace_ms", min(grace_ms, _GRPC_MAX_LENGTH)))
+    return opts
+
+
+async def _start_health(
+    cfg: Config,
+    servicer: health.aio.HealthServicer,
+    gate: RedisGate | None,
+    redis: RedisClient | None,
+    resilience: Resilience,
+) -> tuple[Readiness, LoopWatchdog | None]:
+    """Readiness from Redis (when required) and the circuits; liveness from a watchdog."""
+    required = cfg.redis_required and gate is not None and redis is not None
+    readiness = Readiness(
+        servicer,
+        interval_s=cfg.server.readiness_interval_s,
+        gate=gate if required else None,
+        ping=redis.ping if required and redis is not None else None,
+        breakers=resilience.breakers if resilience.breaker is not None else None,
+        params=resilience.breaker_params,
+        upstreams=[u.name for u in cfg.upstreams],
+    )
+    await readiness.start()
+    await servicer.set(LIVENESS, SERVING)
+    watchdog = None
+    if cfg.server.liveness_block_s > 0:
+        loop = asyncio.get_running_loop()
+        watchdog = LoopWatchdog(servicer, loop, cfg.server.liveness_block_s)
+        watchdog.start()
+    return readiness, watchdog
 
 
 async def serve(cfg: Config) -> None:

@@ -70,7 +70,17 @@ class ServerConfig:
     drain_delay_s: float = 1.0
     keepalive_time_ms: int = 20_000
     keepalive_timeout_ms: int = 10_000
-    max_connection_age_ms: int = 0  # 0: unlimited
+    # A connection is closed (GOAWAY) after this age, so that clients re-resolve the name and
+    # spread over replicas added since they connected (a long-lived HTTP/2 connection would
+    # otherwise pin a client to one replica for its lifetime); 0: no limit. The RPCs in flight
+    # on the old connection get ``max_connection_age_grace_s`` more to finish (0: no limit);
+    # one still running then is cut with UNAVAILABLE after its first message, which no client
+    # retries, so the grace is as long as a long job (an upstream attempt may take
+    # ``upstreams.timeout_s``), not a few seconds: new RPCs move at once either way.
+    max_connection_age_s: float = 300.0
+    max_connection_age_grace_s: float = 900.0
+    # The older spelling of max_connection_age_s, in milliseconds; when set, it wins.
+    max_connection_age_ms: int = 0
     max_concurrent_rpcs: int = 0  # 0: unlimited
     reflection: bool = True
     # Open connections to upstreams, all of them together (0: no cap). A call that finds
@@ -79,6 +89,15 @@ class ServerConfig:
     # Chose between two upstream clients; there is one now (httpx). Still accepted, with a
     # warning, so configs written for older versions load.
     http_client: str = ""
+    # Health (``api/health.py``): liveness ("liveness") says NOT_SERVING once the event loop
+    # has not run a watchdog thread's heartbeat for this long, SERVING again when it does;
+    # 0: no watchdog (liveness always SERVING). A blocked loop answers no RPC, health
+    # included, so a probe during the block times out either way; the status tells watchers
+    # and the log what happened, and is the threshold to set the probe's timeout against.
+    liveness_block_s: float = 10.0
+    # How often readiness ("" and the AnalysisService) is re-evaluated: Redis, when
+    # ``redis_required``, and the upstreams' circuits.
+    readiness_interval_s: float = 1.0
 
 
 @dataclass
@@ -546,6 +565,11 @@ class Config:
     # redis+sentinel://host:port[,host:port...]/service[/db] for a master found through
     # Sentinel (state/redis.py).
     redis_url: str = ""
+    # Readiness falls (NOT_SERVING) while Redis is unreachable. Off by default: without Redis
+    # the gateway serves from in-process state (per-replica limits, breakers and cache), which
+    # beats refusing; an operator whose limits or budgets must hold across replicas sets it,
+    # so balancers send traffic to replicas that reach Redis. Needs redis_url.
+    redis_required: bool = False
     server: ServerConfig = field(default_factory=ServerConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
@@ -670,6 +694,18 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"server.http_client: {cfg.server.http_client!r} is not lean or httpx")
     if cfg.server.http_client:
         log.warning("server.http_client is ignored: upstream calls always use httpx")
+    for name in (
+        "max_connection_age_s",
+        "max_connection_age_grace_s",
+        "max_connection_age_ms",
+        "liveness_block_s",
+    ):
+        if getattr(cfg.server, name) < 0:
+            raise ConfigError("must not be negative (0: off)", setting=f"server.{name}")
+    if cfg.server.readiness_interval_s <= 0:
+        raise ConfigError("must be positive", setting="server.readiness_interval_s")
+    if cfg.redis_required and not cfg.redis_url:
+        raise ConfigError("needs redis_url", setting="redis_required")
     if cfg.server.upstream_max_connections < 0:
         raise ConfigError("server.upstream_max_connections must be 0 (no cap) or positive")
     for name in (

@@ -81,6 +81,7 @@ class Result:
     elapsed_s: float
     details: ErrorDetails | None = None
     text: str = ""
+    cost_usd: float = 0.0  # what the answer says it cost
 
 
 @dataclass
@@ -108,10 +109,29 @@ def row(request: pytest.FixtureRequest) -> Iterator[Row]:
     ROWS.append(r)
 
 
+@dataclass
+class Transitions:
+    """What a health watcher saw for one service name while a scenario ran."""
+
+    scenario: str
+    service: str
+    seen: list[str]
+    cause: str
+
+
+TRANSITIONS: list[Transitions] = []
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
+    tr = terminalreporter
+    if TRANSITIONS:
+        tr.section("health transitions")
+        tr.write_line(f"{'scenario':<36} {'service':<30} {'cause':<36} seen")
+        for t in TRANSITIONS:
+            service = repr(t.service)
+            tr.write_line(f"{t.scenario:<36} {service:<30} {t.cause:<36} {' -> '.join(t.seen)}")
     if not ROWS:
         return
-    tr = terminalreporter
     tr.section("chaos scenarios")
     head = f"{'scenario':<44} {'sent':>5} {'ok':>5} {'upstream':>8}  failed by status / notes"
     tr.write_line(head)
@@ -134,22 +154,23 @@ async def one(
     is then streamed too) with a deadline; a harness timeout (deadline + 2 s) catches a hang."""
     t0 = time.monotonic()
 
-    async def call() -> str:
+    async def call() -> tuple[str, float]:
         if not stream:
-            return (await client.analyze(text, QUESTION, options=options, timeout=timeout)).text
-        last = ""
+            r = await client.analyze(text, QUESTION, options=options, timeout=timeout)
+            return r.text, r.cost.total_usd
+        last, cost = "", 0.0
         async for ev in client.stream(text, QUESTION, options=options, timeout=timeout):
             if ev.HasField("result"):
-                last = ev.result.text
-        return last
+                last, cost = ev.result.text, ev.result.cost.total_usd
+        return last, cost
 
     try:
-        answer = await asyncio.wait_for(call(), timeout + 2.0)
+        answer, cost = await asyncio.wait_for(call(), timeout + 2.0)
     except grpc.aio.AioRpcError as e:
         return Result(False, e.code().name, time.monotonic() - t0, error_details(e))
     except TimeoutError:
         pytest.fail(f"request hung past its {timeout}s deadline")
-    return Result(True, "OK", time.monotonic() - t0, text=answer)
+    return Result(True, "OK", time.monotonic() - t0, text=answer, cost_usd=cost)
 
 
 async def fire(

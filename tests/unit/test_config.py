@@ -205,3 +205,36 @@ on = ["context_overflow", "circuit_open"]
     unknown = _UPSTREAMS.replace('fallback = "anthropic"', 'fallback = "azure"')
     with pytest.raises(ConfigError, match="azure"):
         load_config(write(tmp_path, unknown), env={})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("redis_required = true", r"redis_required \(in .*\): needs redis_url"),
+        ("[server]\nliveness_block_s = -1", "server.liveness_block_s"),
+        ("[server]\nmax_connection_age_s = -1", "server.max_connection_age_s"),
+        ("[server]\nreadiness_interval_s = 0", "server.readiness_interval_s"),
+    ],
+)
+def test_health_and_connection_age_settings_are_checked(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text), {})
+
+
+def test_connection_age_options() -> None:
+    from longread_server.app import connection_age_options
+
+    cfg = load_config(env={})
+    assert connection_age_options(cfg) == [
+        ("grpc.max_connection_age_ms", 300_000),
+        ("grpc.max_connection_age_grace_ms", 900_000),
+    ]
+    cfg.server.max_connection_age_grace_s = 0  # no grace limit: gRPC's own (none)
+    assert connection_age_options(cfg) == [("grpc.max_connection_age_ms", 300_000)]
+    cfg.server.max_connection_age_ms = 1500  # the older spelling wins when set
+    assert connection_age_options(cfg) == [("grpc.max_connection_age_ms", 1500)]
+    cfg.server.max_connection_age_ms = 0
+    cfg.server.max_connection_age_s = 0
+    assert connection_age_options(cfg) == []

@@ -27,12 +27,36 @@ type Client struct {
 	timeout time.Duration
 }
 
+// DefaultServiceConfig is the connection's default service config (used unless the name
+// resolver returns one): round_robin over every address the target resolves to (use a
+// "dns:///host:port" target for the replicas behind one name), and a retry of UNAVAILABLE (a
+// replica gone, draining or refusing), which gRPC makes only while nothing of the response has
+// been received: an Estimate or Analyze that got no answer, a Stream before its first message.
+// The server closes connections after its maximum connection age; each reconnection resolves
+// the name again and picks up new replicas. retryThrottling stops retrying while most calls
+// fail, so that an outage is not multiplied. Replace it with WithServiceConfig.
+const DefaultServiceConfig = `{
+  "loadBalancingConfig": [{"round_robin": {}}],
+  "methodConfig": [{
+    "name": [{"service": "longread.v1.AnalysisService"}],
+    "retryPolicy": {
+      "maxAttempts": 3,
+      "initialBackoff": "0.2s",
+      "maxBackoff": "2s",
+      "backoffMultiplier": 2,
+      "retryableStatusCodes": ["UNAVAILABLE"]
+    }
+  }],
+  "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1}
+}`
+
 type options struct {
-	apiKey   string
-	timeout  time.Duration
-	creds    credentials.TransportCredentials
-	dialOpts []grpc.DialOption
-	md       metadata.MD
+	apiKey        string
+	timeout       time.Duration
+	creds         credentials.TransportCredentials
+	dialOpts      []grpc.DialOption
+	md            metadata.MD
+	serviceConfig string
 }
 
 // Option configures a Client.
@@ -55,13 +79,17 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 	return func(o *options) { o.dialOpts = append(o.dialOpts, opts...) }
 }
 
+// WithServiceConfig replaces DefaultServiceConfig (JSON, as gRPC's service config); "" leaves
+// the connection without one: pick_first and no retries, unless the name resolver gives one.
+func WithServiceConfig(json string) Option { return func(o *options) { o.serviceConfig = json } }
+
 // WithMetadata adds fixed metadata (key, value pairs) to every call.
 func WithMetadata(kv ...string) Option {
 	return func(o *options) { o.md = metadata.Join(o.md, metadata.Pairs(kv...)) }
 }
 
 func build(opts []Option) options {
-	var o options
+	o := options{serviceConfig: DefaultServiceConfig}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -79,11 +107,18 @@ func New(target string, opts ...Option) (*Client, error) {
 	if creds == nil {
 		creds = insecure.NewCredentials()
 	}
-	dial := append([]grpc.DialOption{
+	dial := []grpc.DialOption{
 		grpc.WithTransportCredentials(creds),
 		grpc.WithDefaultCallOptions(
-			grpc.MaxCallRecvMsgSize(MaxMessageBytes), grpc.MaxCallSendMsgSize(MaxMessageBytes)),
-	}, o.dialOpts...)
+			grpc.MaxCallRecvMsgSize(MaxMessageBytes), grpc.MaxCallSendMsgSize(MaxMessageBytes),
+			// gRPC keeps a request for a retry only up to this size (256 KiB by default):
+			// above it the call is committed and a long document would never be retried.
+			grpc.MaxRetryRPCBufferSize(MaxMessageBytes)),
+	}
+	if o.serviceConfig != "" {
+		dial = append(dial, grpc.WithDefaultServiceConfig(o.serviceConfig))
+	}
+	dial = append(dial, o.dialOpts...)
 	conn, err := grpc.NewClient(target, dial...)
 	if err != nil {
 		return nil, fmt.Errorf("longread: %w", err)

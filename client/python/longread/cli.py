@@ -445,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     h = sub.add_parser("health", help="check a server's gRPC health service", formatter_class=fmt)
     _target(h)
-    h.add_argument("--service", default="", help="the service to ask about (empty: the server)")
+    h.add_argument("--service", default="", help='"" (readiness, the default) or "liveness"')
     h.add_argument("--timeout", type=float, default=3.0, help="deadline in seconds")
     h.set_defaults(fn=cmd_health)
     d = sub.add_parser(

@@ -7,6 +7,7 @@ built with ``build_request`` and passed as ``request=``. Errors surface as ``grp
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -27,7 +28,34 @@ MAX_MESSAGE_BYTES = 128 * 1024 * 1024
 _OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    # gRPC keeps a request for a retry only up to this size (256 KiB by default): above it
+    # the call is committed and a long document would never be retried.
+    ("grpc.per_rpc_retry_buffer_size", MAX_MESSAGE_BYTES),
 ]
+# The channel's default service config (used unless the name resolver returns one):
+# round_robin over every address the name resolves to (``dns:///gateway.example:50051``), so
+# calls spread over the replicas, and a retry of UNAVAILABLE (a replica gone, draining or
+# refusing), which gRPC makes only while nothing of the response has been received: an
+# Estimate or Analyze that got no answer, a Stream before its first message. The gateway
+# closes connections after ``server.max_connection_age_s``, and each reconnection resolves
+# the name again, picking up new replicas. ``retryThrottling`` stops retrying when most
+# calls fail, so that an outage is not multiplied.
+DEFAULT_SERVICE_CONFIG: Mapping[str, Any] = {
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "methodConfig": [
+        {
+            "name": [{"service": "longread.v1.AnalysisService"}],
+            "retryPolicy": {
+                "maxAttempts": 3,
+                "initialBackoff": "0.2s",
+                "maxBackoff": "2s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ],
+    "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
+}
 _STRATEGIES = {
     "auto": pb.STRATEGY_UNSPECIFIED,
     "single_pass": pb.STRATEGY_SINGLE_PASS,
@@ -180,6 +208,20 @@ def _with_trace(md: tuple[tuple[str, str | bytes], ...]) -> tuple[tuple[str, str
     return md + tuple(carrier.items())
 
 
+def channel_options(
+    service_config: Mapping[str, Any] | str | None = DEFAULT_SERVICE_CONFIG,
+) -> list[tuple[str, Any]]:
+    """The channel options the clients use: message sizes, and ``service_config`` (a mapping
+    or its JSON) as the default service config; None: none (gRPC's pick_first, no retries)."""
+    opts: list[tuple[str, Any]] = list(_OPTIONS)
+    if service_config is not None:
+        text = service_config if isinstance(service_config, str) else json.dumps(service_config)
+        opts += [("grpc.service_config", text), ("grpc.enable_retries", 1)]
+    else:
+        opts.append(("grpc.enable_retries", 0))
+    return opts
+
+
 def _channel_credentials(
     root_certificates: bytes | None, cert_chain: bytes | None, private_key: bytes | None
 ) -> grpc.ChannelCredentials:
@@ -200,12 +242,14 @@ class Client:
         cert_chain: bytes | None = None,
         private_key: bytes | None = None,
         metadata: Sequence[tuple[str, str]] = (),
+        service_config: Mapping[str, Any] | str | None = DEFAULT_SERVICE_CONFIG,
     ) -> None:
+        opts = channel_options(service_config)
         if secure or root_certificates:
             creds = _channel_credentials(root_certificates, cert_chain, private_key)
-            self._channel = grpc.secure_channel(target, creds, options=_OPTIONS)
+            self._channel = grpc.secure_channel(target, creds, options=opts)
         else:
-            self._channel = grpc.insecure_channel(target, options=_OPTIONS)
+            self._channel = grpc.insecure_channel(target, options=opts)
         self._stub = svc_grpc.AnalysisServiceStub(self._channel)
         self._md = _metadata(api_key, metadata)
         self._timeout = timeout
@@ -277,12 +321,14 @@ class AsyncClient:
         cert_chain: bytes | None = None,
         private_key: bytes | None = None,
         metadata: Sequence[tuple[str, str]] = (),
+        service_config: Mapping[str, Any] | str | None = DEFAULT_SERVICE_CONFIG,
     ) -> None:
+        opts = channel_options(service_config)
         if secure or root_certificates:
             creds = _channel_credentials(root_certificates, cert_chain, private_key)
-            self._channel = grpc.aio.secure_channel(target, creds, options=_OPTIONS)
+            self._channel = grpc.aio.secure_channel(target, creds, options=opts)
         else:
-            self._channel = grpc.aio.insecure_channel(target, options=_OPTIONS)
+            self._channel = grpc.aio.insecure_channel(target, options=opts)
         self._stub = svc_grpc.AnalysisServiceStub(self._channel)
         self._md = _metadata(api_key, metadata)
         self._timeout = timeout

@@ -15,6 +15,7 @@ import {
   type StreamResponse,
 } from "./gen/longread/v1/analysis_service_pb.js";
 import type { DocumentSchema, Plan } from "./gen/longread/v1/types_pb.js";
+import { DEFAULT_RETRY_POLICY, type RetryPolicy, retryInterceptor } from "./retry.js";
 
 /** An EstimateRequest as a plain object (every field optional). */
 export type EstimateRequestInit = MessageInitShape<typeof EstimateRequestSchema>;
@@ -42,6 +43,11 @@ export interface ClientOptions {
   interceptors?: Interceptor[];
   /** Options passed to createGrpcTransport (TLS settings in `nodeOptions`, keepalive...). */
   transportOptions?: Partial<GrpcTransportOptions>;
+  /**
+   * Retries of UNAVAILABLE before anything of the response has arrived (`retry.ts`);
+   * `false`: none. Default: DEFAULT_RETRY_POLICY, the other clients' service config.
+   */
+  retry?: RetryPolicy | false;
 }
 
 export interface CallOptions {
@@ -108,7 +114,12 @@ export class LongreadClient {
       ...options.transportOptions,
       baseUrl: url,
       sessionManager: this.sessions,
-      interceptors: [auth, ...(options.interceptors ?? []), ...(options.transportOptions?.interceptors ?? [])],
+      interceptors: [
+        ...(options.retry === false ? [] : [retryInterceptor(options.retry ?? DEFAULT_RETRY_POLICY)]),
+        auth,
+        ...(options.interceptors ?? []),
+        ...(options.transportOptions?.interceptors ?? []),
+      ],
     });
     this.service = createClient(AnalysisService, transport);
     this.timeoutMs = options.timeoutMs;

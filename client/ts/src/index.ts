@@ -19,6 +19,7 @@ export {
   type StreamRequestInit,
   type StreamResult,
 } from "./client.js";
+export { DEFAULT_RETRY_POLICY, retryInterceptor, type RetryPolicy } from "./retry.js";
 export {
   DOMAIN,
   codeName,

@@ -7,6 +7,7 @@ QuotaFailure.
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import time
@@ -107,7 +108,25 @@ class ServiceError(Exception):
                 qf.violations.add(subject=q.subject, description=q.description)
             details.append(_pack(qf))
         status = status_pb2.Status(code=self.code.value[0], message=self.message, details=details)
-        return rpc_status.to_status(status)
+        out = rpc_status.to_status(status)
+        if self.code is grpc.StatusCode.UNAVAILABLE and self.reason != "DRAINING":
+            # The clients' service config retries UNAVAILABLE, meant for a replica that is
+            # gone or draining. This one is about an upstream or shared state that every
+            # replica shares, after the gateway's own retries: gRPC's pushback of -1 tells the
+            # client's channel not to retry it (the status and its RetryInfo still reach the
+            # caller, whose own retry logic decides).
+            trailers = (*out.trailing_metadata, (NO_RETRY_KEY, "-1"))
+            return _Status(out.code, out.details, trailers)
+        return out
+
+
+NO_RETRY_KEY = "grpc-retry-pushback-ms"
+
+
+class _Status(
+    collections.namedtuple("_Status", ("code", "details", "trailing_metadata")), grpc.Status
+):
+    """A status with trailing metadata (grpc.Status is an interface with no constructor)."""
 
 
 def _pack(msg: object) -> any_pb2.Any:

@@ -6,7 +6,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pool
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from longread.v1 import analysis_service_pb2 as svc
 
@@ -73,8 +73,8 @@ def register(
     reflection_on: bool,
     max_request_bytes: int,
 ) -> health.aio.HealthServicer:
-    """Adds the services to ``server``; returns the health servicer (NOT_SERVING until
-    ``serving`` says otherwise)."""
+    """Adds the services to ``server``; returns the health servicer (its statuses are set by
+    ``api/health.py``)."""
     handlers = analysis_handlers(servicer, max_request_bytes)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
@@ -87,9 +87,3 @@ def register(
             pool=MethodAwarePool(descriptor_pool.Default()),  # type: ignore[arg-type]
         )
     return health_servicer
-
-
-async def serving(health_servicer: health.aio.HealthServicer) -> None:
-    """Health says SERVING, for the server as a whole and for the AnalysisService."""
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -35,6 +35,36 @@ public final class LongreadClient implements AutoCloseable {
   /** The largest message the client accepts (a 1M-token document is a few MB of text). */
   public static final int MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
 
+  /**
+   * The channel's default service config (used unless the name resolver returns one):
+   * round_robin over every address the target resolves to (use a {@code dns:///host:port}
+   * target for the replicas behind one name), and a retry of UNAVAILABLE (a replica gone,
+   * draining or refusing), which gRPC makes only while nothing of the response has been
+   * received: an Estimate or Analyze that got no answer, a Stream before its first message. The
+   * server closes connections after its maximum connection age; each reconnection resolves the
+   * name again and picks up new replicas. {@code retryThrottling} stops retrying while most calls
+   * fail, so that an outage is not multiplied. Numbers are doubles, as gRPC's JSON parser gives
+   * them. Replace it with {@link Builder#serviceConfig}.
+   */
+  public static final Map<String, ?> DEFAULT_SERVICE_CONFIG =
+      Map.of(
+          "loadBalancingConfig",
+          List.of(Map.of("round_robin", Map.of())),
+          "methodConfig",
+          List.of(
+              Map.of(
+                  "name",
+                  List.of(Map.of("service", "longread.v1.AnalysisService")),
+                  "retryPolicy",
+                  Map.of(
+                      "maxAttempts", 3.0,
+                      "initialBackoff", "0.2s",
+                      "maxBackoff", "2s",
+                      "backoffMultiplier", 2.0,
+                      "retryableStatusCodes", List.of("UNAVAILABLE")))),
+          "retryThrottling",
+          Map.of("maxTokens", 10.0, "tokenRatio", 0.1));
+
   private static final Metadata.Key<String> AUTHORIZATION =
       Metadata.Key.of("authorization", Metadata.ASCII_STRING_MARSHALLER);
 
@@ -49,6 +79,16 @@ public final class LongreadClient implements AutoCloseable {
     if (channel == null) {
       ManagedChannelBuilder<?> mcb =
           ManagedChannelBuilder.forTarget(b.target).maxInboundMessageSize(MAX_MESSAGE_BYTES);
+      if (b.serviceConfig != null) {
+        // gRPC keeps a request for a retry only up to perRpcBufferLimit (1 MiB by default):
+        // above it the call is committed and a long document would never be retried.
+        mcb.defaultServiceConfig(b.serviceConfig)
+            .enableRetry()
+            .perRpcBufferLimit(MAX_MESSAGE_BYTES)
+            .retryBufferSize(2L * MAX_MESSAGE_BYTES);
+      } else {
+        mcb.disableRetry();
+      }
       if (b.plaintext) {
         mcb.usePlaintext();
       } else {
@@ -214,6 +254,7 @@ public final class LongreadClient implements AutoCloseable {
     private String apiKey;
     private Duration timeout;
     private boolean plaintext = true;
+    private Map<String, ?> serviceConfig = DEFAULT_SERVICE_CONFIG;
     private final Map<String, String> headers = new LinkedHashMap<>();
     private final List<ClientInterceptor> interceptors = new ArrayList<>();
 
@@ -236,6 +277,16 @@ public final class LongreadClient implements AutoCloseable {
     /** Uses TLS (the default is plaintext, for a server on a private network or loopback). */
     public Builder useTransportSecurity() {
       this.plaintext = false;
+      return this;
+    }
+
+    /**
+     * Replaces {@link #DEFAULT_SERVICE_CONFIG} (a parsed gRPC service config: maps, lists,
+     * strings, doubles); {@code null}: none, i.e. pick_first and no retries unless the name
+     * resolver gives a config. Ignored for a channel the caller owns.
+     */
+    public Builder serviceConfig(Map<String, ?> config) {
+      this.serviceConfig = config;
       return this;
     }
 
