@@ -238,6 +238,8 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
         redis,
         health=gate,
         state_dir=cfg.budget.state_dir or None,
+        reservation_margin_s=cfg.budget.reservation_margin_s,
+        reservation_lease_s=cfg.budget.reservation_lease_s,
     )
     if ledger.volatile:
         log.warning(

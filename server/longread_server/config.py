@@ -240,6 +240,12 @@ class BudgetConfig:
     # Where spend is kept across restarts when there is no Redis (one gateway per directory);
     # empty: in process only, and the gateway warns at start-up that spend is volatile.
     state_dir: str = ""
+    # With Redis, a job's reservation is a lease: given back by any replica once the job's
+    # deadline plus this margin has passed without it settling (its replica died), so a
+    # request retried on another replica is not charged twice. A job without a deadline holds
+    # its lease for ``reservation_lease_s``.
+    reservation_margin_s: float = 60.0
+    reservation_lease_s: float = 3600.0
 
 
 @dataclass

@@ -18,6 +18,15 @@ unavailable each replica checks and counts what it spends itself (a budget is an
 limit; refusing every call would be worse). Without Redis, spend lives in process, and in a
 state file when ``budget.state_dir`` is set, so a restart does not forget it; a reservation is
 written there as it is taken, so a crash mid-job keeps the estimate charged, never less.
+
+Across replicas a reservation is also a lease: it is listed, with the time its job must have
+ended by (its deadline, plus ``budget.reservation_margin_s``), in a sorted set beside the
+month's spend. A replica that dies mid-job never settles it; the next reservation of that
+tenant on any replica finds the lease expired and gives its amount back, so a request the
+client retried on a survivor is not charged twice. Each step is one single-key command
+(``ZREM`` decides which replica gives back, once), so it holds on a Redis Cluster, where the
+spend and its leases live in different slots; a replica that dies between two steps leaves the
+reservation charged, the old rule.
 """
 
 from __future__ import annotations
@@ -27,6 +36,8 @@ import datetime as dt
 import json
 import logging
 import os
+import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +109,9 @@ class BudgetLedger:
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         health: RedisGate | None = None,
         state_dir: str | Path | None = None,
+        *,
+        reservation_margin_s: float = 60.0,
+        reservation_lease_s: float = 3600.0,
     ) -> None:
         self._caps = {t: c for t, c in caps.items() if c > 0}
         self._redis = redis
@@ -114,6 +128,8 @@ class BudgetLedger:
             with contextlib.suppress(OSError):  # reported by the first save that fails
                 self._file.parent.mkdir(parents=True, exist_ok=True)
         self._reserve_script = redis.register_script(_RESERVE) if redis is not None else None
+        self.reservation_margin_s = reservation_margin_s
+        self.reservation_lease_s = reservation_lease_s
 
     @property
     def volatile(self) -> bool:
@@ -151,14 +167,19 @@ class BudgetLedger:
             return
         await self.book(self._key(tenant), usd, usd, SHARED)
 
-    async def reserve(self, tenant: str, usd: float) -> Reservation | None:
-        """Takes ``usd`` of ``tenant``'s budget for a job, or refuses (BUDGET_EXCEEDED) when
-        less is left; None for a tenant without a cap."""
+    async def reserve(
+        self, tenant: str, usd: float, within_s: float | None = None
+    ) -> Reservation | None:
+        """Takes ``usd`` of ``tenant``'s budget for a job that ends within ``within_s`` (its
+        deadline; None: ``reservation_lease_s``), or refuses (BUDGET_EXCEEDED) when less is
+        left; None for a tenant without a cap."""
         cap = self.cap(tenant)
         if not cap:
             return None
         usd = max(0.0, usd)
         key = self._key(tenant)
+        lease = f"{uuid.uuid4().hex}|{usd!r}"
+        lease_s = self.reservation_lease_s if within_s is None else max(0.0, within_s)
 
         def take_local() -> tuple[bool, float]:
             spent = self._local.get(key, 0.0)
@@ -173,12 +194,17 @@ class BudgetLedger:
         else:
 
             async def shared() -> tuple[bool, float]:
+                await self._give_back_expired(redis, key)
                 args: list[str | float] = [repr(usd), repr(cap), _KEY_TTL_S]
                 reply = await script(keys=[self._redis_key(key)], args=args)
                 if int(reply[0]) == 0:
                     return False, float(_text(reply[1]))
                 # Also this replica's part, should Redis fail before the settlement.
                 self.book_local(key, usd)
+                until = time.time() + lease_s + self.reservation_margin_s
+                leases = self._lease_key(key)
+                await redis.zadd(leases, {lease: until})
+                await redis.expire(leases, _KEY_TTL_S)
                 return True, float(_text(reply[1])) - usd
 
             async def local() -> tuple[bool, float]:
@@ -187,7 +213,39 @@ class BudgetLedger:
             (taken, spent), where = await self.health.run(shared, local, fail_open=True)
         if not taken:
             raise exceeded(tenant, BudgetState(cap, spent), usd)
-        return Reservation(self, key, usd, where, BudgetState(cap, max(0.0, spent)))
+        return Reservation(self, key, usd, where, BudgetState(cap, max(0.0, spent)), lease)
+
+    async def _give_back_expired(self, redis: RedisClient, key: tuple[str, str]) -> None:
+        """Gives back the reservations of ``key`` whose jobs should have ended by now (their
+        replica died): ``ZREM`` answers 1 to one replica only, which then gives it back."""
+        leases = self._lease_key(key)
+        expired = await redis.zrangebyscore(leases, "-inf", time.time(), start=0, num=100)
+        for member in map(_text, expired):
+            if await redis.zrem(leases, member):
+                usd = float(member.rpartition("|")[2])
+                await redis.incrbyfloat(self._redis_key(key), -usd)
+                log.warning(
+                    "budget: gave back $%.6f of %s's reservation for a job that did not settle "
+                    "(its replica stopped)",
+                    usd,
+                    key[0],
+                )
+
+    async def release(self, key: tuple[str, str], lease: str) -> bool:
+        """Ends ``lease``: True when it was still held (the job settles its reservation),
+        False when it was given back already (the job outlived its lease) or Redis is down."""
+        redis = self._redis
+        if redis is None:
+            return True
+
+        async def shared() -> bool:
+            return bool(await redis.zrem(self._lease_key(key), lease))
+
+        async def local() -> bool:
+            return True
+
+        held, _ = await self.health.run(shared, local, fail_open=True)
+        return held
 
     async def book(
         self, key: tuple[str, str], local_usd: float, shared_usd: float, where: str
@@ -252,6 +310,10 @@ class BudgetLedger:
     def _redis_key(key: tuple[str, str]) -> str:
         return f"longread:budget:{key[1]}:{key[0]}"
 
+    @staticmethod
+    def _lease_key(key: tuple[str, str]) -> str:
+        return f"longread:budget-leases:{key[1]}:{key[0]}"
+
 
 class Reservation:
     """A job's share of its tenant's budget, taken before its first call and settled when it
@@ -264,8 +326,10 @@ class Reservation:
         usd: float,
         where: str,
         before: BudgetState,
+        lease: str = "",
     ) -> None:
         self._ledger = ledger
+        self._lease = lease  # its entry among the tenant's leases (Redis)
         self._key = key
         self.reserved_usd = usd
         self.where = where  # where the reservation was taken: Redis (shared) or in process
@@ -296,9 +360,10 @@ class Reservation:
             return
         self.settled = True
         local = self.used_usd - self._covered
-        # A reservation Redis never saw (taken while it was down) is not given back there;
-        # the job's real cost is added instead.
-        shared = local if self.where == SHARED else local + self.reserved_usd
+        # A reservation Redis never saw (taken while it was down), or one given back as a
+        # lease that expired, is not given back there again: the job's real cost is added.
+        held = self.where == SHARED and await self._ledger.release(self._key, self._lease)
+        shared = local if held else local + self.reserved_usd
         await self._ledger.book(self._key, local, shared, SHARED)
 
 

@@ -197,7 +197,8 @@ class Analysis:
         """Reserves the job's estimate of what the tenant has left this month, or refuses it;
         warns when the job takes the tenant past 80 % of its budget."""
         needed = prep.plan.estimated_cost.total_usd
-        spend = await self._ledger.reserve(prep.tenant, needed)
+        within = None if prep.deadline is None else prep.deadline - time.monotonic()
+        spend = await self._ledger.reserve(prep.tenant, needed, within)
         if spend is not None and spend.before.warns_after(needed):
             before = spend.before
             share = (before.spent_usd + needed) / before.cap_usd

@@ -88,6 +88,39 @@ async def test_redis_reservations_are_atomic_across_ledgers(
         await redis.aclose()
 
 
+async def test_a_dead_replicas_reservation_is_given_back_once_its_lease_ends(
+    shared_redis: RedisServer | RedisClusterServer,
+) -> None:
+    """Replica A reserves for a job and dies (never settles); once the job's deadline and
+    the margin have passed, the next reservation on replica B gives A's back, once, however
+    many replicas look. Were A only slow, its late settlement charges its real cost."""
+    tenant = "lease"
+    redis = connect(shared_redis.url)
+    try:
+        month = month_of(dt.datetime.now(dt.UTC))
+        await redis.delete(f"longread:budget:{month}:{tenant}")
+        await redis.delete(f"longread:budget-leases:{month}:{tenant}")
+        a, b, c = (BudgetLedger({tenant: 5.0}, redis, reservation_margin_s=0.0) for _ in range(3))
+        slow = await a.reserve(tenant, 2.0, within_s=0.0)  # its deadline: now
+        assert slow is not None
+        assert (await b.state(tenant)).spent_usd == pytest.approx(2.0)
+        await asyncio.sleep(0.05)
+        # Two replicas reserve at once: A's 2.0 comes back exactly once.
+        held = await asyncio.gather(b.reserve(tenant, 1.0, 30), c.reserve(tenant, 1.0, 30))
+        assert (await b.state(tenant)).spent_usd == pytest.approx(2.0)
+        for r in held:
+            assert r is not None
+            await r.charge(0.5)
+            await r.settle()
+        assert (await b.state(tenant)).spent_usd == pytest.approx(1.0)
+        # A was only slow: its settlement adds what its job cost (its reservation is gone).
+        await slow.charge(0.75)
+        await slow.settle()
+        assert (await b.state(tenant)).spent_usd == pytest.approx(1.75)
+    finally:
+        await redis.aclose()
+
+
 async def test_a_reservation_taken_while_redis_was_down_reaches_redis_as_the_jobs_cost(
     shared_redis: RedisServer | RedisClusterServer,
 ) -> None:
