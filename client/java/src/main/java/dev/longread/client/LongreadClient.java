@@ -188,6 +188,11 @@ public final class LongreadClient implements AutoCloseable {
     return prepare(blocking, options).stream(request);
   }
 
+  /** {@link #stream(StreamRequest, RequestOptions)} with default options. */
+  public Iterator<StreamResponse> stream(StreamRequest request) {
+    return stream(request, RequestOptions.DEFAULT);
+  }
+
   /** {@link #collect(StreamRequest, RequestOptions, Consumer)} with default options. */
   public StreamResult collect(StreamRequest request, Consumer<StreamResponse> onEvent) {
     return collect(request, RequestOptions.DEFAULT, onEvent);
