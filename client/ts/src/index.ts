@@ -31,3 +31,6 @@ export {
 export * from "./gen/longread/v1/analysis_service_pb.js";
 export * from "./gen/longread/v1/types_pb.js";
 export { Code, ConnectError } from "@connectrpc/connect";
+// int64 fields (token counts) are `bigint`, which `JSON.stringify` refuses: these give a
+// message's canonical proto3 JSON (int64 as strings) and read it back.
+export { create, fromJson, toJson, toJsonString } from "@bufbuild/protobuf";

@@ -20,7 +20,10 @@ import {
   EstimateResponseSchema,
   LongreadClient,
   errorDetails,
+  fromJson,
   text,
+  toJson,
+  toJsonString,
 } from "../src/index.js";
 
 let seen: Headers | undefined;
@@ -115,4 +118,20 @@ test("collect gathers a stream in order", async () => {
   assert.equal(res.plan?.documentTokens, 7n);
   assert.equal(res.result.text, "hello");
   await assert.rejects(client.collect({ instruction: "truncate" }), /without a result/);
+});
+
+test("a response with int64 fields goes to JSON and back through the re-exported toJson", () => {
+  const res = create(AnalyzeResponseSchema, {
+    text: "answer",
+    usage: { inputTokens: 9_007_199_254_740_993n, outputTokens: 12n, calls: 1 },
+  });
+  assert.throws(() => JSON.stringify(res), TypeError); // what toJson is for
+  const json = toJson(AnalyzeResponseSchema, res);
+  assert.deepEqual(json, {
+    text: "answer",
+    usage: { inputTokens: "9007199254740993", outputTokens: "12", calls: 1 },
+  });
+  const back = fromJson(AnalyzeResponseSchema, JSON.parse(JSON.stringify(json)));
+  assert.equal(back.usage?.inputTokens, 9_007_199_254_740_993n);
+  assert.equal(toJsonString(AnalyzeResponseSchema, res), JSON.stringify(json));
 });
