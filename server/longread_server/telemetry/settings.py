@@ -99,7 +99,7 @@ def resolve(cfg: TelemetryConfig, env: Mapping[str, str] | None = None) -> Telem
         raise ConfigError(str(e)) from None
     return TelemetrySettings(
         disabled=disabled,
-        resource=_resource(cfg, env),
+        resource=_resource(cfg),
         exporters=exporters,
         otlp=otlp,
         sampler=_sampler(cfg, env),
@@ -166,18 +166,18 @@ def exporter_class(signal: SignalName, name: str) -> Any:
         raise ConfigError(f"OTEL_{signal.upper()}_EXPORTER: cannot load {name!r}: {e}") from None
 
 
-def _resource(cfg: TelemetryConfig, env: Mapping[str, str]) -> Resource:
+def _resource(cfg: TelemetryConfig) -> Resource:
     """The SDK's resource (``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_SERVICE_NAME``, the detectors
     of ``OTEL_EXPERIMENTAL_RESOURCE_DETECTORS``), with ``service.name`` and
-    ``service.version`` from here only where the variables do not set them."""
-    given = env.get("OTEL_RESOURCE_ATTRIBUTES", "")
-    named = {part.split("=", 1)[0].strip() for part in given.split(",") if "=" in part}
+    ``service.version`` from here only where the SDK found none (its name for an unnamed
+    service starts with ``unknown_service``)."""
+    detected = Resource.create()
     ours: dict[str, str] = {}
-    if not env.get("OTEL_SERVICE_NAME", "").strip() and "service.name" not in named:
+    if str(detected.attributes.get("service.name", "")).startswith("unknown_service"):
         ours["service.name"] = cfg.service_name
-    if "service.version" not in named:
+    if "service.version" not in detected.attributes:
         ours["service.version"] = __version__
-    return Resource.create(ours)
+    return detected.merge(Resource(ours))
 
 
 def _sampler(cfg: TelemetryConfig, env: Mapping[str, str]) -> Sampler:
