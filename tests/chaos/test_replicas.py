@@ -24,13 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import os
-import re
-import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 from longread.client import AsyncClient, Options
@@ -40,6 +35,7 @@ from longread_server.state.redis import connect
 
 from tests.chaos.conftest import QUESTION, Result, Row, doc, one, until
 from tests.redis_cluster import RedisClusterServer
+from tests.replicas import serve_replicas
 
 KEYS = {"steady": "key-steady", "metered": "key-metered"}
 RATE_PER_S, BURST = 1.0, 6
@@ -93,45 +89,6 @@ burst_requests = {BURST}
 """
 
 
-@asynccontextmanager
-async def serving(
-    tmp: Path, text: str, n: int
-) -> AsyncIterator[list[tuple[int, asyncio.subprocess.Process]]]:
-    """``n`` ``longread serve`` processes with the config ``text``: (port, process) each."""
-    path = tmp / "replica.toml"
-    path.write_text(text)
-    log = tmp / "replicas.log"
-    exe = str(Path(sys.executable).with_name("longread"))
-    env = {**os.environ, "TEST_SANDBOX_KEY": "sandbox"}
-    procs = [
-        await asyncio.create_subprocess_exec(
-            exe,
-            "serve",
-            "--config",
-            str(path),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=log.open("ab"),
-            env=env,
-        )
-        for _ in range(n)
-    ]
-    try:
-        out = []
-        for p in procs:
-            assert p.stdout is not None
-            line = await asyncio.wait_for(p.stdout.readline(), 60)
-            match = re.search(rb"serving on [\d.]+:(\d+)", line)
-            assert match, log.read_text()[-2000:]
-            out.append((int(match.group(1)), p))
-        yield out
-    finally:
-        for p in procs:
-            if p.returncode is None:
-                p.terminate()
-        for p in procs:
-            await p.wait()
-
-
 async def spent(redis_url: str, tenant: str) -> float:
     probe = connect(redis_url, socket_timeout_s=5)
     try:
@@ -147,9 +104,11 @@ async def test_three_replicas_one_killed_mid_load(
 ) -> None:
     await asyncio.to_thread(redis_cluster.flush)
     sb.configure(latency_ms=300)
-    async with serving(tmp_path, config(sb, redis_cluster.url), 3) as replicas:
+    path = tmp_path / "replica.toml"
+    path.write_text(config(sb, redis_cluster.url))
+    async with serve_replicas(path, 3, tmp_path / "replicas.log") as replicas:
         # One target naming the three: round_robin spreads the calls over them.
-        target = "ipv4:" + ",".join(f"127.0.0.1:{port}" for port, _ in replicas)
+        target = "ipv4:" + ",".join(f"127.0.0.1:{r.port}" for r in replicas)
         steady = AsyncClient(target, api_key=KEYS["steady"])
         metered = AsyncClient(target, api_key=KEYS["metered"])
         try:
@@ -191,7 +150,7 @@ async def test_three_replicas_one_killed_mid_load(
             workers = [asyncio.create_task(worker()) for _ in range(WORKERS)]
             try:
                 await until(lambda: len(load) >= 20, within=120, poll=0.05)
-                replicas[0][1].kill()  # SIGKILL: no drain, no settlement, no goodbye
+                replicas[0].proc.kill()  # SIGKILL: no drain, no settlement, no goodbye
                 killed_at = len(load)
                 await until(lambda: len(load) >= killed_at + 30, within=120, poll=0.05)
             finally:

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import re
 import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -42,6 +39,7 @@ from longread_server.vendors.openai import OpenAIAdapter
 from tests.conftest import TENANT_KEYS, gateway_config
 from tests.redis_cluster import RedisClusterServer
 from tests.redis_server import RedisServer
+from tests.replicas import Replica, serve_replicas
 
 Q = "When was the lamp converted to electricity?"
 
@@ -99,15 +97,6 @@ async def test_100_concurrent_identical_calls_make_one_upstream_call(
     assert gateway.cache.stats.coalesced - coalesced > 0  # they did overlap
 
 
-@dataclass
-class Replica:
-    proc: asyncio.subprocess.Process
-    port: int = 0
-
-    def client(self) -> AsyncClient:
-        return AsyncClient(f"127.0.0.1:{self.port}", timeout=60)
-
-
 @asynccontextmanager
 async def replicas(
     tmp_path: Path, sandbox: Sandbox, redis_url: str, n: int, **cache: object
@@ -132,37 +121,8 @@ base_url = "{sandbox.base_url}/v1"
 api_key_env = "TEST_SANDBOX_KEY"
 """
     )
-    env = {**os.environ, "TEST_SANDBOX_KEY": "sandbox"}
-    log = tmp_path / "replicas.log"
-    exe = str(Path(sys.executable).with_name("longread"))
-    procs = [
-        Replica(
-            await asyncio.create_subprocess_exec(
-                exe,
-                "serve",
-                "--config",
-                str(config),
-                stdout=asyncio.subprocess.PIPE,
-                stderr=log.open("ab"),
-                env=env,
-            )
-        )
-        for _ in range(n)
-    ]
-    try:
-        for r in procs:
-            assert r.proc.stdout is not None
-            line = await asyncio.wait_for(r.proc.stdout.readline(), 30)
-            match = re.search(rb"serving on [\d.]+:(\d+)", line)
-            assert match, log.read_text()[-2000:]
-            r.port = int(match.group(1))
+    async with serve_replicas(config, n, tmp_path / "replicas.log") as procs:
         yield procs
-    finally:
-        for r in procs:
-            if r.proc.returncode is None:
-                r.proc.terminate()
-        for r in procs:
-            await r.proc.wait()
 
 
 @pytest.fixture(scope="module", params=["node", "cluster"])
