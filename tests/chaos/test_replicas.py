@@ -15,9 +15,10 @@ answered call once, plus what the dead replica's jobs had reserved.
   dead replica held (a job reserves its estimate before its first call), at most one per call
   in flight. Those reservations are leases (``calls/budget.py``): once the dead jobs'
   deadlines and the margin have passed, the next reservation on a survivor gives them back,
-  and the tenant has paid for every answered call once and for nothing else. (A job that
-  settled in the instant between its last call and its answer would stay charged: its work
-  was done and paid upstream; a SIGKILL landing there is not seen in these runs.)
+  and the tenant has paid for every answered call once and for nothing else. Reserving and
+  settling are each one script, so no kill leaves half of either. (A job the dead replica had
+  settled but not yet answered stays charged, and its retry is charged again: its work was
+  done and paid upstream; a SIGKILL landing in that instant is not seen in these runs.)
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pathlib import Path
 
 from longread.client import AsyncClient, Options
 from longread_sandbox import Sandbox
-from longread_server.calls.budget import month_of
+from longread_server.calls.budget import BudgetLedger, month_of
 from longread_server.state.redis import connect
 
 from tests.chaos.conftest import QUESTION, Result, Row, doc, one, until
@@ -93,7 +94,7 @@ async def spent(redis_url: str, tenant: str) -> float:
     probe = connect(redis_url, socket_timeout_s=5)
     try:
         month = month_of(dt.datetime.now(dt.UTC))
-        value = await probe.get(f"longread:budget:{month}:{tenant}")
+        value = await probe.get(BudgetLedger._redis_key((tenant, month)))
     finally:
         await probe.aclose()
     return float(value or 0)

@@ -23,10 +23,10 @@ Across replicas a reservation is also a lease: it is listed, with the time its j
 ended by (its deadline, plus ``budget.reservation_margin_s``), in a sorted set beside the
 month's spend. A replica that dies mid-job never settles it; the next reservation of that
 tenant on any replica finds the lease expired and gives its amount back, so a request the
-client retried on a survivor is not charged twice. Each step is one single-key command
-(``ZREM`` decides which replica gives back, once), so it holds on a Redis Cluster, where the
-spend and its leases live in different slots; a replica that dies between two steps leaves the
-reservation charged, the old rule.
+client retried on a survivor is not charged twice. The spend and its leases share a Redis
+Cluster slot (one hash tag), so each step is one script: reserving (with the give-back of
+expired leases) and settling (ending the lease and booking the difference) each happen whole
+or not at all, wherever a replica is killed.
 """
 
 from __future__ import annotations
@@ -64,14 +64,41 @@ _KEY_TTL_S = 40 * 24 * 3600  # a month's key outlives the month, then expires
 STATE_FILE = "budget-spend.json"
 _MONTHS_KEPT = 2  # the state file keeps this month and the last (a job may span the change)
 
-# KEYS[1]: the month's spend. ARGV: amount, cap, ttl_s. -> {1, spent after} | {0, spent}
-# Check and add in one step: two replicas cannot both take the last of the budget.
+# KEYS[1]: the month's spend, KEYS[2]: its leases (one slot). ARGV: amount, cap, ttl_s, now,
+# lease, lease ends at. -> {1, spent after, given back} | {0, spent, given back}
+# Check and add in one step: two replicas cannot both take the last of the budget. Leases that
+# ended before now (their replica stopped) are given back first, in the same step, so one
+# replica gives each back, once. A lease's member ends with "|<amount>".
 _RESERVE = """
+local back = 0
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[4], 'LIMIT', 0, 100)) do
+  redis.call('ZREM', KEYS[2], m)
+  back = back + tonumber(string.match(m, '|([^|]*)$'))
+end
 local spent = tonumber(redis.call('GET', KEYS[1]) or '0')
-if spent + tonumber(ARGV[1]) > tonumber(ARGV[2]) then return {0, tostring(spent)} end
+if back > 0 then spent = tonumber(redis.call('INCRBYFLOAT', KEYS[1], -back)) end
+if spent + tonumber(ARGV[1]) > tonumber(ARGV[2]) then
+  return {0, tostring(spent), tostring(back)}
+end
 local after = redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
-return {1, tostring(after)}
+redis.call('ZADD', KEYS[2], ARGV[6], ARGV[5])
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
+return {1, tostring(after), tostring(back)}
+"""
+
+# KEYS as above. ARGV: lease, usd to add while the lease is held, the reservation, ttl_s.
+# -> 1 when the lease was held; 0 when it had been given back (the reservation is then
+# added again: the job did run). Ending the lease and booking the difference are one step.
+_SETTLE = """
+local held = redis.call('ZREM', KEYS[2], ARGV[1])
+local add = tonumber(ARGV[2])
+if held == 0 then add = add + tonumber(ARGV[3]) end
+if add ~= 0 then
+  redis.call('INCRBYFLOAT', KEYS[1], tostring(add))
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
+end
+return held
 """
 
 
@@ -128,6 +155,7 @@ class BudgetLedger:
             with contextlib.suppress(OSError):  # reported by the first save that fails
                 self._file.parent.mkdir(parents=True, exist_ok=True)
         self._reserve_script = redis.register_script(_RESERVE) if redis is not None else None
+        self._settle_script = redis.register_script(_SETTLE) if redis is not None else None
         self.reservation_margin_s = reservation_margin_s
         self.reservation_lease_s = reservation_lease_s
 
@@ -194,17 +222,23 @@ class BudgetLedger:
         else:
 
             async def shared() -> tuple[bool, float]:
-                await self._give_back_expired(redis, key)
-                args: list[str | float] = [repr(usd), repr(cap), _KEY_TTL_S]
-                reply = await script(keys=[self._redis_key(key)], args=args)
+                now = time.time()
+                until = now + lease_s + self.reservation_margin_s
+                args: list[str | float] = [repr(usd), repr(cap), _KEY_TTL_S, repr(now), lease]
+                args.append(repr(until))
+                reply = await script(keys=list(self._redis_keys(key)), args=args)
+                back = float(_text(reply[2]))
+                if back > 0:
+                    log.warning(
+                        "budget: gave back $%.6f of %s's reservations for jobs that did not "
+                        "settle (their replica stopped)",
+                        back,
+                        key[0],
+                    )
                 if int(reply[0]) == 0:
                     return False, float(_text(reply[1]))
                 # Also this replica's part, should Redis fail before the settlement.
                 self.book_local(key, usd)
-                until = time.time() + lease_s + self.reservation_margin_s
-                leases = self._lease_key(key)
-                await redis.zadd(leases, {lease: until})
-                await redis.expire(leases, _KEY_TTL_S)
                 return True, float(_text(reply[1])) - usd
 
             async def local() -> tuple[bool, float]:
@@ -215,37 +249,25 @@ class BudgetLedger:
             raise exceeded(tenant, BudgetState(cap, spent), usd)
         return Reservation(self, key, usd, where, BudgetState(cap, max(0.0, spent)), lease)
 
-    async def _give_back_expired(self, redis: RedisClient, key: tuple[str, str]) -> None:
-        """Gives back the reservations of ``key`` whose jobs should have ended by now (their
-        replica died): ``ZREM`` answers 1 to one replica only, which then gives it back."""
-        leases = self._lease_key(key)
-        expired = await redis.zrangebyscore(leases, "-inf", time.time(), start=0, num=100)
-        for member in map(_text, expired):
-            if await redis.zrem(leases, member):
-                usd = float(member.rpartition("|")[2])
-                await redis.incrbyfloat(self._redis_key(key), -usd)
-                log.warning(
-                    "budget: gave back $%.6f of %s's reservation for a job that did not settle "
-                    "(its replica stopped)",
-                    usd,
-                    key[0],
-                )
+    async def settle(
+        self, key: tuple[str, str], lease: str, local_usd: float, reserved_usd: float, where: str
+    ) -> None:
+        """Settles a reservation of ``reserved_usd``: ``local_usd`` more in process, and in Redis
+        as much while its lease is held, or the reservation too once it was given back (the
+        job outlived its lease) or was never there (taken while Redis was down)."""
+        redis, script = self._redis, self._settle_script
+        if redis is None or script is None or where != SHARED:
+            await self.book(key, local_usd, local_usd + reserved_usd, SHARED)
+            return
+        self.book_local(key, local_usd)
 
-    async def release(self, key: tuple[str, str], lease: str) -> bool:
-        """Ends ``lease``: True when it was still held (the job settles its reservation),
-        False when it was given back already (the job outlived its lease) or Redis is down."""
-        redis = self._redis
-        if redis is None:
-            return True
+        async def settle() -> None:
+            args: list[str | float] = [lease, repr(local_usd), repr(reserved_usd), _KEY_TTL_S]
+            await script(keys=list(self._redis_keys(key)), args=args)
 
-        async def shared() -> bool:
-            return bool(await redis.zrem(self._lease_key(key), lease))
-
-        async def local() -> bool:
-            return True
-
-        held, _ = await self.health.run(shared, local, fail_open=True)
-        return held
+        # Skipped while Redis is known to be down: the lease ends and gives the reservation
+        # back; the local ledger has the job's cost.
+        await self.health.settle(SHARED, settle)
 
     async def book(
         self, key: tuple[str, str], local_usd: float, shared_usd: float, where: str
@@ -306,13 +328,16 @@ class BudgetLedger:
         else:
             self._save_failed = False
 
-    @staticmethod
-    def _redis_key(key: tuple[str, str]) -> str:
-        return f"longread:budget:{key[1]}:{key[0]}"
+    @classmethod
+    def _redis_key(cls, key: tuple[str, str]) -> str:
+        return cls._redis_keys(key)[0]
 
     @staticmethod
-    def _lease_key(key: tuple[str, str]) -> str:
-        return f"longread:budget-leases:{key[1]}:{key[0]}"
+    def _redis_keys(key: tuple[str, str]) -> tuple[str, str]:
+        """The month's spend and its leases. Both keys are the same after their first ``{``,
+        so Redis Cluster hashes the same tag of both (one slot), whatever the tenant's name."""
+        tag = f"{{{key[1]}:{key[0]}}}"
+        return f"longread:budget:{tag}", f"longread:budget-leases:{tag}"
 
 
 class Reservation:
@@ -360,11 +385,7 @@ class Reservation:
             return
         self.settled = True
         local = self.used_usd - self._covered
-        # A reservation Redis never saw (taken while it was down), or one given back as a
-        # lease that expired, is not given back there again: the job's real cost is added.
-        held = self.where == SHARED and await self._ledger.release(self._key, self._lease)
-        shared = local if held else local + self.reserved_usd
-        await self._ledger.book(self._key, local, shared, SHARED)
+        await self._ledger.settle(self._key, self._lease, local, self.reserved_usd, self.where)
 
 
 def exceeded(tenant: str, state: BudgetState, extra_usd: float = 0.0) -> CallRejected:

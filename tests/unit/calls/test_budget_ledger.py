@@ -71,7 +71,7 @@ async def test_redis_reservations_are_atomic_across_ledgers(
     """Two replicas, 20 concurrent reservations of 1.49 against a cap of 5: three fit."""
     redis = connect(shared_redis.url)
     try:
-        await redis.delete("longread:budget:" + month_of(dt.datetime.now(dt.UTC)) + ":atomic")
+        await redis.delete(*BudgetLedger._redis_keys(("atomic", month_of(dt.datetime.now(dt.UTC)))))
         ledgers = [BudgetLedger({"atomic": 5.0}, redis) for _ in range(2)]
 
         async def one(i: int) -> bool:
@@ -98,8 +98,7 @@ async def test_a_dead_replicas_reservation_is_given_back_once_its_lease_ends(
     redis = connect(shared_redis.url)
     try:
         month = month_of(dt.datetime.now(dt.UTC))
-        await redis.delete(f"longread:budget:{month}:{tenant}")
-        await redis.delete(f"longread:budget-leases:{month}:{tenant}")
+        await redis.delete(*BudgetLedger._redis_keys((tenant, month)))
         a, b, c = (BudgetLedger({tenant: 5.0}, redis, reservation_margin_s=0.0) for _ in range(3))
         slow = await a.reserve(tenant, 2.0, within_s=0.0)  # its deadline: now
         assert slow is not None
@@ -121,6 +120,21 @@ async def test_a_dead_replicas_reservation_is_given_back_once_its_lease_ends(
         await redis.aclose()
 
 
+@pytest.mark.parametrize("tenant", ["plain", "a{b}c", "{", "x{}y{z}", "{}", "t}{u}"])
+async def test_the_spend_and_its_leases_share_a_cluster_slot(
+    redis_cluster: RedisClusterServer, tenant: str
+) -> None:
+    """Each step on a tenant's spend and leases is one script, so they must hash to one slot:
+    asked of a real cluster, for tenant names with braces too."""
+    spend, leases = BudgetLedger._redis_keys((tenant, "2026-12"))
+    redis = connect(redis_cluster.url)
+    try:
+        slots = [await redis.execute_command("CLUSTER KEYSLOT", k) for k in (spend, leases)]
+        assert slots[0] == slots[1], (spend, leases)
+    finally:
+        await redis.aclose()
+
+
 async def test_a_reservation_taken_while_redis_was_down_reaches_redis_as_the_jobs_cost(
     shared_redis: RedisServer | RedisClusterServer,
 ) -> None:
@@ -129,7 +143,7 @@ async def test_a_reservation_taken_while_redis_was_down_reaches_redis_as_the_job
     dead = connect(f"redis://127.0.0.1:{free_port()}")
     live = connect(shared_redis.url)
     try:
-        await live.delete("longread:budget:" + month_of(dt.datetime.now(dt.UTC)) + ":" + tenant)
+        await live.delete(*BudgetLedger._redis_keys((tenant, month_of(dt.datetime.now(dt.UTC)))))
         ledger = BudgetLedger({tenant: 1.0}, dead, health=gate)
         spend = await ledger.reserve(tenant, 0.5)
         assert spend is not None and spend.where == "local"

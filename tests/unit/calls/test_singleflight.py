@@ -343,13 +343,15 @@ async def test_the_owners_error_reaches_waiters_on_other_replicas(
 async def test_the_lease_is_renewed_while_the_owner_calls(
     shared_redis: RedisServer | RedisClusterServer, prefix: str
 ) -> None:
-    a = replica(shared_redis.url, prefix, lock_ttl_s=0.15)
-    b = replica(shared_redis.url, prefix, lock_ttl_s=0.15)
+    # A lease long enough that a busy machine's scheduling pauses do not outlast it (renewed
+    # every third of it), short enough that the wait below spans several.
+    a = replica(shared_redis.url, prefix, lock_ttl_s=0.6)
+    b = replica(shared_redis.url, prefix, lock_ttl_s=0.6)
     a.upstream.hold = asyncio.Event()
     first = asyncio.create_task(a.ask())
     await a.upstream.started.wait()
     waiting = asyncio.create_task(b.ask())
-    await asyncio.sleep(0.5)  # > 3 lease periods: only renewals keep the lease alive
+    await asyncio.sleep(2.0)  # > 3 lease periods: only renewals keep the lease alive
     assert b.upstream.calls == 0 and b.cache.stats.takeovers == 0
     a.upstream.hold.set()
     assert text_of(await waiting) == TEXT and text_of(await first) == TEXT
