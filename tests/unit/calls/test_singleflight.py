@@ -112,13 +112,14 @@ def finish_of(events: list[LlmEvent]) -> Finish:
     return last
 
 
-async def until(cond: Callable[[], bool]) -> None:
-    """Yields to the event loop until ``cond`` holds (no wall-clock waiting)."""
-    for _ in range(10_000):
-        if cond():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("condition never held")
+async def until(cond: Callable[[], bool], within_s: float = 10.0) -> None:
+    """Waits until ``cond`` holds: Redis round trips take wall-clock time, the longer the
+    busier the machine, so the bound is generous and the poll short."""
+    deadline = time.monotonic() + within_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition never held")
+        await asyncio.sleep(0.001)
 
 
 # ---- in process ----

@@ -154,12 +154,18 @@ async def test_cache_lease_scripts_keep_an_answers_keys_in_one_slot(
     assert all(len(slots) == 1 for slots in rec.slots()), rec.calls
 
 
-async def test_budget_reservation_and_booking_touch_one_key(redis: RedisClient) -> None:
+async def test_budget_reservation_booking_and_settlement_touch_one_slot(
+    redis: RedisClient,
+) -> None:
     rec, client = recorder(redis)
     tenant = f"slots-{uuid.uuid4().hex[:8]}"
     ledger = BudgetLedger({tenant: 10.0}, client)
     spend = await ledger.reserve(tenant, 1.0)
     assert spend is not None and spend.where == SHARED
     await ledger.book((tenant, month_of(dt.datetime.now(dt.UTC))), 0.5, 0.5, SHARED)
-    assert len(rec.calls) == 2  # the reservation's script, the booking's transaction
-    assert all(len(set(keys)) == 1 for keys in rec.calls), rec.calls
+    await spend.charge(0.25)
+    await spend.settle()
+    # The reservation's script (spend and leases), the booking's transaction (spend), the
+    # settlement's script (spend and leases).
+    assert [len(set(keys)) for keys in rec.calls] == [2, 1, 2], rec.calls
+    assert all(len(slots) == 1 for slots in rec.slots()), rec.calls
