@@ -37,6 +37,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from tests.conftest import gateway_config
 from tests.redis_cluster import RedisClusterServer
 from tests.redis_server import RedisServer
+from tests.waiting import until
 
 QUESTION = "When was the harbour dredged?"
 BODY = (
@@ -189,16 +190,6 @@ async def fire(
             return await one(client, t, timeout=timeout, options=options)
 
     return list(await asyncio.gather(*(run(t) for t in texts)))
-
-
-async def until(check: Callable[[], bool], within: float, poll: float = 0.002) -> float:
-    """Seconds until ``check()`` holds (polled), failing after ``within``."""
-    t0 = time.monotonic()
-    while not check():
-        if time.monotonic() - t0 > within:
-            pytest.fail(f"condition not met within {within}s")
-        await asyncio.sleep(poll)
-    return time.monotonic() - t0
 
 
 def gateway_tasks(sandbox: Sandbox) -> set[asyncio.Task[Any]]:

@@ -19,7 +19,8 @@ import pytest
 from longread.client import Options
 from longread_sandbox import Sandbox
 
-from tests.chaos.conftest import BODY, QUESTION, Row, client_for, gateway_tasks, settled, until
+from tests.chaos.conftest import BODY, QUESTION, Row, client_for, gateway_tasks, settled
+from tests.waiting import until
 
 MAP_REDUCE = Options(strategy="map_reduce", max_chunk_tokens=120, cache="bypass")
 # Default cache mode: identical calls share one single-flight leader task, which today

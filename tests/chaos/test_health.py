@@ -20,9 +20,10 @@ from longread_server.api.health import LIVENESS
 from longread_server.api.registry import SERVICE_NAME
 from longread_server.app import Gateway, sandbox_upstreams, start
 
-from tests.chaos.conftest import TRANSITIONS, Transitions, client_for, doc, fire, resilience, until
+from tests.chaos.conftest import TRANSITIONS, Transitions, client_for, doc, fire, resilience
 from tests.conftest import gateway_config
 from tests.redis_server import RedisServer
+from tests.waiting import until
 
 Make = Callable[..., Any]
 NAMES = {v: k for k, v in health_pb2.HealthCheckResponse.ServingStatus.items()}

@@ -29,9 +29,10 @@ from longread_sandbox import Sandbox
 from longread_server.app import Gateway
 from longread_server.state.redis import connect
 
-from tests.chaos.conftest import Result, Row, client_for, doc, one, resilience, until
+from tests.chaos.conftest import Result, Row, client_for, doc, one, resilience
 from tests.chaos.test_shared_state import health, limited
 from tests.redis_cluster import RedisClusterServer
+from tests.waiting import until
 
 Make = Callable[..., Any]
 RATE_PER_S, BURST = 2.0, 5

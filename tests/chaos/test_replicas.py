@@ -34,9 +34,10 @@ from longread_sandbox import Sandbox
 from longread_server.calls.budget import BudgetLedger, month_of
 from longread_server.state.redis import connect
 
-from tests.chaos.conftest import QUESTION, Result, Row, doc, one, until
+from tests.chaos.conftest import QUESTION, Result, Row, doc, one
 from tests.redis_cluster import RedisClusterServer
 from tests.replicas import serve_replicas
+from tests.waiting import until
 
 KEYS = {"steady": "key-steady", "metered": "key-metered"}
 RATE_PER_S, BURST = 1.0, 6

@@ -33,8 +33,8 @@ from tests.chaos.conftest import (
     points,
     resilience,
     settled,
-    until,
 )
+from tests.waiting import until
 
 Make = Callable[..., Any]
 

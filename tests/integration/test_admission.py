@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -23,6 +23,7 @@ from longread_server.app import Gateway, start
 from longread_server.config import AdmissionConfig, TenantConfig
 
 from tests.conftest import TENANT_KEYS, gateway_config
+from tests.waiting import until
 
 Q = "When was the harbour dredged?"
 BYPASS = Options(cache="bypass")
@@ -31,14 +32,6 @@ ACME, GLOBEX = TENANT_KEYS["acme"], TENANT_KEYS["globex"]
 
 def doc(marker: str = "") -> str:
     return f"Report {uuid.uuid4().hex}. The harbour was dredged in 1998. " * 3 + marker
-
-
-async def until(check: Callable[[], bool], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {within}s")
-        await asyncio.sleep(0.005)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
@@ -40,6 +40,7 @@ from tests.conftest import TENANT_KEYS, gateway_config
 from tests.redis_cluster import RedisClusterServer
 from tests.redis_server import RedisServer
 from tests.replicas import Replica, serve_replicas
+from tests.waiting import until
 
 Q = "When was the lamp converted to electricity?"
 
@@ -60,15 +61,6 @@ def latency(sandbox: Sandbox, ms: float) -> Iterator[None]:
         yield
     finally:
         sandbox.configure(latency_ms=0)
-
-
-async def until(cond: Callable[[], bool], timeout_s: float = 20.0) -> None:
-    """Waits for an event another process causes (polls; fails after ``timeout_s``)."""
-    for _ in range(int(timeout_s / 0.005)):
-        if cond():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("condition never held")
 
 
 # ---- single-flight ----

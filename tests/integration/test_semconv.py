@@ -18,12 +18,14 @@ from longread_server.api.rpc_record import MAX_LABEL_ATTRIBUTE_CHARS, MAX_LABEL_
 from longread_server.app import Gateway, start
 from longread_server.config import TelemetryConfig
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.semconv._incubating.metrics import gen_ai_metrics
 from opentelemetry.semconv.attributes import error_attributes, server_attributes
 
 from tests.conftest import gateway_config
 from tests.unit.telemetry.support import FlushedMemory, setup_with_memory
+from tests.waiting import until
 
 ANALYZE = "longread.v1.AnalysisService/Analyze"
 
@@ -161,14 +163,27 @@ async def test_labels_are_on_the_server_span_bounded_and_on_no_metric(
         await c.analyze(_doc(), "When?", options=Options(labels=labels))
         async for _ in c.stream(_doc(), "When?", options=Options(labels={"team": "search"})):
             pass
+
+    # A server span ends once its response is sent, which may be after the client has it (and
+    # the previous test's after the clear above): wait for these calls' own spans.
+    def ours() -> list[ReadableSpan]:
+        spans = r.spans.get_finished_spans()
+        return [
+            s
+            for s in spans
+            if (s.name == ANALYZE and "longread.labels.dropped" in (s.attributes or {}))
+            or (s.name.endswith("/Stream") and "longread.label.team" in (s.attributes or {}))
+        ]
+
+    await until(lambda: len(ours()) == 2)
     spans = r.spans.get_finished_spans()
-    (analyze,) = [s for s in spans if s.name == ANALYZE]
+    (analyze,) = [s for s in ours() if s.name == ANALYZE]
     attrs = dict(analyze.attributes or {})
     echoed = {k: v for k, v in attrs.items() if k.startswith("longread.label.")}
     kept = sorted(labels)[:MAX_LABEL_ATTRIBUTES]  # the first in key order
     assert echoed == {f"longread.label.{k}": labels[k][:MAX_LABEL_ATTRIBUTE_CHARS] for k in kept}
     assert attrs["longread.labels.dropped"] == 8
-    (stream,) = [s for s in spans if s.name.endswith("/Stream")]
+    (stream,) = [s for s in ours() if s.name.endswith("/Stream")]
     assert dict(stream.attributes or {})["longread.label.team"] == "search"
     # Only the server span: the job's spans do not repeat them.
     assert not [

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,7 @@ from longread_server.vendors.openai import OpenAIAdapter
 
 from tests.redis_cluster import RedisClusterServer
 from tests.redis_server import RedisServer, free_port
+from tests.waiting import until
 
 DELTAS = ["The lamp ", "was converted ", "in 1926."]
 TEXT = "".join(DELTAS)
@@ -110,16 +111,6 @@ def finish_of(events: list[LlmEvent]) -> Finish:
     last = events[-1]
     assert isinstance(last, Finish)
     return last
-
-
-async def until(cond: Callable[[], bool], within_s: float = 10.0) -> None:
-    """Waits until ``cond`` holds: Redis round trips take wall-clock time, the longer the
-    busier the machine, so the bound is generous and the poll short."""
-    deadline = time.monotonic() + within_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition never held")
-        await asyncio.sleep(0.001)
 
 
 # ---- in process ----
