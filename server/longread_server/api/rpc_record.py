@@ -113,7 +113,11 @@ class RpcRecord:
             f"{SERVICE}/{self.method}",
             context=parent,
             kind=SpanKind.SERVER,
-            attributes={"rpc.system": self.system, "rpc.service": SERVICE, "rpc.method": self.method},
+            attributes={
+                "rpc.system": self.system,
+                "rpc.service": SERVICE,
+                "rpc.method": self.method,
+            },
         )
         self.token = attach_span(self.span, parent)
 
