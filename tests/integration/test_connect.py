@@ -9,6 +9,7 @@ import asyncio
 import base64
 import json
 import re
+import ssl
 import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -30,8 +31,12 @@ from longread.v1.analysis_service_connect import AnalysisServiceClient
 from longread_sandbox import Sandbox
 from longread_server.app import Gateway, start
 from longread_server.config import TenantConfig
+from opentelemetry import trace
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+from tests.certs import make_certs, mutual_tls
 from tests.conftest import TENANT_KEYS, gateway_config
+from tests.unit.telemetry.support import FlushedMemory, setup_with_memory
 
 DOC = "The harbour was dredged in 1998. Ferries now dock at the east quay. " * 3
 Q = "When was the harbour dredged?"
@@ -385,3 +390,108 @@ async def test_readme_curl_examples(sandbox: Sandbox) -> None:
     assert frames[-1] == (2, b"{}")
     kinds = [next(iter(json.loads(m))) for flags, m in frames[:-1]]
     assert kinds[0] == "plan" and "delta" in kinds and kinds[-1] == "result"
+
+
+# ---- telemetry ----
+
+
+async def test_spans_metrics_and_trace_context_as_on_grpc(sandbox: Sandbox) -> None:
+    spans = FlushedMemory()
+    metrics = InMemoryMetricReader()
+    cfg = gateway_config(sandbox)
+    cfg.http.listen = "127.0.0.1:0"
+    gw = await start(
+        cfg, telemetry=setup_with_memory(cfg.telemetry, spans, metric_readers=[metrics])
+    )
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    try:
+        async with httpx.AsyncClient(base_url=base(gw), timeout=60) as http:
+            r = await http.post(
+                SERVICE + "Analyze",
+                json=request_json(),
+                headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"},
+            )
+            assert r.status_code == 200
+            r = await http.post(SERVICE + "Estimate", json={"instruction": Q})
+            assert r.status_code == 400
+    finally:
+        await gw.stop(0.5)
+    server = {s.name: s for s in spans.get_finished_spans() if s.kind == trace.SpanKind.SERVER}
+    ok = server["longread.v1.AnalysisService/Analyze"]
+    assert f"{ok.context.trace_id:032x}" == trace_id  # the caller's trace, continued
+    assert dict(ok.attributes or {}) == {
+        "rpc.system": "connect_rpc",
+        "rpc.service": "longread.v1.AnalysisService",
+        "rpc.method": "Analyze",
+        "rpc.grpc.status_code": 0,
+        "longread.tenant": "local",
+    }
+    bad = dict(server["longread.v1.AnalysisService/Estimate"].attributes or {})
+    assert bad["rpc.connect_rpc.error_code"] == "invalid_argument"
+    assert bad["rpc.grpc.status_code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    data = metrics.get_metrics_data()
+    points = [
+        dict(p.attributes or {})
+        for rm in (data.resource_metrics if data else [])
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if m.name == "longread.rpc.duration"
+        for p in m.data.data_points
+    ]
+    assert {"rpc.method": "Analyze", "rpc.grpc.status_code": "OK", "rpc.system": "connect_rpc"} in (
+        points
+    )
+
+
+# ---- serving: TLS, the drain ----
+
+
+async def test_mutual_tls_as_on_the_grpc_listener(sandbox: Sandbox, tmp_path: Path) -> None:
+    certs = make_certs(tmp_path)
+    cfg = gateway_config(sandbox, tls=mutual_tls(certs))
+    cfg.http.listen = "127.0.0.1:0"
+    gw = await start(cfg)
+    url = f"https://localhost:{gw.http_port}{SERVICE}Estimate"
+    try:
+        ctx = ssl.create_default_context(cafile=str(certs["ca.pem"]))
+        ctx.load_cert_chain(str(certs["client.pem"]), str(certs["client.key"]))
+        async with httpx.AsyncClient(verify=ctx, timeout=30) as http:
+            r = await http.post(url, json=request_json())
+        assert r.status_code == 200 and r.json()["plan"]["documentTokens"]
+        bare = ssl.create_default_context(cafile=str(certs["ca.pem"]))  # no client certificate
+        async with httpx.AsyncClient(verify=bare, timeout=30) as http:
+            with pytest.raises(httpx.HTTPError):
+                (await http.post(url, json=request_json())).raise_for_status()
+    finally:
+        await gw.stop(0.5)
+
+
+async def test_the_drain_refuses_and_cuts_connect_rpcs_as_grpc_ones(sandbox: Sandbox) -> None:
+    cfg = gateway_config(sandbox)
+    cfg.http.listen = "127.0.0.1:0"
+    cfg.server.drain_delay_s = 0.0
+    gw = await start(cfg)
+    async with (
+        httpx.AsyncClient(base_url=sandbox.base_url) as sb,
+        httpx.AsyncClient(base_url=base(gw), timeout=30) as http,
+    ):
+        await sb.post("/_sandbox/config", json={"latency_ms": 3000})
+        try:
+            slow = asyncio.create_task(
+                http.post(
+                    SERVICE + "Analyze", json=request_json(cache={"mode": "CACHE_MODE_BYPASS"})
+                )
+            )
+            await asyncio.sleep(0.3)  # the request is upstream
+            stopping = asyncio.create_task(gw.stop(0.3))
+            await asyncio.sleep(0.05)
+            refused = await http.post(SERVICE + "Estimate", json=request_json())
+            cut = await slow
+            await stopping
+        finally:
+            await sb.post("/_sandbox/config", json={"latency_ms": 0})
+    for r in (refused, cut):
+        code, _, details = connect_status(r.json())
+        assert (r.status_code, code) == (503, "unavailable")
+        info = error_details_pb2.ErrorInfo.FromString(dict(details)["google.rpc.ErrorInfo"])
+        assert info.reason == "DRAINING" and "google.rpc.RetryInfo" in dict(details)
