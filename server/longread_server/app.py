@@ -317,11 +317,13 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
         port = 0
     if port == 0:
         raise ConfigError(f"cannot listen on {cfg.listen}", setting="listen")
-    await server.start()
     http_listener = None
     if cfg.http.listen:
-        # The same RPCs (and so the same admission and drain) as the gRPC servicer's.
+        # The same RPCs (and so the same admission and drain) as the gRPC servicer's. Bound
+        # before the gRPC server starts, so that an address in use fails before anything runs.
         http_listener = HttpServer(cfg, http_app([connect_app(servicer.rpcs, max_request)]))
+    await server.start()
+    if http_listener is not None:
         await http_listener.start()
         log.info(
             "longread serving Connect and gRPC-Web on port %d (%s)",
