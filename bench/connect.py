@@ -5,7 +5,9 @@ binary, and the gateway's CPU per request for each.
 One gateway process (gRPC and HTTP listeners) and one sandbox process; the load generator sends
 one request at a time, taking the three protocols in turn (a new order each round), so that
 machine noise hits them alike. gRPC goes through the Python client (grpc.aio, HTTP/2), Connect
-through httpx (HTTP/1.1, keep-alive), as curl or a browser would. Prints one JSON object.
+through httpx (HTTP/1.1, keep-alive), as curl or a browser would, and through connectrpc's own
+client (JSON): the server's CPU separates what the gateway spends from what each client does.
+Prints one JSON object.
 Run: python -m bench.connect
 """
 
@@ -19,9 +21,11 @@ import time
 from collections.abc import Awaitable, Callable
 
 import httpx
+from connectrpc.compat import google_protobuf_json_codec
 from longread.client import AsyncClient
 from longread.v1 import analysis_service_pb2 as svc
 from longread.v1 import types_pb2 as pb
+from longread.v1.analysis_service_connect import AnalysisServiceClient
 
 from bench import _servers
 
@@ -38,13 +42,15 @@ async def main() -> dict[str, object]:
     gw = _servers.gateway(port, sb_port, env={"LONGREAD_HTTP__LISTEN": f"127.0.0.1:{http_port}"})
     _servers.wait_port(http_port)
     body_json = json.dumps({"document": {"text": DOC}, "instruction": Q}).encode()
-    body_proto = svc.AnalyzeRequest(
-        document=pb.Document(text=DOC), instruction=Q
-    ).SerializeToString()
+    request = svc.AnalyzeRequest(document=pb.Document(text=DOC), instruction=Q)
+    body_proto = request.SerializeToString()
     try:
         async with (
             AsyncClient(f"127.0.0.1:{port}", timeout=30) as grpc_client,
             httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}", timeout=30) as http,
+            AnalysisServiceClient(
+                f"http://127.0.0.1:{http_port}", codec=google_protobuf_json_codec()
+            ) as connect_client,
         ):
 
             async def grpc_call() -> None:
@@ -62,10 +68,14 @@ async def main() -> dict[str, object]:
                 )
                 r.raise_for_status()
 
+            async def connectrpc_json() -> None:
+                await connect_client.analyze(request)
+
             calls: dict[str, Callable[[], Awaitable[None]]] = {
                 "grpc": grpc_call,
                 "connect_json": connect_json,
                 "connect_proto": connect_proto,
+                "connectrpc_client_json": connectrpc_json,
             }
             for _ in range(WARMUP):
                 for call in calls.values():
