@@ -9,6 +9,7 @@ import asyncio
 import base64
 import json
 import re
+import socket
 import ssl
 import struct
 from collections.abc import AsyncIterator
@@ -30,7 +31,7 @@ from longread.v1 import types_pb2 as pb
 from longread.v1.analysis_service_connect import AnalysisServiceClient
 from longread_sandbox import Sandbox
 from longread_server.app import Gateway, start
-from longread_server.config import TenantConfig
+from longread_server.config import ConfigError, TenantConfig
 from opentelemetry import trace
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
@@ -495,3 +496,14 @@ async def test_the_drain_refuses_and_cuts_connect_rpcs_as_grpc_ones(sandbox: San
         assert (r.status_code, code) == (503, "unavailable")
         info = error_details_pb2.ErrorInfo.FromString(dict(details)["google.rpc.ErrorInfo"])
         assert info.reason == "DRAINING" and "google.rpc.RetryInfo" in dict(details)
+
+
+async def test_an_http_address_in_use_is_a_config_error_naming_it(sandbox: Sandbox) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        cfg = gateway_config(sandbox)
+        cfg.http.listen = f"127.0.0.1:{taken.getsockname()[1]}"
+        with pytest.raises(ConfigError) as info:
+            await start(cfg)
+    assert info.value.setting == "http.listen"
