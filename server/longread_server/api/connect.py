@@ -8,6 +8,12 @@ conversion, span, metric and access log. A failure's ``ServiceError`` becomes a 
 with the code, message and google.rpc details a gRPC caller would get
 (``ServiceError.to_connect_error``).
 
+The library is ``connectrpc``, the Connect project's own Python implementation (it passes the
+Connect conformance suite and serves Connect, gRPC and gRPC-Web from one ASGI application);
+``connect-python`` is the same project's earlier name, no longer released since the rename.
+Its stubs are generated for Google's protobuf messages (``protobuf=google``), the ones the
+gRPC face uses, so both faces share ``convert.py``.
+
 Request bodies are decoded by ``convert.decoder``, as on the gRPC face, so bytes (or JSON)
 that are not a request, and requests over the size limit, reach ``rpcs.py`` and are answered
 INVALID_ARGUMENT with details, not by the library without them.
