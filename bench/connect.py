@@ -2,7 +2,8 @@
 figure is the gateway and its protocol, not the upstream) over gRPC, Connect JSON and Connect
 binary, and the gateway's CPU per request for each.
 
-One gateway process (gRPC and HTTP listeners) and one sandbox process; the load generator sends
+One gateway process (gRPC and HTTP listeners) pinned to one core, the sandbox and the load
+generator to the other; the load generator sends
 one request at a time, taking the three protocols in turn (a new order each round), so that
 machine noise hits them alike. gRPC goes through the Python client (grpc.aio, HTTP/2), Connect
 through httpx (HTTP/1.1, keep-alive), as curl or a browser would, and through connectrpc's own
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import statistics
 import time
@@ -29,6 +31,7 @@ from longread.v1.analysis_service_connect import AnalysisServiceClient
 
 from bench import _servers
 
+SERVER_CPU, LOADGEN_CPU = 0, 1
 ROUNDS = 400
 WARMUP = 30
 DOC = "The tide turns at four. The harbour closes at nine. Ferries leave hourly. " * 6
@@ -99,6 +102,7 @@ async def main() -> dict[str, object]:
     out: dict[str, object] = {
         "benchmark": "connect",
         "requests_per_protocol": ROUNDS,
+        "load_avg": os.getloadavg()[0],
         "median_ms": {k: round(v * 1000, 3) for k, v in med.items()},
         "p90_ms": {k: round(statistics.quantiles(v, n=10)[-1] * 1000, 3) for k, v in times.items()},
         "server_cpu_ms_per_request": {k: round(v / ROUNDS * 1000, 3) for k, v in cpu.items()},
