@@ -36,6 +36,7 @@ tools: $(TOOLS)/grpcurl $(TOOLS)/.ghz-$(GHZ_VERSION)
 generate: install
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m grpc_tools.protoc -Iprotos \
 	  --python_out=$(PYGEN) --grpc_python_out=$(PYGEN) --mypy_out=$(PYGEN) --mypy_grpc_out=$(PYGEN) \
+	  --connectrpc_out=$(PYGEN) --connectrpc_opt=protobuf=google \
 	  $(PROTOS)
 	$(if $(GENERATE_EXTRA),$(MAKE) $(GENERATE_EXTRA))
 

@@ -1,4 +1,5 @@
-"""Wiring and serving: config -> adapters -> pipeline -> runner -> servicer -> grpc.aio server."""
+"""Wiring and serving: config -> adapters -> pipeline -> runner -> RPCs -> the gRPC servicer on
+a grpc.aio server and, when ``http.listen`` is set, the Connect face on an HTTP listener."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from grpc_health.v1 import health
 from longread_server import preflight
 from longread_server.api.admission import Admission, LoopLag
 from longread_server.api.auth import Authenticator
+from longread_server.api.connect import connect_app
 from longread_server.api.health import LIVENESS, SERVING, LoopWatchdog, Readiness
+from longread_server.api.http import HttpServer, http_app
 from longread_server.api.registry import register
 from longread_server.api.servicer import AnalysisServicer
 from longread_server.calls.budget import BudgetLedger, BudgetStage
@@ -152,6 +155,12 @@ class Gateway:
     loop_lag: LoopLag | None = None  # what the admission limit is steered by
     readiness: Readiness | None = None  # health "" and the AnalysisService
     watchdog: LoopWatchdog | None = None  # health "liveness"
+    http_listener: HttpServer | None = None  # Connect and gRPC-Web (http.listen)
+
+    @property
+    def http_port(self) -> int:
+        """The HTTP listener's port (0: there is none)."""
+        return self.http_listener.port if self.http_listener is not None else 0
 
     async def stop(self, grace: float | None = None) -> None:
         """Drains. Health says NOT_SERVING at once, and keeps answering so to the end (the
@@ -173,6 +182,8 @@ class Gateway:
                 await adm.drained(_CUT_WRITE_S)
             grace = _CUT_WRITE_S  # for what remains: health watches, reflection
         await self.server.stop(grace)
+        if self.http_listener is not None:
+            await self.http_listener.stop(grace)
         if self.watchdog is not None:
             await asyncio.to_thread(self.watchdog.stop)
         if self.loop_lag is not None:
@@ -306,7 +317,19 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
         port = 0
     if port == 0:
         raise ConfigError(f"cannot listen on {cfg.listen}", setting="listen")
+    http_listener = None
+    if cfg.http.listen:
+        # The same RPCs (and so the same admission and drain) as the gRPC servicer's. Bound
+        # before the gRPC server starts, so that an address in use fails before anything runs.
+        http_listener = HttpServer(cfg, http_app([connect_app(servicer.rpcs, max_request)]))
     await server.start()
+    if http_listener is not None:
+        await http_listener.start()
+        log.info(
+            "longread serving Connect and gRPC-Web on port %d (%s)",
+            http_listener.port,
+            "tls" if http_listener.tls else "plaintext",
+        )
     loop_lag = None
     if admission.limit is not None:
         loop_lag = LoopLag(admission.limit, cfg.admission.sample_interval_ms / 1000)
@@ -330,6 +353,7 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
         loop_lag=loop_lag,
         readiness=readiness,
         watchdog=watchdog,
+        http_listener=http_listener,
     )
 
 
@@ -385,6 +409,9 @@ async def serve(cfg: Config) -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     print(f"longread serving on {cfg.listen.rsplit(':', 1)[0]}:{gw.port}", flush=True)
+    if gw.http_listener is not None:
+        host = cfg.http.listen.rsplit(":", 1)[0]
+        print(f"longread serving HTTP (Connect, gRPC-Web) on {host}:{gw.http_port}", flush=True)
     await stop.wait()
     log.info(
         "draining (NOT_SERVING; new RPCs served for %.1fs, then in-flight ones get %.1fs)",
@@ -426,6 +453,8 @@ def main(config_path: str | None = None, listen: str | None = None) -> int:
             cfg.listen = listen
             cfg.origins.note("listen", "--host/--port")
         _check_listen(cfg.listen)
+        if cfg.http.listen:
+            _check_listen(cfg.http.listen, "http.listen")
         configure_logging(
             cfg.telemetry.json_logs, cfg.telemetry.log_level, cfg.telemetry.record_content
         )
@@ -438,10 +467,10 @@ def main(config_path: str | None = None, listen: str | None = None) -> int:
     return 0
 
 
-def _check_listen(address: str) -> None:
+def _check_listen(address: str, setting: str = "listen") -> None:
     """Before anything starts (and logs): an address in use fails here in one line, where
     gRPC would fail later, after its own lines on stderr."""
     try:
         preflight.probe_listen(address)
     except preflight.Unusable as e:
-        raise ConfigError(e.why, setting="listen") from None
+        raise ConfigError(e.why, setting=setting) from None

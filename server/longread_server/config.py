@@ -141,6 +141,18 @@ class TlsConfig:
 
 
 @dataclass
+class HttpConfig:
+    """The HTTP listener: the AnalysisService over Connect (JSON or binary protobuf, unary
+    and server streaming) and gRPC-Web, for curl, browsers and HTTP/1.1 clients
+    (``api/connect.py``); the same RPCs, keys, limits and errors as the gRPC listener, and
+    its TLS settings ([tls]) when they are set."""
+
+    # host:port, e.g. "127.0.0.1:8081"; empty: no HTTP listener. Off by default, so an
+    # upgrade opens no port that a deployment did not ask for.
+    listen: str = ""
+
+
+@dataclass
 class UpstreamConfig:
     """One LLM endpoint the gateway may call."""
 
@@ -579,6 +591,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
@@ -763,6 +776,7 @@ def _check_usable(cfg: Config) -> None:
             raise ConfigError(e.why, setting=f"tls.{e.what}") from None
     checks = (
         ("listen", cfg.listen, preflight.split_listen),
+        ("http.listen", cfg.http.listen, _http_listen),
         ("redis_url", cfg.redis_url, preflight.check_redis_url),
         ("telemetry.otlp_endpoint", cfg.telemetry.otlp_endpoint, preflight.check_otlp_endpoint),
     )
@@ -778,6 +792,11 @@ def _check_usable(cfg: Config) -> None:
     ):
         if port > 65535:
             raise ConfigError(f"{port} is not a port (0 to 65535)", setting=setting)
+
+
+def _http_listen(address: str) -> None:
+    if preflight.split_listen(address) is None:
+        raise preflight.Unusable("address", f"{address!r}: the HTTP listener takes host:port")
 
 
 def _fields(cls: type[Any]) -> dict[str, Any]:

@@ -1,8 +1,10 @@
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { createClient, type Client, type Interceptor, type Transport } from "@connectrpc/connect";
 import {
+  createConnectTransport,
   createGrpcTransport,
   Http2SessionManager,
+  type ConnectTransportOptions,
   type GrpcTransportOptions,
 } from "@connectrpc/connect-node";
 import {
@@ -41,7 +43,18 @@ export interface ClientOptions {
   headers?: Record<string, string>;
   /** More Connect interceptors (logging, OpenTelemetry...), run after the auth one. */
   interceptors?: Interceptor[];
-  /** Options passed to createGrpcTransport (TLS settings in `nodeOptions`, keepalive...). */
+  /**
+   * The protocol: "grpc" (the default; HTTP/2 to the gRPC listener) or "connect" (the Connect
+   * protocol over HTTP/1.1 to the gateway's HTTP listener, `[http] listen`, for networks that
+   * pass HTTP/1.1 only). The same calls, errors and details either way.
+   */
+  transport?: "grpc" | "connect";
+  /** With `transport: "connect"`: JSON bodies instead of binary protobuf. */
+  json?: boolean;
+  /**
+   * Options passed to the transport (TLS settings in `nodeOptions`, keepalive...): to
+   * createGrpcTransport, or to createConnectTransport for `transport: "connect"`.
+   */
   transportOptions?: Partial<GrpcTransportOptions>;
   /**
    * Retries of UNAVAILABLE before anything of the response has arrived (`retry.ts`);
@@ -83,14 +96,15 @@ function baseUrl(target: string): string {
 }
 
 /**
- * A longread client over Connect's gRPC transport for Node (HTTP/2). Promise-based unary
- * calls, async-iterable streams, deadlines in milliseconds and AbortSignal cancellation.
- * `service` is the generated API for anything this wrapper does not cover.
+ * A longread client over Connect's gRPC transport for Node (HTTP/2), or its Connect transport
+ * (HTTP/1.1) with `transport: "connect"`. Promise-based unary calls, async-iterable streams,
+ * deadlines in milliseconds and AbortSignal cancellation. `service` is the generated API for
+ * anything this wrapper does not cover.
  */
 export class LongreadClient {
   /** The generated client (calls through it carry the API key and fixed headers too). */
   readonly service: Client<typeof AnalysisService>;
-  private readonly sessions: Http2SessionManager;
+  private readonly sessions?: Http2SessionManager;
   private readonly timeoutMs?: number;
 
   constructor(options: ClientOptions) {
@@ -107,20 +121,33 @@ export class LongreadClient {
       }
       return next(req);
     };
-    this.sessions = new Http2SessionManager(url, undefined, options.transportOptions?.nodeOptions);
-    const transport: Transport = createGrpcTransport({
+    const common = {
       readMaxBytes: MAX_MESSAGE_BYTES,
       writeMaxBytes: MAX_MESSAGE_BYTES,
       ...options.transportOptions,
       baseUrl: url,
-      sessionManager: this.sessions,
       interceptors: [
         ...(options.retry === false ? [] : [retryInterceptor(options.retry ?? DEFAULT_RETRY_POLICY)]),
         auth,
         ...(options.interceptors ?? []),
         ...(options.transportOptions?.interceptors ?? []),
       ],
-    });
+    };
+    let transport: Transport;
+    if (options.transport === "connect") {
+      const { nodeOptions, sessionManager: _unused, ...rest } = common;
+      transport = createConnectTransport({
+        ...rest,
+        httpVersion: "1.1",
+        useBinaryFormat: !options.json,
+        // HTTP/1.1 request options: the TLS settings (ca, cert, key, servername...) have the
+        // same names as for an HTTP/2 session.
+        nodeOptions: nodeOptions as Extract<ConnectTransportOptions, { httpVersion: "1.1" }>["nodeOptions"],
+      });
+    } else {
+      this.sessions = new Http2SessionManager(url, undefined, options.transportOptions?.nodeOptions);
+      transport = createGrpcTransport({ ...common, sessionManager: this.sessions });
+    }
     this.service = createClient(AnalysisService, transport);
     this.timeoutMs = options.timeoutMs;
   }
@@ -181,8 +208,8 @@ export class LongreadClient {
     return { plan, result, events };
   }
 
-  /** Closes the HTTP/2 connection. */
+  /** Closes the HTTP/2 connection (the Connect transport's HTTP/1.1 ones close when idle). */
   close(): void {
-    this.sessions.abort();
+    this.sessions?.abort();
   }
 }

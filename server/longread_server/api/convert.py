@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, json_format
 from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
 from longread.v1 import analysis_service_pb2 as svc
@@ -107,11 +107,21 @@ RequestT = TypeVar("RequestT", bound=ProtoMessage)
 
 
 def decoder(
-    message_type: type[RequestT], max_bytes: int
+    message_type: type[RequestT], max_bytes: int, *, json: bool = False
 ) -> Callable[[bytes], RequestT | Undecodable]:
-    """The request deserializer of one method: never raises, so gRPC never answers UNKNOWN
-    for bad bytes on its own; the RPC answers INVALID_ARGUMENT through the servicer."""
+    """The request deserializer of one method: never raises, so neither gRPC nor Connect
+    answers bad bytes on its own (UNKNOWN, or INVALID_ARGUMENT without details); the RPC
+    answers INVALID_ARGUMENT through ``rpcs.py``. ``json``: the body is the message in
+    protobuf's JSON mapping (Connect's ``application/json``), not its binary form."""
     name = message_type.DESCRIPTOR.full_name
+    form = "JSON for it" if json else "undecodable protobuf, or a string field that is not UTF-8"
+
+    def parse(raw: bytes) -> RequestT:
+        if not json:
+            return message_type.FromString(raw)
+        # Unknown fields are ignored, as in the binary form and as every Connect server
+        # does: a newer client's request still reaches an older gateway.
+        return json_format.Parse(raw, message_type(), ignore_unknown_fields=True)
 
     def decode(raw: bytes) -> RequestT | Undecodable:
         if len(raw) > max_bytes:
@@ -119,15 +129,14 @@ def decoder(
                 too_large("document.text", "the request", len(raw), max_bytes, "bytes")
             )
         try:
-            return message_type.FromString(raw)
-        except DecodeError:
-            # Python protobuf's message says no more than the type; never echo the bytes.
+            return parse(raw)
+        except (DecodeError, json_format.ParseError, UnicodeDecodeError, ValueError):
+            # The parsers' messages may quote the input; never echo it.
             return Undecodable(
                 InvalidRequest(
                     [],
                     "MALFORMED_REQUEST",
-                    message=f"the request is not a valid {name} (undecodable protobuf, "
-                    "or a string field that is not UTF-8)",
+                    message=f"the request is not a valid {name} ({form})",
                 )
             )
 

@@ -2,7 +2,8 @@
 
 Every error carries an ErrorInfo (domain ``longread.dev``, a reason from the proto's
 ErrorReason enum); bad input adds BadRequest field violations, limits add RetryInfo and
-QuotaFailure.
+QuotaFailure. A ``ServiceError`` is written as a gRPC status (``to_status``) or, on the HTTP
+face, as a Connect error (``to_connect_error``): the same code, message and details.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import grpc
+from connectrpc.code import Code as ConnectCode
+from connectrpc.errors import ConnectError, ErrorDetail
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from protobuf.wkt import Any as ConnectAny
 
 from longread_server.domain import (
     CallRejected,
@@ -86,6 +90,29 @@ class ServiceError(Exception):
         self.metadata = {k: clip(v, MAX_FIELD_CHARS) for k, v in (metadata or {}).items()}
 
     def to_status(self) -> grpc.Status:
+        details = self.details()
+        status = status_pb2.Status(code=self.code.value[0], message=self.message, details=details)
+        out = rpc_status.to_status(status)
+        if self.code is grpc.StatusCode.UNAVAILABLE and self.reason != "DRAINING":
+            # The clients' service config retries UNAVAILABLE, meant for a replica that is
+            # gone or draining. This one is about an upstream or shared state that every
+            # replica shares, after the gateway's own retries: gRPC's pushback of -1 tells the
+            # client's channel not to retry it (the status and its RetryInfo still reach the
+            # caller, whose own retry logic decides).
+            trailers = (*out.trailing_metadata, (NO_RETRY_KEY, "-1"))
+            return _Status(out.code, out.details, trailers)
+        return out
+
+    def to_connect_error(self) -> ConnectError:
+        """The same status as a Connect error: Connect's name for the code, the same message,
+        and the same google.rpc details (Connect carries each as its type name and bytes)."""
+        details = [
+            ErrorDetail(ConnectAny(type_url=d.type_url, value=d.value)) for d in self.details()
+        ]
+        return ConnectError(_CONNECT_CODES[self.code], self.message, details)
+
+    def details(self) -> list[any_pb2.Any]:
+        """ErrorInfo, then BadRequest, RetryInfo and QuotaFailure when they apply."""
         details: list[any_pb2.Any] = []
         info = error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN)
         info.metadata.update(self.metadata)
@@ -107,17 +134,15 @@ class ServiceError(Exception):
             for q in self.quota:
                 qf.violations.add(subject=q.subject, description=q.description)
             details.append(_pack(qf))
-        status = status_pb2.Status(code=self.code.value[0], message=self.message, details=details)
-        out = rpc_status.to_status(status)
-        if self.code is grpc.StatusCode.UNAVAILABLE and self.reason != "DRAINING":
-            # The clients' service config retries UNAVAILABLE, meant for a replica that is
-            # gone or draining. This one is about an upstream or shared state that every
-            # replica shares, after the gateway's own retries: gRPC's pushback of -1 tells the
-            # client's channel not to retry it (the status and its RetryInfo still reach the
-            # caller, whose own retry logic decides).
-            trailers = (*out.trailing_metadata, (NO_RETRY_KEY, "-1"))
-            return _Status(out.code, out.details, trailers)
-        return out
+        return details
+
+
+# gRPC's codes by Connect's names (the Connect protocol defines its codes as gRPC's).
+_CONNECT_CODES: dict[grpc.StatusCode, ConnectCode] = {
+    c: ConnectCode.CANCELED if c is grpc.StatusCode.CANCELLED else ConnectCode[c.name]
+    for c in grpc.StatusCode
+    if c is not grpc.StatusCode.OK
+}
 
 
 NO_RETRY_KEY = "grpc-retry-pushback-ms"

@@ -94,6 +94,9 @@ class RpcRecord:
     done: bool = False
     span: trace.Span | None = None
     token: Token[Context] | None = None
+    # The protocol that carried the RPC: "grpc", or "connect_rpc" for Connect and gRPC-Web
+    # over HTTP (api/connect.py). Spans and metrics are otherwise the same for both.
+    system: str = "grpc"
 
     def open_span(self) -> None:
         """Starts the server span as the current span, as a child of the caller's trace (in
@@ -110,7 +113,11 @@ class RpcRecord:
             f"{SERVICE}/{self.method}",
             context=parent,
             kind=SpanKind.SERVER,
-            attributes={"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": self.method},
+            attributes={
+                "rpc.system": self.system,
+                "rpc.service": SERVICE,
+                "rpc.method": self.method,
+            },
         )
         self.token = attach_span(self.span, parent)
 
@@ -134,7 +141,11 @@ class RpcRecord:
                 self._end_span(self.span, code, reason)
 
     def _end_span(self, span: trace.Span, code: str, reason: str) -> None:
+        # The status code as gRPC numbers it, whichever protocol carried it: both faces map
+        # failures through the same table (api/errors.py); Connect's name for it as well.
         span.set_attribute("rpc.grpc.status_code", _CODES.get(code, 2))
+        if self.system != "grpc" and code != "OK":
+            span.set_attribute("rpc.connect_rpc.error_code", connect_code_name(code))
         if self.tenant:
             span.set_attribute("longread.tenant", self.tenant)
         if reason:
@@ -148,7 +159,10 @@ class RpcRecord:
     def _record(self, code: str, reason: str) -> None:
         seconds = time.perf_counter() - self.started
         inst = self.tel.instruments
-        inst.rpc_duration.record(seconds, {"rpc.method": self.method, "rpc.grpc.status_code": code})
+        rpc_attrs = {"rpc.method": self.method, "rpc.grpc.status_code": code}
+        if self.system != "grpc":
+            rpc_attrs["rpc.system"] = self.system
+        inst.rpc_duration.record(seconds, rpc_attrs)
         r = self.result
         if r is not None:
             attrs = {"longread.tenant": self.tenant, "gen_ai.request.model": self.model}
@@ -165,6 +179,8 @@ class RpcRecord:
             "ms": round(seconds * 1000, 2),
             "tenant": self.tenant,
         }
+        if self.system != "grpc":
+            fields["protocol"] = self.system
         if reason:
             fields["reason"] = reason
         if self.model:
@@ -181,3 +197,9 @@ class RpcRecord:
                 cache=r.cache_status.value,
             )
         log.info("%s %s", self.method, code, extra={"fields": fields})
+
+
+def connect_code_name(code: str) -> str:
+    """Connect's spelling of a gRPC status code name: ``INVALID_ARGUMENT`` is
+    ``invalid_argument``, ``CANCELLED`` is ``canceled``."""
+    return "canceled" if code == "CANCELLED" else code.lower()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from connectrpc.code import Code
 from google.rpc import error_details_pb2, status_pb2
 from longread_server.api.auth import LOCAL_TENANT, Authenticator
 from longread_server.api.errors import (
@@ -144,3 +145,37 @@ def test_a_refused_upstream_key_names_the_upstream_and_is_a_precondition() -> No
     assert (err.code, err.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "UPSTREAM_AUTH_FAILED")
     assert err.metadata["upstream"] == "deepseek" and err.retry_after_s is None
     assert err.message.startswith("upstream 'deepseek' refused the gateway's credentials")
+
+
+# ---- the same status as a Connect error (the HTTP face) ----
+
+
+def test_a_connect_error_carries_the_status_code_message_and_details() -> None:
+    err = ServiceError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "RATE_LIMITED",
+        "slow down",
+        violations=[FieldViolation("document.text", "too long")],
+        retry_after_s=1.5,
+        quota=[QuotaViolation("tenant:acme/requests_per_minute", "spent")],
+        metadata={"limit_owner": "gateway"},
+    )
+    ce = err.to_connect_error()
+    assert ce.code is Code.RESOURCE_EXHAUSTED and ce.message == "slow down"
+    assert [(d.type_name, d.message_bytes) for d in ce.details] == [
+        (d.type_url.removeprefix("type.googleapis.com/"), d.value) for d in err.details()
+    ]
+    assert [d.type_name for d in ce.details] == [
+        "google.rpc.ErrorInfo",
+        "google.rpc.BadRequest",
+        "google.rpc.RetryInfo",
+        "google.rpc.QuotaFailure",
+    ]
+
+
+def test_every_code_has_its_connect_name() -> None:
+    for code in grpc.StatusCode:
+        if code is grpc.StatusCode.OK:
+            continue
+        name = ServiceError(code, "R", "m").to_connect_error().code.value
+        assert name == ("canceled" if code is grpc.StatusCode.CANCELLED else code.name.lower())

@@ -1,0 +1,239 @@
+"""The AnalysisService's RPCs, whatever carries them: authenticate, admit, convert, delegate,
+record, and turn every failure into a ``ServiceError``.
+
+Each face (``servicer.py`` for gRPC, ``connect.py`` for Connect and gRPC-Web over HTTP) only
+reads its transport's metadata and deadline into a ``Call`` and writes a ``ServiceError`` the
+way its protocol spells a status. Everything between the request and the response happens
+here and below, in domain terms (``run/analysis.py``), so both faces answer the same request
+with the same message or the same status, details included. Analyze collects the events
+Stream forwards, so a Stream's final result equals what Analyze returns for the same request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncGenerator, Callable, Iterable
+from dataclasses import dataclass
+
+from longread.v1 import analysis_service_pb2 as svc
+
+from longread_server.api import convert
+from longread_server.api.admission import Admission
+from longread_server.api.auth import Authenticator
+from longread_server.api.convert import Undecodable
+from longread_server.api.errors import ServiceError, code_name, to_service_error
+from longread_server.api.rpc_record import RpcRecord
+from longread_server.config import AdmissionConfig, Config
+from longread_server.plan.planner import JobPlan
+from longread_server.run.analysis import Analysis, PreparedJob
+from longread_server.run.events import JobResult, RunEvent
+from longread_server.telemetry import Telemetry, disabled
+
+Metadata = Iterable[tuple[str, str | bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """What an RPC's transport tells about it: the caller's metadata (lower-case keys: the API
+    key, the trace context), the time left before its deadline, in seconds (None: no
+    deadline), which protocol carried it (``rpc.system``), and whether this face's server span
+    is ours to make (not when the gRPC instrumentation makes it)."""
+
+    metadata: Metadata
+    time_remaining: Callable[[], float | None]
+    system: str = "grpc"
+    own_span: bool = True
+
+
+@dataclass(slots=True)
+class _End:
+    """The end of a Stream's events: how they ended (None: normally)."""
+
+    error: Exception | None
+
+
+class AnalysisRpcs:
+    def __init__(
+        self,
+        cfg: Config,
+        analysis: Analysis,
+        auth: Authenticator,
+        telemetry: Telemetry | None = None,
+        admission: Admission | None = None,
+    ) -> None:
+        self._cfg = cfg
+        self._analysis = analysis
+        self._auth = auth
+        self._tel = telemetry or disabled()
+        self._admission = admission or Admission(AdmissionConfig(enabled=False))
+
+    # ---- the RPCs: each ends normally or raises ServiceError (CancelledError: the caller
+    # went away). A request may be an ``Undecodable`` in place of the message (bytes that are
+    # not one, or over the size limit): converting it answers INVALID_ARGUMENT.
+
+    async def estimate(
+        self, request: svc.EstimateRequest | Undecodable, call: Call
+    ) -> svc.EstimateResponse:
+        rec = self._record("Estimate", call)
+        try:
+            started, tenant, deadline = self._admit(call, rec)
+            job = convert.parse_request(request, self._cfg.limits)
+            est = await self._analysis.estimate(job, tenant, started=started, deadline=deadline)
+            self._note_plan(rec, est.plan)
+            out = convert.estimate(est)
+        except BaseException as e:
+            raise self._failed(rec, e) from None
+        finally:
+            self._admission.release()
+        rec.finish("OK")
+        return out
+
+    async def analyze(
+        self, request: svc.AnalyzeRequest | Undecodable, call: Call
+    ) -> svc.AnalyzeResponse:
+        rec = self._record("Analyze", call)
+        try:
+            prep = await self._prepare(request, call, rec)
+            result: JobResult | None = None
+            async with contextlib.aclosing(self._run(prep, rec, streaming=False)) as events:
+                async for ev in events:
+                    if isinstance(ev, JobResult):
+                        result = ev
+            assert result is not None
+            out = convert.result(result)
+        except BaseException as e:
+            raise self._failed(rec, e) from None
+        finally:
+            self._admission.release()
+        rec.finish("OK")
+        return out
+
+    async def stream(
+        self, request: svc.StreamRequest | Undecodable, call: Call
+    ) -> AsyncGenerator[svc.StreamResponse, None]:
+        rec = self._record("Stream", call)
+        try:
+            prep = await self._prepare(request, call, rec)
+            plan_pb = convert.plan(prep.plan)
+            ticket = self._admission.current()
+            # Closed here and now when the transport closes this Stream, not when the event
+            # loop finalizes the abandoned generator: the job's upstream calls stop at once.
+            async with contextlib.aclosing(
+                self._ahead(self._run(prep, rec, streaming=True))
+            ) as evs:
+                async for ev in evs:
+                    with self._admission.sending(ticket):
+                        yield convert.stream_event(ev, plan_pb)
+            rec.finish("OK")
+        except (Exception, asyncio.CancelledError) as e:
+            raise self._failed(rec, e) from None
+        finally:
+            self._admission.release()
+            rec.finish("CANCELLED")  # closed early by the transport; no-op once finished
+
+    # ---- conversion and delegation ----
+
+    async def _prepare(
+        self,
+        request: svc.AnalyzeRequest | svc.StreamRequest | Undecodable,
+        call: Call,
+        rec: RpcRecord,
+    ) -> PreparedJob:
+        started, tenant, deadline = self._admit(call, rec)
+        job = convert.parse_request(request, self._cfg.limits)
+        rec.note_labels(job.labels)
+        prep = await self._analysis.prepare(job, tenant, started=started, deadline=deadline)
+        self._note_plan(rec, prep.plan)
+        return prep
+
+    async def _run(
+        self, prep: PreparedJob, rec: RpcRecord, *, streaming: bool
+    ) -> AsyncGenerator[RunEvent, None]:
+        async with contextlib.aclosing(self._analysis.run(prep, streaming=streaming)) as evs:
+            async for ev in evs:
+                if isinstance(ev, JobResult):
+                    rec.result = ev
+                yield ev
+
+    def _admit(self, call: Call, rec: RpcRecord) -> tuple[float, str, float | None]:
+        """When the RPC started, its tenant and its deadline (time.monotonic() seconds)."""
+        started = time.monotonic()
+        rec.tenant = self._auth.tenant(rec.metadata)
+        self._admission.admit(rec.tenant)  # released when the RPC ends
+        remaining = call.time_remaining()
+        return started, rec.tenant, None if remaining is None else started + remaining
+
+    @staticmethod
+    def _note_plan(rec: RpcRecord, plan: JobPlan) -> None:
+        rec.vendor, rec.model = plan.model.vendor, plan.model.model
+        rec.document_tokens = plan.document_tokens
+
+    # ---- the RPC's record and status ----
+
+    def _record(self, method: str, call: Call) -> RpcRecord:
+        # Read once (grpc.aio converts the metadata anew on each call): the API key and the
+        # caller's traceparent both come from it.
+        rec = RpcRecord(
+            method,
+            self._tel,
+            self._cfg.telemetry.access_log,
+            tuple(call.metadata),
+            system=call.system,
+        )
+        if self._tel.tracing and call.own_span:
+            rec.open_span()
+        return rec
+
+    def _failed(self, rec: RpcRecord, e: BaseException) -> BaseException:
+        """The status for ``e``, recorded; a cancellation that is the caller's (not the
+        drain's cut) is recorded and returned as it is, to be re-raised."""
+        if isinstance(e, asyncio.CancelledError):
+            if not self._admission.was_cut():
+                rec.finish("CANCELLED")
+                return e
+            e = self._admission.cut_error()
+        if not isinstance(e, Exception):  # KeyboardInterrupt, SystemExit: not ours to map
+            return e
+        err = to_service_error(e, content=self._cfg.telemetry.record_content)
+        rec.finish(code_name(err.code), err.reason)
+        return err
+
+    @staticmethod
+    async def _ahead(events: AsyncGenerator[RunEvent, None]) -> AsyncGenerator[RunEvent, None]:
+        """``events``, produced by a task of their own: a transport sends each Stream message
+        before it asks for the next, and the plan and progress messages would otherwise hold
+        back the upstream call. Ends, or fails, as ``events`` does; closing it cancels the
+        task, which closes ``events`` there."""
+        queue: asyncio.Queue[RunEvent | _End] = asyncio.Queue()
+
+        async def produce() -> None:
+            try:
+                async with contextlib.aclosing(events) as evs:
+                    async for ev in evs:
+                        queue.put_nowait(ev)
+                queue.put_nowait(_End(None))
+            except Exception as e:
+                queue.put_nowait(_End(e))
+            except BaseException:  # cancelled: by the consumer below, which is gone by then
+                queue.put_nowait(_End(RuntimeError("the stream's job was stopped")))
+                raise
+
+        task = asyncio.create_task(produce(), name="stream-job")
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, _End):
+                    if item.error is not None:
+                        raise item.error
+                    return
+                yield item
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+
+__all__ = ["AnalysisRpcs", "Call", "ServiceError"]
