@@ -4,11 +4,14 @@ Starts the gateway as a child process (``longread serve`` on a free loopback por
 vendor key in its environment, so it serves from the sandbox it embeds), waits until its gRPC
 health service says SERVING, then acts as a user would: Estimate with a cost preference, then
 Stream a map-reduce analysis with a model whose context is too small for the whole report,
-printing progress and the answer. Needs the ``longread`` distribution (client and gateway).
+printing progress and the answer. The gateway also serves its page (``http.ui``) on a second
+port, so the same analysis can be tried in a browser; run from a terminal, the demo keeps the
+gateway up for that until Ctrl-C. Needs the ``longread`` distribution (client and gateway).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -53,10 +56,14 @@ class _Gateway:
 
     def __init__(self) -> None:
         self.target = f"127.0.0.1:{_free_port()}"
+        self.page = f"http://127.0.0.1:{_free_port()}/"
         host, port = self.target.split(":")
+        env = _gateway_env()
+        env["LONGREAD_HTTP__LISTEN"] = self.page.removeprefix("http://").rstrip("/")
+        env["LONGREAD_HTTP__UI"] = "true"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "longread.cli", "serve", "--host", host, "--port", port],
-            env=_gateway_env(),
+            env=env,
             stdout=subprocess.DEVNULL,  # its "serving on" line; the demo prints its own
         )
         try:
@@ -106,6 +113,7 @@ def main() -> int:
         report = generate_report(700_000)
         target = gateway.target
         print(f"gateway on {target}; sample report: {len(report):,} characters", file=out)
+        print(f"the page to try it in a browser: {gateway.page}", file=out)
         print(f'question: "{DEMO_QUESTION}"\n', file=out)
         with Client(target, timeout=120) as client:
             est = client.estimate(report, DEMO_QUESTION, options=Options(preference="cheapest"))
@@ -158,6 +166,10 @@ def main() -> int:
         found = "turbine bearings" in answer
         fact = FACTS["northfield_delay"]
         print(f"\nplanted fact {'found' if found else 'NOT found'} in the answer: {fact}", file=out)
+        if sys.stdin.isatty():  # someone is there to open the page
+            print(f"\nthe gateway stays up for the page at {gateway.page}; Ctrl-C stops", file=out)
+            with contextlib.suppress(KeyboardInterrupt):
+                gateway.proc.wait()
         return 0 if found else 1
     finally:
         gateway.close()

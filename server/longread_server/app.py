@@ -18,7 +18,7 @@ from longread_server.api.admission import Admission, LoopLag
 from longread_server.api.auth import Authenticator
 from longread_server.api.connect import connect_app
 from longread_server.api.health import LIVENESS, SERVING, LoopWatchdog, Readiness
-from longread_server.api.http import HttpServer, http_app
+from longread_server.api.http import HttpServer, http_app, page
 from longread_server.api.registry import register
 from longread_server.api.servicer import AnalysisServicer
 from longread_server.calls.budget import BudgetLedger, BudgetStage
@@ -321,7 +321,9 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
     if cfg.http.listen:
         # The same RPCs (and so the same admission and drain) as the gRPC servicer's. Bound
         # before the gRPC server starts, so that an address in use fails before anything runs.
-        http_listener = HttpServer(cfg, http_app([connect_app(servicer.rpcs, max_request)]))
+        routes = page() if cfg.http.ui else []
+        app = http_app([connect_app(servicer.rpcs, max_request)], routes)
+        http_listener = HttpServer(cfg, app)
     await server.start()
     if http_listener is not None:
         await http_listener.start()

@@ -150,6 +150,9 @@ class HttpConfig:
     # host:port, e.g. "127.0.0.1:8081"; empty: no HTTP listener. Off by default, so an
     # upgrade opens no port that a deployment did not ask for.
     listen: str = ""
+    # The page to try the service at "/" of this listener (server/longread_server/web). Off
+    # by default: a deployment serves its API, not a playground, unless it asks for one.
+    ui: bool = False
 
 
 @dataclass

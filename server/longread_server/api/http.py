@@ -1,6 +1,6 @@
 """The HTTP listener: one ASGI application, served by uvicorn on the gateway's event loop.
 
-The application is a starlette ``Router``: the Connect face (``connect.py``) is mounted at its
+The application is a starlette application: the Connect face (``connect.py``) is mounted at its
 service's path, ``/longread.v1.AnalysisService``, and anything else a deployment serves from
 the same listener is one more route after it, e.g. a page at ``/``::
 
@@ -23,17 +23,26 @@ from collections.abc import Generator, Sequence
 from typing import Any
 
 import uvicorn
-from starlette.routing import BaseRoute, Mount, Router
+from starlette.applications import Starlette
+from starlette.routing import BaseRoute, Mount
+from starlette.staticfiles import StaticFiles
 
 from longread_server.config import Config, ConfigError
 
 log = logging.getLogger("longread")
 
 
-def http_app(services: Sequence[Any], routes: Sequence[BaseRoute] = ()) -> Router:
+def page() -> list[BaseRoute]:
+    """The page to try the service (``http.ui``): static files of this package, served as
+    they are; its script calls the Connect face on the same origin."""
+    return [Mount("/", StaticFiles(packages=[("longread_server", "web")], html=True))]
+
+
+def http_app(services: Sequence[Any], routes: Sequence[BaseRoute] = ()) -> Starlette:
     """The listener's application: each connectrpc ASGI application at its ``path``, then
-    ``routes`` (checked in order, after the services)."""
-    return Router(routes=[*(Mount(s.path, app=s) for s in services), *routes])
+    ``routes`` (checked in order, after the services). A starlette application rather than a
+    bare router, so that a route's HTTP error (a file that is not there) is a response."""
+    return Starlette(routes=[*(Mount(s.path, app=s) for s in services), *routes])
 
 
 class _Server(uvicorn.Server):
