@@ -66,7 +66,8 @@ ENV PATH=/app/venv/bin:$PATH \
     LONGREAD_LISTEN=0.0.0.0:50051 \
     LONGREAD_TELEMETRY__PROMETHEUS_HOST=0.0.0.0
 USER 10001:10001
-EXPOSE 50051 9464
+# 8081: Connect and gRPC-Web, when http.listen (LONGREAD_HTTP__LISTEN) is set.
+EXPOSE 50051 8081 9464
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
   CMD ["longread", "health", "--target", "127.0.0.1:50051"]
 ENTRYPOINT ["longread", "serve"]

@@ -49,10 +49,13 @@ def check(rendering: Path) -> Config:
     tel = cfg.telemetry
     if "LONGREAD_TELEMETRY__PROMETHEUS" in env:
         assert tel.metrics and tel.prometheus and tel.prometheus_host == "0.0.0.0", tel
+    if "LONGREAD_HTTP__LISTEN" in env:  # the container port and Service port named http
+        assert cfg.http.listen.rpartition(":")[0] == "0.0.0.0", cfg.http
     drain = float(env["LONGREAD_SERVER__DRAIN_DELAY_S"])
     assert math.isclose(cfg.server.drain_delay_s, drain), cfg.server
     print(
-        f"{rendering}: the gateway accepts it (listen :{port}, metrics "
+        f"{rendering}: the gateway accepts it (listen :{port}, http "
+        f"{cfg.http.listen or 'off'}{' with the page' if cfg.http.ui else ''}, metrics "
         f"{tel.prometheus_host}:{tel.prometheus_port} {'on' if tel.prometheus else 'off'}, "
         f"drain {cfg.server.drain_delay_s:g}+{cfg.server.grace_s:g}s, "
         f"{len(cfg.upstreams)} upstreams, {len(cfg.tenants)} tenants)"
