@@ -29,8 +29,12 @@ $(TOOLS)/modproxy: $(MODPROXY)/go.mod $(MODPROXY)/go.sum $(MODPROXY)/main.go
 
 packages: install $(TS_CLIENT)/node_modules/.package-lock.json $(TOOLS)/modproxy
 	rm -rf $(DIST) && mkdir -p $(DIST)
-	@# The venv's setuptools, no isolated build env: the wheels build offline.
+	@# The venv's setuptools, no isolated build env: the wheels build offline. setuptools'
+	@# build/ directories are removed before and after, so no file deleted from the tree
+	@# survives in a wheel.
+	rm -rf build client/python/build sandbox/build
 	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w $(DIST) ./client/python . ./sandbox
+	rm -rf build client/python/build sandbox/build
 	cd $(TS_CLIENT) && npm pack --loglevel=error --pack-destination $(abspath $(DIST)) >/dev/null
 	$(TOOLS)/modproxy -dir $(GO_CLIENT) -version v$(PACKAGES_VERSION) -out $(DIST)/goproxy \
 	  -time $$(git log -1 --format=%cI 2>/dev/null || date -u +%Y-%m-%dT%H:%M:%SZ)

@@ -162,7 +162,33 @@ def install_server(work: Path, v: str) -> ServerInstall:
     # No vendor key: the gateway serves from the sandbox, a distribution of its own.
     sandbox = artifact(f"longread_sandbox-{v}-py3-none-any.whl")
     run([*pip, "--no-index", "--find-links", DIST, sandbox], work, clean_env())
+    missing_extra(venv, work)
+    inst.row.result += "; without [prometheus], /metrics refused naming the extra"
     return inst
+
+
+def missing_extra(venv: Path, work: Path) -> None:
+    """Without the prometheus extra, asking for /metrics stops `longread serve` with exit 2
+    and a line naming the extra."""
+    env = clean_env(
+        LONGREAD_LISTEN="127.0.0.1:0",
+        LONGREAD_TELEMETRY__METRICS="true",
+        LONGREAD_TELEMETRY__PROMETHEUS="true",
+        LONGREAD_TELEMETRY__PROMETHEUS_PORT="0",
+    )
+    proc = subprocess.run(
+        [venv / "bin" / "longread", "serve"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if proc.returncode != 2 or "longread[prometheus]" not in proc.stderr:
+        raise StepFailed(
+            f"serve without the prometheus extra: exit {proc.returncode}, {proc.stderr[-1500:]}"
+        )
 
 
 def python_client(work: Path, v: str, target: str, doc: Path, key: str) -> Row:
@@ -183,6 +209,9 @@ def python_client(work: Path, v: str, target: str, doc: Path, key: str) -> Row:
 
     timed(row, install)
     row.result = run([py, "main.py", target, doc, QUESTION], proj, clean_env(LONGREAD_API_KEY=key))
+    listed = json.loads(run([py, "-m", "pip", "list", "--format=json"], proj, clean_env()))
+    n = len([p for p in listed if p["name"].lower() not in ("pip", "setuptools")])
+    row.result = f"{row.result.strip()} ({n} packages with the client)"
     return row
 
 
@@ -312,7 +341,7 @@ def main() -> int:
         try:
             inst = install_server(work, v)
         except StepFailed as e:
-            print(f"the server wheel did not install:\n{e}", file=sys.stderr)
+            print(f"the server from dist/ failed a check:\n{e}", file=sys.stderr)
             return 1
         rows.append(inst.row)
         doc = work / "report.md"
