@@ -220,7 +220,7 @@ def ts_client(work: Path, v: str, target: str, doc: Path, key: str) -> Row:
     row = Row("TypeScript", f"npm install {tarball.name}")
     proj = work / "ts"
     proj.mkdir()
-    for name in ("main.mjs", "main.cjs"):
+    for name in ("main.mjs", "main.cjs", "types.mts", "types.cts", "tsconfig.json"):
         shutil.copy(CONSUMERS / "ts" / name, proj)
     npm = ["npm", "--no-audit", "--no-fund", "--loglevel=error"]
 
@@ -234,7 +234,14 @@ def ts_client(work: Path, v: str, target: str, doc: Path, key: str) -> Row:
     cjs = run(["node", "main.cjs", target, doc, QUESTION], proj, env).strip()
     if esm != cjs:
         raise StepFailed(f"import and require disagree: {esm!r} vs {cjs!r}")
-    row.result = esm + " (import and require)"
+    # The types each condition resolves to, as a TypeScript project would check them; the
+    # compiler is the one the client is built with (its devDependency).
+    typescript = json.loads((ROOT / "client/ts/package.json").read_text())["devDependencies"][
+        "typescript"
+    ]
+    run([*npm, "install", "--save-dev", f"typescript@{typescript}"], proj, clean_env())
+    run(["npx", "--no-install", "tsc", "-p", "."], proj, clean_env())
+    row.result = esm + " (import and require; types of both checked)"
     return row
 
 
