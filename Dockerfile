@@ -19,7 +19,9 @@ COPY pyproject.toml README.md ./
 COPY server ./server
 COPY client/python ./client/python
 COPY sandbox ./sandbox
-RUN python -m build --no-isolation --wheel --outdir /dist . \
+# The gateway's wheel and the Python client's it depends on (its own distribution), side by side.
+RUN python -m build --no-isolation --wheel --outdir /dist ./client/python \
+ && python -m build --no-isolation --wheel --outdir /dist . \
  && python -m build --no-isolation --wheel --outdir /dist/sandbox ./sandbox
 
 FROM ${PYTHON_IMAGE}@${PYTHON_DIGEST}
@@ -48,8 +50,9 @@ RUN groupadd --system --gid 10001 longread \
 WORKDIR /app
 COPY requirements.lock /tmp/requirements.lock
 COPY --from=build /dist /tmp/dist
-# The dependencies exactly as locked (every file's hash checked), then the wheels without
-# dependencies of their own, then pip's check that the set is complete.
+# The dependencies exactly as locked (every file's hash checked; the gateway's otlp and
+# prometheus extras included), then the wheels without dependencies of their own, then pip's
+# check that the set is complete.
 RUN python -m venv /app/venv \
  && /app/venv/bin/pip install --no-cache-dir --require-hashes --no-deps -r /tmp/requirements.lock \
  && /app/venv/bin/pip install --no-cache-dir --no-deps /tmp/dist/*.whl \

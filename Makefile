@@ -17,12 +17,13 @@ GENERATE_EXTRA :=
 
 .PHONY: install tools generate check-generated run demo sandbox test pytest lint bench clean
 
-# The gateway and, beside it, the vendor emulator (sandbox/, its own distribution) that the
-# dev extra names: one pip command, so the emulator resolves to this repository's copy.
-$(VENV)/.installed: pyproject.toml sandbox/pyproject.toml
+# The gateway and, beside it, the Python client (client/python) it depends on and the vendor
+# emulator (sandbox/) the dev extra names, each a distribution of its own: one pip command, so
+# both resolve to this repository's copies, all editable.
+$(VENV)/.installed: pyproject.toml client/python/pyproject.toml sandbox/pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ./sandbox -e '.[dev]'
+	$(PY) -m pip install -q -e ./client/python -e ./sandbox -e '.[dev]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -74,7 +75,7 @@ lint: install
 
 # Each public bench/ module is one benchmark printing one JSON object; _private ones are helpers.
 bench: install tools
-	$(PY) -m pip install -q -e ./sandbox -e '.[dev,bench]'
+	$(PY) -m pip install -q -e ./client/python -e ./sandbox -e '.[dev,bench]'
 	for b in $$(cd bench && ls *.py | grep -v '^_' | sed 's/\.py$$//'); do \
 	  echo "== bench.$$b" >&2; $(PY) -m bench.$$b || exit 1; done
 

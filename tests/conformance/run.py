@@ -72,9 +72,11 @@ def server_config(keys: Keys) -> tuple[str, dict[str, str]]:
 
 
 class Server:
-    """``longread serve`` in a child process, on a free loopback port."""
+    """``longread serve`` in a child process, on a free loopback port: this environment's
+    ``longread``, or ``exe`` (another installation's, as the package install test runs)."""
 
-    def __init__(self, workdir: Path, keys: Keys) -> None:
+    def __init__(self, workdir: Path, keys: Keys, exe: Path | None = None) -> None:
+        self._exe = exe or Path(sys.executable).parent / "longread"
         text, self._env = server_config(keys)
         self.config = workdir / "server.toml"
         self.config.write_text(text, encoding="utf-8")
@@ -83,7 +85,7 @@ class Server:
         self._proc: subprocess.Popen[str] | None = None
 
     def start(self, timeout_s: float = 60.0) -> None:
-        exe = Path(sys.executable).parent / "longread"
+        exe = self._exe
         env = {k: v for k, v in os.environ.items() if not k.startswith("LONGREAD_")}
         env.update(self._env)
         with open(self.log, "w", encoding="utf-8") as log:

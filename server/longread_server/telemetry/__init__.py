@@ -18,7 +18,8 @@ from __future__ import annotations
 import logging
 import os
 import pkgutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,8 +158,20 @@ def setup(
         batch = MeasurementBatch() if off else None
         tel.instruments = Instruments(mp.get_meter("longread", __version__), batch)
     if s.exporters["logs"]:
-        _log_records(s, tel)
+        with _extra("otlp", "exporting log records"):
+            _log_records(s, tel)
     return tel
+
+
+@contextmanager
+def _extra(extra: str, feature: str) -> Iterator[None]:
+    """Turns the ImportError of a package an optional feature needs (the distribution's extras
+    leave them out of a plain install) into a ConfigError naming the extra to install."""
+    try:
+        yield
+    except ImportError as e:
+        why = f"{feature} needs the {extra!r} extra ({e}): pip install 'longread[{extra}]'"
+        raise ConfigError(why) from None
 
 
 def _span_processor(name: str) -> SpanProcessor:
@@ -181,9 +194,11 @@ def _metric_readers(s: TelemetrySettings, tel: Telemetry) -> list[MetricReader]:
     for name in s.exporters["metrics"]:
         exporter: MetricExporter
         if name in OTLP_NAMES:
-            exporter = metric_exporter(s.otlp["metrics"])
+            with _extra("otlp", "metrics over OTLP"):
+                exporter = metric_exporter(s.otlp["metrics"])
         elif name == PROMETHEUS:
-            readers.append(_prometheus(s, tel))
+            with _extra("prometheus", "the Prometheus exporter"):
+                readers.append(_prometheus(s, tel))
             continue
         else:
             found = telemetry_settings.exporter_class("metrics", name)

@@ -4,6 +4,7 @@ exporters are built from."""
 from __future__ import annotations
 
 import gzip
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -451,3 +452,27 @@ def test_spans_go_over_http_protobuf_gzipped_as_the_sdk_exporter_sends_them() ->
     assert headers["content-encoding"] == "gzip" and headers["x-team"] == "search"
     received = trace_service_pb2.ExportTraceServiceRequest.FromString(body)
     assert received == encode_spans(spans)
+
+
+@pytest.mark.parametrize(
+    ("cfg", "missing", "extra"),
+    [
+        (
+            TelemetryConfig(metrics=True, otlp_endpoint="http://localhost:4317"),
+            "opentelemetry.exporter.otlp.proto.grpc.metric_exporter",
+            "otlp",
+        ),
+        (
+            TelemetryConfig(metrics=True, prometheus=True, prometheus_port=0),
+            "opentelemetry.exporter.prometheus",
+            "prometheus",
+        ),
+    ],
+)
+def test_a_feature_whose_extra_is_not_installed_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, cfg: TelemetryConfig, missing: str, extra: str
+) -> None:
+    # A None entry in sys.modules makes `import` raise ImportError, as an absent package does.
+    monkeypatch.setitem(sys.modules, missing, None)
+    with pytest.raises(ConfigError, match=rf"pip install 'longread\[{extra}\]'"):
+        setup(cfg)

@@ -1,0 +1,27 @@
+// The install test's program (the same in every language): Estimate, then Stream, of one file,
+// with the package loaded by require (CommonJS).
+//
+//   node main.cjs TARGET FILE QUESTION     (LONGREAD_API_KEY: the key)
+const { readFileSync } = require("node:fs");
+const { LongreadClient, Strategy, text } = require("@longread/client");
+
+async function main() {
+  const [target, path, question] = process.argv.slice(2);
+  const client = new LongreadClient({ target, apiKey: process.env.LONGREAD_API_KEY, timeoutMs: 120_000 });
+  const request = { document: text(readFileSync(path, "utf-8")), instruction: question, chunking: { maxChunkTokens: 256, strategy: Strategy.MAP_REDUCE } };
+  const est = await client.estimate(request);
+  const fit = est.candidates.filter((m) => m.fitsSinglePass).length;
+  let calls = 0;
+  let answer = "";
+  for await (const ev of client.stream(request)) {
+    if (ev.event.case === "chunkDone") calls++;
+    else if (ev.event.case === "result") answer = ev.event.value.text;
+  }
+  client.close();
+  console.log(`fit=${fit} chunks=${est.plan.chunks.length} calls=${calls} answer=${[...answer].length}`);
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});
