@@ -68,7 +68,8 @@ async def test_01_unavailable_opens_at_min_calls_then_fails_fast(
         f"fail-fast RPC latency median {statistics.median(latencies) * 1000:.2f} ms, "
         f"max {latencies[-1] * 1000:.2f} ms (client-observed, loopback)"
     )
-    assert latencies[-1] < 0.25
+    # Fast because refused before any connection (5 upstream requests above); the latency is
+    # reported, not asserted: a busy machine's scheduling would make a bound flaky.
     # ...and the metrics say so.
     assert points(reader, "longread.breaker.state") == [({"longread.upstream": "openai"}, 2)]
     refused = points(reader, "longread.resilience.rejections")
@@ -135,8 +136,8 @@ async def test_03a_slow_calls_open_the_breaker(sb: Sandbox, gateways: Make, row:
     row.upstream = sb.stats.requests
     assert [r.ok for r in results] == [True] * 4 + [False] * 6
     assert {r.code for r in results[4:]} == {"UNAVAILABLE"}
-    assert sb.stats.requests == 4
-    assert max(r.elapsed_s for r in results[4:]) < 0.25  # failing fast, not waiting 0.3 s
+    assert sb.stats.requests == 4  # the other six failed fast: they never waited 0.3 s upstream
+    row.notes = f"failed fast in at most {max(r.elapsed_s for r in results[4:]) * 1000:.0f} ms"
 
 
 async def test_03b_per_try_timeout_then_retry_within_the_deadline(
@@ -356,6 +357,7 @@ async def test_01b_open_circuit_falls_back_to_another_vendor(
         failing = await fire(client, [doc(fault="503") for _ in range(4)], options=off)
         assert (await breaker_view(gw)).state == "open"
         rerouted = await fire(client, [doc() for _ in range(5)])
+        sent = sb.stats.requests
         pinned = await one(
             client, doc(), options=Options(cache="bypass", labels={"fallback": "off"})
         )
@@ -363,7 +365,7 @@ async def test_01b_open_circuit_falls_back_to_another_vendor(
     row.upstream = sb.stats.requests
     assert all(r.ok for r in rerouted) and "1998" in rerouted[0].text
     assert sb.stats.by_endpoint["/v1/messages"] == 5
-    assert pinned.code == "UNAVAILABLE" and pinned.elapsed_s < 0.25
+    assert pinned.code == "UNAVAILABLE" and sb.stats.requests == sent  # refused, never sent
     row.notes = "5 calls answered by the fallback (anthropic); fallback=off failed fast"
 
 
