@@ -10,6 +10,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from longread_server.state.gate import GatePolicy, RedisGate
+
+
+def patient_gate() -> RedisGate:
+    """A Redis gate for tests whose subject is shared state, not a slow Redis: on a loaded
+    machine a round trip (a cluster client's first one sets it up) can outlast the gateway's
+    default timeout (0.25 s), which the gate reads as an outage and serves from local state."""
+    return RedisGate(GatePolicy(timeout_s=5.0))
+
 
 def free_port() -> int:
     with socket.socket() as s:

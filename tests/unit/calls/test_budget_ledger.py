@@ -15,7 +15,7 @@ from longread_server.state.gate import GatePolicy, RedisGate
 from longread_server.state.redis import connect
 
 from tests.redis_cluster import RedisClusterServer
-from tests.redis_server import RedisServer, free_port
+from tests.redis_server import RedisServer, free_port, patient_gate
 
 
 async def test_a_dead_redis_leaves_the_ledger_counting_locally_under_fail_closed() -> None:
@@ -72,7 +72,7 @@ async def test_redis_reservations_are_atomic_across_ledgers(
     redis = connect(shared_redis.url)
     try:
         await redis.delete(*BudgetLedger._redis_keys(("atomic", month_of(dt.datetime.now(dt.UTC)))))
-        ledgers = [BudgetLedger({"atomic": 5.0}, redis) for _ in range(2)]
+        ledgers = [BudgetLedger({"atomic": 5.0}, redis, health=patient_gate()) for _ in range(2)]
 
         async def one(i: int) -> bool:
             try:
@@ -99,7 +99,10 @@ async def test_a_dead_replicas_reservation_is_given_back_once_its_lease_ends(
     try:
         month = month_of(dt.datetime.now(dt.UTC))
         await redis.delete(*BudgetLedger._redis_keys((tenant, month)))
-        a, b, c = (BudgetLedger({tenant: 5.0}, redis, reservation_margin_s=0.0) for _ in range(3))
+        a, b, c = (
+            BudgetLedger({tenant: 5.0}, redis, health=patient_gate(), reservation_margin_s=0.0)
+            for _ in range(3)
+        )
         slow = await a.reserve(tenant, 2.0, within_s=0.0)  # its deadline: now
         assert slow is not None
         assert (await b.state(tenant)).spent_usd == pytest.approx(2.0)

@@ -32,12 +32,11 @@ from longread_server.domain import (
     UpstreamError,
     Usage,
 )
-from longread_server.state.gate import GatePolicy, RedisGate
 from longread_server.state.redis import connect
 from longread_server.vendors.openai import OpenAIAdapter
 
 from tests.redis_cluster import RedisClusterServer
-from tests.redis_server import RedisServer, free_port
+from tests.redis_server import RedisServer, free_port, patient_gate
 from tests.waiting import until
 
 DELTAS = ["The lamp ", "was converted ", "in 1926."]
@@ -93,18 +92,12 @@ class Replica:
         return [ev async for ev in self.pipeline.call("openai", req, ctx)]
 
 
-# These tests are about single-flight across replicas, not a slow Redis: on a loaded machine a
-# round trip (a cluster client's first one sets it up) can outlast the gateway's default 0.25 s,
-# which the gate would read as an outage and serve without a lease.
-GATE = GatePolicy(timeout_s=5.0)
-
-
 def replica(redis_url: str = "", prefix: str = "", **cfg: Any) -> Replica:
     config = CacheConfig(**cfg)
     if prefix:
         config.redis_prefix = prefix
     redis = connect(redis_url) if redis_url else None
-    cache = build_response_cache(config, redis, RedisGate(GATE) if redis else None)
+    cache = build_response_cache(config, redis, patient_gate() if redis else None)
     upstream = ScriptedUpstream()
     flights = SingleFlightStage(cache)
     pipeline = Pipeline({"openai": upstream}, [CacheStage(cache), flights])

@@ -27,6 +27,8 @@ from longread_server.state.redis_buckets import RedisBuckets
 from longread_server.state.redis_cache import RedisCache
 from redis.crc import key_slot
 
+from tests.redis_server import patient_gate
+
 SETTINGS = settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -159,7 +161,7 @@ async def test_budget_reservation_booking_and_settlement_touch_one_slot(
 ) -> None:
     rec, client = recorder(redis)
     tenant = f"slots-{uuid.uuid4().hex[:8]}"
-    ledger = BudgetLedger({tenant: 10.0}, client)
+    ledger = BudgetLedger({tenant: 10.0}, client, health=patient_gate())
     spend = await ledger.reserve(tenant, 1.0)
     assert spend is not None and spend.where == SHARED
     await ledger.book((tenant, month_of(dt.datetime.now(dt.UTC))), 0.5, 0.5, SHARED)
