@@ -464,9 +464,21 @@ def main(config_path: str | None = None, listen: str | None = None) -> int:
     except ConfigError as e:
         if cfg is not None:
             cfg.origins.locate(e)
-        print(f"longread: {e}", file=sys.stderr)
+        # The CLI's one shape of failure (longread/cli.py): what, then what to do.
+        print(f"longread: error: {e}; hint: {_hint(e)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _hint(e: ConfigError) -> str:
+    if e.hint:
+        return e.hint
+    where = e.source or (f"the setting {e.setting}" if e.setting else "")
+    if "already in use" in e.why:
+        return f"another process listens there: stop it, or choose another port ({where})"
+    if where:
+        return f"correct {e.setting or 'it'} where it is given ({where})"
+    return "see Configuration in the README"
 
 
 def _check_listen(address: str, setting: str = "listen") -> None:

@@ -43,11 +43,12 @@ class ConfigError(ValueError):
     """The configuration is invalid: ``why``, about ``setting`` (a path such as
     ``tls.cert_file``) as ``source`` gave it (a file, an environment variable, a flag)."""
 
-    def __init__(self, why: str, *, setting: str = "", source: str = "") -> None:
+    def __init__(self, why: str, *, setting: str = "", source: str = "", hint: str = "") -> None:
         super().__init__(why)
         self.why = why
         self.setting = setting
         self.source = source
+        self.hint = hint  # what to do about it, when the error knows better than its setting
 
     def __str__(self) -> str:
         if not self.setting:

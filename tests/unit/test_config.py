@@ -139,7 +139,8 @@ def test_serve_reports_a_configuration_error_in_one_line(
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr  # no traceback
-    assert lines[0].startswith("longread: " + message.format(path=path))
+    assert lines[0].startswith("longread: error: " + message.format(path=path))
+    assert "; hint: " in lines[0]
 
 
 @pytest.mark.parametrize("value", ["lean", "httpx"])

@@ -1,4 +1,5 @@
-"""``longread serve`` with a setting it cannot use: one line on stderr, exit code 2."""
+"""``longread serve`` with a setting it cannot use: one line on stderr, exit code 2, in the
+CLI's shape (``longread: error: <what>; hint: <what to do>``)."""
 
 from __future__ import annotations
 
@@ -49,32 +50,36 @@ def test_a_missing_tls_file(tmp_path: Path) -> None:
         "LONGREAD_TLS__KEY_FILE": str(tmp_path / "server.key"),
     }
     assert serve(env, "--port", "0") == (
-        f"longread: tls.cert_file (LONGREAD_TLS__CERT_FILE): cannot read "
-        f"{tmp_path / 'server.pem'}: No such file or directory"
+        f"longread: error: tls.cert_file (LONGREAD_TLS__CERT_FILE): cannot read "
+        f"{tmp_path / 'server.pem'}: No such file or directory; "
+        "hint: correct tls.cert_file where it is given (LONGREAD_TLS__CERT_FILE)"
     )
 
 
 def test_a_port_in_use(taken: int) -> None:
     assert serve({}, "--port", str(taken)) == (
-        f"longread: listen (--host/--port): cannot listen on 127.0.0.1:{taken}: "
-        "Address already in use"
+        f"longread: error: listen (--host/--port): cannot listen on 127.0.0.1:{taken}: "
+        "Address already in use; hint: another process listens there: stop it, or choose "
+        "another port (--host/--port)"
     )
-    assert serve({"LONGREAD_LISTEN": f"127.0.0.1:{taken}"}).startswith(
-        "longread: listen (LONGREAD_LISTEN): cannot listen on"
-    )
+    line = serve({"LONGREAD_LISTEN": f"127.0.0.1:{taken}"})
+    assert line.startswith("longread: error: listen (LONGREAD_LISTEN): cannot listen on")
+    assert line.endswith("choose another port (LONGREAD_LISTEN)")
 
 
 def test_a_list_from_the_environment_that_is_not_json() -> None:
     assert serve({"LONGREAD_UPSTREAMS": "openai,anthropic"}, "--port", "0") == (
-        "longread: upstreams (LONGREAD_UPSTREAMS): expected a JSON array of objects: "
-        "Expecting value at line 1 column 1"
+        "longread: error: upstreams (LONGREAD_UPSTREAMS): expected a JSON array of objects: "
+        "Expecting value at line 1 column 1; "
+        "hint: correct upstreams where it is given (LONGREAD_UPSTREAMS)"
     )
 
 
 def test_a_sandbox_port_in_use(taken: int) -> None:
     assert serve({"LONGREAD_SANDBOX__PORT": str(taken)}, "--port", "0") == (
-        f"longread: sandbox.port (LONGREAD_SANDBOX__PORT): cannot start the sandbox on "
-        f"127.0.0.1:{taken}: Address already in use"
+        f"longread: error: sandbox.port (LONGREAD_SANDBOX__PORT): cannot start the sandbox "
+        f"on 127.0.0.1:{taken}: Address already in use; hint: another process listens there: "
+        "stop it, or choose another port (LONGREAD_SANDBOX__PORT)"
     )
 
 
@@ -85,5 +90,6 @@ def test_a_metrics_port_in_use(taken: int) -> None:
         "LONGREAD_TELEMETRY__PROMETHEUS_PORT": str(taken),
     }
     assert serve(env, "--port", "0").startswith(
-        "longread: telemetry.prometheus_port (LONGREAD_TELEMETRY__PROMETHEUS_PORT): cannot listen"
+        "longread: error: telemetry.prometheus_port (LONGREAD_TELEMETRY__PROMETHEUS_PORT): "
+        "cannot listen"
     )

@@ -170,8 +170,8 @@ def _extra(extra: str, feature: str) -> Iterator[None]:
     try:
         yield
     except ImportError as e:
-        why = f"{feature} needs the {extra!r} extra ({e}): pip install 'longread[{extra}]'"
-        raise ConfigError(why) from None
+        why = f"{feature} needs the {extra!r} extra ({e})"
+        raise ConfigError(why, hint=f"pip install 'longread[{extra}]'") from None
 
 
 def _span_processor(name: str) -> SpanProcessor:

@@ -474,5 +474,6 @@ def test_a_feature_whose_extra_is_not_installed_names_the_extra(
 ) -> None:
     # A None entry in sys.modules makes `import` raise ImportError, as an absent package does.
     monkeypatch.setitem(sys.modules, missing, None)
-    with pytest.raises(ConfigError, match=rf"pip install 'longread\[{extra}\]'"):
+    with pytest.raises(ConfigError, match=rf"needs the '{extra}' extra") as err:
         setup(cfg)
+    assert err.value.hint == f"pip install 'longread[{extra}]'"
