@@ -20,6 +20,7 @@ from longread_server.api.connect import connect_app
 from longread_server.api.health import LIVENESS, SERVING, LoopWatchdog, Readiness
 from longread_server.api.http import HttpServer, http_app, page
 from longread_server.api.registry import register
+from longread_server.api.rpcs import AnalysisRpcs
 from longread_server.api.servicer import AnalysisServicer
 from longread_server.calls.budget import BudgetLedger, BudgetStage
 from longread_server.calls.cache import (
@@ -269,7 +270,10 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
     runner = JobRunner(pipeline, tel, resilience.concurrency, caching)
     analysis = build_analysis(cfg, catalog, runner, ledger, tel)
     admission = Admission(cfg.admission)
-    servicer = AnalysisServicer(cfg, analysis, Authenticator(cfg.tenants), tel, admission)
+    # One implementation of the RPCs, served by the gRPC servicer and, with http.listen, the
+    # Connect face.
+    rpcs = AnalysisRpcs(cfg, analysis, Authenticator(cfg.tenants), tel, admission)
+    servicer = AnalysisServicer(rpcs, own_span=not cfg.telemetry.grpc_instrumentation)
     if tel.client_spans:
         _instrument_clients(tel, http, redis)
 
@@ -322,7 +326,7 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
         # The same RPCs (and so the same admission and drain) as the gRPC servicer's. Bound
         # before the gRPC server starts, so that an address in use fails before anything runs.
         routes = page() if cfg.http.ui else []
-        app = http_app([connect_app(servicer.rpcs, max_request)], routes)
+        app = http_app([connect_app(rpcs, max_request)], routes)
         http_listener = HttpServer(cfg, app)
     await server.start()
     if http_listener is not None:

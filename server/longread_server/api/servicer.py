@@ -12,31 +12,19 @@ import grpc
 from longread.v1 import analysis_service_pb2 as svc
 from longread.v1 import analysis_service_pb2_grpc as svc_grpc
 
-from longread_server.api.admission import Admission
-from longread_server.api.auth import Authenticator
 from longread_server.api.convert import Undecodable
 from longread_server.api.errors import ServiceError
 from longread_server.api.rpcs import AnalysisRpcs, Call
-from longread_server.config import Config
-from longread_server.run.analysis import Analysis
-from longread_server.telemetry import Telemetry
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class AnalysisServicer(svc_grpc.AnalysisServiceServicer):
-    def __init__(
-        self,
-        cfg: Config,
-        analysis: Analysis,
-        auth: Authenticator,
-        telemetry: Telemetry | None = None,
-        admission: Admission | None = None,
-    ) -> None:
+    def __init__(self, rpcs: AnalysisRpcs, own_span: bool = True) -> None:
         # The transport-neutral RPCs; the Connect face (api/connect.py) serves these same ones.
-        self.rpcs = AnalysisRpcs(cfg, analysis, auth, telemetry, admission)
-        # With the OpenTelemetry gRPC interceptor on, it makes the server span (app.py).
-        self._own_span = not cfg.telemetry.grpc_instrumentation
+        self.rpcs = rpcs
+        # False when the OpenTelemetry gRPC interceptor makes the server span (app.py).
+        self._own_span = own_span
 
     # Each method takes its request or, for bytes that are not one, an ``Undecodable`` (see
     # ``registry.analysis_handlers``), which converting turns into INVALID_ARGUMENT.

@@ -14,6 +14,7 @@ from google.rpc import error_details_pb2
 from longread.v1 import analysis_service_pb2 as svc
 from longread.v1 import types_pb2 as pb
 from longread_server.api.auth import Authenticator
+from longread_server.api.rpcs import AnalysisRpcs
 from longread_server.api.servicer import AnalysisServicer
 from longread_server.app import build_analysis, build_catalog
 from longread_server.calls.budget import BudgetLedger
@@ -51,7 +52,7 @@ class Service:
         self.ledger = BudgetLedger({t.name: t.monthly_budget_usd for t in cfg.tenants})
         runner = JobRunner(Pipeline({"openai": self.adapter}, [self.recorder]))
         analysis = build_analysis(cfg, build_catalog(cfg), runner, self.ledger)
-        self.servicer = AnalysisServicer(cfg, analysis, Authenticator(cfg.tenants))
+        self.servicer = AnalysisServicer(AnalysisRpcs(cfg, analysis, Authenticator(cfg.tenants)))
 
     async def stream(self, req: svc.StreamRequest, ctx: FakeContext) -> list[svc.StreamResponse]:
         gen = self.servicer.Stream(req, ctx)  # type: ignore[arg-type]
