@@ -46,7 +46,7 @@ import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from longread_server.plan.tokenizers import Tokenizer
 
@@ -85,6 +85,17 @@ def token_lengths(tokenizer: Tokenizer, tokens: Sequence[int]) -> Sequence[int]:
         return bytes(found)
     except ValueError:  # a token of 256 bytes or more: an encoding other than cl100k_base
         return tuple(found)
+
+
+def text_token_lengths(tokenizer: Tokenizer, text: str, limit: int) -> Sequence[int]:
+    """``token_lengths(tokenizer, tokenizer.encode_at_most(text, limit))``, piece by piece: a
+    long document is planned in a worker thread, and the event loop waits for the GIL
+    whenever one C call holds it; looking up (and freeing) a piece's tokens at a time gives it
+    back between pieces, where the whole document's would hold it for tens of milliseconds."""
+    parts = [token_lengths(tokenizer, p) for p in tokenizer.encode_pieces_at_most(text, limit)]
+    if all(isinstance(p, bytes) for p in parts):
+        return b"".join(cast(list[bytes], parts))
+    return tuple(n for p in parts for n in p)
 
 
 def chunk_text(

@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Sequence
 
 from longread_server.memo import Memo
-from longread_server.plan.chunker import token_lengths
+from longread_server.plan.chunker import text_token_lengths
 from longread_server.plan.tokenizers import Tokenizer, TooManyTokens
 
 
@@ -32,7 +32,7 @@ class EncodingMemo:
         return self._memo.misses
 
     def token_lengths(self, tokenizer: Tokenizer, text: str, limit: int) -> Sequence[int]:
-        """``token_lengths(tokenizer, tokenizer.encode_at_most(text, limit))``, remembered by
+        """``text_token_lengths(tokenizer, text, limit)``, remembered by
         the text's digest (documents of one encoding share an entry, whatever the model's
         name). Raises ``TooManyTokens`` (and remembers nothing) over ``limit``; a document
         remembered under a larger limit is checked against this one."""
@@ -40,7 +40,7 @@ class EncodingMemo:
         digest.update(text.encode("utf-8", "surrogatepass"))
         lens = self._memo.get_or_make(
             digest.digest(),
-            lambda: token_lengths(tokenizer, tokenizer.encode_at_most(text, limit)),
+            lambda: text_token_lengths(tokenizer, text, limit),
         )
         if len(lens) > limit:
             raise TooManyTokens(limit)

@@ -152,7 +152,17 @@ class Tokenizer:
     def encode_at_most(self, text: str, limit: int) -> list[int]:
         """``encode(text)``, but raises ``TooManyTokens`` as soon as more than ``limit``
         tokens are counted: refusing a document costs about what counting ``limit`` tokens
-        costs, not what encoding all of it would (time, and a list of every token).
+        costs, not what encoding all of it would (time, and a list of every token)."""
+        tokens: list[int] = []
+        for piece in self.encode_pieces_at_most(text, limit):
+            tokens += piece
+        return tokens
+
+    def encode_pieces_at_most(self, text: str, limit: int) -> Iterator[list[int]]:
+        """The tokens of ``text`` piece by piece (together, ``encode(text)``), raising
+        ``TooManyTokens`` as soon as more than ``limit`` are counted. A caller that keeps only
+        something of each piece never holds the whole document's list of tokens, whose
+        freeing alone would hold the GIL for milliseconds at a time.
 
         A token is at least one UTF-8 byte, so a text of at most ``limit // 4`` characters
         cannot be over the limit and is encoded whole. Longer texts are encoded in pieces cut
@@ -163,15 +173,17 @@ class Tokenizer:
             tokens = self._encode(text)
             if len(tokens) > limit:
                 raise TooManyTokens(limit)
-            return tokens
-        tokens = []
+            yield tokens
+            return
+        count = 0
         start = 0
         for end in _piece_ends(text, _PIECE_CHARS):
-            tokens += self._encode(text[start:end])
-            if len(tokens) > limit:
+            piece = self._encode(text[start:end])
+            count += len(piece)
+            if count > limit:
                 raise TooManyTokens(limit)
+            yield piece
             start = end
-        return tokens
 
     def decode_bytes(self, tokens: Sequence[int]) -> bytes:
         """The UTF-8 bytes of ``tokens``; a slice may start or end inside a character."""

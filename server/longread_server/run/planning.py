@@ -16,7 +16,7 @@ from dataclasses import replace
 from longread_server.domain import FieldViolation, InvalidRequest, too_large
 from longread_server.memo import OFFLOAD_MIN_CHARS, REMEMBER_MAX_CHARS, Memo
 from longread_server.plan.catalog import estimate_error
-from longread_server.plan.chunker import token_lengths
+from longread_server.plan.chunker import text_token_lengths
 from longread_server.plan.encodings import EncodingMemo
 from longread_server.plan.planner import (
     JobPlan,
@@ -157,6 +157,6 @@ class Planning:
         try:
             if len(text) > REMEMBER_MAX_CHARS:
                 return self.encodings.token_lengths(tokenizer, text, limit)
-            return token_lengths(tokenizer, tokenizer.encode_at_most(text, limit))
+            return text_token_lengths(tokenizer, text, limit)
         except TooManyTokens:
             raise too_large("document.text", "the document", None, limit, "tokens") from None

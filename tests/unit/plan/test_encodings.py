@@ -5,7 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from longread_server.plan.chunker import chunk_text, token_lengths
+from longread_server.plan.chunker import chunk_text, text_token_lengths, token_lengths
 from longread_server.plan.encodings import EncodingMemo
 from longread_server.plan.tokenizers import TooManyTokens, get_tokenizer
 
@@ -56,3 +56,17 @@ def test_a_document_over_the_limit_is_refused_and_not_remembered() -> None:
     # Remembered under a larger limit, still refused under a smaller one.
     with pytest.raises(TooManyTokens):
         memo.token_lengths(TOK, TEXT, tokens - 1)
+
+
+@pytest.mark.parametrize("name", ["cl100k_base", "o200k_base"])
+def test_lengths_piece_by_piece_are_the_whole_encodings(name: str) -> None:
+    """A document long enough to be encoded in several pieces: the lengths looked up piece by
+    piece are those of the whole text's tokens, and the limit still stops the count."""
+    tok = get_tokenizer(name)
+    text = TEXT * 30  # 696,000 characters: 3 pieces
+    tokens = tok.encode(text)
+    assert len(list(tok.encode_pieces_at_most(text, LIMIT))) > 1
+    assert text_token_lengths(tok, text, LIMIT) == token_lengths(tok, tokens)
+    with pytest.raises(TooManyTokens):
+        text_token_lengths(tok, text, len(tokens) - 1)
+    assert len(text_token_lengths(tok, text, len(tokens))) == len(tokens)
