@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import json
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -60,13 +60,14 @@ class RawHttp:
     """The least an HTTP/1.1 POST costs on asyncio: a pool of keep-alive connections, the
     request written in one go, the response read by Content-Length or chunked framing."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, headers: Mapping[str, str] | None = None) -> None:
         u = urlsplit(url)
         self.host = u.hostname or "127.0.0.1"
         self.port = u.port or 80
+        fields = {"authorization": "Bearer bench", **(headers or {})}
         self.head = (
-            f"POST {u.path} HTTP/1.1\r\nhost: {u.netloc}\r\n"
-            "content-type: application/json\r\nauthorization: Bearer bench\r\n"
+            f"POST {u.path} HTTP/1.1\r\nhost: {u.netloc}\r\ncontent-type: application/json\r\n"
+            + "".join(f"{k}: {v}\r\n" for k, v in fields.items())
         ).encode()
         self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
