@@ -77,9 +77,21 @@ class RawHttp:
         return await asyncio.open_connection(self.host, self.port, limit=1 << 20)
 
     async def _send(self, body: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bool]:
+        reused = bool(self.idle)
         reader, writer = await self._conn()
-        writer.write(self.head + b"content-length: %d\r\n\r\n" % len(body) + body)
-        head = await reader.readuntil(b"\r\n\r\n")
+        request = self.head + b"content-length: %d\r\n\r\n" % len(body) + body
+        writer.write(request)
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            # An idle connection the server closed meanwhile (Node and uvicorn close idle
+            # keep-alive connections after a few seconds): once more on a new one.
+            if not reused:
+                raise
+            writer.close()
+            reader, writer = await asyncio.open_connection(self.host, self.port, limit=1 << 20)
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
         lower = head.lower()
         chunked = b"transfer-encoding: chunked" in lower
         return reader, writer, chunked
