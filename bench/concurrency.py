@@ -32,12 +32,13 @@ core, so it never shares the core of the process it measures. Per level and syst
   they carry;
 * CPU per delta: the process's CPU during the level over the deltas the sandbox sent for it.
 
-The harness (sandbox and client sharing one core) is itself late by some tens of ms at a
-thousand streams, so each relay's TTFT and delay percentiles are also given net of the
+The harness (sandbox and client sharing one core) is itself late beyond some N, so each
+relay's TTFT and delay percentiles are also given net of the
 ``direct`` row at the same N (``*_net``: this row's statistic minus direct's), as
 ``bench.overhead`` subtracts the direct call. Headline per system: the largest N at which
 every stream completes with net added TTFT p99 and net relay delay p99 both <= 100 ms. A
-system stops at its first failing level (direct runs at every level any system reached).
+system stops at its first failing level (direct runs at every level any system reached, and
+one beyond).
 Placement (2 cores): the process under test on CPU 0; sandbox and client on CPU 1. Prints one
 JSON object.
 Run: python -m bench.concurrency [--quick] [--levels 1000,2000] [--systems ours,floor]
@@ -66,9 +67,9 @@ TTFT_MS = 500.0
 TOKENS_PER_S = 20.0
 DELTA_TOKENS = 2
 DT_S = DELTA_TOKENS / TOKENS_PER_S
-# The 1,000-10,000 and on, with steps below and between them: on a 2-core machine the
-# harness itself falls behind between 1,000 and 2,000. 15,000 stays below the 20,000 open files
-# a process gets here.
+# The levels and on, with steps below and between them: on a 2-core machine the harness
+# itself (sandbox and client on one core) falls behind well before the levels. The last
+# stays below the open-file limit a process gets here (one socket per HTTP stream).
 LEVELS = (50, 100, 250, 500, 1000, 1500, 2000, 5000, 10000, 15000)
 WARMUP_STREAMS = 20
 QUICK_LEVELS = (100, 500)
