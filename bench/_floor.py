@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import json
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -60,13 +60,14 @@ class RawHttp:
     """The least an HTTP/1.1 POST costs on asyncio: a pool of keep-alive connections, the
     request written in one go, the response read by Content-Length or chunked framing."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, headers: Mapping[str, str] | None = None) -> None:
         u = urlsplit(url)
         self.host = u.hostname or "127.0.0.1"
         self.port = u.port or 80
+        fields = {"authorization": "Bearer bench", **(headers or {})}
         self.head = (
-            f"POST {u.path} HTTP/1.1\r\nhost: {u.netloc}\r\n"
-            "content-type: application/json\r\nauthorization: Bearer bench\r\n"
+            f"POST {u.path} HTTP/1.1\r\nhost: {u.netloc}\r\ncontent-type: application/json\r\n"
+            + "".join(f"{k}: {v}\r\n" for k, v in fields.items())
         ).encode()
         self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
@@ -76,9 +77,21 @@ class RawHttp:
         return await asyncio.open_connection(self.host, self.port, limit=1 << 20)
 
     async def _send(self, body: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bool]:
+        reused = bool(self.idle)
         reader, writer = await self._conn()
-        writer.write(self.head + b"content-length: %d\r\n\r\n" % len(body) + body)
-        head = await reader.readuntil(b"\r\n\r\n")
+        request = self.head + b"content-length: %d\r\n\r\n" % len(body) + body
+        writer.write(request)
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            # An idle connection the server closed meanwhile (Node and uvicorn close idle
+            # keep-alive connections after a few seconds): once more on a new one.
+            if not reused:
+                raise
+            writer.close()
+            reader, writer = await asyncio.open_connection(self.host, self.port, limit=1 << 20)
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
         lower = head.lower()
         chunked = b"transfer-encoding: chunked" in lower
         return reader, writer, chunked

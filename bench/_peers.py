@@ -1,5 +1,6 @@
-"""The processes we compare the gateway with: the bare grpc.aio floor, the LiteLLM proxy and
-redis-server. Each is a ``_servers.Proc`` (CPU and RSS from /proc, ``stop()``)."""
+"""The processes we compare the gateway with: the bare grpc.aio floor, the LiteLLM proxy, the
+Portkey AI gateway and redis-server. Each is a ``_servers.Proc`` (CPU and RSS from /proc,
+``stop()``)."""
 
 from __future__ import annotations
 
@@ -181,6 +182,100 @@ class LiteLLM:
     def stop(self) -> None:
         self.proc.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+PORTKEY_VERSION = "1.15.2"
+PORTKEY_DIR = ROOT / ".bench" / f"portkey-{PORTKEY_VERSION}"
+# Portkey's own range for @hono/node-server admits releases whose responses carry immutable
+# headers, which its streaming path then tries to append to ("TypeError: immutable", every
+# streamed chat completion fails; Portkey-AI/gateway issue 1389): the last release it works with.
+PORTKEY_OVERRIDES = {"@hono/node-server": "1.13.8"}
+_PORTKEY_ENTRY = Path("node_modules/@portkey-ai/gateway/build/start-server.js")
+
+
+def portkey_installed() -> bool:
+    meta = PORTKEY_DIR / "node_modules" / "@portkey-ai" / "gateway" / "package.json"
+    if not (PORTKEY_DIR / _PORTKEY_ENTRY).exists() or not meta.exists():
+        return False
+    lock = PORTKEY_DIR / "package.json"
+    pinned = json.loads(lock.read_text()).get("overrides") if lock.exists() else None
+    return bool(json.loads(meta.read_text()).get("version") == PORTKEY_VERSION) and (
+        pinned == PORTKEY_OVERRIDES
+    )
+
+
+def ensure_portkey() -> float:
+    """Installs ``@portkey-ai/gateway`` with npm into its own directory (.bench/portkey-*)
+    unless it is there; returns the seconds spent installing. Raises on failure."""
+    if portkey_installed():
+        return 0.0
+    npm = shutil.which("npm")
+    if npm is None or shutil.which("node") is None:
+        raise RuntimeError("node and npm are needed for the Portkey gateway")
+    t0 = time.monotonic()
+    log(f"installing @portkey-ai/gateway@{PORTKEY_VERSION} into {PORTKEY_DIR} (once)")
+    PORTKEY_DIR.mkdir(parents=True, exist_ok=True)
+    (PORTKEY_DIR / "package.json").write_text(
+        json.dumps({"private": True, "overrides": PORTKEY_OVERRIDES})
+    )
+    subprocess.run(
+        [
+            npm,
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--omit=dev",
+            f"@portkey-ai/gateway@{PORTKEY_VERSION}",
+        ],
+        cwd=PORTKEY_DIR,
+        check=True,
+        timeout=600,
+        stdout=sys.stderr,
+    )
+    return time.monotonic() - t0
+
+
+class Portkey:
+    """The Portkey AI gateway on Node (one process, its default), headless (no UI, no log
+    stream). It keeps no configuration of its own: each request names the provider and the
+    upstream in headers (``headers``), ``openai`` at ``api_base``, so it stays on the machine."""
+
+    def __init__(self, port: int, api_base: str, cpu: int | None = None) -> None:
+        self.port = port
+        self.headers = {
+            "x-portkey-provider": "openai",
+            "x-portkey-custom-host": api_base,
+            "authorization": "Bearer bench",
+        }
+        node = shutil.which("node") or "node"
+        self.proc = Proc(
+            [node, str(PORTKEY_DIR / _PORTKEY_ENTRY), f"--port={port}", "--headless"],
+            env={"NODE_ENV": "production"},
+            cpu=cpu,
+        )
+        self.started = time.monotonic()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1/chat/completions"
+
+    def wait_ready(self, timeout: float = 60.0) -> float:
+        """Seconds from launch until ``GET /`` answers; raises if it never does."""
+        deadline = self.started + timeout
+        while time.monotonic() < deadline:
+            if self.proc.p.poll() is not None:
+                raise RuntimeError(f"portkey exited with {self.proc.p.returncode}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/", timeout=1) as r:
+                    if r.status == 200:
+                        return time.monotonic() - self.started
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"portkey not ready after {timeout:.0f} s")
+
+    def stop(self) -> None:
+        self.proc.stop()
 
 
 def env_note() -> dict[str, object]:

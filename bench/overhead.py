@@ -1,8 +1,8 @@
 """Gateway overhead: Analyze of a short document through the gateway, against the same request
-sent straight to the sandbox, the floor (a bare grpc.aio server making the same HTTP hop) and
-the LiteLLM proxy, all in one run, all against one zero-latency sandbox.
+sent straight to the sandbox, the floor (a bare grpc.aio server making the same HTTP hop), the
+LiteLLM proxy and the Portkey AI gateway, all in one run, all against one zero-latency sandbox.
 
-Placement (2 cores): the process under test (gateway, floor or LiteLLM) on CPU 0; the load
+Placement (2 cores): the process under test (gateway, floor, LiteLLM or Portkey) on CPU 0; the load
 generator (ghz for gRPC, vegeta for HTTP, both Go, open loop) and the sandbox on CPU 1.
 Cache misses: every gateway request carries a unique document (a ghz template), so each one
 looks up the cache, misses, goes upstream and is stored, with the cache at its defaults.
@@ -43,6 +43,7 @@ LEVELS = (50, 250, 500, 1000)
 LEVEL_S = 3.0
 LEVEL_TIMEOUT_S = 5.0  # per-request deadline at fixed rates: an overloaded level stays short
 LITELLM_LEVELS = (50,)  # above its capacity (~25-55/s) a level only measures queueing
+SEQ_PORTKEY_S = 1.0
 STEP_S = 2.0  # per rate of the max-sustained search...
 STEP_MIN_CALLS = 100  # ...and at least this many calls, so p99 is not just the maximum
 SATURATION_CONC = 16
@@ -109,14 +110,20 @@ def main() -> dict[str, Any]:
     t_start = time.monotonic()
     out: dict[str, Any] = {}
     litellm_reason: str | None = None
-    install_s = 0.0
+    portkey_reason: str | None = None
+    install_s = portkey_install_s = 0.0
     try:
         install_s = _peers.ensure_litellm()
     except Exception as exc:
         litellm_reason = f"install failed: {type(exc).__name__}: {exc}"
-    sp, gp, fp, hp, lp = (_servers.free_port() for _ in range(5))
+    try:
+        portkey_install_s = _peers.ensure_portkey()
+    except Exception as exc:
+        portkey_reason = f"install failed: {type(exc).__name__}: {exc}"
+    sp, gp, fp, hp, lp, kp = (_servers.free_port() for _ in range(6))
     procs: list[Any] = []
     llm: _peers.LiteLLM | None = None
+    pk: _peers.Portkey | None = None
     template = None
     try:
         sb = _servers.sandbox(sp, cpu=LOADGEN_CPU)
@@ -124,6 +131,8 @@ def main() -> dict[str, Any]:
         api_base = f"http://127.0.0.1:{sp}/v1"
         if litellm_reason is None:
             llm = _peers.LiteLLM(lp, api_base, MODEL, cpu=SERVER_CPU)
+        if portkey_reason is None:
+            pk = _peers.Portkey(kp, api_base, cpu=SERVER_CPU)
         body, response = asyncio.run(capture(sp))
         template = _load.write_temp(response, ".pb")
         gw = _servers.gateway(gp, sp, cpu=SERVER_CPU)
@@ -140,6 +149,14 @@ def main() -> dict[str, Any]:
                 litellm_reason = f"start failed: {exc}"
                 llm.stop()
                 llm = None
+        portkey_ready_s = None
+        if pk is not None:
+            try:
+                portkey_ready_s = pk.wait_ready()
+            except Exception as exc:
+                portkey_reason = f"start failed: {exc}"
+                pk.stop()
+                pk = None
         direct_url = f"{api_base}/chat/completions"
         llm_headers = {"authorization": f"Bearer {llm.key}"} if llm else {}
 
@@ -172,6 +189,20 @@ def main() -> dict[str, Any]:
                 timeout_s=LEVEL_TIMEOUT_S,
             )
 
+        def portkey(rate: float, seconds: float, workers: int = 1) -> Stats:
+            assert pk is not None
+            return _load.vegeta(
+                pk.url,
+                body,
+                headers=pk.headers,
+                rate=rate,
+                duration_s=seconds,
+                server=pk.proc,
+                sandbox=sb,
+                timeout_s=LEVEL_TIMEOUT_S,
+                workers=workers,
+            )
+
         def grpc_run(
             port: int, proc: Any, total: int, rps: float | None, concurrency: int = 1
         ) -> Stats:
@@ -194,6 +225,9 @@ def main() -> dict[str, Any]:
         if llm is not None:
             litellm(20, 2.0)
             _load.wait_idle([llm.proc])
+        if pk is not None:
+            portkey(200, 2.0)
+            _load.wait_idle([pk.proc])
 
         # Sequential, interleaved rounds so machine noise hits every system alike.
         log("sequential")
@@ -203,6 +237,7 @@ def main() -> dict[str, Any]:
             "floor": [],
             "floor_httpx": [],
             "litellm": [],
+            "portkey": [],
         }
         for _ in range(SEQ_ROUNDS):
             seq["direct"].append(direct(0, SEQ_HTTP_S))
@@ -211,6 +246,8 @@ def main() -> dict[str, Any]:
             seq["floor_httpx"].append(grpc_run(hp, flx, SEQ_CALLS, None))
             if llm is not None:
                 seq["litellm"].append(litellm(0, SEQ_LITELLM_S))
+            if pk is not None:
+                seq["portkey"].append(portkey(0, SEQ_PORTKEY_S))
         pooled = {k: _load.merge(v) for k, v in seq.items() if v}
 
         def seq_overhead(name: str) -> dict[str, Any] | None:
@@ -227,9 +264,11 @@ def main() -> dict[str, Any]:
             "ours_overhead_ms": seq_overhead("ours"),
             "floor_overhead_ms": seq_overhead("floor"),
             "litellm_overhead_ms": seq_overhead("litellm"),
+            "portkey_overhead_ms": seq_overhead("portkey"),
             "floor_httpx_overhead_ms": seq_overhead("floor_httpx"),
             "ours_over_floor_p50": None,
             "litellm_over_ours_p50": None,
+            "portkey_over_ours_p50": None,
             "latency_ms": {k: v.summary() for k, v in pooled.items()},
             "server_cpu_ms_per_req": {
                 k: v.report()["server_cpu_ms_per_req"] for k, v in pooled.items()
@@ -243,6 +282,8 @@ def main() -> dict[str, Any]:
         )
         sequential["ours_over_floor_p50"] = ratio(o["p50"], f["p50"])
         sequential["litellm_over_ours_p50"] = ratio(ll["p50"], o["p50"]) if ll else None
+        pko = sequential["portkey_overhead_ms"]
+        sequential["portkey_over_ours_p50"] = ratio(pko["p50"], o["p50"]) if pko else None
         out["sequential"] = sequential
         flx.stop()  # sequential only: it tells how much of the floor's cost is httpx
 
@@ -281,6 +322,16 @@ def main() -> dict[str, Any]:
                 _load.wait_idle([llm.proc], max_s=30)
             else:
                 level["litellm"] = {"skipped": "above its max sustained rate (see below)"}
+            if pk is None:
+                level["portkey"] = None
+            else:
+                pst = portkey(rate, LEVEL_S)
+                level["portkey"] = {
+                    "success": round(pst.success, 4),
+                    "overhead_ms": _load.overhead(pst, d),
+                    **pst.report(),
+                }
+                _load.wait_idle([pk.proc], max_s=30)
             log(f"  {rate}/s ours {ours.summary()} success {ours.success:.3f}")
             levels.append(level)
         out["levels"] = levels
@@ -331,6 +382,18 @@ def main() -> dict[str, Any]:
                 bisections=2,
                 settle=lambda: _load.wait_idle([proc], max_s=30),
             )
+        pk_max: float | None = None
+        pk_steps: list[_load.Step] = []
+        if pk is not None:
+            log("max sustained: portkey")
+            pk_proc = pk.proc
+            pk_max, pk_steps = _load.max_sustained(
+                lambda r: portkey(r, max(STEP_S, STEP_MIN_CALLS / r)),
+                start=100,
+                p99_ms=P99_MS,
+                cap=4000,
+                settle=lambda: _load.wait_idle([pk_proc], max_s=30),
+            )
         # Throughput at saturation (closed loop, SATURATION_CONC in flight): capacity without a
         # latency bound, robust where a p99 bound is decided by a system's own tail.
         log("saturation throughput")
@@ -350,12 +413,16 @@ def main() -> dict[str, Any]:
                 server=llm.proc,
                 sandbox=sb,
             )
+        if pk is not None:
+            sat["portkey"] = portkey(0, 4.0, workers=SATURATION_CONC)
         sat_rps = {k: round(v.ok / v.wall_s, 1) for k, v in sat.items()}
         out["max_sustained_rps"] = {
             "ours": round(ours_max),
             "floor": round(floor_max),
             "litellm": round(llm_max) if llm_max is not None else None,
+            "portkey": round(pk_max) if pk_max is not None else None,
             "ours_over_litellm": ratio(ours_max, llm_max or math.nan),
+            "ours_over_portkey": ratio(ours_max, pk_max or math.nan),
             "ours_over_floor": ratio(ours_max, floor_max),
             "saturation_rps": sat_rps,
             "saturation_server_cpu_ms_per_req": {
@@ -365,12 +432,16 @@ def main() -> dict[str, Any]:
                 sat_rps["ours"], sat_rps.get("litellm", math.nan)
             ),
             "saturation_ours_over_floor": ratio(sat_rps["ours"], sat_rps["floor"]),
+            "saturation_ours_over_portkey": ratio(
+                sat_rps["ours"], sat_rps.get("portkey", math.nan)
+            ),
             "criterion": f"100% success, p99 <= {P99_MS:g} ms, >= 95% of rate achieved, "
             f"{STEP_S:g} s per rate",
             "steps": {
                 "ours": [s.report() for s in ours_steps],
                 "floor": [s.report() for s in floor_steps],
                 "litellm": [s.report() for s in llm_steps],
+                "portkey": [s.report() for s in pk_steps],
             },
         }
         s_ours = sequential["ours_overhead_ms"]
@@ -397,8 +468,8 @@ def main() -> dict[str, Any]:
             "document_chars": len(DOC) + 20,
             "upstream_body_bytes": len(body),
             "response_bytes": {"ours": len(response)},
-            "placement": f"gateway/floor/LiteLLM on CPU {SERVER_CPU}; sandbox, ghz and vegeta "
-            f"on CPU {LOADGEN_CPU} (taskset); for direct runs the sandbox is moved to CPU "
+            "placement": f"gateway/floor/LiteLLM/Portkey on CPU {SERVER_CPU}; sandbox, ghz and "
+            f"vegeta on CPU {LOADGEN_CPU} (taskset); for direct runs the sandbox is moved to CPU "
             f"{SERVER_CPU} (sched_setaffinity), so no system shares a core with its generator",
             "request_deadline_s": LEVEL_TIMEOUT_S,
             "gateway_restarted_after_levels": "yes: overload at the fixed levels can open the "
@@ -420,6 +491,16 @@ def main() -> dict[str, Any]:
                 "127.0.0.1:9)",
                 "unavailable": litellm_reason,
             },
+            "portkey": {
+                "version": _peers.PORTKEY_VERSION,
+                "dir": str(_peers.PORTKEY_DIR),
+                "install_s": round(portkey_install_s, 1),
+                "ready_s": round(portkey_ready_s, 1) if portkey_ready_s else None,
+                "config": "Node, one process, headless; per request x-portkey-provider: openai "
+                "and x-portkey-custom-host: the sandbox; overrides "
+                f"{_peers.PORTKEY_OVERRIDES}",
+                "unavailable": portkey_reason,
+            },
             **_peers.env_note(),
         }
         out["bench_wall_s"] = round(time.monotonic() - t_start, 1)
@@ -428,6 +509,8 @@ def main() -> dict[str, Any]:
     finally:
         if llm is not None:
             llm.stop()
+        if pk is not None:
+            pk.stop()
         for p in reversed(procs):
             p.stop()
         if template is not None:

@@ -1,14 +1,16 @@
 """Streaming: time to first token through the gateway's Stream RPC against streaming straight
-from the sandbox (and through the bare grpc.aio relay of ``bench._floor``), then 1,000
-concurrent Stream calls: server RSS and CPU, and whether every one completes.
+from the sandbox (and through the bare grpc.aio relay of ``bench._floor``, the LiteLLM proxy and
+the Portkey AI gateway, whose OpenAI-compatible endpoints stream SSE), then 1,000 concurrent
+Stream calls: server RSS and CPU, and whether every one completes.
 
-Placement (2 cores): gateway and floor on CPU 0; this process (the clients) and the sandbox on
-CPU 1. TTFT is the time from sending the request to the first answer text: the first ``delta``
-event of the RPC, or the first SSE chunk with non-empty ``content`` from the sandbox (read with
-the floor's minimal HTTP/1.1 client, so the direct path has no client library overhead). Every
-stream carries a unique document, so every call misses the cache and streams from upstream.
-For the 1,000 streams the sandbox waits ``TTFT_MS`` before its first event and then paces
-tokens, so all streams are open at once; they are spread over ``CHANNELS`` HTTP/2 connections.
+Placement (2 cores): gateway, floor, LiteLLM and Portkey on CPU 0; this process (the clients)
+and the sandbox on CPU 1. TTFT is the time from sending the request to the first answer text:
+the first ``delta`` event of the RPC, or the first SSE chunk with non-empty ``content`` from
+the sandbox or a peer (read with the floor's minimal HTTP/1.1 client, so the HTTP paths have
+no client library overhead). Every stream carries a unique document, so every call misses the
+cache and streams from upstream. For the 1,000 streams the sandbox waits ``TTFT_MS`` before its
+first event and then paces tokens, so all streams are open at once; they are spread over
+``CHANNELS`` HTTP/2 connections (``bench.concurrency`` compares the peers there).
 Prints one JSON object. Run: python -m bench.streaming
 """
 
@@ -89,8 +91,12 @@ def _pcts(xs: list[float]) -> dict[str, float]:
     return st.summary()
 
 
-async def ttft_part(sb_port: int, gw_port: int, fl_port: int) -> dict[str, Any]:
+async def ttft_part(
+    sb_port: int, gw_port: int, fl_port: int, peers: dict[str, tuple[str, dict[str, str]]]
+) -> dict[str, Any]:
+    """``peers``: name -> (URL, headers) of an OpenAI-compatible endpoint to time as well."""
     http = RawHttp(f"http://127.0.0.1:{sb_port}/v1/chat/completions")
+    peer_http = {name: RawHttp(url, headers) for name, (url, headers) in peers.items()}
     sysmsg = (
         "You analyse documents. Answer only from the text you are given, precisely and concisely."
     )
@@ -113,6 +119,7 @@ async def ttft_part(sb_port: int, gw_port: int, fl_port: int) -> dict[str, Any]:
         ).encode()
 
     res: dict[str, list[float]] = {"direct": [], "ours": [], "floor": [], "ours_first_event": []}
+    res.update({name: [] for name in peers})
     async with (
         grpc.aio.insecure_channel(f"127.0.0.1:{gw_port}") as gch,
         grpc.aio.insecure_channel(f"127.0.0.1:{fl_port}") as fch,
@@ -122,6 +129,8 @@ async def ttft_part(sb_port: int, gw_port: int, fl_port: int) -> dict[str, Any]:
             await direct_ttft(http, body_for)
             await grpc_ttft(gw)
             await grpc_ttft(fl)
+            for ph in peer_http.values():
+                await direct_ttft(ph, body_for)
         per_round = []
         for _ in range(ROUNDS):
             r: dict[str, list[float]] = {"direct": [], "ours": [], "floor": []}
@@ -133,13 +142,30 @@ async def ttft_part(sb_port: int, gw_port: int, fl_port: int) -> dict[str, Any]:
                 res["ours_first_event"].append(first)
             for _ in range(CALLS):
                 r["floor"].append((await grpc_ttft(fl))[1])
+            for name, ph in peer_http.items():
+                r[name] = [await direct_ttft(ph, body_for) for _ in range(CALLS)]
             for k, v in r.items():
                 res[k].extend(v)
             p50 = {k: _pcts(v)["p50"] for k, v in r.items()}
             per_round.append(round(p50["ours"] - p50["direct"], 3))
     await http.aclose()
+    for ph in peer_http.values():
+        await ph.aclose()
     summ = {k: _pcts(v) for k, v in res.items()}
+
+    def added(name: str) -> dict[str, float]:
+        return {q: round(summ[name][q] - summ["direct"][q], 3) for q in ("p50", "p99")}
+
+    ours_p50 = added("ours")["p50"]
+    peer_rows = {
+        f"{name}_ttft_overhead_ms": {
+            **added(name),
+            "over_ours_p50": round(added(name)["p50"] / ours_p50, 2) if ours_p50 > 0 else None,
+        }
+        for name in peers
+    }
     return {
+        **peer_rows,
         "ttft_overhead_ms": {
             "p50": round(summ["ours"]["p50"] - summ["direct"]["p50"], 3),
             "p99": round(summ["ours"]["p99"] - summ["direct"]["p99"], 3),
@@ -218,13 +244,39 @@ async def many_streams(port: int, proc: _servers.Proc) -> dict[str, Any]:
     }
 
 
+def start_peers(
+    api_base: str, procs: list[Any]
+) -> tuple[dict[str, tuple[str, dict[str, str]]], dict[str, str]]:
+    """LiteLLM and Portkey against the sandbox at ``api_base``, each installed on first use;
+    returns name -> (URL, headers) of those that started, and why the others did not."""
+    peers: dict[str, tuple[str, dict[str, str]]] = {}
+    unavailable: dict[str, str] = {}
+    try:
+        _peers.ensure_litellm()
+        llm = _peers.LiteLLM(_servers.free_port(), api_base, MODEL, cpu=SERVER_CPU)
+        procs.append(llm)
+        llm.wait_ready()
+        peers["litellm"] = (llm.url, {"authorization": f"Bearer {llm.key}"})
+    except Exception as exc:
+        unavailable["litellm"] = f"{type(exc).__name__}: {exc}"
+    try:
+        _peers.ensure_portkey()
+        pk = _peers.Portkey(_servers.free_port(), api_base, cpu=SERVER_CPU)
+        procs.append(pk)
+        pk.wait_ready()
+        peers["portkey"] = (pk.url, pk.headers)
+    except Exception as exc:
+        unavailable["portkey"] = f"{type(exc).__name__}: {exc}"
+    return peers, unavailable
+
+
 async def main() -> dict[str, Any]:
     t_start = time.monotonic()
     _load.exit_on_sigterm()
     machine = _load.MachineLoad()
     os.sched_setaffinity(0, {LOADGEN_CPU})
     ports = [_servers.free_port() for _ in range(6)]
-    procs: list[_servers.Proc] = []
+    procs: list[Any] = []  # each with stop()
     try:
         sb = _servers.sandbox(ports[0], cpu=LOADGEN_CPU)
         procs.append(sb)
@@ -232,9 +284,12 @@ async def main() -> dict[str, Any]:
         procs.append(gw)
         fl = _peers.floor(ports[2], upstream=f"http://127.0.0.1:{ports[0]}/v1", cpu=SERVER_CPU)
         procs.append(fl)
+        api_base = f"http://127.0.0.1:{ports[0]}/v1"
+        peers, unavailable = start_peers(api_base, procs)
         log("time to first token")
-        out = await ttft_part(ports[0], ports[1], ports[2])
-        for p in (fl, gw):
+        out = await ttft_part(ports[0], ports[1], ports[2], peers)
+        out["peers_unavailable"] = unavailable
+        for p in procs[1:]:
             p.stop()
         log(f"{STREAMS} concurrent streams")
         slow = _servers.sandbox(
@@ -267,7 +322,9 @@ async def main() -> dict[str, Any]:
             "zero-latency sandbox",
             "streams": f"{STREAMS} Stream calls at once over {CHANNELS} grpc.aio channels; "
             f"sandbox --ttft-ms {TTFT_MS} --tokens-per-s {TOKENS_PER_S}",
-            "placement": f"gateway/floor on CPU {SERVER_CPU}; clients and sandbox on CPU "
+            "peers": f"LiteLLM {_peers.LITELLM_VERSION} (one worker), Portkey "
+            f"{_peers.PORTKEY_VERSION} (Node, headless), both at the same sandbox",
+            "placement": f"gateway/floor/peers on CPU {SERVER_CPU}; clients and sandbox on CPU "
             f"{LOADGEN_CPU}",
             **_peers.env_note(),
         }
