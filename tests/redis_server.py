@@ -11,13 +11,23 @@ import time
 from pathlib import Path
 
 from longread_server.state.gate import GatePolicy, RedisGate
+from longread_server.state.redis import RedisClient, connect
+
+# For tests whose subject is shared state, not a slow Redis: on a loaded machine a round trip
+# (a cluster client's first burst opens a connection per node and loads scripts) can outlast
+# the gateway's default timeouts (0.25 s), which the gate reads as an outage and serves from
+# local state.
+PATIENT_S = 5.0
 
 
 def patient_gate() -> RedisGate:
-    """A Redis gate for tests whose subject is shared state, not a slow Redis: on a loaded
-    machine a round trip (a cluster client's first one sets it up) can outlast the gateway's
-    default timeout (0.25 s), which the gate reads as an outage and serves from local state."""
-    return RedisGate(GatePolicy(timeout_s=5.0))
+    """A Redis gate with a timeout a busy machine does not outlast."""
+    return RedisGate(GatePolicy(timeout_s=PATIENT_S))
+
+
+def patient_client(url: str) -> RedisClient:
+    """A client of ``url`` whose socket timeouts a busy machine does not outlast."""
+    return connect(url, socket_timeout_s=PATIENT_S)
 
 
 def free_port() -> int:

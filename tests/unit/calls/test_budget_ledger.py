@@ -15,7 +15,7 @@ from longread_server.state.gate import GatePolicy, RedisGate
 from longread_server.state.redis import connect
 
 from tests.redis_cluster import RedisClusterServer
-from tests.redis_server import RedisServer, free_port, patient_gate
+from tests.redis_server import RedisServer, free_port, patient_client, patient_gate
 
 
 async def test_a_dead_redis_leaves_the_ledger_counting_locally_under_fail_closed() -> None:
@@ -69,7 +69,7 @@ async def test_redis_reservations_are_atomic_across_ledgers(
     shared_redis: RedisServer | RedisClusterServer,
 ) -> None:
     """Two replicas, 20 concurrent reservations of 1.49 against a cap of 5: three fit."""
-    redis = connect(shared_redis.url)
+    redis = patient_client(shared_redis.url)
     try:
         await redis.delete(*BudgetLedger._redis_keys(("atomic", month_of(dt.datetime.now(dt.UTC)))))
         ledgers = [BudgetLedger({"atomic": 5.0}, redis, health=patient_gate()) for _ in range(2)]
@@ -95,7 +95,7 @@ async def test_a_dead_replicas_reservation_is_given_back_once_its_lease_ends(
     the margin have passed, the next reservation on replica B gives A's back, once, however
     many replicas look. Were A only slow, its late settlement charges its real cost."""
     tenant = "lease"
-    redis = connect(shared_redis.url)
+    redis = patient_client(shared_redis.url)
     try:
         month = month_of(dt.datetime.now(dt.UTC))
         await redis.delete(*BudgetLedger._redis_keys((tenant, month)))
@@ -144,7 +144,7 @@ async def test_a_reservation_taken_while_redis_was_down_reaches_redis_as_the_job
     gate = RedisGate(GatePolicy(timeout_s=0.5, retry_s=0.0))
     tenant = "down-then-up"
     dead = connect(f"redis://127.0.0.1:{free_port()}")
-    live = connect(shared_redis.url)
+    live = patient_client(shared_redis.url)
     try:
         await live.delete(*BudgetLedger._redis_keys((tenant, month_of(dt.datetime.now(dt.UTC)))))
         ledger = BudgetLedger({tenant: 1.0}, dead, health=gate)

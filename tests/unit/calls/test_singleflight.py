@@ -36,7 +36,7 @@ from longread_server.state.redis import connect
 from longread_server.vendors.openai import OpenAIAdapter
 
 from tests.redis_cluster import RedisClusterServer
-from tests.redis_server import RedisServer, free_port, patient_gate
+from tests.redis_server import RedisServer, free_port, patient_client, patient_gate
 from tests.waiting import until
 
 DELTAS = ["The lamp ", "was converted ", "in 1926."]
@@ -96,7 +96,7 @@ def replica(redis_url: str = "", prefix: str = "", **cfg: Any) -> Replica:
     config = CacheConfig(**cfg)
     if prefix:
         config.redis_prefix = prefix
-    redis = connect(redis_url) if redis_url else None
+    redis = patient_client(redis_url) if redis_url else None
     cache = build_response_cache(config, redis, patient_gate() if redis else None)
     upstream = ScriptedUpstream()
     flights = SingleFlightStage(cache)
