@@ -18,7 +18,8 @@ answered call once, plus what the dead replica's jobs had reserved.
   and the tenant has paid for every answered call once and for nothing else. Reserving and
   settling are each one script, so no kill leaves half of either. (A job the dead replica had
   settled but not yet answered stays charged, and its retry is charged again: its work was
-  done and paid upstream; a SIGKILL landing in that instant is not seen in these runs.)
+  done and paid upstream. A SIGKILL lands in that instant now and then: the test allows a
+  call's cost for it, never a reservation.)
 """
 
 from __future__ import annotations
@@ -193,6 +194,13 @@ async def test_three_replicas_one_killed_mid_load(
     # their reservations (or, for a job that finished upstream but died before answering,
     # its cost), and it cannot have held more than the calls in flight. Each document's
     # estimate differs a little (its id's tokens): 5 % over the one measured.
-    if lost:  # a call the dead replica had sent upstream: its reservation was stranded
-        assert held - answered_before > 0.5 * reservation
-    assert abs(stranded) <= 1e-6  # given back: every answered call charged once, no more
+    if lost:  # a call the dead replica had sent upstream: its job held its reservation, or
+        # had settled just before the kill (and its retry is charged again, below)
+        assert held - answered_before > 0.5 * reservation or stranded > 1e-6
+    # The reservations are given back: every answered call is charged once. The one excess
+    # allowed is a job the dead replica had settled but not answered, retried and charged
+    # again (the module's note): a call's cost, never a reservation's, at most one per call
+    # in flight.
+    call_usd = max(r.cost_usd for r in answered)
+    assert -1e-6 <= stranded <= WORKERS * call_usd + 1e-6, (stranded, call_usd)
+    assert stranded < 0.5 * reservation
