@@ -39,6 +39,25 @@ from longread.v1 import types_pb2 as pb
 SYSTEM = "You analyse documents. Answer only from the text you are given, precisely and concisely."
 
 
+def streamed_chat_body(model: str, text: str, question: str) -> bytes:
+    """The gateway's single-pass request shape (plan/prompts.py), streamed: what the
+    benchmarks send straight to the sandbox and through peer gateways."""
+    return json.dumps(
+        {
+            "model": model,
+            "messages": [
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": f"<document>\n{text}\n</document>"},
+                {"role": "user", "content": f"Question: {question}"},
+            ],
+            "max_completion_tokens": 2048,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
 def default_response() -> svc.AnalyzeResponse:
     model = pb.ResolvedModel(
         vendor="openai", model="gpt-4.1-mini", context_window=1047576, max_output_tokens=32768

@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import _lag_probe, _load, _peers, _servers
-from bench._floor import SYSTEM, RawHttp
+from bench._floor import RawHttp, streamed_chat_body
 from bench._load import LOADGEN_CPU, SERVER_CPU, log
 
 TTFT_MS = 500.0
@@ -108,21 +108,7 @@ def doc(i: int, run: str) -> str:
 
 
 def chat_body(text: str) -> bytes:
-    """The gateway's single-pass request shape, streamed (as ``bench._floor`` sends it)."""
-    return json.dumps(
-        {
-            "model": MODEL,
-            "messages": [
-                {"role": "system", "content": SYSTEM},
-                {"role": "user", "content": f"<document>\n{text}\n</document>"},
-                {"role": "user", "content": f"Question: {QUESTION}"},
-            ],
-            "max_completion_tokens": 2048,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        },
-        separators=(",", ":"),
-    ).encode()
+    return streamed_chat_body(MODEL, text, QUESTION)
 
 
 def _content(line: bytes) -> str | None:

@@ -28,7 +28,7 @@ from longread.v1 import analysis_service_pb2_grpc as svc_grpc
 from longread.v1 import types_pb2 as pb
 
 from bench import _load, _peers, _servers
-from bench._floor import RawHttp
+from bench._floor import RawHttp, streamed_chat_body
 from bench._load import LOADGEN_CPU, SERVER_CPU, log
 
 DOC = "The tide turns at four. The harbour closes at nine. Ferries leave hourly. " * 6
@@ -97,26 +97,9 @@ async def ttft_part(
     """``peers``: name -> (URL, headers) of an OpenAI-compatible endpoint to time as well."""
     http = RawHttp(f"http://127.0.0.1:{sb_port}/v1/chat/completions")
     peer_http = {name: RawHttp(url, headers) for name, (url, headers) in peers.items()}
-    sysmsg = (
-        "You analyse documents. Answer only from the text you are given, precisely and concisely."
-    )
 
     def body_for(text: str) -> bytes:
-        # The gateway's single-pass shape: the document, then the question (plan/prompts.py).
-        return json.dumps(
-            {
-                "model": MODEL,
-                "messages": [
-                    {"role": "system", "content": sysmsg},
-                    {"role": "user", "content": f"<document>\n{text}\n</document>"},
-                    {"role": "user", "content": f"Question: {QUESTION}"},
-                ],
-                "max_completion_tokens": 2048,
-                "stream": True,
-                "stream_options": {"include_usage": True},
-            },
-            separators=(",", ":"),
-        ).encode()
+        return streamed_chat_body(MODEL, text, QUESTION)
 
     res: dict[str, list[float]] = {"direct": [], "ours": [], "floor": [], "ours_first_event": []}
     res.update({name: [] for name in peers})
