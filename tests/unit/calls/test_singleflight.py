@@ -293,13 +293,14 @@ async def test_a_crashed_owners_lease_expires_and_a_waiter_takes_over(
     shared_redis: RedisServer | RedisClusterServer, prefix: str
 ) -> None:
     b = replica(shared_redis.url, prefix, lock_ttl_s=5.0)
-    # A replica took the lease for this call and died: only its lease is left, for 300 ms.
+    # A replica took the lease for this call and died: only its lease is left, for 1.5 s (long
+    # enough that b's first call, which also sets up its cluster client, finds it there).
     req = LlmRequest("gpt-4.1-mini", (Message("user", "When was the lamp converted?"),), 64)
     key = b.cache.key_now(
         replace_call(b, req, CallContext(tenant="acme"))  # the key the gateway computes
     )
     raw = connect(shared_redis.url)
-    await raw.set(f"{prefix}{{{key}}}:lock", "dead-replica-token", px=300)
+    await raw.set(f"{prefix}{{{key}}}:lock", "dead-replica-token", px=1500)
     events = await b.ask()
     assert text_of(events) == TEXT and b.upstream.calls == 1
     assert b.cache.stats.takeovers == 1 and b.cache.stats.remote_waits == 1
