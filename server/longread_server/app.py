@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import grpc
@@ -28,7 +30,7 @@ from longread_server.calls.cache import (
     build_response_cache,
     observe_cache,
 )
-from longread_server.calls.pipeline import Pipeline
+from longread_server.calls.pipeline import Pipeline, UnknownUpstream
 from longread_server.calls.resilience import Resilience, build_resilience, redis_gate
 from longread_server.calls.stages import pipeline_stages
 from longread_server.config import (
@@ -48,8 +50,11 @@ from longread_server.run.analysis import Analysis
 from longread_server.run.models import ModelResolver
 from longread_server.run.planning import Planning
 from longread_server.run.runner import JobRunner, PromptCaching
+from longread_server.run.semantic import SemanticReuse, UpstreamEmbedder
+from longread_server.semantic.local_model import Embedder, LocalEmbedder
 from longread_server.state.gate import RedisGate
 from longread_server.state.redis import RedisClient, connect, warm_up
+from longread_server.state.semantic_store import RedisSemanticStore
 from longread_server.telemetry import Telemetry, configure_logging
 from longread_server.telemetry import setup as setup_telemetry
 from longread_server.vendors import make_adapter
@@ -134,6 +139,55 @@ def build_analysis(
     planning = Planning(models, defaults, limits.max_document_tokens)
     concurrency = {u.name: u.max_concurrency for u in cfg.upstreams}
     return Analysis(planning, runner, ledger, concurrency, tel)
+
+
+def build_semantic(
+    cfg: Config,
+    pipeline: Pipeline,
+    redis: RedisClient | None = None,
+    gate: RedisGate | None = None,
+    tel: Telemetry | None = None,
+) -> SemanticReuse:
+    """Semantic reuse, for the tenants and requests that ask for it: the offline model, or
+    the configured upstream's embeddings; shared through Redis when the cache is."""
+    sem = cfg.cache.semantic
+    upstream = None
+    local: Callable[[], Embedder] | None = None
+    if sem.embeddings == "local":
+        if importlib.util.find_spec("wordllama") is not None:
+            local = LocalEmbedder.load
+        elif any(t.semantic_cache for t in cfg.tenants):
+            raise ConfigError(
+                "semantic reuse with the local model needs the 'semantic' extra",
+                setting="cache.semantic.embeddings",
+                hint="pip install 'longread[semantic]'",
+            )
+    else:
+        try:
+            adapter = pipeline.adapter(sem.embeddings)
+        except UnknownUpstream:
+            raise ConfigError(
+                f"no upstream named {sem.embeddings!r}", setting="cache.semantic.embeddings"
+            ) from None
+        if not hasattr(adapter, "embed"):
+            raise ConfigError(
+                f"{sem.embeddings!r} has no embeddings endpoint (it is not OpenAI-compatible)",
+                setting="cache.semantic.embeddings",
+            )
+        upstream = UpstreamEmbedder(pipeline, sem.embeddings, sem.embedding_model)
+    remote = None
+    if redis is not None and gate is not None and cfg.cache.redis:
+        remote = RedisSemanticStore(redis, cfg.cache.redis_prefix)
+    return SemanticReuse(
+        sem,
+        cfg.cache,
+        frozenset(t.name for t in cfg.tenants if t.semantic_cache),
+        local=local,
+        upstream=upstream,
+        remote=remote,
+        gate=gate if remote is not None else None,
+        telemetry=tel,
+    )
 
 
 @dataclass
@@ -269,6 +323,9 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
     pipeline = Pipeline(adapters, stages, tel, peers)
     runner = JobRunner(pipeline, tel, resilience.concurrency, caching)
     analysis = build_analysis(cfg, catalog, runner, ledger, tel)
+    analysis.semantic = build_semantic(cfg, pipeline, redis, gate, tel)
+    if any(t.semantic_cache for t in cfg.tenants):
+        await analysis.semantic.load()
     admission = Admission(cfg.admission)
     # One implementation of the RPCs, served by the gRPC servicer and, with http.listen, the
     # Connect face.

@@ -193,6 +193,8 @@ class TenantConfig:
     tokens_per_minute: float = 0.0
     burst_requests: float = 0.0
     burst_tokens: float = 0.0
+    # Semantic reuse for this tenant's requests unless a request turns it off (cache.semantic).
+    semantic_cache: bool = False
     api_keys: list[str] = field(default_factory=list)  # resolved at load time
 
 
@@ -209,6 +211,35 @@ class LimitsConfig:
     map_output_tokens: int = 1024  # each map call
     default_chunk_tokens: int = 16_000  # chunk size when the document does not fit one call
     max_chunks: int = 2048
+
+
+@dataclass
+class SemanticCacheConfig:
+    """Semantic reuse (run/semantic.py): off unless a tenant (``tenants[].semantic_cache``) or a
+    request (``cache.semantic``) asks for it. A reuse needs the same tenant, document,
+    model, strategy and answer-changing options, the same facts in the question (numbers,
+    dates, periods, negation, comparisons, names) and embeddings at least ``threshold`` alike."""
+
+    # "local": the offline model of the `semantic` extra (WordLlama, 256 dimensions); or the
+    # name of an OpenAI-compatible upstream, whose /v1/embeddings embeds each question.
+    embeddings: str = "local"
+    embedding_model: str = "text-embedding-3-small"  # with an upstream
+    # The cosine similarity a reuse needs, unless a request sets its own. The default is the
+    # lowest with precision >= 99.5 % on the labelled pairs of tests/data/semantic with the
+    # local model (`python -m bench.semantic`).
+    threshold: float = 0.75
+    max_question_chars: int = 2000  # longer instructions are not looked up or stored
+    max_questions: int = 64  # per scope (tenant, document, model, options)
+    max_entries: int = 50_000  # in process, all scopes
+
+    def validate(self) -> None:
+        if not 0 < self.threshold <= 1:
+            raise ConfigError("cache.semantic.threshold must be in (0, 1]")
+        for name in ("max_question_chars", "max_questions", "max_entries"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"cache.semantic.{name} must be positive")
+        if not self.embeddings.strip():
+            raise ConfigError('cache.semantic.embeddings must be "local" or an upstream\'s name')
 
 
 @dataclass
@@ -234,8 +265,10 @@ class CacheConfig:
     # OpenAI models that support it get extended (24h) retention.
     vendor_ttl: str = "5m"
     vendor_extended_retention: bool = True
+    semantic: SemanticCacheConfig = field(default_factory=SemanticCacheConfig)
 
     def validate(self) -> None:
+        self.semantic.validate()
         if self.vendor_ttl not in ("5m", "1h", "off"):
             raise ConfigError('cache.vendor_ttl must be "5m", "1h" or "off"')
         for name in ("max_bytes", "ttl_s", "max_ttl_s", "max_entry_bytes", "lock_ttl_s"):

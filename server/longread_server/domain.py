@@ -35,6 +35,7 @@ class Operation(enum.StrEnum):
 
     CHAT = "chat"  # generate an answer: TextDeltas, then one Finish
     COUNT_TOKENS = "count_tokens"  # count the prompt's input tokens: one TokenCount
+    EMBEDDING = "embeddings"  # embed the text of the one message: one Embedding, then a Finish
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +118,14 @@ class TokenCount:
     input_tokens: int
 
 
-LlmEvent = TextDelta | Finish | TokenCount
+@dataclass(frozen=True, slots=True)
+class Embedding:
+    """The vector of an EMBEDDING call (its usage is on the Finish that follows)."""
+
+    values: tuple[float, ...]
+
+
+LlmEvent = TextDelta | Finish | TokenCount | Embedding
 
 
 class ErrorKind(enum.StrEnum):

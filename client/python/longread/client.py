@@ -96,6 +96,10 @@ class Options:
     strategy: str = "auto"
     cache: str = "default"
     cache_ttl_s: float | None = None
+    # Reuse of an answer to an earlier question that means the same (None: as the tenant is
+    # configured), and the similarity it needs (0: the server's default).
+    semantic: bool | None = None
+    min_similarity: float = 0.0
     max_cost_usd: float = 0.0
     labels: Mapping[str, str] = field(default_factory=dict)
     history: Sequence[tuple[str, str]] = ()  # (role, text), role "user" or "assistant"
@@ -138,6 +142,11 @@ def build_request(cls: type[R], text: str, instruction: str, opts: Options = Opt
             d = duration_pb2.Duration()
             d.FromNanoseconds(round(opts.cache_ttl_s * 1e9))
             req.cache.ttl.CopyFrom(d)
+        if opts.semantic is not None or opts.min_similarity:
+            sem = req.cache.semantic
+            if opts.semantic is not None:
+                sem.mode = pb.SEMANTIC_MODE_ON if opts.semantic else pb.SEMANTIC_MODE_OFF
+            sem.min_similarity = opts.min_similarity
         req.labels.update(opts.labels)
     return req
 

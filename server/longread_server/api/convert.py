@@ -65,6 +65,7 @@ _CACHE_STATUS = {
     CacheStatus.HIT: pb.CACHE_STATUS_HIT,
     CacheStatus.PARTIAL: pb.CACHE_STATUS_PARTIAL,
     CacheStatus.BYPASS: pb.CACHE_STATUS_BYPASS,
+    CacheStatus.SEMANTIC_HIT: pb.CACHE_STATUS_SEMANTIC_HIT,
 }
 _STAGES = {
     JobStage.SINGLE: pb.STAGE_SINGLE,
@@ -253,6 +254,8 @@ def parse_request(req: AnyRequest | Undecodable, limits: LimitsConfig) -> JobReq
     cache_mode = "default"
     ttl: float | None = None
     labels: dict[str, str] = {}
+    semantic: bool | None = None
+    min_similarity: float | None = None
     if not isinstance(req, svc.EstimateRequest):
         if req.cache.mode not in _CACHE_MODES:
             v.add("cache.mode", f"unknown cache mode {req.cache.mode}")
@@ -260,6 +263,8 @@ def parse_request(req: AnyRequest | Undecodable, limits: LimitsConfig) -> JobReq
             cache_mode = _CACHE_MODES[req.cache.mode]
         if req.cache.HasField("ttl"):
             ttl = _ttl(v, req.cache.ttl)
+        if req.cache.HasField("semantic"):
+            semantic, min_similarity = _semantic(v, req.cache.semantic)
         labels = dict(req.labels)
         if len(labels) > MAX_LABELS:
             v.add("labels", f"at most {MAX_LABELS} labels, got {len(labels)}")
@@ -290,9 +295,30 @@ def parse_request(req: AnyRequest | Undecodable, limits: LimitsConfig) -> JobReq
         sampling=Sampling(temperature=temperature, top_p=top_p, stop=tuple(g.stop), seed=seed),
         cache_mode=cache_mode,
         cache_ttl_s=ttl,
+        semantic=semantic,
+        min_similarity=min_similarity,
         labels=labels,
         exact_token_count=isinstance(req, svc.EstimateRequest) and req.exact_token_count,
     )
+
+
+_SEMANTIC_MODES = {pb.SEMANTIC_MODE_UNSPECIFIED: None, pb.SEMANTIC_MODE_ON: True,
+                   pb.SEMANTIC_MODE_OFF: False}  # fmt: skip
+
+
+def _semantic(v: Violations, p: pb.SemanticPolicy) -> tuple[bool | None, float | None]:
+    """The request's semantic reuse (None: the tenant's setting) and its threshold (None:
+    the configured one)."""
+    on = _SEMANTIC_MODES.get(p.mode)
+    if p.mode not in _SEMANTIC_MODES:
+        v.add("cache.semantic.mode", f"unknown semantic mode {p.mode}")
+    sim = p.min_similarity
+    if sim == 0:
+        return on, None
+    if not math.isfinite(sim) or not 0 < sim <= 1:
+        v.add("cache.semantic.min_similarity", f"must be in (0, 1] (0: the default), got {sim:g}")
+        return on, None
+    return on, float(sim)
 
 
 # ---- domain -> proto ----
@@ -408,6 +434,9 @@ def result(r: JobResult, plan_pb: pb.Plan | None = None) -> svc.AnalyzeResponse:
         ),
         warnings=[warning(w) for w in r.warnings],
         finish_reason=r.finish_reason,
+        semantic_match=None
+        if r.semantic is None
+        else pb.SemanticMatch(question=r.semantic.question, similarity=r.semantic.similarity),
     )
 
 

@@ -29,6 +29,7 @@ from longread_server.domain import (
 )
 from longread_server.plan.planner import JobPlan, ModelFit
 from longread_server.run.events import (
+    JobResult,
     JobWarning,
     RunEvent,
     history_trimmed,
@@ -37,6 +38,7 @@ from longread_server.run.events import (
 from longread_server.run.planning import Planning
 from longread_server.run.request import JobRequest
 from longread_server.run.runner import Job, JobRunner
+from longread_server.run.semantic import Lookup, SemanticReuse, hit_events
 from longread_server.telemetry import Telemetry, current_span, disabled
 
 
@@ -69,9 +71,12 @@ class Analysis:
         ledger: BudgetLedger,
         concurrency: Mapping[str, int],
         telemetry: Telemetry | None = None,
+        semantic: SemanticReuse | None = None,
     ) -> None:
-        """``concurrency``: upstream name -> its configured map fan-out."""
+        """``concurrency``: upstream name -> its configured map fan-out; ``semantic``: reuse
+        by the question's meaning, for the jobs that ask for it."""
         self.planning = planning
+        self.semantic = semantic
         self._runner = runner
         self._ledger = ledger
         self._concurrency = dict(concurrency)
@@ -149,13 +154,42 @@ class Analysis:
     async def run(self, prep: PreparedJob, *, streaming: bool) -> AsyncGenerator[RunEvent, None]:
         """The job's events: the plan first, the result last. The job's estimate is reserved
         of the tenant's budget before its first call (refused: BUDGET_EXCEEDED, nothing
-        called) and settled to what its calls cost when it ends, however it ends."""
+        called) and settled to what its calls cost when it ends, however it ends. With
+        semantic reuse, an answer to a question that means the same is replayed first, and
+        the job's own answer is stored when it ends with one."""
+        reuse = self.semantic
+        ask = None
+        looked = Lookup(None)
+        if reuse is not None and reuse.wanted(prep):
+            if not reuse.available:
+                prep.warnings.append(
+                    JobWarning(
+                        "SEMANTIC_UNAVAILABLE",
+                        "semantic reuse is not available on this server (no embedding model): "
+                        "only exact answers are reused",
+                    )
+                )
+            else:
+                ask = await reuse.ask(prep)
+        if ask is not None and reuse is not None:
+            looked = await reuse.lookup(ask, prep)
+            if looked.answer is not None and looked.match is not None:
+                async with contextlib.aclosing(
+                    hit_events(prep, looked.answer, looked.match, streaming=streaming)
+                ) as hit:
+                    async for ev in hit:
+                        yield ev
+                return
         spend = await self._reserve(prep)
         job = self._job(prep, streaming, spend)
         ended = False
         try:
             async with contextlib.aclosing(self._runner.run(job)) as evs:
                 async for ev in evs:
+                    if isinstance(ev, JobResult) and ask and reuse and looked.vector is not None:
+                        # Stored before the caller has the answer: whoever asks next finds it.
+                        ttl = prep.request.cache_ttl_s or 0.0
+                        await reuse.remember(ask, looked.vector, ev, ttl)
                     yield ev
             ended = True
         except UpstreamError as e:

@@ -23,6 +23,7 @@ class CacheStatus(enum.StrEnum):
     HIT = "hit"
     PARTIAL = "partial"
     BYPASS = "bypass"
+    SEMANTIC_HIT = "semantic_hit"  # the answer to an earlier question that means the same
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +123,14 @@ class Timings:
     first_token_s: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class SemanticMatch:
+    """The earlier question whose answer a job reused, and how close the two were."""
+
+    question: str
+    similarity: float
+
+
 @dataclass(slots=True)
 class JobResult:
     text: str
@@ -134,6 +143,7 @@ class JobResult:
     finish_reason: str
     timings: Timings
     warnings: list[JobWarning] = field(default_factory=list)
+    semantic: SemanticMatch | None = None  # with CacheStatus.SEMANTIC_HIT
 
 
 RunEvent = PlanReady | CallStarted | AnswerDelta | CallDone | JobWarning | JobResult

@@ -19,6 +19,8 @@ class JobRequest:
     sampling: Sampling = field(default_factory=Sampling)
     cache_mode: str = "default"  # default | bypass | no_store | only_if_cached
     cache_ttl_s: float | None = None
+    semantic: bool | None = None  # semantic reuse asked for (None: as the tenant is set)
+    min_similarity: float | None = None  # None: cache.semantic.threshold
     labels: dict[str, str] = field(default_factory=dict)
     exact_token_count: bool = False
 

@@ -335,7 +335,9 @@ type AnalyzeResponse struct {
 	// Things worth knowing.
 	Warnings []*Warning `protobuf:"bytes,9,rep,name=warnings,proto3" json:"warnings,omitempty"`
 	// The finish reason of the final call ("stop", "length", ...).
-	FinishReason  string `protobuf:"bytes,10,opt,name=finish_reason,json=finishReason,proto3" json:"finish_reason,omitempty"`
+	FinishReason string `protobuf:"bytes,10,opt,name=finish_reason,json=finishReason,proto3" json:"finish_reason,omitempty"`
+	// With CACHE_STATUS_SEMANTIC_HIT: the earlier question whose answer this is.
+	SemanticMatch *SemanticMatch `protobuf:"bytes,11,opt,name=semantic_match,json=semanticMatch,proto3" json:"semantic_match,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -438,6 +440,13 @@ func (x *AnalyzeResponse) GetFinishReason() string {
 		return x.FinishReason
 	}
 	return ""
+}
+
+func (x *AnalyzeResponse) GetSemanticMatch() *SemanticMatch {
+	if x != nil {
+		return x.SemanticMatch
+	}
+	return nil
 }
 
 // Runs an analysis, streaming its progress. Same fields as AnalyzeRequest.
@@ -933,7 +942,7 @@ const file_longread_v1_analysis_service_proto_rawDesc = "" +
 	"\ahistory\x18\t \x03(\v2\x11.longread.v1.TurnR\ahistory\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd2\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x95\x04\n" +
 	"\x0fAnalyzeResponse\x12\x12\n" +
 	"\x04text\x18\x01 \x01(\tR\x04text\x12%\n" +
 	"\x04plan\x18\x02 \x01(\v2\x11.longread.v1.PlanR\x04plan\x12=\n" +
@@ -945,7 +954,8 @@ const file_longread_v1_analysis_service_proto_rawDesc = "" +
 	"\atimings\x18\b \x01(\v2\x14.longread.v1.TimingsR\atimings\x120\n" +
 	"\bwarnings\x18\t \x03(\v2\x14.longread.v1.WarningR\bwarnings\x12#\n" +
 	"\rfinish_reason\x18\n" +
-	" \x01(\tR\ffinishReason\"\x96\x04\n" +
+	" \x01(\tR\ffinishReason\x12A\n" +
+	"\x0esemantic_match\x18\v \x01(\v2\x1a.longread.v1.SemanticMatchR\rsemanticMatch\"\x96\x04\n" +
 	"\rStreamRequest\x121\n" +
 	"\bdocument\x18\x01 \x01(\v2\x15.longread.v1.DocumentR\bdocument\x12 \n" +
 	"\vinstruction\x18\x02 \x01(\tR\vinstruction\x121\n" +
@@ -1028,7 +1038,8 @@ var file_longread_v1_analysis_service_proto_goTypes = []any{
 	(CacheStatus)(0),          // 24: longread.v1.CacheStatus
 	(*ResolvedModel)(nil),     // 25: longread.v1.ResolvedModel
 	(*Timings)(nil),           // 26: longread.v1.Timings
-	(Stage)(0),                // 27: longread.v1.Stage
+	(*SemanticMatch)(nil),     // 27: longread.v1.SemanticMatch
+	(Stage)(0),                // 28: longread.v1.Stage
 }
 var file_longread_v1_analysis_service_proto_depIdxs = []int32{
 	11, // 0: longread.v1.EstimateRequest.document:type_name -> longread.v1.Document
@@ -1056,35 +1067,36 @@ var file_longread_v1_analysis_service_proto_depIdxs = []int32{
 	25, // 22: longread.v1.AnalyzeResponse.model:type_name -> longread.v1.ResolvedModel
 	26, // 23: longread.v1.AnalyzeResponse.timings:type_name -> longread.v1.Timings
 	19, // 24: longread.v1.AnalyzeResponse.warnings:type_name -> longread.v1.Warning
-	11, // 25: longread.v1.StreamRequest.document:type_name -> longread.v1.Document
-	12, // 26: longread.v1.StreamRequest.model:type_name -> longread.v1.ModelSelection
-	13, // 27: longread.v1.StreamRequest.generation:type_name -> longread.v1.GenerationOptions
-	14, // 28: longread.v1.StreamRequest.chunking:type_name -> longread.v1.ChunkingOptions
-	20, // 29: longread.v1.StreamRequest.cache:type_name -> longread.v1.CachePolicy
-	15, // 30: longread.v1.StreamRequest.budget:type_name -> longread.v1.Budget
-	10, // 31: longread.v1.StreamRequest.labels:type_name -> longread.v1.StreamRequest.LabelsEntry
-	16, // 32: longread.v1.StreamRequest.history:type_name -> longread.v1.Turn
-	27, // 33: longread.v1.ChunkStarted.stage:type_name -> longread.v1.Stage
-	27, // 34: longread.v1.Delta.stage:type_name -> longread.v1.Stage
-	27, // 35: longread.v1.ChunkDone.stage:type_name -> longread.v1.Stage
-	21, // 36: longread.v1.ChunkDone.result:type_name -> longread.v1.ChunkResult
-	17, // 37: longread.v1.StreamResponse.plan:type_name -> longread.v1.Plan
-	5,  // 38: longread.v1.StreamResponse.chunk_started:type_name -> longread.v1.ChunkStarted
-	6,  // 39: longread.v1.StreamResponse.delta:type_name -> longread.v1.Delta
-	7,  // 40: longread.v1.StreamResponse.chunk_done:type_name -> longread.v1.ChunkDone
-	19, // 41: longread.v1.StreamResponse.warning:type_name -> longread.v1.Warning
-	3,  // 42: longread.v1.StreamResponse.result:type_name -> longread.v1.AnalyzeResponse
-	0,  // 43: longread.v1.AnalysisService.Estimate:input_type -> longread.v1.EstimateRequest
-	2,  // 44: longread.v1.AnalysisService.Analyze:input_type -> longread.v1.AnalyzeRequest
-	4,  // 45: longread.v1.AnalysisService.Stream:input_type -> longread.v1.StreamRequest
-	1,  // 46: longread.v1.AnalysisService.Estimate:output_type -> longread.v1.EstimateResponse
-	3,  // 47: longread.v1.AnalysisService.Analyze:output_type -> longread.v1.AnalyzeResponse
-	8,  // 48: longread.v1.AnalysisService.Stream:output_type -> longread.v1.StreamResponse
-	46, // [46:49] is the sub-list for method output_type
-	43, // [43:46] is the sub-list for method input_type
-	43, // [43:43] is the sub-list for extension type_name
-	43, // [43:43] is the sub-list for extension extendee
-	0,  // [0:43] is the sub-list for field type_name
+	27, // 25: longread.v1.AnalyzeResponse.semantic_match:type_name -> longread.v1.SemanticMatch
+	11, // 26: longread.v1.StreamRequest.document:type_name -> longread.v1.Document
+	12, // 27: longread.v1.StreamRequest.model:type_name -> longread.v1.ModelSelection
+	13, // 28: longread.v1.StreamRequest.generation:type_name -> longread.v1.GenerationOptions
+	14, // 29: longread.v1.StreamRequest.chunking:type_name -> longread.v1.ChunkingOptions
+	20, // 30: longread.v1.StreamRequest.cache:type_name -> longread.v1.CachePolicy
+	15, // 31: longread.v1.StreamRequest.budget:type_name -> longread.v1.Budget
+	10, // 32: longread.v1.StreamRequest.labels:type_name -> longread.v1.StreamRequest.LabelsEntry
+	16, // 33: longread.v1.StreamRequest.history:type_name -> longread.v1.Turn
+	28, // 34: longread.v1.ChunkStarted.stage:type_name -> longread.v1.Stage
+	28, // 35: longread.v1.Delta.stage:type_name -> longread.v1.Stage
+	28, // 36: longread.v1.ChunkDone.stage:type_name -> longread.v1.Stage
+	21, // 37: longread.v1.ChunkDone.result:type_name -> longread.v1.ChunkResult
+	17, // 38: longread.v1.StreamResponse.plan:type_name -> longread.v1.Plan
+	5,  // 39: longread.v1.StreamResponse.chunk_started:type_name -> longread.v1.ChunkStarted
+	6,  // 40: longread.v1.StreamResponse.delta:type_name -> longread.v1.Delta
+	7,  // 41: longread.v1.StreamResponse.chunk_done:type_name -> longread.v1.ChunkDone
+	19, // 42: longread.v1.StreamResponse.warning:type_name -> longread.v1.Warning
+	3,  // 43: longread.v1.StreamResponse.result:type_name -> longread.v1.AnalyzeResponse
+	0,  // 44: longread.v1.AnalysisService.Estimate:input_type -> longread.v1.EstimateRequest
+	2,  // 45: longread.v1.AnalysisService.Analyze:input_type -> longread.v1.AnalyzeRequest
+	4,  // 46: longread.v1.AnalysisService.Stream:input_type -> longread.v1.StreamRequest
+	1,  // 47: longread.v1.AnalysisService.Estimate:output_type -> longread.v1.EstimateResponse
+	3,  // 48: longread.v1.AnalysisService.Analyze:output_type -> longread.v1.AnalyzeResponse
+	8,  // 49: longread.v1.AnalysisService.Stream:output_type -> longread.v1.StreamResponse
+	47, // [47:50] is the sub-list for method output_type
+	44, // [44:47] is the sub-list for method input_type
+	44, // [44:44] is the sub-list for extension type_name
+	44, // [44:44] is the sub-list for extension extendee
+	0,  // [0:44] is the sub-list for field type_name
 }
 
 func init() { file_longread_v1_analysis_service_proto_init() }

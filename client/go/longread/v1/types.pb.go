@@ -193,6 +193,59 @@ func (CacheMode) EnumDescriptor() ([]byte, []int) {
 	return file_longread_v1_types_proto_rawDescGZIP(), []int{2}
 }
 
+// Whether a request may be answered with the answer to an equivalent earlier question.
+type SemanticMode int32
+
+const (
+	// The tenant's configuration decides (off unless the tenant opted in).
+	SemanticMode_SEMANTIC_MODE_UNSPECIFIED SemanticMode = 0
+	// Look up (and store) answers by the question's meaning.
+	SemanticMode_SEMANTIC_MODE_ON SemanticMode = 1
+	// Only exact reuse.
+	SemanticMode_SEMANTIC_MODE_OFF SemanticMode = 2
+)
+
+// Enum value maps for SemanticMode.
+var (
+	SemanticMode_name = map[int32]string{
+		0: "SEMANTIC_MODE_UNSPECIFIED",
+		1: "SEMANTIC_MODE_ON",
+		2: "SEMANTIC_MODE_OFF",
+	}
+	SemanticMode_value = map[string]int32{
+		"SEMANTIC_MODE_UNSPECIFIED": 0,
+		"SEMANTIC_MODE_ON":          1,
+		"SEMANTIC_MODE_OFF":         2,
+	}
+)
+
+func (x SemanticMode) Enum() *SemanticMode {
+	p := new(SemanticMode)
+	*p = x
+	return p
+}
+
+func (x SemanticMode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (SemanticMode) Descriptor() protoreflect.EnumDescriptor {
+	return file_longread_v1_types_proto_enumTypes[3].Descriptor()
+}
+
+func (SemanticMode) Type() protoreflect.EnumType {
+	return &file_longread_v1_types_proto_enumTypes[3]
+}
+
+func (x SemanticMode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use SemanticMode.Descriptor instead.
+func (SemanticMode) EnumDescriptor() ([]byte, []int) {
+	return file_longread_v1_types_proto_rawDescGZIP(), []int{3}
+}
+
 // Who spoke a conversation turn.
 type Role int32
 
@@ -230,11 +283,11 @@ func (x Role) String() string {
 }
 
 func (Role) Descriptor() protoreflect.EnumDescriptor {
-	return file_longread_v1_types_proto_enumTypes[3].Descriptor()
+	return file_longread_v1_types_proto_enumTypes[4].Descriptor()
 }
 
 func (Role) Type() protoreflect.EnumType {
-	return &file_longread_v1_types_proto_enumTypes[3]
+	return &file_longread_v1_types_proto_enumTypes[4]
 }
 
 func (x Role) Number() protoreflect.EnumNumber {
@@ -243,7 +296,7 @@ func (x Role) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Role.Descriptor instead.
 func (Role) EnumDescriptor() ([]byte, []int) {
-	return file_longread_v1_types_proto_rawDescGZIP(), []int{3}
+	return file_longread_v1_types_proto_rawDescGZIP(), []int{4}
 }
 
 // Where a response came from.
@@ -260,6 +313,9 @@ const (
 	CacheStatus_CACHE_STATUS_PARTIAL CacheStatus = 3
 	// The cache was not read (policy or configuration).
 	CacheStatus_CACHE_STATUS_BYPASS CacheStatus = 4
+	// The answer to an earlier question that means the same (see AnalyzeResponse.semantic_match);
+	// no call was made.
+	CacheStatus_CACHE_STATUS_SEMANTIC_HIT CacheStatus = 5
 )
 
 // Enum value maps for CacheStatus.
@@ -270,13 +326,15 @@ var (
 		2: "CACHE_STATUS_HIT",
 		3: "CACHE_STATUS_PARTIAL",
 		4: "CACHE_STATUS_BYPASS",
+		5: "CACHE_STATUS_SEMANTIC_HIT",
 	}
 	CacheStatus_value = map[string]int32{
-		"CACHE_STATUS_UNSPECIFIED": 0,
-		"CACHE_STATUS_MISS":        1,
-		"CACHE_STATUS_HIT":         2,
-		"CACHE_STATUS_PARTIAL":     3,
-		"CACHE_STATUS_BYPASS":      4,
+		"CACHE_STATUS_UNSPECIFIED":  0,
+		"CACHE_STATUS_MISS":         1,
+		"CACHE_STATUS_HIT":          2,
+		"CACHE_STATUS_PARTIAL":      3,
+		"CACHE_STATUS_BYPASS":       4,
+		"CACHE_STATUS_SEMANTIC_HIT": 5,
 	}
 )
 
@@ -291,11 +349,11 @@ func (x CacheStatus) String() string {
 }
 
 func (CacheStatus) Descriptor() protoreflect.EnumDescriptor {
-	return file_longread_v1_types_proto_enumTypes[4].Descriptor()
+	return file_longread_v1_types_proto_enumTypes[5].Descriptor()
 }
 
 func (CacheStatus) Type() protoreflect.EnumType {
-	return &file_longread_v1_types_proto_enumTypes[4]
+	return &file_longread_v1_types_proto_enumTypes[5]
 }
 
 func (x CacheStatus) Number() protoreflect.EnumNumber {
@@ -304,7 +362,7 @@ func (x CacheStatus) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use CacheStatus.Descriptor instead.
 func (CacheStatus) EnumDescriptor() ([]byte, []int) {
-	return file_longread_v1_types_proto_rawDescGZIP(), []int{4}
+	return file_longread_v1_types_proto_rawDescGZIP(), []int{5}
 }
 
 // Which step of a job produced an event.
@@ -356,11 +414,11 @@ func (x Stage) String() string {
 }
 
 func (Stage) Descriptor() protoreflect.EnumDescriptor {
-	return file_longread_v1_types_proto_enumTypes[5].Descriptor()
+	return file_longread_v1_types_proto_enumTypes[6].Descriptor()
 }
 
 func (Stage) Type() protoreflect.EnumType {
-	return &file_longread_v1_types_proto_enumTypes[5]
+	return &file_longread_v1_types_proto_enumTypes[6]
 }
 
 func (x Stage) Number() protoreflect.EnumNumber {
@@ -369,7 +427,7 @@ func (x Stage) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Stage.Descriptor instead.
 func (Stage) EnumDescriptor() ([]byte, []int) {
-	return file_longread_v1_types_proto_rawDescGZIP(), []int{5}
+	return file_longread_v1_types_proto_rawDescGZIP(), []int{6}
 }
 
 // The closed set of ErrorInfo reasons (domain "longread.dev") this service returns.
@@ -466,11 +524,11 @@ func (x ErrorReason) String() string {
 }
 
 func (ErrorReason) Descriptor() protoreflect.EnumDescriptor {
-	return file_longread_v1_types_proto_enumTypes[6].Descriptor()
+	return file_longread_v1_types_proto_enumTypes[7].Descriptor()
 }
 
 func (ErrorReason) Type() protoreflect.EnumType {
-	return &file_longread_v1_types_proto_enumTypes[6]
+	return &file_longread_v1_types_proto_enumTypes[7]
 }
 
 func (x ErrorReason) Number() protoreflect.EnumNumber {
@@ -479,7 +537,7 @@ func (x ErrorReason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ErrorReason.Descriptor instead.
 func (ErrorReason) EnumDescriptor() ([]byte, []int) {
-	return file_longread_v1_types_proto_rawDescGZIP(), []int{6}
+	return file_longread_v1_types_proto_rawDescGZIP(), []int{7}
 }
 
 // A document to analyse. Plain text; markdown and other text formats are
@@ -777,7 +835,10 @@ type CachePolicy struct {
 	// The mode.
 	Mode CacheMode `protobuf:"varint,1,opt,name=mode,proto3,enum=longread.v1.CacheMode" json:"mode,omitempty"`
 	// Overrides the configured time-to-live of entries stored by this request.
-	Ttl           *durationpb.Duration `protobuf:"bytes,2,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	Ttl *durationpb.Duration `protobuf:"bytes,2,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	// Semantic reuse: an answer to an earlier question about the same document that means
+	// the same as this one. Off unless asked for here or by the tenant's configuration.
+	Semantic      *SemanticPolicy `protobuf:"bytes,3,opt,name=semantic,proto3" json:"semantic,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -826,6 +887,127 @@ func (x *CachePolicy) GetTtl() *durationpb.Duration {
 	return nil
 }
 
+func (x *CachePolicy) GetSemantic() *SemanticPolicy {
+	if x != nil {
+		return x.Semantic
+	}
+	return nil
+}
+
+// Semantic reuse for one request. A stored answer is reused only for the same tenant,
+// document (by content), model, strategy and every option that changes an answer; only the
+// question may differ in words, and never in its numbers, dates, periods, negation,
+// comparisons or names.
+type SemanticPolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// On, off, or as the tenant is configured.
+	Mode SemanticMode `protobuf:"varint,1,opt,name=mode,proto3,enum=longread.v1.SemanticMode" json:"mode,omitempty"`
+	// The cosine similarity of the two questions' embeddings a reuse needs, in (0, 1];
+	// 0: the configured default (cache.semantic.threshold).
+	MinSimilarity float32 `protobuf:"fixed32,2,opt,name=min_similarity,json=minSimilarity,proto3" json:"min_similarity,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SemanticPolicy) Reset() {
+	*x = SemanticPolicy{}
+	mi := &file_longread_v1_types_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SemanticPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SemanticPolicy) ProtoMessage() {}
+
+func (x *SemanticPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_longread_v1_types_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SemanticPolicy.ProtoReflect.Descriptor instead.
+func (*SemanticPolicy) Descriptor() ([]byte, []int) {
+	return file_longread_v1_types_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *SemanticPolicy) GetMode() SemanticMode {
+	if x != nil {
+		return x.Mode
+	}
+	return SemanticMode_SEMANTIC_MODE_UNSPECIFIED
+}
+
+func (x *SemanticPolicy) GetMinSimilarity() float32 {
+	if x != nil {
+		return x.MinSimilarity
+	}
+	return 0
+}
+
+// The earlier question whose answer was reused (CACHE_STATUS_SEMANTIC_HIT).
+type SemanticMatch struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The question, as that request asked it.
+	Question string `protobuf:"bytes,1,opt,name=question,proto3" json:"question,omitempty"`
+	// The cosine similarity of the two questions' embeddings.
+	Similarity    float32 `protobuf:"fixed32,2,opt,name=similarity,proto3" json:"similarity,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SemanticMatch) Reset() {
+	*x = SemanticMatch{}
+	mi := &file_longread_v1_types_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SemanticMatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SemanticMatch) ProtoMessage() {}
+
+func (x *SemanticMatch) ProtoReflect() protoreflect.Message {
+	mi := &file_longread_v1_types_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SemanticMatch.ProtoReflect.Descriptor instead.
+func (*SemanticMatch) Descriptor() ([]byte, []int) {
+	return file_longread_v1_types_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *SemanticMatch) GetQuestion() string {
+	if x != nil {
+		return x.Question
+	}
+	return ""
+}
+
+func (x *SemanticMatch) GetSimilarity() float32 {
+	if x != nil {
+		return x.Similarity
+	}
+	return 0
+}
+
 // A spending cap for one request.
 type Budget struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -838,7 +1020,7 @@ type Budget struct {
 
 func (x *Budget) Reset() {
 	*x = Budget{}
-	mi := &file_longread_v1_types_proto_msgTypes[5]
+	mi := &file_longread_v1_types_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -850,7 +1032,7 @@ func (x *Budget) String() string {
 func (*Budget) ProtoMessage() {}
 
 func (x *Budget) ProtoReflect() protoreflect.Message {
-	mi := &file_longread_v1_types_proto_msgTypes[5]
+	mi := &file_longread_v1_types_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -863,7 +1045,7 @@ func (x *Budget) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Budget.ProtoReflect.Descriptor instead.
 func (*Budget) Descriptor() ([]byte, []int) {
-	return file_longread_v1_types_proto_rawDescGZIP(), []int{5}
+	return file_longread_v1_types_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Budget) GetMaxCostUsd() float64 {
@@ -886,7 +1068,7 @@ type Turn struct {
 
 func (x *Turn) Reset() {
 	*x = Turn{}
-	mi := &file_longread_v1_types_proto_msgTypes[6]
+	mi := &file_longread_v1_types_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -898,7 +1080,7 @@ func (x *Turn) String() string {
 func (*Turn) ProtoMessage() {}
 
 func (x *Turn) ProtoReflect() protoreflect.Message {
-	mi := &file_longread_v1_types_proto_msgTypes[6]
+	mi := &file_longread_v1_types_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -911,7 +1093,7 @@ func (x *Turn) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Turn.ProtoReflect.Descriptor instead.
 func (*Turn) Descriptor() ([]byte, []int) {
-	return file_longread_v1_types_proto_rawDescGZIP(), []int{6}
+	return file_longread_v1_types_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Turn) GetRole() Role {
@@ -945,7 +1127,7 @@ type ResolvedModel struct {
 
 func (x *ResolvedModel) Reset() {
 	*x = ResolvedModel{}
-	mi := &file_longread_v1_types_proto_msgTypes[7]
+	mi := &file_longread_v1_types_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -957,7 +1139,7 @@ func (x *ResolvedModel) String() string {
 func (*ResolvedModel) ProtoMessage() {}
 
 func (x *ResolvedModel) ProtoReflect() protoreflect.Message {
-	mi := &file_longread_v1_types_proto_msgTypes[7]
+	mi := &file_longread_v1_types_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -970,7 +1152,7 @@ func (x *ResolvedModel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolvedModel.ProtoReflect.Descriptor instead.
 func (*ResolvedModel) Descriptor() ([]byte, []int) {
-	return file_longread_v1_types_proto_rawDescGZIP(), []int{7}
+	return file_longread_v1_types_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ResolvedModel) GetVendor() string {
@@ -1018,7 +1200,7 @@ type Cost struct {
 
 func (x *Cost) Reset() {
 	*x = Cost{}
-	mi := &file_longread_v1_types_proto_msgTypes[8]
+	mi := &file_longread_v1_types_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1030,7 +1212,7 @@ func (x *Cost) String() string {
 func (*Cost) ProtoMessage() {}
 
 func (x *Cost) ProtoReflect() protoreflect.Message {
-	mi := &file_longread_v1_types_proto_msgTypes[8]
+	mi := &file_longread_v1_types_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1043,7 +1225,7 @@ func (x *Cost) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cost.ProtoReflect.Descriptor instead.
 func (*Cost) Descriptor() ([]byte, []int) {
-	return file_longread_v1_types_proto_rawDescGZIP(), []int{8}
+	return file_longread_v1_types_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Cost) GetInputUsd() float64 {
@@ -1093,7 +1275,7 @@ type Usage struct {
 
 func (x *Usage) Reset() {
 	*x = Usage{}
-	mi := &file_longread_v1_types_proto_msgTypes[9]
+	mi := &file_longread_v1_types_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1105,7 +1287,7 @@ func (x *Usage) String() string {
 func (*Usage) ProtoMessage() {}
 
 func (x *Usage) ProtoReflect() protoreflect.Message {
-	mi := &file_longread_v1_types_proto_msgTypes[9]
+	mi := &file_longread_v1_types_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1118,7 +1300,7 @@ func (x *Usage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Usage.ProtoReflect.Descriptor instead.
 func (*Usage) Descriptor() ([]byte, []int) {
-	return file_longread_v1_types_proto_rawDescGZIP(), []int{9}
+	return file_longread_v1_types_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Usage) GetInputTokens() int64 {
@@ -1177,7 +1359,7 @@ type Chunk struct {
 
 func (x *Chunk) Reset() {
 	*x = Chunk{}
-	mi := &file_longread_v1_types_proto_msgTypes[10]
+	mi := &file_longread_v1_types_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1189,7 +1371,7 @@ func (x *Chunk) String() string {
 func (*Chunk) ProtoMessage() {}
 
 func (x *Chunk) ProtoReflect() protoreflect.Message {
-	mi := &file_longread_v1_types_proto_msgTypes[10]
+	mi := &file_longread_v1_types_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1202,7 +1384,7 @@ func (x *Chunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Chunk.ProtoReflect.Descriptor instead.
 func (*Chunk) Descriptor() ([]byte, []int) {
-	return file_longread_v1_types_proto_rawDescGZIP(), []int{10}
+	return file_longread_v1_types_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Chunk) GetIndex() int32 {
@@ -1291,7 +1473,7 @@ type Plan struct {
 
 func (x *Plan) Reset() {
 	*x = Plan{}
-	mi := &file_longread_v1_types_proto_msgTypes[11]
+	mi := &file_longread_v1_types_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1303,7 +1485,7 @@ func (x *Plan) String() string {
 func (*Plan) ProtoMessage() {}
 
 func (x *Plan) ProtoReflect() protoreflect.Message {
-	mi := &file_longread_v1_types_proto_msgTypes[11]
+	mi := &file_longread_v1_types_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1316,7 +1498,7 @@ func (x *Plan) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Plan.ProtoReflect.Descriptor instead.
 func (*Plan) Descriptor() ([]byte, []int) {
-	return file_longread_v1_types_proto_rawDescGZIP(), []int{11}
+	return file_longread_v1_types_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Plan) GetStrategy() Strategy {
@@ -1459,7 +1641,7 @@ type ModelFit struct {
 
 func (x *ModelFit) Reset() {
 	*x = ModelFit{}
-	mi := &file_longread_v1_types_proto_msgTypes[12]
+	mi := &file_longread_v1_types_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1471,7 +1653,7 @@ func (x *ModelFit) String() string {
 func (*ModelFit) ProtoMessage() {}
 
 func (x *ModelFit) ProtoReflect() protoreflect.Message {
-	mi := &file_longread_v1_types_proto_msgTypes[12]
+	mi := &file_longread_v1_types_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1484,7 +1666,7 @@ func (x *ModelFit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelFit.ProtoReflect.Descriptor instead.
 func (*ModelFit) Descriptor() ([]byte, []int) {
-	return file_longread_v1_types_proto_rawDescGZIP(), []int{12}
+	return file_longread_v1_types_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ModelFit) GetModel() *ResolvedModel {
@@ -1552,7 +1734,7 @@ type ChunkResult struct {
 
 func (x *ChunkResult) Reset() {
 	*x = ChunkResult{}
-	mi := &file_longread_v1_types_proto_msgTypes[13]
+	mi := &file_longread_v1_types_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1564,7 +1746,7 @@ func (x *ChunkResult) String() string {
 func (*ChunkResult) ProtoMessage() {}
 
 func (x *ChunkResult) ProtoReflect() protoreflect.Message {
-	mi := &file_longread_v1_types_proto_msgTypes[13]
+	mi := &file_longread_v1_types_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1577,7 +1759,7 @@ func (x *ChunkResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChunkResult.ProtoReflect.Descriptor instead.
 func (*ChunkResult) Descriptor() ([]byte, []int) {
-	return file_longread_v1_types_proto_rawDescGZIP(), []int{13}
+	return file_longread_v1_types_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ChunkResult) GetIndex() int32 {
@@ -1644,7 +1826,7 @@ type Timings struct {
 
 func (x *Timings) Reset() {
 	*x = Timings{}
-	mi := &file_longread_v1_types_proto_msgTypes[14]
+	mi := &file_longread_v1_types_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1656,7 +1838,7 @@ func (x *Timings) String() string {
 func (*Timings) ProtoMessage() {}
 
 func (x *Timings) ProtoReflect() protoreflect.Message {
-	mi := &file_longread_v1_types_proto_msgTypes[14]
+	mi := &file_longread_v1_types_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1669,7 +1851,7 @@ func (x *Timings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Timings.ProtoReflect.Descriptor instead.
 func (*Timings) Descriptor() ([]byte, []int) {
-	return file_longread_v1_types_proto_rawDescGZIP(), []int{14}
+	return file_longread_v1_types_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Timings) GetTotal() *durationpb.Duration {
@@ -1706,7 +1888,7 @@ type Warning struct {
 
 func (x *Warning) Reset() {
 	*x = Warning{}
-	mi := &file_longread_v1_types_proto_msgTypes[15]
+	mi := &file_longread_v1_types_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1718,7 +1900,7 @@ func (x *Warning) String() string {
 func (*Warning) ProtoMessage() {}
 
 func (x *Warning) ProtoReflect() protoreflect.Message {
-	mi := &file_longread_v1_types_proto_msgTypes[15]
+	mi := &file_longread_v1_types_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1731,7 +1913,7 @@ func (x *Warning) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Warning.ProtoReflect.Descriptor instead.
 func (*Warning) Descriptor() ([]byte, []int) {
-	return file_longread_v1_types_proto_rawDescGZIP(), []int{15}
+	return file_longread_v1_types_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Warning) GetCode() string {
@@ -1778,10 +1960,19 @@ const file_longread_v1_types_proto_rawDesc = "" +
 	"\x0fChunkingOptions\x12(\n" +
 	"\x10max_chunk_tokens\x18\x01 \x01(\x05R\x0emaxChunkTokens\x12%\n" +
 	"\x0eoverlap_tokens\x18\x02 \x01(\x05R\roverlapTokens\x121\n" +
-	"\bstrategy\x18\x03 \x01(\x0e2\x15.longread.v1.StrategyR\bstrategy\"f\n" +
+	"\bstrategy\x18\x03 \x01(\x0e2\x15.longread.v1.StrategyR\bstrategy\"\x9f\x01\n" +
 	"\vCachePolicy\x12*\n" +
 	"\x04mode\x18\x01 \x01(\x0e2\x16.longread.v1.CacheModeR\x04mode\x12+\n" +
-	"\x03ttl\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\"*\n" +
+	"\x03ttl\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x127\n" +
+	"\bsemantic\x18\x03 \x01(\v2\x1b.longread.v1.SemanticPolicyR\bsemantic\"f\n" +
+	"\x0eSemanticPolicy\x12-\n" +
+	"\x04mode\x18\x01 \x01(\x0e2\x19.longread.v1.SemanticModeR\x04mode\x12%\n" +
+	"\x0emin_similarity\x18\x02 \x01(\x02R\rminSimilarity\"K\n" +
+	"\rSemanticMatch\x12\x1a\n" +
+	"\bquestion\x18\x01 \x01(\tR\bquestion\x12\x1e\n" +
+	"\n" +
+	"similarity\x18\x02 \x01(\x02R\n" +
+	"similarity\"*\n" +
 	"\x06Budget\x12 \n" +
 	"\fmax_cost_usd\x18\x01 \x01(\x01R\n" +
 	"maxCostUsd\"A\n" +
@@ -1869,17 +2060,22 @@ const file_longread_v1_types_proto_rawDesc = "" +
 	"\x16CACHE_MODE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11CACHE_MODE_BYPASS\x10\x01\x12\x17\n" +
 	"\x13CACHE_MODE_NO_STORE\x10\x02\x12\x1d\n" +
-	"\x19CACHE_MODE_ONLY_IF_CACHED\x10\x03*?\n" +
+	"\x19CACHE_MODE_ONLY_IF_CACHED\x10\x03*Z\n" +
+	"\fSemanticMode\x12\x1d\n" +
+	"\x19SEMANTIC_MODE_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10SEMANTIC_MODE_ON\x10\x01\x12\x15\n" +
+	"\x11SEMANTIC_MODE_OFF\x10\x02*?\n" +
 	"\x04Role\x12\x14\n" +
 	"\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tROLE_USER\x10\x01\x12\x12\n" +
-	"\x0eROLE_ASSISTANT\x10\x02*\x8b\x01\n" +
+	"\x0eROLE_ASSISTANT\x10\x02*\xaa\x01\n" +
 	"\vCacheStatus\x12\x1c\n" +
 	"\x18CACHE_STATUS_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11CACHE_STATUS_MISS\x10\x01\x12\x14\n" +
 	"\x10CACHE_STATUS_HIT\x10\x02\x12\x18\n" +
 	"\x14CACHE_STATUS_PARTIAL\x10\x03\x12\x17\n" +
-	"\x13CACHE_STATUS_BYPASS\x10\x04*w\n" +
+	"\x13CACHE_STATUS_BYPASS\x10\x04\x12\x1d\n" +
+	"\x19CACHE_STATUS_SEMANTIC_HIT\x10\x05*w\n" +
 	"\x05Stage\x12\x15\n" +
 	"\x11STAGE_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fSTAGE_SINGLE\x10\x01\x12\r\n" +
@@ -1920,56 +2116,61 @@ func file_longread_v1_types_proto_rawDescGZIP() []byte {
 	return file_longread_v1_types_proto_rawDescData
 }
 
-var file_longread_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
-var file_longread_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_longread_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
+var file_longread_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_longread_v1_types_proto_goTypes = []any{
 	(ModelPreference)(0),        // 0: longread.v1.ModelPreference
 	(Strategy)(0),               // 1: longread.v1.Strategy
 	(CacheMode)(0),              // 2: longread.v1.CacheMode
-	(Role)(0),                   // 3: longread.v1.Role
-	(CacheStatus)(0),            // 4: longread.v1.CacheStatus
-	(Stage)(0),                  // 5: longread.v1.Stage
-	(ErrorReason)(0),            // 6: longread.v1.ErrorReason
-	(*Document)(nil),            // 7: longread.v1.Document
-	(*ModelSelection)(nil),      // 8: longread.v1.ModelSelection
-	(*GenerationOptions)(nil),   // 9: longread.v1.GenerationOptions
-	(*ChunkingOptions)(nil),     // 10: longread.v1.ChunkingOptions
-	(*CachePolicy)(nil),         // 11: longread.v1.CachePolicy
-	(*Budget)(nil),              // 12: longread.v1.Budget
-	(*Turn)(nil),                // 13: longread.v1.Turn
-	(*ResolvedModel)(nil),       // 14: longread.v1.ResolvedModel
-	(*Cost)(nil),                // 15: longread.v1.Cost
-	(*Usage)(nil),               // 16: longread.v1.Usage
-	(*Chunk)(nil),               // 17: longread.v1.Chunk
-	(*Plan)(nil),                // 18: longread.v1.Plan
-	(*ModelFit)(nil),            // 19: longread.v1.ModelFit
-	(*ChunkResult)(nil),         // 20: longread.v1.ChunkResult
-	(*Timings)(nil),             // 21: longread.v1.Timings
-	(*Warning)(nil),             // 22: longread.v1.Warning
-	(*durationpb.Duration)(nil), // 23: google.protobuf.Duration
+	(SemanticMode)(0),           // 3: longread.v1.SemanticMode
+	(Role)(0),                   // 4: longread.v1.Role
+	(CacheStatus)(0),            // 5: longread.v1.CacheStatus
+	(Stage)(0),                  // 6: longread.v1.Stage
+	(ErrorReason)(0),            // 7: longread.v1.ErrorReason
+	(*Document)(nil),            // 8: longread.v1.Document
+	(*ModelSelection)(nil),      // 9: longread.v1.ModelSelection
+	(*GenerationOptions)(nil),   // 10: longread.v1.GenerationOptions
+	(*ChunkingOptions)(nil),     // 11: longread.v1.ChunkingOptions
+	(*CachePolicy)(nil),         // 12: longread.v1.CachePolicy
+	(*SemanticPolicy)(nil),      // 13: longread.v1.SemanticPolicy
+	(*SemanticMatch)(nil),       // 14: longread.v1.SemanticMatch
+	(*Budget)(nil),              // 15: longread.v1.Budget
+	(*Turn)(nil),                // 16: longread.v1.Turn
+	(*ResolvedModel)(nil),       // 17: longread.v1.ResolvedModel
+	(*Cost)(nil),                // 18: longread.v1.Cost
+	(*Usage)(nil),               // 19: longread.v1.Usage
+	(*Chunk)(nil),               // 20: longread.v1.Chunk
+	(*Plan)(nil),                // 21: longread.v1.Plan
+	(*ModelFit)(nil),            // 22: longread.v1.ModelFit
+	(*ChunkResult)(nil),         // 23: longread.v1.ChunkResult
+	(*Timings)(nil),             // 24: longread.v1.Timings
+	(*Warning)(nil),             // 25: longread.v1.Warning
+	(*durationpb.Duration)(nil), // 26: google.protobuf.Duration
 }
 var file_longread_v1_types_proto_depIdxs = []int32{
 	0,  // 0: longread.v1.ModelSelection.preference:type_name -> longread.v1.ModelPreference
 	1,  // 1: longread.v1.ChunkingOptions.strategy:type_name -> longread.v1.Strategy
 	2,  // 2: longread.v1.CachePolicy.mode:type_name -> longread.v1.CacheMode
-	23, // 3: longread.v1.CachePolicy.ttl:type_name -> google.protobuf.Duration
-	3,  // 4: longread.v1.Turn.role:type_name -> longread.v1.Role
-	1,  // 5: longread.v1.Plan.strategy:type_name -> longread.v1.Strategy
-	14, // 6: longread.v1.Plan.model:type_name -> longread.v1.ResolvedModel
-	17, // 7: longread.v1.Plan.chunks:type_name -> longread.v1.Chunk
-	15, // 8: longread.v1.Plan.estimated_cost:type_name -> longread.v1.Cost
-	14, // 9: longread.v1.ModelFit.model:type_name -> longread.v1.ResolvedModel
-	15, // 10: longread.v1.ModelFit.estimated_cost:type_name -> longread.v1.Cost
-	16, // 11: longread.v1.ChunkResult.usage:type_name -> longread.v1.Usage
-	4,  // 12: longread.v1.ChunkResult.cache_status:type_name -> longread.v1.CacheStatus
-	23, // 13: longread.v1.Timings.total:type_name -> google.protobuf.Duration
-	23, // 14: longread.v1.Timings.planning:type_name -> google.protobuf.Duration
-	23, // 15: longread.v1.Timings.first_token:type_name -> google.protobuf.Duration
-	16, // [16:16] is the sub-list for method output_type
-	16, // [16:16] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	26, // 3: longread.v1.CachePolicy.ttl:type_name -> google.protobuf.Duration
+	13, // 4: longread.v1.CachePolicy.semantic:type_name -> longread.v1.SemanticPolicy
+	3,  // 5: longread.v1.SemanticPolicy.mode:type_name -> longread.v1.SemanticMode
+	4,  // 6: longread.v1.Turn.role:type_name -> longread.v1.Role
+	1,  // 7: longread.v1.Plan.strategy:type_name -> longread.v1.Strategy
+	17, // 8: longread.v1.Plan.model:type_name -> longread.v1.ResolvedModel
+	20, // 9: longread.v1.Plan.chunks:type_name -> longread.v1.Chunk
+	18, // 10: longread.v1.Plan.estimated_cost:type_name -> longread.v1.Cost
+	17, // 11: longread.v1.ModelFit.model:type_name -> longread.v1.ResolvedModel
+	18, // 12: longread.v1.ModelFit.estimated_cost:type_name -> longread.v1.Cost
+	19, // 13: longread.v1.ChunkResult.usage:type_name -> longread.v1.Usage
+	5,  // 14: longread.v1.ChunkResult.cache_status:type_name -> longread.v1.CacheStatus
+	26, // 15: longread.v1.Timings.total:type_name -> google.protobuf.Duration
+	26, // 16: longread.v1.Timings.planning:type_name -> google.protobuf.Duration
+	26, // 17: longread.v1.Timings.first_token:type_name -> google.protobuf.Duration
+	18, // [18:18] is the sub-list for method output_type
+	18, // [18:18] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_longread_v1_types_proto_init() }
@@ -1983,8 +2184,8 @@ func file_longread_v1_types_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_longread_v1_types_proto_rawDesc), len(file_longread_v1_types_proto_rawDesc)),
-			NumEnums:      7,
-			NumMessages:   16,
+			NumEnums:      8,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -225,6 +225,7 @@ class AnalyzeResponse(_message.Message):
     TIMINGS_FIELD_NUMBER: _builtins.int
     WARNINGS_FIELD_NUMBER: _builtins.int
     FINISH_REASON_FIELD_NUMBER: _builtins.int
+    SEMANTIC_MATCH_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """The answer."""
     cache_status: _types_pb2.CacheStatus.ValueType
@@ -259,6 +260,10 @@ class AnalyzeResponse(_message.Message):
     def warnings(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Warning]:
         """Things worth knowing."""
 
+    @_builtins.property
+    def semantic_match(self) -> _types_pb2.SemanticMatch:
+        """With CACHE_STATUS_SEMANTIC_HIT: the earlier question whose answer this is."""
+
     def __init__(
         self,
         *,
@@ -272,10 +277,11 @@ class AnalyzeResponse(_message.Message):
         timings: _types_pb2.Timings | None = ...,
         warnings: _abc.Iterable[_types_pb2.Warning] | None = ...,
         finish_reason: _builtins.str = ...,
+        semantic_match: _types_pb2.SemanticMatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "model", b"model", "plan", b"plan", "timings", b"timings", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "model", b"model", "plan", b"plan", "semantic_match", b"semantic_match", "timings", b"timings", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_status", b"cache_status", "chunk_results", b"chunk_results", "cost", b"cost", "finish_reason", b"finish_reason", "model", b"model", "plan", b"plan", "text", b"text", "timings", b"timings", "usage", b"usage", "warnings", b"warnings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_status", b"cache_status", "chunk_results", b"chunk_results", "cost", b"cost", "finish_reason", b"finish_reason", "model", b"model", "plan", b"plan", "semantic_match", b"semantic_match", "text", b"text", "timings", b"timings", "usage", b"usage", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -104,6 +104,30 @@ CACHE_MODE_ONLY_IF_CACHED: CacheMode.ValueType  # 3
 """Answer only from the cache; a miss is an error, not an upstream call."""
 Global___CacheMode: _TypeAlias = CacheMode  # noqa: Y015
 
+class _SemanticMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SemanticModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SemanticMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SEMANTIC_MODE_UNSPECIFIED: _SemanticMode.ValueType  # 0
+    """The tenant's configuration decides (off unless the tenant opted in)."""
+    SEMANTIC_MODE_ON: _SemanticMode.ValueType  # 1
+    """Look up (and store) answers by the question's meaning."""
+    SEMANTIC_MODE_OFF: _SemanticMode.ValueType  # 2
+    """Only exact reuse."""
+
+class SemanticMode(_SemanticMode, metaclass=_SemanticModeEnumTypeWrapper):
+    """Whether a request may be answered with the answer to an equivalent earlier question."""
+
+SEMANTIC_MODE_UNSPECIFIED: SemanticMode.ValueType  # 0
+"""The tenant's configuration decides (off unless the tenant opted in)."""
+SEMANTIC_MODE_ON: SemanticMode.ValueType  # 1
+"""Look up (and store) answers by the question's meaning."""
+SEMANTIC_MODE_OFF: SemanticMode.ValueType  # 2
+"""Only exact reuse."""
+Global___SemanticMode: _TypeAlias = SemanticMode  # noqa: Y015
+
 class _Role:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -144,6 +168,10 @@ class _CacheStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CacheStat
     """Some calls were answered from the cache."""
     CACHE_STATUS_BYPASS: _CacheStatus.ValueType  # 4
     """The cache was not read (policy or configuration)."""
+    CACHE_STATUS_SEMANTIC_HIT: _CacheStatus.ValueType  # 5
+    """The answer to an earlier question that means the same (see AnalyzeResponse.semantic_match);
+    no call was made.
+    """
 
 class CacheStatus(_CacheStatus, metaclass=_CacheStatusEnumTypeWrapper):
     """Where a response came from."""
@@ -158,6 +186,10 @@ CACHE_STATUS_PARTIAL: CacheStatus.ValueType  # 3
 """Some calls were answered from the cache."""
 CACHE_STATUS_BYPASS: CacheStatus.ValueType  # 4
 """The cache was not read (policy or configuration)."""
+CACHE_STATUS_SEMANTIC_HIT: CacheStatus.ValueType  # 5
+"""The answer to an earlier question that means the same (see AnalyzeResponse.semantic_match);
+no call was made.
+"""
 Global___CacheStatus: _TypeAlias = CacheStatus  # noqa: Y015
 
 class _Stage:
@@ -458,25 +490,91 @@ class CachePolicy(_message.Message):
 
     MODE_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
+    SEMANTIC_FIELD_NUMBER: _builtins.int
     mode: Global___CacheMode.ValueType
     """The mode."""
     @_builtins.property
     def ttl(self) -> _duration_pb2.Duration:
         """Overrides the configured time-to-live of entries stored by this request."""
 
+    @_builtins.property
+    def semantic(self) -> Global___SemanticPolicy:
+        """Semantic reuse: an answer to an earlier question about the same document that means
+        the same as this one. Off unless asked for here or by the tenant's configuration.
+        """
+
     def __init__(
         self,
         *,
         mode: Global___CacheMode.ValueType = ...,
         ttl: _duration_pb2.Duration | None = ...,
+        semantic: Global___SemanticPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["semantic", b"semantic", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["mode", b"mode", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mode", b"mode", "semantic", b"semantic", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CachePolicy: _TypeAlias = CachePolicy  # noqa: Y015
+
+@_typing.final
+class SemanticPolicy(_message.Message):
+    """Semantic reuse for one request. A stored answer is reused only for the same tenant,
+    document (by content), model, strategy and every option that changes an answer; only the
+    question may differ in words, and never in its numbers, dates, periods, negation,
+    comparisons or names.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODE_FIELD_NUMBER: _builtins.int
+    MIN_SIMILARITY_FIELD_NUMBER: _builtins.int
+    mode: Global___SemanticMode.ValueType
+    """On, off, or as the tenant is configured."""
+    min_similarity: _builtins.float
+    """The cosine similarity of the two questions' embeddings a reuse needs, in (0, 1];
+    0: the configured default (cache.semantic.threshold).
+    """
+    def __init__(
+        self,
+        *,
+        mode: Global___SemanticMode.ValueType = ...,
+        min_similarity: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["min_similarity", b"min_similarity", "mode", b"mode"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SemanticPolicy: _TypeAlias = SemanticPolicy  # noqa: Y015
+
+@_typing.final
+class SemanticMatch(_message.Message):
+    """The earlier question whose answer was reused (CACHE_STATUS_SEMANTIC_HIT)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUESTION_FIELD_NUMBER: _builtins.int
+    SIMILARITY_FIELD_NUMBER: _builtins.int
+    question: _builtins.str
+    """The question, as that request asked it."""
+    similarity: _builtins.float
+    """The cosine similarity of the two questions' embeddings."""
+    def __init__(
+        self,
+        *,
+        question: _builtins.str = ...,
+        similarity: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["question", b"question", "similarity", b"similarity"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SemanticMatch: _TypeAlias = SemanticMatch  # noqa: Y015
 
 @_typing.final
 class Budget(_message.Message):

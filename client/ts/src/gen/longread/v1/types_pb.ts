@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file longread/v1/types.proto.
  */
 export const file_longread_v1_types: GenFile = /*@__PURE__*/
-  fileDesc("Chdsb25ncmVhZC92MS90eXBlcy5wcm90bxILbG9uZ3JlYWQudjEiOAoIRG9jdW1lbnQSDAoEdGV4dBgBIAEoCRIKCgJpZBgCIAEoCRISCgptZWRpYV90eXBlGAMgASgJImEKDk1vZGVsU2VsZWN0aW9uEg4KBnZlbmRvchgBIAEoCRINCgVtb2RlbBgCIAEoCRIwCgpwcmVmZXJlbmNlGAMgASgOMhwubG9uZ3JlYWQudjEuTW9kZWxQcmVmZXJlbmNlItIBChFHZW5lcmF0aW9uT3B0aW9ucxIYCgt0ZW1wZXJhdHVyZRgBIAEoAUgAiAEBEhIKBXRvcF9wGAIgASgBSAGIAQESHgoRbWF4X291dHB1dF90b2tlbnMYAyABKAVIAogBARIMCgRzdG9wGAQgAygJEhEKBHNlZWQYBSABKANIA4gBARIVCg1zeXN0ZW1fcHJvbXB0GAYgASgJQg4KDF90ZW1wZXJhdHVyZUIICgZfdG9wX3BCFAoSX21heF9vdXRwdXRfdG9rZW5zQgcKBV9zZWVkImwKD0NodW5raW5nT3B0aW9ucxIYChBtYXhfY2h1bmtfdG9rZW5zGAEgASgFEhYKDm92ZXJsYXBfdG9rZW5zGAIgASgFEicKCHN0cmF0ZWd5GAMgASgOMhUubG9uZ3JlYWQudjEuU3RyYXRlZ3kiWwoLQ2FjaGVQb2xpY3kSJAoEbW9kZRgBIAEoDjIWLmxvbmdyZWFkLnYxLkNhY2hlTW9kZRImCgN0dGwYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iHgoGQnVkZ2V0EhQKDG1heF9jb3N0X3VzZBgBIAEoASI1CgRUdXJuEh8KBHJvbGUYASABKA4yES5sb25ncmVhZC52MS5Sb2xlEgwKBHRleHQYAiABKAkiYQoNUmVzb2x2ZWRNb2RlbBIOCgZ2ZW5kb3IYASABKAkSDQoFbW9kZWwYAiABKAkSFgoOY29udGV4dF93aW5kb3cYAyABKAMSGQoRbWF4X291dHB1dF90b2tlbnMYBCABKAUiWgoEQ29zdBIRCglpbnB1dF91c2QYASABKAESEgoKb3V0cHV0X3VzZBgCIAEoARIYChBjYWNoZWRfaW5wdXRfdXNkGAMgASgBEhEKCXRvdGFsX3VzZBgEIAEoASJ8CgVVc2FnZRIUCgxpbnB1dF90b2tlbnMYASABKAMSFQoNb3V0cHV0X3Rva2VucxgCIAEoAxIbChNjYWNoZWRfaW5wdXRfdG9rZW5zGAMgASgDEhoKEmNhY2hlX3dyaXRlX3Rva2VucxgEIAEoAxINCgVjYWxscxgFIAEoBSJvCgVDaHVuaxINCgVpbmRleBgBIAEoBRINCgVzdGFydBgCIAEoAxILCgNlbmQYAyABKAMSDgoGdG9rZW5zGAQgASgFEhUKDW92ZXJsYXBfc3RhcnQYBSABKAMSFAoMY29udGVudF9oYXNoGAYgASgJIvQDCgRQbGFuEicKCHN0cmF0ZWd5GAEgASgOMhUubG9uZ3JlYWQudjEuU3RyYXRlZ3kSKQoFbW9kZWwYAiABKAsyGi5sb25ncmVhZC52MS5SZXNvbHZlZE1vZGVsEhcKD2RvY3VtZW50X3Rva2VucxgDIAEoAxIUCgx0b2tlbnNfZXhhY3QYBCABKAgSEwoLdG9rZW5fZXJyb3IYBSABKAESHQoVZWZmZWN0aXZlX2lucHV0X2xpbWl0GAYgASgDEhgKEGZpdHNfc2luZ2xlX3Bhc3MYByABKAgSIgoGY2h1bmtzGAggAygLMhIubG9uZ3JlYWQudjEuQ2h1bmsSEQoJbWFwX2NhbGxzGAkgASgFEhYKDmNvbGxhcHNlX2NhbGxzGAogASgFEhQKDHJlZHVjZV9jYWxscxgLIAEoBRIeChZlc3RpbWF0ZWRfaW5wdXRfdG9rZW5zGAwgASgDEh8KF2VzdGltYXRlZF9vdXRwdXRfdG9rZW5zGA0gASgDEikKDmVzdGltYXRlZF9jb3N0GA4gASgLMhEubG9uZ3JlYWQudjEuQ29zdBIVCg13aXRoaW5fYnVkZ2V0GA8gASgIEhcKD3NlbGVjdGVkX2NodW5rcxgQIAMoBRIaChJoaXN0b3J5X3R1cm5zX2tlcHQYESABKAUiuAEKCE1vZGVsRml0EikKBW1vZGVsGAEgASgLMhoubG9uZ3JlYWQudjEuUmVzb2x2ZWRNb2RlbBIYChBmaXRzX3NpbmdsZV9wYXNzGAIgASgIEh0KFWVmZmVjdGl2ZV9pbnB1dF9saW1pdBgDIAEoAxINCgVjYWxscxgEIAEoBRIpCg5lc3RpbWF0ZWRfY29zdBgFIAEoCzIRLmxvbmdyZWFkLnYxLkNvc3QSDgoGcmVhc29uGAYgASgJIrABCgtDaHVua1Jlc3VsdBINCgVpbmRleBgBIAEoBRINCgVzdGFydBgCIAEoAxILCgNlbmQYAyABKAMSDAoEdGV4dBgEIAEoCRIhCgV1c2FnZRgFIAEoCzISLmxvbmdyZWFkLnYxLlVzYWdlEi4KDGNhY2hlX3N0YXR1cxgGIAEoDjIYLmxvbmdyZWFkLnYxLkNhY2hlU3RhdHVzEhUKDWZpbmlzaF9yZWFzb24YByABKAkikAEKB1RpbWluZ3MSKAoFdG90YWwYASABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SKwoIcGxhbm5pbmcYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLgoLZmlyc3RfdG9rZW4YAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iKAoHV2FybmluZxIMCgRjb2RlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkqeAoPTW9kZWxQcmVmZXJlbmNlEiAKHE1PREVMX1BSRUZFUkVOQ0VfVU5TUEVDSUZJRUQQABIdChlNT0RFTF9QUkVGRVJFTkNFX0NIRUFQRVNUEAESJAogTU9ERUxfUFJFRkVSRU5DRV9MQVJHRVNUX0NPTlRFWFQQAiqBAQoIU3RyYXRlZ3kSGAoUU1RSQVRFR1lfVU5TUEVDSUZJRUQQABIYChRTVFJBVEVHWV9TSU5HTEVfUEFTUxABEhcKE1NUUkFURUdZX01BUF9SRURVQ0UQAhITCg9TVFJBVEVHWV9SRUZJTkUQAxITCg9TVFJBVEVHWV9TRUxFQ1QQBCp2CglDYWNoZU1vZGUSGgoWQ0FDSEVfTU9ERV9VTlNQRUNJRklFRBAAEhUKEUNBQ0hFX01PREVfQllQQVNTEAESFwoTQ0FDSEVfTU9ERV9OT19TVE9SRRACEh0KGUNBQ0hFX01PREVfT05MWV9JRl9DQUNIRUQQAyo/CgRSb2xlEhQKEFJPTEVfVU5TUEVDSUZJRUQQABINCglST0xFX1VTRVIQARISCg5ST0xFX0FTU0lTVEFOVBACKosBCgtDYWNoZVN0YXR1cxIcChhDQUNIRV9TVEFUVVNfVU5TUEVDSUZJRUQQABIVChFDQUNIRV9TVEFUVVNfTUlTUxABEhQKEENBQ0hFX1NUQVRVU19ISVQQAhIYChRDQUNIRV9TVEFUVVNfUEFSVElBTBADEhcKE0NBQ0hFX1NUQVRVU19CWVBBU1MQBCp3CgVTdGFnZRIVChFTVEFHRV9VTlNQRUNJRklFRBAAEhAKDFNUQUdFX1NJTkdMRRABEg0KCVNUQUdFX01BUBACEhIKDlNUQUdFX0NPTExBUFNFEAMSEAoMU1RBR0VfUkVEVUNFEAQSEAoMU1RBR0VfUkVGSU5FEAUqmAQKC0Vycm9yUmVhc29uEhwKGEVSUk9SX1JFQVNPTl9VTlNQRUNJRklFRBAAEh4KGkVSUk9SX1JFQVNPTl9JTlZBTElEX0ZJRUxEEAESIwofRVJST1JfUkVBU09OX0RPQ1VNRU5UX1RPT19MQVJHRRACEh4KGkVSUk9SX1JFQVNPTl9VTktOT1dOX01PREVMEAMSIAocRVJST1JfUkVBU09OX1VOQVVUSEVOVElDQVRFRBAEEh0KGUVSUk9SX1JFQVNPTl9SQVRFX0xJTUlURUQQBRIgChxFUlJPUl9SRUFTT05fQlVER0VUX0VYQ0VFREVEEAYSJQohRVJST1JfUkVBU09OX1VQU1RSRUFNX1VOQVZBSUxBQkxFEAcSIgoeRVJST1JfUkVBU09OX1VQU1RSRUFNX1JFSkVDVEVEEAgSGwoXRVJST1JfUkVBU09OX05PVF9DQUNIRUQQCRIdChlFUlJPUl9SRUFTT05fRE9FU19OT1RfRklUEAoSGQoVRVJST1JfUkVBU09OX0lOVEVSTkFMEAsSGwoXRVJST1JfUkVBU09OX09WRVJMT0FERUQQDBIZChVFUlJPUl9SRUFTT05fRFJBSU5JTkcQDRIiCh5FUlJPUl9SRUFTT05fTUFMRk9STUVEX1JFUVVFU1QQDhIlCiFFUlJPUl9SRUFTT05fVVBTVFJFQU1fQVVUSF9GQUlMRUQQD0JiCg9kZXYubG9uZ3JlYWQudjFCClR5cGVzUHJvdG9QAVpBZ2l0aHViLmNvbS9sb25ncmVhZC1kZXYvbG9uZ3JlYWQvY2xpZW50L2dvL2xvbmdyZWFkL3YxO2xvbmdyZWFkdjFiBnByb3RvMw", [file_google_protobuf_duration]);
+  fileDesc("Chdsb25ncmVhZC92MS90eXBlcy5wcm90bxILbG9uZ3JlYWQudjEiOAoIRG9jdW1lbnQSDAoEdGV4dBgBIAEoCRIKCgJpZBgCIAEoCRISCgptZWRpYV90eXBlGAMgASgJImEKDk1vZGVsU2VsZWN0aW9uEg4KBnZlbmRvchgBIAEoCRINCgVtb2RlbBgCIAEoCRIwCgpwcmVmZXJlbmNlGAMgASgOMhwubG9uZ3JlYWQudjEuTW9kZWxQcmVmZXJlbmNlItIBChFHZW5lcmF0aW9uT3B0aW9ucxIYCgt0ZW1wZXJhdHVyZRgBIAEoAUgAiAEBEhIKBXRvcF9wGAIgASgBSAGIAQESHgoRbWF4X291dHB1dF90b2tlbnMYAyABKAVIAogBARIMCgRzdG9wGAQgAygJEhEKBHNlZWQYBSABKANIA4gBARIVCg1zeXN0ZW1fcHJvbXB0GAYgASgJQg4KDF90ZW1wZXJhdHVyZUIICgZfdG9wX3BCFAoSX21heF9vdXRwdXRfdG9rZW5zQgcKBV9zZWVkImwKD0NodW5raW5nT3B0aW9ucxIYChBtYXhfY2h1bmtfdG9rZW5zGAEgASgFEhYKDm92ZXJsYXBfdG9rZW5zGAIgASgFEicKCHN0cmF0ZWd5GAMgASgOMhUubG9uZ3JlYWQudjEuU3RyYXRlZ3kiigEKC0NhY2hlUG9saWN5EiQKBG1vZGUYASABKA4yFi5sb25ncmVhZC52MS5DYWNoZU1vZGUSJgoDdHRsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi0KCHNlbWFudGljGAMgASgLMhsubG9uZ3JlYWQudjEuU2VtYW50aWNQb2xpY3kiUQoOU2VtYW50aWNQb2xpY3kSJwoEbW9kZRgBIAEoDjIZLmxvbmdyZWFkLnYxLlNlbWFudGljTW9kZRIWCg5taW5fc2ltaWxhcml0eRgCIAEoAiI1Cg1TZW1hbnRpY01hdGNoEhAKCHF1ZXN0aW9uGAEgASgJEhIKCnNpbWlsYXJpdHkYAiABKAIiHgoGQnVkZ2V0EhQKDG1heF9jb3N0X3VzZBgBIAEoASI1CgRUdXJuEh8KBHJvbGUYASABKA4yES5sb25ncmVhZC52MS5Sb2xlEgwKBHRleHQYAiABKAkiYQoNUmVzb2x2ZWRNb2RlbBIOCgZ2ZW5kb3IYASABKAkSDQoFbW9kZWwYAiABKAkSFgoOY29udGV4dF93aW5kb3cYAyABKAMSGQoRbWF4X291dHB1dF90b2tlbnMYBCABKAUiWgoEQ29zdBIRCglpbnB1dF91c2QYASABKAESEgoKb3V0cHV0X3VzZBgCIAEoARIYChBjYWNoZWRfaW5wdXRfdXNkGAMgASgBEhEKCXRvdGFsX3VzZBgEIAEoASJ8CgVVc2FnZRIUCgxpbnB1dF90b2tlbnMYASABKAMSFQoNb3V0cHV0X3Rva2VucxgCIAEoAxIbChNjYWNoZWRfaW5wdXRfdG9rZW5zGAMgASgDEhoKEmNhY2hlX3dyaXRlX3Rva2VucxgEIAEoAxINCgVjYWxscxgFIAEoBSJvCgVDaHVuaxINCgVpbmRleBgBIAEoBRINCgVzdGFydBgCIAEoAxILCgNlbmQYAyABKAMSDgoGdG9rZW5zGAQgASgFEhUKDW92ZXJsYXBfc3RhcnQYBSABKAMSFAoMY29udGVudF9oYXNoGAYgASgJIvQDCgRQbGFuEicKCHN0cmF0ZWd5GAEgASgOMhUubG9uZ3JlYWQudjEuU3RyYXRlZ3kSKQoFbW9kZWwYAiABKAsyGi5sb25ncmVhZC52MS5SZXNvbHZlZE1vZGVsEhcKD2RvY3VtZW50X3Rva2VucxgDIAEoAxIUCgx0b2tlbnNfZXhhY3QYBCABKAgSEwoLdG9rZW5fZXJyb3IYBSABKAESHQoVZWZmZWN0aXZlX2lucHV0X2xpbWl0GAYgASgDEhgKEGZpdHNfc2luZ2xlX3Bhc3MYByABKAgSIgoGY2h1bmtzGAggAygLMhIubG9uZ3JlYWQudjEuQ2h1bmsSEQoJbWFwX2NhbGxzGAkgASgFEhYKDmNvbGxhcHNlX2NhbGxzGAogASgFEhQKDHJlZHVjZV9jYWxscxgLIAEoBRIeChZlc3RpbWF0ZWRfaW5wdXRfdG9rZW5zGAwgASgDEh8KF2VzdGltYXRlZF9vdXRwdXRfdG9rZW5zGA0gASgDEikKDmVzdGltYXRlZF9jb3N0GA4gASgLMhEubG9uZ3JlYWQudjEuQ29zdBIVCg13aXRoaW5fYnVkZ2V0GA8gASgIEhcKD3NlbGVjdGVkX2NodW5rcxgQIAMoBRIaChJoaXN0b3J5X3R1cm5zX2tlcHQYESABKAUiuAEKCE1vZGVsRml0EikKBW1vZGVsGAEgASgLMhoubG9uZ3JlYWQudjEuUmVzb2x2ZWRNb2RlbBIYChBmaXRzX3NpbmdsZV9wYXNzGAIgASgIEh0KFWVmZmVjdGl2ZV9pbnB1dF9saW1pdBgDIAEoAxINCgVjYWxscxgEIAEoBRIpCg5lc3RpbWF0ZWRfY29zdBgFIAEoCzIRLmxvbmdyZWFkLnYxLkNvc3QSDgoGcmVhc29uGAYgASgJIrABCgtDaHVua1Jlc3VsdBINCgVpbmRleBgBIAEoBRINCgVzdGFydBgCIAEoAxILCgNlbmQYAyABKAMSDAoEdGV4dBgEIAEoCRIhCgV1c2FnZRgFIAEoCzISLmxvbmdyZWFkLnYxLlVzYWdlEi4KDGNhY2hlX3N0YXR1cxgGIAEoDjIYLmxvbmdyZWFkLnYxLkNhY2hlU3RhdHVzEhUKDWZpbmlzaF9yZWFzb24YByABKAkikAEKB1RpbWluZ3MSKAoFdG90YWwYASABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SKwoIcGxhbm5pbmcYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLgoLZmlyc3RfdG9rZW4YAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iKAoHV2FybmluZxIMCgRjb2RlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkqeAoPTW9kZWxQcmVmZXJlbmNlEiAKHE1PREVMX1BSRUZFUkVOQ0VfVU5TUEVDSUZJRUQQABIdChlNT0RFTF9QUkVGRVJFTkNFX0NIRUFQRVNUEAESJAogTU9ERUxfUFJFRkVSRU5DRV9MQVJHRVNUX0NPTlRFWFQQAiqBAQoIU3RyYXRlZ3kSGAoUU1RSQVRFR1lfVU5TUEVDSUZJRUQQABIYChRTVFJBVEVHWV9TSU5HTEVfUEFTUxABEhcKE1NUUkFURUdZX01BUF9SRURVQ0UQAhITCg9TVFJBVEVHWV9SRUZJTkUQAxITCg9TVFJBVEVHWV9TRUxFQ1QQBCp2CglDYWNoZU1vZGUSGgoWQ0FDSEVfTU9ERV9VTlNQRUNJRklFRBAAEhUKEUNBQ0hFX01PREVfQllQQVNTEAESFwoTQ0FDSEVfTU9ERV9OT19TVE9SRRACEh0KGUNBQ0hFX01PREVfT05MWV9JRl9DQUNIRUQQAypaCgxTZW1hbnRpY01vZGUSHQoZU0VNQU5USUNfTU9ERV9VTlNQRUNJRklFRBAAEhQKEFNFTUFOVElDX01PREVfT04QARIVChFTRU1BTlRJQ19NT0RFX09GRhACKj8KBFJvbGUSFAoQUk9MRV9VTlNQRUNJRklFRBAAEg0KCVJPTEVfVVNFUhABEhIKDlJPTEVfQVNTSVNUQU5UEAIqqgEKC0NhY2hlU3RhdHVzEhwKGENBQ0hFX1NUQVRVU19VTlNQRUNJRklFRBAAEhUKEUNBQ0hFX1NUQVRVU19NSVNTEAESFAoQQ0FDSEVfU1RBVFVTX0hJVBACEhgKFENBQ0hFX1NUQVRVU19QQVJUSUFMEAMSFwoTQ0FDSEVfU1RBVFVTX0JZUEFTUxAEEh0KGUNBQ0hFX1NUQVRVU19TRU1BTlRJQ19ISVQQBSp3CgVTdGFnZRIVChFTVEFHRV9VTlNQRUNJRklFRBAAEhAKDFNUQUdFX1NJTkdMRRABEg0KCVNUQUdFX01BUBACEhIKDlNUQUdFX0NPTExBUFNFEAMSEAoMU1RBR0VfUkVEVUNFEAQSEAoMU1RBR0VfUkVGSU5FEAUqmAQKC0Vycm9yUmVhc29uEhwKGEVSUk9SX1JFQVNPTl9VTlNQRUNJRklFRBAAEh4KGkVSUk9SX1JFQVNPTl9JTlZBTElEX0ZJRUxEEAESIwofRVJST1JfUkVBU09OX0RPQ1VNRU5UX1RPT19MQVJHRRACEh4KGkVSUk9SX1JFQVNPTl9VTktOT1dOX01PREVMEAMSIAocRVJST1JfUkVBU09OX1VOQVVUSEVOVElDQVRFRBAEEh0KGUVSUk9SX1JFQVNPTl9SQVRFX0xJTUlURUQQBRIgChxFUlJPUl9SRUFTT05fQlVER0VUX0VYQ0VFREVEEAYSJQohRVJST1JfUkVBU09OX1VQU1RSRUFNX1VOQVZBSUxBQkxFEAcSIgoeRVJST1JfUkVBU09OX1VQU1RSRUFNX1JFSkVDVEVEEAgSGwoXRVJST1JfUkVBU09OX05PVF9DQUNIRUQQCRIdChlFUlJPUl9SRUFTT05fRE9FU19OT1RfRklUEAoSGQoVRVJST1JfUkVBU09OX0lOVEVSTkFMEAsSGwoXRVJST1JfUkVBU09OX09WRVJMT0FERUQQDBIZChVFUlJPUl9SRUFTT05fRFJBSU5JTkcQDRIiCh5FUlJPUl9SRUFTT05fTUFMRk9STUVEX1JFUVVFU1QQDhIlCiFFUlJPUl9SRUFTT05fVVBTVFJFQU1fQVVUSF9GQUlMRUQQD0JiCg9kZXYubG9uZ3JlYWQudjFCClR5cGVzUHJvdG9QAVpBZ2l0aHViLmNvbS9sb25ncmVhZC1kZXYvbG9uZ3JlYWQvY2xpZW50L2dvL2xvbmdyZWFkL3YxO2xvbmdyZWFkdjFiBnByb3RvMw", [file_google_protobuf_duration]);
 
 /**
  * A document to analyse. Plain text; markdown and other text formats are
@@ -200,6 +200,14 @@ export type CachePolicy = Message<"longread.v1.CachePolicy"> & {
    * @generated from field: google.protobuf.Duration ttl = 2;
    */
   ttl?: Duration | undefined;
+
+  /**
+   * Semantic reuse: an answer to an earlier question about the same document that means
+   * the same as this one. Off unless asked for here or by the tenant's configuration.
+   *
+   * @generated from field: longread.v1.SemanticPolicy semantic = 3;
+   */
+  semantic?: SemanticPolicy | undefined;
 };
 
 /**
@@ -208,6 +216,66 @@ export type CachePolicy = Message<"longread.v1.CachePolicy"> & {
  */
 export const CachePolicySchema: GenMessage<CachePolicy> = /*@__PURE__*/
   messageDesc(file_longread_v1_types, 4);
+
+/**
+ * Semantic reuse for one request. A stored answer is reused only for the same tenant,
+ * document (by content), model, strategy and every option that changes an answer; only the
+ * question may differ in words, and never in its numbers, dates, periods, negation,
+ * comparisons or names.
+ *
+ * @generated from message longread.v1.SemanticPolicy
+ */
+export type SemanticPolicy = Message<"longread.v1.SemanticPolicy"> & {
+  /**
+   * On, off, or as the tenant is configured.
+   *
+   * @generated from field: longread.v1.SemanticMode mode = 1;
+   */
+  mode: SemanticMode;
+
+  /**
+   * The cosine similarity of the two questions' embeddings a reuse needs, in (0, 1];
+   * 0: the configured default (cache.semantic.threshold).
+   *
+   * @generated from field: float min_similarity = 2;
+   */
+  minSimilarity: number;
+};
+
+/**
+ * Describes the message longread.v1.SemanticPolicy.
+ * Use `create(SemanticPolicySchema)` to create a new message.
+ */
+export const SemanticPolicySchema: GenMessage<SemanticPolicy> = /*@__PURE__*/
+  messageDesc(file_longread_v1_types, 5);
+
+/**
+ * The earlier question whose answer was reused (CACHE_STATUS_SEMANTIC_HIT).
+ *
+ * @generated from message longread.v1.SemanticMatch
+ */
+export type SemanticMatch = Message<"longread.v1.SemanticMatch"> & {
+  /**
+   * The question, as that request asked it.
+   *
+   * @generated from field: string question = 1;
+   */
+  question: string;
+
+  /**
+   * The cosine similarity of the two questions' embeddings.
+   *
+   * @generated from field: float similarity = 2;
+   */
+  similarity: number;
+};
+
+/**
+ * Describes the message longread.v1.SemanticMatch.
+ * Use `create(SemanticMatchSchema)` to create a new message.
+ */
+export const SemanticMatchSchema: GenMessage<SemanticMatch> = /*@__PURE__*/
+  messageDesc(file_longread_v1_types, 6);
 
 /**
  * A spending cap for one request.
@@ -229,7 +297,7 @@ export type Budget = Message<"longread.v1.Budget"> & {
  * Use `create(BudgetSchema)` to create a new message.
  */
 export const BudgetSchema: GenMessage<Budget> = /*@__PURE__*/
-  messageDesc(file_longread_v1_types, 5);
+  messageDesc(file_longread_v1_types, 7);
 
 /**
  * A prior conversation turn; trimmed oldest-first when the context is short.
@@ -257,7 +325,7 @@ export type Turn = Message<"longread.v1.Turn"> & {
  * Use `create(TurnSchema)` to create a new message.
  */
 export const TurnSchema: GenMessage<Turn> = /*@__PURE__*/
-  messageDesc(file_longread_v1_types, 6);
+  messageDesc(file_longread_v1_types, 8);
 
 /**
  * The model that served (or would serve) a job, with its limits.
@@ -299,7 +367,7 @@ export type ResolvedModel = Message<"longread.v1.ResolvedModel"> & {
  * Use `create(ResolvedModelSchema)` to create a new message.
  */
 export const ResolvedModelSchema: GenMessage<ResolvedModel> = /*@__PURE__*/
-  messageDesc(file_longread_v1_types, 7);
+  messageDesc(file_longread_v1_types, 9);
 
 /**
  * Money in US dollars, split by what was paid for.
@@ -341,7 +409,7 @@ export type Cost = Message<"longread.v1.Cost"> & {
  * Use `create(CostSchema)` to create a new message.
  */
 export const CostSchema: GenMessage<Cost> = /*@__PURE__*/
-  messageDesc(file_longread_v1_types, 8);
+  messageDesc(file_longread_v1_types, 10);
 
 /**
  * Token usage across every model call of a job.
@@ -390,7 +458,7 @@ export type Usage = Message<"longread.v1.Usage"> & {
  * Use `create(UsageSchema)` to create a new message.
  */
 export const UsageSchema: GenMessage<Usage> = /*@__PURE__*/
-  messageDesc(file_longread_v1_types, 9);
+  messageDesc(file_longread_v1_types, 11);
 
 /**
  * One chunk of the document: the text from `start` to `end`.
@@ -446,7 +514,7 @@ export type Chunk = Message<"longread.v1.Chunk"> & {
  * Use `create(ChunkSchema)` to create a new message.
  */
 export const ChunkSchema: GenMessage<Chunk> = /*@__PURE__*/
-  messageDesc(file_longread_v1_types, 10);
+  messageDesc(file_longread_v1_types, 12);
 
 /**
  * The work a job will do.
@@ -580,7 +648,7 @@ export type Plan = Message<"longread.v1.Plan"> & {
  * Use `create(PlanSchema)` to create a new message.
  */
 export const PlanSchema: GenMessage<Plan> = /*@__PURE__*/
-  messageDesc(file_longread_v1_types, 11);
+  messageDesc(file_longread_v1_types, 13);
 
 /**
  * How one candidate model would handle the document.
@@ -636,7 +704,7 @@ export type ModelFit = Message<"longread.v1.ModelFit"> & {
  * Use `create(ModelFitSchema)` to create a new message.
  */
 export const ModelFitSchema: GenMessage<ModelFit> = /*@__PURE__*/
-  messageDesc(file_longread_v1_types, 12);
+  messageDesc(file_longread_v1_types, 14);
 
 /**
  * The output of one chunk's call, traceable to the text it read.
@@ -699,7 +767,7 @@ export type ChunkResult = Message<"longread.v1.ChunkResult"> & {
  * Use `create(ChunkResultSchema)` to create a new message.
  */
 export const ChunkResultSchema: GenMessage<ChunkResult> = /*@__PURE__*/
-  messageDesc(file_longread_v1_types, 13);
+  messageDesc(file_longread_v1_types, 15);
 
 /**
  * Where the time went.
@@ -734,7 +802,7 @@ export type Timings = Message<"longread.v1.Timings"> & {
  * Use `create(TimingsSchema)` to create a new message.
  */
 export const TimingsSchema: GenMessage<Timings> = /*@__PURE__*/
-  messageDesc(file_longread_v1_types, 14);
+  messageDesc(file_longread_v1_types, 16);
 
 /**
  * Something the caller should know that did not stop the job.
@@ -762,7 +830,7 @@ export type Warning = Message<"longread.v1.Warning"> & {
  * Use `create(WarningSchema)` to create a new message.
  */
 export const WarningSchema: GenMessage<Warning> = /*@__PURE__*/
-  messageDesc(file_longread_v1_types, 15);
+  messageDesc(file_longread_v1_types, 17);
 
 /**
  * How the server picks the model when the request does not name one.
@@ -888,6 +956,40 @@ export const CacheModeSchema: GenEnum<CacheMode> = /*@__PURE__*/
   enumDesc(file_longread_v1_types, 2);
 
 /**
+ * Whether a request may be answered with the answer to an equivalent earlier question.
+ *
+ * @generated from enum longread.v1.SemanticMode
+ */
+export enum SemanticMode {
+  /**
+   * The tenant's configuration decides (off unless the tenant opted in).
+   *
+   * @generated from enum value: SEMANTIC_MODE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Look up (and store) answers by the question's meaning.
+   *
+   * @generated from enum value: SEMANTIC_MODE_ON = 1;
+   */
+  ON = 1,
+
+  /**
+   * Only exact reuse.
+   *
+   * @generated from enum value: SEMANTIC_MODE_OFF = 2;
+   */
+  OFF = 2,
+}
+
+/**
+ * Describes the enum longread.v1.SemanticMode.
+ */
+export const SemanticModeSchema: GenEnum<SemanticMode> = /*@__PURE__*/
+  enumDesc(file_longread_v1_types, 3);
+
+/**
  * Who spoke a conversation turn.
  *
  * @generated from enum longread.v1.Role
@@ -919,7 +1021,7 @@ export enum Role {
  * Describes the enum longread.v1.Role.
  */
 export const RoleSchema: GenEnum<Role> = /*@__PURE__*/
-  enumDesc(file_longread_v1_types, 3);
+  enumDesc(file_longread_v1_types, 4);
 
 /**
  * Where a response came from.
@@ -961,13 +1063,21 @@ export enum CacheStatus {
    * @generated from enum value: CACHE_STATUS_BYPASS = 4;
    */
   BYPASS = 4,
+
+  /**
+   * The answer to an earlier question that means the same (see AnalyzeResponse.semantic_match);
+   * no call was made.
+   *
+   * @generated from enum value: CACHE_STATUS_SEMANTIC_HIT = 5;
+   */
+  SEMANTIC_HIT = 5,
 }
 
 /**
  * Describes the enum longread.v1.CacheStatus.
  */
 export const CacheStatusSchema: GenEnum<CacheStatus> = /*@__PURE__*/
-  enumDesc(file_longread_v1_types, 4);
+  enumDesc(file_longread_v1_types, 5);
 
 /**
  * Which step of a job produced an event.
@@ -1022,7 +1132,7 @@ export enum Stage {
  * Describes the enum longread.v1.Stage.
  */
 export const StageSchema: GenEnum<Stage> = /*@__PURE__*/
-  enumDesc(file_longread_v1_types, 5);
+  enumDesc(file_longread_v1_types, 6);
 
 /**
  * The closed set of ErrorInfo reasons (domain "longread.dev") this service returns.
@@ -1152,5 +1262,5 @@ export enum ErrorReason {
  * Describes the enum longread.v1.ErrorReason.
  */
 export const ErrorReasonSchema: GenEnum<ErrorReason> = /*@__PURE__*/
-  enumDesc(file_longread_v1_types, 6);
+  enumDesc(file_longread_v1_types, 7);
 

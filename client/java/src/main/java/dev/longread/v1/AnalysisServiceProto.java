@@ -119,7 +119,7 @@ public final class AnalysisServiceProto extends com.google.protobuf.GeneratedFil
       "longread.v1.AnalyzeRequest.LabelsEntryR\006" +
       "labels\022+\n\007history\030\t \003(\0132\021.longread.v1.Tu" +
       "rnR\007history\0329\n\013LabelsEntry\022\020\n\003key\030\001 \001(\tR" +
-      "\003key\022\024\n\005value\030\002 \001(\tR\005value:\0028\001\"\322\003\n\017Analy" +
+      "\003key\022\024\n\005value\030\002 \001(\tR\005value:\0028\001\"\225\004\n\017Analy" +
       "zeResponse\022\022\n\004text\030\001 \001(\tR\004text\022%\n\004plan\030\002" +
       " \001(\0132\021.longread.v1.PlanR\004plan\022=\n\rchunk_r" +
       "esults\030\003 \003(\0132\030.longread.v1.ChunkResultR\014" +
@@ -131,45 +131,47 @@ public final class AnalysisServiceProto extends com.google.protobuf.GeneratedFil
       "odel\022.\n\007timings\030\010 \001(\0132\024.longread.v1.Timi" +
       "ngsR\007timings\0220\n\010warnings\030\t \003(\0132\024.longrea" +
       "d.v1.WarningR\010warnings\022#\n\rfinish_reason\030" +
-      "\n \001(\tR\014finishReason\"\226\004\n\rStreamRequest\0221\n" +
-      "\010document\030\001 \001(\0132\025.longread.v1.DocumentR\010" +
-      "document\022 \n\013instruction\030\002 \001(\tR\013instructi" +
-      "on\0221\n\005model\030\003 \001(\0132\033.longread.v1.ModelSel" +
-      "ectionR\005model\022>\n\ngeneration\030\004 \001(\0132\036.long" +
-      "read.v1.GenerationOptionsR\ngeneration\0228\n" +
-      "\010chunking\030\005 \001(\0132\034.longread.v1.ChunkingOp" +
-      "tionsR\010chunking\022.\n\005cache\030\006 \001(\0132\030.longrea" +
-      "d.v1.CachePolicyR\005cache\022+\n\006budget\030\007 \001(\0132" +
-      "\023.longread.v1.BudgetR\006budget\022>\n\006labels\030\010" +
-      " \003(\0132&.longread.v1.StreamRequest.LabelsE" +
-      "ntryR\006labels\022+\n\007history\030\t \003(\0132\021.longread" +
-      ".v1.TurnR\007history\0329\n\013LabelsEntry\022\020\n\003key\030" +
-      "\001 \001(\tR\003key\022\024\n\005value\030\002 \001(\tR\005value:\0028\001\"^\n\014" +
-      "ChunkStarted\022(\n\005stage\030\001 \001(\0162\022.longread.v" +
-      "1.StageR\005stage\022\024\n\005index\030\002 \001(\005R\005index\022\016\n\002" +
-      "of\030\003 \001(\005R\002of\"[\n\005Delta\022(\n\005stage\030\001 \001(\0162\022.l" +
-      "ongread.v1.StageR\005stage\022\024\n\005index\030\002 \001(\005R\005" +
-      "index\022\022\n\004text\030\003 \001(\tR\004text\"g\n\tChunkDone\022(" +
-      "\n\005stage\030\001 \001(\0162\022.longread.v1.StageR\005stage" +
-      "\0220\n\006result\030\002 \001(\0132\030.longread.v1.ChunkResu" +
-      "ltR\006result\"\323\002\n\016StreamResponse\022\'\n\004plan\030\001 " +
-      "\001(\0132\021.longread.v1.PlanH\000R\004plan\022@\n\rchunk_" +
-      "started\030\002 \001(\0132\031.longread.v1.ChunkStarted" +
-      "H\000R\014chunkStarted\022*\n\005delta\030\003 \001(\0132\022.longre" +
-      "ad.v1.DeltaH\000R\005delta\0227\n\nchunk_done\030\004 \001(\013" +
-      "2\026.longread.v1.ChunkDoneH\000R\tchunkDone\0220\n" +
-      "\007warning\030\005 \001(\0132\024.longread.v1.WarningH\000R\007" +
-      "warning\0226\n\006result\030\006 \001(\0132\034.longread.v1.An" +
-      "alyzeResponseH\000R\006resultB\007\n\005event2\345\001\n\017Ana" +
-      "lysisService\022G\n\010Estimate\022\034.longread.v1.E" +
-      "stimateRequest\032\035.longread.v1.EstimateRes" +
-      "ponse\022D\n\007Analyze\022\033.longread.v1.AnalyzeRe" +
-      "quest\032\034.longread.v1.AnalyzeResponse\022C\n\006S" +
-      "tream\022\032.longread.v1.StreamRequest\032\033.long" +
-      "read.v1.StreamResponse0\001Bl\n\017dev.longread" +
-      ".v1B\024AnalysisServiceProtoP\001ZAgithub.com/" +
-      "longread-dev/longread/client/go/longread" +
-      "/v1;longreadv1b\006proto3"
+      "\n \001(\tR\014finishReason\022A\n\016semantic_match\030\013 " +
+      "\001(\0132\032.longread.v1.SemanticMatchR\rsemanti" +
+      "cMatch\"\226\004\n\rStreamRequest\0221\n\010document\030\001 \001" +
+      "(\0132\025.longread.v1.DocumentR\010document\022 \n\013i" +
+      "nstruction\030\002 \001(\tR\013instruction\0221\n\005model\030\003" +
+      " \001(\0132\033.longread.v1.ModelSelectionR\005model" +
+      "\022>\n\ngeneration\030\004 \001(\0132\036.longread.v1.Gener" +
+      "ationOptionsR\ngeneration\0228\n\010chunking\030\005 \001" +
+      "(\0132\034.longread.v1.ChunkingOptionsR\010chunki" +
+      "ng\022.\n\005cache\030\006 \001(\0132\030.longread.v1.CachePol" +
+      "icyR\005cache\022+\n\006budget\030\007 \001(\0132\023.longread.v1" +
+      ".BudgetR\006budget\022>\n\006labels\030\010 \003(\0132&.longre" +
+      "ad.v1.StreamRequest.LabelsEntryR\006labels\022" +
+      "+\n\007history\030\t \003(\0132\021.longread.v1.TurnR\007his" +
+      "tory\0329\n\013LabelsEntry\022\020\n\003key\030\001 \001(\tR\003key\022\024\n" +
+      "\005value\030\002 \001(\tR\005value:\0028\001\"^\n\014ChunkStarted\022" +
+      "(\n\005stage\030\001 \001(\0162\022.longread.v1.StageR\005stag" +
+      "e\022\024\n\005index\030\002 \001(\005R\005index\022\016\n\002of\030\003 \001(\005R\002of\"" +
+      "[\n\005Delta\022(\n\005stage\030\001 \001(\0162\022.longread.v1.St" +
+      "ageR\005stage\022\024\n\005index\030\002 \001(\005R\005index\022\022\n\004text" +
+      "\030\003 \001(\tR\004text\"g\n\tChunkDone\022(\n\005stage\030\001 \001(\016" +
+      "2\022.longread.v1.StageR\005stage\0220\n\006result\030\002 " +
+      "\001(\0132\030.longread.v1.ChunkResultR\006result\"\323\002" +
+      "\n\016StreamResponse\022\'\n\004plan\030\001 \001(\0132\021.longrea" +
+      "d.v1.PlanH\000R\004plan\022@\n\rchunk_started\030\002 \001(\013" +
+      "2\031.longread.v1.ChunkStartedH\000R\014chunkStar" +
+      "ted\022*\n\005delta\030\003 \001(\0132\022.longread.v1.DeltaH\000" +
+      "R\005delta\0227\n\nchunk_done\030\004 \001(\0132\026.longread.v" +
+      "1.ChunkDoneH\000R\tchunkDone\0220\n\007warning\030\005 \001(" +
+      "\0132\024.longread.v1.WarningH\000R\007warning\0226\n\006re" +
+      "sult\030\006 \001(\0132\034.longread.v1.AnalyzeResponse" +
+      "H\000R\006resultB\007\n\005event2\345\001\n\017AnalysisService\022" +
+      "G\n\010Estimate\022\034.longread.v1.EstimateReques" +
+      "t\032\035.longread.v1.EstimateResponse\022D\n\007Anal" +
+      "yze\022\033.longread.v1.AnalyzeRequest\032\034.longr" +
+      "ead.v1.AnalyzeResponse\022C\n\006Stream\022\032.longr" +
+      "ead.v1.StreamRequest\032\033.longread.v1.Strea" +
+      "mResponse0\001Bl\n\017dev.longread.v1B\024Analysis" +
+      "ServiceProtoP\001ZAgithub.com/longread-dev/" +
+      "longread/client/go/longread/v1;longreadv" +
+      "1b\006proto3"
     };
     descriptor = com.google.protobuf.Descriptors.FileDescriptor
       .internalBuildGeneratedFileFrom(descriptorData,
@@ -205,7 +207,7 @@ public final class AnalysisServiceProto extends com.google.protobuf.GeneratedFil
     internal_static_longread_v1_AnalyzeResponse_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_longread_v1_AnalyzeResponse_descriptor,
-        new java.lang.String[] { "Text", "Plan", "ChunkResults", "Usage", "Cost", "CacheStatus", "Model", "Timings", "Warnings", "FinishReason", });
+        new java.lang.String[] { "Text", "Plan", "ChunkResults", "Usage", "Cost", "CacheStatus", "Model", "Timings", "Warnings", "FinishReason", "SemanticMatch", });
     internal_static_longread_v1_StreamRequest_descriptor =
       getDescriptor().getMessageType(4);
     internal_static_longread_v1_StreamRequest_fieldAccessorTable = new

@@ -490,6 +490,44 @@ private static final long serialVersionUID = 0L;
     }
   }
 
+  public static final int SEMANTIC_MATCH_FIELD_NUMBER = 11;
+  private dev.longread.v1.SemanticMatch semanticMatch_;
+  /**
+   * <pre>
+   * With CACHE_STATUS_SEMANTIC_HIT: the earlier question whose answer this is.
+   * </pre>
+   *
+   * <code>.longread.v1.SemanticMatch semantic_match = 11 [json_name = "semanticMatch"];</code>
+   * @return Whether the semanticMatch field is set.
+   */
+  @java.lang.Override
+  public boolean hasSemanticMatch() {
+    return ((bitField0_ & 0x00000020) != 0);
+  }
+  /**
+   * <pre>
+   * With CACHE_STATUS_SEMANTIC_HIT: the earlier question whose answer this is.
+   * </pre>
+   *
+   * <code>.longread.v1.SemanticMatch semantic_match = 11 [json_name = "semanticMatch"];</code>
+   * @return The semanticMatch.
+   */
+  @java.lang.Override
+  public dev.longread.v1.SemanticMatch getSemanticMatch() {
+    return semanticMatch_ == null ? dev.longread.v1.SemanticMatch.getDefaultInstance() : semanticMatch_;
+  }
+  /**
+   * <pre>
+   * With CACHE_STATUS_SEMANTIC_HIT: the earlier question whose answer this is.
+   * </pre>
+   *
+   * <code>.longread.v1.SemanticMatch semantic_match = 11 [json_name = "semanticMatch"];</code>
+   */
+  @java.lang.Override
+  public dev.longread.v1.SemanticMatchOrBuilder getSemanticMatchOrBuilder() {
+    return semanticMatch_ == null ? dev.longread.v1.SemanticMatch.getDefaultInstance() : semanticMatch_;
+  }
+
   private byte memoizedIsInitialized = -1;
   @java.lang.Override
   public final boolean isInitialized() {
@@ -533,6 +571,9 @@ private static final long serialVersionUID = 0L;
     }
     if (!com.google.protobuf.GeneratedMessage.isStringEmpty(finishReason_)) {
       com.google.protobuf.GeneratedMessage.writeString(output, 10, finishReason_);
+    }
+    if (((bitField0_ & 0x00000020) != 0)) {
+      output.writeMessage(11, getSemanticMatch());
     }
     getUnknownFields().writeTo(output);
   }
@@ -585,6 +626,10 @@ private static final long serialVersionUID = 0L;
         }
     if (!com.google.protobuf.GeneratedMessage.isStringEmpty(finishReason_)) {
       size += com.google.protobuf.GeneratedMessage.computeStringSize(10, finishReason_);
+    }
+    if (((bitField0_ & 0x00000020) != 0)) {
+      size += com.google.protobuf.CodedOutputStream
+        .computeMessageSize(11, getSemanticMatch());
     }
     return size;
   }
@@ -644,6 +689,11 @@ private static final long serialVersionUID = 0L;
         .equals(other.getWarningsList())) return false;
     if (!getFinishReason()
         .equals(other.getFinishReason())) return false;
+    if (hasSemanticMatch() != other.hasSemanticMatch()) return false;
+    if (hasSemanticMatch()) {
+      if (!getSemanticMatch()
+          .equals(other.getSemanticMatch())) return false;
+    }
     if (!getUnknownFields().equals(other.getUnknownFields())) return false;
     return true;
   }
@@ -689,6 +739,10 @@ private static final long serialVersionUID = 0L;
     }
     hash = (37 * hash) + FINISH_REASON_FIELD_NUMBER;
     hash = (53 * hash) + getFinishReason().hashCode();
+    if (hasSemanticMatch()) {
+      hash = (37 * hash) + SEMANTIC_MATCH_FIELD_NUMBER;
+      hash = (53 * hash) + getSemanticMatch().hashCode();
+    }
     hash = (29 * hash) + getUnknownFields().hashCode();
     memoizedHashCode = hash;
     return hash;
@@ -830,6 +884,7 @@ private static final long serialVersionUID = 0L;
         internalGetModelFieldBuilder();
         internalGetTimingsFieldBuilder();
         internalGetWarningsFieldBuilder();
+        internalGetSemanticMatchFieldBuilder();
       }
     }
     @java.lang.Override
@@ -878,6 +933,11 @@ private static final long serialVersionUID = 0L;
       }
       bitField0_ = (bitField0_ & ~0x00000100);
       finishReason_ = "";
+      semanticMatch_ = null;
+      if (semanticMatchBuilder_ != null) {
+        semanticMatchBuilder_.dispose();
+        semanticMatchBuilder_ = null;
+      }
       return this;
     }
 
@@ -973,6 +1033,12 @@ private static final long serialVersionUID = 0L;
       if (((from_bitField0_ & 0x00000200) != 0)) {
         result.finishReason_ = finishReason_;
       }
+      if (((from_bitField0_ & 0x00000400) != 0)) {
+        result.semanticMatch_ = semanticMatchBuilder_ == null
+            ? semanticMatch_
+            : semanticMatchBuilder_.build();
+        to_bitField0_ |= 0x00000020;
+      }
       result.bitField0_ |= to_bitField0_;
     }
 
@@ -1067,6 +1133,9 @@ private static final long serialVersionUID = 0L;
         finishReason_ = other.finishReason_;
         bitField0_ |= 0x00000200;
         onChanged();
+      }
+      if (other.hasSemanticMatch()) {
+        mergeSemanticMatch(other.getSemanticMatch());
       }
       this.mergeUnknownFields(other.getUnknownFields());
       onChanged();
@@ -1168,6 +1237,13 @@ private static final long serialVersionUID = 0L;
               bitField0_ |= 0x00000200;
               break;
             } // case 82
+            case 90: {
+              input.readMessage(
+                  internalGetSemanticMatchFieldBuilder().getBuilder(),
+                  extensionRegistry);
+              bitField0_ |= 0x00000400;
+              break;
+            } // case 90
             default: {
               if (!super.parseUnknownField(input, extensionRegistry, tag)) {
                 done = true; // was an endgroup tag
@@ -2826,6 +2902,161 @@ private static final long serialVersionUID = 0L;
       bitField0_ |= 0x00000200;
       onChanged();
       return this;
+    }
+
+    private dev.longread.v1.SemanticMatch semanticMatch_;
+    private com.google.protobuf.SingleFieldBuilder<
+        dev.longread.v1.SemanticMatch, dev.longread.v1.SemanticMatch.Builder, dev.longread.v1.SemanticMatchOrBuilder> semanticMatchBuilder_;
+    /**
+     * <pre>
+     * With CACHE_STATUS_SEMANTIC_HIT: the earlier question whose answer this is.
+     * </pre>
+     *
+     * <code>.longread.v1.SemanticMatch semantic_match = 11 [json_name = "semanticMatch"];</code>
+     * @return Whether the semanticMatch field is set.
+     */
+    public boolean hasSemanticMatch() {
+      return ((bitField0_ & 0x00000400) != 0);
+    }
+    /**
+     * <pre>
+     * With CACHE_STATUS_SEMANTIC_HIT: the earlier question whose answer this is.
+     * </pre>
+     *
+     * <code>.longread.v1.SemanticMatch semantic_match = 11 [json_name = "semanticMatch"];</code>
+     * @return The semanticMatch.
+     */
+    public dev.longread.v1.SemanticMatch getSemanticMatch() {
+      if (semanticMatchBuilder_ == null) {
+        return semanticMatch_ == null ? dev.longread.v1.SemanticMatch.getDefaultInstance() : semanticMatch_;
+      } else {
+        return semanticMatchBuilder_.getMessage();
+      }
+    }
+    /**
+     * <pre>
+     * With CACHE_STATUS_SEMANTIC_HIT: the earlier question whose answer this is.
+     * </pre>
+     *
+     * <code>.longread.v1.SemanticMatch semantic_match = 11 [json_name = "semanticMatch"];</code>
+     */
+    public Builder setSemanticMatch(dev.longread.v1.SemanticMatch value) {
+      if (semanticMatchBuilder_ == null) {
+        java.util.Objects.requireNonNull(value);
+        semanticMatch_ = value;
+      } else {
+        semanticMatchBuilder_.setMessage(value);
+      }
+      bitField0_ |= 0x00000400;
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * With CACHE_STATUS_SEMANTIC_HIT: the earlier question whose answer this is.
+     * </pre>
+     *
+     * <code>.longread.v1.SemanticMatch semantic_match = 11 [json_name = "semanticMatch"];</code>
+     */
+    public Builder setSemanticMatch(
+        dev.longread.v1.SemanticMatch.Builder builderForValue) {
+      if (semanticMatchBuilder_ == null) {
+        semanticMatch_ = builderForValue.build();
+      } else {
+        semanticMatchBuilder_.setMessage(builderForValue.build());
+      }
+      bitField0_ |= 0x00000400;
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * With CACHE_STATUS_SEMANTIC_HIT: the earlier question whose answer this is.
+     * </pre>
+     *
+     * <code>.longread.v1.SemanticMatch semantic_match = 11 [json_name = "semanticMatch"];</code>
+     */
+    public Builder mergeSemanticMatch(dev.longread.v1.SemanticMatch value) {
+      if (semanticMatchBuilder_ == null) {
+        if (((bitField0_ & 0x00000400) != 0) &&
+          semanticMatch_ != null &&
+          semanticMatch_ != dev.longread.v1.SemanticMatch.getDefaultInstance()) {
+          getSemanticMatchBuilder().mergeFrom(value);
+        } else {
+          semanticMatch_ = value;
+        }
+      } else {
+        semanticMatchBuilder_.mergeFrom(value);
+      }
+      if (semanticMatch_ != null) {
+        bitField0_ |= 0x00000400;
+        onChanged();
+      }
+      return this;
+    }
+    /**
+     * <pre>
+     * With CACHE_STATUS_SEMANTIC_HIT: the earlier question whose answer this is.
+     * </pre>
+     *
+     * <code>.longread.v1.SemanticMatch semantic_match = 11 [json_name = "semanticMatch"];</code>
+     */
+    public Builder clearSemanticMatch() {
+      bitField0_ = (bitField0_ & ~0x00000400);
+      semanticMatch_ = null;
+      if (semanticMatchBuilder_ != null) {
+        semanticMatchBuilder_.dispose();
+        semanticMatchBuilder_ = null;
+      }
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * With CACHE_STATUS_SEMANTIC_HIT: the earlier question whose answer this is.
+     * </pre>
+     *
+     * <code>.longread.v1.SemanticMatch semantic_match = 11 [json_name = "semanticMatch"];</code>
+     */
+    public dev.longread.v1.SemanticMatch.Builder getSemanticMatchBuilder() {
+      bitField0_ |= 0x00000400;
+      onChanged();
+      return internalGetSemanticMatchFieldBuilder().getBuilder();
+    }
+    /**
+     * <pre>
+     * With CACHE_STATUS_SEMANTIC_HIT: the earlier question whose answer this is.
+     * </pre>
+     *
+     * <code>.longread.v1.SemanticMatch semantic_match = 11 [json_name = "semanticMatch"];</code>
+     */
+    public dev.longread.v1.SemanticMatchOrBuilder getSemanticMatchOrBuilder() {
+      if (semanticMatchBuilder_ != null) {
+        return semanticMatchBuilder_.getMessageOrBuilder();
+      } else {
+        return semanticMatch_ == null ?
+            dev.longread.v1.SemanticMatch.getDefaultInstance() : semanticMatch_;
+      }
+    }
+    /**
+     * <pre>
+     * With CACHE_STATUS_SEMANTIC_HIT: the earlier question whose answer this is.
+     * </pre>
+     *
+     * <code>.longread.v1.SemanticMatch semantic_match = 11 [json_name = "semanticMatch"];</code>
+     */
+    private com.google.protobuf.SingleFieldBuilder<
+        dev.longread.v1.SemanticMatch, dev.longread.v1.SemanticMatch.Builder, dev.longread.v1.SemanticMatchOrBuilder> 
+        internalGetSemanticMatchFieldBuilder() {
+      if (semanticMatchBuilder_ == null) {
+        semanticMatchBuilder_ = new com.google.protobuf.SingleFieldBuilder<
+            dev.longread.v1.SemanticMatch, dev.longread.v1.SemanticMatch.Builder, dev.longread.v1.SemanticMatchOrBuilder>(
+                getSemanticMatch(),
+                getParentForChildren(),
+                isClean());
+        semanticMatch_ = null;
+      }
+      return semanticMatchBuilder_;
     }
 
     // @@protoc_insertion_point(builder_scope:longread.v1.AnalyzeResponse)

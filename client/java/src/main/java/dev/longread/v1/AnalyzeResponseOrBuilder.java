@@ -291,4 +291,31 @@ public interface AnalyzeResponseOrBuilder extends
    */
   com.google.protobuf.ByteString
       getFinishReasonBytes();
+
+  /**
+   * <pre>
+   * With CACHE_STATUS_SEMANTIC_HIT: the earlier question whose answer this is.
+   * </pre>
+   *
+   * <code>.longread.v1.SemanticMatch semantic_match = 11 [json_name = "semanticMatch"];</code>
+   * @return Whether the semanticMatch field is set.
+   */
+  boolean hasSemanticMatch();
+  /**
+   * <pre>
+   * With CACHE_STATUS_SEMANTIC_HIT: the earlier question whose answer this is.
+   * </pre>
+   *
+   * <code>.longread.v1.SemanticMatch semantic_match = 11 [json_name = "semanticMatch"];</code>
+   * @return The semanticMatch.
+   */
+  dev.longread.v1.SemanticMatch getSemanticMatch();
+  /**
+   * <pre>
+   * With CACHE_STATUS_SEMANTIC_HIT: the earlier question whose answer this is.
+   * </pre>
+   *
+   * <code>.longread.v1.SemanticMatch semantic_match = 11 [json_name = "semanticMatch"];</code>
+   */
+  dev.longread.v1.SemanticMatchOrBuilder getSemanticMatchOrBuilder();
 }

@@ -118,6 +118,47 @@ private static final long serialVersionUID = 0L;
     return ttl_ == null ? com.google.protobuf.Duration.getDefaultInstance() : ttl_;
   }
 
+  public static final int SEMANTIC_FIELD_NUMBER = 3;
+  private dev.longread.v1.SemanticPolicy semantic_;
+  /**
+   * <pre>
+   * Semantic reuse: an answer to an earlier question about the same document that means
+   * the same as this one. Off unless asked for here or by the tenant's configuration.
+   * </pre>
+   *
+   * <code>.longread.v1.SemanticPolicy semantic = 3 [json_name = "semantic"];</code>
+   * @return Whether the semantic field is set.
+   */
+  @java.lang.Override
+  public boolean hasSemantic() {
+    return ((bitField0_ & 0x00000002) != 0);
+  }
+  /**
+   * <pre>
+   * Semantic reuse: an answer to an earlier question about the same document that means
+   * the same as this one. Off unless asked for here or by the tenant's configuration.
+   * </pre>
+   *
+   * <code>.longread.v1.SemanticPolicy semantic = 3 [json_name = "semantic"];</code>
+   * @return The semantic.
+   */
+  @java.lang.Override
+  public dev.longread.v1.SemanticPolicy getSemantic() {
+    return semantic_ == null ? dev.longread.v1.SemanticPolicy.getDefaultInstance() : semantic_;
+  }
+  /**
+   * <pre>
+   * Semantic reuse: an answer to an earlier question about the same document that means
+   * the same as this one. Off unless asked for here or by the tenant's configuration.
+   * </pre>
+   *
+   * <code>.longread.v1.SemanticPolicy semantic = 3 [json_name = "semantic"];</code>
+   */
+  @java.lang.Override
+  public dev.longread.v1.SemanticPolicyOrBuilder getSemanticOrBuilder() {
+    return semantic_ == null ? dev.longread.v1.SemanticPolicy.getDefaultInstance() : semantic_;
+  }
+
   private byte memoizedIsInitialized = -1;
   @java.lang.Override
   public final boolean isInitialized() {
@@ -138,6 +179,9 @@ private static final long serialVersionUID = 0L;
     if (((bitField0_ & 0x00000001) != 0)) {
       output.writeMessage(2, getTtl());
     }
+    if (((bitField0_ & 0x00000002) != 0)) {
+      output.writeMessage(3, getSemantic());
+    }
     getUnknownFields().writeTo(output);
   }
   private int computeSerializedSize_0() {
@@ -149,6 +193,10 @@ private static final long serialVersionUID = 0L;
     if (((bitField0_ & 0x00000001) != 0)) {
       size += com.google.protobuf.CodedOutputStream
         .computeMessageSize(2, getTtl());
+    }
+    if (((bitField0_ & 0x00000002) != 0)) {
+      size += com.google.protobuf.CodedOutputStream
+        .computeMessageSize(3, getSemantic());
     }
     return size;
   }
@@ -180,6 +228,11 @@ private static final long serialVersionUID = 0L;
       if (!getTtl()
           .equals(other.getTtl())) return false;
     }
+    if (hasSemantic() != other.hasSemantic()) return false;
+    if (hasSemantic()) {
+      if (!getSemantic()
+          .equals(other.getSemantic())) return false;
+    }
     if (!getUnknownFields().equals(other.getUnknownFields())) return false;
     return true;
   }
@@ -196,6 +249,10 @@ private static final long serialVersionUID = 0L;
     if (hasTtl()) {
       hash = (37 * hash) + TTL_FIELD_NUMBER;
       hash = (53 * hash) + getTtl().hashCode();
+    }
+    if (hasSemantic()) {
+      hash = (37 * hash) + SEMANTIC_FIELD_NUMBER;
+      hash = (53 * hash) + getSemantic().hashCode();
     }
     hash = (29 * hash) + getUnknownFields().hashCode();
     memoizedHashCode = hash;
@@ -332,6 +389,7 @@ private static final long serialVersionUID = 0L;
       if (com.google.protobuf.GeneratedMessage
               .alwaysUseFieldBuilders) {
         internalGetTtlFieldBuilder();
+        internalGetSemanticFieldBuilder();
       }
     }
     @java.lang.Override
@@ -343,6 +401,11 @@ private static final long serialVersionUID = 0L;
       if (ttlBuilder_ != null) {
         ttlBuilder_.dispose();
         ttlBuilder_ = null;
+      }
+      semantic_ = null;
+      if (semanticBuilder_ != null) {
+        semanticBuilder_.dispose();
+        semanticBuilder_ = null;
       }
       return this;
     }
@@ -387,6 +450,12 @@ private static final long serialVersionUID = 0L;
             : ttlBuilder_.build();
         to_bitField0_ |= 0x00000001;
       }
+      if (((from_bitField0_ & 0x00000004) != 0)) {
+        result.semantic_ = semanticBuilder_ == null
+            ? semantic_
+            : semanticBuilder_.build();
+        to_bitField0_ |= 0x00000002;
+      }
       result.bitField0_ |= to_bitField0_;
     }
 
@@ -407,6 +476,9 @@ private static final long serialVersionUID = 0L;
       }
       if (other.hasTtl()) {
         mergeTtl(other.getTtl());
+      }
+      if (other.hasSemantic()) {
+        mergeSemantic(other.getSemantic());
       }
       this.mergeUnknownFields(other.getUnknownFields());
       onChanged();
@@ -444,6 +516,13 @@ private static final long serialVersionUID = 0L;
               bitField0_ |= 0x00000002;
               break;
             } // case 18
+            case 26: {
+              input.readMessage(
+                  internalGetSemanticFieldBuilder().getBuilder(),
+                  extensionRegistry);
+              bitField0_ |= 0x00000004;
+              break;
+            } // case 26
             default: {
               if (!super.parseUnknownField(input, extensionRegistry, tag)) {
                 done = true; // was an endgroup tag
@@ -686,6 +765,170 @@ private static final long serialVersionUID = 0L;
         ttl_ = null;
       }
       return ttlBuilder_;
+    }
+
+    private dev.longread.v1.SemanticPolicy semantic_;
+    private com.google.protobuf.SingleFieldBuilder<
+        dev.longread.v1.SemanticPolicy, dev.longread.v1.SemanticPolicy.Builder, dev.longread.v1.SemanticPolicyOrBuilder> semanticBuilder_;
+    /**
+     * <pre>
+     * Semantic reuse: an answer to an earlier question about the same document that means
+     * the same as this one. Off unless asked for here or by the tenant's configuration.
+     * </pre>
+     *
+     * <code>.longread.v1.SemanticPolicy semantic = 3 [json_name = "semantic"];</code>
+     * @return Whether the semantic field is set.
+     */
+    public boolean hasSemantic() {
+      return ((bitField0_ & 0x00000004) != 0);
+    }
+    /**
+     * <pre>
+     * Semantic reuse: an answer to an earlier question about the same document that means
+     * the same as this one. Off unless asked for here or by the tenant's configuration.
+     * </pre>
+     *
+     * <code>.longread.v1.SemanticPolicy semantic = 3 [json_name = "semantic"];</code>
+     * @return The semantic.
+     */
+    public dev.longread.v1.SemanticPolicy getSemantic() {
+      if (semanticBuilder_ == null) {
+        return semantic_ == null ? dev.longread.v1.SemanticPolicy.getDefaultInstance() : semantic_;
+      } else {
+        return semanticBuilder_.getMessage();
+      }
+    }
+    /**
+     * <pre>
+     * Semantic reuse: an answer to an earlier question about the same document that means
+     * the same as this one. Off unless asked for here or by the tenant's configuration.
+     * </pre>
+     *
+     * <code>.longread.v1.SemanticPolicy semantic = 3 [json_name = "semantic"];</code>
+     */
+    public Builder setSemantic(dev.longread.v1.SemanticPolicy value) {
+      if (semanticBuilder_ == null) {
+        java.util.Objects.requireNonNull(value);
+        semantic_ = value;
+      } else {
+        semanticBuilder_.setMessage(value);
+      }
+      bitField0_ |= 0x00000004;
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * Semantic reuse: an answer to an earlier question about the same document that means
+     * the same as this one. Off unless asked for here or by the tenant's configuration.
+     * </pre>
+     *
+     * <code>.longread.v1.SemanticPolicy semantic = 3 [json_name = "semantic"];</code>
+     */
+    public Builder setSemantic(
+        dev.longread.v1.SemanticPolicy.Builder builderForValue) {
+      if (semanticBuilder_ == null) {
+        semantic_ = builderForValue.build();
+      } else {
+        semanticBuilder_.setMessage(builderForValue.build());
+      }
+      bitField0_ |= 0x00000004;
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * Semantic reuse: an answer to an earlier question about the same document that means
+     * the same as this one. Off unless asked for here or by the tenant's configuration.
+     * </pre>
+     *
+     * <code>.longread.v1.SemanticPolicy semantic = 3 [json_name = "semantic"];</code>
+     */
+    public Builder mergeSemantic(dev.longread.v1.SemanticPolicy value) {
+      if (semanticBuilder_ == null) {
+        if (((bitField0_ & 0x00000004) != 0) &&
+          semantic_ != null &&
+          semantic_ != dev.longread.v1.SemanticPolicy.getDefaultInstance()) {
+          getSemanticBuilder().mergeFrom(value);
+        } else {
+          semantic_ = value;
+        }
+      } else {
+        semanticBuilder_.mergeFrom(value);
+      }
+      if (semantic_ != null) {
+        bitField0_ |= 0x00000004;
+        onChanged();
+      }
+      return this;
+    }
+    /**
+     * <pre>
+     * Semantic reuse: an answer to an earlier question about the same document that means
+     * the same as this one. Off unless asked for here or by the tenant's configuration.
+     * </pre>
+     *
+     * <code>.longread.v1.SemanticPolicy semantic = 3 [json_name = "semantic"];</code>
+     */
+    public Builder clearSemantic() {
+      bitField0_ = (bitField0_ & ~0x00000004);
+      semantic_ = null;
+      if (semanticBuilder_ != null) {
+        semanticBuilder_.dispose();
+        semanticBuilder_ = null;
+      }
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * Semantic reuse: an answer to an earlier question about the same document that means
+     * the same as this one. Off unless asked for here or by the tenant's configuration.
+     * </pre>
+     *
+     * <code>.longread.v1.SemanticPolicy semantic = 3 [json_name = "semantic"];</code>
+     */
+    public dev.longread.v1.SemanticPolicy.Builder getSemanticBuilder() {
+      bitField0_ |= 0x00000004;
+      onChanged();
+      return internalGetSemanticFieldBuilder().getBuilder();
+    }
+    /**
+     * <pre>
+     * Semantic reuse: an answer to an earlier question about the same document that means
+     * the same as this one. Off unless asked for here or by the tenant's configuration.
+     * </pre>
+     *
+     * <code>.longread.v1.SemanticPolicy semantic = 3 [json_name = "semantic"];</code>
+     */
+    public dev.longread.v1.SemanticPolicyOrBuilder getSemanticOrBuilder() {
+      if (semanticBuilder_ != null) {
+        return semanticBuilder_.getMessageOrBuilder();
+      } else {
+        return semantic_ == null ?
+            dev.longread.v1.SemanticPolicy.getDefaultInstance() : semantic_;
+      }
+    }
+    /**
+     * <pre>
+     * Semantic reuse: an answer to an earlier question about the same document that means
+     * the same as this one. Off unless asked for here or by the tenant's configuration.
+     * </pre>
+     *
+     * <code>.longread.v1.SemanticPolicy semantic = 3 [json_name = "semantic"];</code>
+     */
+    private com.google.protobuf.SingleFieldBuilder<
+        dev.longread.v1.SemanticPolicy, dev.longread.v1.SemanticPolicy.Builder, dev.longread.v1.SemanticPolicyOrBuilder> 
+        internalGetSemanticFieldBuilder() {
+      if (semanticBuilder_ == null) {
+        semanticBuilder_ = new com.google.protobuf.SingleFieldBuilder<
+            dev.longread.v1.SemanticPolicy, dev.longread.v1.SemanticPolicy.Builder, dev.longread.v1.SemanticPolicyOrBuilder>(
+                getSemantic(),
+                getParentForChildren(),
+                isClean());
+        semantic_ = null;
+      }
+      return semanticBuilder_;
     }
 
     // @@protoc_insertion_point(builder_scope:longread.v1.CachePolicy)

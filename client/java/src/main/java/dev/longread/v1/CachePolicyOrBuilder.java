@@ -55,4 +55,34 @@ public interface CachePolicyOrBuilder extends
    * <code>.google.protobuf.Duration ttl = 2 [json_name = "ttl"];</code>
    */
   com.google.protobuf.DurationOrBuilder getTtlOrBuilder();
+
+  /**
+   * <pre>
+   * Semantic reuse: an answer to an earlier question about the same document that means
+   * the same as this one. Off unless asked for here or by the tenant's configuration.
+   * </pre>
+   *
+   * <code>.longread.v1.SemanticPolicy semantic = 3 [json_name = "semantic"];</code>
+   * @return Whether the semantic field is set.
+   */
+  boolean hasSemantic();
+  /**
+   * <pre>
+   * Semantic reuse: an answer to an earlier question about the same document that means
+   * the same as this one. Off unless asked for here or by the tenant's configuration.
+   * </pre>
+   *
+   * <code>.longread.v1.SemanticPolicy semantic = 3 [json_name = "semantic"];</code>
+   * @return The semantic.
+   */
+  dev.longread.v1.SemanticPolicy getSemantic();
+  /**
+   * <pre>
+   * Semantic reuse: an answer to an earlier question about the same document that means
+   * the same as this one. Off unless asked for here or by the tenant's configuration.
+   * </pre>
+   *
+   * <code>.longread.v1.SemanticPolicy semantic = 3 [json_name = "semantic"];</code>
+   */
+  dev.longread.v1.SemanticPolicyOrBuilder getSemanticOrBuilder();
 }

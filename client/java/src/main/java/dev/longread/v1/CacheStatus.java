@@ -55,6 +55,15 @@ public enum CacheStatus
    * <code>CACHE_STATUS_BYPASS = 4;</code>
    */
   CACHE_STATUS_BYPASS(4),
+  /**
+   * <pre>
+   * The answer to an earlier question that means the same (see AnalyzeResponse.semantic_match);
+   * no call was made.
+   * </pre>
+   *
+   * <code>CACHE_STATUS_SEMANTIC_HIT = 5;</code>
+   */
+  CACHE_STATUS_SEMANTIC_HIT(5),
   UNRECOGNIZED(-1),
   ;
 
@@ -107,6 +116,15 @@ public enum CacheStatus
    * <code>CACHE_STATUS_BYPASS = 4;</code>
    */
   public static final int CACHE_STATUS_BYPASS_VALUE = 4;
+  /**
+   * <pre>
+   * The answer to an earlier question that means the same (see AnalyzeResponse.semantic_match);
+   * no call was made.
+   * </pre>
+   *
+   * <code>CACHE_STATUS_SEMANTIC_HIT = 5;</code>
+   */
+  public static final int CACHE_STATUS_SEMANTIC_HIT_VALUE = 5;
 
 
   public final int getNumber() {
@@ -138,6 +156,7 @@ public enum CacheStatus
       case 2: return CACHE_STATUS_HIT;
       case 3: return CACHE_STATUS_PARTIAL;
       case 4: return CACHE_STATUS_BYPASS;
+      case 5: return CACHE_STATUS_SEMANTIC_HIT;
       default: return null;
     }
   }
@@ -168,7 +187,7 @@ public enum CacheStatus
   }
   public static com.google.protobuf.Descriptors.EnumDescriptor
       getDescriptor() {
-    return dev.longread.v1.TypesProto.getDescriptor().getEnumType(4);
+    return dev.longread.v1.TypesProto.getDescriptor().getEnumType(5);
   }
 
   private static final CacheStatus[] VALUES = values();

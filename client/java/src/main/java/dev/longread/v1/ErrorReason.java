@@ -365,7 +365,7 @@ public enum ErrorReason
   }
   public static com.google.protobuf.Descriptors.EnumDescriptor
       getDescriptor() {
-    return dev.longread.v1.TypesProto.getDescriptor().getEnumType(6);
+    return dev.longread.v1.TypesProto.getDescriptor().getEnumType(7);
   }
 
   private static final ErrorReason[] VALUES = values();

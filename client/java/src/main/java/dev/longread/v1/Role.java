@@ -134,7 +134,7 @@ public enum Role
   }
   public static com.google.protobuf.Descriptors.EnumDescriptor
       getDescriptor() {
-    return dev.longread.v1.TypesProto.getDescriptor().getEnumType(3);
+    return dev.longread.v1.TypesProto.getDescriptor().getEnumType(4);
   }
 
   private static final Role[] VALUES = values();

@@ -185,7 +185,7 @@ public enum Stage
   }
   public static com.google.protobuf.Descriptors.EnumDescriptor
       getDescriptor() {
-    return dev.longread.v1.TypesProto.getDescriptor().getEnumType(5);
+    return dev.longread.v1.TypesProto.getDescriptor().getEnumType(6);
   }
 
   private static final Stage[] VALUES = values();

@@ -52,6 +52,16 @@ public final class TypesProto extends com.google.protobuf.GeneratedFile {
     com.google.protobuf.GeneratedMessage.FieldAccessorTable
       internal_static_longread_v1_CachePolicy_fieldAccessorTable;
   static final com.google.protobuf.Descriptors.Descriptor
+    internal_static_longread_v1_SemanticPolicy_descriptor;
+  static final 
+    com.google.protobuf.GeneratedMessage.FieldAccessorTable
+      internal_static_longread_v1_SemanticPolicy_fieldAccessorTable;
+  static final com.google.protobuf.Descriptors.Descriptor
+    internal_static_longread_v1_SemanticMatch_descriptor;
+  static final 
+    com.google.protobuf.GeneratedMessage.FieldAccessorTable
+      internal_static_longread_v1_SemanticMatch_fieldAccessorTable;
+  static final com.google.protobuf.Descriptors.Descriptor
     internal_static_longread_v1_Budget_descriptor;
   static final 
     com.google.protobuf.GeneratedMessage.FieldAccessorTable
@@ -132,100 +142,109 @@ public final class TypesProto extends com.google.protobuf.GeneratedFile {
       "ingOptions\022(\n\020max_chunk_tokens\030\001 \001(\005R\016ma" +
       "xChunkTokens\022%\n\016overlap_tokens\030\002 \001(\005R\rov" +
       "erlapTokens\0221\n\010strategy\030\003 \001(\0162\025.longread" +
-      ".v1.StrategyR\010strategy\"f\n\013CachePolicy\022*\n" +
-      "\004mode\030\001 \001(\0162\026.longread.v1.CacheModeR\004mod" +
-      "e\022+\n\003ttl\030\002 \001(\0132\031.google.protobuf.Duratio" +
-      "nR\003ttl\"*\n\006Budget\022 \n\014max_cost_usd\030\001 \001(\001R\n" +
-      "maxCostUsd\"A\n\004Turn\022%\n\004role\030\001 \001(\0162\021.longr" +
-      "ead.v1.RoleR\004role\022\022\n\004text\030\002 \001(\tR\004text\"\220\001" +
-      "\n\rResolvedModel\022\026\n\006vendor\030\001 \001(\tR\006vendor\022" +
-      "\024\n\005model\030\002 \001(\tR\005model\022%\n\016context_window\030" +
-      "\003 \001(\003R\rcontextWindow\022*\n\021max_output_token" +
-      "s\030\004 \001(\005R\017maxOutputTokens\"\211\001\n\004Cost\022\033\n\tinp" +
-      "ut_usd\030\001 \001(\001R\010inputUsd\022\035\n\noutput_usd\030\002 \001" +
-      "(\001R\toutputUsd\022(\n\020cached_input_usd\030\003 \001(\001R" +
-      "\016cachedInputUsd\022\033\n\ttotal_usd\030\004 \001(\001R\010tota" +
-      "lUsd\"\303\001\n\005Usage\022!\n\014input_tokens\030\001 \001(\003R\013in" +
-      "putTokens\022#\n\routput_tokens\030\002 \001(\003R\014output" +
-      "Tokens\022.\n\023cached_input_tokens\030\003 \001(\003R\021cac" +
-      "hedInputTokens\022,\n\022cache_write_tokens\030\004 \001" +
-      "(\003R\020cacheWriteTokens\022\024\n\005calls\030\005 \001(\005R\005cal" +
-      "ls\"\245\001\n\005Chunk\022\024\n\005index\030\001 \001(\005R\005index\022\024\n\005st" +
-      "art\030\002 \001(\003R\005start\022\020\n\003end\030\003 \001(\003R\003end\022\026\n\006to" +
-      "kens\030\004 \001(\005R\006tokens\022#\n\roverlap_start\030\005 \001(" +
-      "\003R\014overlapStart\022!\n\014content_hash\030\006 \001(\tR\013c" +
-      "ontentHash\"\355\005\n\004Plan\0221\n\010strategy\030\001 \001(\0162\025." +
-      "longread.v1.StrategyR\010strategy\0220\n\005model\030" +
-      "\002 \001(\0132\032.longread.v1.ResolvedModelR\005model" +
-      "\022\'\n\017document_tokens\030\003 \001(\003R\016documentToken" +
-      "s\022!\n\014tokens_exact\030\004 \001(\010R\013tokensExact\022\037\n\013" +
-      "token_error\030\005 \001(\001R\ntokenError\0222\n\025effecti" +
-      "ve_input_limit\030\006 \001(\003R\023effectiveInputLimi" +
-      "t\022(\n\020fits_single_pass\030\007 \001(\010R\016fitsSingleP" +
-      "ass\022*\n\006chunks\030\010 \003(\0132\022.longread.v1.ChunkR" +
-      "\006chunks\022\033\n\tmap_calls\030\t \001(\005R\010mapCalls\022%\n\016" +
-      "collapse_calls\030\n \001(\005R\rcollapseCalls\022!\n\014r" +
-      "educe_calls\030\013 \001(\005R\013reduceCalls\0224\n\026estima" +
-      "ted_input_tokens\030\014 \001(\003R\024estimatedInputTo" +
-      "kens\0226\n\027estimated_output_tokens\030\r \001(\003R\025e" +
-      "stimatedOutputTokens\0228\n\016estimated_cost\030\016" +
-      " \001(\0132\021.longread.v1.CostR\restimatedCost\022#" +
-      "\n\rwithin_budget\030\017 \001(\010R\014withinBudget\022\'\n\017s" +
-      "elected_chunks\030\020 \003(\005R\016selectedChunks\022,\n\022" +
-      "history_turns_kept\030\021 \001(\005R\020historyTurnsKe" +
-      "pt\"\202\002\n\010ModelFit\0220\n\005model\030\001 \001(\0132\032.longrea" +
-      "d.v1.ResolvedModelR\005model\022(\n\020fits_single" +
-      "_pass\030\002 \001(\010R\016fitsSinglePass\0222\n\025effective" +
-      "_input_limit\030\003 \001(\003R\023effectiveInputLimit\022" +
-      "\024\n\005calls\030\004 \001(\005R\005calls\0228\n\016estimated_cost\030" +
-      "\005 \001(\0132\021.longread.v1.CostR\restimatedCost\022" +
-      "\026\n\006reason\030\006 \001(\tR\006reason\"\353\001\n\013ChunkResult\022" +
-      "\024\n\005index\030\001 \001(\005R\005index\022\024\n\005start\030\002 \001(\003R\005st" +
-      "art\022\020\n\003end\030\003 \001(\003R\003end\022\022\n\004text\030\004 \001(\tR\004tex" +
-      "t\022(\n\005usage\030\005 \001(\0132\022.longread.v1.UsageR\005us" +
-      "age\022;\n\014cache_status\030\006 \001(\0162\030.longread.v1." +
-      "CacheStatusR\013cacheStatus\022#\n\rfinish_reaso" +
-      "n\030\007 \001(\tR\014finishReason\"\255\001\n\007Timings\022/\n\005tot" +
-      "al\030\001 \001(\0132\031.google.protobuf.DurationR\005tot" +
-      "al\0225\n\010planning\030\002 \001(\0132\031.google.protobuf.D" +
-      "urationR\010planning\022:\n\013first_token\030\003 \001(\0132\031" +
-      ".google.protobuf.DurationR\nfirstToken\"7\n" +
-      "\007Warning\022\022\n\004code\030\001 \001(\tR\004code\022\030\n\007message\030" +
-      "\002 \001(\tR\007message*x\n\017ModelPreference\022 \n\034MOD" +
-      "EL_PREFERENCE_UNSPECIFIED\020\000\022\035\n\031MODEL_PRE" +
-      "FERENCE_CHEAPEST\020\001\022$\n MODEL_PREFERENCE_L" +
-      "ARGEST_CONTEXT\020\002*\201\001\n\010Strategy\022\030\n\024STRATEG" +
-      "Y_UNSPECIFIED\020\000\022\030\n\024STRATEGY_SINGLE_PASS\020" +
-      "\001\022\027\n\023STRATEGY_MAP_REDUCE\020\002\022\023\n\017STRATEGY_R" +
-      "EFINE\020\003\022\023\n\017STRATEGY_SELECT\020\004*v\n\tCacheMod" +
-      "e\022\032\n\026CACHE_MODE_UNSPECIFIED\020\000\022\025\n\021CACHE_M" +
-      "ODE_BYPASS\020\001\022\027\n\023CACHE_MODE_NO_STORE\020\002\022\035\n" +
-      "\031CACHE_MODE_ONLY_IF_CACHED\020\003*?\n\004Role\022\024\n\020" +
-      "ROLE_UNSPECIFIED\020\000\022\r\n\tROLE_USER\020\001\022\022\n\016ROL" +
-      "E_ASSISTANT\020\002*\213\001\n\013CacheStatus\022\034\n\030CACHE_S" +
-      "TATUS_UNSPECIFIED\020\000\022\025\n\021CACHE_STATUS_MISS" +
-      "\020\001\022\024\n\020CACHE_STATUS_HIT\020\002\022\030\n\024CACHE_STATUS" +
-      "_PARTIAL\020\003\022\027\n\023CACHE_STATUS_BYPASS\020\004*w\n\005S" +
-      "tage\022\025\n\021STAGE_UNSPECIFIED\020\000\022\020\n\014STAGE_SIN" +
-      "GLE\020\001\022\r\n\tSTAGE_MAP\020\002\022\022\n\016STAGE_COLLAPSE\020\003" +
-      "\022\020\n\014STAGE_REDUCE\020\004\022\020\n\014STAGE_REFINE\020\005*\230\004\n" +
-      "\013ErrorReason\022\034\n\030ERROR_REASON_UNSPECIFIED" +
-      "\020\000\022\036\n\032ERROR_REASON_INVALID_FIELD\020\001\022#\n\037ER" +
-      "ROR_REASON_DOCUMENT_TOO_LARGE\020\002\022\036\n\032ERROR" +
-      "_REASON_UNKNOWN_MODEL\020\003\022 \n\034ERROR_REASON_" +
-      "UNAUTHENTICATED\020\004\022\035\n\031ERROR_REASON_RATE_L" +
-      "IMITED\020\005\022 \n\034ERROR_REASON_BUDGET_EXCEEDED" +
-      "\020\006\022%\n!ERROR_REASON_UPSTREAM_UNAVAILABLE\020" +
-      "\007\022\"\n\036ERROR_REASON_UPSTREAM_REJECTED\020\010\022\033\n" +
-      "\027ERROR_REASON_NOT_CACHED\020\t\022\035\n\031ERROR_REAS" +
-      "ON_DOES_NOT_FIT\020\n\022\031\n\025ERROR_REASON_INTERN" +
-      "AL\020\013\022\033\n\027ERROR_REASON_OVERLOADED\020\014\022\031\n\025ERR" +
-      "OR_REASON_DRAINING\020\r\022\"\n\036ERROR_REASON_MAL" +
-      "FORMED_REQUEST\020\016\022%\n!ERROR_REASON_UPSTREA" +
-      "M_AUTH_FAILED\020\017Bb\n\017dev.longread.v1B\nType" +
-      "sProtoP\001ZAgithub.com/longread-dev/longre" +
-      "ad/client/go/longread/v1;longreadv1b\006pro" +
-      "to3"
+      ".v1.StrategyR\010strategy\"\237\001\n\013CachePolicy\022*" +
+      "\n\004mode\030\001 \001(\0162\026.longread.v1.CacheModeR\004mo" +
+      "de\022+\n\003ttl\030\002 \001(\0132\031.google.protobuf.Durati" +
+      "onR\003ttl\0227\n\010semantic\030\003 \001(\0132\033.longread.v1." +
+      "SemanticPolicyR\010semantic\"f\n\016SemanticPoli" +
+      "cy\022-\n\004mode\030\001 \001(\0162\031.longread.v1.SemanticM" +
+      "odeR\004mode\022%\n\016min_similarity\030\002 \001(\002R\rminSi" +
+      "milarity\"K\n\rSemanticMatch\022\032\n\010question\030\001 " +
+      "\001(\tR\010question\022\036\n\nsimilarity\030\002 \001(\002R\nsimil" +
+      "arity\"*\n\006Budget\022 \n\014max_cost_usd\030\001 \001(\001R\nm" +
+      "axCostUsd\"A\n\004Turn\022%\n\004role\030\001 \001(\0162\021.longre" +
+      "ad.v1.RoleR\004role\022\022\n\004text\030\002 \001(\tR\004text\"\220\001\n" +
+      "\rResolvedModel\022\026\n\006vendor\030\001 \001(\tR\006vendor\022\024" +
+      "\n\005model\030\002 \001(\tR\005model\022%\n\016context_window\030\003" +
+      " \001(\003R\rcontextWindow\022*\n\021max_output_tokens" +
+      "\030\004 \001(\005R\017maxOutputTokens\"\211\001\n\004Cost\022\033\n\tinpu" +
+      "t_usd\030\001 \001(\001R\010inputUsd\022\035\n\noutput_usd\030\002 \001(" +
+      "\001R\toutputUsd\022(\n\020cached_input_usd\030\003 \001(\001R\016" +
+      "cachedInputUsd\022\033\n\ttotal_usd\030\004 \001(\001R\010total" +
+      "Usd\"\303\001\n\005Usage\022!\n\014input_tokens\030\001 \001(\003R\013inp" +
+      "utTokens\022#\n\routput_tokens\030\002 \001(\003R\014outputT" +
+      "okens\022.\n\023cached_input_tokens\030\003 \001(\003R\021cach" +
+      "edInputTokens\022,\n\022cache_write_tokens\030\004 \001(" +
+      "\003R\020cacheWriteTokens\022\024\n\005calls\030\005 \001(\005R\005call" +
+      "s\"\245\001\n\005Chunk\022\024\n\005index\030\001 \001(\005R\005index\022\024\n\005sta" +
+      "rt\030\002 \001(\003R\005start\022\020\n\003end\030\003 \001(\003R\003end\022\026\n\006tok" +
+      "ens\030\004 \001(\005R\006tokens\022#\n\roverlap_start\030\005 \001(\003" +
+      "R\014overlapStart\022!\n\014content_hash\030\006 \001(\tR\013co" +
+      "ntentHash\"\355\005\n\004Plan\0221\n\010strategy\030\001 \001(\0162\025.l" +
+      "ongread.v1.StrategyR\010strategy\0220\n\005model\030\002" +
+      " \001(\0132\032.longread.v1.ResolvedModelR\005model\022" +
+      "\'\n\017document_tokens\030\003 \001(\003R\016documentTokens" +
+      "\022!\n\014tokens_exact\030\004 \001(\010R\013tokensExact\022\037\n\013t" +
+      "oken_error\030\005 \001(\001R\ntokenError\0222\n\025effectiv" +
+      "e_input_limit\030\006 \001(\003R\023effectiveInputLimit" +
+      "\022(\n\020fits_single_pass\030\007 \001(\010R\016fitsSinglePa" +
+      "ss\022*\n\006chunks\030\010 \003(\0132\022.longread.v1.ChunkR\006" +
+      "chunks\022\033\n\tmap_calls\030\t \001(\005R\010mapCalls\022%\n\016c" +
+      "ollapse_calls\030\n \001(\005R\rcollapseCalls\022!\n\014re" +
+      "duce_calls\030\013 \001(\005R\013reduceCalls\0224\n\026estimat" +
+      "ed_input_tokens\030\014 \001(\003R\024estimatedInputTok" +
+      "ens\0226\n\027estimated_output_tokens\030\r \001(\003R\025es" +
+      "timatedOutputTokens\0228\n\016estimated_cost\030\016 " +
+      "\001(\0132\021.longread.v1.CostR\restimatedCost\022#\n" +
+      "\rwithin_budget\030\017 \001(\010R\014withinBudget\022\'\n\017se" +
+      "lected_chunks\030\020 \003(\005R\016selectedChunks\022,\n\022h" +
+      "istory_turns_kept\030\021 \001(\005R\020historyTurnsKep" +
+      "t\"\202\002\n\010ModelFit\0220\n\005model\030\001 \001(\0132\032.longread" +
+      ".v1.ResolvedModelR\005model\022(\n\020fits_single_" +
+      "pass\030\002 \001(\010R\016fitsSinglePass\0222\n\025effective_" +
+      "input_limit\030\003 \001(\003R\023effectiveInputLimit\022\024" +
+      "\n\005calls\030\004 \001(\005R\005calls\0228\n\016estimated_cost\030\005" +
+      " \001(\0132\021.longread.v1.CostR\restimatedCost\022\026" +
+      "\n\006reason\030\006 \001(\tR\006reason\"\353\001\n\013ChunkResult\022\024" +
+      "\n\005index\030\001 \001(\005R\005index\022\024\n\005start\030\002 \001(\003R\005sta" +
+      "rt\022\020\n\003end\030\003 \001(\003R\003end\022\022\n\004text\030\004 \001(\tR\004text" +
+      "\022(\n\005usage\030\005 \001(\0132\022.longread.v1.UsageR\005usa" +
+      "ge\022;\n\014cache_status\030\006 \001(\0162\030.longread.v1.C" +
+      "acheStatusR\013cacheStatus\022#\n\rfinish_reason" +
+      "\030\007 \001(\tR\014finishReason\"\255\001\n\007Timings\022/\n\005tota" +
+      "l\030\001 \001(\0132\031.google.protobuf.DurationR\005tota" +
+      "l\0225\n\010planning\030\002 \001(\0132\031.google.protobuf.Du" +
+      "rationR\010planning\022:\n\013first_token\030\003 \001(\0132\031." +
+      "google.protobuf.DurationR\nfirstToken\"7\n\007" +
+      "Warning\022\022\n\004code\030\001 \001(\tR\004code\022\030\n\007message\030\002" +
+      " \001(\tR\007message*x\n\017ModelPreference\022 \n\034MODE" +
+      "L_PREFERENCE_UNSPECIFIED\020\000\022\035\n\031MODEL_PREF" +
+      "ERENCE_CHEAPEST\020\001\022$\n MODEL_PREFERENCE_LA" +
+      "RGEST_CONTEXT\020\002*\201\001\n\010Strategy\022\030\n\024STRATEGY" +
+      "_UNSPECIFIED\020\000\022\030\n\024STRATEGY_SINGLE_PASS\020\001" +
+      "\022\027\n\023STRATEGY_MAP_REDUCE\020\002\022\023\n\017STRATEGY_RE" +
+      "FINE\020\003\022\023\n\017STRATEGY_SELECT\020\004*v\n\tCacheMode" +
+      "\022\032\n\026CACHE_MODE_UNSPECIFIED\020\000\022\025\n\021CACHE_MO" +
+      "DE_BYPASS\020\001\022\027\n\023CACHE_MODE_NO_STORE\020\002\022\035\n\031" +
+      "CACHE_MODE_ONLY_IF_CACHED\020\003*Z\n\014SemanticM" +
+      "ode\022\035\n\031SEMANTIC_MODE_UNSPECIFIED\020\000\022\024\n\020SE" +
+      "MANTIC_MODE_ON\020\001\022\025\n\021SEMANTIC_MODE_OFF\020\002*" +
+      "?\n\004Role\022\024\n\020ROLE_UNSPECIFIED\020\000\022\r\n\tROLE_US" +
+      "ER\020\001\022\022\n\016ROLE_ASSISTANT\020\002*\252\001\n\013CacheStatus" +
+      "\022\034\n\030CACHE_STATUS_UNSPECIFIED\020\000\022\025\n\021CACHE_" +
+      "STATUS_MISS\020\001\022\024\n\020CACHE_STATUS_HIT\020\002\022\030\n\024C" +
+      "ACHE_STATUS_PARTIAL\020\003\022\027\n\023CACHE_STATUS_BY" +
+      "PASS\020\004\022\035\n\031CACHE_STATUS_SEMANTIC_HIT\020\005*w\n" +
+      "\005Stage\022\025\n\021STAGE_UNSPECIFIED\020\000\022\020\n\014STAGE_S" +
+      "INGLE\020\001\022\r\n\tSTAGE_MAP\020\002\022\022\n\016STAGE_COLLAPSE" +
+      "\020\003\022\020\n\014STAGE_REDUCE\020\004\022\020\n\014STAGE_REFINE\020\005*\230" +
+      "\004\n\013ErrorReason\022\034\n\030ERROR_REASON_UNSPECIFI" +
+      "ED\020\000\022\036\n\032ERROR_REASON_INVALID_FIELD\020\001\022#\n\037" +
+      "ERROR_REASON_DOCUMENT_TOO_LARGE\020\002\022\036\n\032ERR" +
+      "OR_REASON_UNKNOWN_MODEL\020\003\022 \n\034ERROR_REASO" +
+      "N_UNAUTHENTICATED\020\004\022\035\n\031ERROR_REASON_RATE" +
+      "_LIMITED\020\005\022 \n\034ERROR_REASON_BUDGET_EXCEED" +
+      "ED\020\006\022%\n!ERROR_REASON_UPSTREAM_UNAVAILABL" +
+      "E\020\007\022\"\n\036ERROR_REASON_UPSTREAM_REJECTED\020\010\022" +
+      "\033\n\027ERROR_REASON_NOT_CACHED\020\t\022\035\n\031ERROR_RE" +
+      "ASON_DOES_NOT_FIT\020\n\022\031\n\025ERROR_REASON_INTE" +
+      "RNAL\020\013\022\033\n\027ERROR_REASON_OVERLOADED\020\014\022\031\n\025E" +
+      "RROR_REASON_DRAINING\020\r\022\"\n\036ERROR_REASON_M" +
+      "ALFORMED_REQUEST\020\016\022%\n!ERROR_REASON_UPSTR" +
+      "EAM_AUTH_FAILED\020\017Bb\n\017dev.longread.v1B\nTy" +
+      "pesProtoP\001ZAgithub.com/longread-dev/long" +
+      "read/client/go/longread/v1;longreadv1b\006p" +
+      "roto3"
     };
     descriptor = com.google.protobuf.Descriptors.FileDescriptor
       .internalBuildGeneratedFileFrom(descriptorData,
@@ -261,69 +280,81 @@ public final class TypesProto extends com.google.protobuf.GeneratedFile {
     internal_static_longread_v1_CachePolicy_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_longread_v1_CachePolicy_descriptor,
-        new java.lang.String[] { "Mode", "Ttl", });
-    internal_static_longread_v1_Budget_descriptor =
+        new java.lang.String[] { "Mode", "Ttl", "Semantic", });
+    internal_static_longread_v1_SemanticPolicy_descriptor =
       getDescriptor().getMessageType(5);
+    internal_static_longread_v1_SemanticPolicy_fieldAccessorTable = new
+      com.google.protobuf.GeneratedMessage.FieldAccessorTable(
+        internal_static_longread_v1_SemanticPolicy_descriptor,
+        new java.lang.String[] { "Mode", "MinSimilarity", });
+    internal_static_longread_v1_SemanticMatch_descriptor =
+      getDescriptor().getMessageType(6);
+    internal_static_longread_v1_SemanticMatch_fieldAccessorTable = new
+      com.google.protobuf.GeneratedMessage.FieldAccessorTable(
+        internal_static_longread_v1_SemanticMatch_descriptor,
+        new java.lang.String[] { "Question", "Similarity", });
+    internal_static_longread_v1_Budget_descriptor =
+      getDescriptor().getMessageType(7);
     internal_static_longread_v1_Budget_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_longread_v1_Budget_descriptor,
         new java.lang.String[] { "MaxCostUsd", });
     internal_static_longread_v1_Turn_descriptor =
-      getDescriptor().getMessageType(6);
+      getDescriptor().getMessageType(8);
     internal_static_longread_v1_Turn_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_longread_v1_Turn_descriptor,
         new java.lang.String[] { "Role", "Text", });
     internal_static_longread_v1_ResolvedModel_descriptor =
-      getDescriptor().getMessageType(7);
+      getDescriptor().getMessageType(9);
     internal_static_longread_v1_ResolvedModel_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_longread_v1_ResolvedModel_descriptor,
         new java.lang.String[] { "Vendor", "Model", "ContextWindow", "MaxOutputTokens", });
     internal_static_longread_v1_Cost_descriptor =
-      getDescriptor().getMessageType(8);
+      getDescriptor().getMessageType(10);
     internal_static_longread_v1_Cost_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_longread_v1_Cost_descriptor,
         new java.lang.String[] { "InputUsd", "OutputUsd", "CachedInputUsd", "TotalUsd", });
     internal_static_longread_v1_Usage_descriptor =
-      getDescriptor().getMessageType(9);
+      getDescriptor().getMessageType(11);
     internal_static_longread_v1_Usage_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_longread_v1_Usage_descriptor,
         new java.lang.String[] { "InputTokens", "OutputTokens", "CachedInputTokens", "CacheWriteTokens", "Calls", });
     internal_static_longread_v1_Chunk_descriptor =
-      getDescriptor().getMessageType(10);
+      getDescriptor().getMessageType(12);
     internal_static_longread_v1_Chunk_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_longread_v1_Chunk_descriptor,
         new java.lang.String[] { "Index", "Start", "End", "Tokens", "OverlapStart", "ContentHash", });
     internal_static_longread_v1_Plan_descriptor =
-      getDescriptor().getMessageType(11);
+      getDescriptor().getMessageType(13);
     internal_static_longread_v1_Plan_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_longread_v1_Plan_descriptor,
         new java.lang.String[] { "Strategy", "Model", "DocumentTokens", "TokensExact", "TokenError", "EffectiveInputLimit", "FitsSinglePass", "Chunks", "MapCalls", "CollapseCalls", "ReduceCalls", "EstimatedInputTokens", "EstimatedOutputTokens", "EstimatedCost", "WithinBudget", "SelectedChunks", "HistoryTurnsKept", });
     internal_static_longread_v1_ModelFit_descriptor =
-      getDescriptor().getMessageType(12);
+      getDescriptor().getMessageType(14);
     internal_static_longread_v1_ModelFit_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_longread_v1_ModelFit_descriptor,
         new java.lang.String[] { "Model", "FitsSinglePass", "EffectiveInputLimit", "Calls", "EstimatedCost", "Reason", });
     internal_static_longread_v1_ChunkResult_descriptor =
-      getDescriptor().getMessageType(13);
+      getDescriptor().getMessageType(15);
     internal_static_longread_v1_ChunkResult_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_longread_v1_ChunkResult_descriptor,
         new java.lang.String[] { "Index", "Start", "End", "Text", "Usage", "CacheStatus", "FinishReason", });
     internal_static_longread_v1_Timings_descriptor =
-      getDescriptor().getMessageType(14);
+      getDescriptor().getMessageType(16);
     internal_static_longread_v1_Timings_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_longread_v1_Timings_descriptor,
         new java.lang.String[] { "Total", "Planning", "FirstToken", });
     internal_static_longread_v1_Warning_descriptor =
-      getDescriptor().getMessageType(15);
+      getDescriptor().getMessageType(17);
     internal_static_longread_v1_Warning_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_longread_v1_Warning_descriptor,
