@@ -4,8 +4,10 @@ Request rules follow OpenAI's API reference for "Create embeddings"
 (https://platform.openai.com/docs/api-reference/embeddings/create, cited below as [ref]) and
 its embeddings guide (https://platform.openai.com/docs/guides/embeddings, cited as [guide]);
 the official ``openai`` SDK's docstring for ``embeddings.create`` states the same limits.
-Error bodies have the shape the chat endpoint sends (``openai_dialect``); where OpenAI's exact
-wording for an embeddings error is not documented, the wording follows its chat errors.
+Error bodies have the shape the chat endpoint sends (``openai_dialect``). OpenAI does not
+document its embeddings error bodies: the two length limits use the wording users have logged
+from the live API (cited there); the other refusals use the chat endpoint's wording, which may
+differ from OpenAI's in detail.
 
 The vectors are NOT a trained model. They are signed feature hashing: lowercase word
 unigrams and bigrams (and whole numbers) for alphabetic text, character unigrams and bigrams
@@ -45,7 +47,9 @@ MODELS: dict[str, int] = {
 }
 # ``dimensions``: "Only supported in text-embedding-3 and later models." [ref]
 SHORTENABLE = frozenset({"text-embedding-3-small", "text-embedding-3-large"})
-# "any array must be 2048 dimensions or less" [ref]: at most 2048 inputs per request.
+# "any array must be 2048 dimensions or less" [ref]: at most 2048 inputs per request (inputs,
+# not tokens: Microsoft corrected its Azure OpenAI docs to say so, MicrosoftDocs/azure-docs
+# pull 124129). A single token array is one input, limited by MAX_INPUT_TOKENS instead.
 MAX_INPUTS = 2048
 # "The input must not exceed the max input tokens for the model (8192 tokens for all
 # embedding models)" [ref]; max input 8192 tokens per model [guide, models table].
@@ -148,22 +152,24 @@ def parse_embeddings(body: object, tokenizer: Tokenizer) -> EmbeddingRequest:
             count = len(item)
             text = _decode(encoder, item, where)
         if count > MAX_INPUT_TOKENS:
+            # OpenAI's current wording, as users have logged it (type invalid_request_error,
+            # code null; e.g. github.com/neo4j-labs/agent-memory/issues/104); ``param`` names
+            # the input here, where OpenAI sends null, so a test can tell which one was long.
             raise ApiError(
                 400,
                 _INVALID,
-                f"Invalid '{where}': maximum input length is {MAX_INPUT_TOKENS} tokens, but "
-                f"this input has {count} tokens. Please reduce the length of the input.",
+                f"Invalid '{where}': maximum context length is {MAX_INPUT_TOKENS} tokens.",
                 param=where,
-                code="context_length_exceeded",
             )
         total += count
         texts.append(text)
     if total > MAX_REQUEST_TOKENS:
+        # The body OpenAI sends, as users have logged it verbatim (its own error type, param
+        # null; e.g. github.com/spiceai/spiceai/issues/6142, OpenDataBox/CrackSQL/pull/27).
         raise ApiError(
             400,
-            _INVALID,
+            "max_tokens_per_request",
             f"Requested {total} tokens, max {MAX_REQUEST_TOKENS} tokens per request",
-            param="input",
             code="max_tokens_per_request",
         )
     return EmbeddingRequest(model, texts, total, size, fmt == "base64")

@@ -284,14 +284,13 @@ async def test_at_most_8192_tokens_per_input(http: httpx.AsyncClient) -> None:
     over = await post(http, {**small, "input": [A_TOKEN] * 8193})
     assert over.status_code == 400
     error = error_of(over)
-    assert (error["param"], error["code"]) == ("input", "context_length_exceeded")
-    assert "8192" in error["message"] and "8193" in error["message"]
+    assert error["type"] == "invalid_request_error" and error["param"] == "input"
+    assert error["message"] == "Invalid 'input': maximum context length is 8192 tokens."
     text = "hello world " * 5000  # counted with the model's own encoding
     assert tokens(text) > 8192
     in_array = await post(http, {**small, "input": ["short", text]})
     assert in_array.status_code == 400
     assert error_of(in_array)["param"] == "input[1]"
-    assert f"{tokens(text)} tokens" in error_of(in_array)["message"]
 
 
 async def test_at_most_300k_tokens_per_request(http: httpx.AsyncClient, sandbox: Sandbox) -> None:
@@ -301,8 +300,12 @@ async def test_at_most_300k_tokens_per_request(http: httpx.AsyncClient, sandbox:
     over = await post(http, {**small, "input": [[A_TOKEN] * 8192] * 37})  # 303,104 tokens
     assert over.status_code == 400
     error = error_of(over)
-    assert error["code"] == "max_tokens_per_request" and error["param"] == "input"
-    assert error["message"] == "Requested 303104 tokens, max 300000 tokens per request"
+    assert error == {  # OpenAI's own body for this limit: its own type, no param
+        "message": "Requested 303104 tokens, max 300000 tokens per request",
+        "type": "max_tokens_per_request",
+        "param": None,
+        "code": "max_tokens_per_request",
+    }
     assert sandbox.stats.prompt_tokens == 36 * 8192  # the refused request is not billed
 
 
