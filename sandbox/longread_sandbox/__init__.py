@@ -13,8 +13,11 @@ are deterministic and show which text a call was given. Usage::
     await sandbox.stop()
 
 Endpoints: ``POST /v1/chat/completions`` (OpenAI, JSON or SSE), ``POST /v1/messages``
-(Anthropic, JSON or SSE), ``POST /v1/messages/count_tokens``, ``GET /v1/models`` (Anthropic
-shape when ``anthropic-version`` is sent, else OpenAI). Control plane, plain JSON:
+(Anthropic, JSON or SSE), ``POST /v1/messages/count_tokens``, ``POST /v1/embeddings``
+(OpenAI's text-embedding-3-small/-large and ada-002: its documented limits, deterministic
+feature-hashing vectors that are not a trained model, see ``embeddings``; Anthropic has no
+embeddings API, so its dialect gets a 404), ``GET /v1/models`` (Anthropic shape when
+``anthropic-version`` is sent, else OpenAI). Control plane, plain JSON:
 ``GET /_sandbox/stats``, ``POST /_sandbox/reset``, ``GET|POST /_sandbox/config``.
 
 Per-request headers: ``x-sandbox-fault: <kind>``, ``x-sandbox-latency-ms``,

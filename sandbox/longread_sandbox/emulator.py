@@ -85,6 +85,7 @@ class Sandbox:
             ("POST", "/v1/chat/completions"): self._chat_openai,
             ("POST", "/v1/messages"): self._chat_anthropic,
             ("POST", "/v1/messages/count_tokens"): self._count_tokens,
+            ("POST", "/v1/embeddings"): self._embeddings,
             ("GET", "/v1/models"): self._models,
         }
         self._server = HttpServer(
@@ -212,6 +213,15 @@ class Sandbox:
 
     async def _chat_anthropic(self, request: Request, exchange: Exchange) -> None:
         await self._endpoints.chat(self._anthropic, request, exchange)
+
+    async def _embeddings(self, request: Request, exchange: Exchange) -> None:
+        """OpenAI's embeddings; Anthropic has no embeddings API, so a request in its dialect
+        gets its usual 404 for an unknown path."""
+        dialect = self._dialect_for(request)
+        if dialect is self._anthropic:
+            await self._endpoints.not_found(dialect, request, exchange)
+        else:
+            await self._endpoints.embeddings(dialect, request, exchange)
 
     async def _count_tokens(self, request: Request, exchange: Exchange) -> None:
         await self._endpoints.count_tokens(self._anthropic, request, exchange)

@@ -18,6 +18,7 @@ from typing import Any
 from .answer import extractive_answer
 from .anthropic_dialect import AnthropicDialect
 from .completion import Completion, shape_completion
+from .embeddings import parse_embeddings, render_embeddings
 from .faults import MIDSTREAM_KINDS, Fault, FaultPlanner, echo
 from .http_server import Exchange, Request
 from .ids import IdSource
@@ -144,6 +145,42 @@ class VendorEndpoints:
             if self._stats.active == 0:
                 self._idle.set()
 
+    async def embeddings(self, dialect: Dialect, request: Request, exchange: Exchange) -> None:
+        """``POST /v1/embeddings`` (OpenAI): the chat endpoint's auth, stats, latency, faults and
+        rate-limit headers around ``embeddings``' checks and vectors."""
+        request_id = self._ids.make("req_")
+        try:
+            embedding = parse_embeddings(self._body(dialect, request), self._tokenizer)
+            self._stats.by_model[embedding.model] += 1
+            knobs = Knobs.resolve(request.headers, self._config)
+            # The inputs are the "prompt": fault markers in them count, echoing faults quote them.
+            sources = [("input", text) for text in embedding.texts]
+            fault = self._planner.choose(request.headers.get(FAULT_HEADER), sources)
+        except (ApiError, ValueError) as exc:
+            await self.error(dialect, exchange, _refusal(exc), request_id)
+            return
+        if fault is not None:
+            self._stats.by_fault[fault.label] += 1
+        self._stats.active += 1
+        self._idle.clear()
+        answer_at = asyncio.get_running_loop().time() + knobs.latency_s
+        try:
+            if fault is not None:  # never streamed: every fault comes before the answer
+                await _sleep_until(answer_at)
+                await self._fault_before_answer(
+                    dialect, exchange, fault, knobs, request_id, echo(sources), param="input"
+                )
+                return
+            body = render_embeddings(embedding)
+            await _sleep_until(answer_at)
+            self._stats.prompt_tokens += embedding.prompt_tokens
+            limits = self.rate.record(embedding.prompt_tokens, 0)
+            await self._send(exchange, 200, self._headers(dialect, request_id, limits, JSON), body)
+        finally:
+            self._stats.active -= 1
+            if self._stats.active == 0:
+                self._idle.set()
+
     async def count_tokens(
         self, dialect: AnthropicDialect, request: Request, exchange: Exchange
     ) -> None:
@@ -216,14 +253,17 @@ class VendorEndpoints:
         knobs: Knobs,
         request_id: str,
         quote: str,
+        *,
+        param: str = "messages",
     ) -> None:
+        """``param``: the request field an ``echo_400`` blames (where the prompt was)."""
         kind = fault.kind
         if kind == "echo_400":
             error = ApiError(
                 400,
                 "invalid_request_error",
                 f"Invalid prompt: '{quote}' could not be processed.",
-                param="messages",
+                param=param,
                 code="invalid_prompt",
             )
             await self.error(dialect, exchange, error, request_id)
