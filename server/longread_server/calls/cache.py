@@ -28,7 +28,9 @@ import dataclasses
 import json
 import logging
 import re
+import struct
 import zlib
+from array import array
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +39,7 @@ from longread_server.calls.pipeline import Call, CallContext, Next
 from longread_server.config import CacheConfig
 from longread_server.domain import (
     CallRejected,
+    Embedding,
     Finish,
     LlmEvent,
     LlmRequest,
@@ -51,7 +54,7 @@ from longread_server.state.gate import RedisGate
 from longread_server.state.redis import RedisClient
 from longread_server.state.redis_cache import RedisCache
 from longread_server.telemetry import Telemetry, current_span, disabled
-from longread_server.vendors.canonical import KeyParts, cache_key
+from longread_server.vendors.canonical import KeyParts, cache_key, embedding_key
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +279,10 @@ class ResponseCache:
             key_version=self.cfg.key_version,
             strict_whitespace=self.cfg.strict_whitespace,
         )
-        return cache_key(call.adapter.kind, call.adapter.build_payload(call.req), parts).key
+        payload = call.adapter.build_payload(call.req)
+        if call.req.operation is Operation.EMBEDDING:
+            return embedding_key(payload, parts)
+        return cache_key(call.adapter.kind, payload, parts).key
 
     def remembered_key(self, call: Call) -> str:
         """``key_now``, remembered for recent small requests: the same request (a hit, a
@@ -382,7 +388,11 @@ class CacheStage:
         return key, None, "miss"
 
     async def __call__(self, call: Call, nxt: Next) -> AsyncIterator[LlmEvent]:
-        if call.req.operation is not Operation.CHAT:  # only answers are cached
+        if call.req.operation is Operation.EMBEDDING:
+            async for ev in self._embedding(call, nxt):
+                yield ev
+            return
+        if call.req.operation is not Operation.CHAT:  # a count is not an answer
             async for ev in nxt(call):
                 yield ev
             return
@@ -400,6 +410,61 @@ class CacheStage:
             return
         async for ev in nxt(call if key is None else KeyedCall.of(call, key)):
             yield ev
+
+    async def _embedding(self, call: Call, nxt: Next) -> AsyncIterator[LlmEvent]:
+        """An embedding is kept like an answer, under its payload's key (no single-flight: a
+        question is embedded once per lookup, and a vector is cheap)."""
+        cache, stats = self._cache, self._cache.stats
+        key = await cache.key(call) if cache.cfg.enabled else None
+        if key is not None and call.ctx.cache_mode != "bypass":
+            raw = await cache.store.get(key)
+            stored = decode_embedding(raw) if raw is not None else None
+            if stored is not None:
+                stats.hits += 1
+                self._tel.instruments.cache_requests.add(1, {"result": "hit"})
+                values, finish = stored
+                yield Embedding(values)
+                yield finish
+                return
+        values_out: tuple[float, ...] | None = None
+        async for ev in nxt(call):
+            if isinstance(ev, Embedding):
+                values_out = ev.values
+            elif (
+                isinstance(ev, Finish)
+                and key is not None
+                and values_out is not None
+                and call.ctx.cache_mode != "no_store"
+            ):
+                await cache.write(key, encode_embedding(values_out, ev), cache.ttl(call.ctx))
+            yield ev
+
+
+_EMBEDDING_HEAD = struct.Struct(">cII")  # b"e", input tokens, length of the model name
+
+
+def encode_embedding(values: tuple[float, ...], finish: Finish) -> bytes:
+    model = finish.model.encode("utf-8", "surrogatepass")
+    head = _EMBEDDING_HEAD.pack(b"e", finish.usage.input_tokens, len(model))
+    return head + model + array("f", values).tobytes()
+
+
+def decode_embedding(raw: bytes) -> tuple[tuple[float, ...], Finish] | None:
+    """The stored vector and a cached Finish, or None for bytes that are not one."""
+    try:
+        kind, tokens, n = _EMBEDDING_HEAD.unpack_from(raw)
+        if kind != b"e":
+            return None
+        at = _EMBEDDING_HEAD.size
+        model = raw[at : at + n].decode("utf-8", "surrogatepass")
+        vector = array("f")
+        vector.frombytes(raw[at + n :])
+    except (struct.error, ValueError, UnicodeDecodeError):
+        return None
+    if not vector:
+        return None
+    usage = Usage(input_tokens=tokens, calls=1)
+    return tuple(vector), Finish("stop", usage, model=model, cached=True)
 
 
 def observe_cache(cache: ResponseCache, telemetry: Telemetry) -> None:

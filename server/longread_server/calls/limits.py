@@ -109,7 +109,7 @@ def make_quota(
 def prompt_tokens(req: LlmRequest) -> int:
     """The planner's count when it gave one, else a character-based estimate (a counting
     call uses no model tokens: it costs a request, not tokens)."""
-    if req.operation is not Operation.CHAT:
+    if req.operation is Operation.COUNT_TOKENS:
         return 0
     if req.estimated_prompt_tokens > 0:
         return req.estimated_prompt_tokens

@@ -17,6 +17,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from longread_server.domain import (
+    Embedding,
     ErrorKind,
     Finish,
     LlmEvent,
@@ -25,6 +26,7 @@ from longread_server.domain import (
     TextDelta,
     TokenCount,
     UpstreamError,
+    Usage,
 )
 from longread_server.telemetry import Instruments, Telemetry, current_span, disabled
 from longread_server.vendors.base import VendorAdapter
@@ -146,6 +148,13 @@ def _sender(tel: Telemetry, peers: Mapping[str, Peer]) -> Next:
                     yield count
                     return
                 call.meter.sent += 1
+                if req.operation is Operation.EMBEDDING:
+                    values, usage, model = await _embedder(call)(req, timeout=remaining)
+                    done = Finish("stop", usage, model=model or req.model)
+                    _record_finish(span, inst, base, done)
+                    yield Embedding(values)
+                    yield done
+                    return
                 # A streamed answer's first chunk, on the span only: the conventions'
                 # histogram of it (gen_ai.client.operation.time_to_first_chunk) would be one
                 # more SDK recording per call, as much CPU as the call's token usage.
@@ -198,6 +207,17 @@ def _counter(call: Call) -> Callable[..., Awaitable[int]]:
             ErrorKind.BAD_REQUEST, f"{call.vendor} has no token-counting endpoint", unsent=True
         )
     return count
+
+
+def _embedder(call: Call) -> Callable[..., Awaitable[tuple[tuple[float, ...], Usage, str]]]:
+    embed: Callable[..., Awaitable[tuple[tuple[float, ...], Usage, str]]] | None = getattr(
+        call.adapter, "embed", None
+    )
+    if embed is None:
+        raise UpstreamError(
+            ErrorKind.BAD_REQUEST, f"{call.vendor} has no embeddings endpoint", unsent=True
+        )
+    return embed
 
 
 def _peer_of(adapter: VendorAdapter) -> Peer:

@@ -179,6 +179,26 @@ def cache_key(
     return CacheKey(digest.hexdigest(), canonical, text)
 
 
+def embedding_key(payload: Mapping[str, Any], parts: KeyParts = KeyParts()) -> str:
+    """The cache key of an OpenAI-compatible embeddings payload: its JSON as sent (model,
+    input, encoding format; whitespace counts, since it is embedded)."""
+    fields = (
+        _DOMAIN,
+        str(KEY_FORMAT),
+        str(parts.key_version),
+        parts.namespace,
+        parts.upstream,
+        "POST /v1/embeddings",
+        canonical_json(payload),
+    )
+    digest = hashlib.sha256()
+    for f in fields:
+        data = f.encode("utf-8", "surrogatepass")
+        digest.update(len(data).to_bytes(8, "big"))
+        digest.update(data)
+    return digest.hexdigest()
+
+
 @dataclass(frozen=True, slots=True)
 class Difference:
     """One place where two canonical payloads differ (``path`` in JSONPath-like notation)."""

@@ -38,12 +38,13 @@ from longread_server.domain import (
     Finish,
     LlmEvent,
     LlmRequest,
+    Operation,
     UpstreamError,
     Usage,
     VendorKind,
 )
 from longread_server.vendors.errors import load_json, malformed, status_error, stream_error
-from longread_server.vendors.exchange import encode_json, exchange
+from longread_server.vendors.exchange import encode_json, exchange, post_json
 from longread_server.vendors.headers import parse_openai_rate_limits
 from longread_server.vendors.sse import ServerSentEvent
 from longread_server.vendors.transport import HttpClient
@@ -226,6 +227,7 @@ class OpenAIAdapter:
         self._client = client
         self._compatible = compatible
         self._url = base_url.rstrip("/") + "/chat/completions"
+        self._embeddings_url = base_url.rstrip("/") + "/embeddings"
         headers = {"content-type": "application/json"}
         if api_key:
             headers["authorization"] = f"Bearer {api_key}"
@@ -233,6 +235,10 @@ class OpenAIAdapter:
         self._headers = headers
 
     def build_payload(self, req: LlmRequest) -> dict[str, Any]:
+        if req.operation is Operation.EMBEDDING:
+            # One input, as floats (https://platform.openai.com/docs/api-reference/embeddings).
+            text = req.messages[0].content if req.messages else ""
+            return {"model": req.model, "input": [text], "encoding_format": "float"}
         messages: list[dict[str, Any]] = []
         if req.system:
             messages.append({"role": "system", "content": req.system})
@@ -277,6 +283,33 @@ class OpenAIAdapter:
             error_from_response=self._error_from_response,
             request_id_header="x-request-id",
         )
+
+    async def embed(
+        self, req: LlmRequest, *, timeout: float | None = None
+    ) -> tuple[tuple[float, ...], Usage, str]:
+        """The vector of the request's one message (``POST /embeddings``), its usage and the
+        model the vendor reports."""
+        obj = await post_json(
+            self._client,
+            self._embeddings_url,
+            upstream=self.name,
+            headers=self._headers,
+            body=encode_json(self.build_payload(req)),
+            time_left=timeout,
+            error_from_response=self._error_from_response,
+        )
+        data = obj.get("data") if isinstance(obj, dict) else None
+        first = data[0] if isinstance(data, list) and data else None
+        vector = first.get("embedding") if isinstance(first, dict) else None
+        if not isinstance(vector, list) or not vector:
+            raise malformed(self.name, "embeddings answer has no data[0].embedding")
+        try:
+            values = tuple(float(v) for v in vector)
+        except (TypeError, ValueError):
+            raise malformed(self.name, "embeddings answer has a non-number in its vector") from None
+        usage = obj.get("usage") if isinstance(obj, dict) else None
+        tokens = _int(usage.get("prompt_tokens")) if isinstance(usage, dict) else 0
+        return values, Usage(input_tokens=tokens, calls=1), _str(obj.get("model"))
 
     def _error_from_response(self, response: httpx.Response, body: bytes) -> UpstreamError:
         return status_error(
