@@ -163,6 +163,12 @@ def build_semantic(
                 hint="pip install 'longread[semantic]'",
             )
     else:
+        if importlib.util.find_spec("numpy") is None:
+            raise ConfigError(
+                "semantic reuse needs the 'semantic' extra (numpy)",
+                setting="cache.semantic.embeddings",
+                hint="pip install 'longread[semantic]'",
+            )
         try:
             adapter = pipeline.adapter(sem.embeddings)
         except UnknownUpstream:
