@@ -24,7 +24,7 @@ from dataclasses import dataclass
 _DIGITS = re.compile(r"\d+(?:[.,]\d+)*")
 _THOUSANDS = re.compile(r"^\d{1,3}(?:,\d{3})+$")
 _EN_NUMBERS = {
-    "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
+    "zero": 0, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
     "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13,
     "fourteen": 14, "fifteen": 15, "sixteen": 16, "seventeen": 17, "eighteen": 18,
     "nineteen": 19, "twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60,
@@ -60,11 +60,11 @@ _UNITS = {
     "pound": "gbp", "pounds": "gbp", "rmb": "cny", "cny": "cny", "yuan": "cny", "¥": "cny",
     "thousand": "e3", "k": "e3", "million": "e6", "millions": "e6", "mn": "e6", "m$": "e6",
     "billion": "e9", "billions": "e9", "bn": "e9", "trillion": "e12",
-    "hour": "hour", "hours": "hour", "hourly": "hour", "minute": "minute",
+    "hour": "hour", "hours": "hour", "minute": "minute",
     "minutes": "minute", "second": "second_t", "seconds": "second_t", "day": "day",
-    "days": "day", "daily": "day", "week": "week", "weeks": "week", "weekly": "week",
-    "month": "month", "months": "month", "monthly": "month", "year": "year", "years": "year",
-    "yearly": "year", "annual": "year", "annually": "year", "tonne": "t", "tonnes": "t",
+    "days": "day", "week": "week", "weeks": "week",
+    "month": "month", "months": "month", "year": "year", "years": "year",
+    "tonne": "t", "tonnes": "t",
     "ton": "t", "tons": "t", "mb": "mb", "gb": "gb", "tb": "tb", "ms": "ms",
 }  # fmt: skip
 _ZH_UNITS = (
@@ -73,11 +73,21 @@ _ZH_UNITS = (
     ("厘米", "cm"), ("毫米", "mm"), ("米", "m"), ("美元", "usd"), ("欧元", "eur"),
     ("英镑", "gbp"), ("人民币", "cny"), ("万元", "e4"), ("亿元", "e8"), ("千元", "e3"),
     ("元", "cny"), ("万", "e4"), ("亿", "e8"), ("小时", "hour"), ("分钟", "minute"),
-    ("每天", "day"), ("每日", "day"), ("天", "day"), ("每周", "week"), ("周", "week"),
-    ("星期", "week"), ("每月", "month"), ("个月", "month"), ("每年", "year"), ("吨", "t"),
+    ("每天", "per_day"), ("每日", "per_day"), ("天", "day"), ("每周", "per_week"),
+    ("周", "week"), ("星期", "week"), ("每月", "per_month"), ("个月", "month"),
+    ("每年", "per_year"), ("吨", "t"),
 )  # fmt: skip
 # "second" is a unit only after a number; as a word it is an ordinal.
-_UNIT_AFTER_NUMBER_ONLY = frozenset({"second", "seconds", "m", "l", "g", "k", "ms", "mn"})
+_UNIT_AFTER_NUMBER_ONLY = frozenset(
+    {"second", "seconds", "m", "l", "g", "k", "ms", "mn", "hour", "hours", "minute", "minutes",
+     "day", "days", "week", "weeks", "month", "months", "year", "years"}
+)  # fmt: skip
+# A rate, however it is worded: "per year", "a year", "annual", "yearly", 每年.
+_RATE_WORDS = {"hourly": "per_hour", "daily": "per_day", "weekly": "per_week",
+               "monthly": "per_month", "annual": "per_year", "annually": "per_year",
+               "yearly": "per_year"}  # fmt: skip
+_RATE = re.compile(r"\b(?:per|a|an|each|every)\s+(hour|day|week|month|year|annum)\b")
+_RATES = frozenset(("per_hour", "per_day", "per_week", "per_month", "per_year"))
 
 # ---- periods and dates ----
 
@@ -99,7 +109,7 @@ _EN_PERIODS = (
     (re.compile(r"\b(?:next|coming|following|upcoming)\s+(year|quarter|month|week)\b"), "next_{0}"),
     (re.compile(r"\b(yesterday|today|tomorrow|tonight)\b"), "{0}"),
     (re.compile(r"\b(morning|afternoon|evening|night|overnight|weekend|weekday)s?\b"), "{0}"),
-    (re.compile(r"\b(spring|summer|autumn|fall|winter)\b"), "{0}"),
+    (re.compile(r"\b(spring|summer|autumn|winter)\b"), "{0}"),
     (re.compile(r"\boff[- ]peak\b"), "offpeak"),
     (re.compile(r"\b(?:peak|rush)[- ]hours?\b"), "peak_time"),
     (re.compile(r"\b(a\.?m\.?|p\.?m\.?)(?=\W|$)"), "ampm_{0}"),
@@ -153,12 +163,15 @@ _EN_COMPARISONS = {
            "rising", "rises", "grow", "grew", "grown", "growth", "growing", "grows", "gain",
            "gained", "gains", "higher", "more", "above", "exceed", "exceeded", "exceeds",
            "improve", "improved", "improvement", "larger", "bigger", "greater",
-           "surge", "surged", "climb", "climbed", "expand", "expanded", "expansion"),
+           "surge", "surged", "climb", "climbed", "expand", "expanded", "expansion",
+           "growing", "escalation", "escalate", "escalates", "overtake", "overtook", "outsell",
+           "outsold"),
     "down": ("decrease", "decreased", "decreases", "decreasing", "decline", "declined",
              "declines", "declining", "fall", "fell", "fallen", "falling", "falls", "drop",
              "dropped", "drops", "lower", "less", "fewer", "below", "reduce", "reduced",
              "reduction", "shrink", "shrank", "worsen", "worsened", "smaller",
-             "cut", "cuts", "loss", "losses", "lose", "lost", "contract", "contracted"),
+             "cut", "cuts", "loss", "losses", "lose", "lost", "contract", "contracted", "dip",
+             "dipped", "slump", "slumped", "plunge", "plunged", "slid", "slide", "slipped"),
     "before": ("before", "prior", "earlier", "preceding", "previously", "until", "pre"),
     "after": ("after", "later", "following", "subsequent", "subsequently", "since", "post"),
     "long": ("longer", "longest"),
@@ -258,7 +271,10 @@ _NOT_NAMES = frozenset(
 # Period and quarter codes are periods, not names (Q3, H1, FY24).
 _PERIOD_CODE = re.compile(r"^(?:q[1-4]|h[12]|fy\d*)$")
 _ZH_NOT_NAMES = frozenset(("哪个", "哪家", "哪些", "什么", "这个", "那个", "各个", "所有",
-                           "每个", "两个", "这家", "那家", "该", "本"))  # fmt: skip
+                           "每个", "两个", "这家", "那家", "该", "本", "主要", "有限", "相关",
+                           "其他", "全部", "多个", "本次", "此次", "重点", "核心", "新的",
+                           "大型", "下属", "全国", "当地", "合作", "服务", "管理", "运营",
+                           "交通", "技术", "生产", "销售"))  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,7 +285,7 @@ class Lexicon:
     names: frozenset[str]
     # Its words (stemmed, no function words) and Chinese character pairs: what a question
     # can name of it.
-    vocabulary: frozenset[str] = frozenset()
+    vocabulary: frozenset[str] = frozenset()  # the salient ones (``SALIENT_MAX``)
 
     @classmethod
     def of(cls, text: str) -> Lexicon:
@@ -287,12 +303,21 @@ class Lexicon:
         names = {
             w
             for w, n in capital.items()
-            if n > lower[w] and w not in _MONTHS and not _PERIOD_CODE.match(w)
+            if n > lower[w]
+            and len(w) > 1
+            and w not in _MONTHS
+            and w not in _UNITS
+            and not _PERIOD_CODE.match(w)
         }
-        names.update(m.group(1) for m in _ZH_NAMED.finditer(text))
+        names.update(
+            m.group(1)
+            for m in _ZH_NAMED.finditer(text)
+            if not _ZH_FUNCTION_CHARS.intersection(m.group(1))
+        )
         names.update(r for r in _ZH_REGIONS if r in text)
-        vocabulary = _terms(text.lower())
-        return cls(frozenset(n for n in names if n not in _ZH_NOT_NAMES), frozenset(vocabulary))
+        uses = Counter(_term_list(text.lower()))
+        rare = frozenset(t for t, n in uses.items() if n <= SALIENT_MAX)
+        return cls(frozenset(n for n in names if n not in _ZH_NOT_NAMES), rare)
 
 
 EMPTY_LEXICON = Lexicon(frozenset())
@@ -324,14 +349,20 @@ def _stem(word: str) -> str:
     return word
 
 
-def _terms(low: str) -> set[str]:
-    """The words (stemmed) and Chinese character pairs of a lower-cased text."""
-    terms = {_stem(w) for w in re.findall(r"[a-z][a-z\-]{2,}", low) if w not in _FUNCTION_WORDS}
+# A word of the document is salient when the document uses it at most this often: a swap of
+# two such words ("nausea" for "dizziness") changes what is asked; a swap of the document's
+# everyday words ("plant" for "system") is more often a rewording.
+SALIENT_MAX = 3
+
+
+def _term_list(low: str) -> list[str]:
+    """The words (stemmed) and Chinese character pairs of a lower-cased text, in order."""
+    terms = [_stem(w) for w in re.findall(r"[a-z]{3,}", low) if w not in _FUNCTION_WORDS]
     for run in re.findall(rf"[{_CJK}]+", low):
         for i in range(len(run) - 1):
             pair = run[i : i + 2]
             if pair[0] not in _ZH_FUNCTION_CHARS and pair[1] not in _ZH_FUNCTION_CHARS:
-                terms.add(pair)
+                terms.append(pair)
     return terms
 
 
@@ -432,6 +463,9 @@ def question_facts(question: str, lexicon: Lexicon = EMPTY_LEXICON) -> QuestionF
         periods.add({"年": "y", "月": "mon", "日": "d", "号": "d"}[m.group(2)] + day)
     masked = _ZH_DATE_PART.sub(" ", masked)
 
+    for m in _RATE.finditer(masked):
+        units.add("per_" + m.group(1).replace("annum", "year"))
+    masked = _RATE.sub(" ", masked)
     # Words (Latin script): months, weekdays, numbers, units, ordinals, comparisons.
     tokens = _WORD.findall(masked)
     previous_number = False
@@ -455,8 +489,10 @@ def question_facts(question: str, lexicon: Lexicon = EMPTY_LEXICON) -> QuestionF
             units.add(_UNITS[tok])
             previous_number = False
             continue
-        if tok in _EN_ORDINALS:
-            numbers.add(f"#{_EN_ORDINALS[tok]}")
+        if tok in _RATE_WORDS:
+            units.add(_RATE_WORDS[tok])
+        elif tok in _EN_ORDINALS and not (i + 1 < len(tokens) and tokens[i + 1] == "time"):
+            numbers.add(f"#{_EN_ORDINALS[tok]}")  # "for the first time" counts nothing
         previous_number = False
     for m in _NUMBER.finditer(masked):
         if _inside_identifier(masked, m.start(), m.end()):
@@ -465,7 +501,7 @@ def question_facts(question: str, lexicon: Lexicon = EMPTY_LEXICON) -> QuestionF
         if m.group(1):
             units.add("%")
     # A rate ("per square foot", 每股) is not the total.
-    if re.search(r"\bper\b", masked) or "每" in masked:
+    if (re.search(r"\bper\b", masked) or "每" in masked) and not units & _RATES:
         units.add("per")
     for sym in "$€£¥":
         if sym in masked:
@@ -489,7 +525,7 @@ def question_facts(question: str, lexicon: Lexicon = EMPTY_LEXICON) -> QuestionF
 
     negated = bool(_EN_NEGATION.search(low)) or _zh_negated(text)
 
-    words = set(_WORD.findall(low))
+    words = set(re.findall(r"[a-z]+", low))  # "fastest-growing": fastest, growing
     for kind, forms in _EN_COMPARISONS.items():
         if words.intersection(forms):
             comparisons.add(kind)
@@ -515,8 +551,13 @@ def question_facts(question: str, lexicon: Lexicon = EMPTY_LEXICON) -> QuestionF
         comparisons=frozenset(comparisons),
         names=frozenset(names),
         asks=frozenset(asks),
-        terms=frozenset(_terms(low) & lexicon.vocabulary),
+        terms=frozenset(set(_term_list(masked)) & lexicon.vocabulary - _fact_words(names)),
     )
+
+
+def _fact_words(names: set[str]) -> set[str]:
+    """Names are compared as names, not again as words."""
+    return {_stem(w) for n in names for w in re.findall(r"[a-z]+", n)}
 
 
 def _inside_identifier(text: str, start: int, end: int) -> bool:
