@@ -71,6 +71,9 @@ class Search:
     candidates: int = 0
 
 
+_ROUNDING = 1e-6
+
+
 def search(entries: list[Entry], facts: str, vector: Vector, min_similarity: float) -> Search:
     """The entry with the same facts whose embedding is closest to ``vector``, if it reaches
     ``min_similarity``."""
@@ -83,12 +86,16 @@ def search(entries: list[Entry], facts: str, vector: Vector, min_similarity: flo
     sims = matrix @ vector
     best = -2.0
     for i, e in enumerate(entries):
-        sim = float(sims[i])
+        # A cosine of float32 unit vectors: a question against itself can come out a hair
+        # above 1 or below it. Reported within [-1, 1] and compared with that hair to spare,
+        # so that min_similarity = 1 reuses the same question.
+        sim = min(1.0, max(-1.0, float(sims[i])))
+        reaches = sim + _ROUNDING >= min_similarity
         if not agree(e.facts, facts):
-            if sim >= min_similarity and (out.turned_away is None or sim > out.turned_away):
+            if reaches and (out.turned_away is None or sim > out.turned_away):
                 out.turned_away = sim
             continue
-        if sim >= min_similarity and sim > best:
+        if reaches and sim > best:
             best = sim
             out.match = Match(e, sim)
     return out
