@@ -17,9 +17,7 @@ LEXICON = Lexicon.of(DOC)
 
 
 def same(a: str, b: str) -> bool:
-    return agree(
-        question_facts(a, LEXICON).signature(), question_facts(b, LEXICON).signature()
-    )
+    return agree(question_facts(a, LEXICON).signature(), question_facts(b, LEXICON).signature())
 
 
 @pytest.mark.parametrize(
