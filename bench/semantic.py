@@ -82,7 +82,7 @@ def evaluate(
     questions = sorted({q for p in pairs for q in (p["a"], p["b"])})
     vectors = dict(zip(questions, embed(questions), strict=True))
     sims = [float(vectors[p["a"]] @ vectors[p["b"]]) for p in pairs]
-    table = []
+    table: list[dict[str, Any]] = []
     for t in THRESHOLDS:
         table.append(
             {
@@ -108,9 +108,7 @@ def evaluate(
         "without_guard_at_that_threshold": None
         if unguarded_default is None
         else score(pairs, same_facts, sims, unguarded_default, guard=False),
-        "table": [
-            r for r in table if round(r["threshold"] * 100) % 5 == 0 or r["threshold"] == default
-        ],
+        "table": [r for r in table if _listed(r["threshold"], default)],
     }
 
 
@@ -126,6 +124,11 @@ def _lowest_holding(table: list[dict[str, Any]], variant: str) -> float | None:
             break
         best = r["threshold"]
     return best
+
+
+def _listed(threshold: float, default: float | None) -> bool:
+    """The rows printed: every 0.05, and the chosen one."""
+    return round(threshold * 100) % 5 == 0 or threshold == default
 
 
 def local_embed() -> Callable[[list[str]], np.ndarray]:
@@ -145,7 +148,7 @@ async def emulator_embed(texts: list[str]) -> np.ndarray:
     await sb.start()
     try:
         async with httpx.AsyncClient(base_url=sb.base_url, timeout=30) as http:
-            out = []
+            out: list[list[float]] = []
             for i in range(0, len(texts), 256):
                 r = await http.post(
                     "/v1/embeddings",
@@ -164,7 +167,8 @@ async def emulator_embed(texts: list[str]) -> np.ndarray:
 async def lookup_latency() -> dict[str, Any]:
     """ask + lookup of one question against a full scope, in process."""
     from longread_server.config import CacheConfig
-    from longread_server.plan.catalog import Catalog
+    from longread_server.domain import Usage
+    from longread_server.plan.catalog import Catalog, Price
     from longread_server.plan.planner import JobSpec
     from longread_server.run.events import CacheStatus, JobResult, Timings
     from longread_server.run.request import JobRequest
@@ -176,6 +180,7 @@ async def lookup_latency() -> dict[str, Any]:
     reuse = SemanticReuse(cache.semantic, cache, frozenset(), local=LocalEmbedder.load)
     await reuse.load()
     model = Catalog.builtin().get("openai", "gpt-4.1-mini")
+    assert model is not None
 
     class Prep:  # the fields of a PreparedJob that semantic reuse reads
         def __init__(self, question: str) -> None:
@@ -197,25 +202,27 @@ async def lookup_latency() -> dict[str, Any]:
             plan=prep.plan,
             model=model,
             chunk_outputs=[],
-            usage=None,  # type: ignore[arg-type]
-            cost=None,
+            usage=Usage(),
+            cost=Price(),
             cache_status=CacheStatus.MISS,
             finish_reason="stop",
-            timings=Timings(),  # type: ignore[arg-type]
+            timings=Timings(),
         )
         await reuse.remember(ask, looked.vector, result, 0.0)
     probes = [p["b"] for p in pairs if p["doc"] == "quarterly_report"]
     times = []
+    scope = ""
     for i in range(LOOKUPS):
         prep = Prep(probes[i % len(probes)])
         t0 = time.perf_counter()
-        ask = await reuse.ask(prep)
-        assert ask is not None
-        await reuse.lookup(ask, prep)
+        probe = await reuse.ask(prep)
+        assert probe is not None
+        await reuse.lookup(probe, prep)
         times.append((time.perf_counter() - t0) * 1000)
+        scope = probe.scope
     times.sort()
     return {
-        "stored_questions": len(reuse.index.entries(ask.scope)),
+        "stored_questions": len(reuse.index.entries(scope)),
         "lookups": LOOKUPS,
         "p50_ms": round(statistics.median(times), 4),
         "p99_ms": round(times[int(len(times) * 0.99)], 4),

@@ -111,6 +111,8 @@ _EN_PERIODS = (
     (re.compile(r"\b(morning|afternoon|evening|night|overnight|weekend|weekday)s?\b"), "{0}"),
     (re.compile(r"\b(spring|summer|autumn|winter)\b"), "{0}"),
     (re.compile(r"\boff[- ]peak\b"), "offpeak"),
+    (re.compile(r"\b(?:year[- ](?:on|over)[- ]year|yoy|y/y)\b"), "yoy"),
+    (re.compile(r"\b(?:quarter|month|week)[- ](?:on|over)[- ](?:quarter|month|week)\b"), "pop"),
     (re.compile(r"\b(?:peak|rush)[- ]hours?\b"), "peak_time"),
     (re.compile(r"\b(a\.?m\.?|p\.?m\.?)(?=\W|$)"), "ampm_{0}"),
 )  # fmt: skip
@@ -127,6 +129,7 @@ _ZH_PERIODS = (
     ("下午", "afternoon"), ("晚上", "evening"), ("夜间", "night"), ("凌晨", "night"),
     ("周末", "weekend"), ("工作日", "weekday"), ("平峰", "offpeak"), ("低峰", "offpeak"),
     ("高峰", "peak_time"), ("节假日", "holiday"), ("假期", "holiday"), ("春季", "spring"),
+    ("同比", "yoy"), ("环比", "pop"),
     ("夏季", "summer"),
     ("秋季", "autumn"), ("冬季", "winter"), ("财年", "fiscal"),
 )  # fmt: skip
@@ -193,6 +196,11 @@ _ZH_COMPARISONS = {
     "early": ("最早", "首班", "第一班", "首次", "首批"),
     "late": ("最晚", "最迟", "末班", "最后一班", "最后"),
 }  # fmt: skip
+# "比西城区早" (earlier than), "比去年多" (more than): the word after the compared thing.
+_ZH_COMPARATIVE = re.compile(r"比[^，。？！?,]{1,12}?(早|晚|迟|多|少|高|低|长|短|大|小|快|慢)")
+_ZH_COMPARATIVE_KINDS = {"早": "early", "晚": "late", "迟": "late", "多": "up", "少": "down",
+                         "高": "up", "低": "down", "长": "long", "短": "short", "大": "up",
+                         "小": "down", "快": "up", "慢": "down"}  # fmt: skip
 # 前/后 after a verb or a noun: before or after it (调整前, 召回后); not in words that only
 # contain them (目前 "now", 前往 "go to", 后果 "consequence").
 _ZH_BEFORE_AFTER = re.compile(
@@ -203,6 +211,14 @@ _ZH_NOT_BEFORE_AFTER = ("目前", "前往", "前景", "前台", "前进", "提�
                         "延后", "前三", "前五", "前十")  # fmt: skip
 
 # ---- what is asked ----
+
+# Words that narrow or widen what is asked: "for international applicants", "because of crew
+# sickness", "overall", "both", 其中, 分别. One wording with such a word and the other without
+# is most often a question about a part against one about the whole.
+_EN_SCOPE = re.compile(
+    r"\b(for|because|due|among|only|overall|total|all|both|including|excluding|except|each)\b"
+)
+_ZH_SCOPE = ("因为", "由于", "其中", "仅", "只", "全部", "总共", "分别", "合计", "各", "以及", "和")
 
 # What kind of answer a question asks for, where its words say so: a reason is not a
 # consequence, an amount not a time. "What"/"which" alone say nothing here.
@@ -254,6 +270,16 @@ _ZH_NAMED = re.compile(
     rf"省|市|县|区域|区|镇|村|站|号线|线路|港|机场|基地|园区|分公司|门店|店|品牌|事业部|部门|"
     rf"项目|车间|仓库|实验室|医药|科技|电子|汽车|地产|能源|物流|航空))"
 )
+# Provinces, municipalities and large cities: names with no mark around them (北京, 成都).
+_ZH_PLACES = (
+    "北京", "上海", "天津", "重庆", "广州", "深圳", "杭州", "南京", "苏州", "成都", "武汉",
+    "西安", "长沙", "郑州", "青岛", "济南", "沈阳", "大连", "哈尔滨", "长春", "昆明", "贵阳",
+    "南宁", "福州", "厦门", "合肥", "南昌", "太原", "石家庄", "呼和浩特", "兰州", "西宁",
+    "银川", "乌鲁木齐", "拉萨", "海口", "三亚", "宁波", "无锡", "佛山", "东莞", "温州", "珠海",
+    "香港", "澳门", "台北", "广东", "广西", "江苏", "浙江", "山东", "河南", "河北", "湖南",
+    "湖北", "四川", "云南", "贵州", "福建", "安徽", "江西", "山西", "陕西", "甘肃", "青海",
+    "辽宁", "吉林", "黑龙江", "海南", "台湾", "内蒙古", "宁夏", "新疆", "西藏",
+)  # fmt: skip
 _ZH_REGIONS = (
     "华东", "华南", "华北", "华中", "华西", "西南", "西北", "东北", "东南", "中南", "港澳",
     "海外", "境外", "国内", "北美", "欧洲", "亚太", "拉美", "中东", "非洲",
@@ -376,6 +402,7 @@ class QuestionFacts:
     negated: bool
     comparisons: frozenset[str]
     names: frozenset[str]
+    scope: frozenset[str] = frozenset()
     asks: frozenset[str] = frozenset()
     terms: frozenset[str] = frozenset()  # the question's words that its document has
 
@@ -388,6 +415,7 @@ class QuestionFacts:
             "neg" if self.negated else "",
             ",".join(sorted(self.comparisons)),
             ",".join(sorted(self.names)),
+            ",".join(sorted(self.scope)),
             ",".join(sorted(self.asks)),
             ",".join(sorted(self.terms)),
         )
@@ -532,6 +560,8 @@ def question_facts(question: str, lexicon: Lexicon = EMPTY_LEXICON) -> QuestionF
     for kind, forms in _ZH_COMPARISONS.items():
         if any(f in text for f in forms):
             comparisons.add(kind)
+    for m in _ZH_COMPARATIVE.finditer(text):
+        comparisons.add(_ZH_COMPARATIVE_KINDS[m.group(1)])
     cleared = text
     for word in _ZH_NOT_BEFORE_AFTER:
         cleared = cleared.replace(word, "  ")
@@ -550,6 +580,7 @@ def question_facts(question: str, lexicon: Lexicon = EMPTY_LEXICON) -> QuestionF
         negated=negated,
         comparisons=frozenset(comparisons),
         names=frozenset(names),
+        scope=frozenset({*_EN_SCOPE.findall(low), *(w for w in _ZH_SCOPE if w in text)}),
         asks=frozenset(asks),
         terms=frozenset(set(_term_list(masked)) & lexicon.vocabulary - _fact_words(names)),
     )
@@ -602,7 +633,7 @@ def _names(text: str, lexicon: Lexicon) -> set[str]:
     for name in lexicon.names:
         if not name.isascii() and name in text:
             names.add(name)
-    for r in _ZH_REGIONS:
+    for r in (*_ZH_REGIONS, *_ZH_PLACES):
         if r in text:
             names.add(r)
     return names
@@ -612,15 +643,15 @@ def _names(text: str, lexicon: Lexicon) -> set[str]:
 # often asked for with "what" in the other wording ("what was the value", "what date"): those
 # may stand against no stated kind. A reason, a consequence or a manner may not.
 _SOFT_ASKS = frozenset(("amount", "time", "place", "person"))
-_FIELDS = 8
-_ASKS = 6
-_TERMS = 7
+_FIELDS = 9
+_ASKS = 7
+_TERMS = 8
 
 
 def agree(a: str, b: str) -> bool:
     """Whether two signatures (``QuestionFacts.signature``) state the same facts: the same
-    numbers, units, periods, negation, comparisons and names; kinds of answer that do not
-    conflict; and no swap of the document's words (each wording naming something of the
+    numbers, units, periods, negation, comparisons, names and scope words; kinds of answer
+    that do not conflict; and no swap of the document's words (each wording naming something of the
     document the other does not: "nausea" for "dizziness", 门锁 for 机器人). One wording
     naming more than the other is no swap: paraphrases add words."""
     if a == b:
