@@ -116,6 +116,11 @@ def _options(a: argparse.Namespace) -> Options:
         strategy=a.strategy,
         max_cost_usd=a.max_cost,
         **({"cache": a.cache} if hasattr(a, "cache") else {}),
+        **(
+            {"semantic": a.semantic, "min_similarity": a.min_similarity}
+            if hasattr(a, "semantic")
+            else {}
+        ),
     )
 
 
@@ -279,6 +284,12 @@ def cmd_analyze(a: argparse.Namespace) -> int:
                         f"{r.timings.total.ToMilliseconds() / 1000:.2f}s",
                         file=err,
                     )
+                    if r.HasField("semantic_match"):
+                        m = r.semantic_match
+                        print(
+                            f"reused the answer to {m.question!r} (similarity {m.similarity:.3f})",
+                            file=err,
+                        )
         except grpc.RpcError as e:
             raise _rpc_error(e, a) from None
     return 0
@@ -412,6 +423,19 @@ def _common(p: argparse.ArgumentParser, cache: bool) -> None:
             default="default",
             choices=["default", "bypass", "no_store", "only_if_cached"],
             help="the response cache's use",
+        )
+        p.add_argument(
+            "--semantic",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="reuse the answer to an earlier question that means the same (default: as "
+            "the tenant is configured)",
+        )
+        p.add_argument(
+            "--min-similarity",
+            type=float,
+            default=0.0,
+            help="the similarity a semantic reuse needs (0: the gateway's)",
         )
         p.add_argument("--progress", action="store_true", help="progress bars even when piped")
 
