@@ -45,7 +45,8 @@ TARGET_PRECISION = 0.995
 HELD_OUT = {
     "semantic_holdout": "held out, then read: the scope-word, comparative, place-name and "
     "year-on-year rules were written reading its errors",
-    "semantic_final": "held out and never read before it was scored",
+    "semantic_final": "held out; no rule was written from it (its errors were read only "
+    "after it was scored, to describe them)",
 }
 THRESHOLDS = [round(0.5 + 0.01 * i, 2) for i in range(50)]  # 0.50 .. 0.99
 LOOKUPS = 2000
