@@ -8,10 +8,11 @@ faults) is decided here, so it behaves identically for OpenAI and Anthropic traf
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,12 +114,10 @@ class VendorEndpoints:
             return
         if fault is not None:
             self._stats.by_fault[fault.label] += 1
-        self._stats.active += 1
-        self._idle.clear()
         # Latency runs from arrival, like a remote provider's: the answer is worked out during
         # it, so the sandbox's own CPU does not add to the latency a caller asked for.
         answer_at = asyncio.get_running_loop().time() + knobs.latency_s
-        try:
+        with self._busy():
             if fault is not None and (fault.kind not in MIDSTREAM_KINDS or not chat.stream):
                 await _sleep_until(answer_at)
                 quote = echo(chat.sources)
@@ -140,10 +139,6 @@ class VendorEndpoints:
             else:
                 headers = self._headers(dialect, request_id, limits, JSON)
                 await self._send(exchange, 200, headers, dialect.render_chat(chat, completion))
-        finally:
-            self._stats.active -= 1
-            if self._stats.active == 0:
-                self._idle.set()
 
     async def embeddings(self, dialect: Dialect, request: Request, exchange: Exchange) -> None:
         """``POST /v1/embeddings`` (OpenAI): the chat endpoint's auth, stats, latency, faults and
@@ -161,10 +156,8 @@ class VendorEndpoints:
             return
         if fault is not None:
             self._stats.by_fault[fault.label] += 1
-        self._stats.active += 1
-        self._idle.clear()
         answer_at = asyncio.get_running_loop().time() + knobs.latency_s
-        try:
+        with self._busy():
             if fault is not None:  # never streamed: every fault comes before the answer
                 await _sleep_until(answer_at)
                 await self._fault_before_answer(
@@ -176,6 +169,14 @@ class VendorEndpoints:
             self._stats.prompt_tokens += embedding.prompt_tokens
             limits = self.rate.record(embedding.prompt_tokens, 0)
             await self._send(exchange, 200, self._headers(dialect, request_id, limits, JSON), body)
+
+    @contextlib.contextmanager
+    def _busy(self) -> Iterator[None]:
+        """Counts a request in progress (``active``; ``_idle`` once none is)."""
+        self._stats.active += 1
+        self._idle.clear()
+        try:
+            yield
         finally:
             self._stats.active -= 1
             if self._stats.active == 0:
