@@ -8,7 +8,9 @@ Cache misses: every gateway request carries a unique document (a ghz template), 
 looks up the cache, misses, goes upstream and is stored, with the cache at its defaults.
 
 Reports sequential overhead (1 in flight, interleaved rounds; latency minus direct latency),
-fixed open-loop rates, and the highest rate each sustains with 100 % success and p99 <= 50 ms.
+fixed open-loop rates, and the highest rate each sustains with 100 % success and p99 <= 50 ms,
+and where the gateway's CPU goes at saturation (``profile``: py-spy's samples folded by our
+stages and the libraries under them, ``bench._profile``).
 Prints one JSON object. Run: python -m bench.overhead
 """
 
@@ -29,7 +31,7 @@ from longread_server.app import start
 from longread_server.config import UpstreamConfig, load_config
 from longread_server.domain import VendorKind
 
-from bench import _load, _peers, _servers
+from bench import _load, _peers, _profile, _servers
 from bench._load import LOADGEN_CPU, SERVER_CPU, Stats, log
 
 DOC = "The tide turns at four. The harbour closes at nine. Ferries leave hourly. " * 6
@@ -416,6 +418,17 @@ def main() -> dict[str, Any]:
         if pk is not None:
             sat["portkey"] = portkey(0, 4.0, workers=SATURATION_CONC)
         sat_rps = {k: round(v.ok / v.wall_s, 1) for k, v in sat.items()}
+        # Where our CPU goes at saturation: the same closed loop once more, sampled by py-spy
+        # (a run of its own, so the sampling does not touch the figures above).
+        log("profile: ours at saturation")
+        with _profile.Profile(gw.p.pid) as prof:
+            prof_run = grpc_run(gp, gw, sat_calls["ours"], None, SATURATION_CONC)
+        out["profile"] = {
+            "what": f"gateway at saturation ({SATURATION_CONC} in flight, "
+            f"{prof_run.sent} misses), py-spy {_profile.RATE_HZ} Hz, non-blocking, idle excluded",
+            "rps_while_sampled": round(prof_run.ok / prof_run.wall_s, 1),
+            **prof.summary(),
+        }
         out["max_sustained_rps"] = {
             "ours": round(ours_max),
             "floor": round(floor_max),
