@@ -77,11 +77,13 @@ def summarize(raw_path: Path) -> dict[str, Any]:
     * ``by_stage``: share of samples whose innermost frame *of the gateway* is in the group
       (the library work a stage asks for counted as that stage's), library groups only for
       samples with no gateway frame at all (grpc's own server loop, asyncio's scheduling);
+    * ``by_module``: the same by the gateway's module (``vendors:transport``);
     * ``cumulative_by_group``: share of samples with the group anywhere on the stack;
     * ``top_self`` / ``top_cumulative``: the functions with the most samples, likewise."""
     total = 0
     self_g: Counter[str] = Counter()
     stage: Counter[str] = Counter()
+    module: Counter[str] = Counter()
     cum_g: Counter[str] = Counter()
     self_f: Counter[str] = Counter()
     cum_f: Counter[str] = Counter()
@@ -104,8 +106,9 @@ def summarize(raw_path: Path) -> dict[str, Any]:
             frames[-1] = (fn, grp, False)
         self_f[fn] += n
         self_g[grp] += n
-        ours = next((g for _, g, mine in reversed(frames) if mine), grp) if loop >= 0 else grp
-        stage[ours] += n
+        inner = next((f for f in reversed(frames) if f[2]), None) if loop >= 0 else None
+        stage[inner[1] if inner else grp] += n
+        module[inner[0].partition(".")[0] if inner else grp] += n
         for f in {f for f, _, _ in frames}:
             cum_f[f] += n
         for g in {g for _, g, _ in frames}:
@@ -117,6 +120,7 @@ def summarize(raw_path: Path) -> dict[str, Any]:
     return {
         "samples": total,
         "by_stage": shares(stage),
+        "by_module": shares(module, TOP),
         "self_by_group": shares(self_g),
         "cumulative_by_group": shares(cum_g),
         "top_self": shares(self_f, TOP),
