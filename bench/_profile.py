@@ -22,7 +22,7 @@ from bench._servers import ROOT
 
 RATE_HZ = 250
 _LOOP_CALLBACK = "asyncio:events.Handle._run"
-TOP = 12
+TOP = 25
 
 # (substring of a frame's file, group): the first match names the frame's group.
 _LIBS = (

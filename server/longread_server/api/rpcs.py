@@ -222,13 +222,18 @@ class AnalysisRpcs:
 
         task = asyncio.create_task(produce(), name="stream-job")
         try:
+            item = await queue.get()
+            # One more turn of the loop before the first message: the job's first upstream
+            # call, started while the plan was being put here (a task of its own), goes out
+            # before the plan is converted and written, not after.
+            await asyncio.sleep(0)
             while True:
-                item = await queue.get()
                 if isinstance(item, _End):
                     if item.error is not None:
                         raise item.error
                     return
                 yield item
+                item = await queue.get()
         finally:
             if not task.done():
                 task.cancel()
