@@ -49,6 +49,7 @@ SEQ_PORTKEY_S = 1.0
 STEP_S = 2.0  # per rate of the max-sustained search...
 STEP_MIN_CALLS = 100  # ...and at least this many calls, so p99 is not just the maximum
 SATURATION_CONC = 16
+PROFILE_S = 6.0  # the profiled run: about this long, for a thousand samples or more
 P99_MS = 50.0
 
 _run = 0
@@ -421,8 +422,9 @@ def main() -> dict[str, Any]:
         # Where our CPU goes at saturation: the same closed loop once more, sampled by py-spy
         # (a run of its own, so the sampling does not touch the figures above).
         log("profile: ours at saturation")
+        prof_calls = max(1000, int(PROFILE_S * sat_rps["ours"]))
         with _profile.Profile(gw.p.pid) as prof:
-            prof_run = grpc_run(gp, gw, sat_calls["ours"], None, SATURATION_CONC)
+            prof_run = grpc_run(gp, gw, prof_calls, None, SATURATION_CONC)
         out["profile"] = {
             "what": f"gateway at saturation ({SATURATION_CONC} in flight, "
             f"{prof_run.sent} misses), py-spy {_profile.RATE_HZ} Hz, non-blocking, idle excluded",
