@@ -419,6 +419,7 @@ def main() -> dict[str, Any]:
         if pk is not None:
             sat["portkey"] = portkey(0, 4.0, workers=SATURATION_CONC)
         sat_rps = {k: round(v.ok / v.wall_s, 1) for k, v in sat.items()}
+        sat_cpu = {k: v.report()["server_cpu_ms_per_req"] for k, v in sat.items()}
         # Where our CPU goes at saturation: the same closed loop once more, sampled by py-spy
         # (a run of its own, so the sampling does not touch the figures above).
         log("profile: ours at saturation")
@@ -440,9 +441,8 @@ def main() -> dict[str, Any]:
             "ours_over_portkey": ratio(ours_max, pk_max or math.nan),
             "ours_over_floor": ratio(ours_max, floor_max),
             "saturation_rps": sat_rps,
-            "saturation_server_cpu_ms_per_req": {
-                k: v.report()["server_cpu_ms_per_req"] for k, v in sat.items()
-            },
+            "saturation_server_cpu_ms_per_req": sat_cpu,
+            "saturation_cpu_ours_over_floor": ratio(sat_cpu["ours"], sat_cpu["floor"]),
             "saturation_ours_over_litellm": ratio(
                 sat_rps["ours"], sat_rps.get("litellm", math.nan)
             ),
@@ -475,6 +475,10 @@ def main() -> dict[str, Any]:
             if "litellm" in sat_rps
             else None,
             "max_rps_ge_30pct_of_floor": ours_max >= 0.3 * floor_max,
+            # Issue 22, item 3: a leaner miss path.
+            "saturation_cpu_per_miss_le_2x_floor": sat_cpu["ours"] <= 2 * sat_cpu["floor"],
+            "max_rps_ge_90pct_of_floor": ours_max >= 0.9 * floor_max,
+            "max_rps_ge_10x_litellm": (ours_max >= 10 * llm_max) if llm_max else None,
         }
         out["setup"] = {
             "miss_path": "unique document per request (ghz {{.RequestNumber}} template plus a "
