@@ -18,6 +18,7 @@ from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass
 
 from longread.v1 import analysis_service_pb2 as svc
+from longread.v1 import types_pb2 as pb
 
 from longread_server.api import convert
 from longread_server.api.admission import Admission
@@ -97,10 +98,10 @@ class AnalysisRpcs:
         try:
             prep = await self._prepare(request, call, rec)
             result: JobResult | None = None
-            async with contextlib.aclosing(self._run(prep, rec, streaming=False)) as events:
+            async with contextlib.aclosing(self._analysis.run(prep, streaming=False)) as events:
                 async for ev in events:
                     if isinstance(ev, JobResult):
-                        result = ev
+                        result = rec.result = ev
             assert result is not None
             out = convert.result(result)
         except BaseException as e:
@@ -116,7 +117,7 @@ class AnalysisRpcs:
         rec = self._record("Stream", call)
         try:
             prep = await self._prepare(request, call, rec)
-            plan_pb = convert.plan(prep.plan)
+            plan_pb: pb.Plan | None = None  # converted once, for the plan and the result
             ticket = self._admission.current()
             # Closed here and now when the transport closes this Stream, not when the event
             # loop finalizes the abandoned generator: the job's upstream calls stop at once.
@@ -124,6 +125,8 @@ class AnalysisRpcs:
                 self._ahead(self._run(prep, rec, streaming=True))
             ) as evs:
                 async for ev in evs:
+                    if plan_pb is None:  # once the job has started, not before
+                        plan_pb = convert.plan(prep.plan)
                     with self._admission.sending(ticket):
                         yield convert.stream_event(ev, plan_pb)
             rec.finish("OK")
@@ -222,13 +225,18 @@ class AnalysisRpcs:
 
         task = asyncio.create_task(produce(), name="stream-job")
         try:
+            item = await queue.get()
+            # One more turn of the loop before the first message: the job's first upstream
+            # call, started while the plan was being put here (a task of its own), goes out
+            # before the plan is converted and written, not after.
+            await asyncio.sleep(0)
             while True:
-                item = await queue.get()
                 if isinstance(item, _End):
                     if item.error is not None:
                         raise item.error
                     return
                 yield item
+                item = await queue.get()
         finally:
             if not task.done():
                 task.cancel()

@@ -412,13 +412,15 @@ class BudgetStage:
         self._ledger = ledger
         self._catalog = catalog
 
-    async def __call__(self, call: Call, nxt: Next) -> AsyncIterator[LlmEvent]:
+    def __call__(self, call: Call, nxt: Next) -> AsyncIterator[LlmEvent]:
+        # Counting tokens costs nothing: only answers are charged. Uncharged calls pass
+        # straight through, with no generator of ours around their events.
+        if not self._ledger.cap(call.ctx.tenant) or call.req.operation is not Operation.CHAT:
+            return nxt(call)
+        return self._charged(call, nxt)
+
+    async def _charged(self, call: Call, nxt: Next) -> AsyncIterator[LlmEvent]:
         tenant = call.ctx.tenant
-        # Counting tokens costs nothing: only answers are charged.
-        if not self._ledger.cap(tenant) or call.req.operation is not Operation.CHAT:
-            async for ev in nxt(call):
-                yield ev
-            return
         spend = call.ctx.budget
         if spend is None or not spend.covers:
             state = await self._ledger.state(tenant)

@@ -387,15 +387,14 @@ class CacheStage:
         stats.misses += 1
         return key, None, "miss"
 
-    async def __call__(self, call: Call, nxt: Next) -> AsyncIterator[LlmEvent]:
+    def __call__(self, call: Call, nxt: Next) -> AsyncIterator[LlmEvent]:
         if call.req.operation is Operation.EMBEDDING:
-            async for ev in self._embedding(call, nxt):
-                yield ev
-            return
+            return self._embedding(call, nxt)
         if call.req.operation is not Operation.CHAT:  # a count is not an answer
-            async for ev in nxt(call):
-                yield ev
-            return
+            return nxt(call)
+        return self._cached(call, nxt)
+
+    async def _cached(self, call: Call, nxt: Next) -> AsyncIterator[LlmEvent]:
         lookup = self._tel.tracer.start_span("cache lookup")
         with current_span(lookup, current=self._tel.client_spans) as span:  # Redis spans below
             key, answer, result = await self._lookup(call)

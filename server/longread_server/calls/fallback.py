@@ -174,12 +174,13 @@ class FallbackStage:
         except StateUnavailable:
             return False  # the breaker stage will say so
 
-    async def __call__(self, call: Call, nxt: Next) -> AsyncIterator[LlmEvent]:
+    def __call__(self, call: Call, nxt: Next) -> AsyncIterator[LlmEvent]:
         chain = self.chain_for(call)
         if chain is None:
-            async for ev in nxt(call):
-                yield ev
-            return
+            return nxt(call)  # nothing to fall back to: no generator of ours around the events
+        return self._with_fallback(call, nxt, chain)
+
+    async def _with_fallback(self, call: Call, nxt: Next, chain: Chain) -> AsyncIterator[LlmEvent]:
         first_error: BaseException | None = None
         reason: FallbackReason | None = None
         detail = ""

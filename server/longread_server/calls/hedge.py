@@ -76,12 +76,13 @@ class HedgeStage:
         limits = p if isinstance(p, AttemptLimits) else p.limits(call.vendor, call.req.model)
         return limits.hedge_after_s
 
-    async def __call__(self, call: Call, nxt: Next) -> AsyncIterator[LlmEvent]:
+    def __call__(self, call: Call, nxt: Next) -> AsyncIterator[LlmEvent]:
         delay = self.hedge_after_s(call)
         if delay <= 0:
-            async for ev in nxt(call):
-                yield ev
-            return
+            return nxt(call)  # not hedged: no generator of ours around the events
+        return self._hedged(call, nxt, delay)
+
+    async def _hedged(self, call: Call, nxt: Next, delay: float) -> AsyncIterator[LlmEvent]:
         queue: asyncio.Queue[tuple[int, object]] = asyncio.Queue(maxsize=8)
         attempts = [_Attempt(0, nxt(call), queue)]
         hedge_in: float | None = delay  # None: no hedge (any more)

@@ -184,12 +184,15 @@ class RateLimitStage:
     observer: ResilienceObserver = NULL_OBSERVER
     tracer: trace.Tracer = field(default_factory=trace.NoOpTracer)  # spans for waits
 
-    async def __call__(self, call: Call, nxt: Next) -> AsyncIterator[LlmEvent]:
+    def __call__(self, call: Call, nxt: Next) -> AsyncIterator[LlmEvent]:
         quota = self.quota_for(call)
         if quota is None:
-            async for ev in nxt(call):
-                yield ev
-            return
+            # Not limited: the events pass straight through, with no generator of ours
+            # around them (each layer costs its share on every event of every call).
+            return nxt(call)
+        return self._limited(call, nxt, quota)
+
+    async def _limited(self, call: Call, nxt: Next, quota: Quota) -> AsyncIterator[LlmEvent]:
         prompt = prompt_tokens(call.req)
         ledger = _Ledger(prompt, prompt + call.req.max_output_tokens)
         items = quota.items(1.0, ledger.reserved_tokens)

@@ -119,7 +119,8 @@ class RetryStage:
         while True:
             streamed = False
             try:
-                async for ev in nxt(replace(call, attempt=retry)):
+                attempt = call if call.attempt == retry else replace(call, attempt=retry)
+                async for ev in nxt(attempt):
                     if isinstance(ev, TextDelta):
                         streamed = True
                     yield ev

@@ -214,12 +214,13 @@ class SingleFlightStage:
     def in_flight(self) -> int:
         return len(self._flights)
 
-    async def __call__(self, call: Call, nxt: Next) -> AsyncIterator[LlmEvent]:
+    def __call__(self, call: Call, nxt: Next) -> AsyncIterator[LlmEvent]:
         key = call.cache_key if isinstance(call, KeyedCall) else ""
         if not key:
-            async for ev in nxt(call):
-                yield ev
-            return
+            return nxt(call)  # uncached: no generator of ours around the events
+        return self._shared(call, nxt, key)
+
+    async def _shared(self, call: Call, nxt: Next, key: str) -> AsyncIterator[LlmEvent]:
         if call.ctx.cache_mode == "bypass" or not self._cache.cfg.single_flight:
             async for ev in self._alone(call, nxt, key):
                 yield ev

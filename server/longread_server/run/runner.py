@@ -118,14 +118,18 @@ class JobRunner:
     def pipeline(self) -> Pipeline:
         return self._pipeline
 
-    async def run(self, job: Job) -> AsyncGenerator[RunEvent, None]:
+    def run(self, job: Job) -> AsyncGenerator[RunEvent, None]:
+        if not self._tel.tracing:
+            return self._run(job)  # no span to fill: the events need no layer around them
+        return self._traced(job)
+
+    async def _traced(self, job: Job) -> AsyncGenerator[RunEvent, None]:
         # The plan is on the plan span and the tenant on the server span: this one says what
         # the run did.
         span = self._tel.tracer.start_span(f"analyze {job.plan.strategy.value}")
         # Closed explicitly (aclosing): a Stream the client cancels must end its spans and
         # calls here and now, not when the event loop finalizes the abandoned generators.
-        # With tracing off the span is the API's no-op one: nothing below needs it current.
-        with current_span(span, current=self._tel.tracing):
+        with current_span(span):
             async with contextlib.aclosing(self._run(job)) as events:
                 async for ev in events:
                     if isinstance(ev, JobResult) and span.is_recording():

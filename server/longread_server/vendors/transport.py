@@ -64,7 +64,6 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import (
     AbstractAsyncContextManager,
     AbstractContextManager,
-    asynccontextmanager,
     nullcontext,
     suppress,
 )
@@ -171,8 +170,7 @@ class UpstreamHttp:
         origin = (url.scheme, url.host, url.port)
         return self._transports.get_or_make(origin, lambda: self.client._transport_for_url(url))
 
-    @asynccontextmanager
-    async def stream(
+    def stream(
         self,
         method: str,
         url: str,
@@ -180,7 +178,7 @@ class UpstreamHttp:
         content: bytes,
         headers: Mapping[str, str],
         timeout: float | httpx._client.UseClientDefault = httpx.USE_CLIENT_DEFAULT,
-    ) -> AsyncIterator[httpx.Response]:
+    ) -> AbstractAsyncContextManager[httpx.Response]:
         extensions = {
             "timeout": self._timeout
             if isinstance(timeout, httpx._client.UseClientDefault)
@@ -195,12 +193,7 @@ class UpstreamHttp:
         span = _UPSTREAM_SPAN.get()
         if span is not None:  # into the request's own copy of the headers
             _inject(request.headers, span)
-        response = await self._transport(request.url).handle_async_request(request)
-        response.request = request
-        try:
-            yield response
-        finally:
-            await response.aclose()
+        return _Sent(self._transport(request.url), request)
 
     def _merge(self, headers: tuple[tuple[str, str], ...]) -> httpx.Headers:
         spelled = dict(self._headers)
@@ -210,6 +203,28 @@ class UpstreamHttp:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+class _Sent(AbstractAsyncContextManager[httpx.Response]):
+    """``request`` sent on ``async with``, its response closed at the end (a plain class: no
+    generator and context manager object of ``asynccontextmanager`` per request)."""
+
+    __slots__ = ("_request", "_response", "_transport")
+
+    def __init__(self, transport: httpx.AsyncBaseTransport, request: httpx.Request) -> None:
+        self._transport = transport
+        self._request = request
+        self._response: httpx.Response | None = None
+
+    async def __aenter__(self) -> httpx.Response:
+        response = await self._transport.handle_async_request(self._request)
+        response.request = self._request
+        self._response = response
+        return response
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._response is not None:
+            await self._response.aclose()
 
 
 def upstream_client(max_connections: int = DEFAULT_MAX_CONNECTIONS) -> httpx.AsyncClient:
@@ -281,6 +296,17 @@ async def _next_event(conn: _Connection, read_timeout: float | None) -> Any:
         if data:
             conn.heard = True
         conn.h11.receive_data(data)  # b"" is EOF
+
+
+async def _drain(writer: asyncio.StreamWriter, timeout: float | None) -> None:
+    """``writer.drain()`` within ``timeout``. Only bytes the socket has not taken yet can make
+    it wait (asyncio pauses a writer above its high-water mark); when there are none, as for
+    most requests, no timer is armed and cancelled for nothing."""
+    if writer.transport.get_write_buffer_size():
+        async with asyncio.timeout(timeout):
+            await writer.drain()
+    else:
+        await writer.drain()  # raises if the connection is already lost
 
 
 class _Body(httpx.AsyncByteStream):
@@ -561,18 +587,15 @@ class LeanTransport(httpx.AsyncBaseTransport):
                     parts.append(h.send(h11.Data(data=body)) or b"")
                 parts.append(h.send(h11.EndOfMessage()) or b"")
                 conn.writer.write(b"".join(parts))
-                async with asyncio.timeout(write_timeout):
-                    await conn.writer.drain()
+                await _drain(conn.writer, write_timeout)
             else:
                 conn.writer.write(h.send(head) or b"")
                 async for chunk in request.stream:  # type: ignore[union-attr]
                     if chunk:
                         conn.writer.write(h.send(h11.Data(data=chunk)) or b"")
-                        async with asyncio.timeout(write_timeout):
-                            await conn.writer.drain()
+                        await _drain(conn.writer, write_timeout)
                 conn.writer.write(h.send(h11.EndOfMessage()) or b"")
-                async with asyncio.timeout(write_timeout):
-                    await conn.writer.drain()
+                await _drain(conn.writer, write_timeout)
         except h11.LocalProtocolError as e:
             raise httpx.LocalProtocolError(str(e)) from None
         except TimeoutError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import grpc
@@ -21,6 +21,7 @@ from longread_server.calls.budget import BudgetLedger
 from longread_server.calls.pipeline import Pipeline
 from longread_server.config import Config, TenantConfig, UpstreamConfig
 from longread_server.domain import ErrorKind, VendorKind
+from longread_server.run.events import JobWarning, RunEvent
 from longread_server.run.runner import JobRunner
 
 from tests.unit.api.support import FakeContext, decode
@@ -329,3 +330,25 @@ async def test_closing_a_stream_closes_its_job_at_once() -> None:
     gen, _ = await started_stream(s, FakeContext(AUTH))
     await gen.aclose()  # type: ignore[attr-defined]
     assert s.adapter.in_flight == 0 and s.adapter.cancelled == 1
+
+
+async def test_a_streams_job_starts_its_upstream_work_before_the_first_message_goes_out() -> None:
+    """The plan is the first message, but work the job started meanwhile in a task of its own
+    (single-flight's call) gets the loop before that message is handed to the transport."""
+    order: list[str] = []
+
+    async def upstream_call() -> None:
+        order.append("upstream call")
+
+    async def events() -> AsyncGenerator[RunEvent, None]:
+        yield JobWarning("FIRST", "the plan, say")
+        await asyncio.create_task(upstream_call())
+        yield JobWarning("SECOND", "an answer delta, say")
+
+    gen = AnalysisRpcs._ahead(events())
+    async with contextlib.aclosing(gen):
+        first = await anext(gen)
+        order.append("first message")
+        assert isinstance(first, JobWarning) and first.code == "FIRST"
+        assert [ev.code async for ev in gen if isinstance(ev, JobWarning)] == ["SECOND"]
+    assert order == ["upstream call", "first message"]
