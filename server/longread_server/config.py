@@ -99,6 +99,10 @@ class ServerConfig:
     # How often readiness ("" and the AnalysisService) is re-evaluated: Redis, when
     # ``redis_required``, and the upstreams' circuits.
     readiness_interval_s: float = 1.0
+    # A Stream whose next answer delta has waited this long for its transport (the client or
+    # the event loop is behind) sends the deltas of the same call waiting behind it as one
+    # message: the same text in the same order, in fewer writes. 0: every delta on its own.
+    stream_coalesce_after_ms: float = 20.0
 
 
 @dataclass

@@ -29,7 +29,7 @@ from longread_server.api.rpc_record import RpcRecord
 from longread_server.config import AdmissionConfig, Config
 from longread_server.plan.planner import JobPlan
 from longread_server.run.analysis import Analysis, PreparedJob
-from longread_server.run.events import JobResult, RunEvent
+from longread_server.run.events import AnswerDelta, JobResult, RunEvent
 from longread_server.telemetry import Telemetry, disabled
 
 Metadata = Iterable[tuple[str, str | bytes]]
@@ -122,7 +122,10 @@ class AnalysisRpcs:
             # Closed here and now when the transport closes this Stream, not when the event
             # loop finalizes the abandoned generator: the job's upstream calls stop at once.
             async with contextlib.aclosing(
-                self._ahead(self._run(prep, rec, streaming=True))
+                _ahead(
+                    self._run(prep, rec, streaming=True),
+                    self._cfg.server.stream_coalesce_after_ms / 1000,
+                )
             ) as evs:
                 async for ev in evs:
                     if plan_pb is None:  # once the job has started, not before
@@ -203,45 +206,91 @@ class AnalysisRpcs:
         rec.finish(code_name(err.code), err.reason)
         return err
 
-    @staticmethod
-    async def _ahead(events: AsyncGenerator[RunEvent, None]) -> AsyncGenerator[RunEvent, None]:
-        """``events``, produced by a task of their own: a transport sends each Stream message
-        before it asks for the next, and the plan and progress messages would otherwise hold
-        back the upstream call. Ends, or fails, as ``events`` does; closing it cancels the
-        task, which closes ``events`` there."""
-        queue: asyncio.Queue[RunEvent | _End] = asyncio.Queue()
 
-        async def produce() -> None:
-            try:
-                async with contextlib.aclosing(events) as evs:
-                    async for ev in evs:
-                        queue.put_nowait(ev)
-                queue.put_nowait(_End(None))
-            except Exception as e:
-                queue.put_nowait(_End(e))
-            except BaseException:  # cancelled: by the consumer below, which is gone by then
-                queue.put_nowait(_End(RuntimeError("the stream's job was stopped")))
-                raise
+async def _ahead(
+    events: AsyncGenerator[RunEvent, None], coalesce_after_s: float = 0.0
+) -> AsyncGenerator[RunEvent, None]:
+    """``events``, produced by a task of their own: a transport sends each Stream message
+    before it asks for the next, and the plan and progress messages would otherwise hold back
+    the upstream call. Ends, or fails, as ``events`` does; closing it cancels the task, which
+    closes ``events`` there. An answer delta that waited ``coalesce_after_s`` or more takes
+    the deltas of its call waiting behind it along (``_coalesce``; 0: never)."""
+    queue: asyncio.Queue[tuple[RunEvent | _End, float]] = asyncio.Queue()
+    clock = time.monotonic
 
-        task = asyncio.create_task(produce(), name="stream-job")
+    async def produce() -> None:
         try:
-            item = await queue.get()
-            # One more turn of the loop before the first message: the job's first upstream
-            # call, started while the plan was being put here (a task of its own), goes out
-            # before the plan is converted and written, not after.
-            await asyncio.sleep(0)
-            while True:
-                if isinstance(item, _End):
-                    if item.error is not None:
-                        raise item.error
-                    return
-                yield item
-                item = await queue.get()
-        finally:
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            async with contextlib.aclosing(events) as evs:
+                async for ev in evs:
+                    queue.put_nowait((ev, clock()))
+            queue.put_nowait((_End(None), 0.0))
+        except Exception as e:
+            queue.put_nowait((_End(e), 0.0))
+        except BaseException:  # cancelled: by the consumer below, which is gone by then
+            queue.put_nowait((_End(RuntimeError("the stream's job was stopped")), 0.0))
+            raise
+
+    task = asyncio.create_task(produce(), name="stream-job")
+    try:
+        item, at = await queue.get()
+        # One more turn of the loop before the first message: the job's first upstream call,
+        # started while the plan was being put here (a task of its own), goes out before the
+        # plan is converted and written, not after.
+        await asyncio.sleep(0)
+        held: tuple[RunEvent | _End, float] | None = None
+        while True:
+            if isinstance(item, _End):
+                if item.error is not None:
+                    raise item.error
+                return
+            if (
+                coalesce_after_s > 0
+                and isinstance(item, AnswerDelta)
+                and not queue.empty()
+                and clock() - at >= coalesce_after_s
+            ):
+                item, held = _coalesce(item, queue)
+            yield item
+            if held is not None:
+                (item, at), held = held, None
+            else:
+                item, at = await queue.get()
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+# The most text one coalesced delta carries: a bounded message, however far a Stream fell behind.
+COALESCE_MAX_CHARS = 16_384
+
+
+def _coalesce(
+    first: AnswerDelta, queue: asyncio.Queue[tuple[RunEvent | _End, float]]
+) -> tuple[AnswerDelta, tuple[RunEvent | _End, float] | None]:
+    """``first`` and the deltas of the same call already waiting behind it, as one delta; and
+    the first waiting item that is not one of them (None: the queue is empty).
+
+    Only a Stream that has fallen behind has deltas waiting: its transport, or the event loop,
+    is slower than the upstream. Sending them as one message is the same text in the same
+    order, in fewer writes, and writes are what a Stream's loop spends most on per delta. A
+    Stream that keeps up sends each delta as it comes: nothing waits to be coalesced."""
+    parts = [first.text]
+    size = len(first.text)
+    after: tuple[RunEvent | _End, float] | None = None
+    while size < COALESCE_MAX_CHARS and not queue.empty():
+        waiting = queue.get_nowait()
+        nxt = waiting[0]
+        if isinstance(nxt, AnswerDelta) and nxt.stage is first.stage and nxt.index == first.index:
+            parts.append(nxt.text)
+            size += len(nxt.text)
+        else:
+            after = waiting
+            break
+    if len(parts) == 1:
+        return first, after
+    return AnswerDelta(first.stage, first.index, "".join(parts)), after
 
 
 __all__ = ["AnalysisRpcs", "Call", "ServiceError"]

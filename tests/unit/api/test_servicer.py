@@ -14,14 +14,14 @@ from google.rpc import error_details_pb2
 from longread.v1 import analysis_service_pb2 as svc
 from longread.v1 import types_pb2 as pb
 from longread_server.api.auth import Authenticator
-from longread_server.api.rpcs import AnalysisRpcs
+from longread_server.api.rpcs import COALESCE_MAX_CHARS, AnalysisRpcs, _ahead
 from longread_server.api.servicer import AnalysisServicer
 from longread_server.app import build_analysis, build_catalog
 from longread_server.calls.budget import BudgetLedger
 from longread_server.calls.pipeline import Pipeline
 from longread_server.config import Config, TenantConfig, UpstreamConfig
 from longread_server.domain import ErrorKind, VendorKind
-from longread_server.run.events import JobWarning, RunEvent
+from longread_server.run.events import AnswerDelta, JobStage, JobWarning, RunEvent
 from longread_server.run.runner import JobRunner
 
 from tests.unit.api.support import FakeContext, decode
@@ -130,7 +130,10 @@ async def test_stream_sends_the_plan_first_the_result_last_and_equals_analyze() 
     s = Service()
     events = await s.stream(request(svc.StreamRequest), FakeContext(AUTH))
     kinds = [ev.WhichOneof("event") for ev in events]
-    assert kinds == ["plan", "chunk_started", "delta", "delta", "chunk_done", "result"]
+    # The upstream's two deltas arrive at once: one message or two (a Stream that is behind
+    # coalesces what waits), the same text either way.
+    assert kinds[:2] == ["plan", "chunk_started"] and kinds[-2:] == ["chunk_done", "result"]
+    assert set(kinds[2:-2]) == {"delta"}
     result = events[-1].result
     assert "".join(ev.delta.text for ev in events if ev.HasField("delta")) == result.text
     assert events[0].plan == result.plan
@@ -345,10 +348,95 @@ async def test_a_streams_job_starts_its_upstream_work_before_the_first_message_g
         await asyncio.create_task(upstream_call())
         yield JobWarning("SECOND", "an answer delta, say")
 
-    gen = AnalysisRpcs._ahead(events())
+    gen = _ahead(events(), COALESCE_AFTER)
     async with contextlib.aclosing(gen):
         first = await anext(gen)
         order.append("first message")
         assert isinstance(first, JobWarning) and first.code == "FIRST"
         assert [ev.code async for ev in gen if isinstance(ev, JobWarning)] == ["SECOND"]
     assert order == ["upstream call", "first message"]
+
+
+COALESCE_AFTER = 0.005  # seconds
+
+
+async def test_a_stream_that_falls_behind_sends_its_waiting_deltas_as_one() -> None:
+    """Deltas of one call that wait behind the one being sent go out as one message, in
+    order; other events, and another call's deltas, are never merged into them."""
+    produced: list[RunEvent] = [
+        JobWarning("PLAN", "first"),
+        *(AnswerDelta(JobStage.MAP, 0, f"a{i} ") for i in range(5)),
+        AnswerDelta(JobStage.MAP, 1, "b0 "),
+        AnswerDelta(JobStage.MAP, 1, "b1 "),
+        JobWarning("MID", "between"),
+        *(AnswerDelta(JobStage.REDUCE, 0, f"r{i} ") for i in range(3)),
+    ]
+
+    async def events() -> AsyncGenerator[RunEvent, None]:
+        for ev in produced:
+            yield ev  # all at once: the consumer below has fallen behind
+
+    gen = _ahead(events(), COALESCE_AFTER)
+    async with contextlib.aclosing(gen):
+        first = await anext(gen)
+        await asyncio.sleep(0.01)  # the producer runs to its end meanwhile
+        sent = [first, *[ev async for ev in gen]]
+    texts = [(ev.stage, ev.index, ev.text) for ev in sent if isinstance(ev, AnswerDelta)]
+    assert texts == [
+        (JobStage.MAP, 0, "a0 a1 a2 a3 a4 "),
+        (JobStage.MAP, 1, "b0 b1 "),
+        (JobStage.REDUCE, 0, "r0 r1 r2 "),
+    ]
+    kinds = [ev.code if isinstance(ev, JobWarning) else "delta" for ev in sent]
+    assert kinds == ["PLAN", "delta", "delta", "MID", "delta"]
+
+
+async def test_a_stream_that_keeps_up_sends_each_delta_as_it_comes() -> None:
+    taken = asyncio.Event()
+
+    async def events() -> AsyncGenerator[RunEvent, None]:
+        for i in range(4):
+            yield AnswerDelta(JobStage.SINGLE, 0, f"{i}")
+            await taken.wait()  # the next delta only once this one was sent
+            taken.clear()
+
+    gen = _ahead(events(), COALESCE_AFTER)
+    sent = []
+    async with contextlib.aclosing(gen):
+        async for ev in gen:
+            assert isinstance(ev, AnswerDelta)
+            await asyncio.sleep(2 * COALESCE_AFTER)  # a slow transport, but nothing waits
+            sent.append(ev.text)
+            taken.set()
+    assert sent == ["0", "1", "2", "3"]
+
+
+async def test_coalescing_off_sends_every_delta() -> None:
+    async def events() -> AsyncGenerator[RunEvent, None]:
+        for i in range(4):
+            yield AnswerDelta(JobStage.SINGLE, 0, f"{i}")
+
+    gen = _ahead(events(), 0.0)
+    async with contextlib.aclosing(gen):
+        first = await anext(gen)
+        await asyncio.sleep(0.01)
+        sent = [first, *[ev async for ev in gen]]
+    assert [ev.text for ev in sent if isinstance(ev, AnswerDelta)] == ["0", "1", "2", "3"]
+
+
+async def test_a_coalesced_delta_is_bounded() -> None:
+    big = "x" * 10_000
+
+    async def events() -> AsyncGenerator[RunEvent, None]:
+        for _ in range(5):
+            yield AnswerDelta(JobStage.SINGLE, 0, big)
+
+    gen = _ahead(events(), COALESCE_AFTER)
+    async with contextlib.aclosing(gen):
+        first = await anext(gen)
+        await asyncio.sleep(0.01)
+        sent = [first, *[ev async for ev in gen]]
+    sizes = [len(ev.text) for ev in sent if isinstance(ev, AnswerDelta)]
+    assert sum(sizes) == 50_000
+    assert max(sizes) <= COALESCE_MAX_CHARS + len(big)
+    assert len(sizes) > 1
