@@ -14,6 +14,8 @@ Systems (each row is one process under test, the others stopped or idle):
   ``longread serve`` plus a task on its loop that records the loop's lag).
 * ``ours_uncapped``: the same with ``server.upstream_max_connections = 0``; the default cap
   (1,000 upstream connections) queues every stream beyond it, a setting, not the relay's cost.
+* ``ours_every_delta`` (on request): the same with ``server.stream_coalesce_after_ms = 0``, every
+  delta its own message however far the Stream is behind: what coalescing is worth.
 * ``floor``: ``bench._floor``'s Stream (grpc.aio + a minimal HTTP/1.1 client, no pool cap).
 * ``litellm`` and ``portkey``: their OpenAI-compatible endpoints, streamed over HTTP/1.1.
 
@@ -101,6 +103,12 @@ DOC = " ".join(
     ]
 )
 SYSTEMS = ("direct", "ours", "ours_uncapped", "floor", "litellm", "portkey")
+# The gateway's variants: the settings each runs with (environment variables).
+OURS: dict[str, dict[str, str]] = {
+    "ours": {},
+    "ours_uncapped": {"LONGREAD_SERVER__UPSTREAM_MAX_CONNECTIONS": "0"},
+    "ours_every_delta": {"LONGREAD_SERVER__STREAM_COALESCE_AFTER_MS": "0"},
+}
 
 
 def doc(i: int, run: str) -> str:
@@ -350,9 +358,9 @@ def start(
 ) -> tuple[Target | None, Any]:
     """Starts system ``name``; returns its Target and what to stop afterwards."""
     port = _servers.free_port()
-    if name in ("ours", "ours_uncapped"):
+    if name in OURS:
         lag = str(tmp / f"{name}.lag")
-        env = {"LONGREAD_SERVER__UPSTREAM_MAX_CONNECTIONS": "0"} if name != "ours" else None
+        env = OURS[name] or None
         proc = _servers.gateway(
             port,
             sp,
@@ -524,7 +532,7 @@ def cli() -> None:
     if a.levels:
         levels = tuple(int(x) for x in a.levels.split(","))
     systems = tuple(s for s in a.systems.split(",") if s)
-    unknown = set(systems) - set(SYSTEMS)
+    unknown = set(systems) - set(SYSTEMS) - set(OURS)
     if unknown:
         parser.error(f"unknown systems: {sorted(unknown)}")
     print(json.dumps(main(levels, systems)))
