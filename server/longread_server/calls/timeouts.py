@@ -40,6 +40,7 @@ from longread_server.domain import (
     TextDelta,
     UpstreamError,
 )
+from longread_server.stall import StallTimer
 
 # When the planner did not count the prompt: an English-text rule of thumb (about four
 # characters per token) is close enough for an allowance that is generous by design.
@@ -151,6 +152,8 @@ class AttemptTimeouts:
         events = aiter(nxt(call))
         first = True
         streamed = False
+        loop = asyncio.get_running_loop()
+        stall = StallTimer()  # one timer for the attempt, not one per event
         try:
             while True:
                 limit = first_event_s if first else limits.idle_s
@@ -171,7 +174,7 @@ class AttemptTimeouts:
                     if timeout is None or remaining < timeout:
                         timeout, by_deadline = max(0.0, remaining), True
                 try:
-                    async with asyncio.timeout(timeout):
+                    with stall.waiting(None if timeout is None else loop.time() + timeout):
                         ev = await anext(events)
                 except StopAsyncIteration:
                     return
@@ -184,6 +187,7 @@ class AttemptTimeouts:
                     streamed = True
                 yield ev
         finally:
+            stall.close()
             aclose = getattr(events, "aclose", None)
             if aclose is not None:
                 await aclose()
