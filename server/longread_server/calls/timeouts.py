@@ -40,7 +40,6 @@ from longread_server.domain import (
     TextDelta,
     UpstreamError,
 )
-from longread_server.stall import StallTimer
 
 # When the planner did not count the prompt: an English-text rule of thumb (about four
 # characters per token) is close enough for an allowance that is generous by design.
@@ -152,8 +151,6 @@ class AttemptTimeouts:
         events = aiter(nxt(call))
         first = True
         streamed = False
-        loop = asyncio.get_running_loop()
-        stall = StallTimer()  # one timer for the attempt, not one per event
         try:
             while True:
                 limit = first_event_s if first else limits.idle_s
@@ -174,7 +171,7 @@ class AttemptTimeouts:
                     if timeout is None or remaining < timeout:
                         timeout, by_deadline = max(0.0, remaining), True
                 try:
-                    with stall.waiting(None if timeout is None else loop.time() + timeout):
+                    async with asyncio.timeout(timeout):
                         ev = await anext(events)
                 except StopAsyncIteration:
                     return
@@ -187,7 +184,6 @@ class AttemptTimeouts:
                     streamed = True
                 yield ev
         finally:
-            stall.close()
             aclose = getattr(events, "aclose", None)
             if aclose is not None:
                 await aclose()

@@ -81,7 +81,6 @@ from opentelemetry import propagate, trace
 
 from longread_server import __version__
 from longread_server.memo import Memo
-from longread_server.stall import StallTimer
 
 DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
 KEEPALIVE_EXPIRY_S = 5.0
@@ -277,11 +276,7 @@ class _Stale(Exception):
     """A reused connection turned out closed before any byte of the response arrived."""
 
 
-async def _next_event(
-    conn: _Connection, read_timeout: float | None, stall: StallTimer | None = None
-) -> Any:
-    """The next h11 event of ``conn``, each read within ``read_timeout`` (through ``stall``,
-    a body's one timer, when given)."""
+async def _next_event(conn: _Connection, read_timeout: float | None) -> Any:
     while True:
         try:
             event = conn.h11.next_event()
@@ -292,13 +287,8 @@ async def _next_event(
         if event is not h11.NEED_DATA:
             return event
         try:
-            if stall is None:
-                async with asyncio.timeout(read_timeout):
-                    data = await conn.reader.read(_READ)
-            else:
-                limit = None if read_timeout is None else stall.now() + read_timeout
-                with stall.waiting(limit):
-                    data = await conn.reader.read(_READ)
+            async with asyncio.timeout(read_timeout):
+                data = await conn.reader.read(_READ)
         except TimeoutError:
             raise httpx.ReadTimeout("timed out reading the response") from None
         except OSError as e:
@@ -333,10 +323,9 @@ class _Body(httpx.AsyncByteStream):
         conn = self._conn
         if conn is None:
             return
-        stall = StallTimer()  # one timer for the body's reads, not one per read
         try:
             while True:
-                event = await _next_event(conn, self._read_timeout, stall)
+                event = await _next_event(conn, self._read_timeout)
                 if type(event) is h11.Data:
                     if event.data:
                         yield bytes(event.data)
@@ -350,8 +339,6 @@ class _Body(httpx.AsyncByteStream):
             self._conn = None
             self._pool._drop(conn)
             raise
-        finally:
-            stall.close()
 
     async def aclose(self) -> None:
         if self._conn is not None:
