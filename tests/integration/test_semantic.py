@@ -11,7 +11,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import grpc
 import pytest
@@ -25,6 +24,7 @@ from longread_server.telemetry import setup
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from tests.conftest import gateway_config
+from tests.metric_points import data_points
 from tests.redis_cluster import RedisClusterServer
 from tests.redis_server import PATIENT_S, RedisServer
 
@@ -340,17 +340,8 @@ async def test_min_similarity_one_reuses_the_same_question(client: AsyncClient) 
 
 def cache_requests(reader: InMemoryMetricReader) -> dict[str, int]:
     """``longread.cache.requests`` by result."""
-    data = reader.get_metrics_data()
-    points: list[Any] = [
-        point
-        for rm in (data.resource_metrics if data else [])
-        for sm in rm.scope_metrics
-        for m in sm.metrics
-        if m.name == "longread.cache.requests"
-        for point in m.data.data_points
-    ]
     out: dict[str, int] = {}
-    for p in points:
+    for p in data_points(reader, "longread.cache.requests"):
         result = str(dict(p.attributes or {}).get("result", ""))
         out[result] = out.get(result, 0) + int(p.value)
     return out

@@ -33,6 +33,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tests.conftest import gateway_config
+from tests.metric_points import data_points
 from tests.unit.telemetry.support import FlushedMemory, setup_with_memory
 
 SECRET_TEXT = "ZEBRA-MARKER-7781 is the codeword of the night shift."
@@ -317,16 +318,7 @@ async def test_time_to_first_token_is_a_stream_metric(sandbox: Sandbox) -> None:
     gw = await start(cfg, telemetry=setup(cfg.telemetry, metric_readers=[reader]))
 
     def ttft_points() -> int:
-        data = reader.get_metrics_data()
-        points: list[Any] = [
-            point
-            for rm in (data.resource_metrics if data else [])
-            for sm in rm.scope_metrics
-            for m in sm.metrics
-            if m.name == "longread.time_to_first_token"
-            for point in m.data.data_points
-        ]
-        return sum(int(p.count) for p in points)
+        return sum(int(p.count) for p in data_points(reader, "longread.time_to_first_token"))
 
     try:
         async with AsyncClient(f"127.0.0.1:{gw.port}") as c:
