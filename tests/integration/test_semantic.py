@@ -364,3 +364,34 @@ async def test_a_semantic_hit_is_counted_apart_from_an_exact_hit(sandbox: Sandbo
     assert after.get("semantic_hit", 0) == before.get("semantic_hit", 0) + 1
     assert after.get("hit", 0) == before.get("hit", 0)  # not an exact hit
     assert after.get("semantic_miss", 0) == before.get("semantic_miss", 0)
+
+
+# ---- without the local model ----
+
+
+async def test_without_the_semantic_extra_a_request_is_answered_with_a_warning(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server installed without the `semantic` extra (the image) answers a request that asks
+    for semantic reuse as an exact-reuse request, and says so; a tenant that opts in stops the
+    start instead, naming the extra."""
+    import importlib.util
+
+    from longread_server.config import ConfigError
+
+    real = importlib.util.find_spec
+
+    def without_wordllama(name: str, *args: object) -> object:
+        return None if name == "wordllama" else real(name, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_wordllama)
+    async with serving(gateway_config(sandbox)) as gw, AsyncClient(f"127.0.0.1:{gw.port}") as c:
+        text = doc()
+        first = await c.analyze(text, Q, options=SEMANTIC)
+        again = await c.analyze(text, REWORDED, options=SEMANTIC)
+    for r in (first, again):
+        assert r.cache_status == pb.CACHE_STATUS_MISS and r.text
+        assert [w.code for w in r.warnings] == ["SEMANTIC_UNAVAILABLE"]
+    tenants = [TenantConfig(name="acme", api_keys=["k-acme"], semantic_cache=True)]
+    with pytest.raises(ConfigError, match="semantic"):
+        await start(gateway_config(sandbox, tenants=tenants))
