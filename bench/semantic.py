@@ -10,10 +10,10 @@ embedding source and threshold: precision (served answers that were right) and r
 answers served), with the facts guard and without it. The tuning set's default threshold is
 the lowest from which precision stays >= 99.5 % with the guard, for each source.
 
-Three sets: ``tests/data/semantic`` is the tuning set (the guard's rules were written reading
-its errors); ``semantic_holdout`` and ``semantic_final`` were written apart, without the rules
-or the other sets, and are only scored, at the configured threshold and at the tuning set's
-choice (``HELD_OUT`` says how far each stayed unread).
+Four sets: ``tests/data/semantic`` is the tuning set (the guard's rules were written reading
+its errors); ``semantic_holdout``, ``semantic_final`` and ``semantic_check`` were written
+apart, without the rules or the other sets, and are only scored, at the configured threshold
+and at the tuning set's choice (``HELD_OUT`` says how far each stayed unread).
 
 Sources: the offline model (WordLlama, 256 dimensions), and the emulator's ``/v1/embeddings``
 (hashed word and character n-grams: no trained model, a stand-in for an upstream's endpoint).
@@ -47,6 +47,7 @@ HELD_OUT = {
     "year-on-year rules were written reading its errors",
     "semantic_final": "held out; no rule was written from it (its errors were read only "
     "after it was scored, to describe them)",
+    "semantic_check": "held out; written after the rules were final, scored once",
 }
 THRESHOLDS = [round(0.5 + 0.01 * i, 2) for i in range(50)]  # 0.50 .. 0.99
 LOOKUPS = 2000
