@@ -20,11 +20,12 @@ import base64
 import contextlib
 import gzip
 import hashlib
+import importlib.util
 import re
 import threading
 import unicodedata
 from collections.abc import Iterator, Sequence
-from importlib import resources
+from pathlib import Path
 
 import tiktoken
 
@@ -66,9 +67,7 @@ def _o200k() -> tiktoken.Encoding:
     tiktoken would have downloaded."""
     from tiktoken_ext import openai_public
 
-    data = gzip.decompress(
-        resources.files("bpe_openai.data").joinpath("o200k_base.tiktoken.gz").read_bytes()
-    )
+    data = gzip.decompress(_shipped_ranks("o200k_base"))
 
     def ranks(_url: str, expected_hash: str | None = None) -> dict[bytes, int]:
         if expected_hash is not None and hashlib.sha256(data).hexdigest() != expected_hash:
@@ -87,6 +86,17 @@ def _o200k() -> tiktoken.Encoding:
     finally:
         openai_public.load_tiktoken_bpe = download
     return tiktoken.Encoding(**spec)
+
+
+def _shipped_ranks(name: str) -> bytes:
+    """The gzipped ranks file bpe-openai ships, read without importing bpe-openai: importing
+    it builds its own BPE of o200k_base, resident for the process's life, which the gateway
+    never uses (tiktoken encodes; bpe-openai is the reference the tests compare with)."""
+    spec = importlib.util.find_spec("bpe_openai")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("bpe-openai, which ships the o200k_base ranks, is not installed")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    return (folder / "data" / f"{name}.tiktoken.gz").read_bytes()
 
 
 def _table_for(encoding: tiktoken.Encoding) -> tuple[int, ...]:
