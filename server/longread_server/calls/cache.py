@@ -186,7 +186,13 @@ def _replay_pieces(answer: CachedAnswer) -> Iterator[str]:
             yield answer.text[at : at + n]
             at += n
         return
-    words = _REPLAY_PIECE.findall(answer.text)
+    yield from word_pieces(answer.text)
+
+
+def word_pieces(text: str) -> Iterator[str]:
+    """``text`` in pieces of a few words each: how an answer kept without its original deltas
+    is replayed as a stream (a cached answer from a non-streaming call, a semantic reuse)."""
+    words = _REPLAY_PIECE.findall(text)
     for i in range(0, len(words), _WORDS_PER_PIECE):
         yield "".join(words[i : i + _WORDS_PER_PIECE])
 

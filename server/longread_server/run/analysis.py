@@ -158,35 +158,21 @@ class Analysis:
         semantic reuse, an answer to a question that means the same is replayed first, and
         the job's own answer is stored when it ends with one."""
         reuse = self.semantic
-        ask = None
-        looked = Lookup(None)
-        if reuse is not None and reuse.wanted(prep):
-            if not reuse.available:
-                prep.warnings.append(
-                    JobWarning(
-                        "SEMANTIC_UNAVAILABLE",
-                        "semantic reuse is not available on this server (no embedding model): "
-                        "only exact answers are reused",
-                    )
-                )
-            else:
-                ask = await reuse.ask(prep)
-        if ask is not None and reuse is not None:
-            looked = await reuse.lookup(ask, prep)
-            if looked.answer is not None and looked.match is not None:
-                async with contextlib.aclosing(
-                    hit_events(prep, looked.answer, looked.match, streaming=streaming)
-                ) as hit:
-                    async for ev in hit:
-                        yield ev
-                return
+        ask = await reuse.ask(prep) if reuse is not None else None
+        looked = await reuse.lookup(ask, prep) if reuse and ask else Lookup(None)
+        if looked.answer is not None and looked.match is not None:
+            hit = hit_events(prep, looked.answer, looked.match, streaming=streaming)
+            async with contextlib.aclosing(hit) as events:
+                async for ev in events:
+                    yield ev
+            return
         spend = await self._reserve(prep)
         job = self._job(prep, streaming, spend)
         ended = False
         try:
             async with contextlib.aclosing(self._runner.run(job)) as evs:
                 async for ev in evs:
-                    if isinstance(ev, JobResult) and ask and reuse and looked.vector is not None:
+                    if isinstance(ev, JobResult) and reuse and ask and looked.vector is not None:
                         # Stored before the caller has the answer: whoever asks next finds it.
                         ttl = prep.request.cache_ttl_s or 0.0
                         await reuse.remember(ask, looked.vector, ev, ttl)

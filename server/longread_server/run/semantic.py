@@ -25,12 +25,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import re
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from longread_server.calls.cache import word_pieces
 from longread_server.calls.pipeline import CallContext, Pipeline
 from longread_server.config import CacheConfig, SemanticCacheConfig
 from longread_server.domain import (
@@ -50,6 +50,7 @@ from longread_server.run.events import (
     CacheStatus,
     JobResult,
     JobStage,
+    JobWarning,
     PlanReady,
     RunEvent,
     SemanticMatch,
@@ -78,8 +79,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _LEXICONS = 64  # documents whose names are remembered
-_REPLAY_PIECE = re.compile(r"\S+\s*|\s+")
-_WORDS_PER_DELTA = 4
 
 
 @dataclass(slots=True)
@@ -198,7 +197,20 @@ class SemanticReuse:
         return asked if asked is not None else prep.tenant in self._tenants_on
 
     async def ask(self, prep: PreparedJob) -> Ask | None:
-        """The job's lookup and store, or None when it does not use semantic reuse."""
+        """The job's lookup and store, or None when it does not use semantic reuse (not asked
+        for; asked for where there is no embedding model, which the job is warned of; or an
+        instruction too long to be a question)."""
+        if not self.wanted(prep):
+            return None
+        if not self.available:
+            prep.warnings.append(
+                JobWarning(
+                    "SEMANTIC_UNAVAILABLE",
+                    "semantic reuse is not available on this server (no embedding model): "
+                    "only exact answers are reused",
+                )
+            )
+            return None
         request = prep.request
         question = request.spec.instruction.strip()
         if not question or len(question) > self.cfg.max_question_chars:
@@ -290,13 +302,9 @@ class SemanticReuse:
             await self.load()
             assert self._local is not None
             return self._local.embed_now(question)
-        except UpstreamError as e:
-            # The answer does not need the embedding: a failed embedding call costs the reuse,
-            # never the job. The error is the pipeline's (counted, traced) already.
-            self.stats.errors += 1
-            log.warning("semantic reuse: embedding failed, going on without it: %s", e)
-            return None
-        except (ModelCallFailed, CallRejected) as e:
+        except (UpstreamError, ModelCallFailed, CallRejected) as e:
+            # The answer does not need the embedding: a failed or refused embedding call costs
+            # the reuse, never the job. The pipeline has counted and traced it already.
             self.stats.errors += 1
             log.warning("semantic reuse: embedding failed, going on without it: %s", e)
             return None
@@ -350,37 +358,32 @@ class SemanticReuse:
             self.stats.stores += 1
 
 
-def hit_events(
+async def hit_events(
     prep: PreparedJob, answer: Answer, match: SemanticMatch, *, streaming: bool
 ) -> AsyncGenerator[RunEvent, None]:
     """The events of a semantic hit: the plan, the answer (as deltas when streaming), the
     result. No call was made: no usage, no cost."""
-
-    async def events() -> AsyncGenerator[RunEvent, None]:
-        plan = prep.plan
-        yield PlanReady(plan)
-        first_token = 0.0
-        if streaming and answer.text:
-            first_token = time.monotonic() - prep.started
-            words = _REPLAY_PIECE.findall(answer.text)
-            for i in range(0, len(words), _WORDS_PER_DELTA):
-                yield AnswerDelta(JobStage.SINGLE, 0, "".join(words[i : i + _WORDS_PER_DELTA]))
-        yield JobResult(
-            text=answer.text,
-            plan=plan,
-            model=plan.model,
-            chunk_outputs=[],
-            usage=Usage(),
-            cost=Price(),
-            cache_status=CacheStatus.SEMANTIC_HIT,
-            finish_reason=answer.finish_reason,
-            timings=Timings(
-                total_s=time.monotonic() - prep.started,
-                planning_s=prep.planning_s,
-                first_token_s=first_token,
-            ),
-            warnings=list(prep.warnings),
-            semantic=match,
-        )
-
-    return events()
+    plan = prep.plan
+    yield PlanReady(plan)
+    first_token = 0.0
+    if streaming and answer.text:
+        first_token = time.monotonic() - prep.started
+        for piece in word_pieces(answer.text):
+            yield AnswerDelta(JobStage.SINGLE, 0, piece)
+    yield JobResult(
+        text=answer.text,
+        plan=plan,
+        model=plan.model,
+        chunk_outputs=[],
+        usage=Usage(),
+        cost=Price(),
+        cache_status=CacheStatus.SEMANTIC_HIT,
+        finish_reason=answer.finish_reason,
+        timings=Timings(
+            total_s=time.monotonic() - prep.started,
+            planning_s=prep.planning_s,
+            first_token_s=first_token,
+        ),
+        warnings=list(prep.warnings),
+        semantic=match,
+    )
