@@ -194,10 +194,10 @@ async def lookup_latency() -> dict[str, Any]:
 
     class Prep:  # the fields of a PreparedJob that semantic reuse reads
         def __init__(self, question: str) -> None:
-            self.request = JobRequest(spec=JobSpec(text=doc, instruction=question))
+            self.request = JobRequest(spec=JobSpec(text=doc, instruction=question), semantic=True)
             self.tenant = "bench"
             self.deadline = None
-            self.plan = _Plan(model)
+            self.plan = _Plan(model, doc)
 
     stored = [p["a"] for p in pairs if p["doc"] == "quarterly_report"]
     stored = list(dict.fromkeys(stored))[: cache.semantic.max_questions]
@@ -241,11 +241,18 @@ async def lookup_latency() -> dict[str, Any]:
 
 
 class _Plan:
-    def __init__(self, model: Any) -> None:
+    """The fields of a single-pass JobPlan that semantic reuse reads."""
+
+    def __init__(self, model: Any, text: str) -> None:
+        import hashlib
+
+        from longread_server.plan.chunker import TextChunk
         from longread_server.plan.planner import Strategy
 
         self.model = model
         self.strategy = Strategy.SINGLE_PASS
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        self.chunks = [TextChunk(0, 0, len(text), 0, 0, digest)]
 
 
 def guard_of(pairs: list[dict[str, str]], docs: dict[str, str]) -> list[bool]:

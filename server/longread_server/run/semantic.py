@@ -218,7 +218,7 @@ class SemanticReuse:
             return None
         mode = request.cache_mode
         text = request.spec.text
-        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        digest = _document_id(prep)
         lexicon = self._lexicons.get(digest)
         if lexicon is None:
             if len(text) > OFFLOAD_MIN_CHARS:
@@ -356,6 +356,19 @@ class SemanticReuse:
             added, _ = await gate.run(shared, local)
         if added:
             self.stats.stores += 1
+
+
+def _document_id(prep: PreparedJob) -> bytes:
+    """The document's content, by the hashes the plan already took of its chunks: their bodies
+    follow one another over the whole text, so equal hashes in the same scope (same model and
+    chunking) are the same document, without hashing the text once more."""
+    chunks = prep.plan.chunks
+    if not chunks:  # no plan of chunks to go by: the text itself
+        return hashlib.blake2b(
+            prep.request.spec.text.encode("utf-8", "surrogatepass"), digest_size=16
+        ).digest()
+    joined = ",".join(c.content_hash for c in chunks).encode()
+    return hashlib.blake2b(joined, digest_size=16).digest()
 
 
 async def hit_events(
