@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -26,7 +26,6 @@ from longread_server.domain import (
     TextDelta,
     TokenCount,
     UpstreamError,
-    Usage,
 )
 from longread_server.telemetry import Instruments, Telemetry, current_span, disabled
 from longread_server.vendors.base import VendorAdapter
@@ -142,14 +141,19 @@ def _sender(tel: Telemetry, peers: Mapping[str, Peer]) -> Next:
                 send_trace_context(span if tracing else None),
             ):
                 if req.operation is Operation.COUNT_TOKENS:
-                    count = TokenCount(await _counter(call)(req, timeout=remaining))
+                    count = TokenCount(
+                        await _endpoint(call, "count_tokens", "token-counting endpoint")(
+                            req, timeout=remaining
+                        )
+                    )
                     if span.is_recording():
                         span.set_attribute("gen_ai.usage.input_tokens", count.input_tokens)
                     yield count
                     return
                 call.meter.sent += 1
                 if req.operation is Operation.EMBEDDING:
-                    values, usage, model = await _embedder(call)(req, timeout=remaining)
+                    embed = _endpoint(call, "embed", "embeddings endpoint")
+                    values, usage, model = await embed(req, timeout=remaining)
                     done = Finish("stop", usage, model=model or req.model)
                     _record_finish(span, inst, base, done)
                     yield Embedding(values)
@@ -200,24 +204,13 @@ def _sender(tel: Telemetry, peers: Mapping[str, Peer]) -> Next:
     return send
 
 
-def _counter(call: Call) -> Callable[..., Awaitable[int]]:
-    count: Callable[..., Awaitable[int]] | None = getattr(call.adapter, "count_tokens", None)
-    if count is None:
-        raise UpstreamError(
-            ErrorKind.BAD_REQUEST, f"{call.vendor} has no token-counting endpoint", unsent=True
-        )
-    return count
-
-
-def _embedder(call: Call) -> Callable[..., Awaitable[tuple[tuple[float, ...], Usage, str]]]:
-    embed: Callable[..., Awaitable[tuple[tuple[float, ...], Usage, str]]] | None = getattr(
-        call.adapter, "embed", None
-    )
-    if embed is None:
-        raise UpstreamError(
-            ErrorKind.BAD_REQUEST, f"{call.vendor} has no embeddings endpoint", unsent=True
-        )
-    return embed
+def _endpoint(call: Call, method: str, what: str) -> Callable[..., Awaitable[Any]]:
+    """The adapter's ``method`` for an operation only some upstreams have (``count_tokens``,
+    ``embed``); a call to one without it is refused before anything is sent."""
+    found: Callable[..., Awaitable[Any]] | None = getattr(call.adapter, method, None)
+    if found is None:
+        raise UpstreamError(ErrorKind.BAD_REQUEST, f"{call.vendor} has no {what}", unsent=True)
+    return found
 
 
 def _peer_of(adapter: VendorAdapter) -> Peer:

@@ -171,12 +171,17 @@ def cache_key(
         "strict" if parts.strict_whitespace else "trim",
         text,
     )
+    return CacheKey(_digest(fields), canonical, text)
+
+
+def _digest(fields: tuple[str, ...]) -> str:
+    """SHA-256 of the fields, each prefixed by its length: no two field lists share a key."""
     digest = hashlib.sha256()
     for f in fields:
         data = f.encode("utf-8", "surrogatepass")
         digest.update(len(data).to_bytes(8, "big"))
         digest.update(data)
-    return CacheKey(digest.hexdigest(), canonical, text)
+    return digest.hexdigest()
 
 
 def embedding_key(payload: Mapping[str, Any], parts: KeyParts = KeyParts()) -> str:
@@ -191,12 +196,7 @@ def embedding_key(payload: Mapping[str, Any], parts: KeyParts = KeyParts()) -> s
         "POST /v1/embeddings",
         canonical_json(payload),
     )
-    digest = hashlib.sha256()
-    for f in fields:
-        data = f.encode("utf-8", "surrogatepass")
-        digest.update(len(data).to_bytes(8, "big"))
-        digest.update(data)
-    return digest.hexdigest()
+    return _digest(fields)
 
 
 @dataclass(frozen=True, slots=True)
