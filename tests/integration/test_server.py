@@ -20,6 +20,7 @@ from longread_server.app import Gateway, start
 
 from tests.certs import make_certs, mutual_tls
 from tests.conftest import gateway_config
+from tests.waiting import until
 
 DOC = "The bridge opened in 1932. It carries two rail tracks and a footpath."
 Q = "When did the bridge open?"
@@ -49,7 +50,9 @@ async def test_graceful_drain_finishes_in_flight_work(sandbox: Sandbox) -> None:
         try:
             async with AsyncClient(target) as c:
                 in_flight = asyncio.create_task(c.analyze(DOC, Q))
-                await asyncio.sleep(0.15)  # let the request reach the sandbox
+                # In flight means at the sandbox: a fixed sleep let a busy machine begin the
+                # drain before the client had even connected.
+                await until(lambda: sandbox.stats.active > 0)
                 stopping = asyncio.create_task(gw.stop(5.0))
                 r = await in_flight
                 assert "1932" in r.text
