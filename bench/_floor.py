@@ -14,8 +14,9 @@
 
 ``--response`` is a serialized AnalyzeResponse (what the gateway returned for the benchmark's
 request), used as the template so the floor sends a message of the same size and shape.
-The loop and server options are the gateway's (default asyncio loop, same message limits), so
-the difference to the gateway is the gateway's own work.
+The loop and server options are the gateway's (the event loop ``server.event_loop`` picks,
+``--event-loop``, "auto" by default as there; the same message limits), so the difference to
+the gateway is the gateway's own work.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ import httpx
 from longread.v1 import analysis_service_pb2 as svc
 from longread.v1 import analysis_service_pb2_grpc as svc_grpc
 from longread.v1 import types_pb2 as pb
+from longread_server.app import loop_factory
+from longread_server.config import EVENT_LOOPS
 
 SYSTEM = "You analyse documents. Answer only from the text you are given, precisely and concisely."
 
@@ -271,11 +274,13 @@ def main() -> None:
     parser.add_argument("--upstream", default=None, help="OpenAI-compatible base URL (.../v1)")
     parser.add_argument("--response", default=None, help="serialized AnalyzeResponse template")
     parser.add_argument("--http", choices=("raw", "httpx"), default="raw", help="HTTP client")
+    parser.add_argument("--event-loop", choices=EVENT_LOOPS, default="auto")
     args = parser.parse_args()
     template = default_response()
     if args.response:
         template = svc.AnalyzeResponse.FromString(Path(args.response).read_bytes())
-    asyncio.run(serve(args.port, template, args.upstream, args.http))
+    with asyncio.Runner(loop_factory=loop_factory(args.event_loop)) as runner:
+        runner.run(serve(args.port, template, args.upstream, args.http))
 
 
 if __name__ == "__main__":

@@ -44,10 +44,13 @@ def floor(
     response: Path | None = None,
     http: str = "raw",
     cpu: int | None = None,
+    event_loop: str = "auto",
 ) -> Proc:
     """The bare grpc.aio server of ``bench._floor`` (with ``upstream``: echo + HTTP hop, over
-    a minimal HTTP/1.1 client, or httpx with ``http="httpx"``)."""
+    a minimal HTTP/1.1 client, or httpx with ``http="httpx"``), on the event loop the gateway
+    would pick for ``event_loop`` (``server.event_loop``)."""
     args = [sys.executable, "-m", "bench._floor", "--port", str(port), "--http", http]
+    args += ["--event-loop", event_loop]
     if upstream:
         args += ["--upstream", upstream]
     if response:
@@ -291,9 +294,13 @@ def env_note() -> dict[str, object]:
             return ""
         return out.stdout.strip()
 
+    from longread_server.app import loop_factory
+
     return {
         "cpus": os.cpu_count(),
         "python": sys.version.split()[0],
+        # What server.event_loop = "auto" (the default) picks here, for the gateway and floor.
+        "event_loop": "asyncio" if loop_factory("auto") is None else "uvloop",
         "git_head": git("rev-parse", "--short", "HEAD"),
         "server_dirty": bool(git("status", "--porcelain", "--", "server")),
     }

@@ -21,7 +21,10 @@ from bench._load import LOADGEN_CPU, pinned
 from bench._servers import ROOT
 
 RATE_HZ = 250
-_LOOP_CALLBACK = "asyncio:events.Handle._run"
+# The innermost frame the event loop calls back from: asyncio's own loop runs each callback in
+# Handle._run; uvloop's loop is C, so its callbacks sit right above the frame that started it.
+_LOOP_CALLBACKS = frozenset({"asyncio:events.Handle._run", "asyncio:runners.Runner.run"})
+_NATIVE = "native:event-loop callbacks with no Python frame above"
 TOP = 25
 
 # (substring of a frame's file, group): the first match names the frame's group.
@@ -96,13 +99,14 @@ def summarize(raw_path: Path) -> dict[str, Any]:
         frames = [_frame(f) for f in stack.split(";")]
         # Below the event loop's callback frame sit the process's entry frames (cli, app.main,
         # run_until_complete): on every loop sample, so they are not a stage's.
-        loop = max((i for i, (f, _, _) in enumerate(frames) if f == _LOOP_CALLBACK), default=-1)
+        loop = max((i for i, (f, _, _) in enumerate(frames) if f in _LOOP_CALLBACKS), default=-1)
         frames = frames[loop:] if loop >= 0 else frames
         fn, grp, _ = frames[-1]
-        if fn == _LOOP_CALLBACK:
-            # No Python frame above the callback: native code it runs, most of it grpc.aio's
-            # Cython core (its completion queue and call handling make no Python frames).
-            fn, grp = "grpc:native (asyncio callbacks with no Python frame above)", "grpc"
+        if fn in _LOOP_CALLBACKS:
+            # No Python frame above the callback: native code, most of it grpc.aio's Cython
+            # core (its completion queue and call handling make no Python frames), and under
+            # uvloop the loop's own polling, scheduling and socket work.
+            fn, grp = _NATIVE, "native"
             frames[-1] = (fn, grp, False)
         self_f[fn] += n
         self_g[grp] += n

@@ -16,7 +16,10 @@ Systems (each row is one process under test, the others stopped or idle):
   (1,000 upstream connections) queues every stream beyond it, a setting, not the relay's cost.
 * ``ours_every_delta`` (on request): the same with ``server.stream_coalesce_after_ms = 0``, every
   delta its own message however far the Stream is behind: what coalescing is worth.
-* ``floor``: ``bench._floor``'s Stream (grpc.aio + a minimal HTTP/1.1 client, no pool cap).
+* ``ours_asyncio`` (on request): the gateway on asyncio's own event loop
+  (``server.event_loop = "asyncio"``) instead of uvloop.
+* ``floor``: ``bench._floor``'s Stream (grpc.aio + a minimal HTTP/1.1 client, no pool cap), on
+  the gateway's default event loop; ``floor_asyncio`` (on request) on asyncio's own.
 * ``litellm`` and ``portkey``: their OpenAI-compatible endpoints, streamed over HTTP/1.1.
 
 Each system first gets an unreported warm-up of ``WARMUP_STREAMS``. A level starts N streams
@@ -108,6 +111,7 @@ OURS: dict[str, dict[str, str]] = {
     "ours": {},
     "ours_uncapped": {"LONGREAD_SERVER__UPSTREAM_MAX_CONNECTIONS": "0"},
     "ours_every_delta": {"LONGREAD_SERVER__STREAM_COALESCE_AFTER_MS": "0"},
+    "ours_asyncio": {"LONGREAD_SERVER__EVENT_LOOP": "asyncio"},
 }
 
 
@@ -369,8 +373,9 @@ def start(
             serve=("bench._lag_probe", "--lag-file", lag),
         )
         return Target(name, proc, "grpc", f"127.0.0.1:{port}", lag_file=lag), proc
-    if name == "floor":
-        proc = _peers.floor(port, upstream=api_base, cpu=SERVER_CPU)
+    if name in ("floor", "floor_asyncio"):
+        loop = "asyncio" if name == "floor_asyncio" else "auto"
+        proc = _peers.floor(port, upstream=api_base, cpu=SERVER_CPU, event_loop=loop)
         return Target(name, proc, "grpc", f"127.0.0.1:{port}"), proc
     if name == "litellm":
         try:
@@ -532,7 +537,7 @@ def cli() -> None:
     if a.levels:
         levels = tuple(int(x) for x in a.levels.split(","))
     systems = tuple(s for s in a.systems.split(",") if s)
-    unknown = set(systems) - set(SYSTEMS) - set(OURS)
+    unknown = set(systems) - set(SYSTEMS) - set(OURS) - {"floor_asyncio"}
     if unknown:
         parser.error(f"unknown systems: {sorted(unknown)}")
     print(json.dumps(main(levels, systems)))

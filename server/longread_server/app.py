@@ -404,7 +404,12 @@ async def start(cfg: Config, telemetry: Telemetry | None = None) -> Gateway:
         loop_lag = LoopLag(admission.limit, cfg.admission.sample_interval_ms / 1000)
         loop_lag.start()
     readiness, watchdog = await _start_health(cfg, health_servicer, gate, redis, resilience)
-    log.info("longread listening on port %d (%s)", port, "tls" if creds else "plaintext")
+    log.info(
+        "longread listening on port %d (%s, %s event loop)",
+        port,
+        "tls" if creds else "plaintext",
+        type(asyncio.get_running_loop()).__module__.split(".")[0],
+    )
     return Gateway(
         cfg,
         server,
@@ -527,7 +532,8 @@ def main(config_path: str | None = None, listen: str | None = None) -> int:
         configure_logging(
             cfg.telemetry.json_logs, cfg.telemetry.log_level, cfg.telemetry.record_content
         )
-        asyncio.run(serve(cfg))
+        with asyncio.Runner(loop_factory=loop_factory(cfg.server.event_loop)) as runner:
+            runner.run(serve(cfg))
     except ConfigError as e:
         if cfg is not None:
             cfg.origins.locate(e)
@@ -535,6 +541,28 @@ def main(config_path: str | None = None, listen: str | None = None) -> int:
         print(f"longread: error: {e}; hint: {_hint(e)}", file=sys.stderr)
         return 2
     return 0
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """What makes the event loop for ``server.event_loop`` (None: asyncio's default).
+
+    uvloop runs the loop's own work (readiness polling, callbacks, timers, socket reads and
+    writes) in C, where asyncio's default loop runs it in Python; a gateway holding many
+    streams open spends a large share of its CPU there. Everything the gateway runs on the
+    loop uses only asyncio's public interface, so either loop serves it."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ConfigError(
+                "uvloop is not installed",
+                setting="server.event_loop",
+                hint='pip install uvloop, or set server.event_loop = "asyncio"',
+            ) from None
+        return None
+    return uvloop.new_event_loop
 
 
 def _hint(e: ConfigError) -> str:

@@ -34,6 +34,7 @@ from longread_server import preflight
 from longread_server.domain import VendorKind
 
 ENV_PREFIX = "LONGREAD_"
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")  # server.event_loop
 # Read by the client and CLI, not by the server.
 _CLIENT_ENV = frozenset({"LONGREAD_CONFIG", "LONGREAD_TARGET", "LONGREAD_API_KEY"})
 log = logging.getLogger(__name__)
@@ -103,6 +104,11 @@ class ServerConfig:
     # the event loop is behind) sends the deltas of the same call waiting behind it as one
     # message: the same text in the same order, in fewer writes. 0: every delta on its own.
     stream_coalesce_after_ms: float = 20.0
+    # The event loop ``longread serve`` runs on: "auto" is uvloop where it is installed (a
+    # dependency on Linux and macOS), else asyncio's own; "uvloop" requires it; "asyncio" is
+    # the standard library's. Every socket the gateway holds (gRPC's completion queue, each
+    # upstream stream, Redis) is served by it, so its cost per callback is paid per delta.
+    event_loop: str = "auto"
 
 
 @dataclass
@@ -767,6 +773,11 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("must be positive", setting="server.readiness_interval_s")
     if cfg.redis_required and not cfg.redis_url:
         raise ConfigError("needs redis_url", setting="redis_required")
+    if cfg.server.event_loop not in EVENT_LOOPS:
+        raise ConfigError(
+            f"{cfg.server.event_loop!r} is not one of {', '.join(EVENT_LOOPS)}",
+            setting="server.event_loop",
+        )
     if cfg.server.upstream_max_connections < 0:
         raise ConfigError("server.upstream_max_connections must be 0 (no cap) or positive")
     for name in (

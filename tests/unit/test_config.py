@@ -167,6 +167,15 @@ def test_upstream_connection_cap(tmp_path: Path, caplog: pytest.LogCaptureFixtur
         load_config(write(tmp_path, "[server]\nupstream_max_connections = -1\n"), env={})
 
 
+def test_event_loop(tmp_path: Path) -> None:
+    assert load_config(env={}).server.event_loop == "auto"
+    env = {"LONGREAD_SERVER__EVENT_LOOP": "asyncio"}
+    assert load_config(env=env).server.event_loop == "asyncio"
+    with pytest.raises(ConfigError, match=r"server\.event_loop") as e:
+        load_config(write(tmp_path, '[server]\nevent_loop = "tokio"\n'), env={})
+    assert "'tokio' is not one of auto, uvloop, asyncio" in str(e.value)
+
+
 _UPSTREAMS = """
 [[upstreams]]
 name = "openai"

@@ -93,3 +93,36 @@ def test_a_metrics_port_in_use(taken: int) -> None:
         "longread: error: telemetry.prometheus_port (LONGREAD_TELEMETRY__PROMETHEUS_PORT): "
         "cannot listen"
     )
+
+
+def test_an_event_loop_that_is_not_one() -> None:
+    assert serve({"LONGREAD_SERVER__EVENT_LOOP": "tokio"}, "--port", "0") == (
+        "longread: error: server.event_loop (LONGREAD_SERVER__EVENT_LOOP): 'tokio' is not one "
+        "of auto, uvloop, asyncio; hint: correct server.event_loop where it is given "
+        "(LONGREAD_SERVER__EVENT_LOOP)"
+    )
+
+
+def test_uvloop_asked_for_where_it_is_not_installed(tmp_path: Path) -> None:
+    # A module of that name that fails to import, ahead of the installed one on the path.
+    (tmp_path / "uvloop.py").write_text("raise ImportError('not installed here')\n")
+    env = {"LONGREAD_SERVER__EVENT_LOOP": "uvloop", "PYTHONPATH": str(tmp_path)}
+    assert serve(env, "--port", "0") == (
+        "longread: error: server.event_loop (LONGREAD_SERVER__EVENT_LOOP): uvloop is not "
+        'installed; hint: pip install uvloop, or set server.event_loop = "asyncio"'
+    )
+
+
+def test_auto_falls_back_to_asyncio_without_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    import uvloop
+    from longread_server.app import loop_factory
+
+    assert loop_factory("auto") is uvloop.new_event_loop
+    assert loop_factory("uvloop") is uvloop.new_event_loop
+    assert loop_factory("asyncio") is None
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop now raises ImportError
+    assert loop_factory("auto") is None
+    with asyncio.Runner(loop_factory=loop_factory("auto")) as runner:
+        assert type(runner.get_loop()).__module__.startswith("asyncio")
