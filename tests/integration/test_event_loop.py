@@ -1,8 +1,10 @@
 """``longread serve`` on either event loop (``server.event_loop``): uvloop by default where it is
-installed, asyncio's own when asked; the same RPCs answered the same on both."""
+installed, asyncio's own when asked; the same RPCs answered the same on both, with start-up's
+objects frozen out of garbage collection."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,8 @@ listen = "127.0.0.1:0"
 [server]
 grace_s = 0.5
 event_loop = "{choice}"
+[telemetry]
+log_level = "DEBUG"
 [sandbox]
 enabled = false
 [[upstreams]]
@@ -44,4 +48,8 @@ api_key_env = "TEST_SANDBOX_KEY"
     streamed = "".join(ev.delta.text for ev in events if ev.HasField("delta"))
     assert streamed == events[-1].result.text
     assert events[-1].result.cache_status == pb.CACHE_STATUS_MISS
-    assert f"(plaintext, {loop} event loop)" in log.read_text()
+    logged = log.read_text()
+    assert f"(plaintext, {loop} event loop)" in logged
+    # What start-up built is frozen out of garbage collection (modules, tokenizer tables...).
+    frozen = re.search(r"(\d+) start-up objects left out of garbage collection", logged)
+    assert frozen is not None and int(frozen.group(1)) > 10_000

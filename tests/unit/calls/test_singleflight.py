@@ -5,6 +5,7 @@ two "replicas" sharing a real redis-server."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 import uuid
 from collections.abc import AsyncGenerator
@@ -152,6 +153,22 @@ async def test_followers_receive_deltas_while_the_call_runs() -> None:
     rest = [ev async for ev in follower]
     assert text_of([got, *rest]) == TEXT and finish_of(rest).cached
     assert not finish_of(await first).cached and r.upstream.calls == 1
+
+
+async def test_a_flight_keeps_its_deltas_out_of_the_garbage_collectors_reach() -> None:
+    r = replica()
+    r.upstream.hold = asyncio.Event()
+    first = asyncio.create_task(r.ask())
+    await r.upstream.started.wait()
+    await until(lambda: any(f.events for f in r.flights._flights.values()))
+    (flight,) = r.flights._flights.values()
+    # What a full collection would walk for each delta buffered: nothing.
+    assert flight.events == [DELTAS[0]]
+    assert not any(gc.is_tracked(ev) for ev in flight.events)
+    assert gc.is_tracked(TextDelta(DELTAS[0]))  # what it kept before
+    r.upstream.hold.set()
+    events = await first
+    assert [ev for ev in events if isinstance(ev, TextDelta)] == [TextDelta(d) for d in DELTAS]
 
 
 async def test_a_cancelled_caller_never_cancels_the_shared_call() -> None:
