@@ -41,7 +41,7 @@ from longread_server.config import (
     load_config,
     request_bytes_limit,
 )
-from longread_server.domain import ModelInfo, VendorKind
+from longread_server.domain import ModelInfo, Operation, VendorKind
 from longread_server.embedded_sandbox import EmbeddedSandbox, start_sandbox
 from longread_server.plan.catalog import Catalog
 from longread_server.plan.encodings import EncodingMemo
@@ -171,12 +171,12 @@ def build_semantic(
                 hint="pip install 'longread[semantic]'",
             )
         try:
-            adapter = pipeline.adapter(sem.embeddings)
+            serves_embeddings = pipeline.serves(sem.embeddings, Operation.EMBEDDING)
         except UnknownUpstream:
             raise ConfigError(
                 f"no upstream named {sem.embeddings!r}", setting="cache.semantic.embeddings"
             ) from None
-        if not hasattr(adapter, "embed"):
+        if not serves_embeddings:
             raise ConfigError(
                 f"{sem.embeddings!r} has no embeddings endpoint (it is not OpenAI-compatible)",
                 setting="cache.semantic.embeddings",

@@ -141,19 +141,14 @@ def _sender(tel: Telemetry, peers: Mapping[str, Peer]) -> Next:
                 send_trace_context(span if tracing else None),
             ):
                 if req.operation is Operation.COUNT_TOKENS:
-                    count = TokenCount(
-                        await _endpoint(call, "count_tokens", "token-counting endpoint")(
-                            req, timeout=remaining
-                        )
-                    )
+                    count = TokenCount(await _endpoint(call)(req, timeout=remaining))
                     if span.is_recording():
                         span.set_attribute("gen_ai.usage.input_tokens", count.input_tokens)
                     yield count
                     return
                 call.meter.sent += 1
                 if req.operation is Operation.EMBEDDING:
-                    embed = _endpoint(call, "embed", "embeddings endpoint")
-                    values, usage, model = await embed(req, timeout=remaining)
+                    values, usage, model = await _endpoint(call)(req, timeout=remaining)
                     done = Finish("stop", usage, model=model or req.model)
                     _record_finish(span, inst, base, done)
                     yield Embedding(values)
@@ -204,9 +199,17 @@ def _sender(tel: Telemetry, peers: Mapping[str, Peer]) -> Next:
     return send
 
 
-def _endpoint(call: Call, method: str, what: str) -> Callable[..., Awaitable[Any]]:
-    """The adapter's ``method`` for an operation only some upstreams have (``count_tokens``,
-    ``embed``); a call to one without it is refused before anything is sent."""
+# The operations only some upstreams serve: the adapter method that does, and its name in errors.
+_OPTIONAL_ENDPOINTS = {
+    Operation.COUNT_TOKENS: ("count_tokens", "token-counting endpoint"),
+    Operation.EMBEDDING: ("embed", "embeddings endpoint"),
+}
+
+
+def _endpoint(call: Call) -> Callable[..., Awaitable[Any]]:
+    """The adapter's method for the call's optional operation; a call to an upstream without
+    it is refused before anything is sent."""
+    method, what = _OPTIONAL_ENDPOINTS[call.req.operation]
     found: Callable[..., Awaitable[Any]] | None = getattr(call.adapter, method, None)
     if found is None:
         raise UpstreamError(ErrorKind.BAD_REQUEST, f"{call.vendor} has no {what}", unsent=True)
@@ -278,9 +281,11 @@ class Pipeline:
         except KeyError:
             raise UnknownUpstream(vendor) from None
 
-    def counts_tokens(self, vendor: str) -> bool:
-        """Whether ``vendor``'s upstream can count tokens (COUNT_TOKENS calls)."""
-        return hasattr(self.adapter(vendor), "count_tokens")
+    def serves(self, vendor: str, operation: Operation) -> bool:
+        """Whether ``vendor``'s upstream has an endpoint for ``operation`` (every one answers
+        CHAT; COUNT_TOKENS and EMBEDDING only where the adapter has one)."""
+        optional = _OPTIONAL_ENDPOINTS.get(operation)
+        return optional is None or hasattr(self.adapter(vendor), optional[0])
 
     def call(self, vendor: str, req: LlmRequest, ctx: CallContext) -> AsyncIterator[LlmEvent]:
         """Streams the events of one model call through every stage."""

@@ -237,7 +237,7 @@ class Analysis:
         a model call like any other: limits, breaker, retries, timeouts and telemetry apply."""
         model = prep.plan.model
         pipeline = self._runner.pipeline
-        if not pipeline.counts_tokens(model.vendor):
+        if not pipeline.serves(model.vendor, Operation.COUNT_TOKENS):
             return
         req = LlmRequest(
             model=model.model,

@@ -23,6 +23,7 @@ budget, telemetry) like any other.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import time
@@ -221,11 +222,9 @@ class SemanticReuse:
         digest = _document_id(prep)
         lexicon = self._lexicons.get(digest)
         if lexicon is None:
-            if len(text) > OFFLOAD_MIN_CHARS:
-                lexicon = await asyncio.to_thread(Lexicon.of, text)
-            else:
-                lexicon = Lexicon.of(text)
-            self._lexicons.get_or_make(digest, lambda: lexicon)
+            read = functools.partial(self._lexicons.get_or_make, digest, lambda: Lexicon.of(text))
+            big = len(text) > OFFLOAD_MIN_CHARS  # read a long document off the event loop
+            lexicon = await asyncio.to_thread(read) if big else read()
         facts = question_facts(question, lexicon).signature()
         return Ask(
             scope=self._scope(prep, digest),
