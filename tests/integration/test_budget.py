@@ -95,6 +95,10 @@ async def test_budget_ledger_shares_the_redis_gate_and_stops_calling_a_dead_redi
     tenant = TenantConfig(name="gated", api_keys=["k-gated"], monthly_budget_usd=5.0)
     cfg = gateway_config(sandbox, tenants=[tenant], redis_url=redis.url)
     cfg.resilience.redis_retry_s = 600.0  # once down, down for the whole test
+    # Redis dies by being stopped (refused connections), not by a stall: on a busy machine the
+    # first operation, which also connects, could outlast the default 0.25 s and count as the
+    # one error before Redis died.
+    cfg.resilience.redis_timeout_s = 5.0
     gw = await start(cfg)
     try:
         assert gw.ledger is not None and gw.resilience is not None

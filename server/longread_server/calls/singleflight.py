@@ -59,6 +59,7 @@ from longread_server.domain import (
 )
 from longread_server.state.gate import SHARED, RedisGate
 from longread_server.state.redis_cache import Joined, RedisCache
+from longread_server.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -80,13 +81,13 @@ class _Flight:
     every object it walks (with 500 Streams open the flights held some 18,000 deltas). Each
     follower gets a ``TextDelta`` of its own as it reads one."""
 
-    __slots__ = ("_wake", "done", "error", "events", "followers", "task")
+    __slots__ = ("_waiting", "done", "error", "events", "followers", "task")
 
     def __init__(self) -> None:
         self.events: list[LlmEvent | str] = []
         self.error: BaseException | None = None
         self.done = False
-        self._wake = asyncio.Event()
+        self._waiting: list[asyncio.Future[None]] = []  # the followers read up to the end
         self.followers = 0
         self.task: asyncio.Task[None] | None = None
 
@@ -102,8 +103,10 @@ class _Flight:
             self.task.cancel()
 
     def _notify(self) -> None:
-        self._wake.set()
-        self._wake = asyncio.Event()
+        waiting, self._waiting = self._waiting, []
+        for waiter in waiting:
+            if not waiter.done():  # (one whose follower was cancelled or timed out is)
+                waiter.set_result(None)
 
     def push(self, delta: TextDelta) -> None:
         self.events.append(delta.text)
@@ -122,34 +125,37 @@ class _Flight:
     async def follow(self, *, first: bool, ctx: CallContext) -> AsyncIterator[LlmEvent]:
         """Every event from the start, then the end (or the error); waits at most until the
         caller's deadline."""
+        loop = asyncio.get_running_loop()
+        bound = Watchdog(loop)
         i = 0
-        while True:
-            while i < len(self.events):
-                ev = self.events[i]
-                i += 1
-                if isinstance(ev, str):
-                    yield TextDelta(ev)
-                    continue
-                if not first and isinstance(ev, Finish) and not ev.cached:
-                    ev = dataclasses.replace(ev, cached=True)
-                yield ev
-            if self.done:
-                if self.error is not None:
-                    raise self.error.with_traceback(None)
-                return
-            wake = self._wake
-            remaining = ctx.remaining()
-            if remaining is None:
-                await wake.wait()
-                continue
-            try:
-                async with asyncio.timeout(max(0.0, remaining)):
-                    await wake.wait()
-            except TimeoutError:
-                raise UpstreamError(
-                    ErrorKind.TIMEOUT,
-                    "deadline passed while waiting for an identical call in flight",
-                ) from None
+        try:
+            while True:
+                while i < len(self.events):
+                    ev = self.events[i]
+                    i += 1
+                    if isinstance(ev, str):
+                        yield TextDelta(ev)
+                        continue
+                    if not first and isinstance(ev, Finish) and not ev.cached:
+                        ev = dataclasses.replace(ev, cached=True)
+                    yield ev
+                if self.done:
+                    if self.error is not None:
+                        raise self.error.with_traceback(None)
+                    return
+                waiter = loop.create_future()
+                self._waiting.append(waiter)
+                remaining = ctx.remaining()
+                try:
+                    with bound.bound(None if remaining is None else max(0.0, remaining)):
+                        await waiter
+                except TimeoutError:
+                    raise UpstreamError(
+                        ErrorKind.TIMEOUT,
+                        "deadline passed while waiting for an identical call in flight",
+                    ) from None
+        finally:
+            bound.close()
 
 
 def encode_error(error: BaseException) -> bytes:

@@ -24,7 +24,6 @@ the HTTP response.
 
 from __future__ import annotations
 
-import asyncio
 import fnmatch
 import math
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -40,6 +39,7 @@ from longread_server.domain import (
     TextDelta,
     UpstreamError,
 )
+from longread_server.watchdog import Watchdog
 
 # When the planner did not count the prompt: an English-text rule of thumb (about four
 # characters per token) is close enough for an allowance that is generous by design.
@@ -151,6 +151,7 @@ class AttemptTimeouts:
         events = aiter(nxt(call))
         first = True
         streamed = False
+        bound = Watchdog()
         try:
             while True:
                 limit = first_event_s if first else limits.idle_s
@@ -171,7 +172,7 @@ class AttemptTimeouts:
                     if timeout is None or remaining < timeout:
                         timeout, by_deadline = max(0.0, remaining), True
                 try:
-                    async with asyncio.timeout(timeout):
+                    with bound.bound(timeout):
                         ev = await anext(events)
                 except StopAsyncIteration:
                     return
@@ -184,6 +185,7 @@ class AttemptTimeouts:
                     streamed = True
                 yield ev
         finally:
+            bound.close()
             aclose = getattr(events, "aclose", None)
             if aclose is not None:
                 await aclose()

@@ -81,6 +81,7 @@ from opentelemetry import propagate, trace
 
 from longread_server import __version__
 from longread_server.memo import Memo
+from longread_server.watchdog import Watchdog
 
 DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
 KEEPALIVE_EXPIRY_S = 5.0
@@ -254,7 +255,17 @@ def _proxy_mounts(limits: httpx.Limits) -> dict[str, httpx.AsyncBaseTransport | 
 
 
 class _Connection:
-    __slots__ = ("closed", "h11", "heard", "idle_since", "origin", "reader", "reused", "writer")
+    __slots__ = (
+        "closed",
+        "h11",
+        "heard",
+        "idle_since",
+        "origin",
+        "read_bound",
+        "reader",
+        "reused",
+        "writer",
+    )
 
     def __init__(
         self, origin: _Origin, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -267,6 +278,8 @@ class _Connection:
         self.heard = False  # a byte of the current response has arrived
         self.idle_since = 0.0
         self.closed = False
+        # The read timeout, over every read of the connection's life: one timer, not one a read.
+        self.read_bound = Watchdog()
 
     def stale(self) -> bool:
         return self.reader.at_eof() or self.writer.is_closing()
@@ -287,7 +300,7 @@ async def _next_event(conn: _Connection, read_timeout: float | None) -> Any:
         if event is not h11.NEED_DATA:
             return event
         try:
-            async with asyncio.timeout(read_timeout):
+            with conn.read_bound.bound(read_timeout):
                 data = await conn.reader.read(_READ)
         except TimeoutError:
             raise httpx.ReadTimeout("timed out reading the response") from None
@@ -507,6 +520,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
             return
         conn.closed = True
         conn.writer.close()
+        conn.read_bound.close()
         self._open -= 1
         if self._waiters:
             self._wake()
