@@ -57,9 +57,9 @@ from longread_server.domain import (
     TextDelta,
     UpstreamError,
 )
+from longread_server.repeat_timeout import RepeatTimeout
 from longread_server.state.gate import SHARED, RedisGate
 from longread_server.state.redis_cache import Joined, RedisCache
-from longread_server.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -126,7 +126,7 @@ class _Flight:
         """Every event from the start, then the end (or the error); waits at most until the
         caller's deadline."""
         loop = asyncio.get_running_loop()
-        bound = Watchdog(loop)
+        bound = RepeatTimeout(loop)
         i = 0
         try:
             while True:

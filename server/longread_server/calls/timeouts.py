@@ -39,7 +39,7 @@ from longread_server.domain import (
     TextDelta,
     UpstreamError,
 )
-from longread_server.watchdog import Watchdog
+from longread_server.repeat_timeout import RepeatTimeout
 
 # When the planner did not count the prompt: an English-text rule of thumb (about four
 # characters per token) is close enough for an allowance that is generous by design.
@@ -151,7 +151,7 @@ class AttemptTimeouts:
         events = aiter(nxt(call))
         first = True
         streamed = False
-        bound = Watchdog()
+        bound = RepeatTimeout()
         try:
             while True:
                 limit = first_event_s if first else limits.idle_s

@@ -81,7 +81,7 @@ from opentelemetry import propagate, trace
 
 from longread_server import __version__
 from longread_server.memo import Memo
-from longread_server.watchdog import Watchdog
+from longread_server.repeat_timeout import RepeatTimeout
 
 DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
 KEEPALIVE_EXPIRY_S = 5.0
@@ -279,7 +279,7 @@ class _Connection:
         self.idle_since = 0.0
         self.closed = False
         # The read timeout, over every read of the connection's life: one timer, not one a read.
-        self.read_bound = Watchdog()
+        self.read_bound = RepeatTimeout()
 
     def stale(self) -> bool:
         return self.reader.at_eof() or self.writer.is_closing()

@@ -7,19 +7,19 @@ A streamed answer passes several such bounds per delta (the socket read, the att
 silence limit, a follower's wait for the flight), and the limits are seconds long while the
 deltas come every few milliseconds.
 
-A :class:`Watchdog` is the same bound, armed lazily: entering ``bound(t)`` only records when it
+A :class:`RepeatTimeout` is the same bound, armed lazily: entering ``bound(t)`` only records when it
 would expire. Its one timer, when it goes off before that time (the bound was armed again since
 the timer was set), sets itself again for the recorded time, so a stream that keeps answering
 schedules about one timer per limit instead of one per read. What it does when the time is up
 is what ``asyncio.timeout`` does: it cancels the task, and the ``with`` block turns that
 cancellation into ``TimeoutError``, raised from the await it bounds; a cancellation from
 anywhere else stays a ``CancelledError`` (the same ``uncancel`` bookkeeping as
-``asyncio.Timeout``, so the two nest either way). ``tests/unit/test_watchdog.py`` holds the
+``asyncio.Timeout``, so the two nest either way). ``tests/unit/test_repeat_timeout.py`` holds the
 two to the same cases.
 
-One watchdog bounds one await at a time, of whichever task enters it; between awaits it is not
+A RepeatTimeout bounds one await at a time, of whichever task enters it; between awaits it is not
 armed, so the time a stream's consumer takes with an event never counts against the stream.
-``close()`` cancels its timer (a closed watchdog can still be used: it makes a new one).
+``close()`` cancels its timer (a closed one can still be used: it makes a new one).
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from types import TracebackType
 _RESOLUTION_S = 0.001
 
 
-class Watchdog:
-    """``with watchdog.bound(seconds): await ...``; ``seconds`` None: no bound."""
+class RepeatTimeout:
+    """``with timeout.bound(seconds): await ...``; ``seconds`` None: no bound."""
 
     __slots__ = ("_cancelling", "_expires", "_fired", "_handle", "_loop", "_task", "_timeout")
 
@@ -47,18 +47,18 @@ class Watchdog:
         self._cancelling = 0
         self._fired = False
 
-    def bound(self, timeout: float | None) -> Watchdog:
+    def bound(self, timeout: float | None) -> RepeatTimeout:
         """Bounds the ``with`` block to ``timeout`` seconds (None: no bound)."""
         self._timeout = timeout
         return self
 
-    def __enter__(self) -> Watchdog:
+    def __enter__(self) -> RepeatTimeout:
         loop = self._loop
         task = asyncio.current_task(loop)  # given the loop: no lookup of the running one
         if task is None:
-            raise RuntimeError("a Watchdog bounds an await inside a task")
+            raise RuntimeError("a RepeatTimeout bounds an await inside a task")
         if self._task is not None:
-            raise RuntimeError("a Watchdog bounds one await at a time")
+            raise RuntimeError("a RepeatTimeout bounds one await at a time")
         timeout = self._timeout
         if timeout is None:
             return self
@@ -79,7 +79,7 @@ class Watchdog:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        task, self._task = self._task, None  # no cycle: task -> coroutine -> watchdog -> task
+        task, self._task = self._task, None  # no cycle: task -> coroutine -> it -> task
         self._expires = math.inf
         if self._fired:
             self._fired = False

@@ -1,4 +1,4 @@
-"""The Watchdog against the bound it stands in for: every case runs with ``asyncio.timeout``
+"""The RepeatTimeout against the bound it stands in for: every case runs with ``asyncio.timeout``
 as well, on asyncio's loop and on uvloop, and both must behave alike."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import pytest
 import uvloop
-from longread_server.watchdog import Watchdog
+from longread_server.repeat_timeout import RepeatTimeout
 
 T = TypeVar("T")
 Bound = Callable[[float | None, Awaitable[T]], Coroutine[Any, Any, T]]
@@ -27,19 +27,19 @@ def _reference() -> Bound[Any]:
     return bounded
 
 
-def _watchdog() -> Bound[Any]:
-    dog: Watchdog | None = None
+def _repeat_timeout() -> Bound[Any]:
+    rt: RepeatTimeout | None = None
 
     async def bounded(timeout: float | None, aw: Awaitable[Any]) -> Any:
-        nonlocal dog
-        dog = dog or Watchdog()  # one for all the awaits of a case, as its users keep one
-        with dog.bound(timeout):
+        nonlocal rt
+        rt = rt or RepeatTimeout()  # one for all the awaits of a case, as its users keep one
+        with rt.bound(timeout):
             return await aw
 
     return bounded
 
 
-BOUNDS = {"asyncio.timeout": _reference, "Watchdog": _watchdog}
+BOUNDS = {"asyncio.timeout": _reference, "RepeatTimeout": _repeat_timeout}
 
 
 def hold_the_loop(seconds: float) -> None:
@@ -216,43 +216,43 @@ def test_a_stream_that_keeps_answering_sets_about_one_timer_per_bound(loop: str)
     (about one per 100 ms), where asyncio.timeout sets one per await."""
 
     async def case() -> int:
-        dog = Watchdog()
+        rt = RepeatTimeout()
         timers: list[asyncio.TimerHandle] = []  # kept, so no two can share an id
         for _ in range(200):
-            with dog.bound(0.1):
+            with rt.bound(0.1):
                 await asyncio.sleep(0.005)
-            if dog._handle is not None and all(dog._handle is not t for t in timers):
-                timers.append(dog._handle)
-        dog.close()
+            if rt._handle is not None and all(rt._handle is not t for t in timers):
+                timers.append(rt._handle)
+        rt.close()
         return len(timers)
 
     assert 1 <= run(loop, case) <= 200 * 0.005 / 0.1 + 3
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_close_cancels_the_timer_and_a_closed_watchdog_still_bounds(loop: str) -> None:
+def test_close_cancels_the_timer_and_a_closed_one_still_bounds(loop: str) -> None:
     async def case() -> None:
-        dog = Watchdog()
-        with dog.bound(5.0):
+        rt = RepeatTimeout()
+        with rt.bound(5.0):
             await asyncio.sleep(0)
-        handle = dog._handle
+        handle = rt._handle
         assert handle is not None
-        dog.close()
-        assert handle.cancelled() and dog._handle is None
-        with pytest.raises(TimeoutError), dog.bound(0.02):
+        rt.close()
+        assert handle.cancelled() and rt._handle is None
+        with pytest.raises(TimeoutError), rt.bound(0.02):
             await asyncio.sleep(1)
 
     run(loop, case)
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_one_watchdog_serves_one_task_after_another(loop: str) -> None:
+def test_one_serves_one_task_after_another(loop: str) -> None:
     async def case() -> list[str]:
-        dog = Watchdog()
+        rt = RepeatTimeout()
 
         async def one(t: float) -> str:
             try:
-                with dog.bound(0.05):
+                with rt.bound(0.05):
                     await asyncio.sleep(t)
                 return "ok"
             except TimeoutError:
@@ -266,9 +266,9 @@ def test_one_watchdog_serves_one_task_after_another(loop: str) -> None:
 @pytest.mark.parametrize("loop", LOOPS)
 def test_two_awaits_at_once_are_refused(loop: str) -> None:
     async def case() -> None:
-        dog = Watchdog()
-        with dog.bound(1.0):
-            with pytest.raises(RuntimeError, match="one await at a time"), dog.bound(1.0):
+        rt = RepeatTimeout()
+        with rt.bound(1.0):
+            with pytest.raises(RuntimeError, match="one await at a time"), rt.bound(1.0):
                 pass
             await asyncio.sleep(0)
 
@@ -278,8 +278,8 @@ def test_two_awaits_at_once_are_refused(loop: str) -> None:
 def test_outside_a_task_it_says_so() -> None:
     loop = asyncio.new_event_loop()
     try:
-        dog = Watchdog(loop)
-        with pytest.raises(RuntimeError, match="inside a task"), dog.bound(1.0):
+        rt = RepeatTimeout(loop)
+        with pytest.raises(RuntimeError, match="inside a task"), rt.bound(1.0):
             pass
     finally:
         loop.close()
