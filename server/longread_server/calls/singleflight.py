@@ -81,19 +81,42 @@ class _Flight:
     every object it walks (with 500 Streams open the flights held some 18,000 deltas). Each
     follower gets a ``TextDelta`` of its own as it reads one."""
 
-    __slots__ = ("_waiting", "done", "error", "events", "followers", "task")
+    __slots__ = ("_taken", "_waiting", "done", "error", "events", "followers", "task")
 
     def __init__(self) -> None:
         self.events: list[LlmEvent | str] = []
         self.error: BaseException | None = None
         self.done = False
         self._waiting: list[asyncio.Future[None]] = []  # the followers read up to the end
+        self._taken: asyncio.Future[None] | None = None  # see passed_on
         self.followers = 0
         self.task: asyncio.Task[None] | None = None
+
+    async def passed_on(self) -> None:
+        """Returns once a follower has taken every event so far (at once if none follows).
+
+        For a stream's first delta: the call's task reads on only after that, so a follower
+        passes the first delta on before the rest of what came in with it (a fast upstream's
+        burst) is read, instead of after it. Waiting for the follower to come back for more,
+        rather than yielding to the loop, is what puts its turn first: the follower's own
+        consumer may be another task still."""
+        if self.followers == 0:
+            return
+        self._taken = asyncio.get_running_loop().create_future()
+        try:
+            await self._taken
+        finally:
+            self._taken = None
+
+    def _took_all(self) -> None:
+        taken = self._taken
+        if taken is not None and not taken.done():
+            taken.set_result(None)
 
     def leave(self) -> None:
         """A caller stopped following. When the last one has left, the unfinished call is
         cancelled unless another caller joins within the grace period."""
+        self._took_all()  # one that left takes nothing more: the call need not wait for it
         self.followers -= 1
         if self.followers == 0 and not self.done and self.task is not None:
             asyncio.get_running_loop().call_later(ABANDON_GRACE_S, self._abandon)
@@ -143,6 +166,7 @@ class _Flight:
                     if self.error is not None:
                         raise self.error.with_traceback(None)
                     return
+                self._took_all()
                 waiter = loop.create_future()
                 self._waiting.append(waiter)
                 remaining = ctx.remaining()
@@ -305,6 +329,8 @@ class SingleFlightStage:
                 if isinstance(ev, TextDelta):
                     deltas.append(ev.text)
                     flight.push(ev)
+                    if len(deltas) == 1 and call.req.stream:
+                        await flight.passed_on()
                 elif isinstance(ev, Finish):
                     finish = ev
             if finish is None:

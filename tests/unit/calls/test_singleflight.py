@@ -171,6 +171,68 @@ async def test_a_flight_keeps_its_deltas_out_of_the_garbage_collectors_reach() -
     assert [ev for ev in events if isinstance(ev, TextDelta)] == [TextDelta(d) for d in DELTAS]
 
 
+class Burst(ScriptedUpstream):
+    """A fast upstream: every delta is there at once (the call never waits between them), and
+    it notes when the call's task reads each one."""
+
+    def __init__(self, log: list[str]) -> None:
+        super().__init__()
+        self.log = log
+
+    async def call(
+        self, req: LlmRequest, *, timeout: float | None = None
+    ) -> AsyncGenerator[LlmEvent, None]:
+        self.calls += 1
+        for d in DELTAS:
+            self.log.append(f"read {d!r}")
+            yield TextDelta(d)
+        yield Finish("stop", Usage(100, 7, calls=1), model=req.model, response_id="r1")
+
+
+async def _first_delta_order(stream: bool) -> list[str]:
+    log: list[str] = []
+    r = replica()
+    r.upstream = upstream = Burst(log)
+    r.pipeline = Pipeline({"openai": upstream}, [CacheStage(r.cache), r.flights])
+    req = LlmRequest("gpt-4.1-mini", (Message("user", f"{uuid.uuid4()}"),), 64, stream=stream)
+
+    async def consume() -> None:
+        async for ev in r.pipeline.call("openai", req, CallContext(tenant="acme")):
+            if isinstance(ev, TextDelta):
+                log.append(f"got {ev.text!r}")
+
+    await consume()
+    return log
+
+
+async def test_a_streams_first_delta_is_passed_on_before_the_rest_of_a_burst_is_read() -> None:
+    log = await _first_delta_order(stream=True)
+    assert log.index(f"got {DELTAS[0]!r}") < log.index(f"read {DELTAS[1]!r}")
+    assert [e for e in log if e.startswith("got")] == [f"got {d!r}" for d in DELTAS]
+
+
+async def test_a_calls_first_delta_waits_for_nobody_when_it_does_not_stream() -> None:
+    # A whole answer is one delta: the call goes on to its end without a turn for the caller.
+    log = await _first_delta_order(stream=False)
+    assert log.index(f"read {DELTAS[-1]!r}") < log.index(f"got {DELTAS[0]!r}")
+
+
+async def test_a_call_whose_only_caller_left_after_the_first_delta_is_not_held_by_it() -> None:
+    r = replica()
+    caller = r.pipeline.call(
+        "openai",
+        LlmRequest("gpt-4.1-mini", (Message("user", f"{uuid.uuid4()}"),), 64, stream=True),
+        CallContext(tenant="acme"),
+    )
+    assert await anext(caller) == TextDelta(DELTAS[0])
+    (flight,) = r.flights._flights.values()
+    assert flight.task is not None
+    await caller.aclose()  # gone without coming back for more: the call reads on at once
+    await asyncio.wait_for(asyncio.shield(flight.task), 2.0)
+    assert not flight.task.cancelled()  # finished, before the grace for an abandoned call
+    assert r.cache.stats.stores == 1
+
+
 async def test_a_cancelled_caller_never_cancels_the_shared_call() -> None:
     r = replica()
     r.upstream.hold = asyncio.Event()
