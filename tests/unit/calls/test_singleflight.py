@@ -224,6 +224,7 @@ async def test_a_call_whose_only_caller_left_after_the_first_delta_is_not_held_b
         LlmRequest("gpt-4.1-mini", (Message("user", f"{uuid.uuid4()}"),), 64, stream=True),
         CallContext(tenant="acme"),
     )
+    assert isinstance(caller, AsyncGenerator)
     assert await anext(caller) == TextDelta(DELTAS[0])
     (flight,) = r.flights._flights.values()
     assert flight.task is not None
