@@ -12,7 +12,9 @@ the answer any more and the flight is cancelled too, so a cancelled job leaves n
 call running. Every caller, first and later, follows the flight's events as they come: a
 streaming caller gets the deltas live, then the Finish (``cached=True`` for all but the
 first caller: they cost nothing); a failed call raises its
-error in every caller. A caller waits no longer than its own deadline; the call itself runs
+error in every caller. A streamed call's task reads on past its first delta only once a
+caller has taken it (``_Flight.passed_on``), so the first token is not held up by the rest of
+a burst that came in with it. A caller waits no longer than its own deadline; the call itself runs
 under the first caller's deadline. (The key ignores ``stream``, so a streaming caller that
 joins a non-streaming call of the same key gets its answer as one delta; the runner never
 sends the same prompt both ways.)
