@@ -106,6 +106,8 @@ DOC = " ".join(
     ]
 )
 SYSTEMS = ("direct", "ours", "ours_uncapped", "floor", "litellm", "portkey")
+# The floor's variants: the event loop each runs on (``bench._floor --event-loop``).
+FLOORS = {"floor": "auto", "floor_asyncio": "asyncio"}
 # The gateway's variants: the settings each runs with (environment variables).
 OURS: dict[str, dict[str, str]] = {
     "ours": {},
@@ -373,9 +375,8 @@ def start(
             serve=("bench._lag_probe", "--lag-file", lag),
         )
         return Target(name, proc, "grpc", f"127.0.0.1:{port}", lag_file=lag), proc
-    if name in ("floor", "floor_asyncio"):
-        loop = "asyncio" if name == "floor_asyncio" else "auto"
-        proc = _peers.floor(port, upstream=api_base, cpu=SERVER_CPU, event_loop=loop)
+    if name in FLOORS:
+        proc = _peers.floor(port, upstream=api_base, cpu=SERVER_CPU, event_loop=FLOORS[name])
         return Target(name, proc, "grpc", f"127.0.0.1:{port}"), proc
     if name == "litellm":
         try:
@@ -537,7 +538,7 @@ def cli() -> None:
     if a.levels:
         levels = tuple(int(x) for x in a.levels.split(","))
     systems = tuple(s for s in a.systems.split(",") if s)
-    unknown = set(systems) - set(SYSTEMS) - set(OURS) - {"floor_asyncio"}
+    unknown = set(systems) - set(SYSTEMS) - set(OURS) - set(FLOORS)
     if unknown:
         parser.error(f"unknown systems: {sorted(unknown)}")
     print(json.dumps(main(levels, systems)))
