@@ -8,7 +8,12 @@
   answer with ``json.loads`` and returns an AnalyzeResponse. Stream relays the upstream's SSE
   stream as Delta events, then the result. ``--http raw`` (default) is a minimal HTTP/1.1
   client on asyncio streams, the least an HTTP hop can cost in Python; ``--http httpx`` uses
-  httpx with the gateway's pool limits, which tells how much of the gap is the HTTP client.
+  httpx with the gateway's pool limits, which tells how much of the gap is the HTTP client;
+  ``--http vendor`` makes the hop through the gateway's own vendor layer (the OpenAI adapter
+  over ``UpstreamHttp`` and ``LeanTransport``: the payload built, sent, and the answer parsed
+  into events exactly as the gateway does), which tells how much of the gap is that layer and
+  how much the gateway's mechanisms above it (planning, cache, single-flight, limits, budget,
+  breaker, retries, timeouts, telemetry).
 * Without it, Analyze is a pure echo that returns a ready AnalyzeResponse: the floor of a cache
   hit.
 
@@ -38,6 +43,9 @@ from longread.v1 import analysis_service_pb2_grpc as svc_grpc
 from longread.v1 import types_pb2 as pb
 from longread_server.app import loop_factory
 from longread_server.config import EVENT_LOOPS
+from longread_server.domain import Finish, LlmRequest, Message, TextDelta, VendorKind
+from longread_server.vendors import VendorAdapter, make_adapter
+from longread_server.vendors.transport import UpstreamHttp, upstream_client
 
 SYSTEM = "You analyse documents. Answer only from the text you are given, precisely and concisely."
 
@@ -155,6 +163,16 @@ class FloorServicer(svc_grpc.AnalysisServiceServicer):
         self.template = template
         self.upstream = upstream.rstrip("/") + "/chat/completions" if upstream else None
         self.raw = RawHttp(self.upstream) if self.upstream and client == "raw" else None
+        self.vendor: VendorAdapter | None = None
+        self.vendor_http = UpstreamHttp(upstream_client())
+        if upstream and client == "vendor":
+            self.vendor = make_adapter(
+                VendorKind.OPENAI,
+                self.vendor_http,
+                name="openai",
+                base_url=upstream,
+                api_key="bench",
+            )
         self.http = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
             timeout=httpx.Timeout(600.0, connect=10.0),
@@ -199,6 +217,19 @@ class FloorServicer(svc_grpc.AnalysisServiceServicer):
             payload["stream_options"] = {"include_usage": True}
         return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
 
+    def _llm_request(self, request: Any, stream: bool) -> LlmRequest:
+        # The same messages as ``_body``, as the gateway's runner hands them to the adapter.
+        return LlmRequest(
+            model=request.model.model or "gpt-4.1-mini",
+            system=SYSTEM,
+            messages=(
+                Message("user", f"<document>\n{request.document.text}\n</document>"),
+                Message("user", f"Question: {request.instruction}"),
+            ),
+            max_output_tokens=2048,
+            stream=stream,
+        )
+
     async def Estimate(
         self, request: svc.EstimateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> svc.EstimateResponse:
@@ -209,6 +240,18 @@ class FloorServicer(svc_grpc.AnalysisServiceServicer):
     ) -> svc.AnalyzeResponse:
         if self.upstream is None:
             return self.template
+        if self.vendor is not None:
+            out = svc.AnalyzeResponse()
+            out.CopyFrom(self.template)
+            parts = []
+            async for event in self.vendor.call(self._llm_request(request, False)):
+                if type(event) is TextDelta:
+                    parts.append(event.text)
+                elif type(event) is Finish:
+                    out.usage.input_tokens = event.usage.input_tokens
+                    out.usage.output_tokens = event.usage.output_tokens
+            out.text = "".join(parts)
+            return out
         obj = json.loads(await self._post(self._body(request, False)))
         out = svc.AnalyzeResponse()
         out.CopyFrom(self.template)
@@ -225,6 +268,13 @@ class FloorServicer(svc_grpc.AnalysisServiceServicer):
         if self.upstream is None:
             for word in self.template.text.split(" "):
                 yield svc.StreamResponse(delta=svc.Delta(stage=pb.STAGE_SINGLE, text=word))
+        elif self.vendor is not None:
+            async for event in self.vendor.call(self._llm_request(request, True)):
+                if type(event) is TextDelta:
+                    text.append(event.text)
+                    yield svc.StreamResponse(
+                        delta=svc.Delta(stage=pb.STAGE_SINGLE, text=event.text)
+                    )
         else:
             async for line in self._sse_lines(self._body(request, True)):
                 if not line.startswith("data: ") or line.startswith("data: [DONE]"):
@@ -264,6 +314,7 @@ async def serve(
     await stop.wait()
     await server.stop(0.5)
     await servicer.http.aclose()
+    await servicer.vendor_http.aclose()
     if servicer.raw is not None:
         await servicer.raw.aclose()
 
@@ -273,7 +324,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", default=None, help="OpenAI-compatible base URL (.../v1)")
     parser.add_argument("--response", default=None, help="serialized AnalyzeResponse template")
-    parser.add_argument("--http", choices=("raw", "httpx"), default="raw", help="HTTP client")
+    parser.add_argument(
+        "--http", choices=("raw", "httpx", "vendor"), default="raw", help="HTTP client"
+    )
     parser.add_argument("--event-loop", choices=EVENT_LOOPS, default="auto")
     args = parser.parse_args()
     template = default_response()

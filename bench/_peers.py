@@ -47,7 +47,8 @@ def floor(
     event_loop: str = "auto",
 ) -> Proc:
     """The bare grpc.aio server of ``bench._floor`` (with ``upstream``: echo + HTTP hop, over
-    a minimal HTTP/1.1 client, or httpx with ``http="httpx"``), on the event loop the gateway
+    a minimal HTTP/1.1 client, httpx with ``http="httpx"``, or the gateway's vendor layer with
+    ``http="vendor"``), on the event loop the gateway
     would pick for ``event_loop`` (``server.event_loop``)."""
     args = [sys.executable, "-m", "bench._floor", "--port", str(port), "--http", http]
     args += ["--event-loop", event_loop]

@@ -1,6 +1,9 @@
 """Gateway overhead: Analyze of a short document through the gateway, against the same request
 sent straight to the sandbox, the floor (a bare grpc.aio server making the same HTTP hop), the
 LiteLLM proxy and the Portkey AI gateway, all in one run, all against one zero-latency sandbox.
+The floor also runs with its hop through the gateway's vendor layer (``floor_vendor``: adapter
+and transport, none of the mechanisms), sequentially and at saturation, so the gap between ours
+and the floor splits into what that layer costs and what the mechanisms above it cost.
 
 Placement (2 cores): the process under test (gateway, floor, LiteLLM or Portkey) on CPU 0; the load
 generator (ghz for gRPC, vegeta for HTTP, both Go, open loop) and the sandbox on CPU 1.
@@ -123,7 +126,7 @@ def main() -> dict[str, Any]:
         portkey_install_s = _peers.ensure_portkey()
     except Exception as exc:
         portkey_reason = f"install failed: {type(exc).__name__}: {exc}"
-    sp, gp, fp, hp, lp, kp = (_servers.free_port() for _ in range(6))
+    sp, gp, fp, hp, vp, lp, kp = (_servers.free_port() for _ in range(7))
     procs: list[Any] = []
     llm: _peers.LiteLLM | None = None
     pk: _peers.Portkey | None = None
@@ -144,6 +147,8 @@ def main() -> dict[str, Any]:
         procs.append(fl)
         flx = _peers.floor(hp, upstream=api_base, response=template, http="httpx", cpu=SERVER_CPU)
         procs.append(flx)
+        flv = _peers.floor(vp, upstream=api_base, response=template, http="vendor", cpu=SERVER_CPU)
+        procs.append(flv)
         litellm_ready_s = None
         if llm is not None:
             try:
@@ -239,6 +244,7 @@ def main() -> dict[str, Any]:
             "ours": [],
             "floor": [],
             "floor_httpx": [],
+            "floor_vendor": [],
             "litellm": [],
             "portkey": [],
         }
@@ -247,6 +253,7 @@ def main() -> dict[str, Any]:
             seq["ours"].append(grpc_run(gp, gw, SEQ_CALLS, None))
             seq["floor"].append(grpc_run(fp, fl, SEQ_CALLS, None))
             seq["floor_httpx"].append(grpc_run(hp, flx, SEQ_CALLS, None))
+            seq["floor_vendor"].append(grpc_run(vp, flv, SEQ_CALLS, None))
             if llm is not None:
                 seq["litellm"].append(litellm(0, SEQ_LITELLM_S))
             if pk is not None:
@@ -269,6 +276,7 @@ def main() -> dict[str, Any]:
             "litellm_overhead_ms": seq_overhead("litellm"),
             "portkey_overhead_ms": seq_overhead("portkey"),
             "floor_httpx_overhead_ms": seq_overhead("floor_httpx"),
+            "floor_vendor_overhead_ms": seq_overhead("floor_vendor"),
             "ours_over_floor_p50": None,
             "litellm_over_ours_p50": None,
             "portkey_over_ours_p50": None,
@@ -404,7 +412,9 @@ def main() -> dict[str, Any]:
         sat = {
             "ours": grpc_run(gp, gw, sat_calls["ours"], None, SATURATION_CONC),
             "floor": grpc_run(fp, fl, sat_calls["floor"], None, SATURATION_CONC),
+            "floor_vendor": grpc_run(vp, flv, sat_calls["floor"], None, SATURATION_CONC),
         }
+        flv.stop()
         if llm is not None:
             sat["litellm"] = _load.vegeta(
                 llm.url,
@@ -443,6 +453,11 @@ def main() -> dict[str, Any]:
             "saturation_rps": sat_rps,
             "saturation_server_cpu_ms_per_req": sat_cpu,
             "saturation_cpu_ours_over_floor": ratio(sat_cpu["ours"], sat_cpu["floor"]),
+            # How much of the gap the vendor layer alone makes (floor_vendor: the floor with
+            # its HTTP hop through the gateway's adapter and transport).
+            "saturation_cpu_floor_vendor_over_floor": ratio(
+                sat_cpu["floor_vendor"], sat_cpu["floor"]
+            ),
             "saturation_ours_over_litellm": ratio(
                 sat_rps["ours"], sat_rps.get("litellm", math.nan)
             ),
@@ -498,7 +513,9 @@ def main() -> dict[str, Any]:
             "-rate=0 -max-workers=1)",
             "direct": "vegeta POSTs the gateway's exact upstream body to the sandbox",
             "floor": "bench._floor: grpc.aio (asyncio loop) + one POST to the sandbox over a "
-            "minimal keep-alive HTTP/1.1 client; floor_httpx: the same with httpx",
+            "minimal keep-alive HTTP/1.1 client; floor_httpx: the same with httpx; "
+            "floor_vendor: the same through the gateway's vendor layer (the OpenAI adapter "
+            "over UpstreamHttp and LeanTransport), without any of its mechanisms",
             "litellm": {
                 "version": _peers.LITELLM_VERSION,
                 "workers": 1,

@@ -1,7 +1,10 @@
 """Streaming: time to first token through the gateway's Stream RPC against streaming straight
 from the sandbox (and through the bare grpc.aio relay of ``bench._floor``, the LiteLLM proxy and
 the Portkey AI gateway, whose OpenAI-compatible endpoints stream SSE), then 1,000 concurrent
-Stream calls: server RSS and CPU, and whether every one completes.
+Stream calls: server RSS and CPU, and whether every one completes. The relay is timed twice:
+``floor`` with its raw HTTP hop, ``floor_vendor`` with the hop through the gateway's vendor
+layer (adapter, ``UpstreamHttp``, ``LeanTransport``), which splits ours' overhead over the
+floor into that layer and the gateway's mechanisms above it.
 
 Placement (2 cores): gateway, floor, LiteLLM and Portkey on CPU 0; this process (the clients)
 and the sandbox on CPU 1. TTFT is the time from sending the request to the first answer text:
@@ -17,6 +20,7 @@ Prints one JSON object. Run: python -m bench.streaming
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import time
@@ -92,39 +96,50 @@ def _pcts(xs: list[float]) -> dict[str, float]:
 
 
 async def ttft_part(
-    sb_port: int, gw_port: int, fl_port: int, peers: dict[str, tuple[str, dict[str, str]]]
+    sb_port: int,
+    gw_port: int,
+    floors: dict[str, int],
+    peers: dict[str, tuple[str, dict[str, str]]],
 ) -> dict[str, Any]:
-    """``peers``: name -> (URL, headers) of an OpenAI-compatible endpoint to time as well."""
+    """``floors``: name -> port of a ``bench._floor`` relay (``floor``: the raw HTTP hop;
+    ``floor_vendor``: the hop through the gateway's vendor layer); ``peers``: name -> (URL,
+    headers) of an OpenAI-compatible endpoint to time as well."""
     http = RawHttp(f"http://127.0.0.1:{sb_port}/v1/chat/completions")
     peer_http = {name: RawHttp(url, headers) for name, (url, headers) in peers.items()}
 
     def body_for(text: str) -> bytes:
         return streamed_chat_body(MODEL, text, QUESTION)
 
-    res: dict[str, list[float]] = {"direct": [], "ours": [], "floor": [], "ours_first_event": []}
-    res.update({name: [] for name in peers})
-    async with (
-        grpc.aio.insecure_channel(f"127.0.0.1:{gw_port}") as gch,
-        grpc.aio.insecure_channel(f"127.0.0.1:{fl_port}") as fch,
-    ):
-        gw, fl = svc_grpc.AnalysisServiceStub(gch), svc_grpc.AnalysisServiceStub(fch)
+    res: dict[str, list[float]] = {"direct": [], "ours": [], "ours_first_event": []}
+    res.update({name: [] for name in (*floors, *peers)})
+    async with contextlib.AsyncExitStack() as channels:
+        gw = svc_grpc.AnalysisServiceStub(
+            await channels.enter_async_context(grpc.aio.insecure_channel(f"127.0.0.1:{gw_port}"))
+        )
+        fls = {
+            name: svc_grpc.AnalysisServiceStub(
+                await channels.enter_async_context(grpc.aio.insecure_channel(f"127.0.0.1:{port}"))
+            )
+            for name, port in floors.items()
+        }
         for _ in range(50):  # warm-up
             await direct_ttft(http, body_for)
             await grpc_ttft(gw)
-            await grpc_ttft(fl)
+            for fl in fls.values():
+                await grpc_ttft(fl)
             for ph in peer_http.values():
                 await direct_ttft(ph, body_for)
         per_round = []
         for _ in range(ROUNDS):
-            r: dict[str, list[float]] = {"direct": [], "ours": [], "floor": []}
+            r: dict[str, list[float]] = {"direct": [], "ours": []}
             for _ in range(CALLS):
                 r["direct"].append(await direct_ttft(http, body_for))
             for _ in range(CALLS):
                 first, ttft = await grpc_ttft(gw)
                 r["ours"].append(ttft)
                 res["ours_first_event"].append(first)
-            for _ in range(CALLS):
-                r["floor"].append((await grpc_ttft(fl))[1])
+            for name, fl in fls.items():
+                r[name] = [(await grpc_ttft(fl))[1] for _ in range(CALLS)]
             for name, ph in peer_http.items():
                 r[name] = [await direct_ttft(ph, body_for) for _ in range(CALLS)]
             for k, v in r.items():
@@ -154,10 +169,7 @@ async def ttft_part(
             "p99": round(summ["ours"]["p99"] - summ["direct"]["p99"], 3),
             "p50_per_round": per_round,
         },
-        "floor_ttft_overhead_ms": {
-            "p50": round(summ["floor"]["p50"] - summ["direct"]["p50"], 3),
-            "p99": round(summ["floor"]["p99"] - summ["direct"]["p99"], 3),
-        },
+        **{f"{name}_ttft_overhead_ms": added(name) for name in floors},
         "ttft_ms": summ,
     }
 
@@ -258,19 +270,21 @@ async def main() -> dict[str, Any]:
     _load.exit_on_sigterm()
     machine = _load.MachineLoad()
     os.sched_setaffinity(0, {LOADGEN_CPU})
-    ports = [_servers.free_port() for _ in range(6)]
+    ports = [_servers.free_port() for _ in range(7)]
     procs: list[Any] = []  # each with stop()
     try:
         sb = _servers.sandbox(ports[0], cpu=LOADGEN_CPU)
         procs.append(sb)
         gw = _servers.gateway(ports[1], ports[0], cpu=SERVER_CPU)
         procs.append(gw)
-        fl = _peers.floor(ports[2], upstream=f"http://127.0.0.1:{ports[0]}/v1", cpu=SERVER_CPU)
-        procs.append(fl)
         api_base = f"http://127.0.0.1:{ports[0]}/v1"
+        floors = {"floor": ports[2], "floor_vendor": ports[6]}
+        for name, port in floors.items():
+            client = "vendor" if name == "floor_vendor" else "raw"
+            procs.append(_peers.floor(port, upstream=api_base, http=client, cpu=SERVER_CPU))
         peers, unavailable = start_peers(api_base, procs)
         log("time to first token")
-        out = await ttft_part(ports[0], ports[1], ports[2], peers)
+        out = await ttft_part(ports[0], ports[1], floors, peers)
         out["peers_unavailable"] = unavailable
         for p in procs[1:]:
             p.stop()
