@@ -19,7 +19,10 @@ Systems (each row is one process under test, the others stopped or idle):
 * ``ours_asyncio`` (on request): the gateway on asyncio's own event loop
   (``server.event_loop = "asyncio"``) instead of uvloop.
 * ``floor``: ``bench._floor``'s Stream (grpc.aio + a minimal HTTP/1.1 client, no pool cap), on
-  the gateway's default event loop; ``floor_asyncio`` (on request) on asyncio's own.
+  the gateway's default event loop; ``floor_asyncio`` (on request) on asyncio's own;
+  ``floor_vendor`` (on request) with its hop through the gateway's vendor layer (the OpenAI
+  adapter over ``UpstreamHttp`` and ``LeanTransport``), none of the gateway's mechanisms: what
+  that layer costs per delta.
 * ``litellm`` and ``portkey``: their OpenAI-compatible endpoints, streamed over HTTP/1.1.
 
 Each system first gets an unreported warm-up of ``WARMUP_STREAMS``. A level starts N streams
@@ -106,8 +109,13 @@ DOC = " ".join(
     ]
 )
 SYSTEMS = ("direct", "ours", "ours_uncapped", "floor", "litellm", "portkey")
-# The floor's variants: the event loop each runs on (``bench._floor --event-loop``).
-FLOORS = {"floor": "auto", "floor_asyncio": "asyncio"}
+# The floor's variants: the event loop each runs on and its HTTP hop (``bench._floor
+# --event-loop``, ``--http``).
+FLOORS = {
+    "floor": ("auto", "raw"),
+    "floor_asyncio": ("asyncio", "raw"),
+    "floor_vendor": ("auto", "vendor"),
+}
 # The gateway's variants: the settings each runs with (environment variables).
 OURS: dict[str, dict[str, str]] = {
     "ours": {},
@@ -376,7 +384,10 @@ def start(
         )
         return Target(name, proc, "grpc", f"127.0.0.1:{port}", lag_file=lag), proc
     if name in FLOORS:
-        proc = _peers.floor(port, upstream=api_base, cpu=SERVER_CPU, event_loop=FLOORS[name])
+        event_loop, http = FLOORS[name]
+        proc = _peers.floor(
+            port, upstream=api_base, http=http, cpu=SERVER_CPU, event_loop=event_loop
+        )
         return Target(name, proc, "grpc", f"127.0.0.1:{port}"), proc
     if name == "litellm":
         try:
