@@ -291,9 +291,10 @@ def load_json(upstream: str, data: str | bytes) -> Any:
 
 def transport_error(upstream: str, exc: Exception) -> UpstreamError:
     """The error for an httpx failure: timeouts are TIMEOUT, the rest CONNECTION. Its text is
-    the detail, not the message: a protocol error quotes the bytes it could not take (h11
-    quotes a header value it refuses, the key of an ``authorization`` header with a stray
-    newline; a status line it cannot parse, which may be the start of a page)."""
+    the detail, not the message: a protocol error may quote the bytes it could not take (h11,
+    under httpx's transports for proxied URLs, quotes a header value it refuses, the key of an
+    ``authorization`` header with a stray newline; a status line it cannot parse, which may be
+    the start of a page)."""
     if isinstance(exc, httpx.TimeoutException):
         kind = ErrorKind.TIMEOUT
     elif isinstance(exc, httpx.HTTPError):

@@ -10,13 +10,28 @@ redirects, cookies, event hooks) that it never uses: on a fast upstream those la
 much CPU as the transport itself.
 
 Under it, for direct connections, is ``LeanTransport`` (an ``httpx.AsyncBaseTransport``):
-keep-alive HTTP/1.1 connections on asyncio streams, pooled per origin, the protocol handled by
-h11 (the parser httpx's own transport uses). It exists because httpx's default transport
-(httpcore's pool over anyio streams) is general — HTTP/2, proxies, SOCKS, several event loops —
-and on the gateway's hot path, a cache miss against a fast upstream or a model streaming one
-token per event, that generality is most of the gateway's CPU. ``LeanTransport`` leaves out what
-this traffic never needs: HTTP/2, proxies (httpx's own transports serve proxied URLs, see
-below), Unix sockets, local addresses, socket options, other event loops than asyncio.
+keep-alive HTTP/1.1 connections on asyncio streams, pooled per origin. It exists because
+httpx's default transport (httpcore's pool over anyio streams) is general — HTTP/2, proxies,
+SOCKS, several event loops — and on the gateway's hot path, a cache miss against a fast
+upstream or a model streaming one token per event, that generality is most of the gateway's
+CPU. ``LeanTransport`` leaves out what this traffic never needs: HTTP/2, proxies (httpx's own
+transports serve proxied URLs, see below), Unix sockets, local addresses, socket options, other
+event loops than asyncio.
+
+Responses are parsed by httptools (llhttp, the parser of Node.js, which uvicorn uses too), not
+h11 (httpcore's): h11 is pure Python, and its regular expressions over every header of a
+response and every piece of a chunked body cost more than the rest of the transport, once per
+miss and once per streamed event. What h11 decided, this module decides the same way, and
+``tests/unit/vendors/test_transport.py`` holds it to it: informational (1xx) responses are
+skipped; a body framed by neither Content-Length nor chunked runs to the close; a connection is
+reused only when the request was sent whole, the response read to its end and the server
+keeps it open (HTTP/1.1 without ``Connection: close``, or HTTP/1.0 with ``keep-alive``, which
+h11 never reuses); a response with both Content-Length and Transfer-Encoding is refused as
+RFC 9112 section 6.3 advises (h11 took the chunked framing); bytes after the end of a
+response leave it whole but its connection is closed, so they are never read as the next
+answer. The request head is written here, with h11's checks: the method and header names are
+tokens, and no value holds a CR, LF or NUL that would split the request; the error names the
+header, never its value (h11 quoted the value, an API key with a stray newline included).
 
 The settings, and why:
 
@@ -58,6 +73,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -69,9 +85,9 @@ from contextlib import (
 )
 from contextvars import ContextVar, Token
 from http.cookiejar import CookieJar, DefaultCookiePolicy
-from typing import Any, Protocol
+from typing import Protocol
 
-import h11
+import httptools
 import httpx
 
 # httpx reads the proxy variables only when it builds its own transport; with ours, its reading
@@ -254,16 +270,137 @@ def _proxy_mounts(limits: httpx.Limits) -> dict[str, httpx.AsyncBaseTransport | 
     }
 
 
+class _Head:
+    """A final response's status line and headers."""
+
+    __slots__ = ("headers", "reason", "status")
+
+    def __init__(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+
+
+class _Marker:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+_END = _Marker("end of the response")
+_CLOSED = _Marker("closed before any byte of a response")
+_NO_BODY = frozenset((204, 304))
+
+
+class _ExtraResponse(Exception):
+    """Raised from the parser's callback when a second response starts."""
+
+
+class _Response:
+    """One response read with httptools (llhttp, the parser of Node.js), its callbacks queued
+    as the events ``_next_event`` hands out: the head (``_Head``; informational 1xx responses
+    are skipped), the body's pieces (``bytes``), then ``_END``. A response whose body runs to
+    the connection's close (neither Content-Length nor chunked) ends at the close, and its
+    connection is not reused."""
+
+    __slots__ = (
+        "_head_done",
+        "_headers",
+        "_parser",
+        "_reason",
+        "_started",
+        "ended",
+        "events",
+        "keep_alive",
+        "until_close",
+    )
+
+    def __init__(self) -> None:
+        self.events: collections.deque[_Head | bytes | _Marker] = collections.deque()
+        self.ended = False  # the final response was read to its end
+        self.keep_alive = False  # and the server lets the connection serve another request
+        self.until_close = False  # the body ends when the connection closes
+        self._started = False  # a byte of a response was parsed
+        self._head_done = False
+        self._reason = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._parser = httptools.HttpResponseParser(self)
+
+    def feed(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as e:
+            if not isinstance(e.__context__, _ExtraResponse):
+                raise
+            # Bytes after the end of the response: the response stands, but whatever they
+            # are would be read as the answer to the next request, so the connection is not
+            # reused.
+            self.keep_alive = False
+        except httptools.HttpParserUpgrade:
+            raise httpx.RemoteProtocolError("the server switched protocols") from None
+        except httptools.HttpParserError as e:
+            raise httpx.RemoteProtocolError(f"invalid HTTP response: {e}") from None
+
+    def eof(self) -> _Marker:
+        """What the connection's close means at this point of the response."""
+        if self.until_close and not self.ended:
+            self.ended = True
+            self.keep_alive = False
+            return _END
+        if not self._started:
+            return _CLOSED
+        raise httpx.RemoteProtocolError("the server closed the connection mid-response")
+
+    # httptools' callbacks.
+
+    def on_message_begin(self) -> None:
+        if self.ended:
+            raise _ExtraResponse
+        self._started = True
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason  # may come in pieces
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        status = parser.get_status_code()
+        if status < 200:  # 100 Continue, 103 Early Hints: the final response follows
+            self._reason = b""
+            self._headers = []
+            return
+        self._head_done = True
+        self.keep_alive = parser.should_keep_alive()
+        self.until_close = status not in _NO_BODY and not any(
+            name.lower() in (b"content-length", b"transfer-encoding") for name, _ in self._headers
+        )
+        self.events.append(_Head(status, self._reason, self._headers))
+
+    def on_body(self, body: bytes) -> None:
+        self.events.append(bytes(body))
+
+    def on_message_complete(self) -> None:
+        if not self._head_done:  # the end of an informational response
+            return
+        self.keep_alive = self.keep_alive and self._parser.should_keep_alive()
+        self.ended = True
+        self.events.append(_END)
+
+
 class _Connection:
     __slots__ = (
         "closed",
-        "h11",
         "heard",
         "idle_since",
         "origin",
         "read_bound",
         "reader",
+        "response",
         "reused",
+        "sent",
         "writer",
     )
 
@@ -273,7 +410,8 @@ class _Connection:
         self.origin = origin
         self.reader = reader
         self.writer = writer
-        self.h11 = h11.Connection(h11.CLIENT)
+        self.response = _Response()  # the response to the current request
+        self.sent = False  # the current request was sent to its end
         self.reused = False
         self.heard = False  # a byte of the current response has arrived
         self.idle_since = 0.0
@@ -289,16 +427,10 @@ class _Stale(Exception):
     """A reused connection turned out closed before any byte of the response arrived."""
 
 
-async def _next_event(conn: _Connection, read_timeout: float | None) -> Any:
-    while True:
-        try:
-            event = conn.h11.next_event()
-        except h11.RemoteProtocolError as e:
-            raise httpx.RemoteProtocolError(str(e)) from None
-        if event is h11.PAUSED:  # bytes after the end of the response
-            raise httpx.RemoteProtocolError("the server sent more than one response")
-        if event is not h11.NEED_DATA:
-            return event
+async def _next_event(conn: _Connection, read_timeout: float | None) -> _Head | bytes | _Marker:
+    response = conn.response
+    events = response.events
+    while not events:
         try:
             with conn.read_bound.bound(read_timeout):
                 data = await conn.reader.read(_READ)
@@ -306,9 +438,37 @@ async def _next_event(conn: _Connection, read_timeout: float | None) -> Any:
             raise httpx.ReadTimeout("timed out reading the response") from None
         except OSError as e:
             raise httpx.ReadError(str(e) or type(e).__name__) from None
-        if data:
-            conn.heard = True
-        conn.h11.receive_data(data)  # b"" is EOF
+        if not data:
+            return response.eof()
+        conn.heard = True
+        response.feed(data)
+    return events.popleft()
+
+
+# What a request's head may hold (RFC 9110: a method and a field name are tokens; a field
+# value is visible characters, spaces and tabs, RFC 9110 section 5.5), checked before anything
+# is sent, as h11 does: a stray CR or LF in a header would otherwise split the request.
+_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_VALUE = re.compile(rb"[^\x00-\x08\x0a-\x1f\x7f]*")
+_TARGET = re.compile(rb"[^\x00-\x20\x7f]+")
+
+
+def _request_head(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The request line and headers, as bytes; ``httpx.LocalProtocolError`` for what cannot
+    be sent (the message names the header, never its value, which may be a key)."""
+    if not _TOKEN.fullmatch(method):
+        raise httpx.LocalProtocolError("invalid HTTP method")
+    if not _TARGET.fullmatch(target):
+        raise httpx.LocalProtocolError("invalid request target")
+    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
+    for name, value in headers:
+        if not _TOKEN.fullmatch(name):
+            raise httpx.LocalProtocolError("invalid header name")
+        if not _VALUE.fullmatch(value):
+            raise httpx.LocalProtocolError(f"invalid value of the header {name.decode('ascii')}")
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
 
 
 async def _drain(writer: asyncio.StreamWriter, timeout: float | None) -> None:
@@ -323,7 +483,7 @@ async def _drain(writer: asyncio.StreamWriter, timeout: float | None) -> None:
 
 
 class _Body(httpx.AsyncByteStream):
-    """A response body read through h11. The connection goes back to the pool as soon as the
+    """A response body read through httptools. The connection goes back to the pool as soon as the
     body has been read to its end; a body closed before that closes its connection (what is
     left of it could be anything up to a whole stream)."""
 
@@ -339,14 +499,14 @@ class _Body(httpx.AsyncByteStream):
         try:
             while True:
                 event = await _next_event(conn, self._read_timeout)
-                if type(event) is h11.Data:
-                    if event.data:
-                        yield bytes(event.data)
-                elif type(event) is h11.EndOfMessage:
+                if type(event) is bytes:
+                    if event:
+                        yield event
+                elif event is _END:
                     self._conn = None
                     self._pool._checkin(conn)
                     return
-                else:  # ConnectionClosed before the end of the body
+                else:  # closed before the end of the body
                     raise httpx.RemoteProtocolError("the server closed the connection mid-body")
         except BaseException:
             self._conn = None
@@ -398,12 +558,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
             body: bytes | None = request.content
         except httpx.RequestNotRead:
             body = None  # a streamed body: sent as it comes, and never sent twice
-        try:
-            head = h11.Request(
-                method=request.method, target=url.raw_path, headers=request.headers.raw
-            )
-        except h11.LocalProtocolError as e:
-            raise httpx.LocalProtocolError(str(e)) from None
+        head = _request_head(request.method.encode("ascii"), url.raw_path, request.headers.raw)
 
         conn = await self._acquire(origin, timeouts)
         try:
@@ -412,8 +567,8 @@ class LeanTransport(httpx.AsyncBaseTransport):
             conn = await self._reconnect(conn, timeouts)
             event = await self._exchange(conn, head, body, request, timeouts)
         return httpx.Response(
-            status_code=event.status_code,
-            headers=event.headers.raw_items(),
+            status_code=event.status,
+            headers=event.headers,
             stream=_Body(self, conn, timeouts.get("read")),
             extensions={"http_version": b"HTTP/1.1", "reason_phrase": event.reason},
         )
@@ -491,14 +646,15 @@ class LeanTransport(httpx.AsyncBaseTransport):
         return True
 
     def _checkin(self, conn: _Connection) -> None:
-        h = conn.h11
         if (
-            h.our_state is h11.DONE
-            and h.their_state is h11.DONE
+            conn.sent
+            and conn.response.ended
+            and conn.response.keep_alive
             and not conn.stale()
             and not self._closed
         ):
-            h.start_next_cycle()
+            conn.response = _Response()
+            conn.sent = False
             conn.idle_since = now = time.monotonic()
             self._idle.setdefault(conn.origin, []).append(conn)
             if self._waiters:
@@ -569,11 +725,11 @@ class LeanTransport(httpx.AsyncBaseTransport):
     async def _exchange(
         self,
         conn: _Connection,
-        head: h11.Request,
+        head: bytes,
         body: bytes | None,
         request: httpx.Request,
         timeouts: dict[str, float | None],
-    ) -> h11.Response:
+    ) -> _Head:
         """Sends the request on ``conn`` and reads the response head; on any failure the
         connection is closed (``_Stale``: a reused one the server had closed, the request can
         be sent again)."""
@@ -586,51 +742,46 @@ class LeanTransport(httpx.AsyncBaseTransport):
     async def _send(
         self,
         conn: _Connection,
-        head: h11.Request,
+        head: bytes,
         body: bytes | None,
         request: httpx.Request,
         timeouts: dict[str, float | None],
-    ) -> h11.Response:
-        h = conn.h11
+    ) -> _Head:
         retriable = conn.reused and body is not None
         write_timeout = timeouts.get("write")
+        writer = conn.writer
         try:
-            if body is not None:
-                parts = [h.send(head) or b""]
-                if body:
-                    parts.append(h.send(h11.Data(data=body)) or b"")
-                parts.append(h.send(h11.EndOfMessage()) or b"")
-                conn.writer.write(b"".join(parts))
-                await _drain(conn.writer, write_timeout)
+            if body is not None:  # framed by its Content-Length, which httpx set
+                writer.write(head + body)
+                await _drain(writer, write_timeout)
             else:
-                conn.writer.write(h.send(head) or b"")
+                chunked = request.headers.get("transfer-encoding", "").lower() == "chunked"
+                writer.write(head)
                 async for chunk in request.stream:  # type: ignore[union-attr]
                     if chunk:
-                        conn.writer.write(h.send(h11.Data(data=chunk)) or b"")
-                        await _drain(conn.writer, write_timeout)
-                conn.writer.write(h.send(h11.EndOfMessage()) or b"")
-                await _drain(conn.writer, write_timeout)
-        except h11.LocalProtocolError as e:
-            raise httpx.LocalProtocolError(str(e)) from None
+                        writer.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+                        await _drain(writer, write_timeout)
+                if chunked:
+                    writer.write(b"0\r\n\r\n")
+                await _drain(writer, write_timeout)
         except TimeoutError:
             raise httpx.WriteTimeout("timed out sending the request") from None
         except OSError as e:
             if retriable:
                 raise _Stale from e
             raise httpx.WriteError(str(e) or type(e).__name__) from None
+        conn.sent = True
         read_timeout = timeouts.get("read")
         sent = time.monotonic()
-        while True:
-            try:
-                event = await _next_event(conn, read_timeout)
-            except (httpx.ReadError, httpx.RemoteProtocolError):
-                if retriable and not conn.heard and time.monotonic() - sent < RACE_WINDOW_S:
-                    raise _Stale from None
-                raise
-            if type(event) is h11.Response:
-                return event
-            if type(event) is h11.ConnectionClosed:
-                if retriable and time.monotonic() - sent < RACE_WINDOW_S:
-                    raise _Stale
-                raise httpx.RemoteProtocolError("the server closed the connection, no response")
-            # InformationalResponse (100 Continue...): keep reading
+        try:
+            event = await _next_event(conn, read_timeout)
+        except (httpx.ReadError, httpx.RemoteProtocolError):
+            if retriable and not conn.heard and time.monotonic() - sent < RACE_WINDOW_S:
+                raise _Stale from None
+            raise
+        if type(event) is _Head:
+            return event
+        # Closed with no byte of a response (a body or the end cannot come before the head).
+        if retriable and time.monotonic() - sent < RACE_WINDOW_S:
+            raise _Stale
+        raise httpx.RemoteProtocolError("the server closed the connection, no response")

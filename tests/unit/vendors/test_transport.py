@@ -665,3 +665,140 @@ async def test_a_close_long_after_the_request_is_a_failure_not_the_race(
             await post(client, port)
         await client.aclose()
     assert state.connections == 1 and served == 2
+
+
+# The response parser (httptools): the cases h11 used to decide for us.
+
+
+async def _one_response(raw: bytes, requests: int = 2) -> tuple[Server, list[object]]:
+    """``requests`` posts against a server answering each with ``raw`` (then closing when
+    the response runs to the close); each result, or the exception it raised."""
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while await read_request(r):
+            w.write(raw)
+            await w.drain()
+            if b"content-length" not in raw.lower() and b"chunked" not in raw.lower():
+                return  # the body runs to the close
+
+    results: list[object] = []
+    async with serve(handler) as (state, port):
+        client = upstream_client()
+        for _ in range(requests):
+            try:
+                results.append(await post(client, port))
+            except httpx.HTTPError as e:
+                results.append(e)
+        await client.aclose()
+    return state, results
+
+
+async def test_informational_responses_before_the_answer_are_skipped() -> None:
+    raw = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n" + ok(b"hi")
+    state, results = await _one_response(raw)
+    assert results == [(200, b"hi"), (200, b"hi")]
+    assert state.connections == 1
+
+
+async def test_a_body_that_runs_to_the_close_is_read_whole_and_its_connection_not_reused() -> None:
+    state, results = await _one_response(b"HTTP/1.1 200 OK\r\nContent-Type: x\r\n\r\nall of it")
+    assert results == [(200, b"all of it"), (200, b"all of it")]
+    assert state.connections == 2
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi",
+        b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nhi",
+    ],
+    ids=["connection-close", "http-1.0"],
+)
+async def test_a_server_that_will_close_does_not_get_its_connection_reused(raw: bytes) -> None:
+    state, results = await _one_response(raw)
+    assert results == [(200, b"hi"), (200, b"hi")]
+    assert state.connections == 2
+
+
+async def test_an_http_1_0_keep_alive_response_keeps_its_connection() -> None:
+    raw = b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nhi"
+    state, results = await _one_response(raw)
+    assert results == [(200, b"hi"), (200, b"hi")]
+    assert state.connections == 1
+
+
+async def test_bytes_after_the_end_of_a_response_leave_it_whole_but_its_connection_unused() -> None:
+    state, results = await _one_response(ok(b"hi") + b"HTTP/1.1 200 OK\r\n")
+    assert results == [(200, b"hi"), (200, b"hi")]
+    assert state.connections == 2  # the stray bytes are never read as the next answer
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"SSH-2.0-OpenSSH_9.6\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n",
+    ],
+    ids=["not-http", "bad-chunk-size", "length-and-chunked"],
+)
+async def test_a_malformed_response_is_a_protocol_error_and_drops_the_connection(
+    raw: bytes,
+) -> None:
+    state, results = await _one_response(raw)
+    assert all(isinstance(r, httpx.RemoteProtocolError) for r in results), results
+    assert state.connections == 2
+
+
+async def test_a_response_in_pieces_of_one_byte_is_the_same_response() -> None:
+    raw = (
+        b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 7\r\nX-Request-Id: req_1\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    )
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while await read_request(r):
+            for i in range(len(raw)):
+                w.write(raw[i : i + 1])
+                await w.drain()
+                await asyncio.sleep(0)
+
+    async with serve(handler) as (state, port):
+        client = upstream_client()
+        url = f"http://127.0.0.1:{port}/"
+        for _ in range(2):
+            async with client.stream("POST", url, content=b"", headers={}, timeout=T) as r:
+                assert (r.status_code, r.reason_phrase) == (429, "Too Many Requests")
+                assert r.headers["retry-after"] == "7" and r.headers["x-request-id"] == "req_1"
+                assert b"".join([c async for c in r.aiter_bytes()]) == b"hello world"
+        await client.aclose()
+    assert state.connections == 1
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"authorization": "Bearer sk-secret\r\nX-Injected: 1"},
+        {"authorization": "Bearer sk-secret\nX-Injected: 1"},
+        {"authorization": "Bearer sk-secret\x00"},
+        {"bad name": "sk-secret"},
+    ],
+    ids=["crlf", "lf", "nul", "name"],
+)
+async def test_a_header_that_would_split_the_request_is_refused_unsent(
+    headers: dict[str, str],
+) -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while await read_request(r):
+            w.write(ok(b"hi"))
+            await w.drain()
+
+    async with serve(handler) as (state, port):
+        client = upstream_client()
+        url = f"http://127.0.0.1:{port}/"
+        with pytest.raises(httpx.LocalProtocolError) as caught:
+            async with client.stream("POST", url, content=b"", headers=headers, timeout=T):
+                pass
+        assert "sk-secret" not in str(caught.value)  # a key is never quoted
+        await client.aclose()
+    assert state.connections == 0
