@@ -670,9 +670,9 @@ async def test_a_close_long_after_the_request_is_a_failure_not_the_race(
 # The response parser (httptools): the cases h11 used to decide for us.
 
 
-async def _one_response(raw: bytes, requests: int = 2) -> tuple[Server, list[object]]:
-    """``requests`` posts against a server answering each with ``raw`` (then closing when
-    the response runs to the close); each result, or the exception it raised."""
+def _answering(raw: bytes) -> Handler:
+    """A server answering every request with ``raw`` (and closing after it when the response
+    runs to the close)."""
 
     async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         while await read_request(r):
@@ -681,8 +681,14 @@ async def _one_response(raw: bytes, requests: int = 2) -> tuple[Server, list[obj
             if b"content-length" not in raw.lower() and b"chunked" not in raw.lower():
                 return  # the body runs to the close
 
+    return handler
+
+
+async def _one_response(raw: bytes, requests: int = 2) -> tuple[Server, list[object]]:
+    """``requests`` posts against a server answering each with ``raw``; each result, or the
+    exception it raised."""
     results: list[object] = []
-    async with serve(handler) as (state, port):
+    async with serve(_answering(raw)) as (state, port):
         client = upstream_client()
         for _ in range(requests):
             try:
@@ -788,12 +794,7 @@ async def test_a_response_in_pieces_of_one_byte_is_the_same_response() -> None:
 async def test_a_header_that_would_split_the_request_is_refused_unsent(
     headers: dict[str, str],
 ) -> None:
-    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        while await read_request(r):
-            w.write(ok(b"hi"))
-            await w.drain()
-
-    async with serve(handler) as (state, port):
+    async with serve(_answering(ok(b"hi"))) as (state, port):
         client = upstream_client()
         url = f"http://127.0.0.1:{port}/"
         with pytest.raises(httpx.LocalProtocolError) as caught:
