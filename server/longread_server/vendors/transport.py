@@ -363,7 +363,8 @@ class _Response:
         self._reason += reason  # may come in pieces
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        if not self._head_done:  # a chunked body's trailer fields are not the response's
+            self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         parser = self._parser

@@ -706,6 +706,16 @@ async def test_informational_responses_before_the_answer_are_skipped() -> None:
     assert state.connections == 1
 
 
+async def test_trailer_fields_after_a_chunked_body_end_it_and_keep_the_connection() -> None:
+    raw = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Request-Id: req_1\r\n\r\n"
+        b"2\r\nhi\r\n0\r\nX-Checksum: abc\r\n\r\n"
+    )
+    state, results = await _one_response(raw)
+    assert results == [(200, b"hi"), (200, b"hi")]
+    assert state.connections == 1
+
+
 async def test_a_body_that_runs_to_the_close_is_read_whole_and_its_connection_not_reused() -> None:
     state, results = await _one_response(b"HTTP/1.1 200 OK\r\nContent-Type: x\r\n\r\nall of it")
     assert results == [(200, b"all of it"), (200, b"all of it")]
