@@ -164,8 +164,9 @@ class FloorServicer(svc_grpc.AnalysisServiceServicer):
         self.upstream = upstream.rstrip("/") + "/chat/completions" if upstream else None
         self.raw = RawHttp(self.upstream) if self.upstream and client == "raw" else None
         self.vendor: VendorAdapter | None = None
-        self.vendor_http = UpstreamHttp(upstream_client())
+        self.vendor_http: UpstreamHttp | None = None
         if upstream and client == "vendor":
+            self.vendor_http = UpstreamHttp(upstream_client())
             self.vendor = make_adapter(
                 VendorKind.OPENAI,
                 self.vendor_http,
@@ -314,7 +315,8 @@ async def serve(
     await stop.wait()
     await server.stop(0.5)
     await servicer.http.aclose()
-    await servicer.vendor_http.aclose()
+    if servicer.vendor_http is not None:
+        await servicer.vendor_http.aclose()
     if servicer.raw is not None:
         await servicer.raw.aclose()
 

@@ -24,14 +24,14 @@ response and every piece of a chunked body cost more than the rest of the transp
 miss and once per streamed event. What h11 decided, this module decides the same way, and
 ``tests/unit/vendors/test_transport.py`` holds it to it: informational (1xx) responses are
 skipped; a body framed by neither Content-Length nor chunked runs to the close; a connection is
-reused only when the request was sent whole, the response read to its end and the server
-keeps it open (HTTP/1.1 without ``Connection: close``, or HTTP/1.0 with ``keep-alive``, which
-h11 never reuses); a response with both Content-Length and Transfer-Encoding is refused as
-RFC 9112 section 6.3 advises (h11 took the chunked framing); bytes after the end of a
-response leave it whole but its connection is closed, so they are never read as the next
-answer. The request head is written here, with h11's checks: the method and header names are
-tokens, and no value holds a CR, LF or NUL that would split the request; the error names the
-header, never its value (h11 quoted the value, an API key with a stray newline included).
+reused only when the response was read to its end and the server keeps it open (HTTP/1.1
+without ``Connection: close``, or HTTP/1.0 with ``keep-alive``, which h11 never reuses); a
+response with both Content-Length and Transfer-Encoding is refused as RFC 9112 section 6.3
+advises (h11 took the chunked framing); bytes after the end of a response leave it whole but
+its connection is closed, so they are never read as the next answer. The request head is
+written here, with h11's checks: the method and header names are tokens, and no value holds a
+CR, LF or NUL that would split the request; the error names the header, never its value (h11
+quoted the value, an API key with a stray newline included).
 
 The settings, and why:
 
@@ -73,6 +73,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import enum
 import re
 import ssl
 import time
@@ -281,15 +282,13 @@ class _Head:
         self.headers = headers
 
 
-class _Marker:
-    __slots__ = ("name",)
-
-    def __init__(self, name: str) -> None:
-        self.name = name
+class _Marker(enum.Enum):
+    END = "the end of the response"
+    CLOSED = "closed before any byte of a response"
 
 
-_END = _Marker("end of the response")
-_CLOSED = _Marker("closed before any byte of a response")
+_END = _Marker.END
+_CLOSED = _Marker.CLOSED
 _NO_BODY = frozenset((204, 304))
 
 
@@ -401,7 +400,6 @@ class _Connection:
         "reader",
         "response",
         "reused",
-        "sent",
         "writer",
     )
 
@@ -412,7 +410,6 @@ class _Connection:
         self.reader = reader
         self.writer = writer
         self.response = _Response()  # the response to the current request
-        self.sent = False  # the current request was sent to its end
         self.reused = False
         self.heard = False  # a byte of the current response has arrived
         self.idle_since = 0.0
@@ -647,15 +644,14 @@ class LeanTransport(httpx.AsyncBaseTransport):
         return True
 
     def _checkin(self, conn: _Connection) -> None:
+        # (Its request was sent whole: a response is read only once the request is out.)
         if (
-            conn.sent
-            and conn.response.ended
+            conn.response.ended
             and conn.response.keep_alive
             and not conn.stale()
             and not self._closed
         ):
             conn.response = _Response()
-            conn.sent = False
             conn.idle_since = now = time.monotonic()
             self._idle.setdefault(conn.origin, []).append(conn)
             if self._waiters:
@@ -771,7 +767,6 @@ class LeanTransport(httpx.AsyncBaseTransport):
             if retriable:
                 raise _Stale from e
             raise httpx.WriteError(str(e) or type(e).__name__) from None
-        conn.sent = True
         read_timeout = timeouts.get("read")
         sent = time.monotonic()
         try:
