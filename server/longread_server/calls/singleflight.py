@@ -12,7 +12,10 @@ the answer any more and the flight is cancelled too, so a cancelled job leaves n
 call running. Every caller, first and later, follows the flight's events as they come: a
 streaming caller gets the deltas live, then the Finish (``cached=True`` for all but the
 first caller: they cost nothing); a failed call raises its
-error in every caller. A streamed call's task reads on past its first delta only once a
+error in every caller. The answer is stored, and then handed to the callers, as soon as its
+Finish arrives: the stages behind the flight settle their books on the way out of the call
+(a breaker's record, a bucket's refund) after that, and what fails there is logged, not
+raised in callers that already have their answer. A streamed call's task reads on past its first delta only once a
 caller has taken it (``_Flight.passed_on``), so the first token is not held up by the rest of
 a burst that came in with it. A caller waits no longer than its own deadline; the call itself runs
 under the first caller's deadline. (The key ignores ``stream``, so a streaming caller that
@@ -143,6 +146,8 @@ class _Flight:
         self._notify()
 
     def fail(self, error: BaseException) -> None:
+        if self.done:  # landed: what fails after the answer (the books) is not the answer's
+            return
         self.error = error
         self.done = True
         self._notify()
@@ -328,6 +333,8 @@ class SingleFlightStage:
             finish: Finish | None = None
             cache.stats.upstream_calls += 1
             async for ev in nxt(call):
+                if finish is not None:
+                    continue  # (a Finish is the last event; nothing after it is the answer)
                 if isinstance(ev, TextDelta):
                     deltas.append(ev.text)
                     flight.push(ev)
@@ -335,16 +342,20 @@ class SingleFlightStage:
                         await flight.passed_on()
                 elif isinstance(ev, Finish):
                     finish = ev
+                    await self._store(call, key, deltas, finish)
+                    if token and remote is not None:
+                        if renewer is not None:
+                            renewer.cancel()
+                        await self._follow_up(functools.partial(remote.release, key, scope, token))
+                        token = ""
+                    # Stored: the callers take the answer now, before the stages behind
+                    # settle their books (a breaker's record, a bucket's refund: Redis round
+                    # trips when shared) on the way out of the call.
+                    self._close(fid, flight)
+                    flight.land([finish])
+                    await asyncio.sleep(0)
             if finish is None:
                 raise UpstreamError(ErrorKind.CONNECTION, "the model call ended without a result")
-            await self._store(call, key, deltas, finish)
-            if token and remote is not None:
-                if renewer is not None:
-                    renewer.cancel()
-                await self._follow_up(functools.partial(remote.release, key, scope, token))
-                token = ""
-            self._close(fid, flight)
-            flight.land([finish])
         except asyncio.CancelledError:
             self._close(fid, flight)
             flight.fail(UpstreamError(ErrorKind.CONNECTION, "the shared model call was cancelled"))
@@ -354,6 +365,9 @@ class SingleFlightStage:
             raise
         except Exception as e:
             self._close(fid, flight)
+            if flight.done:  # settling after the answer was stored and handed out
+                log.warning("single-flight: after %s was answered: %r", key[:12], e)
+                return
             flight.fail(e)
             if token and remote is not None:
                 error = encode_error(e)

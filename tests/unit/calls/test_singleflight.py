@@ -53,6 +53,10 @@ class ScriptedUpstream(OpenAIAdapter):
         self.started = asyncio.Event()
         self.hold: asyncio.Event | None = None  # set: the call pauses after its first delta
         self.fail: UpstreamError | None = None
+        # set: after its Finish the call waits for it (what the stages behind the flight do
+        # on the way out: a breaker's record, a bucket's refund), then raises ``fail_after``
+        self.settle: asyncio.Event | None = None
+        self.fail_after: UpstreamError | None = None
 
     async def call(
         self, req: LlmRequest, *, timeout: float | None = None
@@ -66,6 +70,10 @@ class ScriptedUpstream(OpenAIAdapter):
         if self.fail is not None:
             raise self.fail
         yield Finish("stop", Usage(100, 7, calls=1), model=req.model, response_id="r1")
+        if self.settle is not None:
+            await self.settle.wait()
+        if self.fail_after is not None:
+            raise self.fail_after
 
 
 @dataclass
@@ -263,6 +271,24 @@ async def test_an_error_reaches_every_caller_and_nothing_is_stored() -> None:
     assert r.upstream.calls == 1 and r.cache.stats.stores == 0
     r.upstream.fail = None
     assert text_of(await r.ask()) == TEXT and r.upstream.calls == 2  # a failure is not cached
+
+
+async def test_callers_have_the_stored_answer_before_the_call_has_settled() -> None:
+    """The answer is stored and handed out at its Finish; what the stages behind do on the way
+    out (held here), and even a failure there, does not hold it back or take it away."""
+    r = replica()
+    r.upstream.settle = asyncio.Event()
+    r.upstream.fail_after = UpstreamError(ErrorKind.CONNECTION, "books not settled")
+    first = await asyncio.wait_for(r.ask(stream=False), 5)
+    assert text_of(first) == TEXT and not finish_of(first).cached
+    assert r.cache.stats.stores == 1 and r.flights.in_flight == 0
+    assert not r.upstream.settle.is_set()  # the call is still on its way out
+    again = await r.ask(stream=False)  # meanwhile: read from the cache, not a second call
+    assert finish_of(again).cached and r.upstream.calls == 1
+    r.upstream.settle.set()
+    await asyncio.sleep(0.01)
+    later = await r.ask(stream=False)
+    assert text_of(later) == TEXT and finish_of(later).cached and r.upstream.calls == 1
 
 
 async def test_a_follower_waits_no_longer_than_its_deadline() -> None:
