@@ -86,7 +86,7 @@ from contextlib import (
 )
 from contextvars import ContextVar, Token
 from http.cookiejar import CookieJar, DefaultCookiePolicy
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import httptools
 import httpx
@@ -178,10 +178,10 @@ class UpstreamHttp:
         }
         self._timeout = client.timeout.as_dict()
         self._transports: Memo[tuple[str, str, int | None], httpx.AsyncBaseTransport] = Memo(256)
-        # Parsed URLs and merged headers, by value: an upstream's calls repeat the same few,
+        # Parsed URLs and prepared headers, by value: an upstream's calls repeat the same few,
         # and parsing and normalizing them is most of what a request costs to build.
         self._urls: Memo[str, httpx.URL] = Memo(256)
-        self._merged: Memo[tuple[tuple[str, str], ...], httpx.Headers] = Memo(256)
+        self._prepared: Memo[tuple[str, tuple[tuple[str, str], ...]], _Prepared] = Memo(256)
 
     def _transport(self, url: httpx.URL) -> httpx.AsyncBaseTransport:
         # The client's own choice (proxy mounts, NO_PROXY), remembered per origin.
@@ -203,24 +203,52 @@ class UpstreamHttp:
             else {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
         }
         parsed = self._urls.get_or_make(url, lambda: httpx.URL(url))
-        key = tuple(headers.items())
-        merged = self._merged.get_or_make(key, lambda: self._merge(key))
-        request = httpx.Request(
-            method, parsed, content=content, headers=merged, extensions=extensions
-        )
+        key = (parsed.netloc.decode("ascii"), tuple(headers.items()))
+        prepared = self._prepared.get_or_make(key, lambda: self._prepare(parsed, key[1]))
+        if content:
+            # The request ``httpx.Request(method, url, content=..., headers=...)`` builds (the
+            # same headers in the same order, the body read), from headers prepared once:
+            # httpx would look each of them up again, by case-insensitive scans, every time.
+            request = httpx.Request(
+                method,
+                parsed,
+                headers=prepared.with_host,
+                stream=httpx.ByteStream(content),
+                extensions=extensions,
+            )
+            if not prepared.has_length:
+                request.headers["Content-Length"] = str(len(content))
+            request.read()
+        else:
+            request = httpx.Request(
+                method, parsed, content=content, headers=prepared.merged, extensions=extensions
+            )
         span = _UPSTREAM_SPAN.get()
         if span is not None:  # into the request's own copy of the headers
             _inject(request.headers, span)
         return _Sent(self._transport(request.url), request)
 
-    def _merge(self, headers: tuple[tuple[str, str], ...]) -> httpx.Headers:
-        spelled = dict(self._headers)
-        for name, value in headers:
-            spelled[name.lower()] = (name, value)  # a call's own header replaces a default
-        return httpx.Headers(list(spelled.values()))
+    def _prepare(self, url: httpx.URL, headers: tuple[tuple[str, str], ...]) -> _Prepared:
+        # As ``AsyncClient`` merges them: a call's own header replaces the default of that
+        # name, and comes after the defaults, in the call's order.
+        given = {name.lower() for name, _ in headers}
+        merged = [spelled for name, spelled in self._headers.items() if name not in given]
+        merged.extend(headers)
+        named = given | self._headers.keys()
+        with_host = merged if "host" in named else [("Host", url.netloc.decode("ascii")), *merged]
+        return _Prepared(httpx.Headers(merged), httpx.Headers(with_host), "content-length" in named)
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+class _Prepared(NamedTuple):
+    """A call's headers merged into the client's defaults; the same led by ``Host`` (unless
+    given), as httpx sends them; whether they state a ``Content-Length``."""
+
+    merged: httpx.Headers
+    with_host: httpx.Headers
+    has_length: bool
 
 
 class _Sent(AbstractAsyncContextManager[httpx.Response]):

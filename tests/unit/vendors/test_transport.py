@@ -602,6 +602,46 @@ async def test_the_direct_path_sends_what_the_client_sends() -> None:
     assert state.connections == 2  # one per client: the direct one reused its connection
 
 
+@pytest.mark.parametrize(
+    ("method", "url", "headers", "body"),
+    [
+        ("POST", "http://127.0.0.1:9/v1/chat/completions", {"content-type": "a/b"}, b"{}"),
+        ("POST", "https://api.example.test/v1/messages", {"x-api-key": "k"}, b""),
+        ("GET", "http://127.0.0.1:9/v1/models", {"Host": "other"}, b""),
+        ("POST", "http://[::1]:8080/x", {"Content-Length": "3"}, b"abc"),
+        ("POST", "http://b\u00fccher.example/x", {"Transfer-Encoding": "chunked"}, b"abc"),
+        ("PUT", "http://h:1/x?q=1", {"HOST": "h", "content-LENGTH": "3", "Accept": "x"}, b"abc"),
+    ],
+)
+async def test_the_direct_path_builds_the_request_httpx_builds(
+    method: str, url: str, headers: dict[str, str], body: bytes
+) -> None:
+    """Headers prepared once per upstream: the same names, values and order, and the same body,
+    as ``AsyncClient.build_request`` gives, whatever the call's own headers state."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200)
+
+    client = httpx.AsyncClient(
+        transport=httpx.MockTransport(handler), headers=upstream_client().headers
+    )
+    direct = transport.UpstreamHttp(client)
+    for _ in range(2):  # built from scratch, then from what was prepared
+        async with direct.stream(method, url, content=body, headers=headers, timeout=T):
+            pass
+    ref = client.build_request(method, url, content=body, headers=headers)
+    for got in seen:
+        assert (got.method, got.url, got.headers.raw, got.content) == (
+            ref.method,
+            ref.url,
+            ref.headers.raw,
+            ref.content,
+        )
+    await client.aclose()
+
+
 async def test_the_direct_path_goes_through_the_proxy_the_client_would(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
