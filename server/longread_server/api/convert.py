@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -172,7 +172,8 @@ def _ttl(v: Violations, d: duration_pb2.Duration) -> float | None:
 
 
 def parse_request(req: AnyRequest | Undecodable, limits: LimitsConfig) -> JobRequest:
-    """Validates the fields that need no catalog lookup; reports every violation at once."""
+    """Validates the fields that need no catalog lookup; reports every violation at once.
+    A part of the request that is not set is its defaults, which need no checking."""
     if isinstance(req, Undecodable):
         raise req.error
     v = Violations()
@@ -197,6 +198,87 @@ def parse_request(req: AnyRequest | Undecodable, limits: LimitsConfig) -> JobReq
     _check_chars(v, "model.model", model, MAX_NAME_CHARS)
 
     g = req.generation
+    has_generation = req.HasField("generation")
+    if has_generation:
+        sampling, max_out = _generation(v, g, limits)
+    else:
+        sampling, max_out = _NO_SAMPLING, None
+
+    c = req.chunking
+    if req.HasField("chunking"):
+        if c.max_chunk_tokens < 0:
+            v.add("chunking.max_chunk_tokens", f"must not be negative, got {c.max_chunk_tokens}")
+        if c.overlap_tokens < 0:
+            v.add("chunking.overlap_tokens", f"must not be negative, got {c.overlap_tokens}")
+        elif c.max_chunk_tokens > 0 and c.overlap_tokens >= c.max_chunk_tokens:
+            v.add(
+                "chunking.overlap_tokens",
+                f"must be smaller than max_chunk_tokens ({c.overlap_tokens} >= "
+                f"{c.max_chunk_tokens})",
+            )
+        if c.strategy not in _STRATEGY_IN:
+            v.add("chunking.strategy", f"unknown strategy {c.strategy}")
+    if req.model.preference not in _PREFERENCES:
+        v.add("model.preference", f"unknown preference {req.model.preference}")
+
+    budget = req.budget.max_cost_usd if req.HasField("budget") else 0.0
+    if budget < 0 or math.isnan(budget):
+        v.add("budget.max_cost_usd", f"must not be negative, got {budget}")
+
+    history = _history(v, req.history, limits) if req.history else ()
+
+    cache_mode = "default"
+    ttl: float | None = None
+    labels: dict[str, str] = {}
+    semantic: bool | None = None
+    min_similarity: float | None = None
+    if not isinstance(req, svc.EstimateRequest):
+        if req.HasField("cache"):
+            if req.cache.mode not in _CACHE_MODES:
+                v.add("cache.mode", f"unknown cache mode {req.cache.mode}")
+            else:
+                cache_mode = _CACHE_MODES[req.cache.mode]
+            if req.cache.HasField("ttl"):
+                ttl = _ttl(v, req.cache.ttl)
+            if req.cache.HasField("semantic"):
+                semantic, min_similarity = _semantic(v, req.cache.semantic)
+        if req.labels:
+            labels = _labels(v, req.labels)
+    v.raise_if_any()
+
+    spec = JobSpec(
+        text=text,
+        instruction=instruction,
+        system=g.system_prompt if has_generation else "",
+        history=history,
+        max_output_tokens=max_out,
+        max_chunk_tokens=c.max_chunk_tokens,
+        overlap_tokens=c.overlap_tokens,
+        strategy=_STRATEGY_IN.get(c.strategy, Strategy.AUTO),
+        max_cost_usd=budget,
+    )
+    return JobRequest(
+        spec=spec,
+        vendor=vendor.strip(),
+        model=model.strip(),
+        preference=_PREFERENCES[req.model.preference],
+        sampling=sampling,
+        cache_mode=cache_mode,
+        cache_ttl_s=ttl,
+        semantic=semantic,
+        min_similarity=min_similarity,
+        labels=labels,
+        exact_token_count=isinstance(req, svc.EstimateRequest) and req.exact_token_count,
+    )
+
+
+_NO_SAMPLING = Sampling(temperature=None, top_p=None, stop=(), seed=None)
+
+
+def _generation(
+    v: Violations, g: pb.GenerationOptions, limits: LimitsConfig
+) -> tuple[Sampling, int | None]:
+    """The sampling settings and the output limit (None: the model's)."""
     _check_chars(v, "generation.system_prompt", g.system_prompt, limits.max_instruction_chars)
     temperature = g.temperature if g.HasField("temperature") else None
     if temperature is not None and not (0.0 <= temperature <= 2.0):
@@ -216,33 +298,18 @@ def parse_request(req: AnyRequest | Undecodable, limits: LimitsConfig) -> JobReq
             else:
                 _check_chars(v, f"generation.stop[{i}]", s, MAX_STOP_CHARS)
     seed = g.seed if g.HasField("seed") else None
+    sampling = Sampling(temperature=temperature, top_p=top_p, stop=tuple(g.stop), seed=seed)
+    return sampling, max_out
 
-    c = req.chunking
-    if c.max_chunk_tokens < 0:
-        v.add("chunking.max_chunk_tokens", f"must not be negative, got {c.max_chunk_tokens}")
-    if c.overlap_tokens < 0:
-        v.add("chunking.overlap_tokens", f"must not be negative, got {c.overlap_tokens}")
-    elif c.max_chunk_tokens > 0 and c.overlap_tokens >= c.max_chunk_tokens:
-        v.add(
-            "chunking.overlap_tokens",
-            f"must be smaller than max_chunk_tokens ({c.overlap_tokens} >= {c.max_chunk_tokens})",
-        )
-    if c.strategy not in _STRATEGY_IN:
-        v.add("chunking.strategy", f"unknown strategy {c.strategy}")
-    if req.model.preference not in _PREFERENCES:
-        v.add("model.preference", f"unknown preference {req.model.preference}")
 
-    budget = req.budget.max_cost_usd
-    if budget < 0 or math.isnan(budget):
-        v.add("budget.max_cost_usd", f"must not be negative, got {budget}")
-
+def _history(v: Violations, turns: Sequence[pb.Turn], limits: LimitsConfig) -> tuple[Message, ...]:
     history: list[Message] = []
-    if len(req.history) > limits.max_history_turns:
-        v.add("history", f"at most {limits.max_history_turns} turns, got {len(req.history)}")
-    elif sum(len(t.text) for t in req.history) > limits.max_history_chars:
+    if len(turns) > limits.max_history_turns:
+        v.add("history", f"at most {limits.max_history_turns} turns, got {len(turns)}")
+    elif sum(len(t.text) for t in turns) > limits.max_history_chars:
         v.add("history", f"is longer than {limits.max_history_chars} characters in all")
     else:
-        for i, turn in enumerate(req.history):
+        for i, turn in enumerate(turns):
             role = _ROLES.get(turn.role)
             if role is None:
                 v.add(f"history[{i}].role", "must be ROLE_USER or ROLE_ASSISTANT")
@@ -250,56 +317,20 @@ def parse_request(req: AnyRequest | Undecodable, limits: LimitsConfig) -> JobReq
                 v.add(f"history[{i}].text", "must not be empty")
             else:
                 history.append(Message(role, turn.text))  # type: ignore[arg-type]
+    return tuple(history)
 
-    cache_mode = "default"
-    ttl: float | None = None
-    labels: dict[str, str] = {}
-    semantic: bool | None = None
-    min_similarity: float | None = None
-    if not isinstance(req, svc.EstimateRequest):
-        if req.cache.mode not in _CACHE_MODES:
-            v.add("cache.mode", f"unknown cache mode {req.cache.mode}")
-        else:
-            cache_mode = _CACHE_MODES[req.cache.mode]
-        if req.cache.HasField("ttl"):
-            ttl = _ttl(v, req.cache.ttl)
-        if req.cache.HasField("semantic"):
-            semantic, min_similarity = _semantic(v, req.cache.semantic)
-        labels = dict(req.labels)
-        if len(labels) > MAX_LABELS:
-            v.add("labels", f"at most {MAX_LABELS} labels, got {len(labels)}")
-        else:
-            for key, value in labels.items():
-                if len(key) > MAX_LABEL_KEY_CHARS:
-                    v.add("labels", f"a key is longer than {MAX_LABEL_KEY_CHARS} characters")
-                else:
-                    _check_chars(v, f"labels[{key}]", value, MAX_LABEL_VALUE_CHARS)
-    v.raise_if_any()
 
-    spec = JobSpec(
-        text=text,
-        instruction=instruction,
-        system=g.system_prompt,
-        history=tuple(history),
-        max_output_tokens=max_out,
-        max_chunk_tokens=c.max_chunk_tokens,
-        overlap_tokens=c.overlap_tokens,
-        strategy=_STRATEGY_IN.get(c.strategy, Strategy.AUTO),
-        max_cost_usd=budget,
-    )
-    return JobRequest(
-        spec=spec,
-        vendor=vendor.strip(),
-        model=model.strip(),
-        preference=_PREFERENCES[req.model.preference],
-        sampling=Sampling(temperature=temperature, top_p=top_p, stop=tuple(g.stop), seed=seed),
-        cache_mode=cache_mode,
-        cache_ttl_s=ttl,
-        semantic=semantic,
-        min_similarity=min_similarity,
-        labels=labels,
-        exact_token_count=isinstance(req, svc.EstimateRequest) and req.exact_token_count,
-    )
+def _labels(v: Violations, given: Mapping[str, str]) -> dict[str, str]:
+    labels = dict(given)
+    if len(labels) > MAX_LABELS:
+        v.add("labels", f"at most {MAX_LABELS} labels, got {len(labels)}")
+    else:
+        for key, value in labels.items():
+            if len(key) > MAX_LABEL_KEY_CHARS:
+                v.add("labels", f"a key is longer than {MAX_LABEL_KEY_CHARS} characters")
+            else:
+                _check_chars(v, f"labels[{key}]", value, MAX_LABEL_VALUE_CHARS)
+    return labels
 
 
 _SEMANTIC_MODES = {pb.SEMANTIC_MODE_UNSPECIFIED: None, pb.SEMANTIC_MODE_ON: True,

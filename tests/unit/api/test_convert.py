@@ -237,6 +237,20 @@ def test_unset_generation_options_stay_unset() -> None:
     assert job.spec.max_output_tokens is None and job.cache_ttl_s is None
 
 
+def test_a_part_set_to_its_defaults_converts_as_a_part_not_set() -> None:
+    """Parts of the request that are not set are taken as their defaults without checking
+    them; set explicitly to those defaults, they convert to the same job."""
+    bare = analyze()
+    spelled = analyze()
+    spelled.generation.SetInParent()
+    spelled.chunking.SetInParent()
+    spelled.budget.SetInParent()
+    spelled.cache.SetInParent()
+    spelled.cache.semantic.SetInParent()
+    assert not bare.HasField("generation") and spelled.HasField("generation")
+    assert convert.parse_request(spelled, LIMITS) == convert.parse_request(bare, LIMITS)
+
+
 # ---- properties ----
 
 texts = st.text(min_size=1, max_size=60).filter(lambda t: not t.isspace())
