@@ -58,6 +58,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from longread_server.domain import VendorKind
+from longread_server.memo import Memo
 
 KEY_FORMAT = 1
 _DOMAIN = "longread-cache"
@@ -146,9 +147,13 @@ def canonicalize(
 
 def canonical_json(value: Any) -> str:
     """Deterministic JSON text of ``value`` (sorted keys, canonical numbers, no spaces)."""
-    return json.dumps(
-        _norm(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
+    return _json_text_of(_norm(value))
+
+
+# The JSON of a value already normalized (``_norm``): one encoder, made once.
+_json_text_of = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+).encode
 
 
 def cache_key(
@@ -157,9 +162,9 @@ def cache_key(
     """The cache key of ``payload`` as sent by an upstream of protocol ``kind``."""
     vendor = VendorKind(kind)
     canonical = canonicalize(vendor, payload, strict_whitespace=parts.strict_whitespace)
-    text = canonical_json(canonical)
+    text = _json_text_of(canonical)  # (canonicalize normalizes every value it keeps)
     model = canonical.get("model")
-    fields = (
+    head = (
         _DOMAIN,
         str(KEY_FORMAT),
         str(parts.key_version),
@@ -169,34 +174,41 @@ def cache_key(
         ENDPOINTS[vendor],
         model if isinstance(model, str) else canonical_json(model),
         "strict" if parts.strict_whitespace else "trim",
-        text,
     )
-    return CacheKey(_digest(fields), canonical, text)
+    return CacheKey(_digest(head, text), canonical, text)
 
 
-def _digest(fields: tuple[str, ...]) -> str:
-    """SHA-256 of the fields, each prefixed by its length: no two field lists share a key."""
-    digest = hashlib.sha256()
+def _digest(head: tuple[str, ...], last: str) -> str:
+    """SHA-256 of the fields ``head`` then ``last``, each prefixed by its length: no two
+    field lists share a key. The hash of a ``head`` is remembered: an upstream's calls repeat
+    the same few."""
+    prefix = _HEADS.get_or_make(head, lambda: _hashed(hashlib.sha256(), head))
+    return _hashed(prefix.copy(), (last,)).hexdigest()
+
+
+def _hashed(digest: hashlib._Hash, fields: tuple[str, ...]) -> hashlib._Hash:
     for f in fields:
         data = f.encode("utf-8", "surrogatepass")
         digest.update(len(data).to_bytes(8, "big"))
         digest.update(data)
-    return digest.hexdigest()
+    return digest
+
+
+_HEADS: Memo[tuple[str, ...], hashlib._Hash] = Memo(256)
 
 
 def embedding_key(payload: Mapping[str, Any], parts: KeyParts = KeyParts()) -> str:
     """The cache key of an OpenAI-compatible embeddings payload: its JSON as sent (model,
     input, encoding format; whitespace counts, since it is embedded)."""
-    fields = (
+    head = (
         _DOMAIN,
         str(KEY_FORMAT),
         str(parts.key_version),
         parts.namespace,
         parts.upstream,
         "POST /v1/embeddings",
-        canonical_json(payload),
     )
-    return _digest(fields)
+    return _digest(head, canonical_json(payload))
 
 
 @dataclass(frozen=True, slots=True)

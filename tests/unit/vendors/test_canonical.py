@@ -23,6 +23,7 @@ from longread_server.vendors.canonical import (
     canonical_json,
     canonicalize,
     differences,
+    embedding_key,
 )
 from longread_server.vendors.openai import OpenAIAdapter
 
@@ -47,6 +48,48 @@ def key(kind: VendorKind, payload: Payload, **parts: Any) -> str:
 
 
 # ---- determinism, idempotence, key order ----
+
+
+def test_keys_are_the_keys_earlier_versions_stored() -> None:
+    """Replicas of different versions share one Redis: the same KEY_FORMAT must give the same
+    key, byte for byte (these were computed before the field hashing was last reworked)."""
+    p = {
+        "model": "gpt-4.1-mini",
+        "messages": [
+            {"role": "system", "content": " Be brief. "},
+            {"role": "user", "content": [{"type": "text", "text": "Quand ferme le port ? 1.0"}]},
+        ],
+        "temperature": 0.5,
+        "max_tokens": 64,
+        "stop": ["b", "a"],
+        "stream": True,
+    }
+    assert key(OPENAI, p, namespace="tenant:acme", upstream="openai", key_version=3) == (
+        "049e233cdbef90c079badc7d83b5f0575359f536fb62bb01496b9567eca08e99"
+    )
+    a = {
+        "model": "claude-haiku-4-5",
+        "system": [{"type": "text", "text": "Be brief."}],
+        "messages": [{"role": "user", "content": "Wann schließt der Hafen?"}],
+        "max_tokens": 64,
+        "temperature": 1.0,
+    }
+    assert key(ANTHROPIC, a, namespace="shared", upstream="claude", strict_whitespace=True) == (
+        "26c84213de4fbef52541ef974fa3eb1a9c56969efcf00a9f3a9d3a2fa1800639"
+    )
+    e = {"model": "text-embedding-3-small", "input": ["a b"], "encoding_format": "float"}
+    assert embedding_key(e, KeyParts(namespace="shared", upstream="openai")) == (
+        "6e9d4ab2d1cc8e980829260eb6f0758cfed73912e7b4090de74a7d05b558fa13"
+    )
+
+
+@settings(max_examples=100)
+@given(openai_payloads | anthropic_payloads)
+def test_the_canonical_form_needs_no_further_normalizing(p: Payload) -> None:
+    """The key hashes the canonical form's JSON as it is: every value in it is normalized."""
+    kind = ANTHROPIC if "max_tokens" in p and "claude" in p["model"] else OPENAI
+    k = cache_key(kind, p)
+    assert k.canonical_json == canonical_json(k.canonical)
 
 
 @settings(max_examples=100)
