@@ -325,11 +325,15 @@ class _ExtraResponse(Exception):
 
 
 class _Response:
-    """One response read with httptools (llhttp, the parser of Node.js), its callbacks queued
-    as the events ``_next_event`` hands out: the head (``_Head``; informational 1xx responses
-    are skipped), the body's pieces (``bytes``), then ``_END``. A response whose body runs to
-    the connection's close (neither Content-Length nor chunked) ends at the close, and its
-    connection is not reused."""
+    """The response to a connection's current request, read with httptools (llhttp, the
+    parser of Node.js), its callbacks queued as the events ``_next_event`` hands out: the head
+    (``_Head``; informational 1xx responses are skipped), the body's pieces (``bytes``), then
+    ``_END``. A response whose body runs to the connection's close (neither Content-Length nor
+    chunked) ends at the close, and its connection is not reused.
+
+    One per connection, ``reset`` for each request after the first: the parser and this
+    object refer to each other (its callbacks are our methods), so a pair made per request
+    would be garbage only the cyclic collector frees, and its collections pause the loop."""
 
     __slots__ = (
         "_head_done",
@@ -345,6 +349,13 @@ class _Response:
 
     def __init__(self) -> None:
         self.events: collections.deque[_Head | bytes | _Marker] = collections.deque()
+        self.reset()
+        self._parser = httptools.HttpResponseParser(self)
+
+    def reset(self) -> None:
+        """Ready for the response to the connection's next request (the parser is ready for
+        its next message once the last one ended on a connection kept alive)."""
+        self.events.clear()
         self.ended = False  # the final response was read to its end
         self.keep_alive = False  # and the server lets the connection serve another request
         self.until_close = False  # the body ends when the connection closes
@@ -352,7 +363,6 @@ class _Response:
         self._head_done = False
         self._reason = b""
         self._headers: list[tuple[bytes, bytes]] = []
-        self._parser = httptools.HttpResponseParser(self)
 
     def feed(self, data: bytes) -> None:
         try:
@@ -437,7 +447,7 @@ class _Connection:
         self.origin = origin
         self.reader = reader
         self.writer = writer
-        self.response = _Response()  # the response to the current request
+        self.response = _Response()  # the response to the current request (see reset)
         self.reused = False
         self.heard = False  # a byte of the current response has arrived
         self.idle_since = 0.0
@@ -679,7 +689,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
             and not conn.stale()
             and not self._closed
         ):
-            conn.response = _Response()
+            conn.response.reset()
             conn.idle_since = now = time.monotonic()
             self._idle.setdefault(conn.origin, []).append(conn)
             if self._waiters:

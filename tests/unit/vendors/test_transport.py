@@ -5,6 +5,7 @@ a body left unread, the connection cap and proxies from the environment."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import shutil
 import ssl
 import subprocess
@@ -116,6 +117,33 @@ async def test_keep_alive_reuses_one_connection_and_sends_a_proper_request() -> 
     assert first.endswith('{"q":1}')
     assert b"cookie:" not in state.requests[1].lower()
     assert state.requests[3].startswith(b"POST /x?y=1 HTTP/1.1")
+
+
+async def test_a_kept_alive_connection_reads_every_response_with_one_parser() -> None:
+    """No garbage that only the cyclic collector frees, per response: the parser and the
+    object its callbacks are bound to are made once per connection (counted with the
+    collector off, so a pair made per response would still be there)."""
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while await read_request(r):
+            w.write(ok(b'{"ok":true}'))
+            await w.drain()
+
+    async with serve(handler) as (state, port):
+        client = upstream_client()
+        assert await post(client, port) == (200, b'{"ok":true}')
+        gc.collect()
+        gc.disable()
+        try:
+            before = sum(type(o) is transport._Response for o in gc.get_objects())
+            for _ in range(20):
+                assert await post(client, port) == (200, b'{"ok":true}')
+            after = sum(type(o) is transport._Response for o in gc.get_objects())
+        finally:
+            gc.enable()
+        await client.aclose()
+    assert state.connections == 1
+    assert after == before
 
 
 async def test_chunked_bodies_stream_in_pieces() -> None:
