@@ -10,14 +10,14 @@ wait: it finishes and stores the answer for them and for later. When the *last* 
 (cancelled, or its deadline passed) and nobody joins within ``ABANDON_GRACE_S``, nobody wants
 the answer any more and the flight is cancelled too, so a cancelled job leaves no upstream
 call running. Every caller, first and later, follows the flight's events as they come: a
-streaming caller gets the deltas live, then the Finish (``cached=True`` for all but the
-first caller: they cost nothing); a failed call raises its
-error in every caller. The answer is stored, and then handed to the callers, as soon as its
-Finish arrives: the stages behind the flight settle their books on the way out of the call
-(a breaker's record, a bucket's refund) after that, and what fails there is logged, not
-raised in callers that already have their answer. A streamed call's task reads on past its first delta only once a
-caller has taken it (``_Flight.passed_on``), so the first token is not held up by the rest of
-a burst that came in with it. A caller waits no longer than its own deadline; the call itself runs
+streaming caller gets the deltas live, then the Finish (``cached=True`` for all but the first
+caller: they cost nothing); a failed call raises its error in every caller. The answer is
+stored, and then handed to the callers, as soon as its Finish arrives: the stages behind the
+flight settle their books on the way out of the call (a breaker's record, a bucket's refund)
+after that, and what fails there is logged, not raised in callers that already have their
+answer. A streamed call's task reads on past its first delta only once a caller has taken it
+(``_Flight.passed_on``), so the first token is not held up by the rest of a burst that came
+in with it. A caller waits no longer than its own deadline; the call itself runs
 under the first caller's deadline. (The key ignores ``stream``, so a streaming caller that
 joins a non-streaming call of the same key gets its answer as one delta; the runner never
 sends the same prompt both ways.)
