@@ -14,6 +14,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from bench._load import log
@@ -45,19 +46,22 @@ def floor(
     http: str = "raw",
     cpu: int | None = None,
     event_loop: str = "auto",
+    wrapper: Sequence[str] = (),
+    start_s: float = 30.0,
 ) -> Proc:
     """The bare grpc.aio server of ``bench._floor`` (with ``upstream``: echo + HTTP hop, over
     a minimal HTTP/1.1 client, httpx with ``http="httpx"``, or the gateway's vendor layer with
-    ``http="vendor"``), on the event loop the gateway
-    would pick for ``event_loop`` (``server.event_loop``)."""
-    args = [sys.executable, "-m", "bench._floor", "--port", str(port), "--http", http]
+    ``http="vendor"``), on the event loop the gateway would pick for ``event_loop``
+    (``server.event_loop``); ``wrapper``: a command it runs under, given ``start_s`` seconds
+    to listen."""
+    args = [*wrapper, sys.executable, "-m", "bench._floor", "--port", str(port), "--http", http]
     args += ["--event-loop", event_loop]
     if upstream:
         args += ["--upstream", upstream]
     if response:
         args += ["--response", str(response)]
     proc = Proc(args, cpu=cpu)
-    wait_port(port)
+    wait_port(port, start_s)
     return proc
 
 

@@ -102,11 +102,14 @@ def gateway(
     env: dict[str, str] | None = None,
     serve: Sequence[str] = ("longread.cli", "serve"),
     extra_config: str = "",
+    wrapper: Sequence[str] = (),
+    start_s: float = 30.0,
 ) -> Proc:
     """A gateway whose upstreams all point at the sandbox on ``sandbox_port``; other settings
     come from ``env`` (``LONGREAD_TELEMETRY__TRACES=true``...) and ``extra_config`` (TOML
     appended to the file, e.g. tenants). ``serve``: the module and arguments that run it
-    (``--config FILE`` is added)."""
+    (``--config FILE`` is added); ``wrapper``: a command it runs under (valgrind...), given
+    ``start_s`` seconds to listen."""
     base = f"http://127.0.0.1:{sandbox_port}"
     config = f"""
 listen = "127.0.0.1:{port}"
@@ -128,9 +131,9 @@ api_key_env = "BENCH_KEY"
     with os.fdopen(fd, "w") as f:
         f.write(config)
     proc = Proc(
-        [sys.executable, "-m", *serve, "--config", path],
+        [*wrapper, sys.executable, "-m", *serve, "--config", path],
         env={"BENCH_KEY": "bench", **(env or {})},
         cpu=cpu,
     )
-    wait_port(port)
+    wait_port(port, start_s)
     return proc
