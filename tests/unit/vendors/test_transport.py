@@ -123,13 +123,7 @@ async def test_a_kept_alive_connection_reads_every_response_with_one_parser() ->
     """No garbage that only the cyclic collector frees, per response: the parser and the
     object its callbacks are bound to are made once per connection (counted with the
     collector off, so a pair made per response would still be there)."""
-
-    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        while await read_request(r):
-            w.write(ok(b'{"ok":true}'))
-            await w.drain()
-
-    async with serve(handler) as (state, port):
+    async with serve(_answering(ok(b'{"ok":true}'))) as (state, port):
         client = upstream_client()
         assert await post(client, port) == (200, b'{"ok":true}')
         gc.collect()
