@@ -401,7 +401,7 @@ class CacheStage:
         return self._cached(call, nxt)
 
     async def _cached(self, call: Call, nxt: Next) -> AsyncIterator[LlmEvent]:
-        lookup = self._tel.span("cache lookup")
+        lookup = self._tel.tracer.start_span("cache lookup")
         with current_span(lookup, current=self._tel.client_spans) as span:  # Redis spans below
             key, answer, result = await self._lookup(call)
             span.set_attribute("longread.cache.result", result)

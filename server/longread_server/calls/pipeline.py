@@ -100,7 +100,7 @@ def _sender(tel: Telemetry, peers: Mapping[str, Peer]) -> Next:
     """The innermost step: one attempt at the vendor, bounded by the call's deadline, traced
     as a GenAI client span (``chat {model}``) and measured. With tracing on, the span's
     context goes upstream with the request (``vendors/transport.py``)."""
-    inst, tracing = tel.instruments, tel.tracing
+    tracer, inst, tracing = tel.tracer, tel.instruments, tel.tracing
 
     async def send(call: Call) -> AsyncIterator[LlmEvent]:
         remaining = call.ctx.remaining()
@@ -117,7 +117,7 @@ def _sender(tel: Telemetry, peers: Mapping[str, Peer]) -> Next:
             "gen_ai.operation.name": operation,
             "gen_ai.request.model": req.model,
         }
-        span = tel.span(f"{operation} {req.model}", kind=SpanKind.CLIENT)
+        span = tracer.start_span(f"{operation} {req.model}", kind=SpanKind.CLIENT)
         if span.is_recording():
             span.set_attributes(
                 {

@@ -111,7 +111,7 @@ class Analysis:
     ) -> PreparedJob:
         """Plans ``request``; for a run (``run``), also admits it against the request's own
         budget (the tenant's monthly one is reserved when the job runs)."""
-        with current_span(self._tel.span("plan"), current=False) as span:
+        with current_span(self._tel.tracer.start_span("plan"), current=False) as span:
             plan, fits = await self.planning.plan(request, with_fits=not run)
             if span.is_recording():
                 span.set_attributes(

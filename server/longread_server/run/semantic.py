@@ -262,7 +262,7 @@ class SemanticReuse:
         """The stored answer whose question states the same facts and is close enough, and
         the question's embedding (to store the job's own answer under, on a miss)."""
         self.stats.lookups += 1
-        with current_span(self._tel.span("semantic lookup"), current=False) as span:
+        with current_span(self._tel.tracer.start_span("semantic lookup"), current=False) as span:
             vector = await self._vector(ask.question, prep)
             if vector is None:
                 span.set_attribute("longread.cache.result", "error")

@@ -80,16 +80,6 @@ class Telemetry:
     def tracing(self) -> bool:
         return self.tracer_provider is not None
 
-    def span(self, name: str, kind: trace.SpanKind = trace.SpanKind.INTERNAL) -> trace.Span:
-        """A new span from ``tracer``; with tracing off, the API's invalid span, which records
-        nothing, as the no-op tracer's does, but without looking up the current context for
-        it. Only for spans made current only when tracing is on (a leaf, or one current for
-        ``client_spans``): the no-op tracer's span carries the current context on, this one
-        would not."""
-        if self.tracer_provider is None:
-            return trace.INVALID_SPAN
-        return self.tracer.start_span(name, kind=kind)
-
     def force_flush(self) -> None:
         """Everything recorded so far handed to the exporters (tests read them after)."""
         if self.tracer_provider is not None:

@@ -11,7 +11,7 @@ from typing import Any
 from unittest.mock import patch
 
 import pytest
-from longread_server.telemetry import disabled, tracing
+from longread_server.telemetry import tracing
 from longread_server.telemetry.encode import encode_request
 from longread_server.telemetry.tracing import LeanSpan, LeanTracerProvider
 from opentelemetry import propagate, trace
@@ -316,19 +316,3 @@ def test_lean_spans_encode_as_the_official_encoder_encodes_their_sdk_form() -> N
             c.set_status(StatusCode.ERROR, "overloaded")
     ours = trace_service_pb2.ExportTraceServiceRequest.FromString(encode_request(sink.spans))
     assert ours == encode_spans([s.readable() for s in sink.spans])
-
-
-def test_with_tracing_off_a_span_records_nothing_and_leaves_the_context_alone() -> None:
-    """``Telemetry.span`` with tracing off: like the API's no-op tracer's span it records
-    nothing and, used as a leaf (``current=False``), the current span (here a caller's own,
-    from an SDK of theirs) stays current and is not ended."""
-    tel = disabled()
-    theirs = TracerProvider().get_tracer("theirs").start_span("theirs")
-    with trace.use_span(theirs, end_on_exit=False):
-        with tracing.current_span(tel.span("plan"), current=False) as span:
-            assert not span.is_recording()
-            assert trace.get_current_span() is theirs
-            span.set_attribute("a", 1)
-            span.end()
-        assert trace.get_current_span() is theirs and theirs.is_recording()
-    theirs.end()
