@@ -43,8 +43,6 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 from longread_server.config import AdmissionConfig
@@ -100,6 +98,29 @@ class Ticket:
     task: asyncio.Task[object] | None
     cut: bool = False  # ended by the drain
     in_send: bool = False  # a Stream handing a message to grpc: not to be cancelled now
+
+
+class _Sending:
+    """``Admission.sending``'s context: a plain class, not a generator's, since a Stream
+    enters one for every message it sends."""
+
+    __slots__ = ("_admission", "_ticket")
+
+    def __init__(self, admission: Admission, ticket: Ticket | None) -> None:
+        self._admission = admission
+        self._ticket = ticket
+
+    def __enter__(self) -> None:
+        if self._ticket is not None:
+            self._ticket.in_send = True
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        ticket = self._ticket
+        if ticket is None:
+            return
+        ticket.in_send = False
+        if kind is None and ticket.cut:
+            raise self._admission.cut_error()
 
 
 class Admission:
@@ -188,20 +209,10 @@ class Admission:
             retry_after_s=self.params.drain_retry_after_s,
         )
 
-    @contextmanager
-    def sending(self, ticket: Ticket | None) -> Iterator[None]:
+    def sending(self, ticket: Ticket | None) -> _Sending:
         """Around a Stream's ``yield``: a cut waits until grpc has taken the message, then
         ends the Stream with ``cut_error``."""
-        if ticket is None:
-            yield
-            return
-        ticket.in_send = True
-        try:
-            yield
-        finally:
-            ticket.in_send = False
-        if ticket.cut:
-            raise self.cut_error()
+        return _Sending(self, ticket)
 
     # ---- the drain ----
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from longread_server.api.admission import Admission, AdmissionLimit
+from longread_server.api.admission import Admission, AdmissionLimit, Ticket
 from longread_server.api.errors import to_service_error
 from longread_server.config import AdmissionConfig
 from longread_server.domain import CallRejected
@@ -76,3 +76,21 @@ async def test_closed_refuses_with_draining() -> None:
     err = to_service_error(info.value)
     assert err.code == grpc.StatusCode.UNAVAILABLE and err.reason == "DRAINING"
     assert err.retry_after_s is not None and err.retry_after_s > 0
+
+
+def test_a_message_being_sent_is_marked_and_a_cut_ends_the_stream_after_it() -> None:
+    """``sending``: the ticket says a message is with grpc while it is; a drain's cut made
+    meanwhile ends the Stream once it is sent (DRAINING), and never hides an error the send
+    itself raised."""
+    admission = Admission(AdmissionConfig(enabled=False))
+    ticket = Ticket("acme", None)
+    with admission.sending(ticket):
+        assert ticket.in_send
+    assert not ticket.in_send
+    with pytest.raises(CallRejected) as cut, admission.sending(ticket):
+        ticket.cut = True
+    assert cut.value.reason == "DRAINING" and not ticket.in_send
+    with pytest.raises(KeyError), admission.sending(ticket):
+        raise KeyError("the send's own error")
+    with admission.sending(None):  # an RPC admission does not track
+        pass
