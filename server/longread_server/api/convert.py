@@ -473,9 +473,14 @@ def result(r: JobResult, plan_pb: pb.Plan | None = None) -> svc.AnalyzeResponse:
 
 def stream_event(ev: RunEvent, plan_pb: pb.Plan | None = None) -> svc.StreamResponse:
     if isinstance(ev, AnswerDelta):
-        return svc.StreamResponse(
-            delta=svc.Delta(stage=_STAGES[ev.stage], index=ev.index, text=ev.text)
-        )
+        # Set in place: a Delta made first would be copied into the message (every delta of
+        # every Stream comes through here).
+        out = svc.StreamResponse()
+        delta = out.delta
+        delta.stage = _STAGES[ev.stage]
+        delta.index = ev.index
+        delta.text = ev.text
+        return out
     if isinstance(ev, CallStarted):
         return svc.StreamResponse(
             chunk_started=svc.ChunkStarted(stage=_STAGES[ev.stage], index=ev.index, of=ev.of)

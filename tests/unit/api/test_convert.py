@@ -516,6 +516,8 @@ def test_stream_events_keep_stage_index_and_text() -> None:
     assert (started.stage, started.index, started.of) == (pb.STAGE_COLLAPSE, 2, 5)
     delta = convert.stream_event(AnswerDelta(JobStage.REDUCE, 0, "par")).delta
     assert (delta.stage, delta.index, delta.text) == (pb.STAGE_REDUCE, 0, "par")
+    empty = convert.stream_event(AnswerDelta(JobStage.MAP, 0, ""))  # still a delta message
+    assert empty.WhichOneof("event") == "delta" and empty.delta.stage == pb.STAGE_MAP
     done = convert.stream_event(CallDone(output(3, cached=True, stage=JobStage.REFINE))).chunk_done
     assert done.stage == pb.STAGE_REFINE
     assert (done.result.index, done.result.text) == (3, "n3")
