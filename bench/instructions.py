@@ -2,13 +2,15 @@
 
 Wall and CPU time on a shared 2-core machine vary by tens of percent between runs, more than
 most changes to the request path are worth; the number of user-space instructions a call
-costs the process under test varies by about 0.2 %. Each system (the gateway, the floor's bare
+costs the process under test varies by about 0.5 %. Each system (the gateway, the floor's bare
 grpc.aio relay with its raw HTTP hop, and the floor with its hop through the gateway's vendor
 layer, as in ``bench.overhead``) runs under valgrind's callgrind with counting off; after a
 warm-up of sequential calls, counting is switched on for ``CALLS`` more (ghz, one in flight,
 every document unique, so every call misses the cache and goes upstream to the sandbox), then
 off, and the count is read from callgrind's dump: Analyze, then Stream (the sandbox streams
-its answer at full speed). All threads are counted (the gateway's and grpc's); the kernel's
+its answer at full speed). Per relayed delta: Streams against a paced sandbox sending one
+token a delta, then four, the difference in instructions over the difference in deltas (a few
+percent apart between runs). All threads are counted (the gateway's and grpc's); the kernel's
 work (system calls, the loopback network) is not, which is why these ratios are larger than
 the CPU-time ratios of ``bench.overhead``: the floor spends most of its time in the kernel.
 
@@ -27,6 +29,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import grpc
+from longread.v1 import analysis_service_pb2 as svc
+from longread.v1 import analysis_service_pb2_grpc as svc_grpc
+from longread.v1 import types_pb2 as pb
+
 from bench import _load, _peers, _servers
 from bench._load import LOADGEN_CPU, SERVER_CPU, log
 from bench.overhead import analyze_data
@@ -35,6 +42,9 @@ STREAM = "longread.v1.AnalysisService.Stream"
 
 CALLS = 300
 WARMUP = 50
+DELTA_CALLS = 100
+DELTA_TOKENS = ("1", "4")  # tokens a delta: many deltas, then few, for the same answer
+PACE = "4000"  # tokens a second: each delta comes by itself, and a Stream still ends fast
 START_S = 600.0  # a server's start-up under valgrind, counting off
 
 
@@ -46,85 +56,144 @@ def _dumps(out: Path) -> set[Path]:
     return set(out.parent.glob(out.name + "*"))
 
 
-def _count(pid: str, out: Path, port: int, call: str, data: dict[str, Any]) -> float:
-    """Instructions per call of ``CALLS`` sequential ``call``s, counted from zero and dumped
+def _count(pid: str, out: Path, port: int, call: str, calls: int = CALLS) -> float:
+    """Instructions per call of ``calls`` sequential ``call``s, counted from zero and dumped
     by callgrind (a dump of its own, read from its ``totals:`` line)."""
     before = _dumps(out)
     control = ["callgrind_control"]
     subprocess.run([*control, "-z", pid], check=True, capture_output=True)
     subprocess.run([*control, "-i", "on", pid], check=True, capture_output=True)
-    stats = _load.ghz(port, data, total=CALLS, concurrency=1, call=call, timeout_s=60.0)
+    # (A StreamRequest has the fields of an AnalyzeRequest: the same JSON serves both.)
+    stats = _load.ghz(port, analyze_data(), total=calls, concurrency=1, call=call, timeout_s=60.0)
     subprocess.run([*control, "-i", "off", pid], check=True, capture_output=True)
     subprocess.run([*control, "-d", pid], check=True, capture_output=True)
-    if stats.ok != CALLS:
-        raise RuntimeError(f"{call}: {CALLS - stats.ok} of {CALLS} calls failed")
+    if stats.ok != calls:
+        raise RuntimeError(f"{call}: {calls - stats.ok} of {calls} calls failed")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         for dump in _dumps(out) - before:
             for line in dump.read_text(errors="replace").splitlines():
                 if line.startswith("totals:"):
-                    return int(line.split()[1]) / CALLS
+                    return int(line.split()[1]) / calls
         time.sleep(0.2)
     raise TimeoutError("callgrind wrote no dump")
 
 
-def _per_call(
-    start: Callable[[int, Sequence[str]], _servers.Proc], tmp: Path, name: str
-) -> dict[str, int]:
+def _warm(port: int, call: str) -> None:
+    _load.ghz(port, analyze_data(), total=WARMUP, concurrency=1, call=call, timeout_s=60.0)
+
+
+def _deltas(port: int) -> int:
+    """How many answer deltas one Stream of the benchmark's request sends."""
+    data = analyze_data(unique=False)
+    request = svc.StreamRequest(
+        document=pb.Document(text=data["document"]["text"] + f" (deltas {time.time()})"),
+        instruction=data["instruction"],
+        model=pb.ModelSelection(model=data["model"]["model"]),
+    )
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = svc_grpc.AnalysisServiceStub(channel)
+        return sum(1 for m in stub.Stream(request, timeout=60) if m.HasField("delta"))
+
+
+Start = Callable[[int, Sequence[str], int], _servers.Proc]  # port, wrapper, sandbox port
+
+
+def _per_call(start: Start, tmp: Path, name: str, sandbox_port: int) -> dict[str, int]:
     port = _servers.free_port()
     out = tmp / f"{name}.out"
-    proc = start(port, _counted(out))
+    proc = start(port, _counted(out), sandbox_port)
     counts = {}
     try:
-        # (A StreamRequest has the fields of an AnalyzeRequest: the same JSON serves both.)
         for rpc, call in (("analyze", _load.ANALYZE), ("stream", STREAM)):
-            _load.ghz(port, analyze_data(), total=WARMUP, concurrency=1, call=call, timeout_s=60.0)
-            counts[rpc] = round(_count(str(proc.p.pid), out, port, call, analyze_data()))
+            _warm(port, call)
+            counts[rpc] = round(_count(str(proc.p.pid), out, port, call))
             log(f"{name}: {counts[rpc]:,} instructions per {rpc}")
     finally:
         proc.stop()
     return counts
 
 
+def _per_delta(start: Start, tmp: Path, name: str) -> int:
+    """Instructions per relayed delta: the same Streams against a sandbox sending one token a
+    delta and one sending four (paced, so each delta arrives by itself), the difference in
+    instructions over the difference in deltas."""
+    runs = []
+    for tokens in DELTA_TOKENS:
+        sp = _servers.free_port()
+        sb = _servers.sandbox(sp, "--tokens-per-s", PACE, "--delta-tokens", tokens, cpu=LOADGEN_CPU)
+        port = _servers.free_port()
+        out = tmp / f"{name}-{tokens}.out"
+        proc = start(port, _counted(out), sp)
+        try:
+            _warm(port, STREAM)
+            deltas = _deltas(port)
+            runs.append((_count(str(proc.p.pid), out, port, STREAM, DELTA_CALLS), deltas))
+        finally:
+            proc.stop()
+            sb.stop()
+    (many, n_many), (few, n_few) = runs
+    per_delta = round((many - few) / (n_many - n_few))
+    log(f"{name}: {per_delta:,} instructions per delta ({n_many} and {n_few} a Stream)")
+    return per_delta
+
+
+def _ratios(ours: int, floor: int, vendor: int) -> dict[str, Any]:
+    return {
+        "ours_over_floor": round(ours / floor, 2),
+        "ours_over_floor_vendor": round(ours / vendor, 2),
+        "floor_vendor_over_floor": round(vendor / floor, 2),
+    }
+
+
 def main() -> dict[str, Any]:
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         return {"unavailable": "valgrind is not installed (apt-get install valgrind)"}
     tmp = Path(tempfile.mkdtemp(prefix="longread-instructions-"))
-    sp = _servers.free_port()
-    sb = _servers.sandbox(sp, cpu=LOADGEN_CPU)
-    upstream = f"http://127.0.0.1:{sp}/v1"
-    starts: dict[str, Callable[[int, Sequence[str]], _servers.Proc]] = {
-        "ours": lambda port, wrap: _servers.gateway(
+
+    def url(sp: int) -> str:
+        return f"http://127.0.0.1:{sp}/v1"
+
+    starts: dict[str, Start] = {
+        "ours": lambda port, wrap, sp: _servers.gateway(
             port, sp, cpu=SERVER_CPU, wrapper=wrap, start_s=START_S
         ),
-        "floor": lambda port, wrap: _peers.floor(
-            port, upstream=upstream, cpu=SERVER_CPU, wrapper=wrap, start_s=START_S
+        "floor": lambda port, wrap, sp: _peers.floor(
+            port, upstream=url(sp), cpu=SERVER_CPU, wrapper=wrap, start_s=START_S
         ),
-        "floor_vendor": lambda port, wrap: _peers.floor(
-            port, upstream=upstream, http="vendor", cpu=SERVER_CPU, wrapper=wrap, start_s=START_S
+        "floor_vendor": lambda port, wrap, sp: _peers.floor(
+            port, upstream=url(sp), http="vendor", cpu=SERVER_CPU, wrapper=wrap, start_s=START_S
         ),
     }
+    sp = _servers.free_port()
+    sb = _servers.sandbox(sp, cpu=LOADGEN_CPU)
     try:
-        counts = {name: _per_call(start, tmp, name) for name, start in starts.items()}
+        counts = {name: _per_call(start, tmp, name, sp) for name, start in starts.items()}
     finally:
         sb.stop()
+    try:
+        per_delta = {name: _per_delta(start, tmp, name) for name, start in starts.items()}
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
     out: dict[str, Any] = {}
     for rpc in ("analyze", "stream"):
         ours, floor, vendor = (counts[s][rpc] for s in ("ours", "floor", "floor_vendor"))
         out[rpc] = {
             "instructions_per_call": {"ours": ours, "floor": floor, "floor_vendor": vendor},
-            "ours_over_floor": round(ours / floor, 2),
-            "ours_over_floor_vendor": round(ours / vendor, 2),
-            "floor_vendor_over_floor": round(vendor / floor, 2),
+            **_ratios(ours, floor, vendor),
             "mechanisms_per_call": ours - vendor,
         }
+    ours, floor, vendor = (per_delta[s] for s in ("ours", "floor", "floor_vendor"))
+    out["delta"] = {"instructions_per_delta": per_delta, **_ratios(ours, floor, vendor)}
     return {
         **out,
         "setup": {
             "calls": f"{CALLS} sequential cache-miss Analyze calls, then {CALLS} Stream calls "
             f"(each after {WARMUP} of its own uncounted)",
             "stream": "the sandbox streams its answer at full speed",
+            "delta": f"{DELTA_CALLS} Streams against a sandbox at {PACE} tokens/s sending "
+            f"{' and then '.join(DELTA_TOKENS)} tokens a delta; (instructions difference) / "
+            "(deltas difference)",
             "counted": "user-space instructions of the process under test, all threads "
             "(valgrind --tool=callgrind, counting switched on for the timed calls only)",
             "placement": "process under test on CPU 0; sandbox and ghz on CPU 1",
