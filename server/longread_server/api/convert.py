@@ -198,8 +198,7 @@ def parse_request(req: AnyRequest | Undecodable, limits: LimitsConfig) -> JobReq
     _check_chars(v, "model.model", model, MAX_NAME_CHARS)
 
     g = req.generation
-    has_generation = req.HasField("generation")
-    if has_generation:
+    if req.HasField("generation"):
         sampling, max_out = _generation(v, g, limits)
     else:
         sampling, max_out = _NO_SAMPLING, None
@@ -249,7 +248,7 @@ def parse_request(req: AnyRequest | Undecodable, limits: LimitsConfig) -> JobReq
     spec = JobSpec(
         text=text,
         instruction=instruction,
-        system=g.system_prompt if has_generation else "",
+        system=g.system_prompt,
         history=history,
         max_output_tokens=max_out,
         max_chunk_tokens=c.max_chunk_tokens,
