@@ -86,7 +86,7 @@ from contextlib import (
 )
 from contextvars import ContextVar, Token
 from http.cookiejar import CookieJar, DefaultCookiePolicy
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, cast
 
 import httptools
 import httpx
@@ -108,6 +108,10 @@ RACE_WINDOW_S = 1.0
 DEFAULT_MAX_CONNECTIONS = 1000
 
 _READ = 64 * 1024
+# Body bytes parsed but not yet taken above which a connection stops reading (a slow consumer
+# of a fast stream), one read past it at most; it reads again once no more than ``_READ`` are
+# left.
+_BUFFERED_MAX = 4 * _READ
 _Origin = tuple[bytes, bytes, int]  # scheme, host, port
 
 # The span whose context goes upstream with a request (see the module docstring).
@@ -341,6 +345,7 @@ class _Response:
         "_parser",
         "_reason",
         "_started",
+        "buffered",
         "ended",
         "events",
         "keep_alive",
@@ -356,6 +361,7 @@ class _Response:
         """Ready for the response to the connection's next request (the parser is ready for
         its next message once the last one ended on a connection kept alive)."""
         self.events.clear()
+        self.buffered = 0  # bytes of body in ``events``
         self.ended = False  # the final response was read to its end
         self.keep_alive = False  # and the server lets the connection serve another request
         self.until_close = False  # the body ends when the connection closes
@@ -419,6 +425,7 @@ class _Response:
 
     def on_body(self, body: bytes) -> None:
         self.events.append(bytes(body))
+        self.buffered += len(body)
 
     def on_message_complete(self) -> None:
         if not self._head_done:  # the end of an informational response
@@ -428,35 +435,116 @@ class _Response:
         self.events.append(_END)
 
 
-class _Connection:
+class _Connection(asyncio.Protocol):
+    """One connection, as the event loop's protocol for it: the bytes it receives go straight
+    into the parser of the response being read (no stream reader buffering and copying them
+    first: a streamed answer is one small read per event), and the reader waiting for an event
+    is woken. Bytes that come while no request is out make the connection unfit for reuse (they
+    would be read as the answer to the next request). Reading pauses while more than
+    ``_BUFFERED_MAX`` bytes of body wait for a slow consumer, as a stream reader's limit does."""
+
     __slots__ = (
+        "busy",
         "closed",
+        "eof",
+        "failure",
         "heard",
         "idle_since",
+        "lost",
         "origin",
         "read_bound",
-        "reader",
+        "reading_paused",
         "response",
         "reused",
-        "writer",
+        "transport",
+        "unsolicited",
+        "waiter",
+        "writable",
+        "write_paused",
     )
 
-    def __init__(
-        self, origin: _Origin, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    def __init__(self, origin: _Origin) -> None:
         self.origin = origin
-        self.reader = reader
-        self.writer = writer
+        self.transport: asyncio.Transport | None = None
         self.response = _Response()  # the response to the current request (see reset)
+        self.busy = False  # a request is out and its response not read to its end
         self.reused = False
         self.heard = False  # a byte of the current response has arrived
         self.idle_since = 0.0
         self.closed = False
+        self.eof = False  # the peer sent its last byte (or the connection is lost)
+        self.lost = False  # the connection is closed, by either side
+        self.failure: Exception | None = None  # what reading the response ran into
+        self.unsolicited = False  # bytes came while no request was out
+        self.waiter: asyncio.Future[None] | None = None  # the reader waiting for an event
+        self.reading_paused = False
+        self.write_paused = False
+        self.writable: asyncio.Future[None] | None = None  # a writer waiting for the buffer
         # The read timeout, over every read of the connection's life: one timer, not one a read.
         self.read_bound = RepeatTimeout()
 
     def stale(self) -> bool:
-        return self.reader.at_eof() or self.writer.is_closing()
+        return self.eof or self.unsolicited or self.transport is None or self.transport.is_closing()
+
+    # The event loop's callbacks.
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # (uvloop's transports have the methods of ``asyncio.Transport``, not its class.)
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.busy:
+            self.unsolicited = True
+            return
+        self.heard = True
+        response = self.response
+        try:
+            response.feed(data)
+        except Exception as e:  # (feed turns the parser's own errors into RemoteProtocolError)
+            self.failure = e
+            self.busy = False  # nothing more of it is read
+        if response.buffered > _BUFFERED_MAX and not self.reading_paused and self.transport:
+            self.reading_paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake()
+        return False  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.eof = self.lost = True
+        if exc is not None and self.failure is None and self.busy:
+            self.failure = exc
+        self._wake()
+        writable, self.writable = self.writable, None
+        if writable is not None and not writable.done():
+            writable.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        writable, self.writable = self.writable, None
+        if writable is not None and not writable.done():
+            writable.set_result(None)
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # Our side.
+
+    def taken(self, n: int) -> None:
+        """The consumer took ``n`` bytes of body: reading goes on once few are left."""
+        response = self.response
+        response.buffered -= n
+        if self.reading_paused and response.buffered <= _READ and self.transport is not None:
+            self.reading_paused = False
+            self.transport.resume_reading()
 
 
 class _Stale(Exception):
@@ -467,18 +555,25 @@ async def _next_event(conn: _Connection, read_timeout: float | None) -> _Head | 
     response = conn.response
     events = response.events
     while not events:
+        failure = conn.failure
+        if failure is not None:
+            if isinstance(failure, httpx.RemoteProtocolError):
+                raise failure
+            raise httpx.ReadError(str(failure) or type(failure).__name__)
+        if conn.eof:
+            return response.eof()
+        waiter = conn.waiter = asyncio.get_running_loop().create_future()
         try:
             with conn.read_bound.bound(read_timeout):
-                data = await conn.reader.read(_READ)
+                await waiter
         except TimeoutError:
             raise httpx.ReadTimeout("timed out reading the response") from None
-        except OSError as e:
-            raise httpx.ReadError(str(e) or type(e).__name__) from None
-        if not data:
-            return response.eof()
-        conn.heard = True
-        response.feed(data)
-    return events.popleft()
+        finally:
+            conn.waiter = None
+    event = events.popleft()
+    if type(event) is bytes:
+        conn.taken(len(event))
+    return event
 
 
 # What a request's head may hold (RFC 9110: a method and a field name are tokens; a field
@@ -507,15 +602,16 @@ def _request_head(method: bytes, target: bytes, headers: list[tuple[bytes, bytes
     return b"".join(parts)
 
 
-async def _drain(writer: asyncio.StreamWriter, timeout: float | None) -> None:
-    """``writer.drain()`` within ``timeout``. Only bytes the socket has not taken yet can make
-    it wait (asyncio pauses a writer above its high-water mark); when there are none, as for
-    most requests, no timer is armed and cancelled for nothing."""
-    if writer.transport.get_write_buffer_size():
+async def _drain(conn: _Connection, timeout: float | None) -> None:
+    """Waits, within ``timeout``, until the socket has taken what was written above the
+    transport's high-water mark (most requests never reach it: no timer is armed for them);
+    ``ConnectionResetError`` once the connection is lost, as a stream writer's ``drain``."""
+    if conn.write_paused and not conn.lost:
+        writable = conn.writable = asyncio.get_running_loop().create_future()
         async with asyncio.timeout(timeout):
-            await writer.drain()
-    else:
-        await writer.drain()  # raises if the connection is already lost
+            await writable
+    if conn.lost:
+        raise ConnectionResetError("Connection lost")
 
 
 class _Body(httpx.AsyncByteStream):
@@ -690,6 +786,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
             and not self._closed
         ):
             conn.response.reset()
+            conn.busy = False
             conn.idle_since = now = time.monotonic()
             self._idle.setdefault(conn.origin, []).append(conn)
             if self._waiters:
@@ -710,7 +807,9 @@ class LeanTransport(httpx.AsyncBaseTransport):
         if conn.closed:
             return
         conn.closed = True
-        conn.writer.close()
+        conn.busy = False
+        if conn.transport is not None:
+            conn.transport.close()
         conn.read_bound.close()
         self._open -= 1
         if self._waiters:
@@ -737,7 +836,9 @@ class LeanTransport(httpx.AsyncBaseTransport):
             tls = self._ssl
         try:
             async with asyncio.timeout(timeout):
-                reader, writer = await asyncio.open_connection(host, port, ssl=tls, limit=_READ * 4)
+                _, conn = await asyncio.get_running_loop().create_connection(
+                    lambda: _Connection(origin), host, port, ssl=tls
+                )
         except BaseException as e:
             self._open -= 1
             if self._waiters:
@@ -748,7 +849,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
                 raise httpx.ConnectError(str(e) or type(e).__name__) from None
             raise
         self.connections_opened += 1
-        return _Connection(origin, reader, writer)
+        return conn
 
     async def _reconnect(
         self, stale: _Connection, timeouts: dict[str, float | None]
@@ -784,21 +885,25 @@ class LeanTransport(httpx.AsyncBaseTransport):
     ) -> _Head:
         retriable = conn.reused and body is not None
         write_timeout = timeouts.get("write")
-        writer = conn.writer
+        transport = conn.transport
+        assert transport is not None
+        conn.busy = True
         try:
+            if conn.lost:
+                raise ConnectionResetError("Connection lost")
             if body is not None:  # framed by its Content-Length, which httpx set
-                writer.write(head + body)
-                await _drain(writer, write_timeout)
+                transport.write(head + body)
+                await _drain(conn, write_timeout)
             else:
                 chunked = request.headers.get("transfer-encoding", "").lower() == "chunked"
-                writer.write(head)
+                transport.write(head)
                 async for chunk in request.stream:  # type: ignore[union-attr]
                     if chunk:
-                        writer.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
-                        await _drain(writer, write_timeout)
+                        transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+                        await _drain(conn, write_timeout)
                 if chunked:
-                    writer.write(b"0\r\n\r\n")
-                await _drain(writer, write_timeout)
+                    transport.write(b"0\r\n\r\n")
+                await _drain(conn, write_timeout)
         except TimeoutError:
             raise httpx.WriteTimeout("timed out sending the request") from None
         except OSError as e:

@@ -7,10 +7,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import shutil
+import socket
 import ssl
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
 import httpx
@@ -477,18 +478,34 @@ async def test_a_server_that_does_not_read_is_a_write_timeout() -> None:
         await client.aclose()
 
 
-async def test_a_connect_that_hangs_is_a_connect_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
-    async def hang(*args: object, **kwargs: object) -> None:
-        await asyncio.sleep(5)
-
-    monkeypatch.setattr(asyncio, "open_connection", hang)
-    client = upstream_client()
-    with pytest.raises(httpx.ConnectTimeout):
-        async with client.stream(
-            "POST", "http://127.0.0.1:9/", content=b"", timeout=httpx.Timeout(T, connect=0.05)
-        ):
-            pass
-    await client.aclose()
+async def test_a_connect_that_hangs_is_a_connect_timeout() -> None:
+    # A listener whose accept queue is full: the kernel drops further SYNs, so a connect
+    # neither succeeds nor fails (what a firewall that drops packets does).
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fill = [socket.socket() for _ in range(4)]
+        for s in fill:
+            s.setblocking(False)
+            with suppress(BlockingIOError):
+                s.connect(("127.0.0.1", port))
+        client = upstream_client()
+        try:
+            with pytest.raises(httpx.ConnectTimeout):
+                async with client.stream(
+                    "POST",
+                    f"http://127.0.0.1:{port}/",
+                    content=b"",
+                    timeout=httpx.Timeout(T, connect=0.05),
+                ):
+                    pass
+            lean = client._transport
+            assert isinstance(lean, transport.LeanTransport) and lean.open_connections == 0
+        finally:
+            await client.aclose()
+            for s in fill:
+                s.close()
 
 
 async def test_under_the_cap_an_idle_connection_to_another_upstream_makes_room() -> None:
@@ -809,6 +826,62 @@ async def test_bytes_after_the_end_of_a_response_leave_it_whole_but_its_connecti
     state, results = await _one_response(ok(b"hi") + b"HTTP/1.1 200 OK\r\n")
     assert results == [(200, b"hi"), (200, b"hi")]
     assert state.connections == 2  # the stray bytes are never read as the next answer
+
+
+async def test_bytes_sent_to_an_idle_connection_keep_it_from_being_reused() -> None:
+    sent_stray = asyncio.Event()
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        first = True
+        while await read_request(r):
+            w.write(ok(b"hi"))
+            await w.drain()
+            if first:  # then, while no request is out, bytes nobody asked for
+                first = False
+                await asyncio.sleep(0.05)
+                w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray")
+                await w.drain()
+                sent_stray.set()
+
+    async with serve(handler) as (state, port):
+        client = upstream_client()
+        assert await post(client, port) == (200, b"hi")
+        await sent_stray.wait()
+        await asyncio.sleep(0.05)  # (the stray bytes reach the idle connection)
+        assert await post(client, port) == (200, b"hi")  # not "stray"
+        await client.aclose()
+    assert state.connections == 2
+
+
+async def test_a_slow_reader_of_a_long_body_pauses_the_connection_and_gets_it_whole() -> None:
+    body = bytes(range(256)) * (6 * 1024)  # 1.5 MiB: several times what is read ahead
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while await read_request(r):
+            w.write(ok(body))
+            await w.drain()
+
+    async with serve(handler) as (state, port):
+        client = upstream_client()
+        got = bytearray()
+        paused = []
+        http = transport.UpstreamHttp(client)
+        url = f"http://127.0.0.1:{port}/"
+        async with http.stream("POST", url, content=b"{}", headers={}) as response:
+            assert isinstance(response.stream, transport._Body)
+            conn = response.stream._conn
+            assert conn is not None
+            async for chunk in response.aiter_raw():
+                got += chunk
+                await asyncio.sleep(0.005)  # slower than the socket
+                paused.append(conn.reading_paused)
+                # (one read past the mark at most: an event loop reads up to 256 KiB at once)
+                assert conn.response.buffered <= transport._BUFFERED_MAX + 256 * 1024
+        assert bytes(got) == body
+        assert any(paused), "reading never paused for the slow reader"
+        assert await post(client, port) == (200, body)  # the connection was kept, and reused
+        await client.aclose()
+    assert state.connections == 1
 
 
 @pytest.mark.parametrize(
