@@ -8,9 +8,14 @@ layer, as in ``bench.overhead``) runs under valgrind's callgrind with counting o
 warm-up of sequential calls, counting is switched on for ``CALLS`` more (ghz, one in flight,
 every document unique, so every call misses the cache and goes upstream to the sandbox), then
 off, and the count is read from callgrind's dump: Analyze, then Stream (the sandbox streams
-its answer at full speed). Per relayed delta: Streams against a paced sandbox sending one
-token a delta, then four, the difference in instructions over the difference in deltas (a few
-percent apart between runs). All threads are counted (the gateway's and grpc's); the kernel's
+its answer at full speed). Per relayed delta: Streams of a long answer (``bench.concurrency``'s
+document, ~190 tokens) against a sandbox paced like a slow model, sending one token a delta,
+then eight, the difference in instructions over the difference in deltas. The pace leaves
+each delta its own read and wake-up even under valgrind, as a model's deltas come: at full
+speed several would share one, and their count would look cheaper than a stream's. The
+gateway runs with Stream coalescing off here (``server.stream_coalesce_after_ms = 0``), so its
+deltas are counted one message each, as the floor's are, however slow valgrind makes it.
+All threads are counted (the gateway's and grpc's); the kernel's
 work (system calls, the loopback network) is not, which is why these ratios are larger than
 the CPU-time ratios of ``bench.overhead``: the floor spends most of its time in the kernel.
 
@@ -20,6 +25,7 @@ valgrind``). Run: python -m bench.instructions
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import subprocess
@@ -36,15 +42,17 @@ from longread.v1 import analysis_service_pb2_grpc as svc_grpc
 
 from bench import _load, _peers, _servers
 from bench._load import LOADGEN_CPU, SERVER_CPU, log
+from bench.concurrency import DOC, MODEL, QUESTION
 from bench.overhead import analyze_data
 
 STREAM = "longread.v1.AnalysisService.Stream"
 
 CALLS = 300
 WARMUP = 50
-DELTA_CALLS = 100
-DELTA_TOKENS = ("1", "4")  # tokens a delta: many deltas, then few, for the same answer
-PACE = "4000"  # tokens a second: each delta comes by itself, and a Stream still ends fast
+DELTA_CALLS = 6
+DELTA_WARMUP = 3
+DELTA_TOKENS = ("1", "8")  # tokens a delta: many deltas, then few, for the same answer
+PACE = "50"  # tokens a second: each delta comes by itself, even to a process under valgrind
 START_S = 600.0  # a server's start-up under valgrind, counting off
 
 
@@ -56,15 +64,24 @@ def _dumps(out: Path) -> set[Path]:
     return set(out.parent.glob(out.name + "*"))
 
 
-def _count(pid: str, out: Path, port: int, call: str, calls: int = CALLS) -> float:
-    """Instructions per call of ``calls`` sequential ``call``s, counted from zero and dumped
-    by callgrind (a dump of its own, read from its ``totals:`` line)."""
+def _count(
+    pid: str,
+    out: Path,
+    port: int,
+    call: str,
+    calls: int = CALLS,
+    data: dict[str, Any] | None = None,
+) -> float:
+    """Instructions per call of ``calls`` sequential ``call``s (of ``data``, the benchmark's
+    request by default), counted from zero and dumped by callgrind (a dump of its own, read
+    from its ``totals:`` line)."""
     before = _dumps(out)
     control = ["callgrind_control"]
     subprocess.run([*control, "-z", pid], check=True, capture_output=True)
     subprocess.run([*control, "-i", "on", pid], check=True, capture_output=True)
     # (A StreamRequest has the fields of an AnalyzeRequest: the same JSON serves both.)
-    stats = _load.ghz(port, analyze_data(), total=calls, concurrency=1, call=call, timeout_s=60.0)
+    request = analyze_data() if data is None else data
+    stats = _load.ghz(port, request, total=calls, concurrency=1, call=call, timeout_s=60.0)
     subprocess.run([*control, "-i", "off", pid], check=True, capture_output=True)
     subprocess.run([*control, "-d", pid], check=True, capture_output=True)
     if stats.ok != calls:
@@ -79,13 +96,24 @@ def _count(pid: str, out: Path, port: int, call: str, calls: int = CALLS) -> flo
     raise TimeoutError("callgrind wrote no dump")
 
 
-def _warm(port: int, call: str) -> None:
-    _load.ghz(port, analyze_data(), total=WARMUP, concurrency=1, call=call, timeout_s=60.0)
+def _warm(port: int, call: str, data: dict[str, Any] | None = None, calls: int = WARMUP) -> None:
+    request = analyze_data() if data is None else data
+    _load.ghz(port, request, total=calls, concurrency=1, call=call, timeout_s=60.0)
+
+
+_runs = itertools.count()
+
+
+def long_answer_data(unique: bool = True) -> dict[str, Any]:
+    """A request the sandbox answers at length (``bench.concurrency``'s); ``unique``: a run-
+    and request-unique suffix (ghz template), so every call misses the cache."""
+    suffix = f" (run {next(_runs)}, request {{{{.RequestNumber}}}})" if unique else ""
+    return {"document": {"text": DOC + suffix}, "instruction": QUESTION, "model": {"model": MODEL}}
 
 
 def _deltas(port: int) -> int:
-    """How many answer deltas one Stream of the benchmark's request sends."""
-    request = json_format.ParseDict(analyze_data(unique=False), svc.StreamRequest())
+    """How many answer deltas one Stream of the long-answer request sends."""
+    request = json_format.ParseDict(long_answer_data(unique=False), svc.StreamRequest())
     request.document.text += f" (deltas {time.time()})"  # a miss, as every counted call
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = svc_grpc.AnalysisServiceStub(channel)
@@ -111,9 +139,9 @@ def _per_call(start: Start, tmp: Path, name: str, sandbox_port: int) -> dict[str
 
 
 def _per_delta(start: Start, tmp: Path, name: str) -> int:
-    """Instructions per relayed delta: the same Streams against a sandbox sending one token a
-    delta and one sending four (paced, so each delta arrives by itself), the difference in
-    instructions over the difference in deltas."""
+    """Instructions per relayed delta: the same Streams of a long answer against a sandbox
+    sending one token a delta and one sending eight (paced, so each delta arrives by itself),
+    the difference in instructions over the difference in deltas."""
     runs = []
     for tokens in DELTA_TOKENS:
         sp = _servers.free_port()
@@ -122,9 +150,10 @@ def _per_delta(start: Start, tmp: Path, name: str) -> int:
         out = tmp / f"{name}-{tokens}.out"
         proc = start(port, _counted(out), sp)
         try:
-            _warm(port, STREAM)
+            _warm(port, STREAM, long_answer_data(), DELTA_WARMUP)
             deltas = _deltas(port)
-            runs.append((_count(str(proc.p.pid), out, port, STREAM, DELTA_CALLS), deltas))
+            counted = _count(str(proc.p.pid), out, port, STREAM, DELTA_CALLS, long_answer_data())
+            runs.append((counted, deltas))
         finally:
             proc.stop()
             sb.stop()
@@ -151,8 +180,15 @@ def main() -> dict[str, Any]:
         return f"http://127.0.0.1:{sp}/v1"
 
     starts: dict[str, Start] = {
+        # Coalescing off: slowed down by valgrind, the gateway would otherwise join deltas
+        # that waited, and count fewer messages than the floor sends.
         "ours": lambda port, wrap, sp: _servers.gateway(
-            port, sp, cpu=SERVER_CPU, wrapper=wrap, start_s=START_S
+            port,
+            sp,
+            cpu=SERVER_CPU,
+            wrapper=wrap,
+            start_s=START_S,
+            env={"LONGREAD_SERVER__STREAM_COALESCE_AFTER_MS": "0"},
         ),
         "floor": lambda port, wrap, sp: _peers.floor(
             port, upstream=url(sp), cpu=SERVER_CPU, wrapper=wrap, start_s=START_S
@@ -187,9 +223,10 @@ def main() -> dict[str, Any]:
             "calls": f"{CALLS} sequential cache-miss Analyze calls, then {CALLS} Stream calls "
             f"(each after {WARMUP} of its own uncounted)",
             "stream": "the sandbox streams its answer at full speed",
-            "delta": f"{DELTA_CALLS} Streams against a sandbox at {PACE} tokens/s sending "
-            f"{' and then '.join(DELTA_TOKENS)} tokens a delta; (instructions difference) / "
-            "(deltas difference)",
+            "delta": f"{DELTA_CALLS} Streams of a long answer against a sandbox at {PACE} "
+            f"tokens/s sending {' and then '.join(DELTA_TOKENS)} tokens a delta (each after "
+            f"{DELTA_WARMUP} uncounted); (instructions difference) / (deltas difference)",
+            "gateway": "server.stream_coalesce_after_ms = 0 (every delta its own message)",
             "counted": "user-space instructions of the process under test, all threads "
             "(valgrind --tool=callgrind, counting switched on for the timed calls only)",
             "placement": "process under test on CPU 0; sandbox and ghz on CPU 1",
