@@ -53,15 +53,15 @@ class RepeatTimeout:
         return self
 
     def __enter__(self) -> RepeatTimeout:
+        timeout = self._timeout
+        if timeout is None:  # no bound: nothing to arm, and no task to cancel
+            return self
         loop = self._loop
         task = asyncio.current_task(loop)  # given the loop: no lookup of the running one
         if task is None:
             raise RuntimeError("a RepeatTimeout bounds an await inside a task")
         if self._task is not None:
             raise RuntimeError("a RepeatTimeout bounds one await at a time")
-        timeout = self._timeout
-        if timeout is None:
-            return self
         self._task = task
         self._cancelling = task.cancelling()
         expires = loop.time() + timeout

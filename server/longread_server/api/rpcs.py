@@ -12,6 +12,7 @@ Stream forwards, so a Stream's final result equals what Analyze returns for the 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 from collections.abc import AsyncGenerator, Callable, Iterable
@@ -207,6 +208,35 @@ class AnalysisRpcs:
         return err
 
 
+class _Waiting:
+    """The events a Stream's job has produced and its sender not yet taken, in order, with
+    when each came: a deque and the one sender that waits on it (``asyncio.Queue`` keeps a
+    list of getters and putters, and a future per ``get``, for what one consumer never
+    needs)."""
+
+    __slots__ = ("_waiter", "items")
+
+    def __init__(self) -> None:
+        self.items: collections.deque[tuple[RunEvent | _End, float]] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: tuple[RunEvent | _End, float]) -> None:
+        self.items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> tuple[RunEvent | _End, float]:
+        items = self.items
+        while not items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return items.popleft()
+
+
 async def _ahead(
     events: AsyncGenerator[RunEvent, None], coalesce_after_s: float = 0.0
 ) -> AsyncGenerator[RunEvent, None]:
@@ -215,7 +245,7 @@ async def _ahead(
     the upstream call. Ends, or fails, as ``events`` does; closing it cancels the task, which
     closes ``events`` there. An answer delta that waited ``coalesce_after_s`` or more takes
     the deltas of its call waiting behind it along (``_coalesce``; 0: never)."""
-    queue: asyncio.Queue[tuple[RunEvent | _End, float]] = asyncio.Queue()
+    queue = _Waiting()
     clock = time.monotonic
 
     async def produce() -> None:
@@ -246,7 +276,7 @@ async def _ahead(
             if (
                 coalesce_after_s > 0
                 and isinstance(item, AnswerDelta)
-                and not queue.empty()
+                and queue.items
                 and clock() - at >= coalesce_after_s
             ):
                 item, held = _coalesce(item, queue)
@@ -267,7 +297,7 @@ COALESCE_MAX_CHARS = 16_384
 
 
 def _coalesce(
-    first: AnswerDelta, queue: asyncio.Queue[tuple[RunEvent | _End, float]]
+    first: AnswerDelta, queue: _Waiting
 ) -> tuple[AnswerDelta, tuple[RunEvent | _End, float] | None]:
     """``first`` and the deltas of the same call already waiting behind it, as one delta; and
     the first waiting item that is not one of them (None: the queue is empty).
@@ -279,8 +309,9 @@ def _coalesce(
     parts = [first.text]
     size = len(first.text)
     after: tuple[RunEvent | _End, float] | None = None
-    while size < COALESCE_MAX_CHARS and not queue.empty():
-        waiting = queue.get_nowait()
+    items = queue.items
+    while size < COALESCE_MAX_CHARS and items:
+        waiting = items.popleft()
         nxt = waiting[0]
         if isinstance(nxt, AnswerDelta) and nxt.stage is first.stage and nxt.index == first.index:
             parts.append(nxt.text)

@@ -14,7 +14,7 @@ from google.rpc import error_details_pb2
 from longread.v1 import analysis_service_pb2 as svc
 from longread.v1 import types_pb2 as pb
 from longread_server.api.auth import Authenticator
-from longread_server.api.rpcs import COALESCE_MAX_CHARS, AnalysisRpcs, _ahead
+from longread_server.api.rpcs import COALESCE_MAX_CHARS, AnalysisRpcs, _ahead, _Waiting
 from longread_server.api.servicer import AnalysisServicer
 from longread_server.app import build_analysis, build_catalog
 from longread_server.calls.budget import BudgetLedger
@@ -358,6 +358,28 @@ async def test_a_streams_job_starts_its_upstream_work_before_the_first_message_g
 
 
 COALESCE_AFTER = 0.005  # seconds
+
+
+async def test_the_stream_s_waiting_events_come_out_in_order_and_a_cancelled_get_loses_none() -> (
+    None
+):
+    waiting = _Waiting()
+    getter = asyncio.create_task(waiting.get())
+    await asyncio.sleep(0)
+    assert not getter.done()  # nothing yet: the sender waits
+    first = JobWarning("A", "a")
+    waiting.put_nowait((first, 1.0))
+    assert await getter == (first, 1.0)
+
+    cancelled = asyncio.create_task(waiting.get())
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    items = [(JobWarning(code, code), float(i)) for i, code in enumerate("BCD")]
+    for item in items:
+        waiting.put_nowait(item)  # (no waiter left behind by the cancelled get to wake)
+    assert [await waiting.get() for _ in items] == items
 
 
 async def test_a_stream_that_falls_behind_sends_its_waiting_deltas_as_one() -> None:
