@@ -456,6 +456,7 @@ class _Connection(asyncio.Protocol):
         "reading_paused",
         "response",
         "reused",
+        "tls",
         "transport",
         "unsolicited",
         "waiter",
@@ -466,6 +467,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self, origin: _Origin) -> None:
         self.origin = origin
         self.transport: asyncio.Transport | None = None
+        self.tls = False
         self.response = _Response()  # the response to the current request (see reset)
         self.busy = False  # a request is out and its response not read to its end
         self.reused = False
@@ -491,6 +493,7 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # (uvloop's transports have the methods of ``asyncio.Transport``, not its class.)
         self.transport = cast(asyncio.Transport, transport)
+        self.tls = transport.get_extra_info("sslcontext") is not None
 
     def data_received(self, data: bytes) -> None:
         if not self.busy:
@@ -511,7 +514,11 @@ class _Connection(asyncio.Protocol):
     def eof_received(self) -> bool:
         self.eof = True
         self._wake()
-        return False  # the transport closes itself
+        # Our side stays open (as a stream reader's protocol keeps it): a server may answer
+        # before it has read the whole request (an early 413) and half-close, reading on;
+        # the rest of the request still goes out, then its answer is read. TLS cannot
+        # half-close: its transport closes.
+        return not self.tls
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.eof = self.lost = True

@@ -320,6 +320,30 @@ async def test_an_error_status_keeps_the_connection() -> None:
     assert state.connections == 1
 
 
+async def test_an_answer_before_the_whole_request_is_read_is_the_response() -> None:
+    # A server refusing a large body as soon as it has the head: it answers, half-closes and
+    # reads the rest of the request away. httpx's own transport returns that answer too.
+    body = b"x" * (16 * 1024 * 1024)
+    answer = b'{"error":{"message":"request too large"}}'
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await r.readuntil(b"\r\n\r\n")
+        w.write(
+            b"HTTP/1.1 413 Payload Too Large\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(answer), answer)
+        )
+        await w.drain()
+        w.write_eof()
+        while await r.read(1 << 16):
+            pass
+
+    async with serve(handler) as (_, port):
+        for client in (upstream_client(), httpx.AsyncClient()):
+            response = await client.post(f"http://127.0.0.1:{port}/", content=body, timeout=T)
+            assert (response.status_code, response.content) == (413, answer)
+            await client.aclose()
+
+
 def test_only_http_urls() -> None:
     client = upstream_client()
     with pytest.raises(httpx.UnsupportedProtocol):
