@@ -276,10 +276,21 @@ def malformed(upstream: str, what: str) -> UpstreamError:
     return UpstreamError(ErrorKind.CONNECTION, f"{upstream}: malformed response: {what}")
 
 
+# The decoder ``json.loads`` ends in, called without the steps around it that a text of a
+# stream event never needs (a check for a BOM, two scans for whitespace).
+_raw_decode = json.JSONDecoder().raw_decode
+
+
 def load_json(upstream: str, data: str | bytes) -> Any:
     """``json.loads`` that fails as an ``UpstreamError`` (CONNECTION), never a ValueError or a
     RecursionError."""
     try:
+        if type(data) is str and data[:1] in ("{", "["):
+            # What json.loads decodes for this text, or raises, when nothing follows it;
+            # anything else (whitespace, more data) goes the whole way below.
+            value, end = _raw_decode(data)
+            if end == len(data):
+                return value
         return json.loads(data)
     except json.JSONDecodeError as exc:  # its text says where, never what
         raise malformed(upstream, f"invalid JSON ({exc.msg} at {exc.pos})") from None

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from longread_server.domain import ErrorKind, UpstreamError
 from longread_server.vendors.errors import (
     classify,
@@ -103,6 +108,40 @@ def test_load_json_fails_as_a_connection_error_also_when_too_deep() -> None:
         with pytest.raises(UpstreamError) as caught:
             load_json("up", data)
         assert caught.value.kind is ErrorKind.CONNECTION
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def _loaded(data: str) -> tuple[str, Any]:
+    try:
+        return "value", json.loads(data)
+    except (ValueError, RecursionError) as e:
+        return "error", type(e).__name__
+
+
+@given(
+    _JSON,
+    st.sampled_from(["", " ", "\n", "\t \r\n", "x", "{}", " 1", "]", "\ufeff"]),
+    st.sampled_from(["", " ", "\n", "\ufeff"]),
+)
+def test_load_json_reads_what_json_loads_reads_and_fails_where_it_fails(
+    value: Any, after: str, before: str
+) -> None:
+    # Its shortcut for a text that starts as an object or array must give json.loads'
+    # answer: the same value, or a failure (whitespace around it, data after it, a BOM).
+    for data in (before + json.dumps(value) + after, before + json.dumps(value)[:-1] + after):
+        kind, expected = _loaded(data)
+        if kind == "value":
+            assert load_json("up", data) == expected
+        else:
+            with pytest.raises(UpstreamError) as caught:
+                load_json("up", data)
+            assert caught.value.kind is ErrorKind.CONNECTION
 
 
 def test_status_error_names_the_status_by_its_standard_phrase() -> None:
