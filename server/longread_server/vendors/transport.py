@@ -10,7 +10,8 @@ redirects, cookies, event hooks) that it never uses: on a fast upstream those la
 much CPU as the transport itself.
 
 Under it, for direct connections, is ``LeanTransport`` (an ``httpx.AsyncBaseTransport``):
-keep-alive HTTP/1.1 connections on asyncio streams, pooled per origin. It exists because
+keep-alive HTTP/1.1 connections, each the asyncio protocol of its socket (what arrives goes
+straight into the parser of the response being read), pooled per origin. It exists because
 httpx's default transport (httpcore's pool over anyio streams) is general — HTTP/2, proxies,
 SOCKS, several event loops — and on the gateway's hot path, a cache miss against a fast
 upstream or a model streaming one token per event, that generality is most of the gateway's
@@ -28,10 +29,13 @@ reused only when the response was read to its end and the server keeps it open (
 without ``Connection: close``, or HTTP/1.0 with ``keep-alive``, which h11 never reuses); a
 response with both Content-Length and Transfer-Encoding is refused as RFC 9112 section 6.3
 advises (h11 took the chunked framing); bytes after the end of a response leave it whole but
-its connection is closed, so they are never read as the next answer. The request head is
-written here, with h11's checks: the method and header names are tokens, and no value holds a
-CR, LF or NUL that would split the request; the error names the header, never its value (h11
-quoted the value, an API key with a stray newline included).
+its connection is closed, so they are never read as the next answer, and so are bytes that
+arrive while a connection sits idle; a server that answers before it has read the whole
+request, and half-closes, still gets the rest of the request, and its answer is the response
+(as with httpcore). The request head is written here, with h11's checks: the method and
+header names are tokens, and no value holds a CR, LF or NUL that would split the request; the
+error names the header, never its value (h11 quoted the value, an API key with a stray newline
+included).
 
 The settings, and why:
 
@@ -659,7 +663,7 @@ class _Body(httpx.AsyncByteStream):
 
 
 class LeanTransport(httpx.AsyncBaseTransport):
-    """Keep-alive HTTP/1.1 over asyncio streams, pooled per origin, with a cap on open
+    """Keep-alive HTTP/1.1 over asyncio protocols, pooled per origin, with a cap on open
     connections in total (``None``: no cap). See the module docstring."""
 
     def __init__(
