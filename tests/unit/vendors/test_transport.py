@@ -16,11 +16,28 @@ from pathlib import Path
 
 import httpx
 import pytest
+import uvloop
 from longread_server import __version__
 from longread_server.vendors import transport
 from longread_server.vendors.transport import upstream_client
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+# A loop of the module's own, made by the policy below (the suite's other tests share one).
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest.fixture(scope="module", params=["asyncio", "uvloop"])
+def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
+    """Every test on asyncio's own loop and on uvloop, which `longread serve` runs on: the
+    transport is an asyncio protocol, and the two loops' transports must drive it alike."""
+    policy: asyncio.AbstractEventLoopPolicy = (
+        uvloop.EventLoopPolicy() if request.param == "uvloop" else asyncio.DefaultEventLoopPolicy()
+    )
+    return policy
+
+
 T = 2.0  # seconds, per phase, as the adapters pass it
 
 
@@ -344,10 +361,11 @@ async def test_an_answer_before_the_whole_request_is_read_is_the_response() -> N
             await client.aclose()
 
 
-def test_only_http_urls() -> None:
+async def test_only_http_urls() -> None:
     client = upstream_client()
     with pytest.raises(httpx.UnsupportedProtocol):
-        asyncio.run(post_url(client, "ftp://example.com/x"))
+        await post_url(client, "ftp://example.com/x")
+    await client.aclose()
 
 
 async def post_url(client: httpx.AsyncClient, url: str) -> None:
