@@ -16,7 +16,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvloop
 from longread_server import __version__
 from longread_server.vendors import transport
 from longread_server.vendors.transport import upstream_client
@@ -24,18 +23,9 @@ from longread_server.vendors.transport import upstream_client
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
-# A loop of the module's own, made by the policy below (the suite's other tests share one).
+# A loop of the module's own (the suite's other tests share one), made by each of the loop
+# factories of this directory's conftest: asyncio's and uvloop's.
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-
-@pytest.fixture(scope="module", params=["asyncio", "uvloop"])
-def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
-    """Every test on asyncio's own loop and on uvloop, which `longread serve` runs on: the
-    transport is an asyncio protocol, and the two loops' transports must drive it alike."""
-    policy: asyncio.AbstractEventLoopPolicy = (
-        uvloop.EventLoopPolicy() if request.param == "uvloop" else asyncio.DefaultEventLoopPolicy()
-    )
-    return policy
 
 
 T = 2.0  # seconds, per phase, as the adapters pass it
