@@ -64,24 +64,15 @@ def _dumps(out: Path) -> set[Path]:
     return set(out.parent.glob(out.name + "*"))
 
 
-def _count(
-    pid: str,
-    out: Path,
-    port: int,
-    call: str,
-    calls: int = CALLS,
-    data: dict[str, Any] | None = None,
-) -> float:
-    """Instructions per call of ``calls`` sequential ``call``s (of ``data``, the benchmark's
-    request by default), counted from zero and dumped by callgrind (a dump of its own, read
-    from its ``totals:`` line)."""
+def _count(pid: str, out: Path, port: int, call: str, calls: int, data: dict[str, Any]) -> float:
+    """Instructions per call of ``calls`` sequential ``call``s of the request ``data`` (proto
+    JSON), counted from zero and dumped by callgrind (a dump of its own, read from its
+    ``totals:`` line)."""
     before = _dumps(out)
     control = ["callgrind_control"]
     subprocess.run([*control, "-z", pid], check=True, capture_output=True)
     subprocess.run([*control, "-i", "on", pid], check=True, capture_output=True)
-    # (A StreamRequest has the fields of an AnalyzeRequest: the same JSON serves both.)
-    request = analyze_data() if data is None else data
-    stats = _load.ghz(port, request, total=calls, concurrency=1, call=call, timeout_s=60.0)
+    stats = _load.ghz(port, data, total=calls, concurrency=1, call=call, timeout_s=60.0)
     subprocess.run([*control, "-i", "off", pid], check=True, capture_output=True)
     subprocess.run([*control, "-d", pid], check=True, capture_output=True)
     if stats.ok != calls:
@@ -96,9 +87,8 @@ def _count(
     raise TimeoutError("callgrind wrote no dump")
 
 
-def _warm(port: int, call: str, data: dict[str, Any] | None = None, calls: int = WARMUP) -> None:
-    request = analyze_data() if data is None else data
-    _load.ghz(port, request, total=calls, concurrency=1, call=call, timeout_s=60.0)
+def _warm(port: int, call: str, calls: int, data: dict[str, Any]) -> None:
+    _load.ghz(port, data, total=calls, concurrency=1, call=call, timeout_s=60.0)
 
 
 _runs = itertools.count()
@@ -129,9 +119,10 @@ def _per_call(start: Start, tmp: Path, name: str, sandbox_port: int) -> dict[str
     proc = start(port, _counted(out), sandbox_port)
     counts = {}
     try:
+        # (A StreamRequest has the fields of an AnalyzeRequest: the same JSON serves both.)
         for rpc, call in (("analyze", _load.ANALYZE), ("stream", STREAM)):
-            _warm(port, call)
-            counts[rpc] = round(_count(str(proc.p.pid), out, port, call))
+            _warm(port, call, WARMUP, analyze_data())
+            counts[rpc] = round(_count(str(proc.p.pid), out, port, call, CALLS, analyze_data()))
             log(f"{name}: {counts[rpc]:,} instructions per {rpc}")
     finally:
         proc.stop()
@@ -150,7 +141,7 @@ def _per_delta(start: Start, tmp: Path, name: str) -> int:
         out = tmp / f"{name}-{tokens}.out"
         proc = start(port, _counted(out), sp)
         try:
-            _warm(port, STREAM, long_answer_data(), DELTA_WARMUP)
+            _warm(port, STREAM, DELTA_WARMUP, long_answer_data())
             deltas = _deltas(port)
             counted = _count(str(proc.p.pid), out, port, STREAM, DELTA_CALLS, long_answer_data())
             runs.append((counted, deltas))
