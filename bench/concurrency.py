@@ -45,8 +45,11 @@ relay's TTFT and delay percentiles are also given net of the
 ``direct`` row at the same N (``*_net``: this row's statistic minus direct's), as
 ``bench.overhead`` subtracts the direct call. Headline per system: the largest N at which
 every stream completes with net added TTFT p99 and net relay delay p99 both <= 100 ms. A
-system stops at its first failing level (direct runs at every level any system reached, and
-one beyond).
+system stops at its first failing level; then, unless ``--no-refine``, levels between it and
+the last passing one are tried, halving the gap until it is within ``REFINE_TO`` of the
+passing N, so that a ratio of two systems' N is not an artefact of the levels' spacing (500
+and 750 are 1.5x apart, where the target is 0.7). Direct runs at every level any system
+reached, and one beyond.
 Placement (2 cores): the process under test on CPU 0; sandbox and client on CPU 1. Prints one
 JSON object.
 Run: python -m bench.concurrency [--quick] [--levels 1000,2000] [--systems ours,floor]
@@ -81,6 +84,9 @@ DT_S = DELTA_TOKENS / TOKENS_PER_S
 LEVELS = (50, 100, 250, 500, 1000, 1500, 2000, 5000, 10000, 15000)
 WARMUP_STREAMS = 20
 QUICK_LEVELS = (100, 500)
+# Between a system's last passing level and its first failing one, levels are tried until the
+# gap is within this share of the passing N.
+REFINE_TO = 0.1
 RAMP_S = 5.0
 STREAM_TIMEOUT_S = 40.0  # a stream lasts ~10 s; beyond this the level has failed anyway
 STREAMS_PER_CHANNEL = 100  # gRPC streams per HTTP/2 connection of the client
@@ -411,7 +417,18 @@ def start(
     raise ValueError(name)
 
 
-def main(levels: tuple[int, ...], systems: tuple[str, ...]) -> dict[str, Any]:
+def between(passed: int, failed: int) -> int | None:
+    """The next level to try between a passing N and a failing one above it (None: the gap is
+    within ``REFINE_TO`` of the passing N), a multiple of 5 for legibility."""
+    if failed - passed <= REFINE_TO * passed:
+        return None
+    mid = 5 * round((passed + failed) / 10)
+    return mid if passed < mid < failed else None
+
+
+def main(
+    levels: tuple[int, ...], systems: tuple[str, ...], refine: bool = True
+) -> dict[str, Any]:
     _load.exit_on_sigterm()
     machine = _load.MachineLoad()
     t_start = time.monotonic()
@@ -453,14 +470,30 @@ def main(levels: tuple[int, ...], systems: tuple[str, ...]) -> dict[str, Any]:
             try:
                 # Warm-up, not reported: lazy imports, JIT (Node), first connections.
                 level(target, sb, WARMUP_STREAMS, cum, tmp, ramp_s=0.5)
-                for n in levels:
+
+                def at(n: int) -> bool:
                     d = base(n)
                     row = level(target, sb, n, cum, tmp)
                     judge(row, d)
                     rows[name].append(row)
                     log(f"{name} N={n}: {_brief(row)}")
-                    if not row["passed"]:
+                    return bool(row["passed"])
+
+                passed = 0
+                failed = None
+                for n in levels:
+                    if not at(n):
+                        failed = n
                         break
+                    passed = n
+                while refine and passed and failed is not None:
+                    n_next = between(passed, failed)
+                    if n_next is None:
+                        break
+                    if at(n_next):
+                        passed = n_next
+                    else:
+                        failed = n_next
             finally:
                 if stopper is not None:
                     stopper.stop()
@@ -471,6 +504,8 @@ def main(levels: tuple[int, ...], systems: tuple[str, ...]) -> dict[str, Any]:
     finally:
         sb.stop()
     rows = {"direct": [baseline[n] for n in sorted(baseline)], **rows}
+    for rs in rows.values():
+        rs.sort(key=lambda r: r["n"])
     for r in rows["direct"]:
         r["passed"] = r["passed_raw"]
     best = {name: max((r["n"] for r in rs if r["passed"]), default=0) for name, rs in rows.items()}
@@ -513,6 +548,7 @@ def main(levels: tuple[int, ...], systems: tuple[str, ...]) -> dict[str, Any]:
             f"--delta-tokens {DELTA_TOKENS} (fixed delta size), {len(cum)} deltas, "
             f"{cum[-1]} chars per answer",
             "levels": list(levels),
+            "refined_to": REFINE_TO if refine else None,
             "ramp_s": RAMP_S,
             "stream_timeout_s": STREAM_TIMEOUT_S,
             "client": "one process per level (python -m bench.concurrency --worker): grpc.aio "
@@ -537,6 +573,11 @@ def cli() -> None:
     parser.add_argument("--quick", action="store_true", help=f"levels {QUICK_LEVELS}")
     parser.add_argument("--levels", default="", help="comma-separated N, e.g. 1000,2000")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset")
+    parser.add_argument(
+        "--no-refine",
+        action="store_true",
+        help="stop at each system's first failing level, with no levels tried below it",
+    )
     a = parser.parse_args()
     if a.worker:
         spec = json.loads(Path(a.worker[0]).read_text())
@@ -552,7 +593,7 @@ def cli() -> None:
     unknown = set(systems) - set(SYSTEMS) - set(OURS) - set(FLOORS)
     if unknown:
         parser.error(f"unknown systems: {sorted(unknown)}")
-    print(json.dumps(main(levels, systems)))
+    print(json.dumps(main(levels, systems, refine=not a.no_refine)))
 
 
 if __name__ == "__main__":
