@@ -25,7 +25,7 @@ from longread_server.domain import (
 )
 from longread_server.plan.catalog import Price
 from longread_server.plan.chunker import TextChunk
-from longread_server.plan.planner import JobPlan, JobSpec, ModelFit, Strategy
+from longread_server.plan.planner import JobPlan, JobSpec, Strategy
 from longread_server.run.analysis import Estimate
 from longread_server.run.events import (
     AnswerDelta,
@@ -352,122 +352,115 @@ def _semantic(v: Violations, p: pb.SemanticPolicy) -> tuple[bool | None, float |
 
 
 # ---- domain -> proto ----
+#
+# Messages are filled in place (``_set_*``): a message given to a constructor or assigned to a
+# field is copied into its parent, so building the parts first and then the whole copies every
+# nested message once more. An Analyze response is built on every call.
 
 
-def resolved_model(m: ModelInfo) -> pb.ResolvedModel:
-    return pb.ResolvedModel(
-        vendor=m.vendor,
-        model=m.model,
-        context_window=m.context_window,
-        max_output_tokens=m.max_output_tokens,
-    )
+def _set_model(out: pb.ResolvedModel, m: ModelInfo) -> None:
+    out.vendor = m.vendor
+    out.model = m.model
+    out.context_window = m.context_window
+    out.max_output_tokens = m.max_output_tokens
 
 
-def cost(p: Price) -> pb.Cost:
-    return pb.Cost(
-        input_usd=p.input_usd,
-        output_usd=p.output_usd,
-        cached_input_usd=p.cached_input_usd,
-        total_usd=p.total_usd,
-    )
+def _set_cost(out: pb.Cost, p: Price) -> None:
+    out.input_usd = p.input_usd
+    out.output_usd = p.output_usd
+    out.cached_input_usd = p.cached_input_usd
+    out.total_usd = p.total_usd
 
 
-def usage(u: Usage) -> pb.Usage:
-    return pb.Usage(
-        input_tokens=u.input_tokens,
-        output_tokens=u.output_tokens,
-        cached_input_tokens=u.cached_input_tokens,
-        cache_write_tokens=u.cache_write_tokens,
-        calls=u.calls,
-    )
+def _set_usage(out: pb.Usage, u: Usage) -> None:
+    out.input_tokens = u.input_tokens
+    out.output_tokens = u.output_tokens
+    out.cached_input_tokens = u.cached_input_tokens
+    out.cache_write_tokens = u.cache_write_tokens
+    out.calls = u.calls
 
 
-def chunk(c: TextChunk) -> pb.Chunk:
-    return pb.Chunk(
-        index=c.index,
-        start=c.start,
-        end=c.end,
-        tokens=c.tokens,
-        overlap_start=c.overlap_start,
-        content_hash=c.content_hash,
-    )
+def _set_chunk(out: pb.Chunk, c: TextChunk) -> None:
+    out.index = c.index
+    out.start = c.start
+    out.end = c.end
+    out.tokens = c.tokens
+    out.overlap_start = c.overlap_start
+    out.content_hash = c.content_hash
+
+
+def _set_plan(out: pb.Plan, p: JobPlan) -> None:
+    out.strategy = _STRATEGY_OUT[p.strategy]
+    _set_model(out.model, p.model)
+    out.document_tokens = p.document_tokens
+    out.tokens_exact = p.tokens_exact
+    out.token_error = p.token_error
+    out.effective_input_limit = p.effective_input_limit
+    out.fits_single_pass = p.fits_single_pass
+    for c in p.chunks:
+        _set_chunk(out.chunks.add(), c)
+    out.map_calls = p.map_calls
+    out.collapse_calls = p.collapse_calls
+    out.reduce_calls = p.reduce_calls
+    out.estimated_input_tokens = p.estimated_input_tokens
+    out.estimated_output_tokens = p.estimated_output_tokens
+    _set_cost(out.estimated_cost, p.estimated_cost)
+    out.within_budget = p.within_budget
+    out.selected_chunks.extend(p.selected)
+    out.history_turns_kept = p.history_kept
+
+
+def _set_duration(out: duration_pb2.Duration, seconds: float) -> None:
+    """``seconds`` (a negative one: zero) as a Duration, as ``FromNanoseconds`` sets it."""
+    out.seconds, out.nanos = divmod(max(0, round(seconds * 1e9)), 1_000_000_000)
+
+
+def _set_chunk_result(out: pb.ChunkResult, o: CallOutput) -> None:
+    out.index = o.index
+    out.start = o.start
+    out.end = o.end
+    out.text = o.text
+    _set_usage(out.usage, o.usage)
+    out.cache_status = pb.CACHE_STATUS_HIT if o.cached else pb.CACHE_STATUS_MISS
+    out.finish_reason = o.finish_reason
+
+
+def _set_result(out: svc.AnalyzeResponse, r: JobResult, plan_pb: pb.Plan | None) -> None:
+    out.text = r.text
+    if plan_pb is not None:
+        out.plan.CopyFrom(plan_pb)
+    else:
+        _set_plan(out.plan, r.plan)
+    for o in r.chunk_outputs:
+        _set_chunk_result(out.chunk_results.add(), o)
+    _set_usage(out.usage, r.usage)
+    _set_cost(out.cost, r.cost)
+    out.cache_status = _CACHE_STATUS[r.cache_status]
+    _set_model(out.model, r.model)
+    t = out.timings
+    _set_duration(t.total, r.timings.total_s)
+    _set_duration(t.planning, r.timings.planning_s)
+    _set_duration(t.first_token, r.timings.first_token_s)
+    for w in r.warnings:
+        out.warnings.add(code=w.code, message=w.message)
+    out.finish_reason = r.finish_reason
+    if r.semantic is not None:
+        out.semantic_match.SetInParent()  # present, whatever its fields hold
+        out.semantic_match.question = r.semantic.question
+        out.semantic_match.similarity = r.semantic.similarity
 
 
 def plan(p: JobPlan) -> pb.Plan:
-    return pb.Plan(
-        strategy=_STRATEGY_OUT[p.strategy],
-        model=resolved_model(p.model),
-        document_tokens=p.document_tokens,
-        tokens_exact=p.tokens_exact,
-        token_error=p.token_error,
-        effective_input_limit=p.effective_input_limit,
-        fits_single_pass=p.fits_single_pass,
-        chunks=[chunk(c) for c in p.chunks],
-        map_calls=p.map_calls,
-        collapse_calls=p.collapse_calls,
-        reduce_calls=p.reduce_calls,
-        estimated_input_tokens=p.estimated_input_tokens,
-        estimated_output_tokens=p.estimated_output_tokens,
-        estimated_cost=cost(p.estimated_cost),
-        within_budget=p.within_budget,
-        selected_chunks=p.selected,
-        history_turns_kept=p.history_kept,
-    )
-
-
-def model_fit(f: ModelFit) -> pb.ModelFit:
-    return pb.ModelFit(
-        model=resolved_model(f.model),
-        fits_single_pass=f.fits_single_pass,
-        effective_input_limit=f.effective_input_limit,
-        calls=f.calls,
-        estimated_cost=cost(f.estimated_cost),
-        reason=f.reason,
-    )
-
-
-def warning(w: JobWarning) -> pb.Warning:
-    return pb.Warning(code=w.code, message=w.message)
-
-
-def _duration(seconds: float) -> duration_pb2.Duration:
-    d = duration_pb2.Duration()
-    d.FromNanoseconds(max(0, round(seconds * 1e9)))
-    return d
-
-
-def chunk_result(o: CallOutput) -> pb.ChunkResult:
-    return pb.ChunkResult(
-        index=o.index,
-        start=o.start,
-        end=o.end,
-        text=o.text,
-        usage=usage(o.usage),
-        cache_status=pb.CACHE_STATUS_HIT if o.cached else pb.CACHE_STATUS_MISS,
-        finish_reason=o.finish_reason,
-    )
+    out = pb.Plan()
+    _set_plan(out, p)
+    return out
 
 
 def result(r: JobResult, plan_pb: pb.Plan | None = None) -> svc.AnalyzeResponse:
-    return svc.AnalyzeResponse(
-        text=r.text,
-        plan=plan_pb if plan_pb is not None else plan(r.plan),
-        chunk_results=[chunk_result(o) for o in r.chunk_outputs],
-        usage=usage(r.usage),
-        cost=cost(r.cost),
-        cache_status=_CACHE_STATUS[r.cache_status],
-        model=resolved_model(r.model),
-        timings=pb.Timings(
-            total=_duration(r.timings.total_s),
-            planning=_duration(r.timings.planning_s),
-            first_token=_duration(r.timings.first_token_s),
-        ),
-        warnings=[warning(w) for w in r.warnings],
-        finish_reason=r.finish_reason,
-        semantic_match=None
-        if r.semantic is None
-        else pb.SemanticMatch(question=r.semantic.question, similarity=r.semantic.similarity),
-    )
+    """The response for ``r``; ``plan_pb``: its plan, already converted (a Stream's)."""
+    out = svc.AnalyzeResponse()
+    _set_result(out, r, plan_pb)
+    return out
 
 
 def stream_event(ev: RunEvent, plan_pb: pb.Plan | None = None) -> svc.StreamResponse:
@@ -484,20 +477,35 @@ def stream_event(ev: RunEvent, plan_pb: pb.Plan | None = None) -> svc.StreamResp
         return svc.StreamResponse(
             chunk_started=svc.ChunkStarted(stage=_STAGES[ev.stage], index=ev.index, of=ev.of)
         )
+    msg = svc.StreamResponse()
     if isinstance(ev, CallDone):
-        return svc.StreamResponse(
-            chunk_done=svc.ChunkDone(stage=_STAGES[ev.output.stage], result=chunk_result(ev.output))
-        )
-    if isinstance(ev, PlanReady):
-        return svc.StreamResponse(plan=plan_pb if plan_pb is not None else plan(ev.plan))
-    if isinstance(ev, JobWarning):
-        return svc.StreamResponse(warning=warning(ev))
-    return svc.StreamResponse(result=result(ev, plan_pb))
+        done = msg.chunk_done
+        done.stage = _STAGES[ev.output.stage]
+        _set_chunk_result(done.result, ev.output)
+    elif isinstance(ev, PlanReady):
+        if plan_pb is not None:
+            msg.plan.CopyFrom(plan_pb)
+        else:
+            _set_plan(msg.plan, ev.plan)
+    elif isinstance(ev, JobWarning):
+        msg.warning.code = ev.code
+        msg.warning.message = ev.message
+    else:
+        _set_result(msg.result, ev, plan_pb)
+    return msg
 
 
 def estimate(e: Estimate) -> svc.EstimateResponse:
-    return svc.EstimateResponse(
-        plan=plan(e.plan),
-        candidates=[model_fit(f) for f in e.fits],
-        warnings=[warning(w) for w in e.warnings],
-    )
+    out = svc.EstimateResponse()
+    _set_plan(out.plan, e.plan)
+    for f in e.fits:
+        fit = out.candidates.add()
+        _set_model(fit.model, f.model)
+        fit.fits_single_pass = f.fits_single_pass
+        fit.effective_input_limit = f.effective_input_limit
+        fit.calls = f.calls
+        _set_cost(fit.estimated_cost, f.estimated_cost)
+        fit.reason = f.reason
+    for w in e.warnings:
+        out.warnings.add(code=w.code, message=w.message)
+    return out

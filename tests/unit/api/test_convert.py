@@ -31,6 +31,7 @@ from longread_server.run.events import (
     JobStage,
     JobWarning,
     PlanReady,
+    SemanticMatch,
     Timings,
 )
 
@@ -487,6 +488,31 @@ def test_a_result_converts_with_its_chunks_usage_cost_and_timings() -> None:
         ("HISTORY_TRIMMED", "older turns left out")
     ]
     assert r.plan == convert.plan(PLAN) and r.model.model == "tiny"
+
+
+@given(st.floats(min_value=-1e6, max_value=1e9, allow_nan=False))
+def test_a_duration_is_what_from_nanoseconds_makes_of_it(seconds: float) -> None:
+    expected = duration_pb2.Duration()
+    expected.FromNanoseconds(max(0, round(seconds * 1e9)))
+    timings = Timings(total_s=seconds, planning_s=seconds, first_token_s=seconds)
+    t = convert.result(job_result(timings=timings)).timings
+    assert t.total == t.planning == t.first_token == expected
+
+
+def test_a_semantic_match_is_kept_and_absent_without_one() -> None:
+    match = SemanticMatch(question="When does it close?", similarity=0.93)
+    r = convert.result(job_result(cache_status=CacheStatus.SEMANTIC_HIT, semantic=match))
+    assert r.HasField("semantic_match")
+    assert r.semantic_match.question == "When does it close?"
+    assert r.semantic_match.similarity == pytest.approx(0.93)
+    assert not convert.result(job_result()).HasField("semantic_match")
+
+
+def test_a_streams_result_is_the_analyze_response() -> None:
+    r = job_result()
+    plan_pb = convert.plan(r.plan)  # converted once by the Stream, for the plan and the result
+    assert convert.stream_event(r, plan_pb).result == convert.result(r)
+    assert convert.stream_event(PlanReady(r.plan), plan_pb).plan == convert.plan(r.plan)
 
 
 def test_a_converted_plan_is_reused_when_given() -> None:
