@@ -426,9 +426,7 @@ def between(passed: int, failed: int) -> int | None:
     return mid if passed < mid < failed else None
 
 
-def main(
-    levels: tuple[int, ...], systems: tuple[str, ...], refine: bool = True
-) -> dict[str, Any]:
+def main(levels: tuple[int, ...], systems: tuple[str, ...], refine: bool = True) -> dict[str, Any]:
     _load.exit_on_sigterm()
     machine = _load.MachineLoad()
     t_start = time.monotonic()
@@ -459,6 +457,15 @@ def main(
                 log(f"direct N={n}: {_brief(baseline[n])}")
             return baseline[n]
 
+        def passes(target: Target, n: int) -> bool:
+            """Runs level ``n`` of ``target``, recorded; whether it passed."""
+            direct_row = base(n)
+            row = level(target, sb, n, cum, tmp)
+            judge(row, direct_row)
+            rows[target.name].append(row)
+            log(f"{target.name} N={n}: {_brief(row)}")
+            return bool(row["passed"])
+
         for name in systems:
             if name == "direct":
                 continue
@@ -471,18 +478,10 @@ def main(
                 # Warm-up, not reported: lazy imports, JIT (Node), first connections.
                 level(target, sb, WARMUP_STREAMS, cum, tmp, ramp_s=0.5)
 
-                def at(n: int) -> bool:
-                    d = base(n)
-                    row = level(target, sb, n, cum, tmp)
-                    judge(row, d)
-                    rows[name].append(row)
-                    log(f"{name} N={n}: {_brief(row)}")
-                    return bool(row["passed"])
-
                 passed = 0
                 failed = None
                 for n in levels:
-                    if not at(n):
+                    if not passes(target, n):
                         failed = n
                         break
                     passed = n
@@ -490,7 +489,7 @@ def main(
                     n_next = between(passed, failed)
                     if n_next is None:
                         break
-                    if at(n_next):
+                    if passes(target, n_next):
                         passed = n_next
                     else:
                         failed = n_next
