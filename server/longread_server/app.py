@@ -479,6 +479,7 @@ async def serve(cfg: Config) -> None:
     """Runs until SIGTERM or SIGINT, then drains gracefully."""
     gw = await start(cfg)
     _freeze_startup_objects()
+    _set_gc_thresholds(cfg.server.gc_thresholds)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -506,6 +507,13 @@ def _freeze_startup_objects() -> None:
     gc.collect()
     gc.freeze()
     log.debug("%d start-up objects left out of garbage collection", gc.get_freeze_count())
+
+
+def _set_gc_thresholds(thresholds: list[int]) -> None:
+    """The collector's thresholds for serving (``server.gc_thresholds``; empty: Python's)."""
+    if thresholds:
+        gc.set_threshold(*thresholds)
+    log.debug("garbage collection thresholds %s", gc.get_threshold())
 
 
 def _load_tokenizers(catalog: Catalog) -> None:

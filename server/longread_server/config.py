@@ -109,6 +109,15 @@ class ServerConfig:
     # the standard library's. Every socket the gateway holds (gRPC's completion queue, each
     # upstream stream, Redis) is served by it, so its cost per callback is paid per delta.
     event_loop: str = "auto"
+    # The cyclic garbage collector's thresholds in ``longread serve``, as ``gc.set_threshold``
+    # takes them: the young generation's, then how many collections of each generation make
+    # one of the next; empty: Python's own (700, 10, 10). The young threshold counts container
+    # objects made and not yet freed. The gateway makes thousands a call, so at 700 the young
+    # generation is collected several times a call, the objects of every call in flight are
+    # moved on to the older generations, and their collections walk all of them again while
+    # the event loop waits, for tens of milliseconds with many Streams open. A larger young
+    # threshold collects once per many calls, when most of their objects are already freed.
+    gc_thresholds: list[int] = field(default_factory=lambda: [50_000, 10, 10])
 
 
 @dataclass
@@ -778,6 +787,12 @@ def _validate(cfg: Config) -> None:
             f"{cfg.server.event_loop!r} is not one of {', '.join(EVENT_LOOPS)}",
             setting="server.event_loop",
         )
+    gc_thresholds = cfg.server.gc_thresholds
+    if len(gc_thresholds) > 3 or any(t < 0 for t in gc_thresholds):
+        raise ConfigError(
+            f"{gc_thresholds} is not up to three thresholds of 0 or more (gc.set_threshold)",
+            setting="server.gc_thresholds",
+        )
     if cfg.server.upstream_max_connections < 0:
         raise ConfigError("server.upstream_max_connections must be 0 (no cap) or positive")
     for name in (
@@ -937,7 +952,9 @@ def _parse_env(tp: Any, text: str, where: str) -> Any:
     if origin is list:
         if text.lstrip().startswith("["):
             return _convert(tp, _json(text, where, "a JSON array"), where)
-        return _convert(tp, [s.strip() for s in text.split(",") if s.strip()], where)
+        (item,) = typing.get_args(tp)
+        parts = [s.strip() for s in text.split(",") if s.strip()]
+        return [_parse_env(item, part, f"{where}[{i}]") for i, part in enumerate(parts)]
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         return _convert(tp, text, where)
     try:

@@ -1,6 +1,7 @@
 """``longread serve`` on either event loop (``server.event_loop``): uvloop by default where it is
 installed, asyncio's own when asked; the same RPCs answered the same on both, with start-up's
-objects frozen out of garbage collection."""
+objects frozen out of garbage collection and the collector's thresholds set
+(``server.gc_thresholds``)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,15 @@ DOC = "The harbour closes at nine. " * 40 + "Ferries leave hourly from the stone
 QUESTION = "When does the harbour close?"
 
 
-@pytest.mark.parametrize(("choice", "loop"), [("auto", "uvloop"), ("asyncio", "asyncio")])
+@pytest.mark.parametrize(
+    ("choice", "loop", "thresholds", "applied"),
+    [
+        ("auto", "uvloop", "", "(50000, 10, 10)"),  # the default
+        ("asyncio", "asyncio", "gc_thresholds = [1234, 7, 3]", "(1234, 7, 3)"),
+    ],
+)
 async def test_serve_answers_on_the_event_loop_it_names(
-    tmp_path: Path, sandbox: Sandbox, choice: str, loop: str
+    tmp_path: Path, sandbox: Sandbox, choice: str, loop: str, thresholds: str, applied: str
 ) -> None:
     config = tmp_path / "serve.toml"
     config.write_text(
@@ -28,6 +35,7 @@ listen = "127.0.0.1:0"
 [server]
 grace_s = 0.5
 event_loop = "{choice}"
+{thresholds}
 [telemetry]
 log_level = "DEBUG"
 [sandbox]
@@ -53,3 +61,5 @@ api_key_env = "TEST_SANDBOX_KEY"
     # What start-up built is frozen out of garbage collection (modules, tokenizer tables...).
     frozen = re.search(r"(\d+) start-up objects left out of garbage collection", logged)
     assert frozen is not None and int(frozen.group(1)) > 10_000
+    # As the interpreter reports them (gc.get_threshold) once set.
+    assert f"garbage collection thresholds {applied}" in logged

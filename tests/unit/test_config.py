@@ -176,6 +176,21 @@ def test_event_loop(tmp_path: Path) -> None:
     assert "'tokio' is not one of auto, uvloop, asyncio" in str(e.value)
 
 
+def test_gc_thresholds(tmp_path: Path) -> None:
+    assert load_config(env={}).server.gc_thresholds == [50_000, 10, 10]
+    toml = write(tmp_path, "[server]\ngc_thresholds = [2000, 5]\n")
+    assert load_config(toml, env={}).server.gc_thresholds == [2000, 5]
+    for text in ("20000,5,5", "[20000, 5, 5]"):  # by name or as JSON, as every list
+        env = {"LONGREAD_SERVER__GC_THRESHOLDS": text}
+        assert load_config(env=env).server.gc_thresholds == [20_000, 5, 5]
+    assert load_config(env={"LONGREAD_SERVER__GC_THRESHOLDS": "[]"}).server.gc_thresholds == []
+    for bad in ("[700, 10, 10, 10]", "[-1]"):
+        with pytest.raises(ConfigError, match=r"server\.gc_thresholds"):
+            load_config(write(tmp_path, f"[server]\ngc_thresholds = {bad}\n"), env={})
+    with pytest.raises(ConfigError, match=r"server\.gc_thresholds\[1\]"):
+        load_config(env={"LONGREAD_SERVER__GC_THRESHOLDS": "700,ten"})
+
+
 _UPSTREAMS = """
 [[upstreams]]
 name = "openai"
