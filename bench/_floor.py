@@ -20,8 +20,10 @@
 ``--response`` is a serialized AnalyzeResponse (what the gateway returned for the benchmark's
 request), used as the template so the floor sends a message of the same size and shape.
 The loop and server options are the gateway's (the event loop ``server.event_loop`` picks,
-``--event-loop``, "auto" by default as there; the same message limits), so the difference to
-the gateway is the gateway's own work.
+``--event-loop``, "auto" by default as there; the same message limits; start-up's objects
+frozen out of the garbage collector and its thresholds set as ``longread serve`` sets them,
+``--gc-thresholds``, the gateway's default unless given, empty for Python's own), so the
+difference to the gateway is the gateway's own work.
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ import httpx
 from longread.v1 import analysis_service_pb2 as svc
 from longread.v1 import analysis_service_pb2_grpc as svc_grpc
 from longread.v1 import types_pb2 as pb
-from longread_server.app import loop_factory
-from longread_server.config import EVENT_LOOPS
+from longread_server.app import loop_factory, prepare_gc
+from longread_server.config import EVENT_LOOPS, ServerConfig
 from longread_server.domain import Finish, LlmRequest, Message, TextDelta, VendorKind
 from longread_server.vendors import VendorAdapter, make_adapter
 from longread_server.vendors.transport import UpstreamHttp, upstream_client
@@ -294,7 +296,11 @@ class FloorServicer(svc_grpc.AnalysisServiceServicer):
 
 
 async def serve(
-    port: int, template: svc.AnalyzeResponse, upstream: str | None, client: str
+    port: int,
+    template: svc.AnalyzeResponse,
+    upstream: str | None,
+    client: str,
+    gc_thresholds: list[int],
 ) -> None:
     server = grpc.aio.server(
         options=[
@@ -307,6 +313,7 @@ async def serve(
     svc_grpc.add_AnalysisServiceServicer_to_server(servicer, server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
+    prepare_gc(gc_thresholds)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -330,12 +337,18 @@ def main() -> None:
         "--http", choices=("raw", "httpx", "vendor"), default="raw", help="HTTP client"
     )
     parser.add_argument("--event-loop", choices=EVENT_LOOPS, default="auto")
+    parser.add_argument(
+        "--gc-thresholds",
+        default=",".join(str(t) for t in ServerConfig().gc_thresholds),
+        help="the garbage collector's, comma-separated (server.gc_thresholds); empty: Python's",
+    )
     args = parser.parse_args()
+    thresholds = [int(t) for t in args.gc_thresholds.split(",") if t.strip()]
     template = default_response()
     if args.response:
         template = svc.AnalyzeResponse.FromString(Path(args.response).read_bytes())
     with asyncio.Runner(loop_factory=loop_factory(args.event_loop)) as runner:
-        runner.run(serve(args.port, template, args.upstream, args.http))
+        runner.run(serve(args.port, template, args.upstream, args.http, thresholds))
 
 
 if __name__ == "__main__":

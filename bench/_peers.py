@@ -46,16 +46,20 @@ def floor(
     http: str = "raw",
     cpu: int | None = None,
     event_loop: str = "auto",
+    gc_thresholds: str | None = None,
     wrapper: Sequence[str] = (),
     start_s: float = 30.0,
 ) -> Proc:
     """The bare grpc.aio server of ``bench._floor`` (with ``upstream``: echo + HTTP hop, over
     a minimal HTTP/1.1 client, httpx with ``http="httpx"``, or the gateway's vendor layer with
     ``http="vendor"``), on the event loop the gateway would pick for ``event_loop``
-    (``server.event_loop``); ``wrapper``: a command it runs under, given ``start_s`` seconds
-    to listen."""
+    (``server.event_loop``), with the gateway's garbage-collector thresholds unless
+    ``gc_thresholds`` (comma-separated; empty: Python's); ``wrapper``: a command it runs
+    under, given ``start_s`` seconds to listen."""
     args = [*wrapper, sys.executable, "-m", "bench._floor", "--port", str(port), "--http", http]
     args += ["--event-loop", event_loop]
+    if gc_thresholds is not None:
+        args += ["--gc-thresholds", gc_thresholds]
     if upstream:
         args += ["--upstream", upstream]
     if response:

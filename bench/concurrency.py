@@ -17,12 +17,15 @@ Systems (each row is one process under test, the others stopped or idle):
 * ``ours_every_delta`` (on request): the same with ``server.stream_coalesce_after_ms = 0``, every
   delta its own message however far the Stream is behind: what coalescing is worth.
 * ``ours_asyncio`` (on request): the gateway on asyncio's own event loop
-  (``server.event_loop = "asyncio"``) instead of uvloop.
+  (``server.event_loop = "asyncio"``) instead of uvloop; ``ours_python_gc`` (on request) with
+  Python's own garbage-collector thresholds (``server.gc_thresholds = []``).
 * ``floor``: ``bench._floor``'s Stream (grpc.aio + a minimal HTTP/1.1 client, no pool cap), on
   the gateway's default event loop; ``floor_asyncio`` (on request) on asyncio's own;
   ``floor_vendor`` (on request) with its hop through the gateway's vendor layer (the OpenAI
   adapter over ``UpstreamHttp`` and ``LeanTransport``), none of the gateway's mechanisms: what
-  that layer costs per delta.
+  that layer costs per delta; ``floor_python_gc`` (on request) with Python's own
+  garbage-collector thresholds where the floor otherwise takes the gateway's
+  (``server.gc_thresholds``): what that setting is worth to a bare relay.
 * ``litellm`` and ``portkey``: their OpenAI-compatible endpoints, streamed over HTTP/1.1.
 
 Each system first gets an unreported warm-up of ``WARMUP_STREAMS``. A level starts N streams
@@ -115,12 +118,14 @@ DOC = " ".join(
     ]
 )
 SYSTEMS = ("direct", "ours", "ours_uncapped", "floor", "litellm", "portkey")
-# The floor's variants: the event loop each runs on and its HTTP hop (``bench._floor
-# --event-loop``, ``--http``).
-FLOORS = {
-    "floor": ("auto", "raw"),
-    "floor_asyncio": ("asyncio", "raw"),
-    "floor_vendor": ("auto", "vendor"),
+# The floor's variants: the event loop each runs on, its HTTP hop and its garbage collector's
+# thresholds (``bench._floor --event-loop``, ``--http``, ``--gc-thresholds``; None: the
+# gateway's default, "": Python's own).
+FLOORS: dict[str, tuple[str, str, str | None]] = {
+    "floor": ("auto", "raw", None),
+    "floor_asyncio": ("asyncio", "raw", None),
+    "floor_vendor": ("auto", "vendor", None),
+    "floor_python_gc": ("auto", "raw", ""),
 }
 # The gateway's variants: the settings each runs with (environment variables).
 OURS: dict[str, dict[str, str]] = {
@@ -128,6 +133,7 @@ OURS: dict[str, dict[str, str]] = {
     "ours_uncapped": {"LONGREAD_SERVER__UPSTREAM_MAX_CONNECTIONS": "0"},
     "ours_every_delta": {"LONGREAD_SERVER__STREAM_COALESCE_AFTER_MS": "0"},
     "ours_asyncio": {"LONGREAD_SERVER__EVENT_LOOP": "asyncio"},
+    "ours_python_gc": {"LONGREAD_SERVER__GC_THRESHOLDS": "[]"},
 }
 
 
@@ -390,9 +396,14 @@ def start(
         )
         return Target(name, proc, "grpc", f"127.0.0.1:{port}", lag_file=lag), proc
     if name in FLOORS:
-        event_loop, http = FLOORS[name]
+        event_loop, http, gc_thresholds = FLOORS[name]
         proc = _peers.floor(
-            port, upstream=api_base, http=http, cpu=SERVER_CPU, event_loop=event_loop
+            port,
+            upstream=api_base,
+            http=http,
+            cpu=SERVER_CPU,
+            event_loop=event_loop,
+            gc_thresholds=gc_thresholds,
         )
         return Target(name, proc, "grpc", f"127.0.0.1:{port}"), proc
     if name == "litellm":
