@@ -112,11 +112,12 @@ class ServerConfig:
     # The cyclic garbage collector's thresholds in ``longread serve``, as ``gc.set_threshold``
     # takes them: the young generation's, then how many collections of each generation make
     # one of the next; empty: Python's own (700, 10, 10). The young threshold counts container
-    # objects made and not yet freed. The gateway makes thousands a call, so at 700 the young
-    # generation is collected several times a call, the objects of every call in flight are
-    # moved on to the older generations, and their collections walk all of them again while
-    # the event loop waits, for tens of milliseconds with many Streams open. A larger young
-    # threshold collects once per many calls, when most of their objects are already freed.
+    # objects made and not yet freed. An open Stream keeps a few hundred alive (its
+    # generators, coroutines, futures), so at 700 the young generation is collected every few
+    # Streams opened, the objects of the Streams in flight are moved on to the older
+    # generations, and their collections walk all of them again while the event loop waits:
+    # for up to ~100 ms with a thousand Streams open, enough to make one Stream in a hundred
+    # late with its first token.
     gc_thresholds: list[int] = field(default_factory=lambda: [50_000, 10, 10])
 
 
