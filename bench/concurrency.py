@@ -51,7 +51,7 @@ every stream completes with net added TTFT p99 and net relay delay p99 both <= 1
 system stops at its first failing level; then, unless ``--no-refine``, levels between it and
 the last passing one are tried, halving the gap until it is within ``REFINE_TO`` of the
 passing N, so that a ratio of two systems' N is not an artefact of the levels' spacing (500
-and 750 are 1.5x apart, where the target is 0.7). Direct runs at every level any system
+and 1,000 are 2x apart, where the target is 0.7). Direct runs at every level any system
 reached, and one beyond.
 Placement (2 cores): the process under test on CPU 0; sandbox and client on CPU 1. Prints one
 JSON object.
