@@ -19,6 +19,12 @@ All threads are counted (the gateway's and grpc's); the kernel's
 work (system calls, the loopback network) is not, which is why these ratios are larger than
 the CPU-time ratios of ``bench.overhead``: the floor spends most of its time in the kernel.
 
+Callgrind also simulates the caches of the core the process runs on, as sysfs gives them: its
+first level, and its second as the last (``l2_misses_per_call``: the lines a call fetches from
+beyond the core's own caches, its code and data alike). A call's time on this machine follows
+that figure more than its instructions: the same code of the gateway runs about three times as
+slow once something has pushed it out of the second level (``docs/performance-history.md``).
+
 Prints one JSON object (``{"unavailable": ...}`` without valgrind: ``apt-get install
 valgrind``). Run: python -m bench.instructions
 """
@@ -57,17 +63,55 @@ START_S = 600.0  # a server's start-up under valgrind, counting off
 
 
 def _counted(out: Path) -> list[str]:
-    return ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
+    return [
+        "valgrind",
+        "--tool=callgrind",
+        "--instr-atstart=no",
+        f"--callgrind-out-file={out}",
+        *_cache_sim(),
+    ]
+
+
+def _geometry(cpu: int) -> dict[str, str]:
+    """The caches of ``cpu`` as valgrind takes them (``size,ways,line`` in bytes), by level
+    and type: ``I1``, ``D1`` and ``L2``. Empty when sysfs does not describe them."""
+    found = {}
+    for index in sorted(Path(f"/sys/devices/system/cpu/cpu{cpu}/cache").glob("index*")):
+        try:
+            level, kind, size, ways, line = (
+                (index / f).read_text().strip()
+                for f in ("level", "type", "size", "ways_of_associativity", "coherency_line_size")
+            )
+        except OSError:
+            continue
+        name = {("1", "Data"): "D1", ("1", "Instruction"): "I1", ("2", "Unified"): "L2"}.get(
+            (level, kind)
+        )
+        if name and size.endswith("K"):
+            found[name] = f"{int(size[:-1]) * 1024},{ways},{line}"
+    return found if len(found) == 3 else {}
+
+
+def _cache_sim() -> list[str]:
+    """Callgrind's cache simulation with the server core's first level and, as its last
+    level, the core's own second (the third is shared by every core and process)."""
+    g = _geometry(SERVER_CPU)
+    if not g:
+        return []
+    return ["--cache-sim=yes", f"--I1={g['I1']}", f"--D1={g['D1']}", f"--LL={g['L2']}"]
 
 
 def _dumps(out: Path) -> set[Path]:
     return set(out.parent.glob(out.name + "*"))
 
 
-def _count(pid: str, out: Path, port: int, call: str, calls: int, data: dict[str, Any]) -> float:
-    """Instructions per call of ``calls`` sequential ``call``s of the request ``data`` (proto
-    JSON), counted from zero and dumped by callgrind (a dump of its own, read from its
-    ``totals:`` line)."""
+def _count(
+    pid: str, out: Path, port: int, call: str, calls: int, data: dict[str, Any]
+) -> dict[str, float]:
+    """Callgrind's events per call (``Ir``: instructions; with the cache simulated, its
+    misses too) of ``calls`` sequential ``call``s of the request ``data`` (proto JSON),
+    counted from zero and dumped by callgrind (a dump of its own, read from its ``events:``
+    and ``totals:`` lines)."""
     before = _dumps(out)
     control = ["callgrind_control"]
     subprocess.run([*control, "-z", pid], check=True, capture_output=True)
@@ -80,9 +124,11 @@ def _count(pid: str, out: Path, port: int, call: str, calls: int, data: dict[str
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         for dump in _dumps(out) - before:
-            for line in dump.read_text(errors="replace").splitlines():
-                if line.startswith("totals:"):
-                    return int(line.split()[1]) / calls
+            lines = dump.read_text(errors="replace").splitlines()
+            events = next((ln.split()[1:] for ln in lines if ln.startswith("events:")), None)
+            totals = next((ln.split()[1:] for ln in lines if ln.startswith("totals:")), None)
+            if events and totals:
+                return {e: int(n) / calls for e, n in zip(events, totals, strict=False)}
         time.sleep(0.2)
     raise TimeoutError("callgrind wrote no dump")
 
@@ -113,7 +159,16 @@ def _deltas(port: int) -> int:
 Start = Callable[[int, Sequence[str], int], _servers.Proc]  # port, wrapper, sandbox port
 
 
-def _per_call(start: Start, tmp: Path, name: str, sandbox_port: int) -> dict[str, int]:
+def _l2_misses(events: dict[str, float]) -> int | None:
+    """Lines fetched from beyond the second level, code and data (None: not simulated)."""
+    if "ILmr" not in events:
+        return None
+    return round(events["ILmr"] + events["DLmr"] + events["DLmw"])
+
+
+def _per_call(
+    start: Start, tmp: Path, name: str, sandbox_port: int
+) -> dict[str, tuple[int, int | None]]:
     port = _servers.free_port()
     out = tmp / f"{name}.out"
     proc = start(port, _counted(out), sandbox_port)
@@ -122,8 +177,9 @@ def _per_call(start: Start, tmp: Path, name: str, sandbox_port: int) -> dict[str
         # (A StreamRequest has the fields of an AnalyzeRequest: the same JSON serves both.)
         for rpc, call in (("analyze", _load.ANALYZE), ("stream", STREAM)):
             _warm(port, call, WARMUP, analyze_data())
-            counts[rpc] = round(_count(str(proc.p.pid), out, port, call, CALLS, analyze_data()))
-            log(f"{name}: {counts[rpc]:,} instructions per {rpc}")
+            events = _count(str(proc.p.pid), out, port, call, CALLS, analyze_data())
+            counts[rpc] = (round(events["Ir"]), _l2_misses(events))
+            log(f"{name}: {counts[rpc][0]:,} instructions, {counts[rpc][1]} L2 misses per {rpc}")
     finally:
         proc.stop()
     return counts
@@ -144,7 +200,7 @@ def _per_delta(start: Start, tmp: Path, name: str) -> int:
             _warm(port, STREAM, DELTA_WARMUP, long_answer_data())
             deltas = _deltas(port)
             counted = _count(str(proc.p.pid), out, port, STREAM, DELTA_CALLS, long_answer_data())
-            runs.append((counted, deltas))
+            runs.append((counted["Ir"], deltas))
         finally:
             proc.stop()
             sb.stop()
@@ -199,13 +255,20 @@ def main() -> dict[str, Any]:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     out: dict[str, Any] = {}
+    systems = ("ours", "floor", "floor_vendor")
     for rpc in ("analyze", "stream"):
-        ours, floor, vendor = (counts[s][rpc] for s in ("ours", "floor", "floor_vendor"))
+        ours, floor, vendor = (counts[s][rpc][0] for s in systems)
         out[rpc] = {
             "instructions_per_call": {"ours": ours, "floor": floor, "floor_vendor": vendor},
             **_ratios(ours, floor, vendor),
             "mechanisms_per_call": ours - vendor,
         }
+        misses = [counts[s][rpc][1] for s in systems]
+        if all(m is not None for m in misses):
+            m_ours, m_floor, m_vendor = (m or 0 for m in misses)
+            out[rpc]["l2_misses_per_call"] = dict(zip(systems, misses, strict=True))
+            out[rpc]["l2_misses_ours_over_floor"] = round(m_ours / max(m_floor, 1), 2)
+            out[rpc]["l2_misses_ours_over_floor_vendor"] = round(m_ours / max(m_vendor, 1), 2)
     ours, floor, vendor = (per_delta[s] for s in ("ours", "floor", "floor_vendor"))
     out["delta"] = {"instructions_per_delta": per_delta, **_ratios(ours, floor, vendor)}
     return {
@@ -221,6 +284,8 @@ def main() -> dict[str, Any]:
             "counted": "user-space instructions of the process under test, all threads "
             "(valgrind --tool=callgrind, counting switched on for the timed calls only)",
             "placement": "process under test on CPU 0; sandbox and ghz on CPU 1",
+            "caches_simulated": _geometry(SERVER_CPU)
+            or "none: sysfs does not describe the server core's caches",
         },
     }
 

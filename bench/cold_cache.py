@@ -1,0 +1,132 @@
+"""What a cold cache costs the gateway's own steps of a miss: each step timed in-process
+with the core's caches warm (the same call back to back) and again after the core's second-level
+cache has been written over, as it is when the rest of a request's path has run in between.
+
+The steps are the gateway's computations of a cache-miss Analyze (``bench.overhead``'s request),
+called with the arguments they were given by one real Analyze through an in-process gateway
+against the sandbox: the request's validation and conversion (``convert.parse_request``),
+counting its tokens and planning it (``Planning.plan_now``), its cache key
+(``ResponseCache.key_now``: the vendor payload, its canonical form and hash) and the response's
+conversion to protobuf (``convert.result``). ``bench.instructions`` counts how many lines a
+whole call fetches from beyond that cache (``l2_misses_per_call``); this shows what such fetches
+cost in time.
+
+Pinned to the server's core; the cache written over is twice the size sysfs gives for that
+core's second level (8 MiB when sysfs does not say). Prints one JSON object.
+Run: python -m bench.cold_cache
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from longread_server.api import convert
+from longread_server.calls.cache import ResponseCache
+from longread_server.run.planning import Planning
+
+from bench import _servers
+from bench._load import LOADGEN_CPU, SERVER_CPU
+from bench.instructions import _geometry
+from bench.overhead import capture
+
+WARM_CALLS = 2000
+COLD_CALLS = 400
+FALLBACK_EVICT_BYTES = 8 * 1024 * 1024
+STEPS = ("parse_request", "plan_now", "key_now", "result")
+
+Step = Callable[[], object]
+
+
+@contextmanager
+def _recording(owner: Any, name: str, seen: dict[str, Step]) -> Iterator[None]:
+    """Records the first call of ``owner.name`` as a call that can be made again."""
+    original = getattr(owner, name)
+
+    def record(*args: Any, **kwargs: Any) -> Any:
+        seen.setdefault(name, lambda: original(*args, **kwargs))
+        return original(*args, **kwargs)
+
+    setattr(owner, name, record)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
+def _steps(sandbox_port: int) -> dict[str, Step]:
+    """The steps of one real Analyze, with its arguments."""
+    seen: dict[str, Step] = {}
+    with (
+        _recording(convert, "parse_request", seen),
+        _recording(Planning, "plan_now", seen),
+        _recording(ResponseCache, "key_now", seen),
+        _recording(convert, "result", seen),
+    ):
+        asyncio.run(capture(sandbox_port))
+    missing = [name for name in STEPS if name not in seen]
+    if missing:
+        raise RuntimeError(f"the Analyze did not call {', '.join(missing)}")
+    return {name: seen[name] for name in STEPS}
+
+
+def _median_us(step: Step, calls: int, before: Callable[[], None] | None = None) -> float:
+    times = []
+    for _ in range(calls):
+        if before is not None:
+            before()
+        t0 = time.perf_counter_ns()
+        step()
+        times.append(time.perf_counter_ns() - t0)
+    return round(statistics.median(times) / 1000, 1)
+
+
+def main() -> dict[str, Any]:
+    os.sched_setaffinity(0, {SERVER_CPU})
+    sp = _servers.free_port()
+    sb = _servers.sandbox(sp, cpu=LOADGEN_CPU)
+    try:
+        steps = _steps(sp)
+    finally:
+        sb.stop()
+    l2 = _geometry(SERVER_CPU).get("L2")
+    evict_bytes = 2 * int(l2.split(",")[0]) if l2 else FALLBACK_EVICT_BYTES
+    buffer = bytearray(evict_bytes)
+    zeros = bytes(evict_bytes // 64)
+
+    def evict() -> None:
+        buffer[::64] = zeros  # one write to every line
+
+    out: dict[str, Any] = {}
+    for label, step in steps.items():
+        warm = _median_us(step, WARM_CALLS)
+        cold = _median_us(step, COLD_CALLS, evict)
+        out[label] = {"warm_us": warm, "cold_us": cold, "cold_over_warm": round(cold / warm, 2)}
+    warm_sum = sum(s["warm_us"] for s in out.values())
+    cold_sum = sum(s["cold_us"] for s in out.values())
+    return {
+        "steps": out,
+        "all_steps": {
+            "warm_us": round(warm_sum, 1),
+            "cold_us": round(cold_sum, 1),
+            "cold_over_warm": round(cold_sum / warm_sum, 2),
+        },
+        "setup": {
+            "request": "bench.overhead's Analyze (a 464-character document), one cache miss",
+            "warm": f"median of {WARM_CALLS} calls back to back",
+            "cold": f"median of {COLD_CALLS} calls, each after writing over {evict_bytes:,} "
+            "bytes (one write a line)",
+            "core": SERVER_CPU,
+            "l2": l2 or "unknown: sysfs does not describe the core's caches",
+        },
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(main()))
