@@ -94,6 +94,31 @@ class MachineLoad:
         }
 
 
+def cache_geometry(cpu: int) -> dict[str, str]:
+    """The caches of ``cpu`` as valgrind takes them (``size,ways,line`` in bytes), by level
+    and type: ``I1``, ``D1`` and ``L2``. Empty when sysfs does not describe them all in a form
+    valgrind can simulate."""
+    found = {}
+    for index in sorted(Path(f"/sys/devices/system/cpu/cpu{cpu}/cache").glob("index*")):
+        try:
+            level, kind, size, ways, line = (
+                (index / f).read_text().strip()
+                for f in ("level", "type", "size", "ways_of_associativity", "coherency_line_size")
+            )
+        except OSError:
+            continue
+        name = {("1", "Data"): "D1", ("1", "Instruction"): "I1", ("2", "Unified"): "L2"}.get(
+            (level, kind)
+        )
+        if not (name and size.endswith("K")):
+            continue
+        size_bytes = int(size[:-1]) * 1024
+        sets = size_bytes // (int(ways) * int(line))
+        if sets & (sets - 1) == 0:  # valgrind simulates only a power of two of sets
+            found[name] = f"{size_bytes},{ways},{line}"
+    return found if len(found) == 3 else {}
+
+
 def pinned(cpu: int | None, cmd: Sequence[str]) -> list[str]:
     return list(cmd) if cpu is None else ["taskset", "-c", str(cpu), *cmd]
 

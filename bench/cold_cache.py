@@ -32,8 +32,7 @@ from longread_server.calls.cache import ResponseCache
 from longread_server.run.planning import Planning
 
 from bench import _servers
-from bench._load import LOADGEN_CPU, SERVER_CPU
-from bench.instructions import _geometry
+from bench._load import LOADGEN_CPU, SERVER_CPU, cache_geometry
 from bench.overhead import capture
 
 WARM_CALLS = 2000
@@ -95,7 +94,7 @@ def main() -> dict[str, Any]:
         steps = _steps(sp)
     finally:
         sb.stop()
-    l2 = _geometry(SERVER_CPU).get("L2")
+    l2 = cache_geometry(SERVER_CPU).get("L2")
     evict_bytes = 2 * int(l2.split(",")[0]) if l2 else FALLBACK_EVICT_BYTES
     buffer = bytearray(evict_bytes)
     zeros = bytes(evict_bytes // 64)

@@ -47,7 +47,7 @@ from longread.v1 import analysis_service_pb2 as svc
 from longread.v1 import analysis_service_pb2_grpc as svc_grpc
 
 from bench import _load, _peers, _servers
-from bench._load import LOADGEN_CPU, SERVER_CPU, log
+from bench._load import LOADGEN_CPU, SERVER_CPU, cache_geometry, log
 from bench.concurrency import DOC, MODEL, QUESTION
 from bench.overhead import analyze_data
 
@@ -72,30 +72,10 @@ def _counted(out: Path) -> list[str]:
     ]
 
 
-def _geometry(cpu: int) -> dict[str, str]:
-    """The caches of ``cpu`` as valgrind takes them (``size,ways,line`` in bytes), by level
-    and type: ``I1``, ``D1`` and ``L2``. Empty when sysfs does not describe them."""
-    found = {}
-    for index in sorted(Path(f"/sys/devices/system/cpu/cpu{cpu}/cache").glob("index*")):
-        try:
-            level, kind, size, ways, line = (
-                (index / f).read_text().strip()
-                for f in ("level", "type", "size", "ways_of_associativity", "coherency_line_size")
-            )
-        except OSError:
-            continue
-        name = {("1", "Data"): "D1", ("1", "Instruction"): "I1", ("2", "Unified"): "L2"}.get(
-            (level, kind)
-        )
-        if name and size.endswith("K"):
-            found[name] = f"{int(size[:-1]) * 1024},{ways},{line}"
-    return found if len(found) == 3 else {}
-
-
 def _cache_sim() -> list[str]:
     """Callgrind's cache simulation with the server core's first level and, as its last
     level, the core's own second (the third is shared by every core and process)."""
-    g = _geometry(SERVER_CPU)
+    g = cache_geometry(SERVER_CPU)
     if not g:
         return []
     return ["--cache-sim=yes", f"--I1={g['I1']}", f"--D1={g['D1']}", f"--LL={g['L2']}"]
@@ -284,7 +264,7 @@ def main() -> dict[str, Any]:
             "counted": "user-space instructions of the process under test, all threads "
             "(valgrind --tool=callgrind, counting switched on for the timed calls only)",
             "placement": "process under test on CPU 0; sandbox and ghz on CPU 1",
-            "caches_simulated": _geometry(SERVER_CPU)
+            "caches_simulated": cache_geometry(SERVER_CPU)
             or "none: sysfs does not describe the server core's caches",
         },
     }
