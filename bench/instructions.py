@@ -21,9 +21,9 @@ the CPU-time ratios of ``bench.overhead``: the floor spends most of its time in 
 
 Callgrind also simulates the caches of the core the process runs on, as sysfs gives them: its
 first level, and its second as the last (``l2_misses_per_call``: the lines a call fetches from
-beyond the core's own caches, its code and data alike). A call's time on this machine follows
-that figure more than its instructions: the same code of the gateway runs about three times as
-slow once something has pushed it out of the second level (``docs/performance-history.md``).
+beyond the core's own caches, its code and data alike): the gateway's own steps run two to
+four times as slow once something has pushed them out of the second level (``bench.cold_cache``,
+``docs/performance-history.md``).
 
 Prints one JSON object (``{"unavailable": ...}`` without valgrind: ``apt-get install
 valgrind``). Run: python -m bench.instructions
