@@ -1,6 +1,7 @@
 """What a cold cache costs the gateway's own steps of a miss: each step timed in-process
 with the core's caches warm (the same call back to back) and again after the core's second-level
-cache has been written over, as it is when the rest of a request's path has run in between.
+cache has been written over, as it is when the rest of a request's path has run in between; and
+the same steps timed where they run, in a gateway serving sequential misses.
 
 The steps are the gateway's computations of a cache-miss Analyze (``bench.overhead``'s request),
 called with the arguments they were given by one real Analyze through an in-process gateway
@@ -11,8 +12,11 @@ conversion to protobuf (``convert.result``). ``bench.instructions`` counts how m
 whole call fetches from beyond that cache (``l2_misses_per_call``); this shows what such fetches
 cost in time.
 
-Pinned to the server's core; the cache written over is twice the size sysfs gives for that
-core's second level (8 MiB when sysfs does not say). Prints one JSON object.
+In-process: pinned to the server's core; the cache written over is twice the size sysfs gives
+for that core's second level (8 MiB when sysfs does not say). In the server: ``longread serve``
+with the steps wrapped by timers (``bench._step_timer``) on the server's core, sent
+``IN_SERVER_CALLS`` sequential misses by ghz from the other core after ``_step_timer.SKIP`` of
+warm-up. Prints one JSON object.
 Run: python -m bench.cold_cache
 """
 
@@ -22,6 +26,7 @@ import asyncio
 import json
 import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,14 +36,15 @@ from longread_server.api import convert
 from longread_server.calls.cache import ResponseCache
 from longread_server.run.planning import Planning
 
-from bench import _servers
+from bench import _load, _servers, _step_timer
 from bench._load import LOADGEN_CPU, SERVER_CPU, cache_geometry
-from bench.overhead import capture
+from bench.overhead import analyze_data, capture
 
 WARM_CALLS = 2000
 COLD_CALLS = 400
 FALLBACK_EVICT_BYTES = 8 * 1024 * 1024
-STEPS = ("parse_request", "plan_now", "key_now", "result")
+STEPS = tuple(_step_timer.STEPS)
+IN_SERVER_CALLS = 1500
 
 Step = Callable[[], object]
 
@@ -86,7 +92,33 @@ def _median_us(step: Step, calls: int, before: Callable[[], None] | None = None)
     return round(statistics.median(times) / 1000, 1)
 
 
+def _in_server() -> dict[str, Any]:
+    """The steps' median times inside a gateway serving sequential misses."""
+    sp, gp = _servers.free_port(), _servers.free_port()
+    fd, path = tempfile.mkstemp(suffix=".json", prefix="longread-steps-")
+    os.close(fd)
+    sb = _servers.sandbox(sp, cpu=LOADGEN_CPU)
+    try:
+        gw = _servers.gateway(
+            gp, sp, cpu=SERVER_CPU, serve=("bench._step_timer", "--times-file", path)
+        )
+        try:
+            calls = _step_timer.SKIP + IN_SERVER_CALLS
+            stats = _load.ghz(gp, analyze_data(), total=calls, concurrency=1)
+            if stats.ok != calls:
+                raise RuntimeError(f"{calls - stats.ok} of {calls} misses failed: {stats.errors}")
+        finally:
+            gw.stop()  # the timers' medians are written once it has stopped
+        with open(path) as f:
+            timed: dict[str, Any] = json.load(f)
+    finally:
+        sb.stop()
+        os.unlink(path)
+    return timed
+
+
 def main() -> dict[str, Any]:
+    in_server = _in_server()
     os.sched_setaffinity(0, {SERVER_CPU})
     sp = _servers.free_port()
     sb = _servers.sandbox(sp, cpu=LOADGEN_CPU)
@@ -106,21 +138,34 @@ def main() -> dict[str, Any]:
     for label, step in steps.items():
         warm = _median_us(step, WARM_CALLS)
         cold = _median_us(step, COLD_CALLS, evict)
-        out[label] = {"warm_us": warm, "cold_us": cold, "cold_over_warm": round(cold / warm, 2)}
+        served = in_server[label]["median_us"]
+        out[label] = {
+            "warm_us": warm,
+            "cold_us": cold,
+            "in_server_us": served,
+            "cold_over_warm": round(cold / warm, 2),
+            "in_server_over_warm": round(served / warm, 2),
+        }
     warm_sum = sum(s["warm_us"] for s in out.values())
     cold_sum = sum(s["cold_us"] for s in out.values())
+    served_sum = sum(s["in_server_us"] for s in out.values())
     return {
         "steps": out,
         "all_steps": {
             "warm_us": round(warm_sum, 1),
             "cold_us": round(cold_sum, 1),
+            "in_server_us": round(served_sum, 1),
             "cold_over_warm": round(cold_sum / warm_sum, 2),
+            "in_server_over_warm": round(served_sum / warm_sum, 2),
         },
         "setup": {
             "request": "bench.overhead's Analyze (a 464-character document), one cache miss",
             "warm": f"median of {WARM_CALLS} calls back to back",
             "cold": f"median of {COLD_CALLS} calls, each after writing over {evict_bytes:,} "
             "bytes (one write a line)",
+            "in_server": f"medians over {IN_SERVER_CALLS} sequential misses (ghz, one in "
+            f"flight, every document unique) after {_step_timer.SKIP} uncounted, in "
+            "longread serve with the steps wrapped by timers (bench._step_timer)",
             "core": SERVER_CPU,
             "l2": l2 or "unknown: sysfs does not describe the core's caches",
         },
