@@ -29,12 +29,8 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
-
-from longread_server.api import convert
-from longread_server.calls.cache import ResponseCache
-from longread_server.run.planning import Planning
 
 from bench import _load, _servers, _step_timer
 from bench._load import LOADGEN_CPU, SERVER_CPU, cache_geometry
@@ -50,30 +46,28 @@ Step = Callable[[], object]
 
 
 @contextmanager
-def _recording(owner: Any, name: str, seen: dict[str, Step]) -> Iterator[None]:
-    """Records the first call of ``owner.name`` as a call that can be made again."""
-    original = getattr(owner, name)
+def _recording(owner: Any, attr: str, name: str, seen: dict[str, Step]) -> Iterator[None]:
+    """Records the first call of ``owner.attr`` as ``seen[name]``, a call that can be made
+    again."""
+    original = getattr(owner, attr)
 
     def record(*args: Any, **kwargs: Any) -> Any:
         seen.setdefault(name, lambda: original(*args, **kwargs))
         return original(*args, **kwargs)
 
-    setattr(owner, name, record)
+    setattr(owner, attr, record)
     try:
         yield
     finally:
-        setattr(owner, name, original)
+        setattr(owner, attr, original)
 
 
 def _steps(sandbox_port: int) -> dict[str, Step]:
     """The steps of one real Analyze, with its arguments."""
     seen: dict[str, Step] = {}
-    with (
-        _recording(convert, "parse_request", seen),
-        _recording(Planning, "plan_now", seen),
-        _recording(ResponseCache, "key_now", seen),
-        _recording(convert, "result", seen),
-    ):
+    with ExitStack() as stack:
+        for name, (owner, attr) in _step_timer.STEPS.items():
+            stack.enter_context(_recording(owner, attr, name, seen))
         asyncio.run(capture(sandbox_port))
     missing = [name for name in STEPS if name not in seen]
     if missing:

@@ -243,10 +243,13 @@ def main() -> dict[str, Any]:
             **_ratios(ours, floor, vendor),
             "mechanisms_per_call": ours - vendor,
         }
-        misses = [counts[s][rpc][1] for s in systems]
-        if all(m is not None for m in misses):
-            m_ours, m_floor, m_vendor = (m or 0 for m in misses)
-            out[rpc]["l2_misses_per_call"] = dict(zip(systems, misses, strict=True))
+        m_ours, m_floor, m_vendor = (counts[s][rpc][1] for s in systems)
+        if m_ours is not None and m_floor is not None and m_vendor is not None:
+            out[rpc]["l2_misses_per_call"] = {
+                "ours": m_ours,
+                "floor": m_floor,
+                "floor_vendor": m_vendor,
+            }
             out[rpc]["l2_misses_ours_over_floor"] = round(m_ours / max(m_floor, 1), 2)
             out[rpc]["l2_misses_ours_over_floor_vendor"] = round(m_ours / max(m_vendor, 1), 2)
     ours, floor, vendor = (per_delta[s] for s in ("ours", "floor", "floor_vendor"))
