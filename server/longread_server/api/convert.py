@@ -410,6 +410,11 @@ def _set_plan(out: pb.Plan, p: JobPlan) -> None:
     out.history_turns_kept = p.history_kept
 
 
+def _set_warning(out: pb.Warning, w: JobWarning) -> None:
+    out.code = w.code
+    out.message = w.message
+
+
 def _set_duration(out: duration_pb2.Duration, seconds: float) -> None:
     """``seconds`` (a negative one: zero) as a Duration, as ``FromNanoseconds`` sets it."""
     out.seconds, out.nanos = divmod(max(0, round(seconds * 1e9)), 1_000_000_000)
@@ -442,7 +447,7 @@ def _set_result(out: svc.AnalyzeResponse, r: JobResult, plan_pb: pb.Plan | None)
     _set_duration(t.planning, r.timings.planning_s)
     _set_duration(t.first_token, r.timings.first_token_s)
     for w in r.warnings:
-        out.warnings.add(code=w.code, message=w.message)
+        _set_warning(out.warnings.add(), w)
     out.finish_reason = r.finish_reason
     if r.semantic is not None:
         out.semantic_match.SetInParent()  # present, whatever its fields hold
@@ -488,8 +493,7 @@ def stream_event(ev: RunEvent, plan_pb: pb.Plan | None = None) -> svc.StreamResp
         else:
             _set_plan(msg.plan, ev.plan)
     elif isinstance(ev, JobWarning):
-        msg.warning.code = ev.code
-        msg.warning.message = ev.message
+        _set_warning(msg.warning, ev)
     else:
         _set_result(msg.result, ev, plan_pb)
     return msg
@@ -507,5 +511,5 @@ def estimate(e: Estimate) -> svc.EstimateResponse:
         _set_cost(fit.estimated_cost, f.estimated_cost)
         fit.reason = f.reason
     for w in e.warnings:
-        out.warnings.add(code=w.code, message=w.message)
+        _set_warning(out.warnings.add(), w)
     return out
