@@ -2,8 +2,10 @@
 sent straight to the sandbox, the floor (a bare grpc.aio server making the same HTTP hop), the
 LiteLLM proxy and the Portkey AI gateway, all in one run, all against one zero-latency sandbox.
 The floor also runs with its hop through the gateway's vendor layer (``floor_vendor``: adapter
-and transport, none of the mechanisms), sequentially and at saturation, so the gap between ours
-and the floor splits into what that layer costs and what the mechanisms above it cost.
+and transport, none of the mechanisms), and the gateway runs once more with none of its
+pipeline's stages (``ours_no_stages``, ``bench._no_stages``), sequentially and at saturation, so
+the gap between ours and the floor splits into what that layer costs, what the stages cost and
+what the rest of the gateway costs.
 
 Placement (2 cores): the process under test (gateway, floor, LiteLLM or Portkey) on CPU 0; the load
 generator (ghz for gRPC, vegeta for HTTP, both Go, open loop) and the sandbox on CPU 1.
@@ -126,7 +128,7 @@ def main() -> dict[str, Any]:
         portkey_install_s = _peers.ensure_portkey()
     except Exception as exc:
         portkey_reason = f"install failed: {type(exc).__name__}: {exc}"
-    sp, gp, fp, hp, vp, lp, kp = (_servers.free_port() for _ in range(7))
+    sp, gp, np_, fp, hp, vp, lp, kp = (_servers.free_port() for _ in range(8))
     procs: list[Any] = []
     llm: _peers.LiteLLM | None = None
     pk: _peers.Portkey | None = None
@@ -143,6 +145,8 @@ def main() -> dict[str, Any]:
         template = _load.write_temp(response, ".pb")
         gw = _servers.gateway(gp, sp, cpu=SERVER_CPU)
         procs.append(gw)
+        gwn = _servers.gateway(np_, sp, cpu=SERVER_CPU, serve=("bench._no_stages",))
+        procs.append(gwn)
         fl = _peers.floor(fp, upstream=api_base, response=template, cpu=SERVER_CPU)
         procs.append(fl)
         flx = _peers.floor(hp, upstream=api_base, response=template, http="httpx", cpu=SERVER_CPU)
@@ -227,7 +231,7 @@ def main() -> dict[str, Any]:
 
         # Warm-up: tokenizer, connections, JIT-less but lazy imports.
         log("warm-up")
-        for port in (gp, fp, hp):
+        for port in (gp, np_, fp, hp):
             _load.ghz(port, analyze_data(), total=300, concurrency=4)
         direct(100, 1.0)
         if llm is not None:
@@ -242,6 +246,7 @@ def main() -> dict[str, Any]:
         seq: dict[str, list[Stats]] = {
             "direct": [],
             "ours": [],
+            "ours_no_stages": [],
             "floor": [],
             "floor_httpx": [],
             "floor_vendor": [],
@@ -251,6 +256,7 @@ def main() -> dict[str, Any]:
         for _ in range(SEQ_ROUNDS):
             seq["direct"].append(direct(0, SEQ_HTTP_S))
             seq["ours"].append(grpc_run(gp, gw, SEQ_CALLS, None))
+            seq["ours_no_stages"].append(grpc_run(np_, gwn, SEQ_CALLS, None))
             seq["floor"].append(grpc_run(fp, fl, SEQ_CALLS, None))
             seq["floor_httpx"].append(grpc_run(hp, flx, SEQ_CALLS, None))
             seq["floor_vendor"].append(grpc_run(vp, flv, SEQ_CALLS, None))
@@ -277,6 +283,7 @@ def main() -> dict[str, Any]:
             "portkey_overhead_ms": seq_overhead("portkey"),
             "floor_httpx_overhead_ms": seq_overhead("floor_httpx"),
             "floor_vendor_overhead_ms": seq_overhead("floor_vendor"),
+            "ours_no_stages_overhead_ms": seq_overhead("ours_no_stages"),
             "ours_over_floor_p50": None,
             "litellm_over_ours_p50": None,
             "portkey_over_ours_p50": None,
@@ -413,8 +420,10 @@ def main() -> dict[str, Any]:
             "ours": grpc_run(gp, gw, sat_calls["ours"], None, SATURATION_CONC),
             "floor": grpc_run(fp, fl, sat_calls["floor"], None, SATURATION_CONC),
             "floor_vendor": grpc_run(vp, flv, sat_calls["floor"], None, SATURATION_CONC),
+            "ours_no_stages": grpc_run(np_, gwn, sat_calls["ours"], None, SATURATION_CONC),
         }
         flv.stop()
+        gwn.stop()
         if llm is not None:
             sat["litellm"] = _load.vegeta(
                 llm.url,
@@ -457,6 +466,10 @@ def main() -> dict[str, Any]:
             # its HTTP hop through the gateway's adapter and transport).
             "saturation_cpu_floor_vendor_over_floor": ratio(
                 sat_cpu["floor_vendor"], sat_cpu["floor"]
+            ),
+            # And how much is left with none of the pipeline's stages.
+            "saturation_cpu_no_stages_over_floor": ratio(
+                sat_cpu["ours_no_stages"], sat_cpu["floor"]
             ),
             "saturation_ours_over_litellm": ratio(
                 sat_rps["ours"], sat_rps.get("litellm", math.nan)
@@ -516,6 +529,9 @@ def main() -> dict[str, Any]:
             "minimal keep-alive HTTP/1.1 client; floor_httpx: the same with httpx; "
             "floor_vendor: the same through the gateway's vendor layer (the OpenAI adapter "
             "over UpstreamHttp and LeanTransport), without any of its mechanisms",
+            "ours_no_stages": "bench._no_stages: the gateway with none of its pipeline's stages "
+            "(no cache, single-flight, budget, limits, fallback, retry, hedge, breaker or "
+            "timeouts), the rest unchanged",
             "litellm": {
                 "version": _peers.LITELLM_VERSION,
                 "workers": 1,
