@@ -128,7 +128,7 @@ def main() -> dict[str, Any]:
         portkey_install_s = _peers.ensure_portkey()
     except Exception as exc:
         portkey_reason = f"install failed: {type(exc).__name__}: {exc}"
-    sp, gp, np_, fp, hp, vp, lp, kp = (_servers.free_port() for _ in range(8))
+    sp, gp, ngp, fp, hp, vp, lp, kp = (_servers.free_port() for _ in range(8))
     procs: list[Any] = []
     llm: _peers.LiteLLM | None = None
     pk: _peers.Portkey | None = None
@@ -145,7 +145,7 @@ def main() -> dict[str, Any]:
         template = _load.write_temp(response, ".pb")
         gw = _servers.gateway(gp, sp, cpu=SERVER_CPU)
         procs.append(gw)
-        gwn = _servers.gateway(np_, sp, cpu=SERVER_CPU, serve=("bench._no_stages",))
+        gwn = _servers.gateway(ngp, sp, cpu=SERVER_CPU, serve=("bench._no_stages",))
         procs.append(gwn)
         fl = _peers.floor(fp, upstream=api_base, response=template, cpu=SERVER_CPU)
         procs.append(fl)
@@ -231,7 +231,7 @@ def main() -> dict[str, Any]:
 
         # Warm-up: tokenizer, connections, JIT-less but lazy imports.
         log("warm-up")
-        for port in (gp, np_, fp, hp):
+        for port in (gp, ngp, fp, hp):
             _load.ghz(port, analyze_data(), total=300, concurrency=4)
         direct(100, 1.0)
         if llm is not None:
@@ -256,7 +256,7 @@ def main() -> dict[str, Any]:
         for _ in range(SEQ_ROUNDS):
             seq["direct"].append(direct(0, SEQ_HTTP_S))
             seq["ours"].append(grpc_run(gp, gw, SEQ_CALLS, None))
-            seq["ours_no_stages"].append(grpc_run(np_, gwn, SEQ_CALLS, None))
+            seq["ours_no_stages"].append(grpc_run(ngp, gwn, SEQ_CALLS, None))
             seq["floor"].append(grpc_run(fp, fl, SEQ_CALLS, None))
             seq["floor_httpx"].append(grpc_run(hp, flx, SEQ_CALLS, None))
             seq["floor_vendor"].append(grpc_run(vp, flv, SEQ_CALLS, None))
@@ -420,7 +420,7 @@ def main() -> dict[str, Any]:
             "ours": grpc_run(gp, gw, sat_calls["ours"], None, SATURATION_CONC),
             "floor": grpc_run(fp, fl, sat_calls["floor"], None, SATURATION_CONC),
             "floor_vendor": grpc_run(vp, flv, sat_calls["floor"], None, SATURATION_CONC),
-            "ours_no_stages": grpc_run(np_, gwn, sat_calls["ours"], None, SATURATION_CONC),
+            "ours_no_stages": grpc_run(ngp, gwn, sat_calls["ours"], None, SATURATION_CONC),
         }
         flv.stop()
         gwn.stop()
